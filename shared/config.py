@@ -1,0 +1,57 @@
+"""Settings from environment variables (pydantic-settings). Each service subclasses ``ServiceSettings``.
+
+Common variables have no prefix (``DATABASE_URL``, ``KAFKA_BOOTSTRAP_SERVERS``, ...); a service's own
+ones carry its prefix (``INTAKE_``, ``AUTO_COMP_``, ``AUDIT_SAMPLER_``, ``LEDGER_``). The README's
+configuration table lists them all.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres:@/postgres?host=.local/pg"
+
+
+class CommonSettings(BaseSettings):
+    """Variables every service reads."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
+
+    database_url: str = Field(DEFAULT_DATABASE_URL, description="SQLAlchemy asyncpg URL of PostgreSQL.")
+    db_pool_size: int = Field(10, ge=1, le=200)
+    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list.")
+    kafka_enable_idempotence: bool = Field(
+        False, description="Idempotent producer; enable on real Kafka (the embedded broker lacks InitProducerId).")
+    kafka_compression: str = Field("gzip", description="none, gzip, snappy, lz4 or zstd")
+    kafka_topic_partitions: int = Field(4, ge=1, le=1024)
+    kafka_client_id_prefix: str = "comp"
+    auth_token_secret: SecretStr = Field(
+        SecretStr("dev-only-insecure-token-secret-change-me"),
+        description="HMAC key for signed bearer tokens; shared by all services of a stack.")
+    auth_token_issuer: str = "compensation-platform"
+    log_level: str = "INFO"
+    log_json: bool = True
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="HTTP request body limit (413 above it).")
+    outbox_poll_interval_ms: int = Field(20, ge=1, le=10_000)
+    outbox_batch_size: int = Field(500, ge=1, le=10_000)
+    consumer_max_batch: int = Field(500, ge=1, le=10_000)
+    consumer_poll_timeout_ms: int = Field(50, ge=1, le=10_000)
+    regions_file: str | None = Field(None, description="Region catalogue YAML replacing the shipped one.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _asyncpg_url(cls, value: str) -> str:
+        if value.startswith("postgresql://") or value.startswith("postgres://"):
+            value = "postgresql+asyncpg://" + value.split("://", 1)[1]
+        if not value.startswith("postgresql+asyncpg://"):
+            raise ValueError("DATABASE_URL must be a postgresql:// or postgresql+asyncpg:// URL")
+        return value
+
+
+class ServiceSettings(CommonSettings):
+    """Base of each service's settings: adds the HTTP bind address and port."""
+
+    service_name: str = "service"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)

@@ -1,0 +1,321 @@
+"""Payload models of every event in the platform's flow (schema_version 1).
+
+Conventions: money is ``{"amount_minor": int, "currency": "USD"}`` in the region's currency; timestamps
+are timezone-aware and normalised to UTC; ids are opaque strings; unknown fields are rejected.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, model_validator
+
+from shared.contracts.envelope import AwareDatetime, Identifier
+
+Text = Annotated[str, StringConstraints(max_length=2000)]
+Code = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")]
+Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MoneyAmount(Payload):
+    amount_minor: StrictInt = Field(description="Integer minor units (ISO 4217 exponent of the currency).")
+    currency: Currency
+
+
+class NonNegativeMoney(MoneyAmount):
+    amount_minor: StrictInt = Field(ge=0)
+
+
+class PositiveMoney(MoneyAmount):
+    amount_minor: StrictInt = Field(gt=0)
+
+
+class TicketReason(enum.StrEnum):
+    LATE_DELIVERY = "late_delivery"
+    NOT_RECEIVED = "not_received"
+    LOST_IN_TRANSIT = "lost_in_transit"
+    DAMAGED = "damaged"
+    WRONG_ITEM = "wrong_item"
+    MISSING_PARTS = "missing_parts"
+    QUALITY_ISSUE = "quality_issue"
+    SELLER_CANCELLED = "seller_cancelled"
+
+
+class CompensationKind(enum.StrEnum):
+    VOUCHER = "voucher"
+    COUPON = "coupon"
+    STORE_CREDIT = "store_credit"
+    PARTIAL_REFUND = "partial_refund"
+    FULL_REFUND = "full_refund"
+
+    @property
+    def spent_when_issued(self) -> bool:
+        """Refunds and store credit cost money at once; vouchers and coupons only when redeemed."""
+        return self in (CompensationKind.STORE_CREDIT, CompensationKind.PARTIAL_REFUND,
+                        CompensationKind.FULL_REFUND)
+
+
+class PartyType(enum.StrEnum):
+    SELLER = "seller"
+    CARRIER = "carrier"
+    PLATFORM = "platform"
+
+
+class LiableParty(Payload):
+    type: PartyType
+    id: Identifier | None = Field(default=None, description="Seller or carrier id; none for the platform.")
+
+    @model_validator(mode="after")
+    def _id_matches_type(self) -> LiableParty:
+        if self.type is PartyType.PLATFORM and self.id is not None:
+            raise ValueError("the platform party has no id")
+        if self.type is not PartyType.PLATFORM and not self.id:
+            raise ValueError(f"a {self.type.value} party needs an id")
+        return self
+
+    @property
+    def account_key(self) -> str:
+        """``seller:<id>``, ``carrier:<id>`` or ``platform``."""
+        return self.type.value if self.id is None else f"{self.type.value}:{self.id}"
+
+
+class LiabilityShare(Payload):
+    party: LiableParty
+    amount_minor: StrictInt = Field(ge=0)
+
+
+class EvidenceRef(Payload):
+    kind: Code = Field(description="e.g. photo, tracking_scan, chat_transcript")
+    uri: Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+
+
+def _shares_sum_to(shares: list[LiabilityShare], total: int, what: str) -> None:
+    if not shares:
+        raise ValueError(f"{what}: at least one liable party is required")
+    if sum(s.amount_minor for s in shares) != total:
+        raise ValueError(f"{what}: liability shares must sum exactly to the amount ({total})")
+    keys = [s.party.account_key for s in shares]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{what}: a liable party appears twice")
+
+
+# ---------------------------------------------------------------- upstream events (through intake)
+
+
+class TicketOpened(Payload):
+    """A ticket or order issue raised by the buyer, logistics or the order system."""
+
+    ticket_id: Identifier
+    order_id: Identifier
+    buyer_id: Identifier
+    seller_id: Identifier
+    carrier_id: Identifier | None = None
+    reason: TicketReason
+    order_amount: PositiveMoney
+    affected_amount: NonNegativeMoney | None = Field(
+        default=None, description="Value of the damaged / missing / wrong items, when not the whole order.")
+    order_placed_at: AwareDatetime | None = None
+    dispatch_due_at: AwareDatetime | None = Field(default=None, description="Seller's dispatch deadline.")
+    shipped_at: AwareDatetime | None = None
+    promised_delivery_at: AwareDatetime | None = None
+    delivered_at: AwareDatetime | None = None
+    buyer_segment: Code | None = None
+    evidence: list[EvidenceRef] = Field(default_factory=list, max_length=50)
+    description: Text | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TicketOpened:
+        if self.reason is TicketReason.LATE_DELIVERY and (
+                self.promised_delivery_at is None or self.delivered_at is None):
+            raise ValueError("late_delivery needs promised_delivery_at and delivered_at")
+        if self.affected_amount is not None and self.affected_amount.currency != self.order_amount.currency:
+            raise ValueError("affected_amount and order_amount must share a currency")
+        return self
+
+
+class ManualCompensationIssued(Payload):
+    """A compensation a CS agent gave by hand; always charged, sampled for audit."""
+
+    compensation_id: Identifier
+    ticket_id: Identifier
+    order_id: Identifier
+    buyer_id: Identifier
+    seller_id: Identifier | None = None
+    carrier_id: Identifier | None = None
+    agent_id: Identifier
+    team: Identifier
+    kind: CompensationKind
+    amount: PositiveMoney
+    order_amount: PositiveMoney | None = None
+    reason_code: Code
+    liability: list[LiabilityShare] = Field(max_length=10)
+    voucher_code: Identifier | None = None
+    valid_until: AwareDatetime | None = Field(default=None, description="Expiry, for vouchers and coupons.")
+    evidence: list[EvidenceRef] = Field(default_factory=list, max_length=50)
+    note: Text | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ManualCompensationIssued:
+        _shares_sum_to(self.liability, self.amount.amount_minor, "liability")
+        if self.order_amount is not None and self.order_amount.currency != self.amount.currency:
+            raise ValueError("order_amount and amount must share a currency")
+        return self
+
+
+class VoucherRedeemed(Payload):
+    compensation_id: Identifier
+    voucher_code: Identifier | None = None
+    buyer_id: Identifier
+    order_id: Identifier
+    discount: PositiveMoney = Field(description="The actual discount the buyer got (<= the voucher value).")
+
+
+class VoucherExpired(Payload):
+    compensation_id: Identifier
+    voucher_code: Identifier | None = None
+    buyer_id: Identifier
+
+
+class VoucherRevoked(Payload):
+    compensation_id: Identifier
+    voucher_code: Identifier | None = None
+    buyer_id: Identifier
+    reason: Code
+
+
+class BuyerOrderPlaced(Payload):
+    """A later order by a buyer: the return side of a strategy's ROI."""
+
+    order_id: Identifier
+    buyer_id: Identifier
+    amount: PositiveMoney
+
+
+# ---------------------------------------------------------------- internal events
+
+
+class BudgetReservationRequested(Payload):
+    """auto_comp asks the ledger to reserve budget for a proposed automatic compensation.
+
+    ``amount`` is the preferred amount; ``fallback_amounts`` (descending, each smaller) are lower tiers the
+    strategy accepts when the preferred one does not fit. ``pacing_allowance_percent`` set means the ledger
+    also caps usage at budget * elapsed fraction of the period + allowance percent of the budget.
+    """
+
+    reservation_id: Identifier
+    compensation_id: Identifier
+    ticket_id: Identifier
+    buyer_id: Identifier
+    strategy_id: Identifier
+    strategy_version: StrictInt = Field(ge=1)
+    kind: CompensationKind
+    amount: PositiveMoney
+    fallback_amounts: list[PositiveMoney] = Field(default_factory=list, max_length=5)
+    pacing_allowance_percent: StrictInt | None = Field(default=None, ge=0, le=100)
+    expires_at: AwareDatetime = Field(description="When an unused reservation is released.")
+
+    @model_validator(mode="after")
+    def _tiers_descend(self) -> BudgetReservationRequested:
+        previous = self.amount
+        for tier in self.fallback_amounts:
+            if tier.currency != self.amount.currency or tier.amount_minor >= previous.amount_minor:
+                raise ValueError("fallback_amounts must be in the same currency and strictly descending")
+            previous = tier
+        return self
+
+
+class ReservationOutcome(enum.StrEnum):
+    RESERVED = "reserved"
+    DENIED = "denied"
+
+
+class DenialReason(enum.StrEnum):
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    PACED = "paced"
+    NO_BUDGET = "no_budget"  # no budget set for the region and period
+
+
+class BudgetReservationDecided(Payload):
+    reservation_id: Identifier
+    compensation_id: Identifier
+    ticket_id: Identifier
+    buyer_id: Identifier
+    outcome: ReservationOutcome
+    denial_reason: DenialReason | None = None
+    reserved_amount: PositiveMoney | None = None
+    budget_period: Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}(-\d{2})?$")]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BudgetReservationDecided:
+        if (self.outcome is ReservationOutcome.RESERVED) != (self.reserved_amount is not None):
+            raise ValueError("reserved_amount is set exactly when the outcome is reserved")
+        if (self.outcome is ReservationOutcome.DENIED) != (self.denial_reason is not None):
+            raise ValueError("denial_reason is set exactly when the outcome is denied")
+        return self
+
+
+class CompensationIssued(Payload):
+    """auto_comp issued a compensation against a reservation; the ledger charges the liable parties."""
+
+    compensation_id: Identifier
+    reservation_id: Identifier
+    ticket_id: Identifier
+    order_id: Identifier
+    buyer_id: Identifier
+    strategy_id: Identifier
+    strategy_version: StrictInt = Field(ge=1)
+    reason: TicketReason
+    kind: CompensationKind
+    amount: PositiveMoney
+    liability: list[LiabilityShare] = Field(max_length=10)
+    voucher_code: Identifier | None = None
+    min_spend: NonNegativeMoney | None = None
+    valid_until: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CompensationIssued:
+        _shares_sum_to(self.liability, self.amount.amount_minor, "liability")
+        return self
+
+
+class AuditCorrectionIssued(Payload):
+    """An audit found a compensation wrong: the ledger reverses the current charge and charges anew."""
+
+    correction_id: Identifier
+    compensation_id: Identifier
+    corrects_correction_id: Identifier | None = Field(
+        default=None, description="Set when this corrects an earlier correction (e.g. a dispute overturn).")
+    audit_id: Identifier
+    auditor_id: Identifier
+    buyer_id: Identifier
+    error_category: Code
+    corrected_amount: NonNegativeMoney
+    corrected_liability: list[LiabilityShare] = Field(max_length=10)
+    note: Text | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AuditCorrectionIssued:
+        if self.corrected_amount.amount_minor > 0:
+            _shares_sum_to(self.corrected_liability, self.corrected_amount.amount_minor, "corrected_liability")
+        return self
+
+
+class BudgetThresholdCrossed(Payload):
+    budget_period: str
+    threshold_percent: StrictInt = Field(description="50, 80 or 100")
+    limit: NonNegativeMoney
+    used: NonNegativeMoney
+
+
+class BudgetExceeded(Payload):
+    """Manual compensations pushed usage past the budget (automatic ones never can)."""
+
+    budget_period: str
+    limit: NonNegativeMoney
+    used: NonNegativeMoney
+    compensation_id: Identifier

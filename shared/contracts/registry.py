@@ -1,0 +1,169 @@
+"""(event_type, schema_version) -> payload model, topic and partition key; decoding with validation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from shared.contracts import events as ev
+from shared.contracts.envelope import Envelope
+from shared.contracts.topics import Topic
+from shared.regions import UnknownRegion, catalogue
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    event_type: str
+    version: int
+    model: type[ev.Payload]
+    topic: Topic
+    key: Callable[[Envelope, Any], str]
+    description: str
+
+
+def _buyer(_: Envelope, p: Any) -> str:
+    return str(p.buyer_id)
+
+
+def _region(env: Envelope, _: Any) -> str:
+    return env.region
+
+
+_SPECS = [
+    EventSpec("ticket.opened", 1, ev.TicketOpened, Topic.TICKETS, _buyer,
+              "A ticket or order issue (late delivery, lost parcel, damaged item, ...)."),
+    EventSpec("compensation.manual_issued", 1, ev.ManualCompensationIssued, Topic.MANUAL_COMPENSATIONS, _buyer,
+              "A compensation a CS agent issued by hand."),
+    EventSpec("voucher.redeemed", 1, ev.VoucherRedeemed, Topic.VOUCHER_LIFECYCLE, _buyer,
+              "A compensation voucher was used; carries the actual discount."),
+    EventSpec("voucher.expired", 1, ev.VoucherExpired, Topic.VOUCHER_LIFECYCLE, _buyer,
+              "A compensation voucher expired unused."),
+    EventSpec("voucher.revoked", 1, ev.VoucherRevoked, Topic.VOUCHER_LIFECYCLE, _buyer,
+              "A compensation voucher was revoked."),
+    EventSpec("buyer.order_placed", 1, ev.BuyerOrderPlaced, Topic.BUYER_ORDERS, _buyer,
+              "A later order by a buyer (strategy ROI)."),
+    EventSpec("budget.reservation_requested", 1, ev.BudgetReservationRequested, Topic.BUDGET_REQUESTS, _buyer,
+              "auto_comp asks the ledger to reserve budget."),
+    EventSpec("budget.reservation_decided", 1, ev.BudgetReservationDecided, Topic.BUDGET_RESULTS, _buyer,
+              "The ledger reserved or denied a budget request."),
+    EventSpec("compensation.issued", 1, ev.CompensationIssued, Topic.COMPENSATIONS_ISSUED, _buyer,
+              "auto_comp issued a compensation."),
+    EventSpec("audit.correction_issued", 1, ev.AuditCorrectionIssued, Topic.AUDIT_CORRECTIONS, _buyer,
+              "An audit corrected a compensation's amount or liable party."),
+    EventSpec("budget.threshold_crossed", 1, ev.BudgetThresholdCrossed, Topic.BUDGET_ALERTS, _region,
+              "Budget usage crossed 50, 80 or 100 percent (once per period each)."),
+    EventSpec("budget.exceeded", 1, ev.BudgetExceeded, Topic.BUDGET_ALERTS, _region,
+              "Manual compensations pushed usage past the budget."),
+]
+
+REGISTRY: dict[tuple[str, int], EventSpec] = {(s.event_type, s.version): s for s in _SPECS}
+LATEST: dict[str, EventSpec] = {}
+for _spec in _SPECS:
+    if _spec.event_type not in LATEST or LATEST[_spec.event_type].version < _spec.version:
+        LATEST[_spec.event_type] = _spec
+
+
+class ContractError(ValueError):
+    """An event does not meet its contract; ``errors`` lists (field path, message)."""
+
+    def __init__(self, message: str, errors: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+
+
+def payload_model(event_type: str, version: int) -> type[ev.Payload]:
+    try:
+        return REGISTRY[(event_type, version)].model
+    except KeyError:
+        raise ContractError(f"unknown event type/version {event_type} v{version}",
+                            [("event_type", "unknown event type or schema_version")]) from None
+
+
+def money_fields(model: BaseModel, path: str = "") -> list[tuple[str, ev.MoneyAmount]]:
+    """Every MoneyAmount inside a payload, with its dotted path (for region-currency checks)."""
+    found: list[tuple[str, ev.MoneyAmount]] = []
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        here = f"{path}{name}"
+        if isinstance(value, ev.MoneyAmount):
+            found.append((here, value))
+        elif isinstance(value, BaseModel):
+            found.extend(money_fields(value, here + "."))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, ev.MoneyAmount):
+                    found.append((f"{here}.{i}", item))
+                elif isinstance(item, BaseModel):
+                    found.extend(money_fields(item, f"{here}.{i}."))
+    return found
+
+
+def region_currency_errors(region_code: str, payload: BaseModel) -> list[tuple[str, str]]:
+    try:
+        currency = catalogue().get(region_code).currency
+    except UnknownRegion:
+        return [("region", f"unknown region {region_code!r}")]
+    return [(f"payload.{path}.currency", f"must be {currency}, the currency of region {region_code}")
+            for path, money in money_fields(payload) if money.currency != currency]
+
+
+def _pydantic_errors(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    return [(prefix + ".".join(str(p) for p in err["loc"]), err["msg"]) for err in exc.errors()]
+
+
+def validate_payload(envelope: Envelope) -> ev.Payload:
+    """Parse and check the envelope's payload: schema, region in the catalogue, money in its currency."""
+    model = payload_model(envelope.event_type, envelope.schema_version)
+    try:
+        payload = model.model_validate(envelope.payload)
+    except ValidationError as exc:
+        raise ContractError("payload does not match its schema", _pydantic_errors(exc, "payload.")) from exc
+    errors = region_currency_errors(envelope.region, payload)
+    if errors:
+        raise ContractError("payload money is not in the region's currency", errors)
+    return payload
+
+
+def decode_envelope(raw: bytes) -> tuple[Envelope, ev.Payload]:
+    """Decode a message value; raises ContractError (never anything else) on bad input."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ContractError(f"not JSON: {exc}") from exc
+    try:
+        envelope = Envelope.model_validate(data)
+    except ValidationError as exc:
+        raise ContractError("envelope does not match its schema", _pydantic_errors(exc)) from exc
+    return envelope, validate_payload(envelope)
+
+
+def encode_envelope(envelope: Envelope) -> bytes:
+    return orjson.dumps(envelope.model_dump(mode="json"))
+
+
+def make_envelope(event_type: str, payload: ev.Payload, *, source: str, region: str,
+                  occurred_at: Any, version: int | None = None, **meta: Any) -> Envelope:
+    spec = LATEST[event_type] if version is None else REGISTRY[(event_type, version)]
+    if not isinstance(payload, spec.model):
+        raise TypeError(f"{event_type} v{spec.version} takes {spec.model.__name__}")
+    return Envelope(event_type=event_type, schema_version=spec.version, source=source, region=region,
+                    occurred_at=occurred_at, payload=payload.model_dump(mode="json"),
+                    **{"event_id": meta.pop("event_id", None) or _new_id(), **meta})
+
+
+def _new_id() -> str:
+    from shared.contracts.envelope import new_event_id
+
+    return new_event_id()
+
+
+def spec_for(envelope: Envelope) -> EventSpec:
+    return REGISTRY[(envelope.event_type, envelope.schema_version)]
+
+
+def partition_key(envelope: Envelope, payload: ev.Payload) -> str:
+    return spec_for(envelope).key(envelope, payload)

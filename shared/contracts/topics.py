@@ -1,0 +1,21 @@
+"""Kafka topics of the platform. The version suffix changes only on an incompatible contract change."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Topic(enum.StrEnum):
+    TICKETS = "tickets.v1"  # ticket / order-issue events from intake; key: buyer_id
+    MANUAL_COMPENSATIONS = "compensations.manual.v1"  # CS agents' hand-issued compensations; key: buyer_id
+    VOUCHER_LIFECYCLE = "vouchers.lifecycle.v1"  # redeemed / expired / revoked; key: buyer_id
+    BUYER_ORDERS = "buyer.orders.v1"  # later orders by a buyer, for strategy ROI; key: buyer_id
+    BUDGET_REQUESTS = "budget.requests.v1"  # auto_comp -> ledger reservation requests; key: buyer_id
+    BUDGET_RESULTS = "budget.results.v1"  # ledger -> auto_comp reserved / denied; key: buyer_id
+    COMPENSATIONS_ISSUED = "compensations.issued.v1"  # auto_comp issued vouchers; key: buyer_id
+    AUDIT_CORRECTIONS = "audit.corrections.v1"  # audit_sampler corrections for the ledger; key: buyer_id
+    BUDGET_ALERTS = "budget.alerts.v1"  # ledger threshold / exceeded events; key: region
+    DEAD_LETTERS = "deadletters.v1"  # poison messages with the reason; key: source topic
+
+
+ALL_TOPICS: tuple[str, ...] = tuple(t.value for t in Topic)
