@@ -1,0 +1,150 @@
+"""Authentication and per-region authorization, the same in every service.
+
+Two kinds of credentials, both verifiable without reading another service's tables:
+- **API keys** for upstream systems: ``ck_<key id>_<secret>``; a service stores only the SHA-256 of the
+  whole key (keys are 256-bit random, so a slow hash buys nothing) and looks it up by key id.
+- **Signed tokens** for people and services: HS256 JWTs signed with ``AUTH_TOKEN_SECRET``, carrying the
+  subject, roles, region grants and an expiry.
+
+A principal's regions are explicit codes or ``*`` (all regions, for ops admins and service accounts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+
+import jwt
+from fastapi import Request
+
+from shared.http import Problem
+
+ALL_REGIONS = "*"
+
+
+@dataclass(frozen=True)
+class Principal:
+    subject: str
+    kind: str  # "api_key" | "token"
+    roles: frozenset[str] = frozenset()
+    regions: frozenset[str] = frozenset()
+    scopes: frozenset[str] = field(default_factory=frozenset)  # event types for API keys; "*" for any
+
+    def can_access(self, region: str) -> bool:
+        return ALL_REGIONS in self.regions or region in self.regions
+
+    def require_region(self, region: str) -> None:
+        if not self.can_access(region):
+            raise Problem(403, "Forbidden", f"no grant for region {region}", errors=[
+                {"field": "region", "message": f"principal {self.subject} may not act in region {region}"}])
+
+    def has_role(self, *roles: str) -> bool:
+        return bool(self.roles.intersection(roles))
+
+    def require_role(self, *roles: str) -> None:
+        if not self.has_role(*roles):
+            raise Problem(403, "Forbidden", f"requires one of the roles: {', '.join(roles)}")
+
+    def allowed_regions(self, catalogue_codes: Iterable[str]) -> list[str]:
+        return [c for c in catalogue_codes if self.can_access(c)]
+
+    def may_send(self, event_type: str) -> bool:
+        return "*" in self.scopes or event_type in self.scopes
+
+
+class TokenService:
+    def __init__(self, secret: str, issuer: str = "compensation-platform") -> None:
+        if len(secret) < 16:
+            raise ValueError("AUTH_TOKEN_SECRET must be at least 16 characters")
+        self._secret = secret
+        self._issuer = issuer
+
+    def issue(self, subject: str, roles: Iterable[str], regions: Iterable[str], ttl_seconds: int = 3600,
+              audience: str | None = None) -> str:
+        now = int(time.time())
+        claims: dict[str, object] = {"sub": subject, "roles": sorted(roles), "regions": sorted(regions),
+                                     "iat": now, "exp": now + ttl_seconds, "iss": self._issuer}
+        if audience:
+            claims["aud"] = audience
+        return jwt.encode(claims, self._secret, algorithm="HS256")
+
+    def verify(self, token: str) -> Principal:
+        try:
+            claims = jwt.decode(token, self._secret, algorithms=["HS256"], issuer=self._issuer,
+                                options={"require": ["exp", "sub", "iss"], "verify_aud": False})
+        except jwt.ExpiredSignatureError as exc:
+            raise Problem(401, "Unauthorized", "token expired",
+                          headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from exc
+        except jwt.PyJWTError as exc:
+            raise Problem(401, "Unauthorized", "invalid token",
+                          headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from exc
+        return Principal(subject=str(claims["sub"]), kind="token",
+                         roles=frozenset(map(str, claims.get("roles", []))),
+                         regions=frozenset(map(str, claims.get("regions", []))))
+
+
+# ------------------------------------------------------------------ API keys
+
+API_KEY_PREFIX = "ck"
+
+
+def generate_api_key() -> tuple[str, str, str]:
+    """(key id, full key to hand out once, its hash to store)."""
+    key_id = secrets.token_hex(6)
+    full = f"{API_KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
+    return key_id, full, hash_api_key(full)
+
+
+def hash_api_key(full_key: str) -> str:
+    return hashlib.sha256(full_key.encode()).hexdigest()
+
+
+def parse_api_key(full_key: str) -> str | None:
+    """The key id of a well-formed key, else None."""
+    parts = full_key.split("_", 2)
+    if len(parts) != 3 or parts[0] != API_KEY_PREFIX or not parts[1] or not parts[2]:
+        return None
+    return parts[1]
+
+
+def key_matches(full_key: str, stored_hash: str) -> bool:
+    return hmac.compare_digest(hash_api_key(full_key), stored_hash)
+
+
+ApiKeyLookup = Callable[[str], Awaitable[Principal | None]]
+
+
+class Authenticator:
+    """FastAPI dependency: ``Depends(auth)`` yields the caller's Principal or answers 401."""
+
+    def __init__(self, tokens: TokenService, api_keys: ApiKeyLookup | None = None,
+                 cookie_name: str | None = None) -> None:
+        self.tokens = tokens
+        self.api_keys = api_keys
+        self.cookie_name = cookie_name
+
+    async def __call__(self, request: Request) -> Principal:
+        principal = await self.authenticate(request)
+        if principal is None:
+            raise Problem(401, "Unauthorized", "missing or invalid credentials",
+                          headers={"WWW-Authenticate": 'Bearer realm="compensation-platform"'})
+        request.state.principal = principal
+        return principal
+
+    async def authenticate(self, request: Request) -> Principal | None:
+        authz = request.headers.get("authorization", "")
+        if authz.lower().startswith("bearer "):
+            return self.tokens.verify(authz[7:].strip())
+        api_key = request.headers.get("x-api-key")
+        if api_key and self.api_keys is not None:
+            return await self.api_keys(api_key)
+        if self.cookie_name and (cookie := request.cookies.get(self.cookie_name)):
+            try:
+                return self.tokens.verify(cookie)
+            except Problem:
+                return None
+        return None

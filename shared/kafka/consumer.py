@@ -1,0 +1,415 @@
+"""The consumer runner every service uses.
+
+Guarantees (see docs/adr/0002-consumer-runner.md):
+- at-least-once delivery with exactly-once *effects*: auto-commit is off; the next offset of every
+  partition is stored in the service's database in the same transaction as the handler's writes and the
+  processed-event records, and the consumer seeks to it on assignment. Kafka commits happen afterwards
+  and are advisory (for lag tooling); a ``CommitFailedError`` during a rebalance loses nothing.
+- idempotence: an event id already in ``processed_events`` for this consumer group is skipped.
+- poison messages (undecodable, contract-violating, or failing the handler ``max_attempts`` times) go
+  to the dead-letter topic through the outbox, in the same transaction that moves the offset past them.
+- transient errors (database or broker unreachable) retry the batch with capped exponential backoff and
+  never dead-letter, so an outage loses nothing and doubles nothing.
+- graceful shutdown: ``stop()`` lets the batch in hand finish and commit before the consumer leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, KafkaError
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from shared.config import CommonSettings
+from shared.contracts.envelope import Envelope
+from shared.contracts.events import Payload
+from shared.contracts.registry import ContractError, decode_envelope
+from shared.contracts.topics import Topic
+from shared.logging import correlation_id
+from shared.metrics import (
+    CONSUMER_BATCH_SECONDS,
+    CONSUMER_BATCH_SIZE,
+    CONSUMER_COMMIT_FAILURES,
+    CONSUMER_DEAD_LETTERED,
+    CONSUMER_DUPLICATES,
+    CONSUMER_FAILED,
+    CONSUMER_LAG,
+    CONSUMER_RECORDS,
+    CONSUMER_TRANSIENT_RETRIES,
+)
+from shared.outbox import enqueue_records
+
+log = logging.getLogger(__name__)
+
+
+class PermanentError(Exception):
+    """Raised by a handler for an event that can never succeed: dead-letter it at once, with this reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    envelope: Envelope
+    payload: Payload
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    timestamp_ms: int
+
+
+class BatchHandler(Protocol):
+    async def __call__(self, conn: AsyncConnection, events: Sequence[Delivered]) -> None:
+        """Apply new (never seen) events inside the batch transaction ``conn``.
+
+        Raise ``PermanentError`` for an event that can never be applied; any other exception makes the
+        runner retry events one by one to isolate the culprit.
+        """
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, OSError | ConnectionError | TimeoutError | KafkaError):
+        return True
+    name = type(exc).__name__
+    return name in {"ConnectionDoesNotExistError", "CannotConnectNowError", "ConnectionFailureError",
+                    "TooManyConnectionsError", "InterfaceError", "SerializationError",
+                    "DeadlockDetectedError"}
+
+
+@dataclass
+class _Rec:
+    record: ConsumerRecord[bytes, bytes]
+    delivered: Delivered | None = None
+    error: str | None = None  # set when the record is poison
+    attempts: int = 0
+
+
+@dataclass
+class _Stats:
+    processed: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, runner: ConsumerRunner) -> None:
+        self.runner = runner
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # Wait for the batch in hand: its offsets are committed with its writes, so the next owner
+        # starts exactly after it.
+        async with self.runner._processing:
+            pass
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self.runner._seek_to_stored(assigned)
+
+
+class ConsumerRunner:
+    def __init__(self, *, settings: CommonSettings, engine: AsyncEngine, group_id: str,
+                 topics: Sequence[str], handler: BatchHandler, max_attempts: int = 3,
+                 max_batch: int | None = None, on_commit: Any = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.group_id = group_id
+        self.topics = list(topics)
+        self.handler = handler
+        self.max_attempts = max_attempts
+        self.max_batch = max_batch or settings.consumer_max_batch
+        self.on_commit = on_commit  # e.g. OutboxRelay.wake
+        self.stats = _Stats()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._processing = asyncio.Lock()
+        self.healthy = True
+        self.last_error: str | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(
+            *self.topics,
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            group_id=self.group_id,
+            client_id=f"{self.settings.kafka_client_id_prefix}-{self.group_id}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.max_batch,
+            fetch_max_wait_ms=self.settings.consumer_poll_timeout_ms,
+            session_timeout_ms=30_000,
+            heartbeat_interval_ms=3_000,
+            max_poll_interval_ms=600_000,
+        )
+        self._consumer.subscribe(self.topics, listener=_Rebalance(self))
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run(), name=f"consumer-{self.group_id}")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, timeout=30)
+            except TimeoutError:
+                self._task.cancel()
+        if self._consumer is not None:
+            await self._consumer.stop()  # auto-commit is off: leaving commits nothing behind our back
+            self._consumer = None
+
+    async def run_until_idle(self, idle_seconds: float = 1.0, timeout: float = 60.0) -> None:
+        """Test helper: wait until no record arrived for ``idle_seconds``."""
+        deadline = time.monotonic() + timeout
+        seen, quiet_since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            now_seen = self.stats.processed + self.stats.dead_lettered + self.stats.duplicates
+            if now_seen != seen:
+                seen, quiet_since = now_seen, time.monotonic()
+            elif time.monotonic() - quiet_since >= idle_seconds:
+                return
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"consumer {self.group_id} still busy after {timeout}s")
+
+    # ------------------------------------------------------------------ offsets
+
+    async def _seek_to_stored(self, partitions: list[TopicPartition]) -> None:
+        if not partitions or self._consumer is None:
+            return
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(text(
+                "SELECT topic, partition, next_offset FROM consumer_offsets WHERE consumer_group = :g"),
+                {"g": self.group_id})).all()
+        stored = {(r[0], r[1]): r[2] for r in rows}
+        for tp in partitions:
+            offset = stored.get((tp.topic, tp.partition))
+            if offset is not None:
+                self._consumer.seek(tp, offset)
+
+    # ------------------------------------------------------------------ main loop
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        consumer = self._consumer
+        while not self._stopping.is_set():
+            try:
+                batches = await consumer.getmany(timeout_ms=self.settings.consumer_poll_timeout_ms,
+                                                 max_records=self.max_batch)
+            except KafkaError as exc:
+                self.last_error = str(exc)
+                log.warning("poll failed", extra={"group": self.group_id, "error": str(exc)})
+                await asyncio.sleep(1)
+                continue
+            records = [r for recs in batches.values() for r in recs]
+            if not records:
+                continue
+            async with self._processing:
+                # Records of partitions revoked while we waited for the lock belong to the new owner now.
+                assigned = consumer.assignment()
+                records = [r for r in records if TopicPartition(r.topic, r.partition) in assigned]
+                if records:
+                    await self._process_with_retry(records)
+            await self._commit_kafka(records)
+            self._update_lag(consumer, records)
+
+    async def _process_with_retry(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                started = time.perf_counter()
+                await self._process(records)
+                CONSUMER_BATCH_SECONDS.labels(self.group_id).observe(time.perf_counter() - started)
+                CONSUMER_BATCH_SIZE.labels(self.group_id).observe(len(records))
+                self.healthy, self.last_error = True, None
+                if self.on_commit is not None:
+                    self.on_commit()
+                return
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                self.healthy, self.last_error = False, f"{type(exc).__name__}: {exc}"
+                CONSUMER_TRANSIENT_RETRIES.labels(self.group_id).inc()
+                log.warning("transient error, retrying batch",
+                            extra={"group": self.group_id, "error": self.last_error, "backoff_s": backoff})
+                if self._stopping.is_set():
+                    # Leave without committing: the next owner redoes this batch.
+                    raise
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    async def _process(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        recs = [self._decode(r) for r in records]
+        try:
+            async with self.engine.begin() as conn:
+                await self._apply(conn, recs, batch=True)
+                await self._finish(conn, recs)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            # Isolate the culprit: one transaction per record. A PermanentError or a handler that keeps
+            # failing dead-letters only that record.
+            log.info("batch failed, retrying record by record",
+                     extra={"group": self.group_id, "error": repr(exc)})
+            for rec in recs:
+                await self._process_single(rec)
+            async with self.engine.begin() as conn:
+                await self._store_offsets(conn, recs)
+        for rec in recs:
+            CONSUMER_RECORDS.labels(self.group_id, rec.record.topic).inc()
+
+    async def _process_single(self, rec: _Rec) -> None:
+        while rec.error is None:
+            try:
+                async with self.engine.begin() as conn:
+                    await self._apply(conn, [rec], batch=False)
+                return
+            except PermanentError as exc:
+                rec.error = f"rejected: {exc}"
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                rec.attempts += 1
+                CONSUMER_FAILED.labels(self.group_id, rec.record.topic).inc()
+                if rec.attempts >= self.max_attempts:
+                    rec.error = f"handler failed {rec.attempts} times: {type(exc).__name__}: {exc}"
+                else:
+                    await asyncio.sleep(0.05 * 2 ** rec.attempts)
+        async with self.engine.begin() as conn:
+            await self._dead_letter(conn, [rec])
+
+    def _decode(self, record: ConsumerRecord[bytes, bytes]) -> _Rec:
+        if record.value is None:
+            return _Rec(record, error="empty message value")
+        try:
+            envelope, payload = decode_envelope(record.value)
+        except ContractError as exc:
+            detail = "; ".join(f"{f}: {m}" for f, m in exc.errors[:10])
+            return _Rec(record, error=f"contract violation: {exc}" + (f" ({detail})" if detail else ""))
+        return _Rec(record, Delivered(envelope, payload, record.topic, record.partition, record.offset,
+                                      record.key, record.timestamp))
+
+    async def _apply(self, conn: AsyncConnection, recs: list[_Rec], *, batch: bool) -> None:
+        good = [r for r in recs if r.delivered is not None and r.error is None]
+        if good:
+            ids = [r.delivered.envelope.event_id for r in good if r.delivered]
+            fresh = set((await conn.execute(text(
+                "INSERT INTO processed_events (consumer_group, event_id) "
+                "SELECT :g, unnest(CAST(:ids AS text[])) ON CONFLICT DO NOTHING RETURNING event_id"),
+                {"g": self.group_id, "ids": ids})).scalars())
+            new: list[Delivered] = []
+            for r in good:
+                assert r.delivered is not None
+                eid = r.delivered.envelope.event_id
+                if eid in fresh:
+                    fresh.discard(eid)  # a second copy inside the same batch is a duplicate too
+                    new.append(r.delivered)
+                else:
+                    CONSUMER_DUPLICATES.labels(self.group_id, r.record.topic).inc()
+                    self.stats.duplicates += 1
+            if new:
+                token = correlation_id.set(new[0].envelope.correlation_id)
+                try:
+                    await self.handler(conn, new)
+                finally:
+                    correlation_id.reset(token)
+                self.stats.processed += len(new)
+        self.stats.batches += 1
+
+    async def _finish(self, conn: AsyncConnection, recs: list[_Rec]) -> None:
+        await self._dead_letter(conn, [r for r in recs if r.error is not None])
+        await self._store_offsets(conn, recs)
+
+    async def _dead_letter(self, conn: AsyncConnection, recs: list[_Rec]) -> None:
+        if not recs:
+            return
+        rows = []
+        for r in recs:
+            rec = r.record
+            headers = list(rec.headers or []) + [
+                ("dlq.error", (r.error or "unknown")[:4000].encode()),
+                ("dlq.source_topic", rec.topic.encode()),
+                ("dlq.source_partition", str(rec.partition).encode()),
+                ("dlq.source_offset", str(rec.offset).encode()),
+                ("dlq.consumer_group", self.group_id.encode()),
+            ]
+            rows.append((Topic.DEAD_LETTERS.value, rec.topic.encode(), rec.value or b"", headers))
+            await conn.execute(text(
+                'INSERT INTO dead_letters (consumer_group, topic, partition, "offset", key, value, headers, '
+                "error) VALUES (:g, :t, :p, :o, :k, :v, CAST(:h AS jsonb), :e) ON CONFLICT DO NOTHING"),
+                {"g": self.group_id, "t": rec.topic, "p": rec.partition, "o": rec.offset, "k": rec.key,
+                 "v": rec.value, "h": orjson.dumps([[k, v.decode("latin-1")] for k, v in headers]).decode(),
+                 "e": r.error})
+            CONSUMER_DEAD_LETTERED.labels(self.group_id, rec.topic).inc()
+            self.stats.dead_lettered += 1
+            log.warning("dead-lettered record", extra={"group": self.group_id, "topic": rec.topic,
+                                                       "partition": rec.partition, "offset": rec.offset,
+                                                       "reason": r.error})
+        await enqueue_records(conn, rows)
+
+    async def _store_offsets(self, conn: AsyncConnection, recs: list[_Rec]) -> None:
+        nxt: dict[tuple[str, int], int] = {}
+        for r in recs:
+            k = (r.record.topic, r.record.partition)
+            nxt[k] = max(nxt.get(k, 0), r.record.offset + 1)
+        if not nxt:
+            return
+        keys = list(nxt)
+        await conn.execute(text(
+            "INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset) "
+            "SELECT :g, t, p, o FROM unnest(CAST(:t AS text[]), CAST(:p AS int[]), CAST(:o AS bigint[])) "
+            "AS x(t, p, o) ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET "
+            "next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()"),
+            {"g": self.group_id, "t": [k[0] for k in keys], "p": [k[1] for k in keys],
+             "o": [nxt[k] for k in keys]})
+
+    async def _commit_kafka(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        if not records or self._consumer is None:
+            return
+        offsets: dict[TopicPartition, int] = {}
+        assigned = self._consumer.assignment()
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            if tp in assigned:
+                offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            CONSUMER_COMMIT_FAILURES.labels(self.group_id).inc()
+            log.info("kafka commit failed (offsets are safe in the database)",
+                     extra={"group": self.group_id, "error": str(exc)})
+
+    def _update_lag(self, consumer: AIOKafkaConsumer, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        done: dict[TopicPartition, int] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            done[tp] = max(done.get(tp, 0), r.offset + 1)
+        for tp, position in done.items():
+            high = consumer.highwater(tp)
+            if high is not None:
+                CONSUMER_LAG.labels(self.group_id, tp.topic, str(tp.partition)).set(max(0, high - position))
+
+    async def replay_dead_letter(self, dead_letter_id: int) -> None:
+        """Ops repair: re-publish a dead letter's original bytes to its source topic."""
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(text(
+                "SELECT topic, key, value, headers FROM dead_letters WHERE id = :i AND consumer_group = :g"),
+                {"i": dead_letter_id, "g": self.group_id})).one_or_none()
+            if row is None:
+                raise KeyError(dead_letter_id)
+            headers = [(k, v.encode("latin-1")) for k, v in row[3] if not k.startswith("dlq.")]
+            await enqueue_records(conn, [(row[0], row[1], row[2], headers)])

@@ -1,0 +1,215 @@
+"""The runtime every service shares: engine, producer, outbox relay, consumer runners, FastAPI app
+with health, readiness, metrics, problem details, body limits and correlation ids, and the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.auth import TokenService
+from shared.config import ServiceSettings
+from shared.db import make_engine, migrate, ping, retry_connect
+from shared.http import BodyLimitMiddleware, RequestContextMiddleware, install_problem_handlers, problem_response
+from shared.kafka.consumer import ConsumerRunner
+from shared.kafka.producer import EventProducer
+from shared.logging import configure_logging
+from shared.outbox import OutboxRelay
+
+log = logging.getLogger(__name__)
+
+
+class Component(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+@dataclass
+class ServiceContext:
+    name: str
+    schema: str
+    settings: ServiceSettings
+    engine: AsyncEngine
+    producer: EventProducer
+    relay: OutboxRelay
+    tokens: TokenService
+    runners: list[ConsumerRunner] = field(default_factory=list)
+    components: list[Component] = field(default_factory=list)  # started after runners, stopped first
+    readiness: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    started: bool = False
+
+    @classmethod
+    def create(cls, name: str, schema: str, settings: ServiceSettings) -> ServiceContext:
+        engine = make_engine(settings.database_url, schema, settings.db_pool_size)
+        producer = EventProducer(settings, name)
+        relay = OutboxRelay(engine, producer, name, batch_size=settings.outbox_batch_size,
+                            poll_interval=settings.outbox_poll_interval_ms / 1000)
+        tokens = TokenService(settings.auth_token_secret.get_secret_value(), settings.auth_token_issuer)
+        return cls(name, schema, settings, engine, producer, relay, tokens)
+
+    def add_consumer(self, group_id: str, topics: Sequence[str], handler: Any, **kw: Any) -> ConsumerRunner:
+        runner = ConsumerRunner(settings=self.settings, engine=self.engine, group_id=group_id, topics=topics,
+                                handler=handler, on_commit=self.relay.wake, **kw)
+        self.runners.append(runner)
+        return runner
+
+    async def start(self) -> None:
+        await retry_connect(self.engine, attempts=30)
+        await _retry("Kafka broker", self.producer.start, attempts=30)
+        await self.relay.start()
+        for runner in self.runners:
+            await _retry(f"consumer {runner.group_id}", runner.start, attempts=30)
+        for component in self.components:
+            await component.start()
+        self.started = True
+        log.info("service started", extra={"port": self.settings.port})
+
+    async def stop(self) -> None:
+        # Reverse order: stop taking work, finish batches in hand, flush the outbox, then disconnect.
+        for component in reversed(self.components):
+            await _quietly(component.stop())
+        for runner in reversed(self.runners):
+            await _quietly(runner.stop())
+        await _quietly(self.relay.stop())
+        await _quietly(self.producer.stop())
+        await self.engine.dispose()
+        self.started = False
+        log.info("service stopped")
+
+    async def check_ready(self) -> dict[str, str]:
+        checks: dict[str, str] = {}
+        try:
+            await ping(self.engine)
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"failing: {type(exc).__name__}"
+        try:
+            await self.producer.ready()
+            checks["broker"] = "ok"
+        except Exception as exc:
+            checks["broker"] = f"failing: {type(exc).__name__}"
+        for runner in self.runners:
+            checks[f"consumer:{runner.group_id}"] = "ok" if runner.healthy else f"failing: {runner.last_error}"
+        for check in self.readiness:
+            try:
+                await check()
+                checks[getattr(check, "__name__", "check")] = "ok"
+            except Exception as exc:
+                checks[getattr(check, "__name__", "check")] = f"failing: {exc}"
+        return checks
+
+
+async def _retry(what: str, start: Callable[[], Awaitable[None]], attempts: int) -> None:
+    last: Exception | None = None
+    for _ in range(attempts):
+        try:
+            await start()
+            return
+        except Exception as exc:
+            last = exc
+            log.warning(f"{what} not reachable yet", extra={"error": str(exc)})
+            await asyncio.sleep(1)
+    raise RuntimeError(f"{what} not reachable after {attempts} attempts: {last}") from last
+
+
+async def _quietly(aw: Awaitable[None]) -> None:
+    try:
+        await aw
+    except Exception:
+        log.exception("error during shutdown")
+
+
+def create_app(ctx: ServiceContext, *, title: str, description: str, version: str = "1.0.0",
+               openapi_tags: list[dict[str, Any]] | None = None, manage_lifecycle: bool = True) -> FastAPI:
+    """A FastAPI app wired with the platform's middlewares and operational endpoints."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if manage_lifecycle:
+            await ctx.start()
+        try:
+            yield
+        finally:
+            if manage_lifecycle:
+                await ctx.stop()
+
+    app = FastAPI(title=title, description=description, version=version, lifespan=lifespan,
+                  openapi_tags=openapi_tags)
+    app.state.ctx = ctx
+    install_problem_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=ctx.settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, service=ctx.name)
+
+    @app.get("/healthz", tags=["operations"], include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "service": ctx.name}
+
+    @app.get("/readyz", tags=["operations"], include_in_schema=False)
+    async def readyz() -> Response:
+        checks = await ctx.check_ready()
+        if all(v == "ok" for v in checks.values()):
+            return Response(content=_json({"status": "ready", "checks": checks}), media_type="application/json")
+        return problem_response(503, "Service Unavailable", "not ready", checks=checks)
+
+    @app.get("/metrics", tags=["operations"], include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _json(obj: Any) -> bytes:
+    import orjson
+
+    return orjson.dumps(obj)
+
+
+# ------------------------------------------------------------------ CLI
+
+
+Command = Callable[[argparse.Namespace], Any]
+
+
+def run_cli(*, name: str, settings_factory: Callable[[], ServiceSettings],
+            app_factory: Callable[[ServiceSettings], FastAPI], migrations_dir: Path, schema: str,
+            extra: Callable[[argparse._SubParsersAction], None] | None = None,  # type: ignore[type-arg]
+            argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m services.{name}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the HTTP API and the consumers")
+    sub.add_parser("migrate", help="create/upgrade this service's database schema")
+    if extra is not None:
+        extra(sub)
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_factory()
+    except Exception as exc:  # pydantic ValidationError: name the variable
+        print(f"{name}: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    configure_logging(name, settings.log_level, settings.log_json)
+    if args.command == "serve":
+        import uvicorn
+
+        app = app_factory(settings)
+        uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+                    timeout_graceful_shutdown=20, lifespan="on")
+        return 0
+    if args.command == "migrate":
+        asyncio.run(migrate(settings.database_url, schema, migrations_dir))
+        print(f"{name}: schema {schema} migrated")
+        return 0
+    handler: Command = args.handler
+    result = handler(args)
+    if asyncio.iscoroutine(result):
+        result = asyncio.run(result)
+    return int(result or 0)
