@@ -152,7 +152,7 @@ class ConsumerRunner:
             auto_offset_reset="earliest",
             max_poll_records=self.max_batch,
             fetch_max_wait_ms=self.settings.consumer_poll_timeout_ms,
-            session_timeout_ms=30_000,
+            session_timeout_ms=self.settings.consumer_session_timeout_ms,
             heartbeat_interval_ms=3_000,
             max_poll_interval_ms=600_000,
         )
