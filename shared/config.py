@@ -38,7 +38,9 @@ class CommonSettings(BaseSettings):
     consumer_max_batch: int = Field(500, ge=1, le=10_000)
     consumer_poll_timeout_ms: int = Field(50, ge=1, le=10_000)
     consumer_session_timeout_ms: int = Field(
-        30_000, ge=6_000, le=300_000, description="A dead consumer's partitions move after this long.")
+        10_000, ge=6_000, le=300_000,
+        description="A dead consumer's partitions move after this long (group joins on the embedded broker "
+                    "also wait half of it).")
     regions_file: str | None = Field(None, description="Region catalogue YAML replacing the shipped one.")
 
     @field_validator("database_url")

@@ -144,7 +144,6 @@ class ConsumerRunner:
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
-            *self.topics,
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
             group_id=self.group_id,
             client_id=f"{self.settings.kafka_client_id_prefix}-{self.group_id}",

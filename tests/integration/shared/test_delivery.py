@@ -55,7 +55,7 @@ async def slice_db(fresh_database):
 @pytest.fixture
 def settings(slice_db, kafka_bootstrap) -> CommonSettings:
     return CommonSettings(database_url=slice_db[0], kafka_bootstrap_servers=kafka_bootstrap,
-                          consumer_poll_timeout_ms=50)
+                          consumer_poll_timeout_ms=50, consumer_session_timeout_ms=6_000)
 
 
 @pytest.fixture
