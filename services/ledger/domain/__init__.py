@@ -1,0 +1,1 @@
+"""Pure ledger logic: periods, budget decisions, journal transactions and the book's state machine."""

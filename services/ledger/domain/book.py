@@ -1,0 +1,464 @@
+"""The book: applies a batch of ledger events to in-memory state loaded for that batch.
+
+The handler loads (and locks) exactly the budgets, reservations, compensations and parked events the
+batch touches, applies every event here in delivery order (deterministic, no I/O), then writes the
+result in a handful of statements. Everything a batch decides is therefore a pure function of the
+loaded state and the events, which is what the property tests exercise.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from services.ledger.domain import journal
+from services.ledger.domain.budget import BudgetState, crossed_thresholds, decide
+from services.ledger.domain.periods import elapsed_fraction, period_bounds, period_of
+from shared.contracts import events as ev
+from shared.contracts.envelope import Envelope
+from shared.regions import region as region_of
+
+
+class Rejected(Exception):
+    """An event that can never apply; the handler dead-letters it with this reason."""
+
+
+class HoldStatus(enum.StrEnum):
+    PENDING = "pending"
+    POSTED = "posted"
+    VOIDED = "voided"
+    DENIED = "denied"
+
+
+@dataclass
+class Hold:
+    """A budget reservation (pending transfer): state, not journal, so it may change."""
+
+    reservation_id: str
+    compensation_id: str
+    region: str
+    period: str
+    currency: str
+    kind: str
+    ticket_id: str
+    buyer_id: str
+    status: HoldStatus
+    requested: int
+    decided: int  # amount granted by the decision (0 when denied); re-sent requests get this again
+    amount: int  # currently held while pending; the issued amount once issued
+    expires_at: datetime
+    denial_reason: str | None = None
+    issued_amount: int | None = None
+    valid_until: datetime | None = None
+    posted: int = 0
+    released: int = 0
+    breakage: int = 0
+    closed_by: str | None = None
+    new: bool = False
+    dirty: bool = False
+
+
+@dataclass
+class Compensation:
+    compensation_id: str
+    region: str
+    origin: str  # auto | manual
+    kind: str
+    amount: int
+    currency: str
+    period: str
+    buyer_id: str
+    reservation_id: str | None
+    issued_event_id: str
+    issued_at: datetime
+    charge_seq: int = 0
+    current_charge_tx: str | None = None
+    current_shares: list[tuple[str, int]] = field(default_factory=list)
+    current_amount: int = 0
+    last_correction_id: str | None = None
+    new: bool = False
+    dirty: bool = False
+
+
+@dataclass
+class CorrectionRecord:
+    correction_id: str
+    compensation_id: str
+    corrects_correction_id: str | None
+    reversal_tx_id: str | None
+    charge_tx_id: str | None
+    corrected_amount: int
+    source_event_id: str
+    applied_at: datetime
+
+
+@dataclass
+class ParkedEvent:
+    event_id: str
+    compensation_id: str
+    envelope: Envelope
+    payload: ev.Payload
+    ref: Any = None  # where it came from (topic/partition/offset/raw), opaque here
+    new: bool = False
+
+
+@dataclass
+class Alert:
+    event_type: str  # budget.threshold_crossed | budget.exceeded
+    cause: Envelope
+    payload: ev.Payload
+
+
+@dataclass
+class Overrun:
+    region: str
+    period: str
+    compensation_id: str
+    limit: int
+    used: int
+    at: datetime
+
+
+@dataclass
+class Outcome:
+    transactions: list[journal.Transaction] = field(default_factory=list)
+    decisions: list[tuple[Envelope, ev.BudgetReservationDecided]] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    overruns: list[Overrun] = field(default_factory=list)
+    corrections: list[CorrectionRecord] = field(default_factory=list)
+    parked_done: list[str] = field(default_factory=list)
+    parked_rejected: list[tuple[ParkedEvent, str]] = field(default_factory=list)
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # (event id, why) for logs/metrics
+
+
+LIFECYCLE = (ev.VoucherRedeemed, ev.VoucherExpired, ev.VoucherRevoked)
+
+
+class Book:
+    def __init__(self, *, now: datetime, granularity: str = "month", park: bool = True,
+                 budgets: dict[tuple[str, str], BudgetState] | None = None,
+                 holds: dict[str, Hold] | None = None,
+                 compensations: dict[str, Compensation] | None = None,
+                 parked: list[ParkedEvent] | None = None,
+                 corrections: dict[str, CorrectionRecord] | None = None) -> None:
+        self.now = now
+        self.granularity = granularity
+        self.park = park
+        self.budgets = budgets if budgets is not None else {}
+        self.holds = holds if holds is not None else {}
+        self.compensations = compensations if compensations is not None else {}
+        self.parked: dict[str, list[ParkedEvent]] = {}
+        for p in parked or []:
+            self.parked.setdefault(p.compensation_id, []).append(p)
+        self.corrections = corrections if corrections is not None else {}
+        self.out = Outcome()
+
+    # ------------------------------------------------------------------ dispatch
+
+    def apply(self, envelope: Envelope, payload: ev.Payload, ref: Any = None) -> None:
+        """Apply one event; raises Rejected (state untouched) when it can never apply."""
+        handler = self._handlers().get(type(payload))
+        if handler is None:
+            raise Rejected(f"the ledger does not handle {envelope.event_type}")
+        try:
+            handler(envelope, payload, ref)
+        except (journal.UnbalancedTransaction, journal.UnknownAccount) as exc:
+            raise Rejected(str(exc)) from exc
+
+    def _handlers(self) -> dict[type, Callable[[Envelope, Any, Any], None]]:
+        return {ev.BudgetReservationRequested: self._request, ev.CompensationIssued: self._issued,
+                ev.ManualCompensationIssued: self._manual, ev.VoucherRedeemed: self._lifecycle,
+                ev.VoucherExpired: self._lifecycle, ev.VoucherRevoked: self._lifecycle,
+                ev.AuditCorrectionIssued: self._correction}
+
+    def budget_key_for(self, envelope: Envelope) -> tuple[str, str]:
+        return envelope.region, period_of(envelope.occurred_at, region_of(envelope.region), self.granularity)
+
+    def _budget(self, region: str, period: str, currency: str) -> BudgetState:
+        key = (region, period)
+        b = self.budgets.get(key)
+        if b is None:
+            b = BudgetState(region, period, currency, None, exists=False)
+            self.budgets[key] = b
+        return b
+
+    # ------------------------------------------------------------------ budget requests
+
+    def _request(self, env: Envelope, p: ev.BudgetReservationRequested, _: Any) -> None:
+        hold = self.holds.get(p.reservation_id)
+        if hold is not None:
+            if hold.compensation_id != p.compensation_id:
+                raise Rejected(f"reservation {p.reservation_id} already exists for compensation "
+                               f"{hold.compensation_id}, not {p.compensation_id}")
+            self._reply(env, hold)  # a re-sent request gets the same answer, not a second reservation
+            return
+        region = region_of(env.region)
+        _, period = self.budget_key_for(env)
+        budget = self.budgets.get((env.region, period))
+        start, end = period_bounds(period, region)
+        elapsed, total = elapsed_fraction(env.occurred_at, start, end)
+        tiers = [p.amount.amount_minor, *(t.amount_minor for t in p.fallback_amounts)]
+        decision = decide(budget, tiers, allowance_percent=p.pacing_allowance_percent,
+                          elapsed=elapsed, total=total)
+        granted = decision.amount or 0
+        hold = Hold(p.reservation_id, p.compensation_id, env.region, period, p.amount.currency, p.kind.value,
+                    p.ticket_id, p.buyer_id, HoldStatus.PENDING if granted else HoldStatus.DENIED,
+                    requested=p.amount.amount_minor, decided=granted, amount=granted, expires_at=p.expires_at,
+                    denial_reason=decision.denial.value if decision.denial else None, new=True)
+        self.holds[hold.reservation_id] = hold
+        if granted:
+            assert budget is not None
+            budget.reserved += granted
+            budget.dirty = True
+            self._thresholds(env, budget)
+        self._reply(env, hold)
+
+    def _reply(self, env: Envelope, hold: Hold) -> None:
+        reserved = hold.status is not HoldStatus.DENIED
+        self.out.decisions.append((env, ev.BudgetReservationDecided(
+            reservation_id=hold.reservation_id, compensation_id=hold.compensation_id,
+            ticket_id=hold.ticket_id, buyer_id=hold.buyer_id,
+            outcome=ev.ReservationOutcome.RESERVED if reserved else ev.ReservationOutcome.DENIED,
+            denial_reason=None if reserved else ev.DenialReason(hold.denial_reason or "budget_exhausted"),
+            reserved_amount=ev.PositiveMoney(amount_minor=hold.decided, currency=hold.currency) if reserved
+            else None,
+            budget_period=hold.period)))
+
+    # ------------------------------------------------------------------ issuing
+
+    def _issued(self, env: Envelope, p: ev.CompensationIssued, _: Any) -> None:
+        if p.compensation_id in self.compensations:
+            self.out.ignored.append((env.event_id, "compensation already charged"))
+            return
+        hold = self.holds.get(p.reservation_id)
+        if hold is None:
+            raise Rejected(f"unknown reservation {p.reservation_id} for compensation {p.compensation_id}")
+        if hold.compensation_id != p.compensation_id or hold.region != env.region:
+            raise Rejected(f"reservation {p.reservation_id} belongs to compensation {hold.compensation_id} "
+                           f"in {hold.region}")
+        if hold.status is not HoldStatus.PENDING or hold.issued_amount is not None:
+            raise Rejected(f"reservation {p.reservation_id} is {hold.status.value}; nothing to issue against")
+        if p.amount.currency != hold.currency:
+            raise Rejected(f"currency {p.amount.currency} does not match the reservation's {hold.currency}")
+        issued = p.amount.amount_minor
+        if issued > hold.amount:
+            raise Rejected(f"issued amount {issued} exceeds the reserved {hold.amount}")
+        shares = [(s.party.account_key, s.amount_minor) for s in p.liability]
+        comp = Compensation(p.compensation_id, env.region, "auto", p.kind.value, issued, hold.currency,
+                            hold.period, p.buyer_id, hold.reservation_id, env.event_id, env.occurred_at,
+                            new=True)
+        self._charge(env, comp, shares, issued)
+        budget = self._budget(hold.region, hold.period, hold.currency)
+        if issued < hold.amount:
+            self._release(hold, budget, hold.amount - issued)
+        hold.amount, hold.issued_amount, hold.valid_until, hold.dirty = issued, issued, p.valid_until, True
+        if p.kind.spent_when_issued:
+            self._post(env, hold, budget, issued, "issued")
+        self.compensations[comp.compensation_id] = comp
+        self._apply_parked(comp.compensation_id)
+
+    def _manual(self, env: Envelope, p: ev.ManualCompensationIssued, _: Any) -> None:
+        if p.compensation_id in self.compensations:
+            self.out.ignored.append((env.event_id, "compensation already charged"))
+            return
+        region, period = self.budget_key_for(env)
+        amount, currency = p.amount.amount_minor, p.amount.currency
+        comp = Compensation(p.compensation_id, region, "manual", p.kind.value, amount, currency, period,
+                            p.buyer_id, None, env.event_id, env.occurred_at, new=True)
+        self._charge(env, comp, [(s.party.account_key, s.amount_minor) for s in p.liability], amount)
+        budget = self._budget(region, period, currency)
+        budget.posted_manual += amount
+        budget.dirty = True
+        self.out.transactions.append(journal.budget_posting(
+            tx_id=f"posting:{p.compensation_id}", region=region, currency=currency, period=period,
+            compensation_id=p.compensation_id, source_event_id=env.event_id, occurred_at=env.occurred_at,
+            amount=amount))
+        self._thresholds(env, budget)
+        if budget.limit is not None and budget.used > budget.limit:
+            self.out.overruns.append(Overrun(region, period, p.compensation_id, budget.limit, budget.used,
+                                             env.occurred_at))
+            self.out.alerts.append(Alert("budget.exceeded", env, ev.BudgetExceeded(
+                budget_period=period, limit=ev.NonNegativeMoney(amount_minor=budget.limit, currency=currency),
+                used=ev.NonNegativeMoney(amount_minor=budget.used, currency=currency),
+                compensation_id=p.compensation_id)))
+        self.compensations[comp.compensation_id] = comp
+        self._apply_parked(comp.compensation_id)
+
+    def _charge(self, env: Envelope, comp: Compensation, shares: list[tuple[str, int]], amount: int,
+                corrects: str | None = None, correction_id: str | None = None) -> None:
+        tx_id = f"charge:{comp.compensation_id}:{comp.charge_seq}"
+        self.out.transactions.append(journal.charge(
+            tx_id=tx_id, region=comp.region, currency=comp.currency, compensation_id=comp.compensation_id,
+            source_event_id=env.event_id, occurred_at=env.occurred_at, shares=shares, corrects_tx_id=corrects,
+            correction_id=correction_id))
+        comp.current_charge_tx, comp.current_shares, comp.current_amount = tx_id, shares, amount
+        comp.dirty = True
+
+    # ------------------------------------------------------------------ voucher lifecycle
+
+    def _lifecycle(self, env: Envelope, p: Any, ref: Any) -> None:
+        comp = self.compensations.get(p.compensation_id)
+        if comp is None:
+            self._park_or_reject(env, p, ref, "voucher event for an unknown compensation")
+            return
+        if comp.origin == "manual":
+            self.out.ignored.append((env.event_id, "manual compensations post their full value when issued"))
+            return
+        assert comp.reservation_id is not None
+        hold = self.holds[comp.reservation_id]
+        if hold.status is not HoldStatus.PENDING:
+            self.out.ignored.append((env.event_id, f"reservation already {hold.status.value}"))
+            return
+        budget = self._budget(hold.region, hold.period, hold.currency)
+        if isinstance(p, ev.VoucherRedeemed):
+            if p.discount.currency != hold.currency:
+                raise Rejected(f"discount currency {p.discount.currency} is not {hold.currency}")
+            used = p.discount.amount_minor
+            if used > hold.amount:
+                raise Rejected(f"discount {used} exceeds the voucher value {hold.amount}")
+            unused = hold.amount - used
+            self._post(env, hold, budget, used, "redeemed")
+            if unused:
+                hold.released += unused
+                budget.released += unused
+        elif isinstance(p, ev.VoucherExpired):
+            self._void(hold, budget, "expired", breakage=True)
+        else:
+            self._void(hold, budget, "revoked", breakage=False)
+
+    def _post(self, env: Envelope, hold: Hold, budget: BudgetState, amount: int, why: str) -> None:
+        budget.reserved -= hold.amount
+        budget.posted_auto += amount
+        budget.dirty = True
+        hold.posted, hold.status, hold.closed_by, hold.dirty = amount, HoldStatus.POSTED, why, True
+        self.out.transactions.append(journal.budget_posting(
+            tx_id=f"posting:{hold.reservation_id}", region=hold.region, currency=hold.currency,
+            period=hold.period, compensation_id=hold.compensation_id, source_event_id=env.event_id,
+            occurred_at=env.occurred_at, amount=amount))
+        self._thresholds(env, budget)
+
+    def _release(self, hold: Hold, budget: BudgetState, amount: int) -> None:
+        budget.reserved -= amount
+        budget.released += amount
+        budget.dirty = True
+        hold.released += amount
+        hold.dirty = True
+
+    def _void(self, hold: Hold, budget: BudgetState, why: str, *, breakage: bool) -> None:
+        amount = hold.amount
+        budget.reserved -= amount
+        budget.dirty = True
+        if breakage:
+            budget.breakage += amount
+            hold.breakage += amount
+        else:
+            budget.released += amount
+            hold.released += amount
+        hold.status, hold.closed_by, hold.dirty = HoldStatus.VOIDED, why, True
+
+    def sweep(self, reservation_id: str, grace: timedelta) -> bool:
+        """Void a reservation left pending past its expiry (never issued) or its voucher's validity."""
+        hold = self.holds.get(reservation_id)
+        if hold is None or hold.status is not HoldStatus.PENDING:
+            return False
+        budget = self._budget(hold.region, hold.period, hold.currency)
+        if hold.issued_amount is None and hold.expires_at + grace <= self.now:
+            self._void(hold, budget, "reservation_expired", breakage=False)
+            return True
+        if hold.valid_until is not None and hold.valid_until + grace <= self.now:
+            self._void(hold, budget, "validity_ended", breakage=True)
+            return True
+        return False
+
+    # ------------------------------------------------------------------ audit corrections
+
+    def _correction(self, env: Envelope, p: ev.AuditCorrectionIssued, ref: Any) -> None:
+        if p.correction_id in self.corrections:
+            self.out.ignored.append((env.event_id, "correction already applied"))
+            return
+        comp = self.compensations.get(p.compensation_id)
+        if comp is None:
+            self._park_or_reject(env, p, ref, "correction of an unknown compensation")
+            return
+        if p.corrects_correction_id is not None:
+            earlier = self.corrections.get(p.corrects_correction_id)
+            if earlier is None:
+                raise Rejected(f"correction {p.correction_id} corrects unknown correction "
+                               f"{p.corrects_correction_id}")
+            if earlier.compensation_id != comp.compensation_id:
+                raise Rejected(f"correction {p.corrects_correction_id} belongs to compensation "
+                               f"{earlier.compensation_id}")
+        if p.corrected_amount.currency != comp.currency:
+            raise Rejected(f"corrected amount in {p.corrected_amount.currency}, "
+                           f"compensation in {comp.currency}")
+        reversed_tx = comp.current_charge_tx
+        reversal_id = None
+        if reversed_tx is not None:
+            reversal_id = f"reversal:{reversed_tx}"
+            self.out.transactions.append(journal.reversal(
+                None, tx_id=reversal_id, source_event_id=env.event_id, occurred_at=env.occurred_at,
+                entries=self._charge_entries(comp), region=comp.region, compensation_id=comp.compensation_id,
+                reverses_tx_id=reversed_tx, correction_id=p.correction_id))
+        charge_id = None
+        amount = p.corrected_amount.amount_minor
+        comp.charge_seq += 1
+        if amount > 0:
+            self._charge(env, comp, [(s.party.account_key, s.amount_minor) for s in p.corrected_liability],
+                         amount, corrects=reversed_tx, correction_id=p.correction_id)
+            charge_id = comp.current_charge_tx
+        else:
+            comp.current_charge_tx, comp.current_shares, comp.current_amount = None, [], 0
+        comp.last_correction_id, comp.dirty = p.correction_id, True
+        record = CorrectionRecord(p.correction_id, comp.compensation_id, p.corrects_correction_id,
+                                  reversal_id, charge_id, amount, env.event_id, env.occurred_at)
+        self.corrections[p.correction_id] = record
+        self.out.corrections.append(record)
+
+    def _charge_entries(self, comp: Compensation) -> tuple[journal.Entry, ...]:
+        debits = [journal.Entry(k, a, comp.currency) for k, a in comp.current_shares if a != 0]
+        return (*debits, journal.Entry(journal.PAYABLE, -comp.current_amount, comp.currency))
+
+    # ------------------------------------------------------------------ out-of-order arrivals
+
+    def _park_or_reject(self, env: Envelope, p: ev.Payload, ref: Any, why: str) -> None:
+        """Topics are consumed independently, so a redemption or correction may overtake its compensation.
+
+        It waits (parked) until the compensation arrives; the sweeper dead-letters it after the park
+        window. With no park window it is rejected at once.
+        """
+        if not self.park:
+            raise Rejected(f"{why} {getattr(p, 'compensation_id', '?')}")
+        cid = p.compensation_id  # type: ignore[attr-defined]
+        self.parked.setdefault(cid, []).append(ParkedEvent(env.event_id, cid, env, p, ref, new=True))
+
+    def _apply_parked(self, compensation_id: str) -> None:
+        waiting = self.parked.pop(compensation_id, [])
+        for parked in waiting:
+            try:
+                self.apply(parked.envelope, parked.payload, parked.ref)
+            except Rejected as exc:
+                self.out.parked_rejected.append((parked, str(exc)))
+            else:
+                self.out.parked_done.append(parked.event_id)
+
+    def apply_parked_for_known(self) -> None:
+        """Retry parked events whose compensation is known now (housekeeping safety net)."""
+        for cid in [c for c in self.parked if c in self.compensations]:
+            self._apply_parked(cid)
+
+    def new_parked(self) -> list[ParkedEvent]:
+        return [p for waiting in self.parked.values() for p in waiting if p.new]
+
+    # ------------------------------------------------------------------ alerts
+
+    def _thresholds(self, env: Envelope, budget: BudgetState) -> None:
+        for pct in crossed_thresholds(budget):
+            assert budget.limit is not None
+            self.out.alerts.append(Alert("budget.threshold_crossed", env, ev.BudgetThresholdCrossed(
+                budget_period=budget.period, threshold_percent=pct,
+                limit=ev.NonNegativeMoney(amount_minor=budget.limit, currency=budget.currency),
+                used=ev.NonNegativeMoney(amount_minor=budget.used, currency=budget.currency))))
+            budget.dirty = True

@@ -1,0 +1,130 @@
+"""Journal transactions: two or more entries that sum to zero per currency, never changed once posted.
+
+Sign convention: a positive amount is a debit, a negative one a credit.
+
+Accounts (per region, in the region's currency):
+- ``seller:<id>``, ``carrier:<id>``, ``platform``: liable parties; their debit balance is what they were
+  charged for compensations.
+- ``compensation_payable``: what the marketplace owes buyers for compensations issued (credit).
+- ``compensation_expense``: compensation value actually spent out of budgets (debit).
+- ``budget:<period>``: the regional budget of a period; its credit balance is the spend posted to it.
+
+Transaction kinds:
+- ``charge``: Dr liable parties (by share) / Cr compensation_payable, when a compensation is issued.
+- ``budget_posting``: Dr compensation_expense / Cr budget:<period>, when spend is posted to the budget.
+- ``reversal``: the exact negation of an earlier transaction, pointing at it.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+PAYABLE = "compensation_payable"
+EXPENSE = "compensation_expense"
+_PARTY = re.compile(r"^(platform|(seller|carrier):[A-Za-z0-9._:@\-]{1,128})$")
+_BUDGET = re.compile(r"^budget:\d{4}-\d{2}(-\d{2})?$")
+
+
+class TxKind(enum.StrEnum):
+    CHARGE = "charge"
+    BUDGET_POSTING = "budget_posting"
+    REVERSAL = "reversal"
+
+
+class UnbalancedTransaction(ValueError):
+    pass
+
+
+class UnknownAccount(ValueError):
+    pass
+
+
+def budget_account(period: str) -> str:
+    return f"budget:{period}"
+
+
+def is_party_account(key: str) -> bool:
+    return bool(_PARTY.match(key))
+
+
+def check_account_key(key: str) -> str:
+    if key in (PAYABLE, EXPENSE) or _PARTY.match(key) or _BUDGET.match(key):
+        return key
+    raise UnknownAccount(f"{key!r} is not a ledger account (seller:<id>, carrier:<id>, platform, "
+                         f"{PAYABLE}, {EXPENSE}, budget:<period>)")
+
+
+def party_type(key: str) -> str:
+    return key.split(":", 1)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    account: str
+    amount_minor: int  # + debit, - credit
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    tx_id: str
+    kind: TxKind
+    region: str
+    compensation_id: str
+    source_event_id: str
+    occurred_at: datetime
+    entries: tuple[Entry, ...]
+    reverses_tx_id: str | None = None
+    corrects_tx_id: str | None = None
+    correction_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.entries) < 2:
+            raise UnbalancedTransaction(f"{self.tx_id}: a transaction needs two or more entries")
+        totals: dict[str, int] = defaultdict(int)
+        for e in self.entries:
+            if isinstance(e.amount_minor, bool) or not isinstance(e.amount_minor, int) or e.amount_minor == 0:
+                raise UnbalancedTransaction(f"{self.tx_id}: entry amounts must be non-zero ints")
+            check_account_key(e.account)
+            totals[e.currency] += e.amount_minor
+        unbalanced = {c: t for c, t in totals.items() if t != 0}
+        if unbalanced:
+            raise UnbalancedTransaction(f"{self.tx_id}: entries do not sum to zero: {unbalanced}")
+
+
+def charge(*, tx_id: str, region: str, currency: str, compensation_id: str, source_event_id: str,
+           occurred_at: datetime, shares: Iterable[tuple[str, int]], corrects_tx_id: str | None = None,
+           correction_id: str | None = None) -> Transaction:
+    """Dr each liable party its share, Cr payable the total. Zero shares carry no entry."""
+    debits = [Entry(check_account_key(party), amount, currency) for party, amount in shares if amount != 0]
+    if any(e.amount_minor < 0 for e in debits):
+        raise UnbalancedTransaction(f"{tx_id}: liability shares cannot be negative")
+    total = sum(e.amount_minor for e in debits)
+    return Transaction(tx_id, TxKind.CHARGE, region, compensation_id, source_event_id, occurred_at,
+                       (*debits, Entry(PAYABLE, -total, currency)), corrects_tx_id=corrects_tx_id,
+                       correction_id=correction_id)
+
+
+def budget_posting(*, tx_id: str, region: str, currency: str, period: str, compensation_id: str,
+                   source_event_id: str, occurred_at: datetime, amount: int) -> Transaction:
+    return Transaction(tx_id, TxKind.BUDGET_POSTING, region, compensation_id, source_event_id, occurred_at,
+                       (Entry(EXPENSE, amount, currency), Entry(budget_account(period), -amount, currency)))
+
+
+def reversal(original: Transaction | None, *, tx_id: str, source_event_id: str, occurred_at: datetime,
+             entries: tuple[Entry, ...] | None = None, region: str | None = None,
+             compensation_id: str | None = None, reverses_tx_id: str | None = None,
+             correction_id: str | None = None) -> Transaction:
+    """The negation of ``original`` (or of its stored ``entries``), linked to it."""
+    if original is not None:
+        entries, region = original.entries, original.region
+        compensation_id, reverses_tx_id = original.compensation_id, original.tx_id
+    assert entries is not None and region and compensation_id and reverses_tx_id
+    return Transaction(tx_id, TxKind.REVERSAL, region, compensation_id, source_event_id, occurred_at,
+                       tuple(Entry(e.account, -e.amount_minor, e.currency) for e in entries),
+                       reverses_tx_id=reverses_tx_id, correction_id=correction_id)
