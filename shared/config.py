@@ -29,7 +29,7 @@ class CommonSettings(BaseSettings):
     auth_token_secret: SecretStr = Field(
         SecretStr("dev-only-insecure-token-secret-change-me"),
         description="HMAC key for signed bearer tokens; shared by all services of a stack.")
-    auth_token_issuer: str = "compensation-platform"
+    auth_token_issuer: str = "compensation-platform"  # noqa: S105 - an issuer name, not a secret
     log_level: str = "INFO"
     log_json: bool = True
     max_body_bytes: int = Field(1_048_576, ge=1024, description="HTTP request body limit (413 above it).")

@@ -20,7 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.auth import TokenService
 from shared.config import ServiceSettings
 from shared.db import make_engine, migrate, ping, retry_connect
-from shared.http import BodyLimitMiddleware, RequestContextMiddleware, install_problem_handlers, problem_response
+from shared.http import (
+    BodyLimitMiddleware,
+    RequestContextMiddleware,
+    install_problem_handlers,
+    problem_response,
+)
 from shared.kafka.consumer import ConsumerRunner
 from shared.kafka.producer import EventProducer
 from shared.logging import configure_logging

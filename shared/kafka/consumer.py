@@ -337,7 +337,7 @@ class ConsumerRunner:
         rows = []
         for r in recs:
             rec = r.record
-            headers = list(rec.headers or []) + [
+            headers = [*list(rec.headers or []),
                 ("dlq.error", (r.error or "unknown")[:4000].encode()),
                 ("dlq.source_topic", rec.topic.encode()),
                 ("dlq.source_partition", str(rec.partition).encode()),

@@ -168,7 +168,7 @@ async def test_consumer_killed_before_its_commit_processes_the_event_once_after_
     event = ticket_event(42)
     await send(producer, topic, event)
     script = Path(__file__).with_name("slice_consumer.py")
-    proc = subprocess.Popen(  # noqa: ASYNC220
+    proc = subprocess.Popen(
         [sys.executable, str(script), settings.database_url, settings.kafka_bootstrap_servers, topic, group,
          str(marker)], env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])})
     try:
