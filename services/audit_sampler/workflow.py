@@ -1,0 +1,486 @@
+"""The audit operations, shared by the JSON API (api.py) and the workbench pages (web/).
+
+Every function takes the service engine and the acting ``Principal`` first, checks the principal's role
+and region grant itself (raising ``shared.http.Problem`` 403/404/409/422), runs in one transaction, and
+returns plain dicts ready for JSON or a template:
+
+- ``queue_overview(engine, principal, region=None)`` -> list of {region, queue, waiting, claimed,
+  oldest_age_seconds, sla_breached, sla_hours, daily_capacity}
+- ``claim_next(engine, principal, region, queue=None)`` -> item dict or None (nothing waiting)
+- ``get_item(engine, principal, item_id)`` -> item dict (+ ``verdict``, ``agent_history``,
+  ``agent_state``); blind: gold answers and the first verdict of a re-audit are hidden from auditors
+- ``submit_verdict(engine, principal, item_id, VerdictInput)`` -> verdict dict (with ``correction_id``)
+- ``release_item(engine, principal, item_id)`` -> item dict
+- ``reassign_item(engine, principal, item_id, auditor_id)`` -> item dict (lead)
+- ``dispute_verdict(engine, principal, verdict_id, reason)`` -> dispute dict (lead)
+- ``resolve_dispute(engine, principal, dispute_id, "uphold" | "overturn", note=None)`` -> dispute dict
+  (senior_auditor)
+- ``list_disputes(engine, principal, region=None, status="open")`` -> list of dispute dicts
+- ``seed_gold_item(engine, principal, GoldItemInput)`` -> item dict (lead)
+
+Each also takes ``runtime=`` (policies, correction topic) and ``now=`` for tests; by default it uses the
+process runtime that ``configure()`` installed (app.py does that at start).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.audit_sampler import metrics
+from services.audit_sampler import persistence as db
+from services.audit_sampler.contracts import (
+    CORRECTION_EVENT,
+    SOURCE,
+    AuditCorrectionIssued,
+    LiabilityShare,
+    LiableParty,
+    NonNegativeMoney,
+    PartyType,
+)
+from services.audit_sampler.domain import queues as q
+from services.audit_sampler.domain.policy import Policy, PolicySet
+from services.audit_sampler.domain.sampling import next_state, uniform_draw
+from services.audit_sampler.domain.verdicts import (
+    ATTRIBUTES,
+    Share,
+    VerdictError,
+    VerdictInput,
+    correction_for,
+    gold_agreement,
+    parse_expected,
+    validate,
+)
+from shared.auth import Principal
+from shared.contracts.registry import make_envelope
+from shared.contracts.topics import Topic
+from shared.http import Problem
+from shared.kafka.producer import record_for
+from shared.outbox import enqueue_records
+from shared.regions import UnknownRegion, catalogue
+
+AUDIT_ROLES = ("auditor", "senior_auditor", "lead")
+VIEW_ROLES = (*AUDIT_ROLES, "ops_admin")
+LEAD_ROLES = ("lead", "ops_admin")
+RESOLVE_ROLES = ("senior_auditor",)
+RESULTS_KEPT = 50  # audit outcomes remembered per agent (enough for every switching/boost window)
+
+
+@dataclass
+class Runtime:
+    policies: PolicySet
+    corrections_topic: str = Topic.AUDIT_CORRECTIONS.value
+
+
+@dataclass
+class _Holder:
+    runtime: Runtime | None = field(default=None)
+
+
+_process = _Holder()
+
+
+def configure(runtime: Runtime) -> None:
+    _process.runtime = runtime
+
+
+def current_runtime() -> Runtime:
+    if _process.runtime is None:
+        from services.audit_sampler.config import Settings
+
+        settings = Settings()
+        _process.runtime = Runtime(PolicySet.load(settings.policy_dir), settings.corrections_topic)
+    return _process.runtime
+
+
+@dataclass(frozen=True)
+class GoldItemInput:
+    """A known-answer item: a compensation as an agent issued it, and the verdict it deserves."""
+
+    region: str
+    compensation: Mapping[str, Any]  # ManualCompensationIssued fields
+    expected: Mapping[str, bool]  # every attribute
+    queue: str | None = None
+
+
+def _now(now: datetime | None) -> datetime:
+    return now or datetime.now(UTC)
+
+
+def _not_found(what: str, ident: int) -> Problem:
+    return Problem(404, "Not Found", f"{what} {ident} does not exist")
+
+
+def _check_region_code(region: str) -> None:
+    try:
+        catalogue().get(region)
+    except UnknownRegion:
+        raise Problem(404, "Not Found", f"unknown region {region}",
+                      errors=[{"field": "region", "message": "not in the region catalogue"}]) from None
+
+
+def _is_supervisor(principal: Principal) -> bool:
+    return principal.has_role("lead", "senior_auditor", "ops_admin")
+
+
+def _present_item(item: dict[str, Any], principal: Principal) -> dict[str, Any]:
+    out = dict(item)
+    if not _is_supervisor(principal):
+        # Blind audit: the auditor cannot tell a gold or re-audit item from an ordinary one.
+        out.pop("gold_expected", None)
+        out.pop("parent_item_id", None)
+        out["item_kind"] = "audit"
+    return out
+
+
+async def queue_overview(engine: AsyncEngine, principal: Principal, region: str | None = None, *,
+                         runtime: Runtime | None = None, now: datetime | None = None) -> list[dict[str, Any]]:
+    principal.require_role(*VIEW_ROLES)
+    rt = runtime or current_runtime()
+    if region is not None:
+        _check_region_code(region)
+        principal.require_region(region)
+        regions: list[str] | None = [region]
+    else:
+        regions = None if "*" in principal.regions else sorted(principal.regions)
+    async with engine.connect() as conn:
+        rows = await db.queue_stats(conn, regions, _now(now))
+    for row in rows:
+        rule = rt.policies.for_region(row["region"]).queue(row["queue"])
+        row["oldest_age_seconds"] = round(float(row["oldest_age_seconds"]), 3)
+        row["sla_hours"] = rule.sla_hours if rule else None
+        row["daily_capacity"] = rule.daily_capacity if rule else None
+    return rows
+
+
+async def claim_next(engine: AsyncEngine, principal: Principal, region: str, queue: str | None = None, *,
+                     runtime: Runtime | None = None, now: datetime | None = None) -> dict[str, Any] | None:
+    """Lease the next item (or return the one this auditor already holds in the region)."""
+    principal.require_role(*AUDIT_ROLES)
+    _check_region_code(region)
+    principal.require_region(region)
+    policy = (runtime or current_runtime()).policies.for_region(region)
+    if queue is not None and policy.queue(queue) is None:
+        raise Problem(404, "Not Found", f"no queue {queue} in region {region}",
+                      errors=[{"field": "queue", "message": "unknown queue"}])
+    at = _now(now)
+    async with engine.begin() as conn:
+        held = await db.held_item(conn, region, principal.subject, at)
+        if held is not None and (queue is None or held["queue"] == queue):
+            return _present_item(held, principal)
+        item = await db.claim_next(conn, region, principal.subject, at, q.lease_expiry(at, policy.lease_seconds),
+                                   [r.name for r in policy.queues], queue)
+    return None if item is None else _present_item(item, principal)
+
+
+async def get_item(engine: AsyncEngine, principal: Principal, item_id: int, *, history_limit: int = 10
+                   ) -> dict[str, Any]:
+    principal.require_role(*VIEW_ROLES)
+    async with engine.connect() as conn:
+        item = await db.item(conn, item_id)
+        if item is None:
+            raise _not_found("item", item_id)
+        principal.require_region(item["region"])
+        out = _present_item(item, principal)
+        verdict = await db.verdict_of_item(conn, item_id)
+        out["verdict"] = verdict
+        if item["item_kind"] == "calibration" and _is_supervisor(principal) and item["parent_item_id"]:
+            out["first_verdict"] = await db.verdict_of_item(conn, item["parent_item_id"])
+        out["agent_history"] = await db.agent_history(conn, item["region"], item["agent_id"], history_limit)
+        agent = await db.load_agents(conn, [(item["region"], item["agent_id"])])
+        row = agent.get((item["region"], item["agent_id"]))
+        out["agent_state"] = row.state.value if row else None
+    return out
+
+
+def _snapshot_shares(compensation: Mapping[str, Any]) -> list[Share]:
+    return [Share(s["party"]["type"], s["party"].get("id"), int(s["amount_minor"]))
+            for s in compensation.get("liability", [])]
+
+
+def _shares_json(shares: Sequence[Share]) -> list[dict[str, Any]]:
+    return [{"party": {"type": s.party_type, "id": s.party_id}, "amount_minor": s.amount_minor} for s in shares]
+
+
+def _correction_event(*, correction_id: str, item: Mapping[str, Any], audit_id: str, auditor: str,
+                      category: str, amount_minor: int, shares: Sequence[Share], note: str | None,
+                      corrects: str | None, now: datetime, topic: str) -> tuple[str, bytes, bytes, Any]:
+    comp = item["compensation"]
+    currency = comp["amount"]["currency"]
+    payload = AuditCorrectionIssued(
+        correction_id=correction_id, compensation_id=item["compensation_id"], corrects_correction_id=corrects,
+        audit_id=audit_id, auditor_id=auditor, buyer_id=comp["buyer_id"], error_category=category,
+        corrected_amount=NonNegativeMoney(amount_minor=amount_minor, currency=currency),
+        corrected_liability=[LiabilityShare(party=LiableParty(type=PartyType(s.party_type), id=s.party_id),
+                                            amount_minor=s.amount_minor) for s in shares],
+        note=note)
+    envelope = make_envelope(CORRECTION_EVENT, payload, source=SOURCE, region=item["region"], occurred_at=now,
+                             event_id=correction_id)
+    _, key, value, headers = record_for(envelope)
+    return topic, key, value, headers
+
+
+async def submit_verdict(engine: AsyncEngine, principal: Principal, item_id: int, verdict: VerdictInput, *,
+                         runtime: Runtime | None = None, now: datetime | None = None) -> dict[str, Any]:
+    """Record the verdict; a money error enqueues the ledger correction in the same transaction."""
+    principal.require_role(*AUDIT_ROLES)
+    rt = runtime or current_runtime()
+    at = _now(now)
+    async with engine.begin() as conn:
+        item = await db.item_for_update(conn, item_id)
+        if item is None:
+            raise _not_found("item", item_id)
+        principal.require_region(item["region"])
+        if item["status"] == "done":
+            raise Problem(409, "Conflict", f"item {item_id} already has a verdict")
+        if item["status"] != "claimed" or item["claimed_by"] != principal.subject:
+            raise Problem(409, "Conflict", f"item {item_id} is not claimed by {principal.subject}; claim it first")
+        policy = rt.policies.for_region(item["region"])
+        comp = item["compensation"]
+        amount = int(comp["amount"]["amount_minor"])
+        try:
+            validate(verdict, original_amount_minor=amount, categories=policy.error_categories)
+        except VerdictError as exc:
+            raise Problem(422, "Invalid verdict", str(exc),
+                          errors=[{"field": f, "message": m} for f, m in exc.errors]) from exc
+        gold_correct = None
+        if item["item_kind"] == "gold":
+            agreement = gold_agreement(item["gold_expected"], verdict.attributes)
+            gold_correct = all(agreement.values())
+        correction = None
+        if item["item_kind"] == "sample":
+            correction = correction_for(verdict, original_amount_minor=amount, currency=comp["amount"]["currency"],
+                                        original_liability=_snapshot_shares(comp))
+        verdict_id = await db.insert_verdict(conn, {
+            "item_id": item_id, "item_kind": item["item_kind"], "region": item["region"],
+            "compensation_id": item["compensation_id"], "agent_id": item["agent_id"], "team": item["team"],
+            "reason_code": comp["reason_code"], "currency": comp["amount"]["currency"], "amount_minor": amount,
+            "auditor_id": principal.subject, "attributes": dict(verdict.attributes), "passed": verdict.passed,
+            "error_category": verdict.error_category, "note": verdict.note,
+            "corrected_amount_minor": None if correction is None else correction.amount_minor,
+            "corrected_liability": None if correction is None else _shares_json(correction.liability),
+            "gold_correct": gold_correct, "created_at": at})
+        correction_id = None
+        if correction is not None:
+            correction_id = f"audit-correction-{item['region']}-{verdict_id}"
+            await db.set_correction_id(conn, verdict_id, correction_id)
+            await enqueue_records(conn, [_correction_event(
+                correction_id=correction_id, item=item, audit_id=f"verdict-{verdict_id}",
+                auditor=principal.subject, category=verdict.error_category or "other",
+                amount_minor=correction.amount_minor, shares=correction.liability, note=verdict.note,
+                corrects=None, now=at, topic=rt.corrections_topic)])
+        await db.complete_item(conn, item_id, at)
+        if item["item_kind"] == "sample":
+            await _record_agent_result(conn, policy, item, verdict.passed)
+            await _maybe_calibrate(conn, policy, item, principal.subject, at)
+        elif item["item_kind"] == "calibration" and item["parent_item_id"]:
+            primary = await db.verdict_of_item(conn, item["parent_item_id"])
+            if primary is not None:
+                await db.insert_calibration_pair(conn, item["region"], primary, verdict_id, principal.subject)
+        saved = await db.verdict(conn, verdict_id)
+    outcome = "pass" if verdict.passed else "fail"
+    metrics.VERDICTS.labels(item["region"], item["item_kind"], outcome).inc()
+    for name in ATTRIBUTES:
+        if not verdict.attributes[name]:
+            metrics.VERDICT_ATTRIBUTE_FAILURES.labels(item["region"], name).inc()
+    if correction is not None:
+        metrics.CORRECTIONS.labels(item["region"], "correction").inc()
+    assert saved is not None
+    return saved
+
+
+async def _record_agent_result(conn: AsyncConnection, policy: Policy, item: Mapping[str, Any], passed: bool
+                               ) -> None:
+    agent = await db.agent_for_update(conn, item["region"], item["agent_id"])
+    if agent is None:
+        return
+    results = (*agent.recent_results, passed)[-RESULTS_KEPT:]
+    await db.save_agent_results(conn, item["region"], item["agent_id"], results,
+                                next_state(agent.state, results, policy.switching))
+
+
+async def _maybe_calibrate(conn: AsyncConnection, policy: Policy, item: Mapping[str, Any], auditor: str,
+                           now: datetime) -> None:
+    # The same keyed draw as sampling, on a separate label, so the re-audit choice is reproducible too.
+    if uniform_draw(policy.seed, f"calibration:{item['compensation_id']}") >= policy.calibration_share:
+        return
+    rule = policy.queue(item["queue"]) or policy.queues[-1]
+    await db.insert_calibration_item(conn, dict(item), auditor, now, q.sla_due(now, rule.sla_hours))
+
+
+async def release_item(engine: AsyncEngine, principal: Principal, item_id: int) -> dict[str, Any]:
+    """Give a claimed item back to its queue (the holder, or a lead)."""
+    principal.require_role(*AUDIT_ROLES, "ops_admin")
+    async with engine.begin() as conn:
+        item = await db.item_for_update(conn, item_id)
+        if item is None:
+            raise _not_found("item", item_id)
+        principal.require_region(item["region"])
+        if item["status"] != "claimed":
+            raise Problem(409, "Conflict", f"item {item_id} is {item['status']}, not claimed")
+        if item["claimed_by"] != principal.subject and not principal.has_role(*LEAD_ROLES):
+            raise Problem(403, "Forbidden", f"item {item_id} is held by another auditor")
+        await db.set_item_holder(conn, item_id, status="queued", claimed_by=None, lease_until=None,
+                                 assigned_to=None)
+        updated = await db.item(conn, item_id)
+    assert updated is not None
+    return _present_item(updated, principal)
+
+
+async def reassign_item(engine: AsyncEngine, principal: Principal, item_id: int, auditor_id: str, *,
+                        runtime: Runtime | None = None, now: datetime | None = None) -> dict[str, Any]:
+    """A lead hands an open item to a named auditor: leased to them now, claimable by no one else."""
+    principal.require_role(*LEAD_ROLES)
+    if not auditor_id or len(auditor_id) > 128:
+        raise Problem(422, "Invalid request", "auditor_id is required",
+                      errors=[{"field": "auditor_id", "message": "1 to 128 characters"}])
+    at = _now(now)
+    async with engine.begin() as conn:
+        item = await db.item_for_update(conn, item_id)
+        if item is None:
+            raise _not_found("item", item_id)
+        principal.require_region(item["region"])
+        if item["status"] not in ("queued", "claimed"):
+            raise Problem(409, "Conflict", f"item {item_id} is {item['status']}; only open items move")
+        if auditor_id in (item["agent_id"], item["excluded_auditor"]):
+            raise Problem(409, "Conflict", f"{auditor_id} may not audit this item (own compensation or "
+                                           "own first verdict)")
+        policy = (runtime or current_runtime()).policies.for_region(item["region"])
+        await db.set_item_holder(conn, item_id, status="claimed", claimed_by=auditor_id,
+                                 lease_until=q.lease_expiry(at, policy.lease_seconds), assigned_to=auditor_id)
+        updated = await db.item(conn, item_id)
+    assert updated is not None
+    return _present_item(updated, principal)
+
+
+async def dispute_verdict(engine: AsyncEngine, principal: Principal, verdict_id: int, reason: str
+                          ) -> dict[str, Any]:
+    """The agent's lead contests a failed verdict; a senior auditor then decides."""
+    principal.require_role("lead")
+    if not reason or not reason.strip() or len(reason) > 2000:
+        raise Problem(422, "Invalid request", "a reason is required",
+                      errors=[{"field": "reason", "message": "1 to 2000 characters"}])
+    async with engine.begin() as conn:
+        verdict = await db.verdict(conn, verdict_id, for_update=True)
+        if verdict is None:
+            raise _not_found("verdict", verdict_id)
+        principal.require_region(verdict["region"])
+        if verdict["item_kind"] != "sample":
+            raise Problem(409, "Conflict", "only verdicts on sampled compensations can be disputed")
+        if verdict["passed"]:
+            raise Problem(409, "Conflict", "the verdict passed the compensation; nothing to dispute")
+        if verdict["status"] != "final":
+            raise Problem(409, "Conflict", f"verdict {verdict_id} is already {verdict['status']}")
+        created = await db.insert_dispute(conn, verdict_id, verdict["region"], principal.subject, reason.strip())
+        if created is None:
+            raise Problem(409, "Conflict", f"verdict {verdict_id} was already disputed")
+        await db.set_verdict_status(conn, verdict_id, "disputed")
+    metrics.DISPUTES.labels(verdict["region"], "raised").inc()
+    return created
+
+
+async def resolve_dispute(engine: AsyncEngine, principal: Principal, dispute_id: int, outcome: str,
+                          note: str | None = None, *, runtime: Runtime | None = None,
+                          now: datetime | None = None) -> dict[str, Any]:
+    """A senior auditor upholds or overturns; an overturn reverses the verdict's correction."""
+    principal.require_role(*RESOLVE_ROLES)
+    if outcome not in ("uphold", "overturn"):
+        raise Problem(422, "Invalid request", "outcome must be uphold or overturn",
+                      errors=[{"field": "outcome", "message": "uphold or overturn"}])
+    rt = runtime or current_runtime()
+    at = _now(now)
+    async with engine.begin() as conn:
+        current = await db.dispute(conn, dispute_id, for_update=True)
+        if current is None:
+            raise _not_found("dispute", dispute_id)
+        principal.require_region(current["region"])
+        if current["status"] != "open":
+            raise Problem(409, "Conflict", f"dispute {dispute_id} is already {current['status']}")
+        verdict = await db.verdict(conn, current["verdict_id"], for_update=True)
+        assert verdict is not None
+        if verdict["auditor_id"] == principal.subject:
+            raise Problem(403, "Forbidden", "a senior auditor cannot judge a dispute of their own verdict")
+        reverse_id = None
+        if outcome == "overturn" and verdict["correction_id"]:
+            item = await db.item(conn, verdict["item_id"])
+            assert item is not None
+            reverse_id = f"{verdict['correction_id']}-reversal"
+            comp = item["compensation"]
+            await enqueue_records(conn, [_correction_event(
+                correction_id=reverse_id, item=item, audit_id=f"dispute-{dispute_id}", auditor=principal.subject,
+                category=verdict["error_category"] or "other", amount_minor=int(comp["amount"]["amount_minor"]),
+                shares=_snapshot_shares(comp), note=note, corrects=verdict["correction_id"], now=at,
+                topic=rt.corrections_topic)])
+        status = "upheld" if outcome == "uphold" else "overturned"
+        await db.set_verdict_status(conn, verdict["id"], status)
+        resolved = await db.resolve_dispute(conn, dispute_id, status, principal.subject, note, reverse_id, at)
+    metrics.DISPUTES.labels(current["region"], status).inc()
+    if reverse_id:
+        metrics.CORRECTIONS.labels(current["region"], "reversal").inc()
+    return resolved
+
+
+async def list_disputes(engine: AsyncEngine, principal: Principal, region: str | None = None,
+                        status: str | None = "open") -> list[dict[str, Any]]:
+    principal.require_role("lead", "senior_auditor", "ops_admin")
+    if region is not None:
+        principal.require_region(region)
+        regions: list[str] | None = [region]
+    else:
+        regions = None if "*" in principal.regions else sorted(principal.regions)
+    async with engine.connect() as conn:
+        return await db.disputes(conn, regions, status)
+
+
+async def seed_gold_item(engine: AsyncEngine, principal: Principal, gold: GoldItemInput, *,
+                         runtime: Runtime | None = None, now: datetime | None = None) -> dict[str, Any]:
+    """A lead seeds a known-answer item; auditors see it as an ordinary audit."""
+    from pydantic import ValidationError
+
+    from services.audit_sampler.contracts import ManualCompensationIssued
+    from shared.contracts.registry import region_currency_errors
+
+    principal.require_role(*LEAD_ROLES)
+    _check_region_code(gold.region)
+    principal.require_region(gold.region)
+    try:
+        expected = parse_expected(gold.expected)
+    except VerdictError as exc:
+        raise Problem(422, "Invalid gold item", str(exc),
+                      errors=[{"field": f, "message": m} for f, m in exc.errors]) from exc
+    try:
+        comp = ManualCompensationIssued.model_validate(dict(gold.compensation))
+    except ValidationError as exc:
+        raise Problem(422, "Invalid gold item", "compensation does not match the manual compensation contract",
+                      errors=[{"field": "compensation." + ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
+                              for e in exc.errors()]) from exc
+    currency_errors = region_currency_errors(gold.region, comp)
+    if currency_errors:
+        raise Problem(422, "Invalid gold item", "money not in the region's currency",
+                      errors=[{"field": f.replace("payload.", "compensation."), "message": m}
+                              for f, m in currency_errors])
+    policy = (runtime or current_runtime()).policies.for_region(gold.region)
+    rule = policy.queue(gold.queue) if gold.queue else policy.queues[-1]
+    if rule is None:
+        raise Problem(422, "Invalid gold item", f"no queue {gold.queue}",
+                      errors=[{"field": "queue", "message": "unknown queue"}])
+    at = _now(now)
+    region = catalogue().get(gold.region)
+    async with engine.begin() as conn:
+        item_id = await db.insert_gold_item(conn, {
+            "region": gold.region, "queue": rule.name, "compensation_id": comp.compensation_id,
+            "agent_id": comp.agent_id, "team": comp.team, "compensation": comp.model_dump(mode="json"),
+            "local_day": q.local_day(region, at), "now": at, "due": q.sla_due(at, rule.sla_hours),
+            "expected": expected, "created_by": principal.subject})
+        created = await db.item(conn, item_id)
+    assert created is not None
+    return _present_item(created, principal)
+
+
+def lease_remaining(item: Mapping[str, Any], now: datetime | None = None) -> timedelta | None:
+    expires = item.get("lease_expires_at")
+    return None if expires is None else expires - _now(now)
