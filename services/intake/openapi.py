@@ -1,0 +1,132 @@
+"""OpenAPI of the event routes: bodies, results and problem documents as named components."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic.json_schema import models_json_schema
+
+from services.intake.domain.items import ITEM_MODELS
+
+REF = "#/components/schemas/{model}"
+
+
+class SubmitResult(BaseModel):
+    event_id: str
+    status: Literal["accepted", "duplicate"] = Field(
+        description="accepted: stored now and queued for the broker; duplicate: the same event was "
+                    "already accepted earlier (nothing new happens).")
+
+
+class ItemError(BaseModel):
+    field: str
+    message: str
+
+
+class BatchItemResult(BaseModel):
+    index: int = Field(description="Position of the item in the request.")
+    event_id: str | None
+    status: Literal["accepted", "duplicate", "rejected", "conflict"]
+    errors: list[ItemError] | None = Field(
+        default=None, description="Why the item was rejected (fields relative to the item).")
+
+
+class BatchResult(BaseModel):
+    accepted: int
+    duplicate: int
+    rejected: int = Field(description="Rejected and conflicting items.")
+    results: list[BatchItemResult] = Field(description="One result per item, in request order.")
+
+
+class ProblemDetails(BaseModel):
+    """RFC 9457 problem details."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+    errors: list[ItemError] | None = None
+
+
+def _batch_model(item: type[BaseModel], max_items: int) -> type[BaseModel]:
+    extra: Any = item.model_config.get("json_schema_extra") or {}
+    example = extra.get("examples", [{}])[0]
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        f"{item.__name__}Batch",
+        __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": [{"items": [example]}]}),
+        items=(list[item], Field(min_length=1, max_length=max_items)),  # type: ignore[valid-type]
+    )
+
+
+def components(max_items: int) -> dict[str, Any]:
+    models: list[type[BaseModel]] = [SubmitResult, BatchResult, ProblemDetails]
+    for item in ITEM_MODELS.values():
+        models += [item, _batch_model(item, max_items)]
+    _, top = models_json_schema([(m, "validation") for m in models], ref_template=REF)
+    return dict(top.get("$defs", {}))
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": REF.format(model=name)}
+
+
+def _problem(description: str, retry_after: bool = False) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description, "content": {"application/problem+json": {"schema": _ref("ProblemDetails")}}}
+    if retry_after:
+        response["headers"] = {"Retry-After": {"description": "Seconds to wait before retrying.",
+                                               "schema": {"type": "integer"}}}
+    return response
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _problem("The body is not JSON."),
+    401: _problem("Missing, invalid or revoked API key or token."),
+    403: _problem("The credential may not send this event type (or, for a single event, to its region)."),
+    413: _problem("The body is larger than the limit."),
+    422: _problem("Invalid body; ``errors`` names each bad field."),
+    429: _problem("The API key's rate limit is exceeded.", retry_after=True),
+    503: _problem("Too many events wait for the broker, or the database is unavailable; nothing was "
+                  "stored.", retry_after=True),
+}
+
+
+def _body(schema_name: str) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": _ref(schema_name)}}}}
+
+
+def single_operation(event_type: str) -> dict[str, Any]:
+    name = ITEM_MODELS[event_type].__name__
+    return {
+        "description": f"Submit one `{event_type}` event. Accepted means durably stored; it reaches the "
+                       "broker even if the broker is down now. Re-sending the same event id with the same "
+                       "content answers `duplicate`; with different content, 409.",
+        "responses": {202: {"description": "Accepted or duplicate.",
+                            "content": {"application/json": {"schema": _ref("SubmitResult")}}},
+                      409: _problem("The event id was already received with different content."), **_ERRORS},
+        "openapi_extra": _body(name),
+    }
+
+
+def batch_operation(event_type: str, max_items: int) -> dict[str, Any]:
+    name = ITEM_MODELS[event_type].__name__ + "Batch"
+    return {
+        "description": f"Submit up to {max_items} `{event_type}` events. Each item is judged on its own: "
+                       "the answer lists, in order, accepted, duplicate, rejected (with the item's errors) "
+                       "or conflict (event id reused with different content).",
+        "responses": {200: {"description": "Per-item results.",
+                            "content": {"application/json": {"schema": _ref("BatchResult")}}}, **_ERRORS},
+        "openapi_extra": _body(name),
+    }
+
+
+SECURITY_SCHEMES = {
+    "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+               "description": "Per upstream system; created with `python -m services.intake keys create`."},
+    "Bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+               "description": "Platform token with role service or ops_admin."},
+}

@@ -1,0 +1,119 @@
+"""Intake's tables: idempotency records (with the outbox rows they release) and API keys."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.intake.domain.items import payload_of
+from services.intake.domain.keys import ApiKey
+from services.intake.domain.screening import Candidate
+from shared.contracts.envelope import Envelope
+from shared.contracts.registry import LATEST, encode_envelope
+from shared.kafka.producer import envelope_headers
+from shared.outbox import Record, enqueue_records
+
+# One statement claims every new event id and reads the fingerprints of those already on record: the
+# main query's snapshot predates the INSERT, so claimed rows show a NULL fingerprint.
+_CLAIM = text("""
+WITH incoming AS (
+    SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:types AS text[]), CAST(:fps AS text[]))
+        AS t(event_id, event_type, fingerprint)),
+claimed AS (
+    INSERT INTO received_events (event_id, event_type, fingerprint)
+    SELECT event_id, event_type, fingerprint FROM incoming
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id)
+SELECT i.event_id, c.event_id IS NOT NULL AS claimed, r.fingerprint
+FROM incoming i
+LEFT JOIN claimed c ON c.event_id = i.event_id
+LEFT JOIN received_events r ON r.event_id = i.event_id""")
+
+_FINGERPRINTS = text("SELECT event_id, fingerprint FROM received_events WHERE event_id = ANY(:ids)")
+
+
+def outbox_record(event_type: str, candidate: Candidate, source: str) -> Record:
+    """The Kafka record of an accepted item: topic, partition key and headers as the contract defines."""
+    spec = LATEST[event_type]
+    item = candidate.item
+    meta = {"correlation_id": item.correlation_id} if item.correlation_id else {}
+    envelope = Envelope(event_id=item.event_id, event_type=event_type, schema_version=spec.version,
+                        occurred_at=item.occurred_at, source=source, region=item.region,
+                        traceparent=item.traceparent, payload=payload_of(item), **meta)
+    return (spec.topic.value, spec.key(envelope, item).encode(), encode_envelope(envelope),
+            envelope_headers(envelope))
+
+
+async def store_events(conn: AsyncConnection, event_type: str, candidates: Sequence[Candidate],
+                       source: str) -> dict[str, str | None]:
+    """Record each new event id and put its event in the outbox, in the caller's transaction.
+
+    Returns event id -> None when stored now, or the fingerprint already on record. Candidates must have
+    distinct event ids (screening guarantees it).
+    """
+    if not candidates:
+        return {}
+    rows = (await conn.execute(_CLAIM, {
+        "ids": [c.item.event_id for c in candidates],
+        "types": [event_type] * len(candidates),
+        "fps": [c.fingerprint for c in candidates],
+    })).all()
+    stored: dict[str, str | None] = {}
+    unseen: list[str] = []
+    for event_id, claimed, previous in rows:
+        if claimed:
+            stored[event_id] = None
+        elif previous is None:
+            unseen.append(event_id)  # committed by a concurrent request after our snapshot
+        else:
+            stored[event_id] = previous
+    if unseen:
+        for event_id, previous in (await conn.execute(_FINGERPRINTS, {"ids": unseen})).all():
+            stored[event_id] = previous
+    await enqueue_records(conn, [outbox_record(event_type, c, source) for c in candidates
+                                 if stored[c.item.event_id] is None])
+    return stored
+
+
+# ------------------------------------------------------------------ API keys
+
+_KEY_COLUMNS = ("key_id, system_name, key_hash, regions, event_types, rate_limit_per_second, created_at, "
+                "revoked_at")
+
+
+def _api_key(row: Any) -> ApiKey:
+    return ApiKey(key_id=row.key_id, system_name=row.system_name, key_hash=row.key_hash,
+                  regions=frozenset(row.regions), event_types=frozenset(row.event_types),
+                  rate_limit_per_second=row.rate_limit_per_second, created_at=row.created_at,
+                  revoked_at=row.revoked_at)
+
+
+async def insert_api_key(conn: AsyncConnection, *, key_id: str, system_name: str, key_hash: str,
+                         regions: Sequence[str], event_types: Sequence[str], rate_limit_per_second: int) -> None:
+    await conn.execute(text(
+        "INSERT INTO api_keys (key_id, system_name, key_hash, regions, event_types, rate_limit_per_second) "
+        "VALUES (:key_id, :system_name, :key_hash, CAST(:regions AS text[]), CAST(:event_types AS text[]), "
+        ":rate)"), {"key_id": key_id, "system_name": system_name, "key_hash": key_hash,
+                    "regions": list(regions), "event_types": list(event_types), "rate": rate_limit_per_second})
+
+
+async def get_api_key(conn: AsyncConnection, key_id: str) -> ApiKey | None:
+    row = (await conn.execute(text(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_id = :k"),
+                              {"k": key_id})).first()
+    return None if row is None else _api_key(row)
+
+
+async def list_api_keys(conn: AsyncConnection) -> list[ApiKey]:
+    rows = (await conn.execute(text(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at"))).all()
+    return [_api_key(r) for r in rows]
+
+
+async def revoke_api_key(conn: AsyncConnection, key_id: str, at: datetime) -> bool:
+    """True when the key existed and was active until now."""
+    result = await conn.execute(text(
+        "UPDATE api_keys SET revoked_at = :at WHERE key_id = :k AND revoked_at IS NULL"), {"k": key_id, "at": at})
+    return bool(result.rowcount)  # type: ignore[attr-defined]
