@@ -41,7 +41,7 @@ from shared.regions import catalogue
 
 MAX_FALLBACK_TIERS = 5  # the reservation request carries at most five lower tiers
 _ID_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
-_KINDS = {CompensationKind.VOUCHER, CompensationKind.STORE_CREDIT}
+_KINDS = (CompensationKind.VOUCHER, CompensationKind.STORE_CREDIT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,6 +367,33 @@ _TOP = ("id", "version", "scenario", "regions", "currency", "effective_from", "e
         "description")
 
 
+def _guard(r: _Reader, raw: dict[str, Any], currency: str) -> AbuseGuard:
+    r.unknown(raw, "abuse_guard", ("window_days", "max_count", "max_amount"))
+    window = r.field(raw, "abuse_guard", "window_days", _int(1, 366))
+    max_count = r.field(raw, "abuse_guard", "max_count", _int(0), required=False)
+    max_amount = r.field(raw, "abuse_guard", "max_amount", _money(currency), required=False)
+    if max_count is None and max_amount is None:
+        r.error("abuse_guard", "give max_count, max_amount or both")
+    return AbuseGuard(window, max_count, max_amount)
+
+
+def _budget(r: _Reader, raw: dict[str, Any]) -> Budget:
+    r.unknown(raw, "budget", ("pacing_allowance_percent", "degrade_to_lower_tier"))
+    return Budget(r.field(raw, "budget", "pacing_allowance_percent", _int(0, 100), required=False),
+                  r.field(raw, "budget", "degrade_to_lower_tier", _bool, required=False, default=False))
+
+
+def _soft(r: _Reader, where: str, parse: Any, *args: Any, **kw: Any) -> Any:
+    """Run one section's parser; its mistakes are recorded and the other sections still get checked."""
+    try:
+        return parse(*args, **kw)
+    except _Bad:
+        return None
+    except ValueError as exc:
+        r.error(where, str(exc))
+        return None
+
+
 def _strategy(file: str, index: int, data: Any, errors: list[StrategyError]) -> Strategy | None:
     if not isinstance(data, dict):
         errors.append(StrategyError(file, None, f"strategies[{index}]", "must be a mapping"))
@@ -375,58 +402,46 @@ def _strategy(file: str, index: int, data: Any, errors: list[StrategyError]) -> 
     r = _Reader(file, sid or f"#{index}", errors)
     before = len(errors)
     r.unknown(data, "", _TOP)
-    try:
-        sid = r.field(data, "", "id", _ident)
-        version = r.field(data, "", "version", _int(1))
-        scenario = r.field(data, "", "scenario", _ident)
-        regions = r.field(data, "", "regions", _list)
-        currency = r.field(data, "", "currency", _text)
-        cat = catalogue()
-        for i, code in enumerate(regions):
-            if code not in cat:
-                r.error(f"regions[{i}]", f"unknown region {code!r}")
-            elif cat.get(code).currency != currency:
-                r.error("currency", f"{currency} is not the currency of region {code} "
-                                    f"({cat.get(code).currency})")
-        if len(errors) > before:
-            return None
-        start = r.field(data, "", "effective_from", _aware)
-        end = r.field(data, "", "effective_to", _aware, required=False)
-        if end is not None and end <= start:
-            r.error("effective_to", "must be after effective_from")
-        enabled = r.field(data, "", "enabled", _bool)
-        mode = r.field(data, "", "mode", _enum(Mode), required=False, default=Mode.ACTIVE)
-        priority = r.field(data, "", "priority", _int(0, 1_000_000))
-        match = _match(r, r.field(data, "", "match", _mapping), currency)
-        compensation = _compensation(r, r.field(data, "", "compensation", _mapping), currency)
-        liability = _liability(r, r.field(data, "", "liability", _list))
-        guard = None
-        raw_guard = r.field(data, "", "abuse_guard", _mapping, required=False)
-        if raw_guard is not None:
-            r.unknown(raw_guard, "abuse_guard", ("window_days", "max_count", "max_amount"))
-            window = r.field(raw_guard, "abuse_guard", "window_days", _int(1, 366))
-            max_count = r.field(raw_guard, "abuse_guard", "max_count", _int(0), required=False)
-            max_amount = r.field(raw_guard, "abuse_guard", "max_amount", _money(currency), required=False)
-            if max_count is None and max_amount is None:
-                r.error("abuse_guard", "give max_count, max_amount or both")
-            guard = AbuseGuard(window, max_count, max_amount)
-        holdout = r.field(data, "", "holdout_percent", _percent(0, 100), required=False, default=Fraction(0))
-        if (holdout * 100).denominator != 1:
-            r.error("holdout_percent", "at most two decimals (it is kept in basis points)")
-        raw_budget = r.field(data, "", "budget", _mapping, required=False, default={})
-        r.unknown(raw_budget, "budget", ("pacing_allowance_percent", "degrade_to_lower_tier"))
-        budget = Budget(
-            r.field(raw_budget, "budget", "pacing_allowance_percent", _int(0, 100), required=False),
-            r.field(raw_budget, "budget", "degrade_to_lower_tier", _bool, required=False, default=False))
-        if budget.degrade_to_lower_tier and len(compensation.tiers) < 2:
-            r.error("budget.degrade_to_lower_tier", "needs at least two compensation tiers")
-        _consistency(r, match, compensation)
-    except _Bad:
+
+    def top(name: str, parse: Any, **kw: Any) -> Any:
+        return _soft(r, name, r.field, data, "", name, parse, **kw)
+
+    sid, version, scenario = top("id", _ident), top("version", _int(1)), top("scenario", _ident)
+    regions, currency = top("regions", _list), top("currency", _text)
+    if regions is None or currency is None:
         return None
+    cat = catalogue()
+    for i, code in enumerate(regions):
+        if code not in cat:
+            r.error(f"regions[{i}]", f"unknown region {code!r}")
+        elif cat.get(code).currency != currency:
+            r.error("currency", f"{currency} is not the currency of region {code} ({cat.get(code).currency})")
     if len(errors) > before:
+        return None  # amounts cannot be read without a valid currency
+    start, end = top("effective_from", _aware), top("effective_to", _aware, required=False)
+    if start is not None and end is not None and end <= start:
+        r.error("effective_to", "must be after effective_from")
+    enabled, priority = top("enabled", _bool), top("priority", _int(0, 1_000_000))
+    mode = top("mode", _enum(Mode), required=False, default=Mode.ACTIVE)
+    match_raw, comp_raw = top("match", _mapping), top("compensation", _mapping)
+    match = _soft(r, "match", _match, r, match_raw, currency) if match_raw is not None else None
+    comp = _soft(r, "compensation", _compensation, r, comp_raw, currency) if comp_raw is not None else None
+    liability_raw = top("liability", _list)
+    liability = _liability(r, liability_raw) if liability_raw is not None else ()
+    guard_raw = top("abuse_guard", _mapping, required=False)
+    guard = _soft(r, "abuse_guard", _guard, r, guard_raw, currency) if guard_raw is not None else None
+    holdout = top("holdout_percent", _percent(0, 100), required=False, default=Fraction(0))
+    if holdout is not None and (holdout * 100).denominator != 1:
+        r.error("holdout_percent", "at most two decimals (it is kept in basis points)")
+    budget = _soft(r, "budget", _budget, r, top("budget", _mapping, required=False, default={}) or {})
+    if budget is not None and comp is not None and budget.degrade_to_lower_tier and len(comp.tiers) < 2:
+        r.error("budget.degrade_to_lower_tier", "needs at least two compensation tiers")
+    if match is not None and comp is not None:
+        _consistency(r, match, comp)
+    if len(errors) > before or match is None or comp is None:
         return None
     return Strategy(sid, version, scenario, frozenset(regions), currency, start, end, enabled, mode, priority,
-                    match, compensation, liability, guard, int(holdout * 100), budget, file)
+                    match, comp, liability, guard, int(holdout * 100), budget, file)
 
 
 def _consistency(r: _Reader, match: Match, comp: Compensation) -> None:
@@ -499,8 +514,10 @@ def strategy_files(path: str | Path) -> list[Path]:
 
 def load_strategies(path: str | Path) -> StrategySet:
     """Load a directory (every *.yaml / *.yml) or one file; raise StrategyLoadError listing every mistake."""
-    files = strategy_files(path)
     errors: list[StrategyError] = []
+    if not Path(path).exists():
+        raise StrategyLoadError([StrategyError(str(path), None, "(path)", "does not exist")])
+    files = strategy_files(path)
     if not files:
         errors.append(StrategyError(str(path), None, "(directory)", "no strategy files (*.yaml) found"))
     strategies: list[Strategy] = []
