@@ -1,0 +1,226 @@
+"""Read-only SQL for reports and the workbench, plus the workbench's own users and sessions.
+
+Reads the audit core's tables (population, verdicts, verdict_attributes, calibration_pairs, disputes)
+without writing them; writes only workbench_users and workbench_sessions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.audit_sampler.domain.reports import (
+    AuditedCompensation,
+    CalibrationPair,
+    GoldResult,
+    Period,
+    PopulationCount,
+)
+
+# ------------------------------------------------------------------ report inputs
+
+
+async def population_count(conn: AsyncConnection, region: str, period: Period) -> PopulationCount:
+    row = (await conn.execute(text(
+        "SELECT count(*) AS size, count(*) FILTER (WHERE sampled) AS sampled, "
+        "coalesce(sum(amount_minor), 0) AS amount, count(*) FILTER (WHERE capacity_dropped) AS dropped "
+        "FROM population WHERE region = :r AND local_day >= :start AND local_day < :end"),
+        {"r": region, "start": period.start, "end": period.end})).one()
+    return PopulationCount(int(row.size), int(row.sampled), int(row.amount), int(row.dropped))
+
+
+async def audited_compensations(conn: AsyncConnection, region: str, start: date, end: date
+                                ) -> list[tuple[date, AuditedCompensation]]:
+    """Audited sample items of compensations issued on local days [start, end), with the local day.
+
+    A verdict overturned on dispute was wrong: the compensation counts as correct."""
+    rows = await conn.execute(text(
+        "SELECT p.local_day, v.compensation_id, v.agent_id, v.team, v.reason_code, v.amount_minor, "
+        "p.effective_probability, (v.passed OR v.status = 'overturned') AS passed, v.status, "
+        "v.error_category, v.corrected_amount_minor, "
+        "coalesce((SELECT array_agg(a.attribute ORDER BY a.attribute) FROM verdict_attributes a "
+        "          WHERE a.verdict_id = v.id AND NOT a.ok), '{}') AS failed "
+        "FROM verdicts v JOIN population p ON p.compensation_id = v.compensation_id "
+        "WHERE v.item_kind = 'sample' AND p.region = :r AND p.local_day >= :start AND p.local_day < :end "
+        "AND p.effective_probability > 0"),
+        {"r": region, "start": start, "end": end})
+    out = []
+    for r in rows:
+        overturned = r.status == "overturned"
+        out.append((r.local_day, AuditedCompensation(
+            compensation_id=r.compensation_id, agent_id=r.agent_id, team=r.team, reason_code=r.reason_code,
+            amount_minor=int(r.amount_minor), probability=min(1.0, float(r.effective_probability)),
+            passed=bool(r.passed), error_category=None if overturned else r.error_category,
+            corrected_amount_minor=None if overturned else r.corrected_amount_minor,
+            failed_attributes=frozenset() if overturned else frozenset(r.failed))))
+    return out
+
+
+async def calibration_pairs(conn: AsyncConnection, region: str, period: Period) -> list[CalibrationPair]:
+    rows = await conn.execute(text(
+        "SELECT c.primary_auditor, c.second_auditor, v1.attributes AS a1, v2.attributes AS a2, "
+        "v1.passed AS p1, v2.passed AS p2 FROM calibration_pairs c "
+        "JOIN verdicts v1 ON v1.id = c.primary_verdict_id JOIN verdicts v2 ON v2.id = c.second_verdict_id "
+        "WHERE c.region = :r AND c.created_at >= :start AND c.created_at < :end"),
+        {"r": region, "start": period.start_utc, "end": period.end_utc})
+    return [CalibrationPair(r.primary_auditor, r.second_auditor, _flags(r.a1), _flags(r.a2), bool(r.p1),
+                            bool(r.p2)) for r in rows]
+
+
+def _flags(raw: Mapping[str, Any]) -> dict[str, bool]:
+    return {str(k): bool(v) for k, v in raw.items() if isinstance(v, bool)}
+
+
+async def gold_results(conn: AsyncConnection, region: str, timezone: str, start: datetime, end: datetime
+                       ) -> list[GoldResult]:
+    rows = await conn.execute(text(
+        "SELECT auditor_id, (created_at AT TIME ZONE :tz)::date AS day, gold_correct FROM verdicts "
+        "WHERE region = :r AND item_kind = 'gold' AND gold_correct IS NOT NULL "
+        "AND created_at >= :start AND created_at < :end"),
+        {"r": region, "tz": timezone, "start": start, "end": end})
+    return [GoldResult(r.auditor_id, r.day, bool(r.gold_correct)) for r in rows]
+
+
+# ------------------------------------------------------------------ the auditor's own figures
+
+
+async def auditor_stats(conn: AsyncConnection, auditor: str, regions: Sequence[str] | None,
+                        day_start: datetime, week_start: datetime) -> dict[str, Any]:
+    """An auditor's own work: verdicts today and this week, fail share, gold accuracy, disputes, agreement."""
+    regions_param = None if regions is None else list(regions)
+    row = (await conn.execute(text(
+        "SELECT count(*) FILTER (WHERE created_at >= :day) AS today, "
+        "count(*) FILTER (WHERE created_at >= :week) AS this_week, count(*) AS total, "
+        "count(*) FILTER (WHERE NOT passed) AS failed, "
+        "count(*) FILTER (WHERE item_kind = 'gold') AS gold_items, "
+        "count(*) FILTER (WHERE item_kind = 'gold' AND gold_correct) AS gold_correct, "
+        "count(*) FILTER (WHERE status = 'upheld') AS disputes_upheld, "
+        "count(*) FILTER (WHERE status = 'overturned') AS disputes_overturned "
+        "FROM verdicts WHERE auditor_id = :a "
+        "AND (CAST(:regions AS text[]) IS NULL OR region = ANY(CAST(:regions AS text[])))"),
+        {"a": auditor, "day": day_start, "week": week_start, "regions": regions_param})).one()
+    agreement = (await conn.execute(text(
+        "SELECT count(*) AS scored, count(*) FILTER (WHERE a1.ok = a2.ok) AS agreed "
+        "FROM calibration_pairs c JOIN verdict_attributes a1 ON a1.verdict_id = c.primary_verdict_id "
+        "JOIN verdict_attributes a2 ON a2.verdict_id = c.second_verdict_id AND a2.attribute = a1.attribute "
+        "WHERE (c.primary_auditor = :a OR c.second_auditor = :a) "
+        "AND (CAST(:regions AS text[]) IS NULL OR c.region = ANY(CAST(:regions AS text[])))"),
+        {"a": auditor, "regions": regions_param})).one()
+    recent = await conn.execute(text(
+        "SELECT id, item_id, region, compensation_id, agent_id, passed, error_category, status, created_at "
+        "FROM verdicts WHERE auditor_id = :a AND item_kind <> 'gold' "
+        "AND (CAST(:regions AS text[]) IS NULL OR region = ANY(CAST(:regions AS text[]))) "
+        "ORDER BY created_at DESC, id DESC LIMIT 15"), {"a": auditor, "regions": regions_param})
+    return {**dict(row._mapping), "attributes_scored_twice": int(agreement.scored),
+            "attributes_agreed": int(agreement.agreed), "recent": [dict(r._mapping) for r in recent]}
+
+
+# ------------------------------------------------------------------ users and sessions
+
+
+@dataclass(frozen=True)
+class User:
+    username: str
+    password_hash: str | None
+    roles: tuple[str, ...]
+    regions: tuple[str, ...]
+    disabled: bool
+    failed_sign_ins: int
+    locked_until: datetime | None
+
+
+_USER_COLUMNS = "username, password_hash, roles, regions, disabled, failed_sign_ins, locked_until"
+
+
+def _user(row: Any) -> User:
+    return User(row.username, row.password_hash, tuple(row.roles), tuple(row.regions), bool(row.disabled),
+                int(row.failed_sign_ins), row.locked_until)
+
+
+async def get_user(conn: AsyncConnection, username: str) -> User | None:
+    row = (await conn.execute(text(f"SELECT {_USER_COLUMNS} FROM workbench_users WHERE username = :u"),
+                              {"u": username})).first()
+    return None if row is None else _user(row)
+
+
+async def list_users(conn: AsyncConnection) -> list[User]:
+    rows = await conn.execute(text(f"SELECT {_USER_COLUMNS} FROM workbench_users ORDER BY username"))
+    return [_user(r) for r in rows]
+
+
+async def upsert_user(conn: AsyncConnection, username: str, password_hash: str | None, roles: Sequence[str],
+                      regions: Sequence[str]) -> bool:
+    """Create the user or replace its roles, regions and (when given) password; True if created."""
+    row = (await conn.execute(text(
+        "INSERT INTO workbench_users (username, password_hash, roles, regions) "
+        "VALUES (:u, :h, CAST(:roles AS text[]), CAST(:regions AS text[])) "
+        "ON CONFLICT (username) DO UPDATE SET password_hash = coalesce(EXCLUDED.password_hash, "
+        "workbench_users.password_hash), roles = EXCLUDED.roles, regions = EXCLUDED.regions, disabled = false, "
+        "failed_sign_ins = 0, locked_until = NULL, updated_at = now() RETURNING (xmax = 0) AS created"),
+        {"u": username, "h": password_hash, "roles": list(roles), "regions": list(regions)})).one()
+    return bool(row.created)
+
+
+async def disable_user(conn: AsyncConnection, username: str, now: datetime) -> bool:
+    updated = (await conn.execute(text(
+        "UPDATE workbench_users SET disabled = true, updated_at = :now WHERE username = :u RETURNING username"),
+        {"u": username, "now": now})).first()
+    await conn.execute(text(
+        "UPDATE workbench_sessions SET ended_at = :now WHERE username = :u AND ended_at IS NULL"),
+        {"u": username, "now": now})
+    return updated is not None
+
+
+async def record_sign_in(conn: AsyncConnection, username: str, ok: bool, now: datetime,
+                         max_failures: int, lockout_until: datetime) -> None:
+    if ok:
+        await conn.execute(text(
+            "UPDATE workbench_users SET failed_sign_ins = 0, locked_until = NULL, last_sign_in_at = :now "
+            "WHERE username = :u"), {"u": username, "now": now})
+        return
+    await conn.execute(text(
+        "UPDATE workbench_users SET failed_sign_ins = failed_sign_ins + 1, "
+        "locked_until = CASE WHEN failed_sign_ins + 1 >= :max THEN CAST(:until AS timestamptz) "
+        "ELSE locked_until END WHERE username = :u"),
+        {"u": username, "max": max_failures, "until": lockout_until})
+
+
+async def create_session(conn: AsyncConnection, session_id: str, username: str, csrf_token: str,
+                         now: datetime, expires_at: datetime) -> None:
+    await conn.execute(text(
+        "INSERT INTO workbench_sessions (id, username, csrf_token, created_at, expires_at) "
+        "VALUES (:id, :u, :csrf, :now, :exp)"),
+        {"id": session_id, "u": username, "csrf": csrf_token, "now": now, "exp": expires_at})
+
+
+@dataclass(frozen=True)
+class Session:
+    id: str
+    csrf_token: str
+    expires_at: datetime
+    user: User
+
+
+async def live_session(conn: AsyncConnection, session_id: str, now: datetime) -> Session | None:
+    """The session if it has not ended or expired and its user is still enabled."""
+    row = (await conn.execute(text(
+        f"SELECT s.id, s.csrf_token, s.expires_at, {', '.join('u.' + c for c in _USER_COLUMNS.split(', '))} "
+        "FROM workbench_sessions s JOIN workbench_users u ON u.username = s.username "
+        "WHERE s.id = :id AND s.ended_at IS NULL AND s.expires_at > :now AND NOT u.disabled"),
+        {"id": session_id, "now": now})).first()
+    return None if row is None else Session(row.id, row.csrf_token, row.expires_at, _user(row))
+
+
+async def end_session(conn: AsyncConnection, session_id: str, now: datetime) -> None:
+    await conn.execute(text("UPDATE workbench_sessions SET ended_at = :now WHERE id = :id AND ended_at IS NULL"),
+                       {"id": session_id, "now": now})
+
+
+async def purge_sessions(conn: AsyncConnection, before: datetime) -> int:
+    result = await conn.execute(text("DELETE FROM workbench_sessions WHERE expires_at < :t"), {"t": before})
+    return int(getattr(result, "rowcount", 0) or 0)
