@@ -57,6 +57,7 @@ class Hold:
     released: int = 0
     breakage: int = 0
     closed_by: str | None = None
+    requested_event_id: str = ""
     new: bool = False
     dirty: bool = False
 
@@ -207,7 +208,8 @@ class Book:
         hold = Hold(p.reservation_id, p.compensation_id, env.region, period, p.amount.currency, p.kind.value,
                     p.ticket_id, p.buyer_id, HoldStatus.PENDING if granted else HoldStatus.DENIED,
                     requested=p.amount.amount_minor, decided=granted, amount=granted, expires_at=p.expires_at,
-                    denial_reason=decision.denial.value if decision.denial else None, new=True)
+                    denial_reason=decision.denial.value if decision.denial else None,
+                    requested_event_id=env.event_id, new=True)
         self.holds[hold.reservation_id] = hold
         if granted:
             assert budget is not None

@@ -1,0 +1,172 @@
+"""The ledger's batch handler: lock what the batch touches, apply it in the book, write it in bulk.
+
+Lock order, the same for every writer (batches, sweeper), so parallel consumers never deadlock:
+per-compensation advisory locks (sorted) -> budget rows (sorted, one ``FOR UPDATE`` per budget per
+batch) -> striped balance rows (sorted).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.ledger import metrics, persistence
+from services.ledger.config import Settings
+from services.ledger.domain import journal
+from services.ledger.domain.book import Book, Rejected
+from shared.contracts import events as ev
+from shared.contracts.registry import make_envelope
+from shared.kafka import Delivered, PermanentError
+from shared.outbox import enqueue
+
+log = logging.getLogger(__name__)
+
+SOURCE = "ledger"
+
+
+class LedgerHandler:
+    def __init__(self, settings: Settings, stripe: int | None = None) -> None:
+        self.settings = settings
+        # Each consumer writes hot-account balances to its own stripe (see ADR 0005).
+        self.stripe = random.randrange(settings.balance_stripes) if stripe is None else stripe
+
+    async def __call__(self, conn: AsyncConnection, events: Sequence[Delivered]) -> None:
+        await apply_batch(conn, events, self.settings, self.stripe)
+
+
+async def apply_batch(conn: AsyncConnection, events: Sequence[Delivered], settings: Settings, stripe: int,
+                      now: datetime | None = None) -> Book:
+    now = now or datetime.now(UTC)
+    requests = [d for d in events if isinstance(d.payload, ev.BudgetReservationRequested)]
+    others = [d for d in events if not isinstance(d.payload, ev.BudgetReservationRequested)]
+    cids = {d.payload.compensation_id for d in others}  # type: ignore[attr-defined]
+    await persistence.lock_compensations(conn, cids)
+    comps = await persistence.load_compensations(conn, cids)
+    arriving = {d.payload.compensation_id for d in others  # type: ignore[attr-defined]
+                if isinstance(d.payload, ev.CompensationIssued | ev.ManualCompensationIssued)}
+    parked = await persistence.load_parked(conn, arriving)
+    corrections = await persistence.load_corrections(conn, cids)
+    rids = {d.payload.reservation_id for d in events  # type: ignore[attr-defined]
+            if isinstance(d.payload, ev.BudgetReservationRequested | ev.CompensationIssued)}
+    rids |= {c.reservation_id for c in comps.values() if c.reservation_id}
+    holds = await persistence.load_holds(conn, rids)
+
+    book = Book(now=now, granularity=settings.budget_period, park=settings.park_seconds > 0,
+                holds=holds, compensations=comps, parked=parked, corrections=corrections)
+    keys = {book.budget_key_for(d.envelope) for d in requests}
+    keys |= {book.budget_key_for(d.envelope) for d in others
+             if isinstance(d.payload, ev.ManualCompensationIssued)}
+    keys |= {(h.region, h.period) for h in holds.values()}
+    book.budgets.update(await persistence.lock_budgets(conn, keys))
+
+    for d in events:
+        try:
+            book.apply(d.envelope, d.payload, d)
+        except Rejected as exc:
+            # The runner re-runs the batch one event at a time and dead-letters this one alone.
+            raise PermanentError(str(exc)) from exc
+
+    await persistence.save(conn, book, stripe=stripe, consumer_group=settings.consumer_group)
+    await enqueue(conn, _outgoing(book))
+    _count(book)
+    return book
+
+
+def _outgoing(book: Book) -> list:  # type: ignore[type-arg]
+    out = []
+    for cause, decision in book.out.decisions:
+        out.append(make_envelope("budget.reservation_decided", decision, source=SOURCE, occurred_at=book.now,
+                                 **cause.caused()))
+    for alert in book.out.alerts:
+        out.append(make_envelope(alert.event_type, alert.payload, source=SOURCE, occurred_at=book.now,
+                                 **alert.cause.caused()))
+    return out
+
+
+def _count(book: Book) -> None:
+    for tx in book.out.transactions:
+        metrics.TRANSACTIONS.labels(tx.kind.value).inc()
+        metrics.ENTRIES.labels(tx.kind.value).inc(len(tx.entries))
+        if tx.kind is journal.TxKind.BUDGET_POSTING:
+            continue
+        for e in tx.entries:
+            if journal.is_party_account(e.account):
+                ptype = journal.party_type(e.account)
+                if tx.kind is journal.TxKind.CHARGE:
+                    metrics.CHARGES.labels(ptype, e.currency).inc()
+                    metrics.CHARGED_MINOR.labels(ptype, e.currency).inc(e.amount_minor)
+                else:
+                    metrics.REVERSED_MINOR.labels(ptype, e.currency).inc(-e.amount_minor)
+    for cause, d in book.out.decisions:
+        reason = d.denial_reason.value if d.denial_reason else ""
+        metrics.DECISIONS.labels(cause.region, d.outcome.value, reason).inc()
+    for alert in book.out.alerts:
+        if alert.event_type == "budget.exceeded":
+            metrics.BUDGET_EXCEEDED.labels(alert.cause.region).inc()
+        else:
+            pct = str(alert.payload.threshold_percent)  # type: ignore[attr-defined]
+            metrics.THRESHOLDS.labels(alert.cause.region, pct).inc()
+    for parked in book.new_parked():
+        metrics.PARKED.labels(parked.envelope.event_type).inc()
+    for _, why in book.out.ignored:
+        metrics.IGNORED.labels(why).inc()
+    for parked, reason in book.out.parked_rejected:
+        log.warning("parked event rejected", extra={"event_id": parked.event_id, "reason": reason})
+
+
+# ------------------------------------------------------------------ housekeeping (sweeper)
+
+
+async def sweep_reservations(conn: AsyncConnection, settings: Settings, stripe: int, now: datetime) -> int:
+    """Void reservations left pending past their expiry or their voucher's validity (plus grace)."""
+    stale = await persistence.stale_reservations(conn, now, settings.voucher_grace_seconds)
+    if not stale:
+        return 0
+    await persistence.lock_compensations(conn, [cid for _, cid in stale])
+    holds = await persistence.load_holds(conn, [rid for rid, _ in stale])
+    book = Book(now=now, granularity=settings.budget_period, holds=holds)
+    book.budgets.update(await persistence.lock_budgets(conn, {(h.region, h.period) for h in holds.values()}))
+    grace = timedelta(seconds=settings.voucher_grace_seconds)
+    swept = 0
+    for rid in holds:
+        if book.sweep(rid, grace):
+            swept += 1
+            metrics.SWEPT.labels(book.holds[rid].closed_by or "").inc()
+    await persistence.save(conn, book, stripe=stripe, consumer_group=settings.consumer_group)
+    return swept
+
+
+async def retry_parked(conn: AsyncConnection, settings: Settings, stripe: int, now: datetime) -> int:
+    """Apply parked events whose compensation has arrived meanwhile (a race between two consumers)."""
+    parked = await persistence.load_parked(conn, known_only=True)
+    if not parked:
+        return 0
+    cids = {p.compensation_id for p in parked}
+    await persistence.lock_compensations(conn, cids)
+    parked = await persistence.load_parked(conn, cids)  # re-read under the locks
+    comps = await persistence.load_compensations(conn, cids)
+    holds = await persistence.load_holds(conn, [c.reservation_id for c in comps.values() if c.reservation_id])
+    book = Book(now=now, granularity=settings.budget_period, holds=holds, compensations=comps,
+                parked=parked, corrections=await persistence.load_corrections(conn, cids))
+    book.budgets.update(await persistence.lock_budgets(conn, {(h.region, h.period) for h in holds.values()}))
+    book.apply_parked_for_known()
+    await persistence.save(conn, book, stripe=stripe, consumer_group=settings.consumer_group)
+    await enqueue(conn, _outgoing(book))
+    _count(book)
+    return len(book.out.parked_done)
+
+
+async def expire_parked(conn: AsyncConnection, settings: Settings, now: datetime) -> int:
+    """Dead-letter events still waiting for their compensation after the park window."""
+    stale = await persistence.stale_parked(conn, now, settings.park_seconds)
+    if not stale:
+        return 0
+    await persistence.dead_letter(conn, settings.consumer_group, [
+        (src, "no compensation with this id arrived within the park window") for _, src in stale])
+    await persistence.delete_parked(conn, [eid for eid, _ in stale])
+    return len(stale)
+

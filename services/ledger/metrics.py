@@ -1,0 +1,35 @@
+"""The ledger's Prometheus metrics (prefix ``ledger_``; money gauges in minor units)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+TRANSACTIONS = Counter("ledger_transactions_total", "Journal transactions written, by kind.", ["kind"])
+ENTRIES = Counter("ledger_entries_total", "Journal entries written, by transaction kind.", ["kind"])
+CHARGES = Counter("ledger_charges_total", "Liability charge entries, by liable-party type and currency.",
+                  ["party_type", "currency"])
+CHARGED_MINOR = Counter("ledger_charged_minor_total", "Minor units charged to liable parties.",
+                        ["party_type", "currency"])
+REVERSED_MINOR = Counter("ledger_reversed_minor_total", "Minor units of liable-party charges reversed.",
+                         ["party_type", "currency"])
+DECISIONS = Counter("ledger_budget_decisions_total", "Budget reservation answers sent.",
+                    ["region", "outcome", "reason"])
+BUDGET_LIMIT = Gauge("ledger_budget_limit_minor", "Budget limit of a region and period.", ["region", "period"])
+BUDGET_RESERVED = Gauge("ledger_budget_reserved_minor", "Pending reservations.", ["region", "period"])
+BUDGET_POSTED = Gauge("ledger_budget_posted_minor", "Posted spend, automatic or manual.",
+                      ["region", "period", "origin"])
+BUDGET_USED_RATIO = Gauge("ledger_budget_used_ratio", "(reserved + posted) / limit.", ["region", "period"])
+BUDGET_EXCEEDED = Counter("ledger_budget_exceeded_total",
+                          "Manual compensations that left usage above the budget (alert on any increase).",
+                          ["region"])
+THRESHOLDS = Counter("ledger_budget_threshold_crossed_total", "Threshold events sent (50/80/100 percent).",
+                     ["region", "threshold"])
+BREAKAGE = Gauge("ledger_budget_breakage_minor", "Expired voucher value of a period.", ["region", "period"])
+PARKED = Counter("ledger_events_parked_total", "Events that arrived before their compensation.", ["event_type"])
+PARKED_NOW = Gauge("ledger_parked_events", "Events waiting for their compensation.")
+IGNORED = Counter("ledger_events_ignored_total", "Business duplicates and late lifecycle events ignored.",
+                  ["reason"])
+SWEPT = Counter("ledger_reservations_swept_total", "Reservations voided by the sweeper.", ["why"])
+INVARIANT_VIOLATIONS = Gauge("ledger_invariant_violations", "Violations found by the last invariant check.",
+                             ["check"])
+INVARIANT_LAST_RUN = Gauge("ledger_invariant_last_run_timestamp_seconds", "When the invariants last ran.")

@@ -1,0 +1,390 @@
+"""SQL against the ledger schema. Reads load exactly what a batch touches; writes are one statement (or
+one COPY) per table per batch, never one per event."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.ledger.domain.book import (
+    Book,
+    Compensation,
+    CorrectionRecord,
+    Hold,
+    HoldStatus,
+    ParkedEvent,
+)
+from services.ledger.domain.budget import BudgetState
+from shared.contracts.registry import decode_envelope, encode_envelope
+from shared.contracts.topics import Topic
+from shared.db import raw_connection
+from shared.kafka import Delivered
+from shared.outbox import enqueue_records
+from shared.regions import region as region_of
+
+# Advisory lock class for per-compensation serialisation (two-int form: a key space of its own, apart
+# from the outbox relay's single-bigint leader lock).
+_COMPENSATION_LOCK_CLASS = 5005
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a parked event came from, to dead-letter it like the consumer runner would."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+# ------------------------------------------------------------------ locks and loads
+
+
+async def lock_compensations(conn: AsyncConnection, compensation_ids: Iterable[str]) -> None:
+    """Serialise work on the same compensations across consumers (issue vs. redemption vs. correction)."""
+    ids = sorted(set(compensation_ids))
+    if ids:
+        await conn.execute(text(
+            "SELECT pg_advisory_xact_lock(:c, h) FROM (SELECT DISTINCT hashtext(x) AS h "
+            "FROM unnest(CAST(:ids AS text[])) AS x ORDER BY 1) s"), {"c": _COMPENSATION_LOCK_CLASS, "ids": ids})
+
+
+async def lock_budgets(conn: AsyncConnection, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], BudgetState]:
+    """Create missing budget rows (no limit yet), then lock every budget of the batch, in key order.
+
+    One lock per budget per batch: the micro-batch decides all its requests in memory under it.
+    """
+    keys = sorted(set(keys))
+    if not keys:
+        return {}
+    regions, periods = [k[0] for k in keys], [k[1] for k in keys]
+    currencies = [region_of(r).currency for r in regions]
+    await conn.execute(text(
+        "INSERT INTO budgets (region, period, currency) SELECT * FROM unnest(CAST(:r AS text[]), "
+        "CAST(:p AS text[]), CAST(:c AS text[])) ORDER BY 1, 2 ON CONFLICT DO NOTHING"),
+        {"r": regions, "p": periods, "c": currencies})
+    rows = (await conn.execute(text(
+        "SELECT b.region, b.period, b.currency, b.limit_minor, b.reserved_minor, b.posted_auto_minor, "
+        "b.posted_manual_minor, b.released_minor, b.breakage_minor, b.thresholds_fired FROM budgets b "
+        "JOIN unnest(CAST(:r AS text[]), CAST(:p AS text[])) AS k(region, period) "
+        "ON b.region = k.region AND b.period = k.period ORDER BY b.region, b.period FOR UPDATE OF b"),
+        {"r": regions, "p": periods})).all()
+    return {(r[0], r[1]): BudgetState(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], set(r[9]))
+            for r in rows}
+
+
+_HOLD_COLUMNS = (
+    "reservation_id, compensation_id, region, period, currency, kind, ticket_id, buyer_id, status, "
+    "requested_minor, decided_minor, amount_minor, expires_at, denial_reason, issued_minor, valid_until, "
+    "posted_minor, released_minor, breakage_minor, closed_by")
+
+
+def _hold(r: Sequence[Any]) -> Hold:
+    return Hold(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], HoldStatus(r[8]), r[9], r[10], r[11], r[12],
+                r[13], r[14], r[15], r[16], r[17], r[18], r[19])
+
+
+async def load_holds(conn: AsyncConnection, reservation_ids: Iterable[str]) -> dict[str, Hold]:
+    ids = sorted(set(reservation_ids))
+    if not ids:
+        return {}
+    rows = (await conn.execute(text(
+        f"SELECT {_HOLD_COLUMNS} FROM reservations WHERE reservation_id = ANY(CAST(:ids AS text[]))"),
+        {"ids": ids})).all()
+    return {r[0]: _hold(r) for r in rows}
+
+
+async def load_compensations(conn: AsyncConnection, compensation_ids: Iterable[str]) -> dict[str, Compensation]:
+    ids = sorted(set(compensation_ids))
+    if not ids:
+        return {}
+    rows = (await conn.execute(text(
+        "SELECT compensation_id, region, origin, kind, amount_minor, currency, period, buyer_id, "
+        "reservation_id, issued_event_id, issued_at, charge_seq, current_charge_tx, current_shares, "
+        "current_amount_minor, last_correction_id FROM compensations "
+        "WHERE compensation_id = ANY(CAST(:ids AS text[]))"), {"ids": ids})).all()
+    return {r[0]: Compensation(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12],
+                               [(k, a) for k, a in r[13]], r[14], r[15]) for r in rows}
+
+
+async def load_corrections(conn: AsyncConnection, compensation_ids: Iterable[str]) -> dict[str, CorrectionRecord]:
+    ids = sorted(set(compensation_ids))
+    if not ids:
+        return {}
+    rows = (await conn.execute(text(
+        "SELECT correction_id, compensation_id, corrects_correction_id, reversal_tx_id, charge_tx_id, "
+        "corrected_amount_minor, source_event_id, occurred_at FROM corrections "
+        "WHERE compensation_id = ANY(CAST(:ids AS text[]))"), {"ids": ids})).all()
+    return {r[0]: CorrectionRecord(*r) for r in rows}
+
+
+async def load_parked(conn: AsyncConnection, compensation_ids: Iterable[str] | None = None, *,
+                      known_only: bool = False, limit: int = 1000) -> list[ParkedEvent]:
+    """Parked events of the given compensations (or, with known_only, of any compensation known now)."""
+    if known_only:
+        rows = (await conn.execute(text(
+            'SELECT event_id, value, topic, partition, "offset", key FROM parked_events p '
+            "WHERE EXISTS (SELECT 1 FROM compensations c WHERE c.compensation_id = p.compensation_id) "
+            "ORDER BY parked_at, event_id LIMIT :n"), {"n": limit})).all()
+    else:
+        ids = sorted(set(compensation_ids or []))
+        if not ids:
+            return []
+        rows = (await conn.execute(text(
+            'SELECT event_id, value, topic, partition, "offset", key FROM parked_events '
+            "WHERE compensation_id = ANY(CAST(:ids AS text[])) ORDER BY parked_at, event_id"),
+            {"ids": ids})).all()
+    parked = []
+    for r in rows:
+        envelope, payload = decode_envelope(bytes(r[1]))
+        parked.append(ParkedEvent(r[0], payload.compensation_id, envelope, payload,  # type: ignore[attr-defined]
+                                  Source(r[2], r[3], r[4], r[5], bytes(r[1]))))
+    return parked
+
+
+# ------------------------------------------------------------------ writes
+
+
+async def save(conn: AsyncConnection, book: Book, *, stripe: int, consumer_group: str) -> None:
+    """Write everything the book decided: a fixed number of statements whatever the batch size."""
+    await _save_budgets(conn, [b for b in book.budgets.values() if b.dirty])
+    await _save_holds(conn, list(book.holds.values()))
+    await _save_compensations(conn, list(book.compensations.values()))
+    await _save_journal(conn, book, stripe)
+    if book.out.corrections:
+        c = book.out.corrections
+        await conn.execute(text(
+            "INSERT INTO corrections (correction_id, compensation_id, corrects_correction_id, reversal_tx_id, "
+            "charge_tx_id, corrected_amount_minor, source_event_id, occurred_at) SELECT * FROM unnest("
+            "CAST(:a AS text[]), CAST(:b AS text[]), CAST(:c AS text[]), CAST(:d AS text[]), CAST(:e AS text[]), "
+            "CAST(:f AS bigint[]), CAST(:g AS text[]), CAST(:h AS timestamptz[]))"),
+            {"a": [x.correction_id for x in c], "b": [x.compensation_id for x in c],
+             "c": [x.corrects_correction_id for x in c], "d": [x.reversal_tx_id for x in c],
+             "e": [x.charge_tx_id for x in c], "f": [x.corrected_amount for x in c],
+             "g": [x.source_event_id for x in c], "h": [x.applied_at for x in c]})
+    if book.out.overruns:
+        o = book.out.overruns
+        await conn.execute(text(
+            "INSERT INTO budget_overruns (region, period, compensation_id, limit_minor, used_minor, occurred_at) "
+            "SELECT * FROM unnest(CAST(:r AS text[]), CAST(:p AS text[]), CAST(:c AS text[]), "
+            "CAST(:l AS bigint[]), CAST(:u AS bigint[]), CAST(:t AS timestamptz[])) ON CONFLICT DO NOTHING"),
+            {"r": [x.region for x in o], "p": [x.period for x in o], "c": [x.compensation_id for x in o],
+             "l": [x.limit for x in o], "u": [x.used for x in o], "t": [x.at for x in o]})
+    await _save_parked(conn, book, consumer_group)
+
+
+async def _save_budgets(conn: AsyncConnection, budgets: list[BudgetState]) -> None:
+    if not budgets:
+        return
+    await conn.execute(text(
+        "UPDATE budgets b SET reserved_minor = u.reserved, posted_auto_minor = u.posted_auto, "
+        "posted_manual_minor = u.posted_manual, released_minor = u.released, breakage_minor = u.breakage, "
+        "thresholds_fired = CAST(u.thresholds AS int[]), updated_at = now() "
+        "FROM unnest(CAST(:r AS text[]), CAST(:p AS text[]), CAST(:res AS bigint[]), CAST(:pa AS bigint[]), "
+        "CAST(:pm AS bigint[]), CAST(:rel AS bigint[]), CAST(:brk AS bigint[]), CAST(:th AS text[])) "
+        "AS u(region, period, reserved, posted_auto, posted_manual, released, breakage, thresholds) "
+        "WHERE b.region = u.region AND b.period = u.period"),
+        {"r": [b.region for b in budgets], "p": [b.period for b in budgets],
+         "res": [b.reserved for b in budgets], "pa": [b.posted_auto for b in budgets],
+         "pm": [b.posted_manual for b in budgets], "rel": [b.released for b in budgets],
+         "brk": [b.breakage for b in budgets],
+         "th": ["{" + ",".join(map(str, sorted(b.thresholds_fired))) + "}" for b in budgets]})
+
+
+_HOLD_ARRAYS = (
+    "CAST(:rid AS text[]), CAST(:cid AS text[]), CAST(:region AS text[]), CAST(:period AS text[]), "
+    "CAST(:cur AS text[]), CAST(:kind AS text[]), CAST(:ticket AS text[]), CAST(:buyer AS text[]), "
+    "CAST(:status AS text[]), CAST(:requested AS bigint[]), CAST(:decided AS bigint[]), "
+    "CAST(:amount AS bigint[]), CAST(:expires AS timestamptz[]), CAST(:denial AS text[]), "
+    "CAST(:issued AS bigint[]), CAST(:valid AS timestamptz[]), CAST(:posted AS bigint[]), "
+    "CAST(:released AS bigint[]), CAST(:breakage AS bigint[]), CAST(:closed AS text[])")
+
+
+def _hold_params(holds: list[Hold]) -> dict[str, list[Any]]:
+    return {"rid": [h.reservation_id for h in holds], "cid": [h.compensation_id for h in holds],
+            "region": [h.region for h in holds], "period": [h.period for h in holds],
+            "cur": [h.currency for h in holds], "kind": [h.kind for h in holds],
+            "ticket": [h.ticket_id for h in holds], "buyer": [h.buyer_id for h in holds],
+            "status": [h.status.value for h in holds], "requested": [h.requested for h in holds],
+            "decided": [h.decided for h in holds], "amount": [h.amount for h in holds],
+            "expires": [h.expires_at for h in holds], "denial": [h.denial_reason for h in holds],
+            "issued": [h.issued_amount for h in holds], "valid": [h.valid_until for h in holds],
+            "posted": [h.posted for h in holds], "released": [h.released for h in holds],
+            "breakage": [h.breakage for h in holds], "closed": [h.closed_by for h in holds]}
+
+
+async def _save_holds(conn: AsyncConnection, holds: list[Hold]) -> None:
+    new = [h for h in holds if h.new]
+    if new:
+        # No ON CONFLICT: a reservation decided concurrently elsewhere must fail this batch (it is then
+        # retried and answers from the stored decision), never be decided twice.
+        params = _hold_params(new)
+        params["event"] = [h.requested_event_id for h in new]
+        await conn.execute(text(
+            f"INSERT INTO reservations ({_HOLD_COLUMNS}, requested_event_id) SELECT * FROM unnest("
+            f"{_HOLD_ARRAYS}, CAST(:event AS text[]))"), params)
+    changed = [h for h in holds if h.dirty and not h.new]
+    if changed:
+        await conn.execute(text(
+            f"UPDATE reservations r SET status = u.status, amount_minor = u.amount_minor, "
+            f"issued_minor = u.issued_minor, valid_until = u.valid_until, posted_minor = u.posted_minor, "
+            f"released_minor = u.released_minor, breakage_minor = u.breakage_minor, closed_by = u.closed_by, "
+            f"updated_at = now() FROM unnest({_HOLD_ARRAYS}) AS u({_HOLD_COLUMNS}) "
+            f"WHERE r.reservation_id = u.reservation_id"), _hold_params(changed))
+
+
+async def _save_compensations(conn: AsyncConnection, comps: list[Compensation]) -> None:
+    def params(rows: list[Compensation]) -> dict[str, list[Any]]:
+        return {"cid": [c.compensation_id for c in rows], "region": [c.region for c in rows],
+                "origin": [c.origin for c in rows], "kind": [c.kind for c in rows],
+                "amount": [c.amount for c in rows], "cur": [c.currency for c in rows],
+                "period": [c.period for c in rows], "buyer": [c.buyer_id for c in rows],
+                "rid": [c.reservation_id for c in rows], "event": [c.issued_event_id for c in rows],
+                "at": [c.issued_at for c in rows], "seq": [c.charge_seq for c in rows],
+                "tx": [c.current_charge_tx for c in rows],
+                "shares": [orjson.dumps(c.current_shares).decode() for c in rows],
+                "current": [c.current_amount for c in rows], "corr": [c.last_correction_id for c in rows]}
+
+    arrays = ("CAST(:cid AS text[]), CAST(:region AS text[]), CAST(:origin AS text[]), CAST(:kind AS text[]), "
+              "CAST(:amount AS bigint[]), CAST(:cur AS text[]), CAST(:period AS text[]), CAST(:buyer AS text[]), "
+              "CAST(:rid AS text[]), CAST(:event AS text[]), CAST(:at AS timestamptz[]), CAST(:seq AS int[]), "
+              "CAST(:tx AS text[]), CAST(:shares AS jsonb[]), CAST(:current AS bigint[]), CAST(:corr AS text[])")
+    columns = ("compensation_id, region, origin, kind, amount_minor, currency, period, buyer_id, reservation_id, "
+               "issued_event_id, issued_at, charge_seq, current_charge_tx, current_shares, current_amount_minor, "
+               "last_correction_id")
+    new = [c for c in comps if c.new]
+    if new:
+        # No ON CONFLICT: a second charge for the same compensation must fail loudly, not slip in.
+        await conn.execute(text(f"INSERT INTO compensations ({columns}) SELECT * FROM unnest({arrays})"),
+                           params(new))
+    changed = [c for c in comps if c.dirty and not c.new]
+    if changed:
+        await conn.execute(text(
+            f"UPDATE compensations c SET charge_seq = u.charge_seq, current_charge_tx = u.current_charge_tx, "
+            f"current_shares = u.current_shares, current_amount_minor = u.current_amount_minor, "
+            f"last_correction_id = u.last_correction_id, updated_at = now() "
+            f"FROM unnest({arrays}) AS u({columns}) WHERE c.compensation_id = u.compensation_id"),
+            params(changed))
+
+
+_TX_COLUMNS = ["tx_id", "kind", "region", "currency", "compensation_id", "source_event_id", "reverses_tx_id",
+               "corrects_tx_id", "correction_id", "entry_count", "occurred_at"]
+_ENTRY_COLUMNS = ["tx_id", "line_no", "region", "account_key", "currency", "amount_minor", "occurred_at"]
+
+
+async def _save_journal(conn: AsyncConnection, book: Book, stripe: int) -> None:
+    txs = book.out.transactions
+    if not txs:
+        return
+    raw = await raw_connection(conn)
+    await raw.copy_records_to_table("journal_transactions", columns=_TX_COLUMNS, records=[
+        (t.tx_id, t.kind.value, t.region, t.entries[0].currency, t.compensation_id, t.source_event_id,
+         t.reverses_tx_id, t.corrects_tx_id, t.correction_id, len(t.entries), t.occurred_at) for t in txs])
+    entries = []
+    balances: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+    for t in txs:
+        for line, e in enumerate(t.entries, start=1):
+            entries.append((t.tx_id, line, t.region, e.account, e.currency, e.amount_minor, t.occurred_at))
+            b = balances[(t.region, e.account, e.currency)]
+            if e.amount_minor > 0:
+                b[0] += e.amount_minor
+            else:
+                b[1] -= e.amount_minor
+            b[2] += 1
+    await raw.copy_records_to_table("journal_entries", columns=_ENTRY_COLUMNS, records=entries)
+    keys = sorted(balances)  # one consistent order across consumers: no deadlocks between stripes
+    await conn.execute(text(
+        "INSERT INTO account_balances AS a (region, account_key, currency, stripe, debits_minor, credits_minor, "
+        "entries) SELECT r, k, c, :s, d, cr, n FROM unnest(CAST(:r AS text[]), CAST(:k AS text[]), "
+        "CAST(:c AS text[]), CAST(:d AS bigint[]), CAST(:cr AS bigint[]), CAST(:n AS bigint[])) "
+        "AS x(r, k, c, d, cr, n) ON CONFLICT (region, account_key, currency, stripe) DO UPDATE SET "
+        "debits_minor = a.debits_minor + EXCLUDED.debits_minor, "
+        "credits_minor = a.credits_minor + EXCLUDED.credits_minor, entries = a.entries + EXCLUDED.entries, "
+        "updated_at = now()"),
+        {"s": stripe, "r": [k[0] for k in keys], "k": [k[1] for k in keys], "c": [k[2] for k in keys],
+         "d": [balances[k][0] for k in keys], "cr": [balances[k][1] for k in keys],
+         "n": [balances[k][2] for k in keys]})
+
+
+async def _save_parked(conn: AsyncConnection, book: Book, consumer_group: str) -> None:
+    new = book.new_parked()
+    if new:
+        sources = [_source_of(p) for p in new]
+        await conn.execute(text(
+            'INSERT INTO parked_events (event_id, compensation_id, event_type, region, value, topic, partition, '
+            '"offset", key) SELECT * FROM unnest(CAST(:e AS text[]), CAST(:c AS text[]), CAST(:t AS text[]), '
+            "CAST(:r AS text[]), CAST(:v AS bytea[]), CAST(:tp AS text[]), CAST(:p AS int[]), "
+            "CAST(:o AS bigint[]), CAST(:k AS bytea[])) ON CONFLICT DO NOTHING"),
+            {"e": [p.event_id for p in new], "c": [p.compensation_id for p in new],
+             "t": [p.envelope.event_type for p in new], "r": [p.envelope.region for p in new],
+             "v": [s.value for s in sources], "tp": [s.topic for s in sources],
+             "p": [s.partition for s in sources], "o": [s.offset for s in sources],
+             "k": [s.key for s in sources]})
+    gone = book.out.parked_done + [p.event_id for p, _ in book.out.parked_rejected]
+    if gone:
+        await conn.execute(text("DELETE FROM parked_events WHERE event_id = ANY(CAST(:e AS text[]))"),
+                           {"e": gone})
+    if book.out.parked_rejected:
+        await dead_letter(conn, consumer_group, [(_source_of(p), reason) for p, reason in book.out.parked_rejected])
+
+
+def _source_of(parked: ParkedEvent) -> Source:
+    ref = parked.ref
+    if isinstance(ref, Source):
+        return ref
+    if isinstance(ref, Delivered):  # keep the runner's coordinates, re-encode the envelope it carried
+        return Source(ref.topic, ref.partition, ref.offset, ref.key, encode_envelope(parked.envelope))
+    return Source("unknown", 0, 0, None, encode_envelope(parked.envelope))
+
+
+async def dead_letter(conn: AsyncConnection, consumer_group: str, items: list[tuple[Source, str]]) -> None:
+    """Dead-letter events the ledger held back (parked), the way the consumer runner does."""
+    records = []
+    for src, reason in items:
+        headers = [("dlq.error", f"rejected: {reason}"[:4000].encode()), ("dlq.source_topic", src.topic.encode()),
+                   ("dlq.source_partition", str(src.partition).encode()),
+                   ("dlq.source_offset", str(src.offset).encode()),
+                   ("dlq.consumer_group", consumer_group.encode())]
+        await conn.execute(text(
+            'INSERT INTO dead_letters (consumer_group, topic, partition, "offset", key, value, headers, error) '
+            "VALUES (:g, :t, :p, :o, :k, :v, CAST(:h AS jsonb), :e) ON CONFLICT DO NOTHING"),
+            {"g": consumer_group, "t": src.topic, "p": src.partition, "o": src.offset, "k": src.key,
+             "v": src.value, "h": orjson.dumps([[k, v.decode("latin-1")] for k, v in headers]).decode(),
+             "e": f"rejected: {reason}"})
+        records.append((Topic.DEAD_LETTERS.value, src.topic.encode(), src.value, headers))
+    await enqueue_records(conn, records)
+
+
+# ------------------------------------------------------------------ housekeeping queries
+
+
+async def stale_reservations(conn: AsyncConnection, now: datetime, grace_seconds: int,
+                             limit: int = 500) -> list[tuple[str, str]]:
+    rows = (await conn.execute(text(
+        "SELECT reservation_id, compensation_id FROM reservations WHERE status = 'pending' AND ("
+        "(issued_minor IS NULL AND expires_at + make_interval(secs => :g) <= :now) OR "
+        "(valid_until IS NOT NULL AND valid_until + make_interval(secs => :g) <= :now)) "
+        "ORDER BY expires_at LIMIT :n"), {"now": now, "g": grace_seconds, "n": limit})).all()
+    return [(r[0], r[1]) for r in rows]
+
+
+async def stale_parked(conn: AsyncConnection, now: datetime, park_seconds: int,
+                       limit: int = 500) -> list[tuple[str, Source]]:
+    rows = (await conn.execute(text(
+        'SELECT event_id, topic, partition, "offset", key, value FROM parked_events '
+        "WHERE parked_at + make_interval(secs => :s) <= :now ORDER BY parked_at LIMIT :n FOR UPDATE SKIP LOCKED"),
+        {"now": now, "s": park_seconds, "n": limit})).all()
+    return [(r[0], Source(r[1], r[2], r[3], r[4], bytes(r[5]))) for r in rows]
+
+
+async def delete_parked(conn: AsyncConnection, event_ids: list[str]) -> None:
+    await conn.execute(text("DELETE FROM parked_events WHERE event_id = ANY(CAST(:e AS text[]))"),
+                       {"e": event_ids})

@@ -1,0 +1,179 @@
+"""The handler against the real PostgreSQL: journal rules enforced by the database, batches, parking,
+corrections, idempotency, and parallel reservations at the budget boundary."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from ledger_support import apply, ledger_engine, rows, scalar, set_budget
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from services.ledger.config import Settings
+from shared.kafka import PermanentError
+from tests.unit.ledger.ledger_factories import (
+    carrier,
+    correction,
+    issued,
+    manual,
+    redeemed,
+    request,
+    seller,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+async def engine(fresh_database):
+    engine = await ledger_engine(fresh_database)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def settings(fresh_database) -> Settings:
+    return Settings(database_url=fresh_database)
+
+
+async def test_voucher_flow_writes_balanced_books(engine, settings):
+    await set_budget(engine, "SG", "2026-11", 10_000, "SGD")
+    await apply(engine, settings, [request("F1", 1_000)])
+    await apply(engine, settings, [issued("F1", 900, shares=[(seller("S9"), 600), (carrier("C9"), 300)])])
+    await apply(engine, settings, [redeemed("comp-F1", 400)])
+    budget = await rows(engine, "SELECT reserved_minor, posted_auto_minor, released_minor FROM budgets "
+                                "WHERE region = 'SG' AND period = '2026-11'")
+    assert budget == [(0, 400, 600)]
+    unbalanced = await scalar(engine, "SELECT count(*) FROM (SELECT tx_id FROM journal_entries "
+                                      "GROUP BY tx_id, currency HAVING sum(amount_minor) <> 0) x")
+    assert unbalanced == 0
+    balances = dict(await rows(engine, "SELECT account_key, sum(debits_minor - credits_minor) FROM "
+                                       "account_balances WHERE account_key IN ('seller:S9', 'carrier:C9', "
+                                       "'budget:2026-11') GROUP BY 1"))
+    assert balances["seller:S9"] == 600 and balances["carrier:C9"] == 300
+    assert balances["budget:2026-11"] <= -400
+    outbox = await scalar(engine, "SELECT count(*) FROM outbox WHERE topic = 'budget.results.v1'")
+    assert outbox >= 1
+
+
+async def test_journal_is_append_only_in_the_database(engine, settings):
+    await apply(engine, settings, [manual("IMM1", 500)])
+    for sql in ("UPDATE journal_entries SET amount_minor = 1 WHERE tx_id = 'charge:IMM1:0'",
+                "DELETE FROM journal_entries WHERE tx_id = 'charge:IMM1:0'",
+                "UPDATE journal_transactions SET region = 'US' WHERE tx_id = 'charge:IMM1:0'",
+                "DELETE FROM journal_transactions WHERE tx_id = 'charge:IMM1:0'",
+                "TRUNCATE journal_entries"):
+        with pytest.raises(DBAPIError, match="append-only"):
+            async with engine.begin() as conn:
+                await conn.execute(text(sql))
+
+
+async def test_database_refuses_unbalanced_or_incomplete_transactions(engine):
+    insert_tx = ("INSERT INTO journal_transactions (tx_id, kind, region, currency, compensation_id, "
+                 "source_event_id, entry_count, occurred_at) VALUES (:t, 'charge', 'SG', 'SGD', 'x', :t, 2, now())")
+    insert_entry = ("INSERT INTO journal_entries (tx_id, line_no, region, account_key, currency, amount_minor, "
+                    "occurred_at) VALUES (:t, :n, 'SG', :a, 'SGD', :m, now())")
+    with pytest.raises(DBAPIError, match="does not balance"):
+        async with engine.begin() as conn:
+            await conn.execute(text(insert_tx), {"t": "bad1"})
+            await conn.execute(text(
+                "INSERT INTO journal_entries (tx_id, line_no, region, account_key, currency, amount_minor, "
+                "occurred_at) VALUES ('bad1', 1, 'SG', 'platform', 'SGD', 5, now()), "
+                "('bad1', 2, 'SG', 'compensation_payable', 'SGD', -4, now())"))
+    with pytest.raises(DBAPIError, match="does not balance"):  # one line at a time never adds up
+        async with engine.begin() as conn:
+            await conn.execute(text(insert_tx), {"t": "bad2"})
+            await conn.execute(text(insert_entry), {"t": "bad2", "n": 1, "a": "platform", "m": 5})
+    with pytest.raises(DBAPIError, match="incomplete"):  # lines beyond the declared entry count
+        async with engine.begin() as conn:
+            await conn.execute(text(insert_tx), {"t": "bad3"})
+            await conn.execute(text(
+                "INSERT INTO journal_entries (tx_id, line_no, region, account_key, currency, amount_minor, "
+                "occurred_at) VALUES ('bad3', 1, 'SG', 'platform', 'SGD', 5, now()), "
+                "('bad3', 3, 'SG', 'compensation_payable', 'SGD', -5, now())"))
+    with pytest.raises(DBAPIError, match="incomplete"):  # entries of a transaction that does not exist
+        async with engine.begin() as conn:
+            await conn.execute(text(
+                "INSERT INTO journal_entries (tx_id, line_no, region, account_key, currency, amount_minor, "
+                "occurred_at) VALUES ('ghost', 1, 'SG', 'platform', 'SGD', 5, now()), "
+                "('ghost', 2, 'SG', 'compensation_payable', 'SGD', -5, now())"))
+    assert await scalar(engine, "SELECT count(*) FROM journal_transactions WHERE tx_id LIKE 'bad%'") == 0
+
+
+async def test_budget_hard_limit_is_a_database_constraint(engine):
+    await set_budget(engine, "SG", "2031-01", 100, "SGD")
+    with pytest.raises(IntegrityError, match="automatic_within_limit"):
+        async with engine.begin() as conn:
+            await conn.execute(text("UPDATE budgets SET reserved_minor = 101 WHERE period = '2031-01'"))
+
+
+async def test_redemption_before_issue_waits_then_applies(engine, settings):
+    await set_budget(engine, "SG", "2026-11", 10_000, "SGD")
+    await apply(engine, settings, [request("P1", 700)])
+    await apply(engine, settings, [redeemed("comp-P1", 200)])
+    assert await scalar(engine, "SELECT count(*) FROM parked_events WHERE compensation_id = 'comp-P1'") == 1
+    await apply(engine, settings, [issued("P1", 700)])
+    assert await scalar(engine, "SELECT count(*) FROM parked_events WHERE compensation_id = 'comp-P1'") == 0
+    assert await rows(engine, "SELECT status, posted_minor, released_minor FROM reservations "
+                              "WHERE reservation_id = 'P1'") == [("posted", 200, 500)]
+
+
+async def test_corrections_chain_reverse_and_recharge(engine, settings):
+    await apply(engine, settings, [manual("K-M1", 1_000, shares=[(seller("S7"), 1_000)])])
+    await apply(engine, settings, [correction("K-C1", "K-M1", 800, shares=[(carrier("C7"), 800)])])
+    await apply(engine, settings, [correction("K-C2", "K-M1", 1_000, shares=[(seller("S7"), 1_000)],
+                                              corrects="K-C1")])
+    txs = await rows(engine, "SELECT tx_id, kind, reverses_tx_id, corrects_tx_id, correction_id FROM "
+                             "journal_transactions WHERE compensation_id = 'K-M1' AND kind <> 'budget_posting' "
+                             "ORDER BY recorded_at, tx_id")
+    assert txs == [
+        ("charge:K-M1:0", "charge", None, None, None),
+        ("charge:K-M1:1", "charge", None, "charge:K-M1:0", "K-C1"),
+        ("reversal:charge:K-M1:0", "reversal", "charge:K-M1:0", None, "K-C1"),
+        ("charge:K-M1:2", "charge", None, "charge:K-M1:1", "K-C2"),
+        ("reversal:charge:K-M1:1", "reversal", "charge:K-M1:1", None, "K-C2"),
+    ]
+    net = dict(await rows(engine, "SELECT account_key, sum(amount_minor) FROM journal_entries "
+                                  "WHERE tx_id IN (SELECT tx_id FROM journal_transactions WHERE compensation_id = "
+                                  "'K-M1') AND account_key IN ('seller:S7', 'carrier:C7') GROUP BY 1"))
+    assert net == {"seller:S7": 1_000, "carrier:C7": 0}
+
+
+async def test_bad_events_raise_permanent_errors_and_write_nothing(engine, settings):
+    before = await scalar(engine, "SELECT count(*) FROM journal_transactions")
+    for bad in (issued("NOPE", 100), correction("K-X", "comp-F1", 10, corrects="K-none")):
+        with pytest.raises(PermanentError):
+            await apply(engine, settings, [manual("OK-ALONGSIDE", 10), bad])
+    no_park = settings.model_copy(update={"park_seconds": 0})
+    with pytest.raises(PermanentError, match="unknown compensation"):
+        await apply(engine, no_park, [correction("K-Y", "comp-never", 10)])
+    assert await scalar(engine, "SELECT count(*) FROM journal_transactions") == before
+    assert await scalar(engine, "SELECT count(*) FROM compensations WHERE compensation_id = 'OK-ALONGSIDE'") == 0
+
+
+async def test_business_duplicates_are_not_charged_twice(engine, settings):
+    await apply(engine, settings, [manual("DUP1", 300), manual("DUP1", 300)])
+    await apply(engine, settings, [manual("DUP1", 300)])
+    assert await scalar(engine, "SELECT count(*) FROM journal_transactions WHERE compensation_id = 'DUP1' "
+                                "AND kind = 'charge'") == 1
+
+
+async def test_parallel_reservations_at_the_budget_boundary(engine, settings):
+    """Eight writers in parallel, 400 requests of 7..13 against a limit of 2,000: never more reserved."""
+    await set_budget(engine, "GB", "2026-11", 2_000, "GBP")
+    requests = [request(f"PAR{n}", 7 + n % 7, region="GB") for n in range(400)]
+    batches = [requests[i::8] for i in range(8)]
+
+    async def writer(n: int, batch):
+        for chunk in (batch[:25], batch[25:]):
+            await apply(engine, settings, chunk, stripe=n)
+
+    await asyncio.gather(*(writer(n, b) for n, b in enumerate(batches)))
+    reserved = await scalar(engine, "SELECT reserved_minor FROM budgets WHERE region = 'GB'")
+    granted = await scalar(engine, "SELECT coalesce(sum(decided_minor), 0) FROM reservations WHERE region = 'GB'")
+    assert reserved == granted and 2_000 - 13 < reserved <= 2_000
+    assert await scalar(engine, "SELECT count(*) FROM reservations WHERE region = 'GB'") == 400
+    answers = await scalar(engine, "SELECT count(*) FROM outbox WHERE topic = 'budget.results.v1' "
+                                   "AND convert_from(value, 'UTF8')::jsonb->'payload'->>'reservation_id' LIKE 'PAR%'")
+    assert answers == 400
