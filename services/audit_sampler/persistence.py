@@ -88,6 +88,13 @@ async def evictable_items(conn: AsyncConnection, region: str, queue: str, day: d
     return [(int(r[0]), r[1], float(r[2])) for r in rows]
 
 
+async def inclusion_probabilities(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, float]:
+    rows = await conn.execute(text(
+        "SELECT compensation_id, inclusion_probability FROM population "
+        "WHERE compensation_id = ANY(CAST(:ids AS text[]))"), {"ids": list(ids)})
+    return {r[0]: float(r[1]) for r in rows}
+
+
 async def insert_population(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
     if not rows:
         return

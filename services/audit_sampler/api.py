@@ -1,0 +1,139 @@
+"""JSON API of the audit workbench: queues, claims, verdicts, disputes, gold items (bearer tokens)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Query, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+from services.audit_sampler import workflow
+from services.audit_sampler.domain.verdicts import ATTRIBUTES, Share, VerdictInput
+from shared.auth import Authenticator, Principal
+from shared.service import ServiceContext
+
+ItemId = Annotated[int, Path(ge=1, le=2**62)]
+Code = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")]
+RegionCode = Annotated[str, Path(pattern=r"^[A-Z]{2,3}$")]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Party(_Body):
+    type: Literal["seller", "carrier", "platform"]
+    id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+
+
+class ShareBody(_Body):
+    party: Party
+    amount_minor: StrictInt = Field(ge=0)
+
+
+class Attributes(_Body):
+    warranted: StrictBool
+    amount_correct: StrictBool
+    kind_correct: StrictBool
+    liable_party_correct: StrictBool
+    evidence_sufficient: StrictBool
+    policy_compliant: StrictBool
+    not_duplicate: StrictBool
+
+
+class VerdictBody(_Body):
+    attributes: Attributes
+    passed: StrictBool = Field(description="True exactly when every attribute is true.")
+    error_category: Code | None = None
+    note: Annotated[str, Field(max_length=2000)] | None = None
+    corrected_amount_minor: StrictInt | None = Field(
+        default=None, ge=0, description="Required when amount_correct is false (integer minor units).")
+    corrected_liability: list[ShareBody] | None = Field(
+        default=None, max_length=10, description="Required when liable_party_correct is false.")
+
+    def to_input(self) -> VerdictInput:
+        shares = None if self.corrected_liability is None else tuple(
+            Share(s.party.type, s.party.id, s.amount_minor) for s in self.corrected_liability)
+        return VerdictInput(attributes=self.attributes.model_dump(), passed=self.passed,
+                            error_category=self.error_category, note=self.note,
+                            corrected_amount_minor=self.corrected_amount_minor, corrected_liability=shares)
+
+
+class ReassignBody(_Body):
+    auditor_id: Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class DisputeBody(_Body):
+    reason: Annotated[str, Field(min_length=1, max_length=2000)]
+
+
+class ResolveBody(_Body):
+    outcome: Literal["uphold", "overturn"]
+    note: Annotated[str, Field(max_length=2000)] | None = None
+
+
+class GoldBody(_Body):
+    region: Annotated[str, Field(pattern=r"^[A-Z]{2,3}$")]
+    queue: Code | None = None
+    compensation: dict[str, Any] = Field(description="A manual compensation (compensations.manual.v1 payload).")
+    expected: Attributes = Field(description="The known answer: how each attribute must be scored.")
+
+
+def build_api_router(ctx: ServiceContext) -> APIRouter:
+    auth = Authenticator(ctx.tokens)
+    engine = ctx.engine
+    router = APIRouter(prefix="/v1", tags=["audit"])
+    Caller = Annotated[Principal, Depends(auth)]
+
+    @router.get("/queues", summary="Depth, oldest age and SLA of every queue in the caller's regions")
+    async def queues(principal: Caller,
+                     region: Annotated[str | None, Query(pattern=r"^[A-Z]{2,3}$")] = None) -> dict[str, Any]:
+        return {"queues": await workflow.queue_overview(engine, principal, region)}
+
+    @router.post("/queues/{region}/claim", summary="Lease the next item of a region (204 when none waits)",
+                 responses={204: {"description": "nothing waiting"}})
+    async def claim(principal: Caller, region: RegionCode,
+                    queue: Annotated[str | None, Query(pattern=r"^[a-z0-9_]+$")] = None) -> Any:
+        item = await workflow.claim_next(engine, principal, region, queue)
+        if item is None:
+            return Response(status_code=204)
+        return item
+
+    @router.get("/items/{item_id}", summary="An audit item with its verdict and the agent's recent history")
+    async def get_item(principal: Caller, item_id: ItemId) -> dict[str, Any]:
+        return await workflow.get_item(engine, principal, item_id)
+
+    @router.post("/items/{item_id}/verdict", status_code=201, summary="Score a claimed item")
+    async def verdict(principal: Caller, item_id: ItemId, body: VerdictBody) -> dict[str, Any]:
+        return await workflow.submit_verdict(engine, principal, item_id, body.to_input())
+
+    @router.post("/items/{item_id}/release", summary="Give a claimed item back to its queue")
+    async def release(principal: Caller, item_id: ItemId) -> dict[str, Any]:
+        return await workflow.release_item(engine, principal, item_id)
+
+    @router.post("/items/{item_id}/reassign", summary="Lead: hand an open item to a named auditor")
+    async def reassign(principal: Caller, item_id: ItemId, body: ReassignBody) -> dict[str, Any]:
+        return await workflow.reassign_item(engine, principal, item_id, body.auditor_id)
+
+    @router.post("/verdicts/{verdict_id}/dispute", status_code=201, summary="Lead: dispute a failed verdict")
+    async def dispute(principal: Caller, verdict_id: ItemId, body: DisputeBody) -> dict[str, Any]:
+        return await workflow.dispute_verdict(engine, principal, verdict_id, body.reason)
+
+    @router.get("/disputes", summary="Disputes in the caller's regions")
+    async def disputes(principal: Caller,
+                       region: Annotated[str | None, Query(pattern=r"^[A-Z]{2,3}$")] = None,
+                       status: Literal["open", "upheld", "overturned"] | None = "open") -> dict[str, Any]:
+        return {"disputes": await workflow.list_disputes(engine, principal, region, status)}
+
+    @router.post("/disputes/{dispute_id}/resolve", summary="Senior auditor: uphold or overturn a dispute")
+    async def resolve(principal: Caller, dispute_id: ItemId, body: ResolveBody) -> dict[str, Any]:
+        return await workflow.resolve_dispute(engine, principal, dispute_id, body.outcome, body.note)
+
+    @router.post("/gold-items", status_code=201, summary="Lead: seed a known-answer item into a queue")
+    async def gold(principal: Caller, body: GoldBody) -> dict[str, Any]:
+        return await workflow.seed_gold_item(engine, principal, workflow.GoldItemInput(
+            region=body.region, compensation=body.compensation, expected=body.expected.model_dump(),
+            queue=body.queue))
+
+    assert set(Attributes.model_fields) == set(ATTRIBUTES)
+    return router

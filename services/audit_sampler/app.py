@@ -1,0 +1,130 @@
+"""The audit_sampler service: consumer of manual compensations, JSON API, workbench and reports."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+from fastapi import FastAPI
+
+from services.audit_sampler import metrics, workflow
+from services.audit_sampler import persistence as db
+from services.audit_sampler.api import build_api_router
+from services.audit_sampler.config import Settings
+from services.audit_sampler.domain.policy import PolicyError, PolicySet
+from services.audit_sampler.handlers import ManualCompensationHandler
+from shared.config import ServiceSettings
+from shared.service import ServiceContext, create_app
+
+log = logging.getLogger(__name__)
+
+
+class _Periodic:
+    """A background task run every ``interval`` seconds until the service stops."""
+
+    def __init__(self, name: str, interval: float, step: Callable[[], Awaitable[None]]) -> None:
+        self.name, self.interval, self.step = name, interval, step
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self.interval > 0:
+            self._task = asyncio.create_task(self._run(), name=self.name)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(f"{self.name} failed", extra={"error": str(exc)})
+            await asyncio.sleep(self.interval)
+
+
+class PolicyReloader:
+    """Re-reads changed policy files; a bad file keeps the policies in force and fails readiness."""
+
+    def __init__(self, policies: PolicySet) -> None:
+        self.policies = policies
+        self.last_error: str | None = None
+
+    async def reload(self) -> None:
+        try:
+            changed = self.policies.reload()
+            self.last_error = None
+            if changed:
+                metrics.POLICY_RELOADS.labels("changed").inc()
+                log.info("sampling policies reloaded", extra={
+                    "versions": {r: p.version for r, p in self.policies.policies.items()}})
+        except PolicyError as exc:
+            self.last_error = str(exc)
+            metrics.POLICY_RELOADS.labels("invalid").inc()
+            log.error("sampling policy reload failed; previous policies stay in force",
+                      extra={"error": str(exc)})
+
+    async def sampling_policies(self) -> None:
+        """Readiness check."""
+        if self.last_error:
+            raise RuntimeError(self.last_error.splitlines()[0])
+
+
+async def refresh_gauges(ctx: ServiceContext) -> None:
+    now = datetime.now(UTC)
+    async with ctx.engine.connect() as conn:
+        queues = await db.queue_stats(conn, None, now)
+        quality = await db.quality_gauges(conn, now - timedelta(days=30))
+    for row in queues:
+        labels = (row["region"], row["queue"])
+        metrics.QUEUE_DEPTH.labels(*labels).set(row["waiting"])
+        metrics.QUEUE_CLAIMED.labels(*labels).set(row["claimed"])
+        metrics.QUEUE_OLDEST_AGE.labels(*labels).set(float(row["oldest_age_seconds"]))
+        metrics.QUEUE_SLA_BREACHED.labels(*labels).set(row["sla_breached"])
+    for row in quality:
+        for gauge, key in ((metrics.ESTIMATED_ACCURACY, "estimated_accuracy"),
+                           (metrics.GOLD_ACCURACY, "gold_accuracy"),
+                           (metrics.CALIBRATION_AGREEMENT, "calibration_agreement")):
+            if row[key] is not None:
+                gauge.labels(row["region"]).set(float(row[key]))
+
+
+def build_app(settings: ServiceSettings) -> FastAPI:
+    assert isinstance(settings, Settings)
+    ctx = ServiceContext.create("audit_sampler", "audit_sampler", settings)
+    policies = PolicySet.load(settings.policy_dir)
+    runtime = workflow.Runtime(policies, settings.corrections_topic)
+    workflow.configure(runtime)
+    handler = ManualCompensationHandler(lambda: runtime.policies, lambda: datetime.now(UTC))
+    ctx.add_consumer(settings.consumer_group, [settings.manual_topic], handler)
+    reloader = PolicyReloader(policies)
+    ctx.components.append(_Periodic("policy-reload", settings.policy_reload_seconds, reloader.reload))
+    ctx.components.append(_Periodic("audit-gauges", settings.metrics_refresh_seconds,
+                                    lambda: refresh_gauges(ctx)))
+    ctx.readiness.append(reloader.sampling_policies)
+    app = create_app(
+        ctx, title="audit_sampler",
+        description="Samples manual compensations for quality audit; audit queues, verdicts, disputes, "
+                    "calibration and corrections for the ledger.",
+        openapi_tags=[{"name": "audit", "description": "Queues, claims, verdicts, disputes, gold items."}])
+    app.include_router(build_api_router(ctx))
+    try:
+        from services.audit_sampler.web import (  # type: ignore[attr-defined,unused-ignore]
+            build_reports_router,
+            build_web_router,
+        )
+    except ImportError:  # the workbench package is optional in a stripped-down build
+        log.warning("workbench web UI not installed; serving the JSON API only")
+    else:
+        app.include_router(build_web_router(ctx))
+        app.include_router(build_reports_router(ctx))
+    return app

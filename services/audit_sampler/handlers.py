@@ -1,0 +1,227 @@
+"""Consumer of manual compensations: record every one in the population, sample, enqueue for audit.
+
+A batch costs a fixed handful of statements whatever its size: known ids, agents and buyers are read with
+array binds, decisions are pure, and the writes are ``unnest`` inserts. Only a queue-day over its daily
+capacity costs one more read (its lowest-risk queued items).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.audit_sampler import metrics
+from services.audit_sampler import persistence as db
+from services.audit_sampler.contracts import ManualCompensationIssued
+from services.audit_sampler.domain import queues as q
+from services.audit_sampler.domain.policy import PolicySet, SamplingState
+from services.audit_sampler.domain.sampling import (
+    AgentProfile,
+    ManualCompensation,
+    SamplingDecision,
+    decide,
+    week_start,
+)
+from shared.kafka import Delivered, PermanentError
+from shared.regions import catalogue
+
+log = logging.getLogger(__name__)
+
+GroupKey = tuple[str, str, date]  # region, queue, local day
+
+
+@dataclass
+class _Agent:
+    """In-batch view of an agent: the stored row plus what earlier events of this batch added."""
+
+    first_seen_at: datetime | None
+    seen: int
+    state: SamplingState
+    results: tuple[bool, ...]
+    week: date | None
+    sampled_week: int
+    added_seen: int = 0
+    added_sampled: int = 0
+    team: str = ""
+    first_in_batch: datetime | None = None
+
+
+@dataclass
+class _Sampled:
+    comp: ManualCompensation
+    decision: SamplingDecision
+    day: date
+    payload: dict[str, Any]
+    event_id: str
+    now: datetime
+
+
+class ManualCompensationHandler:
+    def __init__(self, policies: Callable[[], PolicySet], clock: Callable[[], datetime]) -> None:
+        self._policies = policies
+        self._clock = clock
+
+    async def __call__(self, conn: AsyncConnection, events: Sequence[Delivered]) -> None:
+        comps: list[tuple[Delivered, ManualCompensationIssued]] = []
+        for d in events:
+            if not isinstance(d.payload, ManualCompensationIssued):
+                raise PermanentError(f"unexpected event {d.envelope.event_type} on the manual topic")
+            comps.append((d, d.payload))
+        known = await db.known_compensations(conn, [p.compensation_id for _, p in comps])
+        fresh: dict[str, tuple[Delivered, ManualCompensationIssued]] = {}
+        for d, p in comps:
+            # A replay under a new event id (or a duplicate inside the batch) is the same compensation.
+            if p.compensation_id not in known and p.compensation_id not in fresh:
+                fresh[p.compensation_id] = (d, p)
+        if not fresh:
+            return
+        policies = self._policies()
+        now = self._clock()
+        ordered = sorted(fresh.values(), key=lambda dp: (dp[0].envelope.occurred_at, dp[1].compensation_id))
+        agents_raw = await db.load_agents(conn, {(d.envelope.region, p.agent_id) for d, p in ordered})
+        buyers = await db.last_buyer_compensations(conn, {(d.envelope.region, p.buyer_id) for d, p in ordered})
+        agents: dict[tuple[str, str], _Agent] = {}
+        for key, row in agents_raw.items():
+            agents[key] = _Agent(row.first_seen_at, row.compensations_seen, row.state, row.recent_results,
+                                 row.week_start, row.sampled_this_week)
+        population: list[dict[str, Any]] = []
+        sampled: list[_Sampled] = []
+        for d, p in ordered:
+            region = catalogue().get(d.envelope.region)
+            policy = policies.for_region(region.code)
+            occurred = d.envelope.occurred_at
+            day = q.local_day(region, occurred)
+            week = week_start(day)
+            agent = agents.setdefault((region.code, p.agent_id), _Agent(None, 0, SamplingState.NORMAL, (), None, 0))
+            sampled_week = agent.sampled_week if agent.week == week else 0
+            if agent.week is not None and agent.week > week:
+                sampled_week = policy.agent_weekly_minimum  # a late event of a past week: no forcing
+            comp = ManualCompensation(
+                compensation_id=p.compensation_id, region=region.code, buyer_id=p.buyer_id, agent_id=p.agent_id,
+                team=p.team, reason_code=p.reason_code, kind=p.kind.value, amount_minor=p.amount.amount_minor,
+                currency=p.amount.currency,
+                order_amount_minor=p.order_amount.amount_minor if p.order_amount else None, occurred_at=occurred)
+            profile = AgentProfile(first_seen_at=agent.first_seen_at, compensations_before=agent.seen,
+                                   recent_results=agent.results, state=agent.state, sampled_this_week=sampled_week)
+            decision = decide(policy, comp, profile, buyers.get((region.code, p.buyer_id)))
+            # Later events of the batch see this one, exactly as if they had arrived in separate batches.
+            agent.seen += 1
+            agent.added_seen += 1
+            agent.team = p.team
+            if agent.first_seen_at is None or occurred < agent.first_seen_at:
+                agent.first_seen_at = occurred
+            agent.first_in_batch = min(filter(None, (agent.first_in_batch, occurred)))
+            if agent.week is None or week > agent.week:
+                agent.week, agent.sampled_week, agent.added_sampled = week, 0, 0
+            if week == agent.week and decision.sampled:
+                agent.sampled_week += 1
+                agent.added_sampled += 1
+            buyer_key = (region.code, p.buyer_id)
+            if buyers.get(buyer_key) is None or occurred > buyers[buyer_key]:
+                buyers[buyer_key] = occurred
+            population.append({
+                "compensation_id": p.compensation_id, "event_id": d.envelope.event_id, "region": region.code,
+                "buyer_id": p.buyer_id, "agent_id": p.agent_id, "team": p.team, "reason_code": p.reason_code,
+                "kind": p.kind.value, "currency": p.amount.currency, "amount_minor": p.amount.amount_minor,
+                "order_amount_minor": comp.order_amount_minor, "occurred_at": occurred, "local_day": day,
+                "inclusion_probability": decision.probability, "effective_probability": decision.probability,
+                "draw": decision.draw, "sampled": decision.sampled, "mandatory": decision.mandatory,
+                "capacity_dropped": False, "risk_score": decision.risk, "reasons": ",".join(decision.reasons),
+                "queue": decision.queue, "agent_state": decision.state.value, "policy_version": policy.version})
+            if decision.sampled:
+                sampled.append(_Sampled(comp, decision, day, p.model_dump(mode="json"), d.envelope.event_id, now))
+        kept, dropped, evicted, touched = await self._apply_capacity(conn, policies, sampled)
+        dropped_ids = {s.comp.compensation_id for s in dropped}
+        for entry in population:
+            if entry["compensation_id"] in dropped_ids:
+                entry["sampled"], entry["capacity_dropped"] = False, True
+        await db.insert_population(conn, population)
+        await db.evict(conn, [item_id for item_id, _ in evicted])
+        await db.insert_sample_items(conn, [self._item(policies, s) for s in kept])
+        await db.record_drops(conn, [
+            {"region": s.comp.region, "queue": s.decision.queue, "local_day": s.day,
+             "compensation_id": s.comp.compensation_id, "risk_score": s.decision.risk,
+             "inclusion_probability": s.decision.probability, "evicted_item_id": None} for s in dropped
+        ] + [{"region": g[0], "queue": g[1], "local_day": g[2], "compensation_id": cid, "risk_score": risk,
+              "inclusion_probability": prob, "evicted_item_id": item_id}
+             for item_id, (g, cid, risk, prob) in evicted])
+        await db.refresh_effective_probability(conn, touched)
+        await db.bump_agents(conn, [
+            {"region": key[0], "agent_id": key[1], "team": a.team, "first_seen_at": a.first_in_batch,
+             "seen": a.added_seen, "week_start": a.week, "sampled": a.added_sampled}
+            for key, a in agents.items() if a.added_seen])
+        self._count(population, kept, dropped, evicted)
+
+    async def _apply_capacity(self, conn: AsyncConnection, policies: PolicySet, sampled: list[_Sampled]
+                              ) -> tuple[list[_Sampled], list[_Sampled],
+                                         list[tuple[int, tuple[GroupKey, str, float, float]]], set[GroupKey]]:
+        by_group: dict[GroupKey, list[_Sampled]] = defaultdict(list)
+        kept: list[_Sampled] = []
+        for s in sampled:
+            if s.decision.mandatory:
+                kept.append(s)
+            else:
+                by_group[(s.comp.region, s.decision.queue, s.day)].append(s)
+        if not by_group:
+            return kept, [], [], set()
+        counts = await db.queue_day_counts(conn, by_group)
+        dropped: list[_Sampled] = []
+        evicted: list[tuple[int, tuple[GroupKey, str, float, float]]] = []
+        touched: set[GroupKey] = set()
+        for group, arrivals in by_group.items():
+            rule = policies.for_region(group[0]).queue(group[1])
+            capacity = rule.daily_capacity if rule else None
+            fixed, queued = counts.get(group, (0, 0))
+            if capacity is None or fixed + queued + len(arrivals) <= capacity:
+                kept.extend(arrivals)
+                continue
+            touched.add(group)
+            existing = await db.evictable_items(conn, *group, limit=len(arrivals))
+            # Queued items beyond the weakest few cannot lose to this batch's arrivals: count them fixed.
+            fixed += queued - len(existing)
+            by_key = {s.comp.compensation_id: s for s in arrivals}
+            candidates = [q.Candidate(cid, risk, True) for _, cid, risk in existing] + [
+                q.Candidate(s.comp.compensation_id, s.decision.risk, False) for s in arrivals]
+            keep, drop = q.fill_queue_day(capacity, fixed, candidates)
+            kept.extend(by_key[c.key] for c in keep if not c.existing)
+            dropped.extend(by_key[c.key] for c in drop if not c.existing)
+            ids = {cid: (item_id, risk) for item_id, cid, risk in existing}
+            for c in drop:
+                if c.existing:
+                    item_id, risk = ids[c.key]
+                    evicted.append((item_id, (group, c.key, risk, 0.0)))
+        if evicted:
+            probs = await db.inclusion_probabilities(conn, [e[1][1] for e in evicted])
+            evicted = [(item_id, (g, cid, risk, probs.get(cid, 0.0))) for item_id, (g, cid, risk, _) in evicted]
+        return kept, dropped, evicted, touched
+
+    def _item(self, policies: PolicySet, s: _Sampled) -> dict[str, Any]:
+        rule = policies.for_region(s.comp.region).queue(s.decision.queue)
+        sla_hours = rule.sla_hours if rule else 72
+        return {"region": s.comp.region, "queue": s.decision.queue, "compensation_id": s.comp.compensation_id,
+                "agent_id": s.comp.agent_id, "team": s.comp.team,
+                "compensation": {**s.payload, "region": s.comp.region,
+                                 "occurred_at": s.comp.occurred_at.isoformat(), "event_id": s.event_id},
+                "risk_score": s.decision.risk, "inclusion_probability": s.decision.probability,
+                "reasons": ",".join(s.decision.reasons), "mandatory": s.decision.mandatory, "local_day": s.day,
+                "enqueued_at": s.now, "sla_due_at": q.sla_due(s.now, sla_hours)}
+
+    @staticmethod
+    def _count(population: list[dict[str, Any]], kept: list[_Sampled], dropped: list[_Sampled],
+               evicted: list[Any]) -> None:
+        for row in population:
+            metrics.POPULATION.labels(row["region"]).inc()
+        for s in kept:
+            for reason in s.decision.reasons:
+                metrics.SAMPLED.labels(s.comp.region, reason).inc()
+        for s in dropped:
+            metrics.CAPACITY_DROPPED.labels(s.comp.region, s.decision.queue).inc()
+        for _, (group, *_rest) in evicted:
+            metrics.CAPACITY_DROPPED.labels(group[0], group[1]).inc()
+
