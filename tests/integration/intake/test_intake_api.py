@@ -1,0 +1,239 @@
+"""intake against the real PostgreSQL and the real broker: every event type to its topic, validation,
+idempotency, batches, authentication and scopes."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+
+from services.intake.api import ROUTES
+from shared.auth import TokenService
+from shared.contracts.registry import LATEST, decode_envelope
+from tests.integration.intake.intake_support import (
+    Watch,
+    create_key,
+    intake_settings,
+    migrated,
+    new_id,
+    received_ids,
+    running,
+)
+from tests.unit.intake.intake_samples import sample
+
+pytestmark = pytest.mark.integration
+
+PATHS = {r.event_type: r.path for r in ROUTES}
+TOPICS = tuple(sorted({LATEST[t].topic.value for t in PATHS}))
+
+
+@pytest.fixture(scope="module")
+async def service(fresh_database, kafka_bootstrap):
+    settings = intake_settings(await migrated(fresh_database), kafka_bootstrap)
+    async with running(settings) as svc:
+        yield svc
+
+
+@pytest.fixture(scope="module")
+async def key(service):
+    return (await create_key(service.engine, system="order-system"))[1]
+
+
+@pytest.fixture
+async def watch(kafka_bootstrap):
+    w = await Watch(kafka_bootstrap, TOPICS).start()
+    yield w
+    await w.stop()
+
+
+def item(event_type: str, **overrides):
+    return sample(event_type, event_id=new_id(event_type.split(".")[0]), buyer_id=new_id("buyer"), **overrides)
+
+
+async def test_every_event_type_arrives_on_its_topic_with_the_contract_key_and_headers(service, key, watch):
+    sent = {}
+    for event_type, path in PATHS.items():
+        single = item(event_type, correlation_id="corr-1")
+        r = await service.client.post(path, json=single, headers={"X-API-Key": key})
+        assert r.status_code == 202, r.text
+        assert r.json() == {"event_id": single["event_id"], "status": "accepted"}
+        batch = [item(event_type), item(event_type)]
+        r = await service.client.post(path + "/batch", json={"items": batch}, headers={"X-API-Key": key})
+        assert r.status_code == 200, r.text
+        assert [x["status"] for x in r.json()["results"]] == ["accepted", "accepted"]
+        for it in (single, *batch):
+            sent[it["event_id"]] = (event_type, it)
+    arrived = await watch.until(sent, timeout=30)
+    for event_id, (event_type, it) in sent.items():
+        assert len(arrived[event_id]) == 1, f"{event_type} {event_id} arrived {len(arrived[event_id])} times"
+        a = arrived[event_id][0]
+        assert a.topic == LATEST[event_type].topic.value
+        assert a.key == it["buyer_id"].encode()
+        assert a.headers["event_type"] == event_type.encode()
+        assert a.headers["event_id"] == event_id.encode()
+        assert a.headers["region"] == b"SG"
+        assert a.headers["schema_version"] == str(LATEST[event_type].version).encode()
+        envelope, payload = decode_envelope(__import__("orjson").dumps(a.envelope))
+        assert envelope.source == "order-system" and envelope.region == "SG"
+        assert payload.buyer_id == it["buyer_id"]  # type: ignore[attr-defined]
+        if it.get("correlation_id"):
+            assert envelope.correlation_id == "corr-1" and a.headers["correlation_id"] == b"corr-1"
+
+
+FUTURE = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+
+
+@pytest.mark.parametrize("change, status, field", [
+    ({"surprise": True}, 422, "body.surprise"),
+    ({"order_amount": {"amount_minor": 45.9, "currency": "SGD"}}, 422, "body.order_amount.amount_minor"),
+    ({"order_amount": {"amount_minor": 4590, "currency": "USD"}}, 422, "body.order_amount.currency"),
+    ({"region": "ZZ"}, 422, "body.region"),
+    ({"occurred_at": "2026-11-20T09:30:00"}, 422, "body.occurred_at"),
+    ({"occurred_at": FUTURE}, 422, "body.occurred_at"),
+    ({"reason": "boredom"}, 422, "body.reason"),
+    ({"evidence": [{"kind": "photo"}]}, 422, "body.evidence.0.uri"),
+])
+async def test_invalid_single_events_are_refused_naming_the_field_and_nothing_is_stored(
+        service, key, change, status, field):
+    bad = item("ticket.opened", **change)
+    r = await service.client.post("/v1/tickets", json=bad, headers={"X-API-Key": key})
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert field in [e["field"] for e in r.json()["errors"]]
+    assert await received_ids(service.engine, [bad["event_id"]]) == set()
+
+
+async def test_malformed_and_oversized_bodies(service, key):
+    r = await service.client.post("/v1/tickets", content=b"{not json", headers={"X-API-Key": key})
+    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "body"
+    big = b'{"items": [' + b",".join([b'"' + b"x" * 1000 + b'"'] * 5000) + b"]}"
+    r = await service.client.post("/v1/tickets/batch", content=big, headers={"X-API-Key": key})
+    assert r.status_code == 413 and r.headers["content-type"] == "application/problem+json"
+    for body, field in [({"items": []}, "body.items"), ({"things": []}, "body.items"),
+                        ({"items": {}}, "body.items"), ([1], "body.items"),
+                        ({"items": [item("ticket.opened")], "more": 1}, "body.more"),
+                        ({"items": [item("ticket.opened")] * 1001}, "body.items")]:
+        r = await service.client.post("/v1/tickets/batch", json=body, headers={"X-API-Key": key})
+        assert r.status_code == 422, (body, r.text)
+        assert r.json()["errors"][0]["field"] == field
+
+
+async def test_same_id_same_content_is_a_duplicate_different_content_a_conflict(service, key, watch):
+    it = item("buyer.order_placed")
+    first = await service.client.post("/v1/buyer-orders", json=it, headers={"X-API-Key": key})
+    again = await service.client.post("/v1/buyer-orders", json=it, headers={"X-API-Key": key})
+    assert (first.status_code, first.json()["status"]) == (202, "accepted")
+    assert (again.status_code, again.json()["status"]) == (202, "duplicate")
+    changed = {**it, "amount": {"amount_minor": 1, "currency": "SGD"}}
+    conflict = await service.client.post("/v1/buyer-orders", json=changed, headers={"X-API-Key": key})
+    assert conflict.status_code == 409 and conflict.json()["errors"][0]["field"] == "body.event_id"
+    # the same id under another event type is different content too
+    other = sample("voucher.expired", event_id=it["event_id"])
+    r = await service.client.post("/v1/vouchers/expired", json=other, headers={"X-API-Key": key})
+    assert r.status_code == 409
+    arrived = await watch.until([it["event_id"]], timeout=20, settle=1.0)
+    assert len(arrived[it["event_id"]]) == 1
+    assert arrived[it["event_id"]][0].envelope["payload"]["amount"]["amount_minor"] == 12900
+
+
+async def test_batch_with_good_bad_duplicate_and_conflicting_items(service, key, watch):
+    earlier = item("ticket.opened")
+    await service.client.post("/v1/tickets", json=earlier, headers={"X-API-Key": key})
+    good = [item("ticket.opened") for _ in range(3)]
+    bad_currency = item("ticket.opened", region="GB")
+    unknown_field = item("ticket.opened", color="red")
+    conflict = {**earlier, "seller_id": "S-other"}
+    items = [good[0], bad_currency, earlier, good[1], unknown_field, conflict, good[0], good[2]]
+    r = await service.client.post("/v1/tickets/batch", json={"items": items}, headers={"X-API-Key": key})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [x["status"] for x in body["results"]] == [
+        "accepted", "rejected", "duplicate", "accepted", "rejected", "conflict", "duplicate", "accepted"]
+    assert (body["accepted"], body["duplicate"], body["rejected"]) == (3, 2, 3)
+    assert body["results"][1]["errors"][0]["field"] == "order_amount.currency"
+    assert body["results"][4]["errors"][0]["field"] == "color"
+    assert body["results"][5]["errors"][0]["field"] == "event_id"
+    ids = [g["event_id"] for g in good]
+    assert await received_ids(service.engine, ids + [bad_currency["event_id"], unknown_field["event_id"]]) \
+        == set(ids)
+    arrived = await watch.until(ids + [bad_currency["event_id"]], timeout=10, settle=0.5)
+    assert [len(arrived[i]) for i in ids] == [1, 1, 1]
+    assert arrived[bad_currency["event_id"]] == []
+
+
+async def test_without_a_valid_key_401_and_outside_its_scope_403(service):
+    async def post(headers, event_type="ticket.opened", **overrides):
+        return await service.client.post(PATHS[event_type], json=item(event_type, **overrides), headers=headers)
+
+    assert (await post({})).status_code == 401
+    assert (await post({"X-API-Key": "nonsense"})).status_code == 401
+    key_id, sg_key = await create_key(service.engine, system="sg-logistics", regions=["SG"],
+                                      event_types=["ticket.opened"])
+    assert (await post({"X-API-Key": sg_key + "x"})).status_code == 401  # right id, wrong secret
+    assert (await post({"X-API-Key": sg_key})).status_code == 202
+    gb = await post({"X-API-Key": sg_key}, region="GB", order_amount={"amount_minor": 100, "currency": "GBP"})
+    assert gb.status_code == 403 and gb.json()["errors"][0]["field"] == "body.region"
+    other_type = await post({"X-API-Key": sg_key}, "buyer.order_placed")
+    assert other_type.status_code == 403 and other_type.json()["errors"][0]["field"] == "event_type"
+    r = await service.client.post("/v1/tickets/batch", headers={"X-API-Key": sg_key}, json={"items": [
+        item("ticket.opened"), item("ticket.opened", region="GB",
+                                    order_amount={"amount_minor": 100, "currency": "GBP"})]})
+    assert [x["status"] for x in r.json()["results"]] == ["accepted", "rejected"]
+    assert r.json()["results"][1]["errors"][0]["field"] == "region"
+
+    async with service.engine.begin() as conn:
+        await conn.execute(text("UPDATE api_keys SET revoked_at = now() WHERE key_id = :k"), {"k": key_id})
+    await asyncio.sleep(0.6)  # the lookup cache lives 0.5 s in these tests
+    revoked = await post({"X-API-Key": sg_key})
+    assert revoked.status_code == 401 and revoked.headers["content-type"] == "application/problem+json"
+
+
+async def test_bearer_tokens_need_the_service_or_ops_admin_role(service):
+    tokens = TokenService(service.app.state.ctx.settings.auth_token_secret.get_secret_value())
+    ok = tokens.issue("auto-comp", ["service"], ["SG"])
+    r = await service.client.post("/v1/tickets", json=item("ticket.opened"),
+                                  headers={"Authorization": f"Bearer {ok}"})
+    assert r.status_code == 202
+    auditor = tokens.issue("alice", ["auditor"], ["*"])
+    r = await service.client.post("/v1/tickets", json=item("ticket.opened"),
+                                  headers={"Authorization": f"Bearer {auditor}"})
+    assert r.status_code == 403
+    wrong_region = tokens.issue("auto-comp", ["service"], ["US"])
+    r = await service.client.post("/v1/tickets", json=item("ticket.opened"),
+                                  headers={"Authorization": f"Bearer {wrong_region}"})
+    assert r.status_code == 403
+
+
+async def test_rate_limit_per_key_answers_429_with_retry_after(service):
+    _, slow = await create_key(service.engine, system="chatty", rate=2)
+    statuses = []
+    for _ in range(4):
+        r = await service.client.post("/v1/vouchers/expired", json=item("voucher.expired"),
+                                      headers={"X-API-Key": slow})
+        statuses.append(r.status_code)
+    assert statuses[:2] == [202, 202] and 429 in statuses[2:]
+    limited = r if r.status_code == 429 else None
+    if limited is not None:
+        assert int(limited.headers["retry-after"]) >= 1
+
+
+async def test_openapi_has_an_example_per_event_type(service):
+    doc = (await service.client.get("/openapi.json")).json()
+    for event_type, path in PATHS.items():
+        ref = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        schema = doc["components"]["schemas"][ref.rsplit("/", 1)[1]]
+        assert schema["examples"][0]["event_id"], event_type
+        assert schema["additionalProperties"] is False
+        assert f"{path}/batch" in doc["paths"]
+
+
+async def test_metrics_count_outcomes_by_type_region_and_reason(service, key):
+    await service.client.post("/v1/tickets", json=item("ticket.opened", region="ZZ"), headers={"X-API-Key": key})
+    text_ = (await service.client.get("/metrics")).text
+    assert 'intake_events_accepted_total{event_type="ticket.opened",region="SG"}' in text_
+    assert 'intake_events_rejected_total{event_type="ticket.opened",reason="unknown_region",region="unknown"}' \
+        in text_
+    assert "intake_request_duration_seconds_bucket" in text_
+    assert "intake_outbox_backlog" in text_
