@@ -120,7 +120,8 @@ class Watch:
         await self._consumer._client.force_metadata_update()
         return self._consumer.partitions_for_topic(topic) or set()
 
-    async def until(self, event_ids: Iterable[str], timeout: float = 30.0, settle: float = 0.0) -> dict[str, list[Arrival]]:
+    async def until(self, event_ids: Iterable[str], timeout: float = 30.0,
+                    settle: float = 0.0) -> dict[str, list[Arrival]]:
         """Records by event id once every id has arrived (then ``settle`` more seconds for duplicates)."""
         assert self._consumer is not None
         wanted = set(event_ids)
