@@ -94,10 +94,11 @@ class Arrival:
 
 @dataclass
 class Watch:
-    """Reads topics from their current end, so only records produced after ``start`` are seen."""
+    """Reads topics from their current end (or start), so only records produced after ``start`` are seen."""
 
     bootstrap: str
     topics: tuple[str, ...]
+    from_start: bool = False  # read what the topics already hold too
     arrivals: list[Arrival] = field(default_factory=list)
     _consumer: AIOKafkaConsumer | None = None
 
@@ -110,7 +111,10 @@ class Watch:
             for p in sorted(self._consumer.partitions_for_topic(topic) or await self._partitions(topic)):
                 partitions.append(TopicPartition(topic, p))
         self._consumer.assign(partitions)
-        await self._consumer.seek_to_end(*partitions)
+        if self.from_start:
+            await self._consumer.seek_to_beginning(*partitions)
+        else:
+            await self._consumer.seek_to_end(*partitions)
         for tp in partitions:
             await self._consumer.position(tp)  # fix the start now, before anything is produced
         return self
