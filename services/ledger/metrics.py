@@ -24,7 +24,7 @@ BUDGET_EXCEEDED = Counter("ledger_budget_exceeded_total",
                           ["region"])
 THRESHOLDS = Counter("ledger_budget_threshold_crossed_total", "Threshold events sent (50/80/100 percent).",
                      ["region", "threshold"])
-BREAKAGE = Gauge("ledger_budget_breakage_minor", "Expired voucher value of a period.", ["region", "period"])
+BUDGET_BREAKAGE = Gauge("ledger_budget_breakage_minor", "Expired voucher value of a period.", ["region", "period"])
 PARKED = Counter("ledger_events_parked_total", "Events that arrived before their compensation.", ["event_type"])
 PARKED_NOW = Gauge("ledger_parked_events", "Events waiting for their compensation.")
 IGNORED = Counter("ledger_events_ignored_total", "Business duplicates and late lifecycle events ignored.",

@@ -1,0 +1,195 @@
+"""HTTP API of the ledger: budgets, balances, statements, lineage, breakage. Every route is authenticated
+and region-scoped; errors are RFC 9457 problem details."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Query, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.ledger import queries
+from services.ledger.domain import journal
+from services.ledger.domain.budget import BudgetState
+from services.ledger.domain.periods import InvalidPeriod, period_bounds, validate_period
+from shared.auth import Authenticator, Principal
+from shared.http import Problem
+from shared.money import Money
+from shared.regions import Region, UnknownRegion, catalogue
+
+BUDGET_WRITERS = ("finance", "ops_admin")
+READERS = ("ops_admin", "strategy_manager", "finance", "auditor", "senior_auditor", "lead", "service")
+
+
+class BudgetLimit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    limit_minor: StrictInt = Field(ge=0, description="Budget in integer minor units of the region's currency.")
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    reason: str = Field(min_length=3, max_length=500, description="Why; kept in the audit trail.")
+
+
+def _region(code: str) -> Region:
+    try:
+        return catalogue().get(code)
+    except UnknownRegion:
+        raise Problem(404, "Not Found", f"unknown region {code!r}",
+                      errors=[{"field": "region", "message": f"{code!r} is not in the region catalogue"}]) from None
+
+
+def _period(period: str, granularity: str, region: Region) -> tuple[datetime, datetime]:
+    try:
+        validate_period(period, granularity)
+        return period_bounds(period, region)
+    except InvalidPeriod as exc:
+        raise Problem(422, "Request validation failed", str(exc),
+                      errors=[{"field": "period", "message": str(exc)}]) from None
+
+
+def _major(minor: int, currency: str) -> str:
+    return Money(minor, currency).format()
+
+
+def _usage(budget: BudgetState, start: datetime, end: datetime) -> dict[str, Any]:
+    limit = budget.limit
+    percent = None
+    if limit:
+        percent = str((Decimal(budget.used) * 100 / Decimal(limit)).quantize(Decimal("0.01")))
+    return {
+        "region": budget.region, "period": budget.period, "currency": budget.currency,
+        "period_start": start, "period_end": end,
+        "limit_minor": limit, "reserved_minor": budget.reserved, "posted_auto_minor": budget.posted_auto,
+        "posted_manual_minor": budget.posted_manual, "posted_minor": budget.posted_auto + budget.posted_manual,
+        "used_minor": budget.used, "remaining_minor": None if limit is None else limit - budget.used,
+        "percent_used": percent, "released_minor": budget.released, "breakage_minor": budget.breakage,
+        "thresholds_fired": sorted(budget.thresholds_fired),
+        "limit": None if limit is None else _major(limit, budget.currency),
+        "used": _major(budget.used, budget.currency),
+    }
+
+
+def build_router(engine: AsyncEngine, auth: Authenticator, granularity: str) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["ledger"])
+    Caller = Annotated[Principal, Depends(auth)]
+
+    def reader(principal: Principal, region: str) -> Region:
+        principal.require_role(*READERS)
+        r = _region(region)
+        principal.require_region(r.code)
+        return r
+
+    @router.put("/budgets/{region}/{period}", summary="Set a region's budget for a period (audited)")
+    async def put_budget(principal: Caller, body: BudgetLimit, region: Annotated[str, Path()],
+                         period: Annotated[str, Path()]) -> dict[str, Any]:
+        principal.require_role(*BUDGET_WRITERS)
+        r = _region(region)
+        principal.require_region(r.code)
+        start, end = _period(period, granularity, r)
+        if body.currency != r.currency:
+            raise Problem(422, "Request validation failed", f"region {r.code} budgets are in {r.currency}",
+                          errors=[{"field": "body.currency", "message": f"must be {r.currency}"}])
+        try:
+            async with engine.begin() as conn:
+                budget = await queries.set_budget(conn, region=r.code, period=period, currency=r.currency,
+                                                  limit=body.limit_minor, actor=principal.subject, via="api",
+                                                  reason=body.reason)
+        except queries.LimitBelowCommitted as exc:
+            raise Problem(409, "Conflict", str(exc),
+                          errors=[{"field": "body.limit_minor", "message": str(exc)}]) from None
+        return _usage(budget, start, end)
+
+    @router.get("/budgets/{region}/{period}", summary="Budget usage: limit, reserved, posted, remaining, percent")
+    async def get_budget(principal: Caller, region: str, period: str) -> dict[str, Any]:
+        r = reader(principal, region)
+        start, end = _period(period, granularity, r)
+        async with engine.connect() as conn:
+            budget = await queries.get_budget(conn, r.code, period)
+            if budget is None:
+                raise Problem(404, "Not Found", f"no budget for {r.code} {period}")
+            changes = await queries.budget_changes(conn, r.code, period)
+            overruns = await queries.overrun_count(conn, r.code, period)
+        out = _usage(budget, start, end)
+        out["overruns"] = overruns
+        out["changes"] = [c.__dict__ for c in changes]
+        return out
+
+    @router.get("/accounts/{account_key}/balance", summary="Balance of one account in a region")
+    async def balance(principal: Caller, account_key: str,
+                      region: Annotated[str, Query(pattern=r"^[A-Z]{2,3}$")]) -> dict[str, Any]:
+        r = reader(principal, region)
+        try:
+            journal.check_account_key(account_key)
+        except journal.UnknownAccount as exc:
+            raise Problem(404, "Not Found", str(exc), errors=[{"field": "account_key", "message": str(exc)}]) from None
+        async with engine.connect() as conn:
+            found = await queries.account_balance(conn, r.code, account_key)
+        if found is None:
+            raise Problem(404, "Not Found", f"account {account_key} has no entries in {r.code}",
+                          errors=[{"field": "account_key", "message": "unknown account"}])
+        return {"account_key": account_key, "region": r.code, **found,
+                "balance": _major(found["balance_minor"], found["currency"])}
+
+    @router.get("/statements/{party}", summary="Statement of a liable party for a period (JSON or CSV)")
+    async def statement(principal: Caller, party: str, region: Annotated[str, Query(pattern=r"^[A-Z]{2,3}$")],
+                        period: Annotated[str, Query()],
+                        format: Annotated[Literal["json", "csv"], Query()] = "json") -> Any:
+        r = reader(principal, region)
+        if not journal.is_party_account(party):
+            raise Problem(404, "Not Found", f"{party!r} is not a liable party (seller:<id>, carrier:<id>, platform)",
+                          errors=[{"field": "party", "message": "unknown liable party"}])
+        start, end = _period(period, granularity, r)
+        async with engine.connect() as conn:
+            opening, lines = await queries.statement_lines(conn, r.code, party, start, end)
+        charged = sum(x["amount_minor"] for x in lines if x["kind"] == "charge")
+        reversed_ = -sum(x["amount_minor"] for x in lines if x["kind"] == "reversal")
+        closing = opening + sum(x["amount_minor"] for x in lines)
+        if format == "csv":
+            filename = f"statement-{r.code}-{party.replace(':', '_')}-{period}.csv"
+            return Response(_csv(lines, r.currency), media_type="text/csv",
+                            headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+        return {"party": party, "region": r.code, "period": period, "currency": r.currency,
+                "period_start": start, "period_end": end, "opening_balance_minor": opening,
+                "charged_minor": charged, "reversed_minor": reversed_, "closing_balance_minor": closing,
+                "closing_balance": _major(closing, r.currency), "lines": lines}
+
+    @router.get("/compensations/{compensation_id}/lineage",
+                summary="Request, reservation, charge, redemption and corrections of one compensation")
+    async def get_lineage(principal: Caller, compensation_id: str) -> dict[str, Any]:
+        principal.require_role(*READERS)
+        async with engine.connect() as conn:
+            found = await queries.lineage(conn, compensation_id)
+        if found is None or not principal.can_access(found["region"]):
+            # the same answer whether it does not exist or belongs to a region the caller cannot see
+            raise Problem(404, "Not Found", f"no compensation {compensation_id} in your regions")
+        return found
+
+    @router.get("/reports/breakage", summary="Expired and unredeemed voucher value of a period")
+    async def breakage(principal: Caller, region: Annotated[str, Query(pattern=r"^[A-Z]{2,3}$")],
+                       period: Annotated[str, Query()]) -> dict[str, Any]:
+        r = reader(principal, region)
+        _period(period, granularity, r)
+        async with engine.connect() as conn:
+            by_kind = await queries.breakage_report(conn, r.code, period)
+        total = sum(int(k["breakage_minor"]) for k in by_kind)
+        return {"region": r.code, "period": period, "currency": r.currency, "breakage_minor": total,
+                "breakage": _major(total, r.currency), "by_kind": by_kind}
+
+    return router
+
+
+def _csv(lines: list[dict[str, Any]], currency: str) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    columns = ["occurred_at", "tx_id", "kind", "compensation_id", "correction_id", "reverses_tx_id",
+               "corrects_tx_id", "currency", "amount_minor", "amount"]
+    writer.writerow(columns)
+    for x in lines:
+        writer.writerow([x["occurred_at"].isoformat(), x["tx_id"], x["kind"], x["compensation_id"],
+                         x["correction_id"] or "", x["reverses_tx_id"] or "", x["corrects_tx_id"] or "",
+                         x["currency"], x["amount_minor"], Money(x["amount_minor"], currency).format().split()[0]])
+    return buf.getvalue()

@@ -1,0 +1,114 @@
+"""The ledger service: one consumer group over the five input topics, a housekeeper, and the HTTP API.
+
+``build_app(settings)`` runs in-process too (httpx ASGI transport + lifespan, or ``app.state.ctx``
+start/stop), which the end-to-end saga tests use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from services.ledger import handlers, invariants, metrics
+from services.ledger.api import build_router
+from services.ledger.config import Settings
+from services.ledger.contracts import CONSUMES
+from shared.auth import Authenticator
+from shared.service import ServiceContext, create_app
+
+log = logging.getLogger(__name__)
+
+
+class Housekeeper:
+    """Periodic work: void stale reservations, apply or dead-letter parked events, refresh budget gauges,
+    and run the invariant checker. Every step is an ordinary locked transaction, safe on every replica."""
+
+    def __init__(self, ctx: ServiceContext, settings: Settings) -> None:
+        self.ctx, self.settings = ctx, settings
+        self.stripe = random.randrange(settings.balance_stripes)
+        self._task: asyncio.Task[None] | None = None
+        self._last_invariants = 0.0
+        self.last_violations: dict[str, int] = {}
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="ledger-housekeeper")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("ledger housekeeping failed; retrying next round")
+            await asyncio.sleep(self.settings.housekeeping_interval_seconds)
+
+    async def run_once(self, *, invariants_now: bool = False) -> None:
+        engine, s, now = self.ctx.engine, self.settings, datetime.now(UTC)
+        async with engine.begin() as conn:
+            await handlers.sweep_reservations(conn, s, self.stripe, now)
+        async with engine.begin() as conn:
+            await handlers.retry_parked(conn, s, self.stripe, now)
+        if s.park_seconds > 0:
+            async with engine.begin() as conn:
+                await handlers.expire_parked(conn, s, now)
+        self.ctx.relay.wake()
+        await self.refresh_gauges()
+        if invariants_now or time.monotonic() - self._last_invariants >= s.invariant_interval_seconds:
+            self._last_invariants = time.monotonic()
+            async with engine.connect() as conn:
+                self.last_violations = await invariants.check(conn, now, s.voucher_grace_seconds)
+            for name, count in self.last_violations.items():
+                metrics.INVARIANT_VIOLATIONS.labels(name).set(count)
+            metrics.INVARIANT_LAST_RUN.set(time.time())
+            if any(self.last_violations.values()):
+                log.error("ledger invariant violations", extra={"violations": self.last_violations})
+
+    async def refresh_gauges(self) -> None:
+        async with self.ctx.engine.connect() as conn:
+            rows = (await conn.execute(text(
+                "SELECT region, period, limit_minor, reserved_minor, posted_auto_minor, posted_manual_minor, "
+                "breakage_minor FROM budgets WHERE updated_at > now() - interval '62 days'"))).all()
+            parked = (await conn.execute(text("SELECT count(*) FROM parked_events"))).scalar_one()
+        metrics.PARKED_NOW.set(parked)
+        for region, period, limit, reserved, auto, manual, breakage in rows:
+            metrics.BUDGET_LIMIT.labels(region, period).set(limit or 0)
+            metrics.BUDGET_RESERVED.labels(region, period).set(reserved)
+            metrics.BUDGET_POSTED.labels(region, period, "auto").set(auto)
+            metrics.BUDGET_POSTED.labels(region, period, "manual").set(manual)
+            metrics.BUDGET_BREAKAGE.labels(region, period).set(breakage)
+            if limit:
+                # a gauge ratio for dashboards only; money itself never leaves integer minor units
+                metrics.BUDGET_USED_RATIO.labels(region, period).set((reserved + auto + manual) / limit)
+
+
+def build_app(settings: Settings, *, topics: Sequence[str] | None = None, housekeeping: bool = True) -> FastAPI:
+    ctx = ServiceContext.create("ledger", "ledger", settings)
+    handler = handlers.LedgerHandler(settings)
+    ctx.add_consumer(settings.consumer_group, list(topics or CONSUMES), handler)
+    keeper = Housekeeper(ctx, settings)
+    if housekeeping:
+        ctx.components.append(keeper)
+    app = create_app(ctx, title="Ledger", description=(
+        "Double-entry book of record of every compensation: liable-party charges, regional budgets "
+        "(reserve, post, void), statements, lineage, breakage."))
+    app.state.housekeeper = keeper
+    app.state.handler = handler
+    app.include_router(build_router(ctx.engine, Authenticator(ctx.tokens), settings.budget_period))
+    return app

@@ -1,0 +1,61 @@
+"""The ledger's invariants, checked in SQL over the whole book. Each check counts its violations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+CHECKS: dict[str, str] = {
+    # every journal transaction sums to zero per currency and has all its declared lines
+    "unbalanced_transactions": """
+        SELECT count(*) FROM (
+            SELECT t.tx_id FROM journal_transactions t LEFT JOIN journal_entries e ON e.tx_id = t.tx_id
+            GROUP BY t.tx_id, t.entry_count
+            HAVING count(e.tx_id) <> t.entry_count
+                OR bool_or(e.amount_minor IS NULL)
+                OR EXISTS (SELECT 1 FROM journal_entries x WHERE x.tx_id = t.tx_id
+                           GROUP BY x.currency HAVING sum(x.amount_minor) <> 0)) v""",
+    # reserved + posted automatic spend within every budget
+    "budget_overspent": """
+        SELECT count(*) FROM budgets WHERE limit_minor IS NOT NULL
+            AND reserved_minor + posted_auto_minor > limit_minor""",
+    # a budget's counters agree with its reservations
+    "budget_counters_drift": """
+        SELECT count(*) FROM budgets b LEFT JOIN (
+            SELECT region, period, sum(amount_minor) FILTER (WHERE status = 'pending') AS pending,
+                   sum(posted_minor) AS posted FROM reservations GROUP BY region, period) r
+            ON r.region = b.region AND r.period = b.period
+        WHERE b.reserved_minor <> coalesce(r.pending, 0) OR b.posted_auto_minor <> coalesce(r.posted, 0)""",
+    # exactly one live (unreversed) charge per issued compensation, none when corrected to zero
+    "charges_per_compensation": """
+        SELECT count(*) FROM compensations c LEFT JOIN LATERAL (
+            SELECT count(*) AS live FROM journal_transactions t
+            WHERE t.compensation_id = c.compensation_id AND t.kind = 'charge'
+              AND NOT EXISTS (SELECT 1 FROM journal_transactions r WHERE r.reverses_tx_id = t.tx_id)) l ON true
+        WHERE l.live <> CASE WHEN c.current_amount_minor > 0 THEN 1 ELSE 0 END""",
+    # no reservation left pending past its expiry (never issued) or its voucher's validity, plus grace
+    "orphan_reservations": """
+        SELECT count(*) FROM reservations WHERE status = 'pending' AND (
+            (issued_minor IS NULL AND expires_at + make_interval(secs => :grace) < :now)
+            OR (valid_until IS NOT NULL AND valid_until + make_interval(secs => :grace) < :now))""",
+    # the striped balances agree with the journal
+    "balances_drift": """
+        SELECT count(*) FROM (
+            SELECT region, account_key, currency, sum(amount_minor) AS total FROM journal_entries
+            GROUP BY 1, 2, 3) j
+        FULL JOIN (
+            SELECT region, account_key, currency, sum(debits_minor - credits_minor) AS total
+            FROM account_balances GROUP BY 1, 2, 3) b USING (region, account_key, currency)
+        WHERE j.total IS DISTINCT FROM b.total""",
+}
+
+
+async def check(conn: AsyncConnection, now: datetime, grace_seconds: int) -> dict[str, int]:
+    """Violations per check; all zero when the books are sound."""
+    out = {}
+    for name, sql in CHECKS.items():
+        params = {"now": now, "grace": grace_seconds} if ":now" in sql else {}
+        out[name] = int((await conn.execute(text(sql), params)).scalar_one())
+    return out
