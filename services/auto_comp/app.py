@@ -1,0 +1,63 @@
+"""auto_comp's app: ticket and budget-answer consumers, the saga timeout task, strategy reload on SIGHUP,
+and the HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import cast
+
+from fastapi import FastAPI
+
+from services.auto_comp.api import build_router
+from services.auto_comp.config import Settings
+from services.auto_comp.handlers import BudgetResultHandler, SagaTimeouts, TicketHandler
+from services.auto_comp.store import StrategyStore
+from shared.auth import Authenticator
+from shared.config import ServiceSettings
+from shared.service import ServiceContext, create_app
+
+log = logging.getLogger(__name__)
+
+
+class ReloadOnSighup:
+    """``kill -HUP <pid>`` reloads the strategy files (the admin endpoint does the same)."""
+
+    def __init__(self, store: StrategyStore) -> None:
+        self.store = store
+        self._installed = False
+
+    async def start(self) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread / OS
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.store.reload)
+            self._installed = True
+
+    async def stop(self) -> None:
+        if self._installed:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            self._installed = False
+
+
+def build_context(settings: Settings) -> tuple[ServiceContext, StrategyStore]:
+    store = StrategyStore(settings.strategies_dir)
+    ctx = ServiceContext.create("auto_comp", "auto_comp", settings)
+    ctx.add_consumer(f"{settings.consumer_group}.tickets", [settings.tickets_topic],
+                     TicketHandler(store, settings.reservation_hold_days))
+    ctx.add_consumer(f"{settings.consumer_group}.budget", [settings.budget_results_topic], BudgetResultHandler())
+    ctx.components.append(SagaTimeouts(ctx.engine, settings.saga_timeout_seconds,
+                                       settings.saga_check_interval_seconds, on_enqueued=ctx.relay.wake))
+    ctx.components.append(ReloadOnSighup(store))
+    return ctx, store
+
+
+def build_app(settings: ServiceSettings | None = None, *, manage_lifecycle: bool = True) -> FastAPI:
+    settings = cast(Settings, settings) if settings is not None else Settings()
+    ctx, store = build_context(settings)
+    app = create_app(ctx, title="auto_comp", manage_lifecycle=manage_lifecycle,
+                     description="Automatic compensation: strategies, decisions, the budget saga.",
+                     openapi_tags=[{"name": "decisions"}, {"name": "strategies"}])
+    app.state.store = store
+    app.include_router(build_router(ctx.engine, Authenticator(ctx.tokens), store))
+    return app

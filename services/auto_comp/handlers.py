@@ -1,0 +1,328 @@
+"""Batch handlers: tickets -> decisions (+ budget reservation requests); budget answers -> vouchers.
+
+The budget saga: a proposed compensation is written as ``pending`` with its reservation request in the
+outbox, in the decision's transaction. The ledger answers once per reservation id; the answer is applied
+under a row lock and only to a still-pending compensation, so a re-delivered or re-sent answer changes
+nothing and a ticket can never get a second voucher. A crash anywhere leaves either the pending row with
+its request (re-sent by ``SagaTimeouts``) or the settled row with its event in the outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.auto_comp import metrics, persistence
+from services.auto_comp.domain.engine import (
+    Evaluation,
+    Granted,
+    Outcome,
+    PartyShare,
+    Verdict,
+    evaluate_ticket,
+    settle,
+    split_liability,
+)
+from services.auto_comp.domain.model import StrategySet
+from services.auto_comp.store import StrategyStore
+from shared.contracts import events as ev
+from shared.contracts.envelope import Envelope
+from shared.contracts.registry import make_envelope
+from shared.kafka import Delivered, PermanentError
+from shared.money import Money
+from shared.outbox import enqueue
+from shared.regions import region as region_of
+
+log = logging.getLogger(__name__)
+
+SOURCE = "auto_comp"
+_NAMESPACE = uuid.UUID("6f1c3f5e-2a7b-4b8e-9d0c-5a1e7c3b9f42")
+
+
+def compensation_id_for(ticket_id: str, strategy_id: str) -> str:
+    """Deterministic, so a ticket replayed after a crash maps to the same compensation and reservation."""
+    return "ac-" + str(uuid.uuid5(_NAMESPACE, f"{ticket_id}\x1f{strategy_id}"))
+
+
+def new_voucher_code() -> str:
+    """120 random bits in Crockford-free base32: unguessable, and safe in any Identifier field."""
+    return "V" + base64.b32encode(secrets.token_bytes(15)).decode()
+
+
+def _money(m: Money) -> dict[str, Any]:
+    return {"amount_minor": m.minor, "currency": m.currency}
+
+
+class TicketHandler:
+    """Decides every new ticket of a batch; proposals go to the ledger through the outbox."""
+
+    def __init__(self, store: StrategyStore, reservation_hold_days: int = 7) -> None:
+        self.store = store
+        self.hold = timedelta(days=reservation_hold_days)
+
+    async def __call__(self, conn: AsyncConnection, events: Sequence[Delivered]) -> None:
+        started = time.perf_counter()
+        strategies = self.store.current
+        batch: dict[str, tuple[Envelope, ev.TicketOpened]] = {}
+        for d in events:
+            if isinstance(d.payload, ev.TicketOpened):
+                batch.setdefault(d.payload.ticket_id, (d.envelope, d.payload))
+        if not batch:
+            return
+        await persistence.lock_buyers(conn, ((env.region, t.buyer_id) for env, t in batch.values()))
+        # Under the buyers' locks: a ticket another consumer decided meanwhile keeps its decision.
+        for ticket_id in await persistence.decided_tickets(conn, list(batch)):
+            del batch[ticket_id]
+        if not batch:
+            return
+        items = sorted(batch.values(), key=lambda x: (x[0].occurred_at, x[1].ticket_id))
+        window = timedelta(days=max((s.abuse_guard.window_days for s in strategies.strategies
+                                     if s.abuse_guard), default=1))
+        history = await persistence.buyer_history(
+            conn, ((env.region, t.buyer_id) for env, t in items),
+            min(env.occurred_at for env, _ in items) - window, max(env.occurred_at for env, _ in items) + window)
+        taken = await persistence.taken_orders(conn, [t.order_id for _, t in items])
+        decisions: list[dict[str, Any]] = []
+        shadows: list[dict[str, Any]] = []
+        comps: list[dict[str, Any]] = []
+        requests: list[Envelope] = []
+        now = datetime.now(UTC)
+        for env, ticket in items:
+            verdict, shadow_evaluations = self._evaluate(strategies, env, ticket, history, taken)
+            # Shadows are judged against the buyer's history before this ticket's own compensation.
+            shadows.extend(self._shadows(shadow_evaluations, env, ticket, history, taken))
+            decision, comp, request = self._decide(strategies, verdict, env, ticket, history, taken, now)
+            decisions.append(decision)
+            if comp is not None and request is not None:
+                comps.append(comp)
+                requests.append(request)
+        await persistence.insert_decisions(conn, decisions)
+        await persistence.insert_shadow_decisions(conn, shadows)
+        await persistence.insert_compensations(conn, comps)
+        await enqueue(conn, requests)
+        for (env, _), row in zip(items, decisions, strict=True):
+            metrics.DECISIONS.labels(env.region, row["strategy_id"] or "none", row["outcome"], "active").inc()
+            metrics.DECISION_LATENCY.labels(env.region).observe(max(0.0, (now - env.produced_at).total_seconds()))
+        for s in shadows:
+            metrics.DECISIONS.labels(s["region"], s["strategy_id"], s["outcome"], "shadow").inc()
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    def _evaluate(self, strategies: StrategySet, env: Envelope, ticket: ev.TicketOpened,
+                  history: dict[tuple[str, str], list[Granted]], taken: set[tuple[str, str]]
+                  ) -> tuple[Verdict, tuple[Evaluation, ...]]:
+        reg = region_of(env.region)
+        result = evaluate_ticket(strategies, ticket, reg, env.occurred_at)
+        p = result.live.proposal
+        verdict = settle(result.live, buyer_id=ticket.buyer_id, occurred_at=env.occurred_at,
+                         order_taken=p is not None and (ticket.order_id, p.scenario) in taken,
+                         history=history.get((env.region, ticket.buyer_id), []))
+        return verdict, result.shadows
+
+    def _decide(self, strategies: StrategySet, verdict: Verdict, env: Envelope, ticket: ev.TicketOpened,
+                history: dict[tuple[str, str], list[Granted]], taken: set[tuple[str, str]], now: datetime
+                ) -> tuple[dict[str, Any], dict[str, Any] | None, Envelope | None]:
+        e = verdict.evaluation
+        p = e.proposal
+        s = e.strategy
+        decision: dict[str, Any] = {
+            "ticket_id": ticket.ticket_id, "region": env.region, "order_id": ticket.order_id,
+            "buyer_id": ticket.buyer_id, "reason": ticket.reason.value, "outcome": verdict.outcome.value,
+            "failed_rule": verdict.failed_rule, "detail": verdict.detail,
+            "strategy_id": s.id if s else None, "strategy_version": s.version if s else None,
+            "config_version": strategies.version, "scenario": p.scenario if p else None,
+            "tier": p.tier if p else None, "currency": ticket.order_amount.currency,
+            "proposed_minor": p.amount.minor if p else None, "compensation_id": None,
+            "inputs": {**e.inputs, "ticket_occurred_at": env.occurred_at.isoformat(),
+                       "liability_rule": p.liability_rule.value if p else None},
+            "event_id": env.event_id, "ticket_occurred_at": env.occurred_at,
+        }
+        if verdict.outcome is not Outcome.PENDING_BUDGET or p is None:
+            return decision, None, None
+        comp_id = compensation_id_for(ticket.ticket_id, p.strategy.id)
+        reservation_id = "res-" + comp_id.removeprefix("ac-")
+        expires = now + (timedelta(days=p.validity_days) if p.validity_days else self.hold)
+        request = ev.BudgetReservationRequested(
+            reservation_id=reservation_id, compensation_id=comp_id, ticket_id=ticket.ticket_id,
+            buyer_id=ticket.buyer_id, strategy_id=p.strategy.id, strategy_version=p.strategy.version,
+            kind=p.kind, amount=ev.PositiveMoney(**_money(p.amount)),
+            fallback_amounts=[ev.PositiveMoney(**_money(m)) for m in p.fallback_amounts],
+            pacing_allowance_percent=p.strategy.budget.pacing_allowance_percent, expires_at=expires)
+        envelope = make_envelope("budget.reservation_requested", request, source=SOURCE,
+                                 **env.caused(occurred_at=now, event_id=f"{reservation_id}.1"))
+        decision["compensation_id"] = comp_id
+        history.setdefault((env.region, ticket.buyer_id), []).append(Granted(env.occurred_at, p.amount))
+        taken.add((ticket.order_id, p.scenario))
+        comp = {
+            "compensation_id": comp_id, "reservation_id": reservation_id, "ticket_id": ticket.ticket_id,
+            "strategy_id": p.strategy.id, "strategy_version": p.strategy.version, "order_id": ticket.order_id,
+            "scenario": p.scenario, "buyer_id": ticket.buyer_id, "region": env.region,
+            "reason": ticket.reason.value, "kind": p.kind.value, "currency": p.amount.currency,
+            "status": "pending", "requested_minor": p.amount.minor,
+            "fallback_minor": [m.minor for m in p.fallback_amounts], "liability_rule": p.liability_rule.value,
+            "shares": [{"party": x.party.value, "id": x.party_id, "percent": x.percent} for x in p.shares],
+            "min_spend_minor": p.min_spend.minor if p.min_spend is not None else None, "expires_at": expires,
+            "request": request.model_dump(mode="json"), "correlation_id": env.correlation_id,
+            "ticket_occurred_at": env.occurred_at,
+        }
+        return decision, comp, envelope
+
+    @staticmethod
+    def _shadows(evaluations: Sequence[Evaluation], env: Envelope, ticket: ev.TicketOpened,
+                 history: dict[tuple[str, str], list[Granted]], taken: set[tuple[str, str]]
+                 ) -> list[dict[str, Any]]:
+        """Shadow strategies: the full decision against the buyer's real history, recorded, never issued."""
+        out = []
+        for e in evaluations:
+            assert e.strategy is not None
+            p = e.proposal
+            v = settle(e, buyer_id=ticket.buyer_id, occurred_at=env.occurred_at,
+                       order_taken=p is not None and (ticket.order_id, p.scenario) in taken,
+                       history=history.get((env.region, ticket.buyer_id), []))
+            out.append({"ticket_id": ticket.ticket_id, "strategy_id": e.strategy.id,
+                        "strategy_version": e.strategy.version, "region": env.region, "outcome": v.outcome.value,
+                        "failed_rule": v.failed_rule, "detail": v.detail, "tier": p.tier if p else None,
+                        "currency": ticket.order_amount.currency, "proposed_minor": p.amount.minor if p else None,
+                        "inputs": e.inputs})
+        return out
+
+
+class BudgetResultHandler:
+    """Applies the ledger's answers: reserved -> issue the compensation; denied -> budget_denied / paced."""
+
+    async def __call__(self, conn: AsyncConnection, events: Sequence[Delivered]) -> None:
+        answers: dict[str, tuple[Envelope, ev.BudgetReservationDecided]] = {}
+        for d in events:
+            if isinstance(d.payload, ev.BudgetReservationDecided):
+                answers.setdefault(d.payload.reservation_id, (d.envelope, d.payload))
+        pending = await persistence.lock_pending(conn, list(answers))
+        issued, denied, out = [], [], []
+        now = datetime.now(UTC)
+        for reservation_id, comp in pending.items():
+            env, answer = answers[reservation_id]
+            if answer.outcome is ev.ReservationOutcome.DENIED:
+                paced = answer.denial_reason is ev.DenialReason.PACED
+                denied.append({
+                    "compensation_id": comp["compensation_id"], "ticket_id": comp["ticket_id"],
+                    "outcome": (Outcome.PACED if paced else Outcome.BUDGET_DENIED).value,
+                    "denial_reason": answer.denial_reason.value if answer.denial_reason else None,
+                    "budget_period": answer.budget_period,
+                    "detail": f"ledger denied {answer.budget_period}: "
+                              f"{answer.denial_reason.value if answer.denial_reason else 'denied'}"})
+                continue
+            row, envelope = self._issue(comp, env, answer, now)
+            issued.append(row)
+            out.append(envelope)
+        await persistence.mark_issued(conn, issued)
+        await persistence.mark_denied(conn, denied)
+        await enqueue(conn, out)
+        for row in denied:
+            comp = next(c for c in pending.values() if c["compensation_id"] == row["compensation_id"])
+            metrics.DECISIONS.labels(comp["region"], comp["strategy_id"], row["outcome"], "active").inc()
+        for row in issued:
+            comp = next(c for c in pending.values() if c["compensation_id"] == row["compensation_id"])
+            metrics.DECISIONS.labels(comp["region"], comp["strategy_id"], Outcome.ISSUED.value, "active").inc()
+            metrics.ISSUED.labels(comp["region"], comp["strategy_id"], comp["kind"]).inc()
+            metrics.ISSUED_AMOUNT.labels(comp["region"], comp["currency"]).inc(row["issued_minor"])
+            metrics.END_TO_END.labels(comp["region"]).observe(
+                max(0.0, (now - comp["ticket_occurred_at"]).total_seconds()))
+
+    @staticmethod
+    def _issue(comp: dict[str, Any], env: Envelope, answer: ev.BudgetReservationDecided, now: datetime
+               ) -> tuple[dict[str, Any], Envelope]:
+        assert answer.reserved_amount is not None
+        amount = Money(answer.reserved_amount.amount_minor, answer.reserved_amount.currency)
+        offered = [comp["requested_minor"], *comp["fallback_minor"]]
+        if amount.currency != comp["currency"] or amount.minor not in offered:
+            raise PermanentError(f"ledger reserved {amount} for {comp['reservation_id']}, which is not one of "
+                                 f"the offered amounts {offered} {comp['currency']}")
+        shares = [PartyShare(ev.PartyType(s["party"]), s["id"], s["percent"]) for s in comp["shares"]]
+        liability = [ev.LiabilityShare(party=ev.LiableParty(type=s.party, id=s.party_id), amount_minor=m.minor)
+                     for s, m in split_liability(amount, shares) if m.minor > 0]
+        kind = ev.CompensationKind(comp["kind"])
+        voucher = kind is ev.CompensationKind.VOUCHER
+        code = new_voucher_code() if voucher else None
+        min_spend = comp["min_spend_minor"]
+        issued = ev.CompensationIssued(
+            compensation_id=comp["compensation_id"], reservation_id=comp["reservation_id"],
+            ticket_id=comp["ticket_id"], order_id=comp["order_id"], buyer_id=comp["buyer_id"],
+            strategy_id=comp["strategy_id"], strategy_version=comp["strategy_version"],
+            reason=ev.TicketReason(comp["reason"]), kind=kind, amount=ev.PositiveMoney(**_money(amount)),
+            liability=liability, voucher_code=code,
+            min_spend=(ev.NonNegativeMoney(amount_minor=min_spend, currency=amount.currency)
+                       if voucher and min_spend is not None else None),
+            valid_until=comp["expires_at"] if voucher else None)
+        envelope = make_envelope("compensation.issued", issued, source=SOURCE, occurred_at=now,
+                                 event_id=f"{comp['compensation_id']}.issued", region=comp["region"],
+                                 correlation_id=comp["correlation_id"] or env.correlation_id,
+                                 causation_id=env.event_id, traceparent=env.traceparent)
+        degraded = amount.minor != comp["requested_minor"]
+        detail = f"issued {amount.format()}"
+        if degraded:
+            detail += f" (degraded from {Money(comp['requested_minor'], amount.currency).format()} by the budget)"
+        row = {"compensation_id": comp["compensation_id"], "ticket_id": comp["ticket_id"],
+               "issued_minor": amount.minor, "voucher_code": code, "budget_period": answer.budget_period,
+               "detail": detail}
+        return row, envelope
+
+
+class SagaTimeouts:
+    """Re-sends reservation requests the ledger has not answered within the timeout (same reservation id,
+    new event id: the ledger answers a repeat with its first answer)."""
+
+    def __init__(self, engine: AsyncEngine, timeout_seconds: float, interval_seconds: float,
+                 batch: int = 500, on_enqueued: Any = None) -> None:
+        self.engine = engine
+        self.timeout = timeout_seconds
+        self.interval = interval_seconds
+        self.batch = batch
+        self.on_enqueued = on_enqueued
+        self._task: asyncio.Task[None] | None = None
+
+    async def run_once(self) -> int:
+        async with self.engine.begin() as conn:
+            rows = await persistence.claim_unanswered(conn, self.timeout, self.batch)
+            envelopes = []
+            for r in rows:
+                request = ev.BudgetReservationRequested.model_validate(r["request"])
+                envelopes.append(make_envelope(
+                    "budget.reservation_requested", request, source=SOURCE, region=r["region"],
+                    occurred_at=datetime.now(UTC), event_id=f"{r['reservation_id']}.{r['attempts']}",
+                    correlation_id=r["correlation_id"] or r["reservation_id"]))
+            await enqueue(conn, envelopes)
+            pending, oldest = await persistence.saga_backlog(conn)
+        metrics.SAGA_PENDING.set(pending)
+        metrics.SAGA_OLDEST.set(oldest)
+        if envelopes:
+            metrics.SAGA_RESENDS.inc(len(envelopes))
+            log.warning("re-sent unanswered budget reservations", extra={"count": len(envelopes)})
+            if self.on_enqueued is not None:
+                self.on_enqueued()
+        return len(envelopes)
+
+    async def start(self) -> None:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(self.interval)
+                try:
+                    await self.run_once()
+                except Exception:
+                    log.exception("saga timeout check failed; retrying next interval")
+
+        self._task = asyncio.create_task(loop(), name="auto_comp-saga-timeouts")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -1,0 +1,234 @@
+"""SQL against the auto_comp schema. Batches travel as one JSON document per statement
+(``jsonb_to_recordset``) so a whole batch costs a handful of round trips."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.auto_comp.domain.engine import Granted
+from shared.money import Money
+
+
+def _json(rows: Any) -> str:
+    return orjson.dumps(rows, default=_default).decode()
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+async def lock_buyers(conn: AsyncConnection, buyers: Iterable[tuple[str, str]]) -> None:
+    """Serialise deciding for these buyers across consumers until the transaction ends.
+
+    Sorted order on both statements, so two batches sharing buyers queue instead of deadlocking.
+    """
+    keys = sorted(set(buyers))
+    if not keys:
+        return
+    params = {"r": [k[0] for k in keys], "b": [k[1] for k in keys]}
+    await conn.execute(text(
+        "INSERT INTO buyer_guards (region, buyer_id) SELECT r, b FROM unnest(CAST(:r AS text[]), "
+        "CAST(:b AS text[])) AS x(r, b) ORDER BY r, b ON CONFLICT DO NOTHING"), params)
+    await conn.execute(text(
+        "SELECT 1 FROM buyer_guards g JOIN unnest(CAST(:r AS text[]), CAST(:b AS text[])) AS x(r, b) "
+        "ON g.region = x.r AND g.buyer_id = x.b ORDER BY g.region, g.buyer_id FOR UPDATE OF g"), params)
+
+
+async def decided_tickets(conn: AsyncConnection, ticket_ids: Sequence[str]) -> set[str]:
+    if not ticket_ids:
+        return set()
+    rows = await conn.execute(text("SELECT ticket_id FROM decisions WHERE ticket_id = ANY(CAST(:ids AS text[]))"),
+                              {"ids": list(ticket_ids)})
+    return set(rows.scalars())
+
+
+async def buyer_history(conn: AsyncConnection, buyers: Iterable[tuple[str, str]], since: datetime,
+                        until: datetime) -> dict[tuple[str, str], list[Granted]]:
+    """Pending and issued compensations of these buyers whose tickets occurred in [since, until]."""
+    keys = sorted(set(buyers))
+    out: dict[tuple[str, str], list[Granted]] = {k: [] for k in keys}
+    if not keys:
+        return out
+    rows = await conn.execute(text(
+        "SELECT c.region, c.buyer_id, c.ticket_occurred_at, coalesce(c.issued_minor, c.requested_minor), "
+        "c.currency FROM compensations c JOIN unnest(CAST(:r AS text[]), CAST(:b AS text[])) AS x(r, b) "
+        "ON c.region = x.r AND c.buyer_id = x.b WHERE c.status <> 'denied' "
+        "AND c.ticket_occurred_at BETWEEN :since AND :until"),
+        {"r": [k[0] for k in keys], "b": [k[1] for k in keys], "since": since, "until": until})
+    for region, buyer, at, minor, currency in rows:
+        out[(region, buyer)].append(Granted(at, Money(int(minor), currency)))
+    return out
+
+
+async def taken_orders(conn: AsyncConnection, order_ids: Sequence[str]) -> set[tuple[str, str]]:
+    if not order_ids:
+        return set()
+    rows = await conn.execute(text(
+        "SELECT order_id, scenario FROM compensations WHERE order_id = ANY(CAST(:ids AS text[])) "
+        "AND status <> 'denied'"), {"ids": list(set(order_ids))})
+    return {(r[0], r[1]) for r in rows}
+
+
+_DECISION_COLS = (
+    "ticket_id text, region text, order_id text, buyer_id text, reason text, outcome text, failed_rule text, "
+    "detail text, strategy_id text, strategy_version int, config_version text, scenario text, tier text, "
+    "currency text, proposed_minor bigint, compensation_id text, inputs jsonb, event_id text, "
+    "ticket_occurred_at timestamptz")
+
+
+def _names(cols: str) -> str:
+    return ", ".join(c.strip().split(" ")[0] for c in cols.split(","))
+
+
+async def insert_decisions(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(text(
+            f"INSERT INTO decisions ({_names(_DECISION_COLS)}) SELECT {_names(_DECISION_COLS)} "
+            f"FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x({_DECISION_COLS})"), {"rows": _json(rows)})
+
+
+_SHADOW_COLS = ("ticket_id text, strategy_id text, strategy_version int, region text, outcome text, "
+                "failed_rule text, detail text, tier text, currency text, proposed_minor bigint, inputs jsonb")
+
+
+async def insert_shadow_decisions(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(text(
+            f"INSERT INTO shadow_decisions ({_names(_SHADOW_COLS)}) SELECT {_names(_SHADOW_COLS)} "
+            f"FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x({_SHADOW_COLS}) ON CONFLICT DO NOTHING"),
+            {"rows": _json(rows)})
+
+
+_COMP_COLS = (
+    "compensation_id text, reservation_id text, ticket_id text, strategy_id text, strategy_version int, "
+    "order_id text, scenario text, buyer_id text, region text, reason text, kind text, currency text, "
+    "status text, requested_minor bigint, fallback_minor bigint[], liability_rule text, shares jsonb, "
+    "min_spend_minor bigint, expires_at timestamptz, request jsonb, correlation_id text, "
+    "ticket_occurred_at timestamptz")
+
+
+async def insert_compensations(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(text(
+            f"INSERT INTO compensations ({_names(_COMP_COLS)}) SELECT {_names(_COMP_COLS)} "
+            f"FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x({_COMP_COLS})"), {"rows": _json(rows)})
+
+
+async def lock_pending(conn: AsyncConnection, reservation_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The still-pending compensations of these reservations, locked (an answer already applied is gone)."""
+    if not reservation_ids:
+        return {}
+    rows = await conn.execute(text(
+        "SELECT * FROM compensations WHERE reservation_id = ANY(CAST(:ids AS text[])) AND status = 'pending' "
+        "ORDER BY reservation_id FOR UPDATE"), {"ids": sorted(set(reservation_ids))})
+    return {r["reservation_id"]: dict(r) for r in rows.mappings()}
+
+
+async def mark_issued(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """rows: compensation_id, ticket_id, issued_minor, voucher_code, budget_period, detail."""
+    if not rows:
+        return
+    doc = {"rows": _json(rows)}
+    cols = ("compensation_id text, ticket_id text, issued_minor bigint, voucher_code text, "
+            "budget_period text, detail text")
+    await conn.execute(text(
+        f"UPDATE compensations c SET status = 'issued', issued_minor = x.issued_minor, "
+        f"voucher_code = x.voucher_code, budget_period = x.budget_period, settled_at = now() "
+        f"FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x({cols}) WHERE c.compensation_id = x.compensation_id"),
+        doc)
+    await conn.execute(text(
+        f"UPDATE decisions d SET outcome = 'issued', issued_minor = x.issued_minor, detail = x.detail, "
+        f"failed_rule = NULL, updated_at = now() FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x({cols}) "
+        f"WHERE d.ticket_id = x.ticket_id AND d.compensation_id = x.compensation_id"), doc)
+
+
+async def mark_denied(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """rows: compensation_id, ticket_id, outcome (budget_denied | paced), denial_reason, budget_period, detail."""
+    if not rows:
+        return
+    doc = {"rows": _json(rows)}
+    cols = "compensation_id text, ticket_id text, outcome text, denial_reason text, budget_period text, detail text"
+    await conn.execute(text(
+        f"UPDATE compensations c SET status = 'denied', denial_reason = x.denial_reason, "
+        f"budget_period = x.budget_period, settled_at = now() "
+        f"FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x({cols}) WHERE c.compensation_id = x.compensation_id"),
+        doc)
+    await conn.execute(text(
+        f"UPDATE decisions d SET outcome = x.outcome, failed_rule = 'budget', detail = x.detail, "
+        f"updated_at = now() FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x({cols}) "
+        f"WHERE d.ticket_id = x.ticket_id AND d.compensation_id = x.compensation_id"), doc)
+
+
+async def claim_unanswered(conn: AsyncConnection, older_than_seconds: float, limit: int) -> list[dict[str, Any]]:
+    """Pending reservations not answered in time, locked so two replicas never re-send the same one at once;
+    their clock restarts and their attempt count goes up in the same statement."""
+    rows = await conn.execute(text(
+        "WITH due AS (SELECT compensation_id FROM compensations WHERE status = 'pending' "
+        "AND last_sent_at < now() - make_interval(secs => :age) ORDER BY last_sent_at LIMIT :n "
+        "FOR UPDATE SKIP LOCKED) "
+        "UPDATE compensations c SET attempts = c.attempts + 1, last_sent_at = now() FROM due "
+        "WHERE c.compensation_id = due.compensation_id "
+        "RETURNING c.compensation_id, c.reservation_id, c.region, c.request, c.attempts, c.correlation_id"),
+        {"age": older_than_seconds, "n": limit})
+    return [dict(r) for r in rows.mappings()]
+
+
+async def saga_backlog(conn: AsyncConnection) -> tuple[int, float]:
+    row = (await conn.execute(text(
+        "SELECT count(*), coalesce(extract(epoch FROM now() - min(requested_at)), 0) FROM compensations "
+        "WHERE status = 'pending'"))).one()
+    return int(row[0]), float(row[1])
+
+
+# ------------------------------------------------------------------ reads for the API
+
+
+async def get_decision(conn: AsyncConnection, ticket_id: str) -> dict[str, Any] | None:
+    row = (await conn.execute(text(
+        "SELECT d.*, c.status AS compensation_status, c.kind, c.voucher_code, c.expires_at AS valid_until, "
+        "c.min_spend_minor, c.shares, c.liability_rule, c.reservation_id, c.denial_reason, c.budget_period, "
+        "c.attempts AS reservation_attempts FROM decisions d LEFT JOIN compensations c "
+        "ON c.compensation_id = d.compensation_id WHERE d.ticket_id = :t"), {"t": ticket_id})).mappings().first()
+    if row is None:
+        return None
+    shadows = (await conn.execute(text(
+        "SELECT strategy_id, strategy_version, outcome, failed_rule, detail, tier, proposed_minor, inputs, "
+        "decided_at FROM shadow_decisions WHERE ticket_id = :t ORDER BY strategy_id"),
+        {"t": ticket_id})).mappings().all()
+    return {**dict(row), "shadow": [dict(s) for s in shadows]}
+
+
+async def list_decisions(conn: AsyncConnection, *, regions: Sequence[str], outcome: str | None,
+                         strategy_id: str | None, since: datetime | None, until: datetime | None,
+                         after: tuple[datetime, str] | None, limit: int) -> list[dict[str, Any]]:
+    where = ["region = ANY(CAST(:regions AS text[]))"]
+    params: dict[str, Any] = {"regions": list(regions), "limit": limit}
+    if outcome is not None:
+        where.append("outcome = :outcome")
+        params["outcome"] = outcome
+    if strategy_id is not None:
+        where.append("strategy_id = :strategy")
+        params["strategy"] = strategy_id
+    if since is not None:
+        where.append("decided_at >= :since")
+        params["since"] = since
+    if until is not None:
+        where.append("decided_at < :until")
+        params["until"] = until
+    if after is not None:
+        where.append("(decided_at, ticket_id) < (:after_at, :after_id)")
+        params["after_at"], params["after_id"] = after
+    rows = await conn.execute(text(
+        "SELECT ticket_id, region, order_id, buyer_id, reason, outcome, failed_rule, detail, strategy_id, "
+        "strategy_version, config_version, scenario, tier, currency, proposed_minor, issued_minor, "
+        "compensation_id, ticket_occurred_at, decided_at, updated_at FROM decisions WHERE "
+        + " AND ".join(where) + " ORDER BY decided_at DESC, ticket_id DESC LIMIT :limit"), params)
+    return [dict(r) for r in rows.mappings()]
