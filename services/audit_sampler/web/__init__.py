@@ -1,0 +1,29 @@
+"""The audit workbench (server-rendered pages under /workbench) and the reports API (/v1/reports).
+
+``build_web_router(ctx)`` and ``build_reports_router(ctx)`` are mounted by the service app. Sessions live
+in the database, so the two routers need no shared state beyond the service context."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from services.audit_sampler.web.auth import WorkbenchAuth
+from services.audit_sampler.web.pages import build_pages
+from services.audit_sampler.web.reports_api import build_reports_api
+from services.audit_sampler.web.settings import WorkbenchSettings
+from shared.service import ServiceContext
+
+
+def workbench_auth(ctx: ServiceContext, settings: WorkbenchSettings | None = None) -> WorkbenchAuth:
+    return WorkbenchAuth(ctx.engine, ctx.tokens, settings or WorkbenchSettings())
+
+
+def build_web_router(ctx: ServiceContext, settings: WorkbenchSettings | None = None) -> APIRouter:
+    return build_pages(workbench_auth(ctx, settings))
+
+
+def build_reports_router(ctx: ServiceContext, settings: WorkbenchSettings | None = None) -> APIRouter:
+    return build_reports_api(ctx, workbench_auth(ctx, settings))
+
+
+__all__ = ["build_reports_router", "build_web_router", "workbench_auth"]

@@ -1,0 +1,425 @@
+"""Workbench pages under /workbench: server-rendered HTML over the same audit operations as the JSON API
+(``services.audit_sampler.workflow``), so the rules (roles, regions, leases, blind audits) live in one place.
+
+Every page needs a live session; every POST checks the session's CSRF token. A ``Problem`` raised by an
+operation becomes an HTML error page with the same status (403 outside the viewer's regions or roles).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
+from fastapi.templating import Jinja2Templates
+from starlette.datastructures import FormData
+
+from services.audit_sampler import workflow
+from services.audit_sampler.domain.verdicts import ATTRIBUTES, PARTY_TYPES, Share, VerdictInput
+from services.audit_sampler.web import charts, queries
+from services.audit_sampler.web.auth import (
+    SESSION_COOKIE,
+    SIGNIN_CSRF_COOKIE,
+    PendingCookie,
+    SignInFailed,
+    SignInRequired,
+    Viewer,
+    WorkbenchAuth,
+    check_csrf,
+)
+from services.audit_sampler.web.reporting import (
+    accuracy_trend,
+    load_accuracy,
+    load_calibration,
+    parse_report_query,
+)
+from services.audit_sampler.web.security import LEAD_ROLES, new_csrf_token, same_token
+from shared.http import Problem, field_errors
+from shared.money import Money
+from shared.regions import catalogue
+
+STYLESHEET = Path(__file__).with_name("static").joinpath("workbench.css").read_text(encoding="utf-8")
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
+PREFIX = "/workbench"
+ATTRIBUTE_LABELS = {
+    "warranted": "Compensation was warranted",
+    "amount_correct": "Amount is correct",
+    "kind_correct": "Kind (voucher, refund, ...) is correct",
+    "liable_party_correct": "Liable party is correct",
+    "evidence_sufficient": "Evidence is sufficient",
+    "policy_compliant": "Complies with the region's policy",
+    "not_duplicate": "Not a duplicate",
+}
+DASHBOARD_ROLES = ("lead", "senior_auditor", "ops_admin")
+DISPUTE_ROLES = ("lead", "senior_auditor", "ops_admin")
+
+
+def money(minor: Any, currency: Any) -> str:
+    try:
+        return Money(int(minor), str(currency)).format()
+    except (TypeError, ValueError):
+        return f"{minor} {currency} (minor units)"
+
+
+def pct(value: Any) -> str:
+    return "-" if value is None else f"{float(value) * 100:.1f}%"
+
+
+def safe_link(uri: Any) -> str | None:
+    """Evidence links come from upstream systems: only http(s) become links (no javascript: URLs)."""
+    text = str(uri or "")
+    return text if text.lower().startswith(("https://", "http://")) else None
+
+
+TEMPLATES.env.filters["money"] = lambda amount: money(amount.get("amount_minor"), amount.get("currency")) \
+    if isinstance(amount, Mapping) else "-"
+TEMPLATES.env.globals.update(money=money, pct=pct, safe_link=safe_link, ATTRIBUTE_LABELS=ATTRIBUTE_LABELS,
+                             PREFIX=PREFIX)
+
+
+class PageRoute(APIRoute):
+    """Turns sign-in redirects and problems into HTML, and sets the session cookie a request opened."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        original = super().get_route_handler()
+
+        async def handler(request: Request) -> Response:
+            try:
+                response = await original(request)
+            except SignInRequired:
+                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                return RedirectResponse(f"{PREFIX}/signin?next={quote(target)}", status_code=303)
+            except Problem as exc:
+                response = error_page(request, exc.status, exc.title, exc.detail, exc.errors)
+            except RequestValidationError as exc:
+                response = error_page(request, 422, "Invalid request", None, field_errors(exc.errors()))
+            pending: PendingCookie | None = getattr(request.state, "pending_cookie", None)
+            if pending is not None:
+                set_session_cookie(request, response, pending)
+            return response
+
+        return handler
+
+
+def set_session_cookie(request: Request, response: Response, cookie: PendingCookie) -> None:
+    response.set_cookie(SESSION_COOKIE, cookie.value, max_age=cookie.max_age, httponly=True, samesite="lax",
+                        secure=cookie.secure, path="/")
+
+
+def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    viewer: Viewer | None = getattr(request.state, "viewer", None)
+    response = TEMPLATES.TemplateResponse(request, template, {"viewer": viewer, **context}, status_code=status)
+    # Pages show audit data: never cache them, never frame them.
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'")
+    return response
+
+
+def error_page(request: Request, status: int, title: str, detail: str | None,
+               errors: list[dict[str, Any]] | None = None) -> HTMLResponse:
+    return render(request, "error.html", status=status, title=title, detail=detail, errors=errors or [])
+
+
+def _redirect(path: str, **params: Any) -> RedirectResponse:
+    query = urlencode({k: v for k, v in params.items() if v not in (None, "")})
+    return RedirectResponse(f"{PREFIX}{path}" + (f"?{query}" if query else ""), status_code=303)
+
+
+def _safe_next(target: str | None) -> str:
+    # Only a path of this workbench: never an absolute or scheme-relative URL (open redirect).
+    if target and target.startswith(PREFIX + "/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return f"{PREFIX}/queues"
+
+
+def build_pages(auth: WorkbenchAuth) -> APIRouter:
+    router = APIRouter(prefix=PREFIX, route_class=PageRoute, include_in_schema=False)
+    engine = auth.engine
+
+    async def viewer_of(request: Request) -> Viewer:
+        viewer = await auth.viewer(request)
+        if viewer is None:
+            raise SignInRequired
+        request.state.viewer = viewer
+        return viewer
+
+    async def posted(request: Request) -> tuple[Viewer, FormData]:
+        viewer = await viewer_of(request)
+        form = await request.form()
+        check_csrf(viewer, _text(form, "csrf_token"))
+        return viewer, form
+
+    @router.get("/static/workbench.css")
+    async def stylesheet() -> Response:
+        return Response(STYLESHEET, media_type="text/css", headers={"Cache-Control": "max-age=3600"})
+
+    # -------------------------------------------------------------- sign-in
+
+    @router.get("/signin")
+    async def signin_page(request: Request, next: str | None = None) -> Response:
+        token = new_csrf_token()
+        response = render(request, "signin.html", next=_safe_next(next), csrf=token, error=None,
+                          trusted=auth.settings.trusted_header_auth)
+        response.set_cookie(SIGNIN_CSRF_COOKIE, token, max_age=1800, httponly=True, samesite="strict",
+                            secure=auth.settings.cookie_secure, path=PREFIX)
+        return response
+
+    @router.post("/signin")
+    async def signin(request: Request) -> Response:
+        form = await request.form()
+        # No session yet: a double-submit token (cookie + field) stops a forged sign-in into our account.
+        if not same_token(_text(form, "csrf_token"), request.cookies.get(SIGNIN_CSRF_COOKIE)):
+            raise Problem(403, "Forbidden", "the sign-in form expired; reload it and try again",
+                          errors=[{"field": "csrf_token", "message": "does not match"}])
+        target = _safe_next(_text(form, "next"))
+        try:
+            _, cookie = await auth.sign_in(_text(form, "username") or "", _text(form, "password") or "")
+        except SignInFailed as exc:
+            token = new_csrf_token()
+            failed = render(request, "signin.html", status=401, next=target, csrf=token, error=str(exc),
+                              trusted=False)
+            failed.set_cookie(SIGNIN_CSRF_COOKIE, token, max_age=1800, httponly=True, samesite="strict",
+                              secure=auth.settings.cookie_secure, path=PREFIX)
+            return failed
+        response: Response = RedirectResponse(target, status_code=303)
+        set_session_cookie(request, response, cookie)
+        response.delete_cookie(SIGNIN_CSRF_COOKIE, path=PREFIX)
+        return response
+
+    @router.post("/signout")
+    async def signout(request: Request) -> Response:
+        viewer, _ = await posted(request)
+        await auth.sign_out(viewer)
+        response = _redirect("/signin")
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    # -------------------------------------------------------------- auditors
+
+    @router.get("")
+    @router.get("/")
+    async def home(request: Request) -> Response:
+        viewer = await viewer_of(request)
+        return _redirect("/accuracy" if viewer.has_role(*LEAD_ROLES) and not viewer.has_role("auditor")
+                         else "/queues")
+
+    @router.get("/queues")
+    async def queues(request: Request, region: str | None = None, message: str | None = None) -> Response:
+        viewer = await viewer_of(request)
+        region = region.upper() if region else None
+        rows = await workflow.queue_overview(engine, viewer.principal, region)
+        regions = viewer.principal.allowed_regions(catalogue().codes())
+        return render(request, "queues.html", rows=rows, regions=regions, selected=region, message=message,
+                      can_claim=viewer.has_role(*workflow.AUDIT_ROLES))
+
+    @router.post("/claim")
+    async def claim(request: Request) -> Response:
+        viewer, form = await posted(request)
+        region = (_text(form, "region") or "").upper()
+        queue = _text(form, "queue") or None
+        if not region:
+            raise Problem(422, "Invalid request", "choose a region", errors=[{"field": "region",
+                                                                             "message": "required"}])
+        item = await workflow.claim_next(engine, viewer.principal, region, queue)
+        if item is None:
+            return _redirect("/queues", region=region, message=f"Nothing waiting in {queue or 'any queue'} "
+                                                                f"for {region}.")
+        return _redirect(f"/items/{item['id']}")
+
+    @router.get("/items/{item_id}")
+    async def item_page(request: Request, item_id: int) -> Response:
+        viewer = await viewer_of(request)
+        return await _item_view(request, viewer, item_id)
+
+    async def _item_view(request: Request, viewer: Viewer, item_id: int, *, status: int = 200,
+                         errors: list[dict[str, Any]] | None = None, form: Mapping[str, Any] | None = None
+                         ) -> Response:
+        item = await workflow.get_item(engine, viewer.principal, item_id)
+        policy = workflow.current_runtime().policies.for_region(item["region"])
+        now = datetime.now(UTC)
+        mine = item["status"] == "claimed" and item["claimed_by"] == viewer.username and (
+            item["lease_expires_at"] is None or item["lease_expires_at"] > now)
+        return render(request, "item.html", status=status, item=item, comp=item["compensation"],
+                      mine=mine, attributes=ATTRIBUTES, categories=sorted(policy.error_categories),
+                      party_types=PARTY_TYPES, errors=errors or [], form=form or {},
+                      lease_left=workflow.lease_remaining(item, now),
+                      can_reassign=viewer.has_role(*workflow.LEAD_ROLES),
+                      can_dispute=viewer.has_role("lead"))
+
+    @router.post("/items/{item_id}/verdict")
+    async def submit(request: Request, item_id: int) -> Response:
+        viewer, form = await posted(request)
+        try:
+            verdict = _verdict_from_form(form)
+            saved = await workflow.submit_verdict(engine, viewer.principal, item_id, verdict)
+        except Problem as exc:
+            if exc.status != 422:
+                raise
+            return await _item_view(request, viewer, item_id, status=422, errors=exc.errors or [
+                {"field": "verdict", "message": exc.detail or exc.title}], form=dict(form))
+        outcome = "passed" if saved["passed"] else "failed"
+        note = f" Correction {saved['correction_id']} sent to the ledger." if saved.get("correction_id") else ""
+        return _redirect("/queues", region=saved["region"],
+                         message=f"Verdict recorded: item {item_id} {outcome}.{note}")
+
+    @router.post("/items/{item_id}/release")
+    async def release(request: Request, item_id: int) -> Response:
+        viewer, _ = await posted(request)
+        item = await workflow.release_item(engine, viewer.principal, item_id)
+        return _redirect("/queues", region=item["region"], message=f"Item {item_id} is back in its queue.")
+
+    @router.post("/items/{item_id}/reassign")
+    async def reassign(request: Request, item_id: int) -> Response:
+        viewer, form = await posted(request)
+        auditor = (_text(form, "auditor_id") or "").strip().lower()
+        await workflow.reassign_item(engine, viewer.principal, item_id, auditor)
+        return _redirect(f"/items/{item_id}")
+
+    @router.get("/me")
+    async def my_stats(request: Request) -> Response:
+        viewer = await viewer_of(request)
+        now = datetime.now(UTC)
+        regions = None if "*" in viewer.principal.regions else sorted(viewer.principal.regions)
+        # "Today" and "this week" of the viewer's first region; across regions a UTC cut would be no fairer.
+        tz = catalogue().get(regions[0]).tz if regions else UTC
+        local = now.astimezone(tz)
+        day_start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        week_start = day_start - timedelta(days=local.weekday())
+        async with engine.connect() as conn:
+            stats = await queries.auditor_stats(conn, viewer.username, regions, day_start, week_start)
+        return render(request, "me.html", stats=stats)
+
+    # -------------------------------------------------------------- leads
+
+    @router.get("/disputes")
+    async def disputes(request: Request, region: str | None = None, status: str = "open",
+                       message: str | None = None) -> Response:
+        viewer = await viewer_of(request)
+        viewer.principal.require_role(*DISPUTE_ROLES)
+        if status not in ("open", "upheld", "overturned", "all"):
+            raise Problem(422, "Invalid request", "status must be open, upheld, overturned or all",
+                          errors=[{"field": "status", "message": "open, upheld, overturned or all"}])
+        rows = await workflow.list_disputes(engine, viewer.principal, region.upper() if region else None,
+                                            None if status == "all" else status)
+        return render(request, "disputes.html", rows=rows, shown=status, message=message,
+                      can_resolve=viewer.has_role(*workflow.RESOLVE_ROLES))
+
+    @router.post("/verdicts/{verdict_id}/dispute")
+    async def raise_dispute(request: Request, verdict_id: int) -> Response:
+        viewer, form = await posted(request)
+        created = await workflow.dispute_verdict(engine, viewer.principal, verdict_id, _text(form, "reason") or "")
+        return _redirect("/disputes", message=f"Dispute {created['id']} opened.")
+
+    @router.post("/disputes/{dispute_id}/resolve")
+    async def resolve(request: Request, dispute_id: int) -> Response:
+        viewer, form = await posted(request)
+        resolved = await workflow.resolve_dispute(engine, viewer.principal, dispute_id,
+                                                  _text(form, "outcome") or "", _text(form, "note") or None)
+        return _redirect("/disputes", message=f"Dispute {dispute_id} {resolved['status']}.")
+
+    @router.get("/calibration")
+    async def calibration(request: Request, region: str | None = None, period: str | None = None,
+                          date: str | None = None) -> Response:
+        viewer = await viewer_of(request)
+        viewer.principal.require_role(*DASHBOARD_ROLES)
+        q = parse_report_query(region or _first_region(viewer), period, date)
+        viewer.principal.require_region(q.region.code)
+        report = await load_calibration(engine, q)
+        everyone = [g for g in report.gold if g.auditor_id == "*"]
+        gold_chart = charts.trend_chart(
+            [charts.Point(g.period, g.accuracy, g.ci_low if g.items else None, g.ci_high if g.items else None,
+                          f" - {g.items} gold items") for g in everyone],
+            title="Accuracy on gold items", floor=0.0)
+        kappa_chart = charts.bar_chart(
+            [charts.Point(r.key, max(r.kappa, 0.0), note=f" - kappa {r.kappa:.2f}, {r.pairs} pairs")
+             for r in report.by_attribute if r.kappa is not None], title="Cohen's kappa by attribute",
+            scale_max=1.0)
+        return render(request, "calibration.html", q=q, report=report, gold_chart=gold_chart,
+                      kappa_chart=kappa_chart, regions=viewer.principal.allowed_regions(catalogue().codes()))
+
+    @router.get("/accuracy")
+    async def accuracy(request: Request, region: str | None = None, period: str | None = None,
+                       date: str | None = None) -> Response:
+        viewer = await viewer_of(request)
+        viewer.principal.require_role(*DASHBOARD_ROLES)
+        q = parse_report_query(region or _first_region(viewer), period, date)
+        viewer.principal.require_region(q.region.code)
+        report = await load_accuracy(engine, q)
+        trend = await accuracy_trend(engine, q)
+        trend_chart = charts.trend_chart(
+            [charts.Point(p.label, None if e.sample_size == 0 else e.value,
+                          None if e.sample_size == 0 else e.interval.low,
+                          None if e.sample_size == 0 else e.interval.high, f" - {e.sample_size} audits")
+             for p, e in trend], title="Estimated compensation accuracy")
+        attribute_chart = charts.bar_chart(
+            [charts.Point(r.key, r.rate, r.ci_low, r.ci_high, f" - {r.errors} of {r.audited}")
+             for r in report.rates["attribute"]], title="Error rate by attribute")
+        cause_total = max([c.count for c in report.causes] + [1])
+        cause_chart = charts.bar_chart(
+            [charts.Point(c.category, c.count / cause_total, note=f" - {c.count} errors, trend {c.trend}")
+             for c in report.causes], title="Top error categories (share of the largest)", scale_max=1.0)
+        return render(request, "accuracy.html", q=q, report=report, doc=report.as_json(), trend_chart=trend_chart,
+                      attribute_chart=attribute_chart, cause_chart=cause_chart,
+                      regions=viewer.principal.allowed_regions(catalogue().codes()))
+
+    return router
+
+
+def _first_region(viewer: Viewer) -> str:
+    allowed = viewer.principal.allowed_regions(catalogue().codes())
+    if not allowed:
+        raise Problem(403, "Forbidden", "no region granted")
+    return allowed[0]
+
+
+def _text(form: FormData | Mapping[str, Any], name: str) -> str | None:
+    value = form.get(name)
+    return value if isinstance(value, str) else None
+
+
+def _verdict_from_form(form: FormData) -> VerdictInput:
+    """Form fields -> VerdictInput. Amounts are typed in major units ("12.50") and parsed exactly."""
+    errors: list[dict[str, str]] = []
+    attributes: dict[str, bool] = {}
+    for name in ATTRIBUTES:
+        value = _text(form, f"attr_{name}")
+        if value not in ("yes", "no"):
+            errors.append({"field": f"attributes.{name}", "message": "answer yes or no"})
+        else:
+            attributes[name] = value == "yes"
+    currency = _text(form, "currency") or ""
+    corrected: int | None = None
+    raw_amount = (_text(form, "corrected_amount") or "").strip()
+    if raw_amount:
+        try:
+            corrected = Money.from_major(raw_amount, currency).minor
+        except (ValueError, ArithmeticError) as exc:
+            errors.append({"field": "corrected_amount_minor", "message": f"not an amount in {currency}: {exc}"})
+    shares: list[Share] = []
+    for i in range(3):
+        party = (_text(form, f"share_{i}_type") or "").strip()
+        party_id = (_text(form, f"share_{i}_id") or "").strip() or None
+        amount = (_text(form, f"share_{i}_amount") or "").strip()
+        if not party and not amount:
+            continue
+        try:
+            shares.append(Share(party, party_id, Money.from_major(amount, currency).minor))
+        except (ValueError, ArithmeticError) as exc:
+            errors.append({"field": f"corrected_liability.{i}.amount_minor",
+                           "message": f"not an amount in {currency}: {exc}"})
+    if errors:
+        raise Problem(422, "Invalid verdict", "; ".join(e["message"] for e in errors), errors=errors)
+    passed = all(attributes.values())
+    category = (_text(form, "error_category") or "").strip() or None
+    note = (_text(form, "note") or "").strip() or None
+    return VerdictInput(attributes=attributes, passed=passed, error_category=None if passed else category,
+                        note=note[:2000] if note else None, corrected_amount_minor=corrected,
+                        corrected_liability=tuple(shares) if shares else None)
