@@ -41,6 +41,8 @@ class CommonSettings(BaseSettings):
         10_000, ge=6_000, le=300_000,
         description="A dead consumer's partitions move after this long (group joins on the embedded broker "
                     "also wait half of it).")
+    processed_events_retention_days: int = Field(
+        30, ge=1, le=3650, description="How long consumers remember processed event ids (>= topic retention).")
     regions_file: str | None = Field(None, description="Region catalogue YAML replacing the shipped one.")
 
     @field_validator("database_url")

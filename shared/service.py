@@ -29,6 +29,7 @@ from shared.http import (
 from shared.kafka.consumer import ConsumerRunner
 from shared.kafka.producer import EventProducer
 from shared.logging import configure_logging
+from shared.maintenance import Housekeeper, list_dead_letters, replay_dead_letter
 from shared.outbox import OutboxRelay
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ class ServiceContext:
         return runner
 
     async def start(self) -> None:
+        if not any(isinstance(c, Housekeeper) for c in self.components):
+            self.components.append(Housekeeper(self.engine, self.settings.processed_events_retention_days))
         await retry_connect(self.engine, attempts=30)
         await _retry("Kafka broker", self.producer.start, attempts=30)
         await self.relay.start()
@@ -193,6 +196,12 @@ def run_cli(*, name: str, settings_factory: Callable[[], ServiceSettings],
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the HTTP API and the consumers")
     sub.add_parser("migrate", help="create/upgrade this service's database schema")
+    dead = sub.add_parser("dead-letters", help="list or replay poison messages this service set aside")
+    dead_sub = dead.add_subparsers(dest="dead_command", required=True)
+    dead_list = dead_sub.add_parser("list")
+    dead_list.add_argument("--limit", type=int, default=50)
+    dead_replay = dead_sub.add_parser("replay", help="re-publish one to its source topic")
+    dead_replay.add_argument("id", type=int)
     if extra is not None:
         extra(sub)
     args = parser.parse_args(argv)
@@ -213,8 +222,24 @@ def run_cli(*, name: str, settings_factory: Callable[[], ServiceSettings],
         asyncio.run(migrate(settings.database_url, schema, migrations_dir))
         print(f"{name}: schema {schema} migrated")
         return 0
+    if args.command == "dead-letters":
+        return asyncio.run(_dead_letters(args, settings, schema))
     handler: Command = args.handler
     result = handler(args)
     if asyncio.iscoroutine(result):
         result = asyncio.run(result)
     return int(result or 0)
+
+
+async def _dead_letters(args: argparse.Namespace, settings: ServiceSettings, schema: str) -> int:
+    engine = make_engine(settings.database_url, schema, pool_size=1)
+    try:
+        if args.dead_command == "list":
+            for row in await list_dead_letters(engine, args.limit):
+                print(_json(row).decode())
+        else:
+            topic = await replay_dead_letter(engine, args.id)
+            print(f"dead letter {args.id} queued for {topic}; the running service's relay publishes it")
+        return 0
+    finally:
+        await engine.dispose()

@@ -30,6 +30,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+import shared.outbox as outbox  # module import: shared.outbox imports shared.kafka too
 from shared.config import CommonSettings
 from shared.contracts.envelope import Envelope
 from shared.contracts.events import Payload
@@ -47,7 +48,6 @@ from shared.metrics import (
     CONSUMER_RECORDS,
     CONSUMER_TRANSIENT_RETRIES,
 )
-from shared.outbox import enqueue_records
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +356,7 @@ class ConsumerRunner:
             log.warning("dead-lettered record", extra={"group": self.group_id, "topic": rec.topic,
                                                        "partition": rec.partition, "offset": rec.offset,
                                                        "reason": r.error})
-        await enqueue_records(conn, rows)
+        await outbox.enqueue_records(conn, rows)
 
     async def _store_offsets(self, conn: AsyncConnection, recs: list[_Rec]) -> None:
         nxt: dict[tuple[str, int], int] = {}
@@ -401,14 +401,3 @@ class ConsumerRunner:
             high = consumer.highwater(tp)
             if high is not None:
                 CONSUMER_LAG.labels(self.group_id, tp.topic, str(tp.partition)).set(max(0, high - position))
-
-    async def replay_dead_letter(self, dead_letter_id: int) -> None:
-        """Ops repair: re-publish a dead letter's original bytes to its source topic."""
-        async with self.engine.begin() as conn:
-            row = (await conn.execute(text(
-                "SELECT topic, key, value, headers FROM dead_letters WHERE id = :i AND consumer_group = :g"),
-                {"i": dead_letter_id, "g": self.group_id})).one_or_none()
-            if row is None:
-                raise KeyError(dead_letter_id)
-            headers = [(k, v.encode("latin-1")) for k, v in row[3] if not k.startswith("dlq.")]
-            await enqueue_records(conn, [(row[0], row[1], row[2], headers)])

@@ -1,0 +1,86 @@
+"""Operational chores every service shares: trimming old processed-event records, and dead-letter repair.
+
+``processed_events`` only has to outlive any redelivery Kafka can make (retention of the source topics);
+business unique keys still stop replays older than that. Trimming runs in small chunks so it never
+holds locks long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.outbox import enqueue_records
+
+log = logging.getLogger(__name__)
+
+
+async def trim_processed_events(engine: AsyncEngine, retention_days: int, chunk: int = 10_000) -> int:
+    removed = 0
+    while True:
+        async with engine.begin() as conn:
+            n = (await conn.execute(text(
+                "DELETE FROM processed_events WHERE ctid = ANY(ARRAY(SELECT ctid FROM processed_events "
+                "WHERE processed_at < now() - make_interval(days => :d) LIMIT :n))"),
+                {"d": retention_days, "n": chunk})).rowcount
+        removed += n or 0
+        if not n or n < chunk:
+            return removed
+
+
+class Housekeeper:
+    """Runs the chores every ``interval`` seconds while the service is up."""
+
+    def __init__(self, engine: AsyncEngine, retention_days: int, interval: float = 3600.0) -> None:
+        self.engine, self.retention_days, self.interval = engine, retention_days, interval
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="housekeeper")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                removed = await trim_processed_events(self.engine, self.retention_days)
+                if removed:
+                    log.info("trimmed processed-event records", extra={"removed": removed})
+            except Exception as exc:  # a failed chore must never take the service down
+                log.warning("housekeeping failed", extra={"error": str(exc)})
+            await asyncio.sleep(self.interval)
+
+
+async def list_dead_letters(engine: AsyncEngine, limit: int = 50) -> list[dict[str, Any]]:
+    async with engine.connect() as conn:
+        rows = (await conn.execute(text(
+            'SELECT id, consumer_group, topic, partition, "offset", error, created_at FROM dead_letters '
+            "ORDER BY id DESC LIMIT :n"), {"n": limit})).mappings().all()
+    return [dict(r) for r in rows]
+
+
+async def replay_dead_letter(engine: AsyncEngine, dead_letter_id: int) -> str:
+    """Re-publish a dead letter's original bytes and headers to its source topic, through the outbox.
+
+    Dead-lettered events were never recorded as processed, so after the cause is fixed (a deploy, a
+    missing reference now present) the replay is applied once; replaying twice is still harmless.
+    """
+    async with engine.begin() as conn:
+        row = (await conn.execute(text(
+            "SELECT topic, key, value, headers FROM dead_letters WHERE id = :i"), {"i": dead_letter_id})
+        ).one_or_none()
+        if row is None:
+            raise KeyError(f"no dead letter with id {dead_letter_id}")
+        headers = [(k, v.encode("latin-1")) for k, v in row[3] if not k.startswith("dlq.")]
+        await enqueue_records(conn, [(row[0], row[1], row[2], headers)])
+    return str(row[0])
