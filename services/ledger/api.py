@@ -75,8 +75,6 @@ def _usage(budget: BudgetState, start: datetime, end: datetime) -> dict[str, Any
 
 def build_router(engine: AsyncEngine, auth: Authenticator, granularity: str) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["ledger"])
-    Caller = Annotated[Principal, Depends(auth)]
-
     def reader(principal: Principal, region: str) -> Region:
         principal.require_role(*READERS)
         r = _region(region)
@@ -84,8 +82,8 @@ def build_router(engine: AsyncEngine, auth: Authenticator, granularity: str) -> 
         return r
 
     @router.put("/budgets/{region}/{period}", summary="Set a region's budget for a period (audited)")
-    async def put_budget(principal: Caller, body: BudgetLimit, region: Annotated[str, Path()],
-                         period: Annotated[str, Path()]) -> dict[str, Any]:
+    async def put_budget(body: BudgetLimit, region: Annotated[str, Path()], period: Annotated[str, Path()],
+                         principal: Principal = Depends(auth)) -> dict[str, Any]:
         principal.require_role(*BUDGET_WRITERS)
         r = _region(region)
         principal.require_region(r.code)
@@ -104,7 +102,7 @@ def build_router(engine: AsyncEngine, auth: Authenticator, granularity: str) -> 
         return _usage(budget, start, end)
 
     @router.get("/budgets/{region}/{period}", summary="Budget usage: limit, reserved, posted, remaining, percent")
-    async def get_budget(principal: Caller, region: str, period: str) -> dict[str, Any]:
+    async def get_budget(region: str, period: str, principal: Principal = Depends(auth)) -> dict[str, Any]:
         r = reader(principal, region)
         start, end = _period(period, granularity, r)
         async with engine.connect() as conn:
@@ -119,8 +117,8 @@ def build_router(engine: AsyncEngine, auth: Authenticator, granularity: str) -> 
         return out
 
     @router.get("/accounts/{account_key}/balance", summary="Balance of one account in a region")
-    async def balance(principal: Caller, account_key: str,
-                      region: Annotated[str, Query(pattern=r"^[A-Z]{2,3}$")]) -> dict[str, Any]:
+    async def balance(account_key: str, region: Annotated[str, Query(pattern=r"^[A-Z]{2,3}$")],
+                      principal: Principal = Depends(auth)) -> dict[str, Any]:
         r = reader(principal, region)
         try:
             journal.check_account_key(account_key)
@@ -135,9 +133,10 @@ def build_router(engine: AsyncEngine, auth: Authenticator, granularity: str) -> 
                 "balance": _major(found["balance_minor"], found["currency"])}
 
     @router.get("/statements/{party}", summary="Statement of a liable party for a period (JSON or CSV)")
-    async def statement(principal: Caller, party: str, region: Annotated[str, Query(pattern=r"^[A-Z]{2,3}$")],
+    async def statement(party: str, region: Annotated[str, Query(pattern=r"^[A-Z]{2,3}$")],
                         period: Annotated[str, Query()],
-                        format: Annotated[Literal["json", "csv"], Query()] = "json") -> Any:
+                        format: Annotated[Literal["json", "csv"], Query()] = "json",
+                        principal: Principal = Depends(auth)) -> Any:
         r = reader(principal, region)
         if not journal.is_party_account(party):
             raise Problem(404, "Not Found", f"{party!r} is not a liable party (seller:<id>, carrier:<id>, platform)",
@@ -159,7 +158,7 @@ def build_router(engine: AsyncEngine, auth: Authenticator, granularity: str) -> 
 
     @router.get("/compensations/{compensation_id}/lineage",
                 summary="Request, reservation, charge, redemption and corrections of one compensation")
-    async def get_lineage(principal: Caller, compensation_id: str) -> dict[str, Any]:
+    async def get_lineage(compensation_id: str, principal: Principal = Depends(auth)) -> dict[str, Any]:
         principal.require_role(*READERS)
         async with engine.connect() as conn:
             found = await queries.lineage(conn, compensation_id)
@@ -169,8 +168,8 @@ def build_router(engine: AsyncEngine, auth: Authenticator, granularity: str) -> 
         return found
 
     @router.get("/reports/breakage", summary="Expired and unredeemed voucher value of a period")
-    async def breakage(principal: Caller, region: Annotated[str, Query(pattern=r"^[A-Z]{2,3}$")],
-                       period: Annotated[str, Query()]) -> dict[str, Any]:
+    async def breakage(region: Annotated[str, Query(pattern=r"^[A-Z]{2,3}$")], period: Annotated[str, Query()],
+                       principal: Principal = Depends(auth)) -> dict[str, Any]:
         r = reader(principal, region)
         _period(period, granularity, r)
         async with engine.connect() as conn:

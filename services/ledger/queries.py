@@ -137,10 +137,10 @@ async def lineage(conn: AsyncConnection, compensation_id: str) -> dict[str, Any]
 async def breakage_report(conn: AsyncConnection, region: str, period: str) -> list[dict[str, Any]]:
     rows = (await conn.execute(text(
         "SELECT kind, count(*) FILTER (WHERE breakage_minor > 0) AS expired, "
-        "coalesce(sum(breakage_minor), 0) AS breakage_minor, "
+        "CAST(coalesce(sum(breakage_minor), 0) AS bigint) AS breakage_minor, "
         "count(*) FILTER (WHERE closed_by = 'redeemed' AND released_minor > 0) AS partly_redeemed, "
-        "coalesce(sum(released_minor) FILTER (WHERE closed_by = 'redeemed'), 0) AS unredeemed_remainder_minor, "
-        "coalesce(sum(issued_minor), 0) AS issued_minor "
+        "CAST(coalesce(sum(released_minor) FILTER (WHERE closed_by = 'redeemed'), 0) AS bigint) "
+        "AS unredeemed_remainder_minor, CAST(coalesce(sum(issued_minor), 0) AS bigint) AS issued_minor "
         "FROM reservations WHERE region = :r AND period = :p AND issued_minor IS NOT NULL GROUP BY kind ORDER BY kind"),
         {"r": region, "p": period})).mappings().all()
     return [dict(r) for r in rows]

@@ -1,0 +1,234 @@
+"""The ledger's HTTP API and CLI in-process against real PostgreSQL and the real broker: budgets with
+their audit trail, usage, balances, statements (JSON and CSV) and breakage against hand-computed
+fixtures in IDR (0 decimals, UTC+7) and SGD (2 decimals, UTC+8) across a period boundary, lineage,
+authentication, region scoping and bad input."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from ledger_support import MIGRATIONS, apply, ledger_engine, rows
+from sqlalchemy import text
+
+from services.ledger.app import build_app
+from services.ledger.config import Settings
+from shared.db import migrate
+from tests.unit.ledger.ledger_factories import (
+    PLATFORM,
+    carrier,
+    correction,
+    expired,
+    issued,
+    manual,
+    redeemed,
+    request,
+    seller,
+)
+
+pytestmark = pytest.mark.integration
+SECRET = "ledger-api-test-secret-0123456789"
+
+
+def at(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+async def ledger(fresh_database, kafka_bootstrap, topic_factory):
+    (topic,) = await topic_factory("ledger-api-in", partitions=1)
+    settings = Settings(database_url=fresh_database, kafka_bootstrap_servers=kafka_bootstrap,
+                        auth_token_secret=SECRET, consumer_group="ledger-api-test")
+    await migrate(fresh_database, "ledger", MIGRATIONS)
+    app = build_app(settings, topics=[topic], housekeeping=False)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ledger") as client:
+            yield app, client, settings
+
+
+def token(app, roles=("finance",), regions=("SG", "ID")) -> dict[str, str]:
+    return {"Authorization": "Bearer " + app.state.ctx.tokens.issue("alice", roles, regions)}
+
+
+async def test_set_budgets_through_the_api(ledger):
+    app, client, _ = ledger
+    for region, period, limit, currency in (("ID", "2026-11", 1_000_000, "IDR"), ("SG", "2026-11", 50_000, "SGD")):
+        r = await client.put(f"/v1/budgets/{region}/{period}", headers=token(app),
+                             json={"limit_minor": limit, "currency": currency, "reason": "monthly plan"})
+        assert r.status_code == 200, r.text
+        assert r.json()["limit_minor"] == limit and r.json()["used_minor"] == 0
+
+
+async def test_budget_api_refuses_bad_input_and_strangers(ledger):
+    app, client, _ = ledger
+    body = {"limit_minor": 100, "currency": "SGD", "reason": "test"}
+    assert (await client.put("/v1/budgets/SG/2026-11", json=body)).status_code == 401
+    r = await client.put("/v1/budgets/SG/2026-11", json=body, headers=token(app, roles=("auditor",)))
+    assert r.status_code == 403 and r.headers["content-type"] == "application/problem+json"
+    r = await client.put("/v1/budgets/US/2026-11", json={**body, "currency": "USD"}, headers=token(app))
+    assert r.status_code == 403 and r.json()["errors"][0]["field"] == "region"
+    r = await client.put("/v1/budgets/SG/2026-11", json={**body, "currency": "USD"}, headers=token(app))
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "body.currency"
+    r = await client.put("/v1/budgets/SG/2026-11", json={**body, "limit_minor": -1}, headers=token(app))
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "body.limit_minor"
+    r = await client.put("/v1/budgets/SG/2026-11", json={**body, "limit_minor": 10.5}, headers=token(app))
+    assert r.status_code == 422
+    r = await client.put("/v1/budgets/SG/2026-13", json=body, headers=token(app))
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "period"
+    r = await client.put("/v1/budgets/XX/2026-11", json=body, headers=token(app, regions=("*",)))
+    assert r.status_code == 404
+    r = await client.get("/v1/budgets/SG/2026-11", headers={"Authorization": "Bearer forged"})
+    assert r.status_code == 401
+
+
+async def test_seed_books(ledger):
+    _, _, settings = ledger
+    engine = await ledger_engine(settings.database_url)
+    try:
+        # IDR, Asia/Jakarta (UTC+7): 2026-10-31T17:00Z is already 1 November there.
+        await apply(engine, settings, [
+            manual("ID-M1", 150_000, region="ID", at=at(2026, 10, 31, 16, 59), shares=[(seller("S-ID"), 150_000)]),
+            manual("ID-M2", 250_000, region="ID", at=at(2026, 10, 31, 17, 0),
+                   shares=[(seller("S-ID"), 200_000), (carrier("C-ID"), 50_000)]),
+            manual("ID-M3", 99_999, region="ID", at=at(2026, 11, 30, 16, 59, 59), shares=[(seller("S-ID"), 99_999)]),
+            manual("ID-M4", 10_000, region="ID", at=at(2026, 11, 30, 17, 0), shares=[(seller("S-ID"), 10_000)]),
+        ])
+        await apply(engine, settings, [correction("ID-K1", "ID-M2", 250_000, region="ID", at=at(2026, 11, 10),
+                                                  shares=[(carrier("C-ID"), 250_000)])])
+        # SGD, Asia/Singapore (UTC+8), 2 decimals.
+        await apply(engine, settings, [
+            request("SG-R1", 1_500), request("SG-R2", 2_000, kind="store_credit"), request("SG-R3", 800),
+            request("SG-R4", 3_000, at=at(2026, 11, 20))])
+        await apply(engine, settings, [
+            issued("SG-R1", 1_500, shares=[(seller("S-SG"), 1_000), (PLATFORM, 500)]),
+            issued("SG-R2", 2_000, kind="store_credit", shares=[(seller("S-SG"), 2_000)]),
+            issued("SG-R3", 800, shares=[(seller("S-SG"), 800)])])
+        await apply(engine, settings, [redeemed("comp-SG-R1", 1_200), expired("comp-SG-R3")])
+        # 2026-11-30T16:30Z is 1 December 00:30 in Singapore: next period.
+        await apply(engine, settings, [manual("SG-M9", 500, at=at(2026, 11, 30, 16, 30),
+                                              shares=[(seller("S-SG"), 500)])])
+    finally:
+        await engine.dispose()
+
+
+async def test_budget_usage_idr_and_sgd(ledger):
+    app, client, _ = ledger
+    r = await client.get("/v1/budgets/ID/2026-11", headers=token(app, roles=("auditor",)))
+    assert r.status_code == 200, r.text
+    u = r.json()
+    assert (u["limit_minor"], u["posted_manual_minor"], u["reserved_minor"], u["remaining_minor"]) == (
+        1_000_000, 349_999, 0, 650_001)
+    assert u["percent_used"] == "35.00" and u["used"] == "349999 IDR"
+    assert u["period_start"].startswith("2026-10-31T17:00:00")
+    assert u["changes"][0]["actor"] == "alice" and u["changes"][0]["via"] == "api"
+    u = (await client.get("/v1/budgets/SG/2026-11", headers=token(app))).json()
+    assert (u["reserved_minor"], u["posted_auto_minor"], u["posted_manual_minor"]) == (3_000, 3_200, 0)
+    assert (u["used_minor"], u["remaining_minor"], u["percent_used"]) == (6_200, 43_800, "12.40")
+    assert u["breakage_minor"] == 800 and u["released_minor"] == 300 and u["limit"] == "500.00 SGD"
+    u = (await client.get("/v1/budgets/SG/2026-12", headers=token(app))).json()
+    assert u["limit_minor"] is None and u["posted_manual_minor"] == 500 and u["percent_used"] is None
+
+
+async def test_statements_json_and_csv(ledger):
+    app, client, _ = ledger
+    r = await client.get("/v1/statements/seller:S-ID", params={"region": "ID", "period": "2026-11"},
+                         headers=token(app))
+    s = r.json()
+    assert (s["opening_balance_minor"], s["charged_minor"], s["reversed_minor"], s["closing_balance_minor"]) == (
+        150_000, 299_999, 200_000, 249_999)
+    assert [(x["kind"], x["amount_minor"]) for x in s["lines"]] == [
+        ("charge", 200_000), ("reversal", -200_000), ("charge", 99_999)]
+    c = (await client.get("/v1/statements/carrier:C-ID", params={"region": "ID", "period": "2026-11"},
+                          headers=token(app))).json()
+    assert c["closing_balance_minor"] == 250_000 and c["closing_balance"] == "250000 IDR"
+
+    s = (await client.get("/v1/statements/seller:S-SG", params={"region": "SG", "period": "2026-11"},
+                          headers=token(app))).json()
+    assert (s["opening_balance_minor"], s["closing_balance_minor"], s["closing_balance"]) == (0, 3_800, "38.00 SGD")
+    d = (await client.get("/v1/statements/seller:S-SG", params={"region": "SG", "period": "2026-12"},
+                          headers=token(app))).json()
+    assert (d["opening_balance_minor"], d["closing_balance_minor"]) == (3_800, 4_300)
+
+    r = await client.get("/v1/statements/seller:S-SG", params={"region": "SG", "period": "2026-11", "format": "csv"},
+                         headers=token(app))
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    table = list(csv.DictReader(io.StringIO(r.text)))
+    assert [(x["compensation_id"], x["amount_minor"], x["amount"]) for x in table] == [
+        ("comp-SG-R1", "1000", "10.00"), ("comp-SG-R2", "2000", "20.00"), ("comp-SG-R3", "800", "8.00")]
+
+
+async def test_balances_and_unknown_accounts(ledger):
+    app, client, _ = ledger
+    b = (await client.get("/v1/accounts/seller:S-SG/balance", params={"region": "SG"}, headers=token(app))).json()
+    assert b["balance_minor"] == 4_300 and b["balance"] == "43.00 SGD"
+    b = (await client.get("/v1/accounts/budget:2026-11/balance", params={"region": "SG"}, headers=token(app))).json()
+    assert b["balance_minor"] == -3_200  # posted automatic spend of the period
+    for key in ("seller:nobody", "wallet:x"):
+        r = await client.get(f"/v1/accounts/{key}/balance", params={"region": "SG"}, headers=token(app))
+        assert r.status_code == 404 and r.json()["errors"][0]["field"] == "account_key"
+    r = await client.get("/v1/accounts/platform/balance", params={"region": "US"}, headers=token(app))
+    assert r.status_code == 403
+    r = await client.get("/v1/statements/buyer:B1", params={"region": "SG", "period": "2026-11"}, headers=token(app))
+    assert r.status_code == 404
+
+
+async def test_lineage_and_breakage(ledger):
+    app, client, _ = ledger
+    r = await client.get("/v1/compensations/comp-SG-R1/lineage", headers=token(app))
+    lin = r.json()
+    assert lin["reservations"][0]["status"] == "posted" and lin["reservations"][0]["closed_by"] == "redeemed"
+    assert [t["kind"] for t in lin["transactions"]] == ["charge", "budget_posting"]
+    lin = (await client.get("/v1/compensations/ID-M2/lineage", headers=token(app))).json()
+    assert [c["correction_id"] for c in lin["corrections"]] == ["ID-K1"]
+    assert {t["tx_id"] for t in lin["transactions"]} >= {"charge:ID-M2:0", "reversal:charge:ID-M2:0",
+                                                          "charge:ID-M2:1"}
+    r = await client.get("/v1/compensations/ID-M2/lineage", headers=token(app, regions=("SG",)))
+    assert r.status_code == 404  # another region's compensation is not even acknowledged
+    br = (await client.get("/v1/reports/breakage", params={"region": "SG", "period": "2026-11"},
+                           headers=token(app))).json()
+    assert br["breakage_minor"] == 800 and br["breakage"] == "8.00 SGD"
+    voucher = next(k for k in br["by_kind"] if k["kind"] == "voucher")
+    assert voucher["unredeemed_remainder_minor"] == 300 and voucher["expired"] == 1
+
+
+async def test_limit_cannot_drop_below_committed_automatic_usage(ledger):
+    app, client, _ = ledger
+    r = await client.put("/v1/budgets/SG/2026-11", headers=token(app),
+                         json={"limit_minor": 6_000, "currency": "SGD", "reason": "cut"})
+    assert r.status_code == 409 and r.json()["errors"][0]["field"] == "body.limit_minor"
+
+
+async def test_cli_budget_set_and_invariants(ledger):
+    app, _, settings = ledger
+    env = {**os.environ, "DATABASE_URL": settings.database_url, "LOG_JSON": "false"}
+    cmd = [sys.executable, "-m", "services.ledger"]
+    done = subprocess.run([*cmd, "budgets", "set", "--region", "SG", "--period", "2026-12", "--limit-minor",
+                           "90000", "--actor", "bob", "--reason", "december plan"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    bad = subprocess.run([*cmd, "budgets", "set", "--region", "SG", "--period", "2026-12", "--limit-minor", "-5",
+                          "--actor", "bob"], env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "limit-minor" in bad.stderr
+    engine = await ledger_engine(settings.database_url)
+    try:
+        changes = await rows(engine, "SELECT actor, via, new_limit_minor FROM budget_changes "
+                                     "WHERE period = '2026-12'")
+        assert changes == [("bob", "cli", 90_000)]
+    finally:
+        await engine.dispose()
+    # SG-R4 is long past its expiry: the housekeeper voids it, then every invariant holds.
+    keeper = app.state.housekeeper
+    await keeper.run_once(invariants_now=True)
+    assert keeper.last_violations and sum(keeper.last_violations.values()) == 0, keeper.last_violations
+    done = subprocess.run([*cmd, "check-invariants"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and '"violations": 0' in done.stdout, done.stdout + done.stderr
+    async with app.state.ctx.engine.connect() as conn:
+        status = (await conn.execute(text("SELECT status FROM reservations WHERE reservation_id = 'SG-R4'"))).scalar()
+    assert status == "voided"
