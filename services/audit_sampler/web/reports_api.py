@@ -3,7 +3,8 @@
 Callers authenticate with a bearer token, or with a live workbench session (so the dashboard's
 "download CSV" links work in the browser; these are read-only GETs, so no CSRF token is needed)."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI must resolve the Annotated aliases defined inside
+# build_reports_api at import time.
 
 from typing import Annotated, Any
 
