@@ -15,9 +15,9 @@ from services.audit_sampler.domain.policy import PolicySet
 from services.audit_sampler.handlers import ManualCompensationHandler
 from shared.contracts import events as ev
 from shared.contracts.envelope import Envelope
-from shared.contracts.registry import encode_envelope, make_envelope
+from shared.contracts.registry import encode_envelope, make_envelope, validate_payload
 from shared.db import make_engine, migrate
-from shared.kafka import ConsumerRunner, EventProducer
+from shared.kafka import ConsumerRunner, Delivered, EventProducer
 
 pytestmark = pytest.mark.integration
 
@@ -79,6 +79,14 @@ async def consume(settings, engine, policies, envelopes, topic, group) -> Consum
     return runner
 
 
+async def apply(engine, policies, envelopes) -> None:
+    """Hand a batch straight to the handler in one transaction, as the runner does (no broker needed)."""
+    handler = ManualCompensationHandler(lambda: policies, lambda: NOW)
+    async with engine.begin() as conn:
+        await handler(conn, [Delivered(env, validate_payload(env), "manual", 0, i, None, 0)
+                             for i, env in enumerate(envelopes)])
+
+
 async def scalar(engine, sql: str, **params):
     async with engine.connect() as conn:
         return (await conn.execute(text(sql), params)).scalar()
@@ -132,8 +140,7 @@ async def test_replay_under_new_event_ids_changes_nothing(engine, settings, make
         await scalar(engine, "SELECT count(*) FROM population WHERE compensation_id LIKE 'q2-%' AND sampled")
 
 
-async def test_capacity_keeps_the_highest_risk_and_records_drops(engine, settings, make_topics, tmp_path):
-    (topic,) = await make_topics("manual")
+async def test_capacity_keeps_the_highest_risk_and_records_drops(engine, tmp_path):
     policies = write_policies(
         tmp_path / "p", baseline_rate=1.0, always_audit_above={"USD": 90_000},
         risk_boosts={"error_prone_reasons": {"codes": ["quality_issue"], "multiplier": 2}},
@@ -143,8 +150,8 @@ async def test_capacity_keeps_the_highest_risk_and_records_drops(engine, setting
     high = [manual(f"q3-high-{i}", reason="quality_issue", at=day) for i in range(6)]
     mandatory = [manual(f"q3-big-{i}", amount=95_000, at=day) for i in range(3)]
     # two deliveries: the high-risk ones arrive later and push out queued low-risk items
-    await consume(settings, engine, policies, low, topic, f"g-{topic}")
-    await consume(settings, engine, policies, high + mandatory, topic, f"g-{topic}")
+    await apply(engine, policies, low)
+    await apply(engine, policies, high + mandatory)
     queued = await scalar(engine, "SELECT count(*) FROM audit_items WHERE compensation_id LIKE 'q3-%' "
                                   "AND status <> 'dropped' AND NOT mandatory")
     assert queued == 10
@@ -162,14 +169,14 @@ async def test_capacity_keeps_the_highest_risk_and_records_drops(engine, setting
                                 "WHERE compensation_id LIKE 'q3-big-%'") == 1.0
 
 
-async def test_weekly_minimum_and_week_cut_in_region_time(engine, settings, make_topics, tmp_path):
-    (topic,) = await make_topics("manual")
+async def test_weekly_minimum_and_week_cut_in_region_time(engine, tmp_path):
     policies = write_policies(tmp_path / "p", baseline_rate=0.0001, agent_weekly_minimum=2)
     # 2026-11-23 02:00 UTC is still Sunday 22 Nov in New York: the same week as Wednesday the 18th
     times = [NOW, NOW + timedelta(hours=1), NOW + timedelta(hours=2), datetime(2026, 11, 23, 2, tzinfo=UTC),
              datetime(2026, 11, 23, 6, tzinfo=UTC)]  # 01:00 Monday in New York: a new week
     envelopes = [manual(f"q4-{i}", agent="weekly-agent", at=t) for i, t in enumerate(times)]
-    await consume(settings, engine, policies, envelopes, topic, f"g-{topic}")
+    await apply(engine, policies, envelopes[:2])
+    await apply(engine, policies, envelopes[2:])
     async with engine.connect() as conn:
         rows = (await conn.execute(text(
             "SELECT compensation_id, sampled, reasons[1] AS why, local_day FROM population "
