@@ -442,3 +442,42 @@ async def create_topics(bootstrap: str, topics: Iterable[str], partitions: int =
     finally:
         with contextlib.suppress(Exception):
             await admin.close()
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m shared.embedded create-topics``: create the platform's topics on any Kafka (used by
+    docker-compose and the Kubernetes job too); waits for the broker first."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m shared.embedded")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ct = sub.add_parser("create-topics", help="create the platform's topics (existing ones are kept)")
+    ct.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
+    ct.add_argument("--partitions", type=int, default=int(os.environ.get("KAFKA_TOPIC_PARTITIONS", "4")))
+    ct.add_argument("--replication-factor", type=int,
+                    default=int(os.environ.get("KAFKA_TOPIC_REPLICATION_FACTOR", "1")))
+    ct.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the broker")
+    ct.add_argument("topics", nargs="*", help="default: every topic of shared.contracts.topics")
+    args = parser.parse_args(argv)
+    from shared.contracts.topics import ALL_TOPICS
+
+    topics = args.topics or list(ALL_TOPICS)
+
+    async def run() -> None:
+        await wait_for_kafka(args.bootstrap, args.wait)
+        await create_topics(args.bootstrap, topics, args.partitions, args.replication_factor)
+
+    try:
+        asyncio.run(run())
+    except EmbeddedError as exc:
+        print(f"create-topics: {exc}", file=sys.stderr)
+        return 1
+    print(f"create-topics: {len(topics)} topics present on {args.bootstrap}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
