@@ -1,0 +1,162 @@
+"""An auditor's day in a real browser: sign in, claim, score, submit, and see the queue and own stats move.
+
+Drives Debian's Chromium (/usr/bin/chromium) through Playwright against the real service (real broker,
+real PostgreSQL, uvicorn on a free port). Leaves a screenshot of the item page in test-artifacts/."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy import text
+
+from services.audit_sampler.app import build_app
+from services.audit_sampler.config import Settings
+from services.audit_sampler.web import queries
+from services.audit_sampler.web.security import hash_password
+from shared.contracts import events as ev
+from shared.contracts.registry import encode_envelope, make_envelope
+from shared.db import migrate
+from shared.kafka import EventProducer
+
+CHROMIUM = Path("/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+MIGRATIONS = ROOT / "services" / "audit_sampler" / "migrations"
+PASSWORD = "browser test password"
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration]
+
+try:
+    from playwright.async_api import async_playwright
+except ImportError:  # pragma: no cover - depends on the machine
+    async_playwright = None
+
+
+def _skip_reason() -> str | None:
+    if async_playwright is None:
+        return "playwright is not installed (pip install playwright; it is in the test extra)"
+    if not CHROMIUM.exists():
+        return "no /usr/bin/chromium (apt-get install chromium)"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _manual(cid: str) -> bytes:
+    payload = ev.ManualCompensationIssued(
+        compensation_id=cid, ticket_id=f"T-{cid}", order_id=f"O-{cid}", buyer_id=f"B-{cid}", seller_id="S7",
+        agent_id="agent-7", team="team-7", kind=ev.CompensationKind.VOUCHER,
+        amount=ev.PositiveMoney(amount_minor=1500, currency="USD"),
+        order_amount=ev.PositiveMoney(amount_minor=4000, currency="USD"), reason_code="damaged",
+        liability=[ev.LiabilityShare(party=ev.LiableParty(type=ev.PartyType.SELLER, id="S7"), amount_minor=1500)],
+        evidence=[ev.EvidenceRef(kind="photo", uri=f"https://evidence.example/{cid}.jpg")],
+        note="buyer sent a photo of the broken lid")
+    return encode_envelope(make_envelope("compensation.manual_issued", payload, source="browser-test",
+                                         region="US", occurred_at=datetime.now(UTC)))
+
+
+@pytest.fixture(scope="module")
+async def server(fresh_database, kafka_bootstrap, topic_factory, tmp_path_factory):
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    import uvicorn
+
+    await migrate(fresh_database, "audit_sampler", MIGRATIONS)
+    policies = tmp_path_factory.mktemp("policies")
+    base = {"seed": "browser-seed-1", "baseline_rate": 1.0, "agent_weekly_minimum": 0, "calibration_share": 0.0,
+            "queues": {"normal": {"sla_hours": 72, "min_risk": 0}}}
+    (policies / "default.yaml").write_text(yaml.safe_dump({**base, "region": "default"}))
+    (manual_topic, corrections) = await topic_factory("manual", "corrections", partitions=1)
+    settings = Settings(database_url=fresh_database, kafka_bootstrap_servers=kafka_bootstrap,
+                        policy_dir=str(policies), manual_topic=manual_topic, corrections_topic=corrections,
+                        consumer_group=f"browser-{manual_topic}", policy_reload_seconds=0,
+                        metrics_refresh_seconds=3600)
+    app = build_app(settings)
+    ctx = app.state.ctx
+    await ctx.start()
+    port = _free_port()
+    web = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off",
+                                        access_log=False))
+    task = asyncio.create_task(web.serve())
+    try:
+        producer = EventProducer(settings, "browser-test")
+        await producer.start()
+        try:
+            for i in range(3):
+                await producer.send(manual_topic, _manual(f"br-{i}"), f"B-br-{i}".encode())
+            await producer.producer.flush()
+        finally:
+            await producer.stop()
+        deadline = time.monotonic() + 60
+        while True:
+            async with ctx.engine.connect() as conn:
+                if (await conn.execute(text("SELECT count(*) FROM audit_items"))).scalar() >= 3:
+                    break
+            assert time.monotonic() < deadline, "the manual compensations never reached the queue"
+            await asyncio.sleep(0.2)
+        async with ctx.engine.begin() as conn:
+            await queries.upsert_user(conn, "ada", hash_password(PASSWORD), ["auditor"], ["US"])
+        while not web.started:
+            await asyncio.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        web.should_exit = True
+        await task
+        await ctx.stop()
+
+
+async def test_auditor_signs_in_claims_scores_and_submits(server):
+    assert async_playwright is not None
+    ARTIFACTS.mkdir(exist_ok=True)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            await page.goto(f"{server}/workbench/queues")
+            assert "/workbench/signin" in page.url  # not signed in yet
+            await page.fill("input[name=username]", "ada")
+            await page.fill("input[name=password]", PASSWORD)
+            await page.click("button[type=submit]")
+            await page.wait_for_url("**/workbench/queues")
+            assert "ada (auditor; US)" in await page.inner_text("#signed-in-as")
+            waiting = page.locator('tr[data-region="US"][data-queue="normal"] td.waiting')
+            assert await waiting.inner_text() == "3"
+
+            await page.click("#claim-US")
+            await page.wait_for_url("**/workbench/items/*")
+            assert "Score the compensation" in await page.inner_text("#scoring")
+            assert "15.00 USD" in await page.inner_text("#compensation")
+            assert "broken lid" in await page.inner_text("#compensation")
+            for name in ("warranted", "amount_correct", "kind_correct", "liable_party_correct",
+                         "policy_compliant", "not_duplicate"):
+                await page.check(f"input[name=attr_{name}][value=yes]")
+            await page.check("input[name=attr_evidence_sufficient][value=no]")
+            await page.select_option("select[name=error_category]", "missing_evidence")
+            await page.fill("textarea[name=note]", "photo shows a different item")
+            await page.screenshot(path=str(ARTIFACTS / "workbench-item.png"), full_page=True)
+
+            await page.click("#submit-verdict")
+            await page.wait_for_url("**/workbench/queues?*")
+            assert "Verdict recorded" in await page.inner_text("#message")
+            assert await waiting.inner_text() == "2"
+
+            await page.click("text=My stats")
+            await page.wait_for_url("**/workbench/me")
+            assert await page.inner_text("#stat-today") == "1"
+            assert "missing_evidence" in await page.inner_text("main")
+        finally:
+            await browser.close()
+    assert (ARTIFACTS / "workbench-item.png").stat().st_size > 10_000
