@@ -1,0 +1,144 @@
+"""Claims with leases on the real PostgreSQL: no double claims, lease expiry, release, reassignment."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services.audit_sampler import workflow
+from services.audit_sampler.domain.policy import PolicySet
+from services.audit_sampler.domain.verdicts import ATTRIBUTES, VerdictInput
+from services.audit_sampler.handlers import ManualCompensationHandler
+from shared.auth import Principal
+from shared.contracts import events as ev
+from shared.contracts.registry import make_envelope, validate_payload
+from shared.db import make_engine, migrate
+from shared.http import Problem
+from shared.kafka import Delivered
+
+pytestmark = pytest.mark.integration
+
+MIGRATIONS = Path(__file__).resolve().parents[3] / "services" / "audit_sampler" / "migrations"
+NOW = datetime(2026, 11, 18, 15, 0, tzinfo=UTC)
+ALL_OK = dict.fromkeys(ATTRIBUTES, True)
+
+
+def auditor(name: str, *roles: str, regions: tuple[str, ...] = ("US",)) -> Principal:
+    return Principal(subject=name, kind="token", roles=frozenset(roles or ("auditor",)),
+                     regions=frozenset(regions))
+
+
+@pytest.fixture(scope="module")
+async def env(fresh_database, tmp_path_factory):
+    await migrate(fresh_database, "audit_sampler", MIGRATIONS)
+    engine = make_engine(fresh_database, "audit_sampler", pool_size=25)
+    folder = tmp_path_factory.mktemp("policies")
+    base = {"seed": "claims-seed-0001", "baseline_rate": 1.0, "lease_seconds": 600, "agent_weekly_minimum": 0}
+    (folder / "default.yaml").write_text(yaml.safe_dump({**base, "region": "default"}))
+    policies = PolicySet.load(folder)
+    runtime = workflow.Runtime(policies)
+    handler = ManualCompensationHandler(lambda: policies, lambda: NOW)
+    yield engine, runtime, handler
+    await engine.dispose()
+
+
+async def enqueue(env, prefix: str, n: int, region: str = "US", agent: str = "agent-1") -> None:
+    engine, _, handler = env
+    currency = {"US": "USD", "GB": "GBP"}[region]
+    envelopes = []
+    for i in range(n):
+        payload = ev.ManualCompensationIssued(
+            compensation_id=f"{prefix}-{i}", ticket_id=f"T{i}", order_id=f"O{i}", buyer_id=f"B{prefix}{i}",
+            agent_id=agent, team="team-1", kind=ev.CompensationKind.VOUCHER,
+            amount=ev.PositiveMoney(amount_minor=500, currency=currency), reason_code="damaged",
+            liability=[ev.LiabilityShare(party=ev.LiableParty(type=ev.PartyType.PLATFORM), amount_minor=500)])
+        envelopes.append(make_envelope("compensation.manual_issued", payload, source="test", region=region,
+                                       occurred_at=NOW))
+    async with engine.begin() as conn:
+        await handler(conn, [Delivered(e, validate_payload(e), "manual", 0, i, None, 0)
+                             for i, e in enumerate(envelopes)])
+
+
+async def test_twenty_concurrent_claimers_never_share_an_item(env):
+    engine, runtime, _ = env
+    await enqueue(env, "race", 30)
+    claimers = [auditor(f"aud-{i}") for i in range(20)]
+
+    async def claim_all(p: Principal) -> list[int]:
+        got = []
+        while (item := await workflow.claim_next(engine, p, "US", runtime=runtime, now=NOW)) is not None:
+            got.append(item["id"])
+            await workflow.submit_verdict(engine, p, item["id"], VerdictInput(ALL_OK, True), runtime=runtime,
+                                          now=NOW)
+        return got
+
+    results = await asyncio.gather(*(claim_all(p) for p in claimers))
+    claimed = [i for r in results for i in r]
+    assert len(claimed) == len(set(claimed)) == 30
+
+
+async def test_a_claim_is_exclusive_and_a_lapsed_lease_returns_the_item(env):
+    engine, runtime, _ = env
+    await enqueue(env, "lease", 1, region="GB")
+    alice, bob = auditor("alice", regions=("GB",)), auditor("bob", regions=("GB",))
+    item = await workflow.claim_next(engine, alice, "GB", runtime=runtime, now=NOW)
+    assert item is not None and item["claimed_by"] == "alice"
+    assert item["item_kind"] == "audit"  # auditors never see whether an item is gold or a re-audit
+    # claiming again gives alice the item she already holds; bob finds nothing
+    assert (await workflow.claim_next(engine, alice, "GB", runtime=runtime, now=NOW))["id"] == item["id"]
+    assert await workflow.claim_next(engine, bob, "GB", runtime=runtime, now=NOW + timedelta(seconds=599)) is None
+    # the lease lapses: the item returns to the queue and bob gets it
+    later = NOW + timedelta(seconds=601)
+    overview = await workflow.queue_overview(engine, bob, "GB", runtime=runtime, now=later)
+    assert overview[0]["waiting"] == 1 and overview[0]["claimed"] == 0
+    taken = await workflow.claim_next(engine, bob, "GB", runtime=runtime, now=later)
+    assert taken is not None and taken["id"] == item["id"] and taken["claimed_by"] == "bob"
+    # alice's stale lease no longer lets her release it
+    with pytest.raises(Problem) as info:
+        await workflow.release_item(engine, alice, item["id"])
+    assert info.value.status == 403
+    released = await workflow.release_item(engine, bob, item["id"])
+    assert released["status"] == "queued" and released["claimed_by"] is None
+
+
+async def test_leads_reassign_and_auditors_cannot(env):
+    engine, runtime, _ = env
+    await enqueue(env, "reassign", 1, agent="agent-9")
+    lead = auditor("lead-1", "lead")
+    carol, dave = auditor("carol"), auditor("dave")
+    item = await workflow.claim_next(engine, carol, "US", runtime=runtime, now=NOW + timedelta(days=1))
+    assert item is not None
+    with pytest.raises(Problem) as info:
+        await workflow.reassign_item(engine, carol, item["id"], "dave", runtime=runtime)
+    assert info.value.status == 403
+    moved = await workflow.reassign_item(engine, lead, item["id"], "dave", runtime=runtime, now=NOW)
+    assert moved["claimed_by"] == "dave" and moved["assigned_to"] == "dave"
+    assert moved["item_kind"] == "sample"  # a lead sees what kind of item it is
+    # reserved for dave: even after the lease lapses, nobody else gets it
+    late = NOW + timedelta(days=2)
+    await workflow.release_item(engine, lead, item["id"])
+    with pytest.raises(Problem) as info:
+        await workflow.reassign_item(engine, lead, item["id"], "agent-9", runtime=runtime)
+    assert info.value.status == 409  # an agent never audits their own compensation
+    await workflow.reassign_item(engine, lead, item["id"], "dave", runtime=runtime, now=NOW)
+    other = await workflow.claim_next(engine, carol, "US", runtime=runtime, now=late)
+    assert other is None or other["id"] != item["id"]
+    mine = await workflow.claim_next(engine, dave, "US", runtime=runtime, now=late)
+    assert mine is not None and mine["id"] == item["id"] and mine["claimed_by"] == "dave"
+
+
+async def test_claims_outside_granted_regions_or_roles_are_refused(env):
+    engine, runtime, _ = env
+    with pytest.raises(Problem) as info:
+        await workflow.claim_next(engine, auditor("us-only"), "GB", runtime=runtime)
+    assert info.value.status == 403
+    with pytest.raises(Problem) as info:
+        await workflow.claim_next(engine, auditor("fin", "finance"), "US", runtime=runtime)
+    assert info.value.status == 403
+    with pytest.raises(Problem) as info:
+        await workflow.claim_next(engine, auditor("x", regions=("*",)), "ZZ", runtime=runtime)
+    assert info.value.status == 404
