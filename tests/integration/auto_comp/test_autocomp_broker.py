@@ -1,0 +1,127 @@
+"""auto_comp as deployed: two replicas in one consumer group on the real broker and PostgreSQL. Tickets of
+one buyer spread over every partition (so both replicas decide for that buyer at once), each delivered
+twice; then the ledger's answers arrive over the broker."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from autocomp_support import answer, autocomp_engine, late_ticket, rows, scalar, write_strategies
+
+from services.auto_comp.app import build_context
+from services.auto_comp.config import Settings
+from shared.contracts.envelope import Envelope
+from shared.contracts.registry import encode_envelope
+
+pytestmark = pytest.mark.integration
+
+
+async def produce(bootstrap: str, topic: str, envelopes: list[Envelope], *, random_keys: bool = False) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for env in envelopes:
+            key = str(random.random()) if random_keys else env.payload["buyer_id"]
+            await producer.send(topic, encode_envelope(env), key=key.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def wait_for(engine, sql: str, expected: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await scalar(engine, sql) == expected:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{sql!r} never reached {expected} (now {await scalar(engine, sql)})")
+
+
+async def test_two_replicas_same_buyer_replayed_then_ledger_answers(fresh_database, kafka_bootstrap, make_topics,
+                                                                  unique_topic_prefix, tmp_path):
+    tickets_topic, results_topic = await make_topics("tickets", "results", partitions=4)
+    engine = await autocomp_engine(fresh_database)
+    settings = Settings(database_url=fresh_database, kafka_bootstrap_servers=kafka_bootstrap,
+                        strategies_dir=write_strategies(tmp_path / "strategies"), tickets_topic=tickets_topic,
+                        budget_results_topic=results_topic, consumer_group=unique_topic_prefix,
+                        consumer_poll_timeout_ms=20, consumer_session_timeout_ms=6_000, consumer_max_batch=3)
+    replicas = [build_context(settings)[0] for _ in range(2)]
+    try:
+        await asyncio.gather(*(ctx.start() for ctx in replicas))
+        tickets = [late_ticket(f"T-bk{i}", "B-hot") for i in range(12)]
+        tickets += [late_ticket(f"T-other{i}", f"B-other{i}") for i in range(6)]
+        # every event twice: once as is (same event id), once re-sent upstream with a new event id
+        again = [late_ticket(e.payload["ticket_id"], e.payload["buyer_id"]) for e in tickets]
+        await produce(kafka_bootstrap, tickets_topic, tickets + tickets + again, random_keys=True)
+        await wait_for(engine, "SELECT count(*) FROM decisions", 18)
+
+        assert await scalar(engine, "SELECT count(*) FROM compensations WHERE buyer_id = 'B-hot'") == 2
+        hot = await rows(engine, "SELECT outcome, count(*) AS n FROM decisions WHERE buyer_id = 'B-hot' "
+                                 "GROUP BY outcome ORDER BY outcome")
+        assert {r["outcome"]: r["n"] for r in hot} == {"capped_by_abuse_guard": 10, "pending_budget": 2}
+        assert await scalar(engine, "SELECT count(*) FROM compensations") == 8
+
+        # The ledger answers (over the broker): reserve all but one, which the budget denies; every answer twice.
+        pending = await rows(engine, "SELECT request FROM compensations ORDER BY compensation_id")
+        answers = [answer(p["request"], reserved=p["request"]["amount"]["amount_minor"]) for p in pending[:-1]]
+        answers.append(answer(pending[-1]["request"], denial="budget_exhausted"))
+        await produce(kafka_bootstrap, results_topic, answers + answers)
+        await wait_for(engine, "SELECT count(*) FROM compensations WHERE status <> 'pending'", 8)
+        await wait_for(engine, "SELECT count(*) FROM decisions WHERE outcome IN ('issued', 'budget_denied')", 8)
+        assert await scalar(engine, "SELECT count(DISTINCT voucher_code) FROM compensations "
+                                    "WHERE status = 'issued'") == 7
+        # the relay published everything it was given
+        await wait_for(engine, "SELECT count(*) FROM outbox", 0)
+    finally:
+        await asyncio.gather(*(ctx.stop() for ctx in replicas))
+        await engine.dispose()
+
+
+async def test_issued_event_reaches_the_topic(fresh_database, kafka_bootstrap, make_topics, unique_topic_prefix,
+                                              tmp_path):
+    """The outbox relay publishes the issued compensation to compensations.issued.v1 for the ledger."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    tickets_topic, results_topic = await make_topics("tickets", "results", partitions=1)
+    settings = Settings(database_url=fresh_database, kafka_bootstrap_servers=kafka_bootstrap,
+                        strategies_dir=write_strategies(tmp_path / "s"), tickets_topic=tickets_topic,
+                        budget_results_topic=results_topic, consumer_group=unique_topic_prefix + "-2",
+                        consumer_poll_timeout_ms=20)
+    engine = await autocomp_engine(fresh_database)
+    ctx, _ = build_context(settings)
+    ticket_id = f"T-pub-{unique_topic_prefix}"
+    # No consumer group (assigned partitions, from their current end): no join to wait for.
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, auto_offset_reset="latest")
+    await consumer.start()
+    try:
+        partitions = [TopicPartition("compensations.issued.v1", p)
+                      for p in consumer.partitions_for_topic("compensations.issued.v1") or {0}]
+        consumer.assign(partitions)
+        await consumer.seek_to_end(*partitions)
+        for tp in partitions:
+            await consumer.position(tp)
+        await ctx.start()
+        await produce(kafka_bootstrap, tickets_topic, [late_ticket(ticket_id, "B-pub")])
+        await wait_for(engine, f"SELECT count(*) FROM compensations WHERE ticket_id = '{ticket_id}'", 1)
+        [p] = await rows(engine, "SELECT request FROM compensations WHERE ticket_id = :t", t=ticket_id)
+        await produce(kafka_bootstrap, results_topic, [answer(p["request"], reserved=1_000)])
+        deadline = time.monotonic() + 30
+        found = None
+        while found is None and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for record in (r for recs in batch.values() for r in recs):
+                env = orjson.loads(record.value)
+                if env["payload"]["ticket_id"] == ticket_id:
+                    found = env
+        assert found is not None, "compensation.issued never published"
+        assert found["event_type"] == "compensation.issued"
+        assert found["payload"]["amount"] == {"amount_minor": 1_000, "currency": "SGD"}
+    finally:
+        await consumer.stop()
+        await ctx.stop()
+        await engine.dispose()
