@@ -7,6 +7,7 @@ operation becomes an HTML error page with the same status (403 outside the viewe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -56,6 +57,8 @@ ATTRIBUTE_LABELS = {
     "policy_compliant": "Complies with the region's policy",
     "not_duplicate": "Not a duplicate",
 }
+_AMOUNT = re.compile(r"^\d{1,15}(\.\d{1,4})?$")
+_MAX_MINOR = 10**15  # far above any compensation, far below PostgreSQL's bigint
 DASHBOARD_ROLES = ("lead", "senior_auditor", "ops_admin")
 DISPUTE_ROLES = ("lead", "senior_auditor", "ops_admin")
 
@@ -396,25 +399,33 @@ def _verdict_from_form(form: FormData) -> VerdictInput:
         else:
             attributes[name] = value == "yes"
     currency = _text(form, "currency") or ""
-    corrected: int | None = None
-    raw_amount = (_text(form, "corrected_amount") or "").strip()
-    if raw_amount:
+    def amount(raw: str, field: str) -> int | None:
+        # Plain digits with an optional decimal part: no exponents, signs or grouping to misread.
+        if not _AMOUNT.match(raw):
+            errors.append({"field": field, "message": f"not an amount in {currency}: write it like 12.50"})
+            return None
         try:
-            corrected = Money.from_major(raw_amount, currency).minor
+            minor = Money.from_major(raw, currency).minor
         except (ValueError, ArithmeticError) as exc:
-            errors.append({"field": "corrected_amount_minor", "message": f"not an amount in {currency}: {exc}"})
+            errors.append({"field": field, "message": f"not an amount in {currency}: {exc}"})
+            return None
+        if minor > _MAX_MINOR:
+            errors.append({"field": field, "message": "implausibly large"})
+            return None
+        return minor
+
+    raw_amount = (_text(form, "corrected_amount") or "").strip()
+    corrected = amount(raw_amount, "corrected_amount_minor") if raw_amount else None
     shares: list[Share] = []
     for i in range(3):
         party = (_text(form, f"share_{i}_type") or "").strip()
         party_id = (_text(form, f"share_{i}_id") or "").strip() or None
-        amount = (_text(form, f"share_{i}_amount") or "").strip()
-        if not party and not amount:
+        raw_share = (_text(form, f"share_{i}_amount") or "").strip()
+        if not party and not raw_share:
             continue
-        try:
-            shares.append(Share(party, party_id, Money.from_major(amount, currency).minor))
-        except (ValueError, ArithmeticError) as exc:
-            errors.append({"field": f"corrected_liability.{i}.amount_minor",
-                           "message": f"not an amount in {currency}: {exc}"})
+        share_minor = amount(raw_share, f"corrected_liability.{i}.amount_minor")
+        if share_minor is not None:
+            shares.append(Share(party, party_id, share_minor))
     if errors:
         raise Problem(422, "Invalid verdict", "; ".join(e["message"] for e in errors), errors=errors)
     passed = all(attributes.values())
