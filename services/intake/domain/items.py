@@ -103,6 +103,6 @@ PAST_TIMESTAMPS: dict[str, tuple[str, ...]] = {
 }
 
 
-def payload_of(item: ProducerFields) -> dict[str, Any]:
-    """The contract payload (JSON-ready) carried by an item."""
-    return item.model_dump(mode="json", exclude=ENVELOPE_FIELDS)
+def payload_of(item_json: dict[str, Any]) -> dict[str, Any]:
+    """The contract payload carried by an item, from the item's JSON dump."""
+    return {k: v for k, v in item_json.items() if k not in ENVELOPE_FIELDS}

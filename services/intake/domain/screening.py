@@ -30,6 +30,7 @@ class Candidate:
 
     index: int
     item: ProducerFields
+    data: dict[str, Any]  # the item as JSON, dumped once: fingerprinted, then carried as the payload
     fingerprint: str
 
 
@@ -89,7 +90,8 @@ def screen(event_type: str, raw_items: Sequence[Any], *, now: datetime, max_skew
         if errors:
             result.rejected.append(Outcome(index, item.event_id, Status.REJECTED, region, errors))
             continue
-        candidate = Candidate(index, item, fingerprint(event_type, item))
+        data = item.model_dump(mode="json")
+        candidate = Candidate(index, item, data, fingerprint(event_type, data))
         if item.event_id in seen:
             result.repeats.append(candidate)
         else:

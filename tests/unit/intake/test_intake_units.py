@@ -14,7 +14,7 @@ from tests.unit.intake.intake_samples import sample
 
 
 def item(event_type, raw):
-    return ITEM_MODELS[event_type].model_validate(raw)
+    return ITEM_MODELS[event_type].model_validate(raw).model_dump(mode="json")
 
 
 @given(st.permutations(list(sample("ticket.opened"))))
@@ -108,5 +108,5 @@ def test_items_keep_the_contract_strict_on_nested_money():
     with pytest.raises(ValueError):
         item("voucher.redeemed", sample("voucher.redeemed", discount={"amount_minor": 1, "currency": "SGD",
                                                                       "cents": 1}))
-    assert item("voucher.redeemed", sample("voucher.redeemed")).occurred_at.tzinfo == UTC
-    assert isinstance(item("voucher.redeemed", sample("voucher.redeemed")).occurred_at, datetime)
+    parsed = ITEM_MODELS["voucher.redeemed"].model_validate(sample("voucher.redeemed"))
+    assert isinstance(parsed.occurred_at, datetime) and parsed.occurred_at.tzinfo == UTC
