@@ -1,7 +1,9 @@
 """HTTP API: decisions (one and a filtered list), the strategies in force, and their reload. Every route
-is authenticated and region-scoped; errors are RFC 9457 problem details."""
+is authenticated and region-scoped; errors are RFC 9457 problem details.
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: FastAPI must see the real ``Depends`` inside the route
+closures' annotations, which string annotations would hide.
+"""
 
 import asyncio
 import base64
