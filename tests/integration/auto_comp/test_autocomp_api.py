@@ -8,8 +8,16 @@ import signal
 
 import httpx
 import pytest
-from autocomp_support import STRATEGIES, answer, apply, autocomp_engine, damaged_ticket, late_ticket, requests_for
-from autocomp_support import write_strategies
+from autocomp_support import (
+    STRATEGIES,
+    answer,
+    apply,
+    autocomp_engine,
+    damaged_ticket,
+    late_ticket,
+    requests_for,
+    write_strategies,
+)
 from prometheus_client import REGISTRY
 
 from services.auto_comp.app import ReloadOnSighup, build_app
