@@ -1,6 +1,5 @@
 """JSON API of the audit workbench: queues, claims, verdicts, disputes, gold items (bearer tokens)."""
 
-from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
