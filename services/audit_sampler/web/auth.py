@@ -18,6 +18,7 @@ from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.audit_sampler.web import queries
+from services.audit_sampler.web.metrics import CSRF_REJECTED, SIGN_INS
 from services.audit_sampler.web.security import (
     WORKBENCH_ROLES,
     dummy_hash,
@@ -114,6 +115,7 @@ class WorkbenchAuth:
                 raise Problem(403, "Forbidden", f"{username} is not a workbench user; ask an ops admin to add "
                                                 "them with `users create`")
             viewer, cookie = await self._open_session(conn, user, now)
+        SIGN_INS.labels("trusted_header").inc()
         request.state.pending_cookie = cookie
         return viewer
 
@@ -135,13 +137,16 @@ class WorkbenchAuth:
             user = await queries.get_user(conn, username)
         ok = await asyncio.to_thread(verify_password, password, user.password_hash if user else dummy_hash())
         if user is None or user.disabled or user.password_hash is None:
+            SIGN_INS.labels("failed").inc()
             raise SignInFailed("unknown user name or wrong password")
         if user.locked_until is not None and user.locked_until > now:
+            SIGN_INS.labels("locked").inc()
             raise SignInFailed("too many failed sign-ins: the account is locked for a while")
         lockout = now + timedelta(seconds=self.settings.signin_lockout_seconds)
         async with self.engine.begin() as conn:
             await queries.record_sign_in(conn, username, ok, now, self.settings.signin_max_failures, lockout)
             opened = await self._open_session(conn, user, now) if ok else None
+        SIGN_INS.labels("ok" if opened else "failed").inc()
         if opened is None:
             raise SignInFailed("unknown user name or wrong password")
         return opened
@@ -153,5 +158,6 @@ class WorkbenchAuth:
 
 def check_csrf(viewer: Viewer, submitted: str | None) -> None:
     if not same_token(submitted, viewer.csrf_token):
+        CSRF_REJECTED.inc()
         raise Problem(403, "Forbidden", "the form's CSRF token is missing or stale; reload the page and retry",
                       errors=[{"field": "csrf_token", "message": "does not match the session"}])

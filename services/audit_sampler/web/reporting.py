@@ -24,6 +24,7 @@ from services.audit_sampler.domain.reports import (
 )
 from services.audit_sampler.domain.stats import Estimate, hajek_proportion
 from services.audit_sampler.web import queries
+from services.audit_sampler.web.metrics import REPORT_SECONDS
 from shared.http import Problem
 from shared.regions import Region, UnknownRegion, catalogue
 
@@ -68,9 +69,12 @@ def parse_report_query(region: str | None, period: str | None, day: str | None) 
 
 async def load_accuracy(engine: AsyncEngine, q: ReportQuery) -> AccuracyReport:
     previous = q.period.previous()
-    async with engine.connect() as conn:
-        population = await queries.population_count(conn, q.region.code, q.period)
-        rows = await queries.audited_compensations(conn, q.region.code, previous.start, q.period.end)
+    # prometheus_client's time() decorator would time only the coroutine's creation; the context manager
+    # spans the awaits.
+    with REPORT_SECONDS.labels("accuracy").time():
+        async with engine.connect() as conn:
+            population = await queries.population_count(conn, q.region.code, q.period)
+            rows = await queries.audited_compensations(conn, q.region.code, previous.start, q.period.end)
     current = [item for day, item in rows if q.period.contains(day)]
     before = [item for day, item in rows if previous.contains(day)]
     return accuracy_report(region=q.region.code, currency=q.region.currency, period=q.period,
@@ -79,10 +83,11 @@ async def load_accuracy(engine: AsyncEngine, q: ReportQuery) -> AccuracyReport:
 
 async def load_calibration(engine: AsyncEngine, q: ReportQuery) -> CalibrationReport:
     oldest = recent_periods(q.period, GOLD_HISTORY)[0]
-    async with engine.connect() as conn:
-        pairs = await queries.calibration_pairs(conn, q.region.code, q.period)
-        gold = await queries.gold_results(conn, q.region.code, q.region.timezone, oldest.start_utc,
-                                          q.period.end_utc)
+    with REPORT_SECONDS.labels("calibration").time():
+        async with engine.connect() as conn:
+            pairs = await queries.calibration_pairs(conn, q.region.code, q.period)
+            gold = await queries.gold_results(conn, q.region.code, q.region.timezone, oldest.start_utc,
+                                              q.period.end_utc)
     return calibration_report(region=q.region.code, period=q.period, pairs=pairs, gold=gold,
                               history=GOLD_HISTORY)
 
@@ -90,8 +95,9 @@ async def load_calibration(engine: AsyncEngine, q: ReportQuery) -> CalibrationRe
 async def accuracy_trend(engine: AsyncEngine, q: ReportQuery, count: int = 8) -> list[tuple[Period, Estimate]]:
     """The weighted accuracy of the last ``count`` periods, oldest first (one query for all of them)."""
     periods = recent_periods(q.period, count)
-    async with engine.connect() as conn:
-        rows = await queries.audited_compensations(conn, q.region.code, periods[0].start, periods[-1].end)
+    with REPORT_SECONDS.labels("trend").time():
+        async with engine.connect() as conn:
+            rows = await queries.audited_compensations(conn, q.region.code, periods[0].start, periods[-1].end)
     out = []
     for period in periods:
         items = [item for day, item in rows if period.contains(day)]

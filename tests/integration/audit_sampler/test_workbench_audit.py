@@ -178,6 +178,9 @@ async def test_pages_need_a_session_and_sign_in_is_checked(service):
         queues = await c.get("/workbench/queues")
         assert queues.status_code == 200 and "ann (auditor; US)" in queues.text
         assert queues.headers["cache-control"] == "no-store"
+        metrics = (await c.get("/metrics")).text
+        assert 'audit_workbench_sign_ins_total{outcome="ok"}' in metrics
+        assert 'audit_workbench_sign_ins_total{outcome="failed"}' in metrics
 
 
 async def test_account_locks_after_repeated_failures(service):
@@ -399,6 +402,7 @@ async def test_accuracy_report_matches_a_hand_computed_estimate(service):
         empty = (await api.get(f"/v1/reports/accuracy?region=US&period=day&date={today - timedelta(days=1)}",
                                headers=headers)).json()
         assert empty["population"]["compensations"] == 0 and empty["accuracy"]["estimate"] is None
+        assert 'audit_report_seconds_count{report="accuracy"}' in (await api.get("/metrics")).text
 
 
 async def test_report_parameters_are_validated(service):
