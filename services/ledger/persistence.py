@@ -87,6 +87,9 @@ _HOLD_COLUMNS = (
     "posted_minor, released_minor, breakage_minor, closed_by")
 
 
+_HOLD_COLUMN_LIST = [c.strip() for c in _HOLD_COLUMNS.split(",")]
+
+
 def _hold(r: Sequence[Any]) -> Hold:
     return Hold(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], HoldStatus(r[8]), r[9], r[10], r[11], r[12],
                 r[13], r[14], r[15], r[16], r[17], r[18], r[19])
@@ -224,13 +227,13 @@ def _hold_params(holds: list[Hold]) -> dict[str, list[Any]]:
 async def _save_holds(conn: AsyncConnection, holds: list[Hold]) -> None:
     new = [h for h in holds if h.new]
     if new:
-        # No ON CONFLICT: a reservation decided concurrently elsewhere must fail this batch (it is then
-        # retried and answers from the stored decision), never be decided twice.
-        params = _hold_params(new)
-        params["event"] = [h.requested_event_id for h in new]
-        await conn.execute(text(
-            f"INSERT INTO reservations ({_HOLD_COLUMNS}, requested_event_id) SELECT * FROM unnest("
-            f"{_HOLD_ARRAYS}, CAST(:event AS text[]))"), params)
+        # COPY has no ON CONFLICT: a reservation decided concurrently elsewhere fails this batch (it is
+        # then retried and answers from the stored decision), never is decided twice.
+        raw = await raw_connection(conn)
+        await raw.copy_records_to_table("reservations", columns=[*_HOLD_COLUMN_LIST, "requested_event_id"], records=[
+            (h.reservation_id, h.compensation_id, h.region, h.period, h.currency, h.kind, h.ticket_id, h.buyer_id,
+             h.status.value, h.requested, h.decided, h.amount, h.expires_at, h.denial_reason, h.issued_amount,
+             h.valid_until, h.posted, h.released, h.breakage, h.closed_by, h.requested_event_id) for h in new])
     changed = [h for h in holds if h.dirty and not h.new]
     if changed:
         await conn.execute(text(
@@ -262,9 +265,12 @@ async def _save_compensations(conn: AsyncConnection, comps: list[Compensation]) 
                "last_correction_id")
     new = [c for c in comps if c.new]
     if new:
-        # No ON CONFLICT: a second charge for the same compensation must fail loudly, not slip in.
-        await conn.execute(text(f"INSERT INTO compensations ({columns}) SELECT * FROM unnest({arrays})"),
-                           params(new))
+        # COPY has no ON CONFLICT: a second charge for the same compensation fails loudly, never slips in.
+        raw = await raw_connection(conn)
+        await raw.copy_records_to_table("compensations", columns=[c.strip() for c in columns.split(",")], records=[
+            (c.compensation_id, c.region, c.origin, c.kind, c.amount, c.currency, c.period, c.buyer_id,
+             c.reservation_id, c.issued_event_id, c.issued_at, c.charge_seq, c.current_charge_tx,
+             orjson.dumps(c.current_shares).decode(), c.current_amount, c.last_correction_id) for c in new])
     changed = [c for c in comps if c.dirty and not c.new]
     if changed:
         await conn.execute(text(

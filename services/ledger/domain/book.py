@@ -156,12 +156,13 @@ class Book:
             self.parked.setdefault(p.compensation_id, []).append(p)
         self.corrections = corrections if corrections is not None else {}
         self.out = Outcome()
+        self._dispatch = self._handlers()
 
     # ------------------------------------------------------------------ dispatch
 
     def apply(self, envelope: Envelope, payload: ev.Payload, ref: Any = None) -> None:
         """Apply one event; raises Rejected (state untouched) when it can never apply."""
-        handler = self._handlers().get(type(payload))
+        handler = self._dispatch.get(type(payload))
         if handler is None:
             raise Rejected(f"the ledger does not handle {envelope.event_type}")
         try:

@@ -23,6 +23,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 
 PAYABLE = "compensation_payable"
 EXPENSE = "compensation_expense"
@@ -52,6 +53,7 @@ def is_party_account(key: str) -> bool:
     return bool(_PARTY.match(key))
 
 
+@lru_cache(maxsize=65_536)
 def check_account_key(key: str) -> str:
     if key in (PAYABLE, EXPENSE) or _PARTY.match(key) or _BUDGET.match(key):
         return key
@@ -84,15 +86,23 @@ class Transaction:
     correction_id: str | None = None
 
     def __post_init__(self) -> None:
-        if len(self.entries) < 2:
+        entries = self.entries
+        if len(entries) < 2:
             raise UnbalancedTransaction(f"{self.tx_id}: a transaction needs two or more entries")
-        totals: dict[str, int] = defaultdict(int)
-        for e in self.entries:
-            if isinstance(e.amount_minor, bool) or not isinstance(e.amount_minor, int) or e.amount_minor == 0:
+        currency, total, mixed = entries[0].currency, 0, False
+        for e in entries:
+            if type(e.amount_minor) is not int or e.amount_minor == 0:
                 raise UnbalancedTransaction(f"{self.tx_id}: entry amounts must be non-zero ints")
             check_account_key(e.account)
-            totals[e.currency] += e.amount_minor
-        unbalanced = {c: t for c, t in totals.items() if t != 0}
+            total += e.amount_minor
+            mixed = mixed or e.currency != currency
+        if mixed:
+            totals: dict[str, int] = defaultdict(int)
+            for e in entries:
+                totals[e.currency] += e.amount_minor
+            unbalanced = {c: t for c, t in totals.items() if t != 0}
+        else:
+            unbalanced = {currency: total} if total else {}
         if unbalanced:
             raise UnbalancedTransaction(f"{self.tx_id}: entries do not sum to zero: {unbalanced}")
 

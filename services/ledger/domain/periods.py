@@ -18,8 +18,8 @@ class InvalidPeriod(ValueError):
 def period_of(instant: datetime, region: Region, granularity: str = "month") -> str:
     local = region.local(instant)
     if granularity == "day":
-        return local.strftime("%Y-%m-%d")
-    return local.strftime("%Y-%m")
+        return f"{local.year:04d}-{local.month:02d}-{local.day:02d}"
+    return f"{local.year:04d}-{local.month:02d}"
 
 
 def period_bounds(period: str, region: Region) -> tuple[datetime, datetime]:

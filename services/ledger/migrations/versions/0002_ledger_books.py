@@ -21,8 +21,8 @@ DDL = [
         currency text NOT NULL CHECK (currency ~ '^[A-Z]{3}$'),
         compensation_id text NOT NULL,
         source_event_id text NOT NULL,
-        reverses_tx_id text UNIQUE REFERENCES journal_transactions (tx_id),
-        corrects_tx_id text REFERENCES journal_transactions (tx_id),
+        reverses_tx_id text,
+        corrects_tx_id text,
         correction_id text,
         entry_count smallint NOT NULL CHECK (entry_count >= 2),
         occurred_at timestamptz NOT NULL,
@@ -30,6 +30,28 @@ DDL = [
         UNIQUE (source_event_id, kind),
         CHECK ((kind = 'reversal') = (reverses_tx_id IS NOT NULL)))""",
     "CREATE INDEX journal_transactions_compensation ON journal_transactions (compensation_id)",
+    # a transaction is reversed at most once
+    """CREATE UNIQUE INDEX journal_transactions_reversed_once ON journal_transactions (reverses_tx_id)
+        WHERE reverses_tx_id IS NOT NULL""",
+    # Links must point at recorded transactions. Checked per statement for the few linked rows, instead
+    # of a foreign key's per-row trigger on every insert of the hot path.
+    """CREATE FUNCTION journal_links_exist() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE bad text;
+    BEGIN
+        SELECT n.tx_id INTO bad FROM new_transactions n
+            WHERE (n.reverses_tx_id IS NOT NULL AND NOT EXISTS (
+                       SELECT 1 FROM journal_transactions t WHERE t.tx_id = n.reverses_tx_id))
+               OR (n.corrects_tx_id IS NOT NULL AND NOT EXISTS (
+                       SELECT 1 FROM journal_transactions t WHERE t.tx_id = n.corrects_tx_id))
+            LIMIT 1;
+        IF bad IS NOT NULL THEN
+            RAISE EXCEPTION 'journal transaction % links to a transaction that does not exist', bad
+                USING ERRCODE = 'foreign_key_violation';
+        END IF;
+        RETURN NULL;
+    END $$""",
+    """CREATE TRIGGER journal_transactions_links AFTER INSERT ON journal_transactions
+        REFERENCING NEW TABLE AS new_transactions FOR EACH STATEMENT EXECUTE FUNCTION journal_links_exist()""",
     """CREATE TABLE journal_entries (
         tx_id text NOT NULL,
         line_no smallint NOT NULL CHECK (line_no >= 1),
@@ -220,4 +242,5 @@ def downgrade() -> None:
                   "budget_changes", "budgets", "account_balances", "journal_entries", "journal_transactions"):
         op.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
     op.execute("DROP FUNCTION IF EXISTS journal_entries_balance()")
+    op.execute("DROP FUNCTION IF EXISTS journal_links_exist()")
     op.execute("DROP FUNCTION IF EXISTS journal_is_append_only()")
