@@ -158,3 +158,22 @@ def test_file_shape_errors(tmp_path):
 def test_all_mistakes_of_a_file_are_reported_together(tmp_path):
     errs = errors_of(tmp_path, strategy_dict(priority="x", enabled="maybe", holdout_percent=500))
     assert len(errs) >= 2
+
+
+def test_the_documented_example_loads_and_decides_as_documented(tmp_path):
+    from datetime import timedelta
+
+    from autocomp_builders import T0, ticket
+
+    from services.auto_comp.domain.engine import evaluate_strategy
+    from shared.regions import region
+
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "strategies.md").read_text()
+    example = doc.split("## Example", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    (tmp_path / "example.yaml").write_text(example)
+    [strategy] = load_strategies(tmp_path).strategies
+    due = T0 - timedelta(days=30)
+    t = ticket(days_late=7, order=12_000, carrier_id="C1", dispatch_due_at=due, shipped_at=due)
+    p = evaluate_strategy(strategy, t, region("SG"), T0).proposal
+    assert p is not None and p.amount.minor == 2_400 and [m.minor for m in p.fallback_amounts] == [1_200]
+    assert [s.party.value for s in p.shares] == ["carrier"]
