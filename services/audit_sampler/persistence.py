@@ -422,7 +422,7 @@ async def queue_stats(conn: AsyncConnection, regions: Sequence[str] | None, now:
 async def quality_gauges(conn: AsyncConnection, since: datetime) -> list[dict[str, Any]]:
     """Per region: calibration agreement, gold accuracy and the Hajek-weighted accuracy, for the gauges."""
     rows = await conn.execute(text(
-        "WITH est AS (SELECT v.region, sum(CASE WHEN v.passed THEN 1 / p.effective_probability END) "
+        "WITH est AS (SELECT v.region, sum(CASE WHEN v.passed THEN 1 / p.effective_probability ELSE 0 END) "
         "/ nullif(sum(1 / p.effective_probability), 0) AS accuracy FROM verdicts v "
         "JOIN population p USING (compensation_id) WHERE v.item_kind = 'sample' AND v.created_at >= :since "
         "AND p.effective_probability > 0 GROUP BY v.region), "

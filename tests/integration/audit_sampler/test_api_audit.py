@@ -10,7 +10,7 @@ import httpx
 import pytest
 import yaml
 
-from services.audit_sampler.app import build_app
+from services.audit_sampler.app import build_app, refresh_gauges
 from services.audit_sampler.config import Settings
 from services.audit_sampler.handlers import ManualCompensationHandler
 from shared.contracts import events as ev
@@ -180,3 +180,17 @@ async def test_the_audit_flow_over_http(api):
     detail = (await client.get(f"/v1/items/{item['id']}", headers=lead)).json()
     assert detail["verdict"]["status"] == "upheld"
     assert detail["agent_history"][0]["compensation_id"] == "flow-1"
+
+
+async def test_metrics_show_queues_verdicts_and_estimated_accuracy(api):
+    client, ctx = api
+    await enqueue(ctx, "metrics-1", region="GB")
+    await refresh_gauges(ctx)
+    body = (await client.get("/metrics")).text
+    assert 'audit_queue_depth{queue="normal",region="GB"}' in body
+    assert 'audit_queue_oldest_age_seconds{queue="normal",region="GB"}' in body
+    assert 'audit_sampled_total{reason="baseline",region="GB"}' in body
+    assert 'audit_verdicts_total{item_kind="sample",outcome="fail",region="US"}' in body
+    assert 'audit_verdict_attribute_failures_total{attribute="liable_party_correct",region="US"}' in body
+    accuracy = [line for line in body.splitlines() if line.startswith('audit_estimated_accuracy_ratio{region="US"}')]
+    assert accuracy and float(accuracy[0].split()[-1]) == 0.0  # its only audited item failed

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sqlalchemy import text
 
 from services.audit_sampler import workflow
 from services.audit_sampler.domain.policy import PolicySet
@@ -48,7 +49,7 @@ async def env(fresh_database, tmp_path_factory):
 
 async def enqueue(env, prefix: str, n: int, region: str = "US", agent: str = "agent-1") -> None:
     engine, _, handler = env
-    currency = {"US": "USD", "GB": "GBP"}[region]
+    currency = {"US": "USD", "GB": "GBP", "SG": "SGD"}[region]
     envelopes = []
     for i in range(n):
         payload = ev.ManualCompensationIssued(
@@ -142,3 +143,36 @@ async def test_claims_outside_granted_regions_or_roles_are_refused(env):
     with pytest.raises(Problem) as info:
         await workflow.claim_next(engine, auditor("x", regions=("*",)), "ZZ", runtime=runtime)
     assert info.value.status == 404
+
+
+async def test_blind_re_audit_pairs_verdicts_and_agent_results_switch_sampling(env, tmp_path):
+    engine, _, _ = env
+    base = {"seed": "claims-seed-0001", "baseline_rate": 1.0, "agent_weekly_minimum": 0, "calibration_share": 1.0}
+    (tmp_path / "default.yaml").write_text(yaml.safe_dump({**base, "region": "default"}))
+    runtime = workflow.Runtime(PolicySet.load(tmp_path))
+    await enqueue(env, "calib", 2, region="SG", agent="agent-calib")
+    first, second = auditor("first", regions=("SG",)), auditor("second", regions=("SG",))
+    failed = {**ALL_OK, "evidence_sufficient": False}
+    originals = []
+    for _ in range(2):
+        item = await workflow.claim_next(engine, first, "SG", runtime=runtime, now=NOW)
+        assert item is not None and item["compensation_id"].startswith("calib")
+        originals.append(await workflow.submit_verdict(engine, first, item["id"], VerdictInput(
+            failed, False, "missing_evidence"), runtime=runtime))
+    # the re-audits exist, but never for the auditor who gave the first verdict
+    assert await workflow.claim_next(engine, first, "SG", runtime=runtime, now=NOW) is None
+    for _ in range(2):
+        again = await workflow.claim_next(engine, second, "SG", runtime=runtime, now=NOW)
+        assert again is not None and again["item_kind"] == "audit" and "parent_item_id" not in again
+        await workflow.submit_verdict(engine, second, again["id"], VerdictInput(ALL_OK, True), runtime=runtime)
+    async with engine.connect() as conn:
+        pairs = (await conn.execute(text(
+            "SELECT primary_auditor, second_auditor FROM calibration_pairs WHERE region = 'SG'"))).all()
+        agent = (await conn.execute(text(
+            "SELECT sampling_state, recent_results FROM agents WHERE agent_id = 'agent-calib'"))).one()
+    assert [tuple(p) for p in pairs] == [("first", "second")] * 2
+    # the re-audits do not count twice against the agent; two failures in five switch to tightened
+    assert agent.recent_results == [False, False] and agent.sampling_state == "tightened"
+    lead = auditor("lead-sg", "lead", regions=("SG",))
+    detail = await workflow.get_item(engine, lead, originals[0]["item_id"])
+    assert detail["agent_state"] == "tightened" and len(detail["agent_history"]) == 2
