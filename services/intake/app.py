@@ -12,6 +12,7 @@ from services.intake.access import Access, ApiKeys
 from services.intake.api import Intake, install
 from services.intake.backlog import BacklogGuard
 from services.intake.config import Settings
+from services.intake.gc_tuning import FreezeHeapAfterStartup
 from services.intake.metrics import REQUEST_SECONDS
 from services.intake.openapi import SECURITY_SCHEMES, components
 from shared.config import ServiceSettings
@@ -57,6 +58,7 @@ def build_app(settings: ServiceSettings, *, manage_lifecycle: bool = True) -> Fa
     app.state.intake = intake
     app.state.api_keys = keys
     install(app, intake, Access(ctx.tokens, keys))
+    ctx.components.append(FreezeHeapAfterStartup())  # last: after everything long-lived exists
     app.add_middleware(RequestTimer)
     _document(app, settings.max_batch_items)
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 import orjson
 from sqlalchemy import text
@@ -15,7 +15,6 @@ from services.intake.domain.keys import ApiKey
 from services.intake.domain.screening import Candidate
 from shared.contracts.envelope import Envelope, new_event_id
 from shared.contracts.registry import LATEST
-from shared.kafka.producer import envelope_headers
 from shared.outbox import Record, enqueue_records
 
 # One statement claims every new event id and reads the fingerprints of those already on record: the
@@ -41,7 +40,7 @@ def outbox_record(event_type: str, candidate: Candidate, source: str, produced_a
     """The Kafka record of an accepted item: topic, partition key and headers as the contract defines.
 
     The item was fully validated already, so the envelope is assembled without validating it again
-    (unit tests prove the bytes equal what ``encode_envelope`` gives); this halves the batch path's CPU.
+    (unit tests prove bytes and headers equal what the toolkit's encoder gives); this halves the batch path's CPU.
     """
     spec = LATEST[event_type]
     item, data = candidate.item, candidate.data
@@ -50,9 +49,18 @@ def outbox_record(event_type: str, candidate: Candidate, source: str, produced_a
         "occurred_at": data["occurred_at"], "produced_at": _json_time(produced_at), "source": source,
         "region": item.region, "correlation_id": item.correlation_id or new_event_id(), "causation_id": None,
         "traceparent": item.traceparent, "payload": payload_of(data)}
-    envelope = Envelope.model_construct(**fields)
-    return (spec.topic.value, spec.key(envelope, item).encode(), orjson.dumps(fields),
-            envelope_headers(envelope))
+    headers = [("event_type", event_type.encode()), ("schema_version", str(spec.version).encode()),
+               ("event_id", item.event_id.encode()), ("correlation_id", fields["correlation_id"].encode()),
+               ("region", item.region.encode()), ("content-type", b"application/json")]
+    if item.traceparent:
+        headers.append(("traceparent", item.traceparent.encode()))
+    # Key functions read the payload, or the envelope's region for region-keyed events.
+    key = spec.key(cast(Envelope, _RegionOnly(item.region)), item)
+    return spec.topic.value, key.encode(), orjson.dumps(fields), headers
+
+
+class _RegionOnly(NamedTuple):
+    region: str
 
 
 def _json_time(at: datetime) -> str:
