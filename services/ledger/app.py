@@ -21,6 +21,7 @@ from services.ledger.api import build_router
 from services.ledger.config import Settings
 from services.ledger.contracts import CONSUMES
 from shared.auth import Authenticator
+from shared.contracts.topics import Topic
 from shared.service import ServiceContext, create_app
 
 log = logging.getLogger(__name__)
@@ -100,8 +101,15 @@ class Housekeeper:
 
 def build_app(settings: Settings, *, topics: Sequence[str] | None = None, housekeeping: bool = True) -> FastAPI:
     ctx = ServiceContext.create("ledger", "ledger", settings)
-    handler = handlers.LedgerHandler(settings)
-    ctx.add_consumer(settings.consumer_group, list(topics or CONSUMES), handler)
+    if topics is not None:
+        ctx.add_consumer(settings.consumer_group, list(topics), handlers.LedgerHandler(settings))
+    else:
+        # Two groups: budget requests (latency-sensitive, lock their budget rows for the batch) never
+        # wait behind a batch of charges, and charge batches never hold a budget lock for long.
+        for suffix, group_topics in (("budget", [Topic.BUDGET_REQUESTS.value]),
+                                     ("books", [t for t in CONSUMES if t != Topic.BUDGET_REQUESTS.value])):
+            group = f"{settings.consumer_group}-{suffix}"
+            ctx.add_consumer(group, group_topics, handlers.LedgerHandler(settings, group))
     keeper = Housekeeper(ctx, settings)
     if housekeeping:
         ctx.components.append(keeper)
@@ -109,6 +117,5 @@ def build_app(settings: Settings, *, topics: Sequence[str] | None = None, housek
         "Double-entry book of record of every compensation: liable-party charges, regional budgets "
         "(reserve, post, void), statements, lineage, breakage."))
     app.state.housekeeper = keeper
-    app.state.handler = handler
     app.include_router(build_router(ctx.engine, Authenticator(ctx.tokens), settings.budget_period))
     return app

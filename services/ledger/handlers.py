@@ -29,18 +29,20 @@ SOURCE = "ledger"
 
 
 class LedgerHandler:
-    def __init__(self, settings: Settings, stripe: int | None = None) -> None:
+    def __init__(self, settings: Settings, group: str | None = None, stripe: int | None = None) -> None:
         self.settings = settings
+        self.group = group or settings.consumer_group
         # Each consumer writes hot-account balances to its own stripe (see ADR 0005).
         self.stripe = random.randrange(settings.balance_stripes) if stripe is None else stripe
 
     async def __call__(self, conn: AsyncConnection, events: Sequence[Delivered]) -> None:
-        await apply_batch(conn, events, self.settings, self.stripe)
+        await apply_batch(conn, events, self.settings, self.stripe, group=self.group)
 
 
 async def apply_batch(conn: AsyncConnection, events: Sequence[Delivered], settings: Settings, stripe: int,
-                      now: datetime | None = None) -> Book:
+                      now: datetime | None = None, group: str | None = None) -> Book:
     now = now or datetime.now(UTC)
+    group = group or settings.consumer_group
     requests = [d for d in events if isinstance(d.payload, ev.BudgetReservationRequested)]
     others = [d for d in events if not isinstance(d.payload, ev.BudgetReservationRequested)]
     cids = {d.payload.compensation_id for d in others}  # type: ignore[attr-defined]
@@ -55,13 +57,19 @@ async def apply_batch(conn: AsyncConnection, events: Sequence[Delivered], settin
     rids |= {c.reservation_id for c in comps.values() if c.reservation_id}
     holds = await persistence.load_holds(conn, rids)
 
-    book = Book(now=now, granularity=settings.budget_period, park=settings.park_seconds > 0,
+    # A batch with budget requests locks its budget rows up front and decides in memory under that one
+    # lock. A batch without (charges, redemptions, expiries, corrections) only moves budget counters in
+    # ways that cannot break the hard limit, so it locks the rows at the very end, for a few milliseconds,
+    # and replays its budget steps on them there (ADR 0005).
+    deltas = not requests
+    book = Book(now=now, granularity=settings.budget_period, park=settings.park_seconds > 0, deltas=deltas,
                 holds=holds, compensations=comps, parked=parked, corrections=corrections)
-    keys = {book.budget_key_for(d.envelope) for d in requests}
-    keys |= {book.budget_key_for(d.envelope) for d in others
-             if isinstance(d.payload, ev.ManualCompensationIssued)}
-    keys |= {(h.region, h.period) for h in holds.values()}
-    book.budgets.update(await persistence.lock_budgets(conn, keys))
+    if not deltas:
+        keys = {book.budget_key_for(d.envelope) for d in requests}
+        keys |= {book.budget_key_for(d.envelope) for d in others
+                 if isinstance(d.payload, ev.ManualCompensationIssued)}
+        keys |= {(h.region, h.period) for h in holds.values()}
+        book.budgets.update(await persistence.lock_budgets(conn, keys))
 
     for d in events:
         try:
@@ -70,7 +78,10 @@ async def apply_batch(conn: AsyncConnection, events: Sequence[Delivered], settin
             # The runner re-runs the batch one event at a time and dead-letters this one alone.
             raise PermanentError(str(exc)) from exc
 
-    await persistence.save(conn, book, stripe=stripe, consumer_group=settings.consumer_group)
+    await persistence.save_books(conn, book, stripe=stripe, consumer_group=group)
+    if deltas and book.budget_steps:
+        book.replay(await persistence.lock_budgets(conn, {step.key for step in book.budget_steps}))
+    await persistence.save_budget_effects(conn, book)
     await enqueue(conn, _outgoing(book))
     _count(book)
     return book
@@ -136,7 +147,8 @@ async def sweep_reservations(conn: AsyncConnection, settings: Settings, stripe: 
         if book.sweep(rid, grace):
             swept += 1
             metrics.SWEPT.labels(book.holds[rid].closed_by or "").inc()
-    await persistence.save(conn, book, stripe=stripe, consumer_group=settings.consumer_group)
+    await persistence.save_books(conn, book, stripe=stripe, consumer_group=settings.consumer_group)
+    await persistence.save_budget_effects(conn, book)
     return swept
 
 
@@ -154,7 +166,8 @@ async def retry_parked(conn: AsyncConnection, settings: Settings, stripe: int, n
                 parked=parked, corrections=await persistence.load_corrections(conn, cids))
     book.budgets.update(await persistence.lock_budgets(conn, {(h.region, h.period) for h in holds.values()}))
     book.apply_parked_for_known()
-    await persistence.save(conn, book, stripe=stripe, consumer_group=settings.consumer_group)
+    await persistence.save_books(conn, book, stripe=stripe, consumer_group=settings.consumer_group)
+    await persistence.save_budget_effects(conn, book)
     await enqueue(conn, _outgoing(book))
     _count(book)
     return len(book.out.parked_done)
@@ -165,7 +178,7 @@ async def expire_parked(conn: AsyncConnection, settings: Settings, now: datetime
     stale = await persistence.stale_parked(conn, now, settings.park_seconds)
     if not stale:
         return 0
-    await persistence.dead_letter(conn, settings.consumer_group, [
+    await persistence.dead_letter(conn, [
         (src, "no compensation with this id arrived within the park window") for _, src in stale])
     await persistence.delete_parked(conn, [eid for eid, _ in stale])
     return len(stale)

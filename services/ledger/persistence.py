@@ -43,6 +43,7 @@ class Source:
     offset: int
     key: bytes | None
     value: bytes
+    group: str  # the consumer group that received it, as the dead letter records it
 
 
 # ------------------------------------------------------------------ locks and loads
@@ -134,7 +135,7 @@ async def load_parked(conn: AsyncConnection, compensation_ids: Iterable[str] | N
     """Parked events of the given compensations (or, with known_only, of any compensation known now)."""
     if known_only:
         rows = (await conn.execute(text(
-            'SELECT event_id, value, topic, partition, "offset", key FROM parked_events p '
+            'SELECT event_id, value, topic, partition, "offset", key, consumer_group FROM parked_events p '
             "WHERE EXISTS (SELECT 1 FROM compensations c WHERE c.compensation_id = p.compensation_id) "
             "ORDER BY parked_at, event_id LIMIT :n"), {"n": limit})).all()
     else:
@@ -142,23 +143,23 @@ async def load_parked(conn: AsyncConnection, compensation_ids: Iterable[str] | N
         if not ids:
             return []
         rows = (await conn.execute(text(
-            'SELECT event_id, value, topic, partition, "offset", key FROM parked_events '
+            'SELECT event_id, value, topic, partition, "offset", key, consumer_group FROM parked_events '
             "WHERE compensation_id = ANY(CAST(:ids AS text[])) ORDER BY parked_at, event_id"),
             {"ids": ids})).all()
     parked = []
     for r in rows:
         envelope, payload = decode_envelope(bytes(r[1]))
         parked.append(ParkedEvent(r[0], payload.compensation_id, envelope, payload,  # type: ignore[attr-defined]
-                                  Source(r[2], r[3], r[4], r[5], bytes(r[1]))))
+                                  Source(r[2], r[3], r[4], r[5], bytes(r[1]), r[6])))
     return parked
 
 
 # ------------------------------------------------------------------ writes
 
 
-async def save(conn: AsyncConnection, book: Book, *, stripe: int, consumer_group: str) -> None:
-    """Write everything the book decided: a fixed number of statements whatever the batch size."""
-    await _save_budgets(conn, [b for b in book.budgets.values() if b.dirty])
+async def save_books(conn: AsyncConnection, book: Book, *, stripe: int, consumer_group: str) -> None:
+    """Write what the book decided apart from budget rows: journal, balances, reservations,
+    compensations, corrections, parked events. A fixed number of statements whatever the batch size."""
     await _save_holds(conn, list(book.holds.values()))
     await _save_compensations(conn, list(book.compensations.values()))
     await _save_journal(conn, book, stripe)
@@ -173,6 +174,12 @@ async def save(conn: AsyncConnection, book: Book, *, stripe: int, consumer_group
              "c": [x.corrects_correction_id for x in c], "d": [x.reversal_tx_id for x in c],
              "e": [x.charge_tx_id for x in c], "f": [x.corrected_amount for x in c],
              "g": [x.source_event_id for x in c], "h": [x.applied_at for x in c]})
+    await _save_parked(conn, book, consumer_group)
+
+
+async def save_budget_effects(conn: AsyncConnection, book: Book) -> None:
+    """Budget rows (already locked by this transaction) and the overruns recorded against them."""
+    await _save_budgets(conn, [b for b in book.budgets.values() if b.dirty])
     if book.out.overruns:
         o = book.out.overruns
         await conn.execute(text(
@@ -181,7 +188,6 @@ async def save(conn: AsyncConnection, book: Book, *, stripe: int, consumer_group
             "CAST(:l AS bigint[]), CAST(:u AS bigint[]), CAST(:t AS timestamptz[])) ON CONFLICT DO NOTHING"),
             {"r": [x.region for x in o], "p": [x.period for x in o], "c": [x.compensation_id for x in o],
              "l": [x.limit for x in o], "u": [x.used for x in o], "t": [x.at for x in o]})
-    await _save_parked(conn, book, consumer_group)
 
 
 async def _save_budgets(conn: AsyncConnection, budgets: list[BudgetState]) -> None:
@@ -323,46 +329,47 @@ async def _save_journal(conn: AsyncConnection, book: Book, stripe: int) -> None:
 async def _save_parked(conn: AsyncConnection, book: Book, consumer_group: str) -> None:
     new = book.new_parked()
     if new:
-        sources = [_source_of(p) for p in new]
+        sources = [_source_of(p, consumer_group) for p in new]
         await conn.execute(text(
             'INSERT INTO parked_events (event_id, compensation_id, event_type, region, value, topic, partition, '
-            '"offset", key) SELECT * FROM unnest(CAST(:e AS text[]), CAST(:c AS text[]), CAST(:t AS text[]), '
-            "CAST(:r AS text[]), CAST(:v AS bytea[]), CAST(:tp AS text[]), CAST(:p AS int[]), "
+            '"offset", key, consumer_group) SELECT *, :g FROM unnest(CAST(:e AS text[]), CAST(:c AS text[]), '
+            "CAST(:t AS text[]), CAST(:r AS text[]), CAST(:v AS bytea[]), CAST(:tp AS text[]), CAST(:p AS int[]), "
             "CAST(:o AS bigint[]), CAST(:k AS bytea[])) ON CONFLICT DO NOTHING"),
             {"e": [p.event_id for p in new], "c": [p.compensation_id for p in new],
              "t": [p.envelope.event_type for p in new], "r": [p.envelope.region for p in new],
              "v": [s.value for s in sources], "tp": [s.topic for s in sources],
              "p": [s.partition for s in sources], "o": [s.offset for s in sources],
-             "k": [s.key for s in sources]})
+             "k": [s.key for s in sources], "g": consumer_group})
     gone = book.out.parked_done + [p.event_id for p, _ in book.out.parked_rejected]
     if gone:
         await conn.execute(text("DELETE FROM parked_events WHERE event_id = ANY(CAST(:e AS text[]))"),
                            {"e": gone})
     if book.out.parked_rejected:
-        await dead_letter(conn, consumer_group, [(_source_of(p), reason) for p, reason in book.out.parked_rejected])
+        await dead_letter(conn, [(_source_of(p, consumer_group), reason) for p, reason in book.out.parked_rejected])
 
 
-def _source_of(parked: ParkedEvent) -> Source:
+def _source_of(parked: ParkedEvent, consumer_group: str) -> Source:
     ref = parked.ref
     if isinstance(ref, Source):
         return ref
     if isinstance(ref, Delivered):  # keep the runner's coordinates, re-encode the envelope it carried
-        return Source(ref.topic, ref.partition, ref.offset, ref.key, encode_envelope(parked.envelope))
-    return Source("unknown", 0, 0, None, encode_envelope(parked.envelope))
+        return Source(ref.topic, ref.partition, ref.offset, ref.key, encode_envelope(parked.envelope),
+                      consumer_group)
+    return Source("unknown", 0, 0, None, encode_envelope(parked.envelope), consumer_group)
 
 
-async def dead_letter(conn: AsyncConnection, consumer_group: str, items: list[tuple[Source, str]]) -> None:
+async def dead_letter(conn: AsyncConnection, items: list[tuple[Source, str]]) -> None:
     """Dead-letter events the ledger held back (parked), the way the consumer runner does."""
     records = []
     for src, reason in items:
         headers = [("dlq.error", f"rejected: {reason}"[:4000].encode()), ("dlq.source_topic", src.topic.encode()),
                    ("dlq.source_partition", str(src.partition).encode()),
                    ("dlq.source_offset", str(src.offset).encode()),
-                   ("dlq.consumer_group", consumer_group.encode())]
+                   ("dlq.consumer_group", src.group.encode())]
         await conn.execute(text(
             'INSERT INTO dead_letters (consumer_group, topic, partition, "offset", key, value, headers, error) '
             "VALUES (:g, :t, :p, :o, :k, :v, CAST(:h AS jsonb), :e) ON CONFLICT DO NOTHING"),
-            {"g": consumer_group, "t": src.topic, "p": src.partition, "o": src.offset, "k": src.key,
+            {"g": src.group, "t": src.topic, "p": src.partition, "o": src.offset, "k": src.key,
              "v": src.value, "h": orjson.dumps([[k, v.decode("latin-1")] for k, v in headers]).decode(),
              "e": f"rejected: {reason}"})
         records.append((Topic.DEAD_LETTERS.value, src.topic.encode(), src.value, headers))
@@ -385,10 +392,10 @@ async def stale_reservations(conn: AsyncConnection, now: datetime, grace_seconds
 async def stale_parked(conn: AsyncConnection, now: datetime, park_seconds: int,
                        limit: int = 500) -> list[tuple[str, Source]]:
     rows = (await conn.execute(text(
-        'SELECT event_id, topic, partition, "offset", key, value FROM parked_events '
+        'SELECT event_id, topic, partition, "offset", key, value, consumer_group FROM parked_events '
         "WHERE parked_at + make_interval(secs => :s) <= :now ORDER BY parked_at LIMIT :n FOR UPDATE SKIP LOCKED"),
         {"now": now, "s": park_seconds, "n": limit})).all()
-    return [(r[0], Source(r[1], r[2], r[3], r[4], bytes(r[5]))) for r in rows]
+    return [(r[0], Source(r[1], r[2], r[3], r[4], bytes(r[5]), r[6])) for r in rows]
 
 
 async def delete_parked(conn: AsyncConnection, event_ids: list[str]) -> None:

@@ -123,6 +123,18 @@ class Overrun:
     at: datetime
 
 
+@dataclass(frozen=True)
+class BudgetStep:
+    key: tuple[str, str]
+    env: Envelope | None  # the event that caused it; None for releases, which cannot raise usage
+    reserved: int
+    posted_auto: int
+    posted_manual: int
+    released: int
+    breakage: int
+    manual: str | None  # compensation id of a manual compensation (may overrun the budget)
+
+
 @dataclass
 class Outcome:
     transactions: list[journal.Transaction] = field(default_factory=list)
@@ -139,7 +151,7 @@ LIFECYCLE = (ev.VoucherRedeemed, ev.VoucherExpired, ev.VoucherRevoked)
 
 
 class Book:
-    def __init__(self, *, now: datetime, granularity: str = "month", park: bool = True,
+    def __init__(self, *, now: datetime, granularity: str = "month", park: bool = True, deltas: bool = False,
                  budgets: dict[tuple[str, str], BudgetState] | None = None,
                  holds: dict[str, Hold] | None = None,
                  compensations: dict[str, Compensation] | None = None,
@@ -157,6 +169,10 @@ class Book:
         self.corrections = corrections if corrections is not None else {}
         self.out = Outcome()
         self._dispatch = self._handlers()
+        # Delta mode (no budget requests in the batch): budgets hold only this batch's changes; nothing
+        # here depends on their absolute values except alerts, which ``replay`` decides later.
+        self.deltas = deltas
+        self.budget_steps: list[BudgetStep] = []
 
     # ------------------------------------------------------------------ dispatch
 
@@ -190,6 +206,8 @@ class Book:
     # ------------------------------------------------------------------ budget requests
 
     def _request(self, env: Envelope, p: ev.BudgetReservationRequested, _: Any) -> None:
+        if self.deltas:
+            raise RuntimeError("budget requests need the budget rows locked (not delta mode)")
         hold = self.holds.get(p.reservation_id)
         if hold is not None:
             if hold.compensation_id != p.compensation_id:
@@ -214,9 +232,7 @@ class Book:
         self.holds[hold.reservation_id] = hold
         if granted:
             assert budget is not None
-            budget.reserved += granted
-            budget.dirty = True
-            self._thresholds(env, budget)
+            self._adjust(budget, env, reserved=granted)
         self._reply(env, hold)
 
     def _reply(self, env: Envelope, hold: Hold) -> None:
@@ -272,21 +288,11 @@ class Book:
         comp = Compensation(p.compensation_id, region, "manual", p.kind.value, amount, currency, period,
                             p.buyer_id, None, env.event_id, env.occurred_at, new=True)
         self._charge(env, comp, [(s.party.account_key, s.amount_minor) for s in p.liability], amount)
-        budget = self._budget(region, period, currency)
-        budget.posted_manual += amount
-        budget.dirty = True
         self.out.transactions.append(journal.budget_posting(
             tx_id=f"posting:{p.compensation_id}", region=region, currency=currency, period=period,
             compensation_id=p.compensation_id, source_event_id=env.event_id, occurred_at=env.occurred_at,
             amount=amount))
-        self._thresholds(env, budget)
-        if budget.limit is not None and budget.used > budget.limit:
-            self.out.overruns.append(Overrun(region, period, p.compensation_id, budget.limit, budget.used,
-                                             env.occurred_at))
-            self.out.alerts.append(Alert("budget.exceeded", env, ev.BudgetExceeded(
-                budget_period=period, limit=ev.NonNegativeMoney(amount_minor=budget.limit, currency=currency),
-                used=ev.NonNegativeMoney(amount_minor=budget.used, currency=currency),
-                compensation_id=p.compensation_id)))
+        self._adjust(self._budget(region, period, currency), env, posted_manual=amount, manual=p.compensation_id)
         self.compensations[comp.compensation_id] = comp
         self._apply_parked(comp.compensation_id)
 
@@ -315,52 +321,96 @@ class Book:
         if hold.status is not HoldStatus.PENDING:
             self.out.ignored.append((env.event_id, f"reservation already {hold.status.value}"))
             return
-        budget = self._budget(hold.region, hold.period, hold.currency)
         if isinstance(p, ev.VoucherRedeemed):
             if p.discount.currency != hold.currency:
                 raise Rejected(f"discount currency {p.discount.currency} is not {hold.currency}")
             used = p.discount.amount_minor
             if used > hold.amount:
                 raise Rejected(f"discount {used} exceeds the voucher value {hold.amount}")
-            unused = hold.amount - used
-            self._post(env, hold, budget, used, "redeemed")
-            if unused:
-                hold.released += unused
-                budget.released += unused
+        budget = self._budget(hold.region, hold.period, hold.currency)
+        if isinstance(p, ev.VoucherRedeemed):
+            self._post(env, hold, budget, p.discount.amount_minor, "redeemed")
         elif isinstance(p, ev.VoucherExpired):
             self._void(hold, budget, "expired", breakage=True)
         else:
             self._void(hold, budget, "revoked", breakage=False)
 
     def _post(self, env: Envelope, hold: Hold, budget: BudgetState, amount: int, why: str) -> None:
-        budget.reserved -= hold.amount
-        budget.posted_auto += amount
-        budget.dirty = True
-        hold.posted, hold.status, hold.closed_by, hold.dirty = amount, HoldStatus.POSTED, why, True
+        """Post the used part of a pending hold and release the rest."""
+        unused = hold.amount - amount
         self.out.transactions.append(journal.budget_posting(
             tx_id=f"posting:{hold.reservation_id}", region=hold.region, currency=hold.currency,
             period=hold.period, compensation_id=hold.compensation_id, source_event_id=env.event_id,
             occurred_at=env.occurred_at, amount=amount))
-        self._thresholds(env, budget)
+        self._adjust(budget, env, reserved=-hold.amount, posted_auto=amount, released=unused)
+        hold.posted, hold.released = amount, hold.released + unused
+        hold.status, hold.closed_by, hold.dirty = HoldStatus.POSTED, why, True
 
-    def _release(self, hold: Hold, budget: BudgetState, amount: int) -> None:
-        budget.reserved -= amount
-        budget.released += amount
-        budget.dirty = True
+    def _release(self, hold: Hold, budget: BudgetState, amount: int, env: Envelope | None = None) -> None:
+        self._adjust(budget, env, reserved=-amount, released=amount)
         hold.released += amount
         hold.dirty = True
 
     def _void(self, hold: Hold, budget: BudgetState, why: str, *, breakage: bool) -> None:
         amount = hold.amount
-        budget.reserved -= amount
-        budget.dirty = True
         if breakage:
-            budget.breakage += amount
+            self._adjust(budget, None, reserved=-amount, breakage=amount)
             hold.breakage += amount
         else:
-            budget.released += amount
+            self._adjust(budget, None, reserved=-amount, released=amount)
             hold.released += amount
         hold.status, hold.closed_by, hold.dirty = HoldStatus.VOIDED, why, True
+
+    # ------------------------------------------------------------------ budget effects
+
+    def _adjust(self, budget: BudgetState, env: Envelope | None, *, reserved: int = 0, posted_auto: int = 0,
+                posted_manual: int = 0, released: int = 0, breakage: int = 0, manual: str | None = None) -> None:
+        """Every change to a budget goes through here.
+
+        Locked mode: the budget is the current row (locked), so alerts are decided at once. Delta mode:
+        the budget accumulates this batch's deltas only, and the steps are replayed by ``replay`` on the
+        row's state once it is locked at the very end of the batch transaction (see ADR 0005).
+        """
+        budget.reserved += reserved
+        budget.posted_auto += posted_auto
+        budget.posted_manual += posted_manual
+        budget.released += released
+        budget.breakage += breakage
+        budget.dirty = True
+        step = BudgetStep((budget.region, budget.period), env, reserved, posted_auto, posted_manual, released,
+                          breakage, manual)
+        if self.deltas:
+            self.budget_steps.append(step)
+        else:
+            self._announce(budget, step)
+
+    def replay(self, current: dict[tuple[str, str], BudgetState]) -> None:
+        """Delta mode: apply this batch's budget steps, in order, to the locked rows, deciding alerts."""
+        for step in self.budget_steps:
+            budget = current[step.key]
+            budget.reserved += step.reserved
+            budget.posted_auto += step.posted_auto
+            budget.posted_manual += step.posted_manual
+            budget.released += step.released
+            budget.breakage += step.breakage
+            budget.dirty = True
+            self._announce(budget, step)
+        self.budgets = current
+        self.budget_steps = []
+
+    def _announce(self, budget: BudgetState, step: BudgetStep) -> None:
+        if step.env is None:
+            return  # releases never cross a threshold upwards
+        self._thresholds(step.env, budget)
+        if step.manual is not None and budget.limit is not None and budget.used > budget.limit:
+            env, currency = step.env, budget.currency
+            self.out.overruns.append(Overrun(budget.region, budget.period, step.manual, budget.limit, budget.used,
+                                             env.occurred_at))
+            self.out.alerts.append(Alert("budget.exceeded", env, ev.BudgetExceeded(
+                budget_period=budget.period,
+                limit=ev.NonNegativeMoney(amount_minor=budget.limit, currency=currency),
+                used=ev.NonNegativeMoney(amount_minor=budget.used, currency=currency),
+                compensation_id=step.manual)))
 
     def sweep(self, reservation_id: str, grace: timedelta) -> bool:
         """Void a reservation left pending past its expiry (never issued) or its voucher's validity."""

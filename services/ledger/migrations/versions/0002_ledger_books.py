@@ -226,6 +226,7 @@ DDL = [
         partition int NOT NULL,
         "offset" bigint NOT NULL,
         key bytea,
+        consumer_group text NOT NULL,
         parked_at timestamptz NOT NULL DEFAULT now())""",
     "CREATE INDEX parked_events_compensation ON parked_events (compensation_id)",
     "CREATE INDEX parked_events_age ON parked_events (parked_at)",
