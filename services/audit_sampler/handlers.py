@@ -136,7 +136,7 @@ class ManualCompensationHandler:
                 "queue": decision.queue, "agent_state": decision.state.value, "policy_version": policy.version})
             if decision.sampled:
                 sampled.append(_Sampled(comp, decision, day, p.model_dump(mode="json"), d.envelope.event_id, now))
-        kept, dropped, evicted, touched = await self._apply_capacity(conn, policies, sampled)
+        kept, dropped, evicted = await self._apply_capacity(conn, policies, sampled)
         dropped_ids = {s.comp.compensation_id for s in dropped}
         for entry in population:
             if entry["compensation_id"] in dropped_ids:
@@ -151,7 +151,7 @@ class ManualCompensationHandler:
         ] + [{"region": g[0], "queue": g[1], "local_day": g[2], "compensation_id": cid, "risk_score": risk,
               "inclusion_probability": prob, "evicted_item_id": item_id}
              for item_id, (g, cid, risk, prob) in evicted])
-        await db.refresh_effective_probability(conn, touched)
+        await db.count_queue_days(conn, self._queue_day_counts(kept, dropped, evicted))
         await db.bump_agents(conn, [
             {"region": key[0], "agent_id": key[1], "team": a.team, "first_seen_at": a.first_in_batch,
              "seen": a.added_seen, "week_start": a.week, "sampled": a.added_sampled}
@@ -160,7 +160,7 @@ class ManualCompensationHandler:
 
     async def _apply_capacity(self, conn: AsyncConnection, policies: PolicySet, sampled: list[_Sampled]
                               ) -> tuple[list[_Sampled], list[_Sampled],
-                                         list[tuple[int, tuple[GroupKey, str, float, float]]], set[GroupKey]]:
+                                         list[tuple[int, tuple[GroupKey, str, float, float]]]]:
         by_group: dict[GroupKey, list[_Sampled]] = defaultdict(list)
         kept: list[_Sampled] = []
         for s in sampled:
@@ -169,11 +169,10 @@ class ManualCompensationHandler:
             else:
                 by_group[(s.comp.region, s.decision.queue, s.day)].append(s)
         if not by_group:
-            return kept, [], [], set()
+            return kept, [], []
         counts = await db.queue_day_counts(conn, by_group)
         dropped: list[_Sampled] = []
         evicted: list[tuple[int, tuple[GroupKey, str, float, float]]] = []
-        touched: set[GroupKey] = set()
         for group, arrivals in by_group.items():
             rule = policies.for_region(group[0]).queue(group[1])
             capacity = rule.daily_capacity if rule else None
@@ -181,7 +180,6 @@ class ManualCompensationHandler:
             if capacity is None or fixed + queued + len(arrivals) <= capacity:
                 kept.extend(arrivals)
                 continue
-            touched.add(group)
             existing = await db.evictable_items(conn, *group, limit=len(arrivals))
             # Queued items beyond the weakest few cannot lose to this batch's arrivals: count them fixed.
             fixed += queued - len(existing)
@@ -199,7 +197,24 @@ class ManualCompensationHandler:
         if evicted:
             probs = await db.inclusion_probabilities(conn, [e[1][1] for e in evicted])
             evicted = [(item_id, (g, cid, risk, probs.get(cid, 0.0))) for item_id, (g, cid, risk, _) in evicted]
-        return kept, dropped, evicted, touched
+        return kept, dropped, evicted
+
+    @staticmethod
+    def _queue_day_counts(kept: list[_Sampled], dropped: list[_Sampled],
+                          evicted: list[tuple[int, tuple[GroupKey, str, float, float]]]
+                          ) -> dict[GroupKey, tuple[int, int]]:
+        """(selected, kept) added per queue-day by this batch, over droppable samples only."""
+        counts: dict[GroupKey, list[int]] = defaultdict(lambda: [0, 0])
+        for s in kept:
+            if not s.decision.mandatory:
+                c = counts[(s.comp.region, s.decision.queue, s.day)]
+                c[0] += 1
+                c[1] += 1
+        for s in dropped:
+            counts[(s.comp.region, s.decision.queue, s.day)][0] += 1
+        for _, (group, *_rest) in evicted:
+            counts[group][1] -= 1
+        return {k: (v[0], v[1]) for k, v in counts.items()}
 
     def _item(self, policies: PolicySet, s: _Sampled) -> dict[str, Any]:
         rule = policies.for_region(s.comp.region).queue(s.decision.queue)

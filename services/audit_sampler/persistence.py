@@ -153,22 +153,27 @@ async def record_drops(conn: AsyncConnection, drops: Sequence[dict[str, Any]]) -
         "ON CONFLICT (compensation_id) DO NOTHING"), {c: [d[c] for d in drops] for c in cols})
 
 
-async def refresh_effective_probability(conn: AsyncConnection, groups: Iterable[tuple[str, str, date]]) -> None:
-    """effective p = p * kept / selected over the droppable items of each queue-day (see domain.queues)."""
-    groups = list(groups)
-    if not groups:
+async def count_queue_days(conn: AsyncConnection, counts: dict[tuple[str, str, date], tuple[int, int]]
+                           ) -> None:
+    """Add (selected, kept) droppable samples per queue-day; where capacity dropped some, reweight.
+
+    Only sampled rows are reweighted (the estimator weights nothing else), so the work per batch is
+    bounded by the queue's daily capacity, not by the day's population.
+    """
+    if not counts:
         return
+    keys = list(counts)
     await conn.execute(text(
-        "WITH g AS (SELECT * FROM unnest(CAST(:regions AS text[]), CAST(:queues AS text[]), "
-        "CAST(:days AS date[])) AS g(region, queue, local_day)), "
-        "share AS (SELECT p.region, p.queue, p.local_day, "
-        "count(*) FILTER (WHERE p.sampled)::float8 / count(*) AS kept "
-        "FROM population p JOIN g USING (region, queue, local_day) "
-        "WHERE NOT p.mandatory AND (p.sampled OR p.capacity_dropped) GROUP BY 1, 2, 3) "
-        "UPDATE population p SET effective_probability = p.inclusion_probability * share.kept "
-        "FROM share WHERE p.region = share.region AND p.queue = share.queue "
-        "AND p.local_day = share.local_day AND NOT p.mandatory"),
-        {"regions": [g[0] for g in groups], "queues": [g[1] for g in groups], "days": [g[2] for g in groups]})
+        "WITH up AS (INSERT INTO queue_days AS q (region, queue, local_day, selected, kept) "
+        "SELECT * FROM unnest(CAST(:regions AS text[]), CAST(:queues AS text[]), CAST(:days AS date[]), "
+        "CAST(:selected AS bigint[]), CAST(:kept AS bigint[])) "
+        "ON CONFLICT (region, queue, local_day) DO UPDATE SET selected = q.selected + EXCLUDED.selected, "
+        "kept = q.kept + EXCLUDED.kept RETURNING region, queue, local_day, selected, kept) "
+        "UPDATE population p SET effective_probability = p.inclusion_probability * up.kept / up.selected "
+        "FROM up WHERE up.kept < up.selected AND p.region = up.region AND p.queue = up.queue "
+        "AND p.local_day = up.local_day AND p.sampled AND NOT p.mandatory"),
+        {"regions": [k[0] for k in keys], "queues": [k[1] for k in keys], "days": [k[2] for k in keys],
+         "selected": [counts[k][0] for k in keys], "kept": [counts[k][1] for k in keys]})
 
 
 async def bump_agents(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:

@@ -163,8 +163,11 @@ async def test_capacity_keeps_the_highest_risk_and_records_drops(engine, tmp_pat
                                 "AND capacity_dropped AND NOT sampled") == 8
     # kept low-risk items carry the kept share of the day's droppable selection: 10 of 18
     effective = await scalar(engine, "SELECT array_agg(DISTINCT round(effective_probability::numeric, 6)) "
-                                     "FROM population WHERE compensation_id LIKE 'q3-%' AND NOT mandatory")
+                                     "FROM population WHERE compensation_id LIKE 'q3-%' AND NOT mandatory "
+                                     "AND sampled")
     assert [float(e) for e in effective] == [round(10 / 18, 6)]
+    assert await scalar(engine, "SELECT selected || '/' || kept FROM queue_days WHERE local_day = :d",
+                        d=day.date()) == "18/10"
     assert await scalar(engine, "SELECT min(effective_probability) FROM population "
                                 "WHERE compensation_id LIKE 'q3-big-%'") == 1.0
 

@@ -6,8 +6,8 @@ Revises: 0001
 
 Estimation notes (for the reports): ``population`` holds every compensation the sampler saw, with its
 design inclusion probability ``inclusion_probability`` and ``effective_probability`` (the design
-probability adjusted for capacity drops of its queue-day; equal to it when nothing was dropped). A
-sampled item's Horvitz-Thompson weight is 1 / effective_probability. Gold and calibration items are not
+probability times kept / selected of its queue-day in ``queue_days``; kept up to date on sampled rows,
+the only ones an estimator weights). A sampled item's Horvitz-Thompson weight is 1 / effective_probability. Gold and calibration items are not
 part of the population sample: estimate from verdicts whose item kind is 'sample'.
 """
 
@@ -156,6 +156,13 @@ DDL = [
         evicted_item_id bigint,
         dropped_at timestamptz NOT NULL DEFAULT now())""",
     "CREATE INDEX capacity_drops_day ON capacity_drops (region, queue, local_day)",
+    """CREATE TABLE queue_days (
+        region text NOT NULL,
+        queue text NOT NULL,
+        local_day date NOT NULL,
+        selected bigint NOT NULL DEFAULT 0,
+        kept bigint NOT NULL DEFAULT 0,
+        PRIMARY KEY (region, queue, local_day))""",
 ]
 
 
@@ -165,6 +172,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("capacity_drops", "disputes", "calibration_pairs", "verdict_attributes", "verdicts",
+    for table in ("queue_days", "capacity_drops", "disputes", "calibration_pairs", "verdict_attributes", "verdicts",
                   "audit_items", "agents", "population"):
         op.execute(f"DROP TABLE IF EXISTS {table}")
