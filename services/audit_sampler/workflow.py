@@ -149,11 +149,21 @@ async def queue_overview(engine: AsyncEngine, principal: Principal, region: str 
         regions = None if "*" in principal.regions else sorted(principal.regions)
     async with engine.connect() as conn:
         rows = await db.queue_stats(conn, regions, _now(now))
+    # Empty queues are worth seeing too: every configured queue of every region in view gets a row.
+    shown = set(regions) if regions is not None else (
+        {r["region"] for r in rows} | {code for code in rt.policies.policies if code in catalogue()})
+    present = {(r["region"], r["queue"]) for r in rows}
+    for code in sorted(shown):
+        for queue_rule in rt.policies.for_region(code).queues:
+            if (code, queue_rule.name) not in present:
+                rows.append({"region": code, "queue": queue_rule.name, "waiting": 0, "claimed": 0,
+                             "oldest_age_seconds": 0.0, "sla_breached": 0})
     for row in rows:
         rule = rt.policies.for_region(row["region"]).queue(row["queue"])
         row["oldest_age_seconds"] = round(float(row["oldest_age_seconds"]), 3)
         row["sla_hours"] = rule.sla_hours if rule else None
         row["daily_capacity"] = rule.daily_capacity if rule else None
+    rows.sort(key=lambda r: (r["region"], r["queue"]))
     return rows
 
 

@@ -94,8 +94,10 @@ async def test_a_claim_is_exclusive_and_a_lapsed_lease_returns_the_item(env):
     assert await workflow.claim_next(engine, bob, "GB", runtime=runtime, now=NOW + timedelta(seconds=599)) is None
     # the lease lapses: the item returns to the queue and bob gets it
     later = NOW + timedelta(seconds=601)
-    overview = await workflow.queue_overview(engine, bob, "GB", runtime=runtime, now=later)
-    assert overview[0]["waiting"] == 1 and overview[0]["claimed"] == 0
+    overview = {q["queue"]: q for q in await workflow.queue_overview(engine, bob, "GB", runtime=runtime,
+                                                                      now=later)}
+    assert overview["normal"]["waiting"] == 1 and overview["normal"]["claimed"] == 0
+    assert overview["high"]["waiting"] == 0  # empty queues are listed too
     taken = await workflow.claim_next(engine, bob, "GB", runtime=runtime, now=later)
     assert taken is not None and taken["id"] == item["id"] and taken["claimed_by"] == "bob"
     # alice's stale lease no longer lets her release it
