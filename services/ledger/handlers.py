@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -99,19 +100,33 @@ def _outgoing(book: Book) -> list:  # type: ignore[type-arg]
 
 
 def _count(book: Book) -> None:
+    # Aggregate first: one metric update per label set per batch, not one per entry.
+    txs: Counter[str] = Counter()
+    entries: Counter[str] = Counter()
+    charges: Counter[tuple[str, str]] = Counter()
+    charged: Counter[tuple[str, str]] = Counter()
+    reversed_: Counter[tuple[str, str]] = Counter()
     for tx in book.out.transactions:
-        metrics.TRANSACTIONS.labels(tx.kind.value).inc()
-        metrics.ENTRIES.labels(tx.kind.value).inc(len(tx.entries))
+        txs[tx.kind.value] += 1
+        entries[tx.kind.value] += len(tx.entries)
         if tx.kind is journal.TxKind.BUDGET_POSTING:
             continue
         for e in tx.entries:
-            if journal.is_party_account(e.account):
-                ptype = journal.party_type(e.account)
+            if e.amount_minor > 0 if tx.kind is journal.TxKind.CHARGE else e.amount_minor < 0:
+                key = (journal.party_type(e.account), e.currency)
                 if tx.kind is journal.TxKind.CHARGE:
-                    metrics.CHARGES.labels(ptype, e.currency).inc()
-                    metrics.CHARGED_MINOR.labels(ptype, e.currency).inc(e.amount_minor)
+                    charges[key] += 1
+                    charged[key] += e.amount_minor
                 else:
-                    metrics.REVERSED_MINOR.labels(ptype, e.currency).inc(-e.amount_minor)
+                    reversed_[key] -= e.amount_minor
+    for kind, n in txs.items():
+        metrics.TRANSACTIONS.labels(kind).inc(n)
+        metrics.ENTRIES.labels(kind).inc(entries[kind])
+    for key, n in charges.items():
+        metrics.CHARGES.labels(*key).inc(n)
+        metrics.CHARGED_MINOR.labels(*key).inc(charged[key])
+    for key, n in reversed_.items():
+        metrics.REVERSED_MINOR.labels(*key).inc(n)
     for cause, d in book.out.decisions:
         reason = d.denial_reason.value if d.denial_reason else ""
         metrics.DECISIONS.labels(cause.region, d.outcome.value, reason).inc()
