@@ -155,7 +155,8 @@ class ManualCompensationHandler:
         await db.bump_agents(conn, [
             {"region": key[0], "agent_id": key[1], "team": a.team, "first_seen_at": a.first_in_batch,
              "seen": a.added_seen, "week_start": a.week, "sampled": a.added_sampled}
-            for key, a in agents.items() if a.added_seen])
+            # Sorted, so concurrent consumers lock agent rows in the same order and never deadlock.
+            for key, a in sorted(agents.items()) if a.added_seen])
         self._count(population, kept, dropped, evicted)
 
     async def _apply_capacity(self, conn: AsyncConnection, policies: PolicySet, sampled: list[_Sampled]

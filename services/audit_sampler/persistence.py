@@ -162,7 +162,7 @@ async def count_queue_days(conn: AsyncConnection, counts: dict[tuple[str, str, d
     """
     if not counts:
         return
-    keys = list(counts)
+    keys = sorted(counts)  # one lock order for every consumer
     await conn.execute(text(
         "WITH up AS (INSERT INTO queue_days AS q (region, queue, local_day, selected, kept) "
         "SELECT * FROM unnest(CAST(:regions AS text[]), CAST(:queues AS text[]), CAST(:days AS date[]), "

@@ -228,8 +228,9 @@ def _correction_event(*, correction_id: str, item: Mapping[str, Any], audit_id: 
         corrected_liability=[LiabilityShare(party=LiableParty(type=PartyType(s.party_type), id=s.party_id),
                                             amount_minor=s.amount_minor) for s in shares],
         note=note)
+    # Caused by the manual compensation it corrects, so a trace links the two (gold items have none).
     envelope = make_envelope(CORRECTION_EVENT, payload, source=SOURCE, region=item["region"], occurred_at=now,
-                             event_id=correction_id)
+                             event_id=correction_id, causation_id=comp.get("event_id"))
     _, key, value, headers = record_for(envelope)
     return topic, key, value, headers
 

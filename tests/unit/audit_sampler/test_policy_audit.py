@@ -121,3 +121,19 @@ def test_default_policy_is_required_and_regions_unique(tmp_path: Path):
     (tmp_path / "us2.yaml").write_text(yaml.safe_dump(MINIMAL))
     with pytest.raises(PolicyError, match="defined twice"):
         PolicySet.load(tmp_path)
+
+
+async def test_the_service_reloader_keeps_serving_and_fails_readiness_on_a_bad_file(tmp_path: Path):
+    from services.audit_sampler.app import PolicyReloader
+
+    (tmp_path / "default.yaml").write_text(yaml.safe_dump({**MINIMAL, "region": "default"}))
+    reloader = PolicyReloader(PolicySet.load(tmp_path))
+    (tmp_path / "us.yaml").write_text("region: US\nbaseline_rate: lots\n")
+    await reloader.reload()
+    assert reloader.policies.for_region("US").region == "default"
+    with pytest.raises(RuntimeError, match="invalid sampling policy"):
+        await reloader.sampling_policies()
+    (tmp_path / "us.yaml").write_text(yaml.safe_dump({**MINIMAL, "baseline_rate": 0.5}))
+    await reloader.reload()
+    await reloader.sampling_policies()
+    assert reloader.policies.for_region("US").baseline_rate == 0.5
