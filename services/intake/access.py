@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 
 from fastapi import Request
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.intake import persistence
@@ -39,8 +40,12 @@ class ApiKeys:
         hit = self._cache.get(key_id)
         if hit is not None and now - hit[0] < self._ttl:
             return hit[1]
-        async with self._engine.connect() as conn:
-            record = await persistence.get_api_key(conn, key_id)
+        try:
+            async with self._engine.connect() as conn:
+                record = await persistence.get_api_key(conn, key_id)
+        except (DBAPIError, OSError, TimeoutError) as exc:
+            raise Problem(503, "Service Unavailable", "credentials cannot be checked right now",
+                          headers={"Retry-After": "5"}) from exc
         if len(self._cache) >= self._max_size:
             self._cache.clear()
         self._cache[key_id] = (now, record)

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.intake.access import Access
 from services.intake.backlog import BacklogGuard
-from services.intake.domain.screening import Outcome, Status, screen, settle
+from services.intake.domain.screening import WHOLE_ITEM, Outcome, Status, screen, settle
 from services.intake.metrics import (
     BATCH_ITEMS,
     EVENTS_ACCEPTED,
@@ -121,7 +121,9 @@ async def _read_json(request: Request, event_type: str) -> Any:
 
 
 def _errors(outcome: Outcome, prefix: str = "") -> list[dict[str, str]]:
-    return [{"field": prefix + v.field, "message": v.message} for v in outcome.errors]
+    """Fields relative to the item in batches; ``body.<field>`` for single events, like FastAPI's own."""
+    return [{"field": prefix.rstrip(".") if prefix and v.field == WHOLE_ITEM else prefix + v.field,
+             "message": v.message} for v in outcome.errors]
 
 
 def _single_answer(outcome: Outcome) -> Response:

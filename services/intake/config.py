@@ -10,6 +10,9 @@ from shared.config import ServiceSettings
 class Settings(ServiceSettings):
     service_name: str = "intake"
     port: int = Field(8001, ge=1, le=65535, validation_alias="INTAKE_PORT")
+    max_body_bytes: int = Field(
+        4_194_304, ge=1024, description="HTTP request body limit (413 above it); intake's default fits a "
+                                        "1,000-item batch of manual compensations with evidence.")
     max_clock_skew_seconds: int = Field(
         300, ge=0, le=86_400, validation_alias="INTAKE_MAX_CLOCK_SKEW_SECONDS",
         description="How far in the future an event's timestamps may lie (producers' clocks drift).")

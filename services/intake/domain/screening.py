@@ -55,8 +55,11 @@ class Screened:
     repeats: list[Candidate]  # later items reusing an event id seen earlier in the same request
 
 
+WHOLE_ITEM = "(item)"  # field of an error about the item as a whole (e.g. a contract's cross-field rule)
+
+
 def _schema_violations(exc: ValidationError) -> list[Violation]:
-    return [Violation(".".join(str(p) for p in err["loc"]) or "(item)", err["msg"], "schema")
+    return [Violation(".".join(str(p) for p in err["loc"]) or WHOLE_ITEM, err["msg"], "schema")
             for err in exc.errors(include_url=False)]
 
 

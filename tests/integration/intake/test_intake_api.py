@@ -94,6 +94,7 @@ FUTURE = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     ({"occurred_at": FUTURE}, 422, "body.occurred_at"),
     ({"reason": "boredom"}, 422, "body.reason"),
     ({"evidence": [{"kind": "photo"}]}, 422, "body.evidence.0.uri"),
+    ({"delivered_at": None}, 422, "body"),  # late_delivery needs both dates (a cross-field contract rule)
 ])
 async def test_invalid_single_events_are_refused_naming_the_field_and_nothing_is_stored(
         service, key, change, status, field):
@@ -108,7 +109,7 @@ async def test_invalid_single_events_are_refused_naming_the_field_and_nothing_is
 async def test_malformed_and_oversized_bodies(service, key):
     r = await service.client.post("/v1/tickets", content=b"{not json", headers={"X-API-Key": key})
     assert r.status_code == 400 and r.json()["errors"][0]["field"] == "body"
-    big = b'{"items": [' + b",".join([b'"' + b"x" * 1000 + b'"'] * 5000) + b"]}"
+    big = b'{"items": [' + b",".join([b'"' + b"x" * 1000 + b'"'] * 5000) + b"]}"  # 5 MB
     r = await service.client.post("/v1/tickets/batch", content=big, headers={"X-API-Key": key})
     assert r.status_code == 413 and r.headers["content-type"] == "application/problem+json"
     for body, field in [({"items": []}, "body.items"), ({"things": []}, "body.items"),
