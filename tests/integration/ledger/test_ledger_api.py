@@ -232,3 +232,13 @@ async def test_cli_budget_set_and_invariants(ledger):
     async with app.state.ctx.engine.connect() as conn:
         status = (await conn.execute(text("SELECT status FROM reservations WHERE reservation_id = 'SG-R4'"))).scalar()
     assert status == "voided"
+
+
+async def test_metrics_are_exposed(ledger):
+    _, client, _ = ledger
+    body = (await client.get("/metrics")).text
+    for name in ("ledger_transactions_total", "ledger_entries_total", "ledger_charges_total",
+                 "ledger_budget_limit_minor", "ledger_budget_reserved_minor", "ledger_budget_posted_minor",
+                 "ledger_budget_used_ratio", "ledger_invariant_violations", "ledger_budget_decisions_total"):
+        assert name in body, name
+    assert 'ledger_invariant_violations{check="budget_overspent"} 0.0' in body

@@ -101,6 +101,15 @@ async def test_database_refuses_unbalanced_or_incomplete_transactions(engine):
     assert await scalar(engine, "SELECT count(*) FROM journal_transactions WHERE tx_id LIKE 'bad%'") == 0
 
 
+async def test_database_refuses_a_reversal_of_an_unknown_charge(engine):
+    with pytest.raises(DBAPIError, match="links to a transaction that does not exist"):
+        async with engine.begin() as conn:
+            await conn.execute(text(
+                "INSERT INTO journal_transactions (tx_id, kind, region, currency, compensation_id, source_event_id, "
+                "reverses_tx_id, entry_count, occurred_at) VALUES ('rev-ghost', 'reversal', 'SG', 'SGD', 'x', "
+                "'rev-ghost', 'charge:never:0', 2, now())"))
+
+
 async def test_budget_hard_limit_is_a_database_constraint(engine):
     await set_budget(engine, "SG", "2031-01", 100, "SGD")
     with pytest.raises(IntegrityError, match="automatic_within_limit"):
