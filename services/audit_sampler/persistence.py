@@ -334,6 +334,16 @@ async def save_agent_results(conn: AsyncConnection, region: str, agent_id: str, 
         {"res": list(results), "s": state.value, "r": region, "a": agent_id})
 
 
+async def agent_results_from_verdicts(conn: AsyncConnection, region: str, agent_id: str, limit: int
+                                      ) -> list[bool]:
+    """The agent's latest audit outcomes, oldest first, with overturned verdicts counted as passes."""
+    rows = await conn.execute(text(
+        "SELECT passed OR status = 'overturned' FROM verdicts WHERE region = :r AND agent_id = :a "
+        "AND item_kind = 'sample' ORDER BY created_at DESC, id DESC LIMIT :n"),
+        {"r": region, "a": agent_id, "n": limit})
+    return [bool(r[0]) for r in rows][::-1]
+
+
 async def insert_calibration_item(conn: AsyncConnection, parent: dict[str, Any], excluded: str,
                                   now: datetime, sla_due_at: datetime) -> int | None:
     row = (await conn.execute(text(

@@ -43,7 +43,7 @@ from services.audit_sampler.contracts import (
     PartyType,
 )
 from services.audit_sampler.domain import queues as q
-from services.audit_sampler.domain.policy import Policy, PolicySet
+from services.audit_sampler.domain.policy import Policy, PolicySet, SamplingState
 from services.audit_sampler.domain.sampling import next_state, uniform_draw
 from services.audit_sampler.domain.verdicts import (
     ATTRIBUTES,
@@ -314,6 +314,19 @@ async def _record_agent_result(conn: AsyncConnection, policy: Policy, item: Mapp
                                 next_state(agent.state, results, policy.switching))
 
 
+async def _rebuild_agent_results(conn: AsyncConnection, policy: Policy, verdict: Mapping[str, Any]) -> None:
+    """An overturned failure must not keep counting against the agent: replay the switching rules over
+    the corrected history (from normal, as for a new agent)."""
+    agent = await db.agent_for_update(conn, verdict["region"], verdict["agent_id"])
+    if agent is None:
+        return
+    results = await db.agent_results_from_verdicts(conn, verdict["region"], verdict["agent_id"], RESULTS_KEPT)
+    state = SamplingState.NORMAL
+    for i in range(1, len(results) + 1):
+        state = next_state(state, results[:i], policy.switching)
+    await db.save_agent_results(conn, verdict["region"], verdict["agent_id"], results, state)
+
+
 async def _maybe_calibrate(conn: AsyncConnection, policy: Policy, item: Mapping[str, Any], auditor: str,
                            now: datetime) -> None:
     # The same keyed draw as sampling, on a separate label, so the re-audit choice is reproducible too.
@@ -428,6 +441,8 @@ async def resolve_dispute(engine: AsyncEngine, principal: Principal, dispute_id:
                 topic=rt.corrections_topic)])
         status = "upheld" if outcome == "uphold" else "overturned"
         await db.set_verdict_status(conn, verdict["id"], status)
+        if status == "overturned":
+            await _rebuild_agent_results(conn, rt.policies.for_region(current["region"]), verdict)
         resolved = await db.resolve_dispute(conn, dispute_id, status, principal.subject, note, reverse_id, at)
     metrics.DISPUTES.labels(current["region"], status).inc()
     if reverse_id:

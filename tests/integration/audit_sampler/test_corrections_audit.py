@@ -186,6 +186,10 @@ async def test_overturned_dispute_reverses_the_correction_once(env, kafka_bootst
     with pytest.raises(Problem) as info:
         await workflow.resolve_dispute(engine, senior, dispute["id"], "uphold", runtime=runtime)
     assert info.value.status == 409
+    async with engine.connect() as conn:
+        results = (await conn.execute(text(
+            "SELECT recent_results FROM agents WHERE agent_id = 'agent-1' AND region = 'US'"))).scalar()
+    assert results[-1] is True  # the overturned failure no longer counts against the agent
     await publish_outbox(url, engine, kafka_bootstrap)
     events = await read_topic(kafka_bootstrap, topic)
     assert [e.correction_id for e in events] == [verdict["correction_id"], resolved["reverse_correction_id"]]

@@ -137,3 +137,15 @@ async def test_the_service_reloader_keeps_serving_and_fails_readiness_on_a_bad_f
     await reloader.reload()
     await reloader.sampling_policies()
     assert reloader.policies.for_region("US").baseline_rate == 0.5
+
+
+def test_policy_validate_command(tmp_path: Path, capsys):
+    from services.audit_sampler.__main__ import main
+
+    shipped = sorted(str(p) for p in Path(DEFAULT_POLICY_DIR).glob("*.yaml"))
+    assert main(["policy", "validate", *shipped]) == 0
+    assert "us.yaml: ok (region US" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("region: US\nseed: a-long-enough-seed\nbaseline_rate: 2\n")
+    assert main(["policy", "validate", shipped[0], str(bad)]) == 1
+    assert "baseline_rate: must be >= 0.0 and <= 1.0, got 2" in capsys.readouterr().err
