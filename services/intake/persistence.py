@@ -18,14 +18,15 @@ from shared.contracts.registry import LATEST
 from shared.outbox import Record, enqueue_records
 
 # One statement claims every new event id and reads the fingerprints of those already on record: the
-# main query's snapshot predates the INSERT, so claimed rows show a NULL fingerprint.
+# main query's snapshot predates the INSERT, so claimed rows show a NULL fingerprint. Ids are claimed in
+# sorted order so that two requests sharing ids in different orders wait on each other, never deadlock.
 _CLAIM = text("""
 WITH incoming AS (
     SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:types AS text[]), CAST(:fps AS text[]))
         AS t(event_id, event_type, fingerprint)),
 claimed AS (
     INSERT INTO received_events (event_id, event_type, fingerprint)
-    SELECT event_id, event_type, fingerprint FROM incoming
+    SELECT event_id, event_type, fingerprint FROM incoming ORDER BY event_id
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id)
 SELECT i.event_id, c.event_id IS NOT NULL AS claimed, r.fingerprint

@@ -238,3 +238,24 @@ async def test_metrics_count_outcomes_by_type_region_and_reason(service, key):
         in text_
     assert "intake_request_duration_seconds_bucket" in text_
     assert "intake_outbox_backlog" in text_
+
+
+async def test_concurrent_submissions_of_one_event_accept_it_exactly_once(service, key, watch):
+    it = item("voucher.revoked")
+    shared_batch = [item("voucher.revoked") for _ in range(50)]
+    singles = [service.client.post("/v1/vouchers/revoked", json=it, headers={"X-API-Key": key})
+               for _ in range(10)]
+    orders = [shared_batch, shared_batch[::-1], shared_batch[25:] + shared_batch[:25], shared_batch]
+    batches = [service.client.post("/v1/vouchers/revoked/batch", json={"items": order},
+                                   headers={"X-API-Key": key}) for order in orders]
+    responses = await asyncio.gather(*singles, *batches)
+    assert sorted(r.json()["status"] for r in responses[:10]) == ["accepted"] + ["duplicate"] * 9
+    assert all(r.status_code == 200 for r in responses[10:])  # no deadlock although the orders differ
+    statuses: dict[str, list[str]] = {}
+    for r in responses[10:]:
+        for x in r.json()["results"]:
+            statuses.setdefault(x["event_id"], []).append(x["status"])
+    assert all(sorted(s) == ["accepted", "duplicate", "duplicate", "duplicate"] for s in statuses.values())
+    ids = [it["event_id"], *(x["event_id"] for x in shared_batch)]
+    arrived = await watch.until(ids, timeout=20, settle=0.5)
+    assert all(len(arrived[i]) == 1 for i in ids)
