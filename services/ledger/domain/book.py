@@ -199,6 +199,10 @@ class Book:
         key = (region, period)
         b = self.budgets.get(key)
         if b is None:
+            if not self.deltas:
+                # Locked mode writes absolute values: a budget that was not loaded (and locked) first
+                # would be overwritten with this batch's deltas. The handler loads every key it needs.
+                raise RuntimeError(f"budget {region} {period} was not loaded for this batch")
             b = BudgetState(region, period, currency, None, exists=False)
             self.budgets[key] = b
         return b

@@ -161,6 +161,28 @@ async def test_bad_events_raise_permanent_errors_and_write_nothing(engine, setti
     assert await scalar(engine, "SELECT count(*) FROM compensations WHERE compensation_id = 'OK-ALONGSIDE'") == 0
 
 
+async def test_parked_correction_is_dead_lettered_after_the_park_window(engine, settings):
+    """A correction that overtook its compensation waits; if none arrives in the window, it is
+    dead-lettered with the reason, and nothing else was written."""
+    from datetime import UTC, datetime, timedelta
+
+    from services.ledger.handlers import expire_parked
+
+    before = await scalar(engine, "SELECT count(*) FROM journal_transactions")
+    await apply(engine, settings, [correction("K-LATE", "comp-ghost", 100)])
+    assert await scalar(engine, "SELECT count(*) FROM parked_events WHERE compensation_id = 'comp-ghost'") == 1
+    async with engine.begin() as conn:  # inside the window: still waiting
+        assert await expire_parked(conn, settings, datetime.now(UTC)) == 0
+    later = datetime.now(UTC) + timedelta(seconds=settings.park_seconds + 1)
+    async with engine.begin() as conn:
+        assert await expire_parked(conn, settings, later) == 1
+    assert await scalar(engine, "SELECT count(*) FROM parked_events WHERE compensation_id = 'comp-ghost'") == 0
+    dead = await rows(engine, "SELECT consumer_group, error FROM dead_letters WHERE error LIKE '%park window%'")
+    assert dead == [("ledger", "rejected: no compensation with this id arrived within the park window")]
+    assert await scalar(engine, "SELECT count(*) FROM outbox WHERE topic = 'deadletters.v1'") >= 1
+    assert await scalar(engine, "SELECT count(*) FROM journal_transactions") == before
+
+
 async def test_business_duplicates_are_not_charged_twice(engine, settings):
     await apply(engine, settings, [manual("DUP1", 300), manual("DUP1", 300)])
     await apply(engine, settings, [manual("DUP1", 300)])

@@ -36,7 +36,7 @@ from shared.regions import region
 
 def book(limit: int | None = 10_000, region_code: str = "SG", period: str = "2026-11", **kw) -> Book:
     currency = {"SG": "SGD", "ID": "IDR", "US": "USD"}[region_code]
-    budgets = {} if limit is None else {(region_code, period): BudgetState(region_code, period, currency, limit)}
+    budgets = {(region_code, period): BudgetState(region_code, period, currency, limit)}
     return Book(now=kw.pop("now", NOW), budgets=budgets, **kw)
 
 
