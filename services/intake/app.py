@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI
@@ -13,6 +14,7 @@ from services.intake.api import Intake, install
 from services.intake.backlog import BacklogGuard
 from services.intake.config import Settings
 from services.intake.gc_tuning import FreezeHeapAfterStartup
+from services.intake.housekeeping import IdempotencyPurger
 from services.intake.metrics import REQUEST_SECONDS
 from services.intake.openapi import SECURITY_SCHEMES, components
 from shared.config import ServiceSettings
@@ -48,6 +50,9 @@ def build_app(settings: ServiceSettings, *, manage_lifecycle: bool = True) -> Fa
     ctx = ServiceContext.create("intake", "intake", settings)
     guard = BacklogGuard(ctx.engine, settings.max_outbox_backlog, settings.backlog_check_seconds)
     ctx.components.append(guard)
+    purger = IdempotencyPurger(ctx.engine, timedelta(days=settings.idempotency_retention_days),
+                               settings.housekeeping_interval_seconds)
+    ctx.components.append(purger)
     keys = ApiKeys(ctx.engine, settings.api_key_cache_seconds, settings.api_key_cache_size)
     intake = Intake(engine=ctx.engine, guard=guard, regions=catalogue(),
                     max_skew_seconds=settings.max_clock_skew_seconds, max_batch_items=settings.max_batch_items,
@@ -57,6 +62,7 @@ def build_app(settings: ServiceSettings, *, manage_lifecycle: bool = True) -> Fa
                      manage_lifecycle=manage_lifecycle)
     app.state.intake = intake
     app.state.api_keys = keys
+    app.state.purger = purger
     install(app, intake, Access(ctx.tokens, keys))
     ctx.components.append(FreezeHeapAfterStartup())  # last: after everything long-lived exists
     app.add_middleware(RequestTimer)

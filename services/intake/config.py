@@ -34,3 +34,10 @@ class Settings(ServiceSettings):
     max_batch_items: int = Field(
         1000, ge=1, le=10_000, validation_alias="INTAKE_MAX_BATCH_ITEMS",
         description="Most items accepted in one batch request.")
+    idempotency_retention_days: int = Field(
+        30, ge=1, le=3650, validation_alias="INTAKE_IDEMPOTENCY_RETENTION_DAYS",
+        description="How long event ids are remembered; a retry older than this is accepted as new "
+                    "(consumers still deduplicate by event id).")
+    housekeeping_interval_seconds: float = Field(
+        300.0, gt=0, validation_alias="INTAKE_HOUSEKEEPING_INTERVAL_SECONDS",
+        description="How often expired idempotency records are purged.")

@@ -26,3 +26,5 @@ BATCH_ITEMS = Histogram(
     buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10_000))
 OUTBOX_BACKLOG = Gauge("intake_outbox_backlog", "Unpublished outbox rows, as last counted.")
 OUTBOX_OLDEST_AGE = Gauge("intake_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row.")
+IDEMPOTENCY_PURGED = Counter(
+    "intake_idempotency_records_purged_total", "Event ids forgotten after INTAKE_IDEMPOTENCY_RETENTION_DAYS.")

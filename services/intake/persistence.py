@@ -101,6 +101,14 @@ async def store_events(conn: AsyncConnection, event_type: str, candidates: Seque
     return stored
 
 
+async def purge_received(conn: AsyncConnection, older_than: datetime, limit: int = 10_000) -> int:
+    """Forget up to ``limit`` event ids received before ``older_than`` (small chunks keep locks short)."""
+    result = await conn.execute(text(
+        "DELETE FROM received_events WHERE event_id IN (SELECT event_id FROM received_events "
+        "WHERE received_at < :before ORDER BY received_at LIMIT :n)"), {"before": older_than, "n": limit})
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
 # ------------------------------------------------------------------ API keys
 
 _KEY_COLUMNS = ("key_id, system_name, key_hash, regions, event_types, rate_limit_per_second, created_at, "

@@ -259,3 +259,14 @@ async def test_concurrent_submissions_of_one_event_accept_it_exactly_once(servic
     ids = [it["event_id"], *(x["event_id"] for x in shared_batch)]
     arrived = await watch.until(ids, timeout=20, settle=0.5)
     assert all(len(arrived[i]) == 1 for i in ids)
+
+
+async def test_event_ids_past_the_retention_are_forgotten(service, key):
+    old, recent = item("buyer.order_placed"), item("buyer.order_placed")
+    for it in (old, recent):
+        assert (await service.client.post("/v1/buyer-orders", json=it, headers={"X-API-Key": key})).status_code == 202
+    async with service.engine.begin() as conn:
+        await conn.execute(text("UPDATE received_events SET received_at = now() - interval '31 days' "
+                                "WHERE event_id = :e"), {"e": old["event_id"]})
+    assert await service.app.state.purger.purge() == 1
+    assert await received_ids(service.engine, [old["event_id"], recent["event_id"]]) == {recent["event_id"]}

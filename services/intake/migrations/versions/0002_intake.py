@@ -19,6 +19,7 @@ def upgrade() -> None:
         fingerprint text NOT NULL,
         status text NOT NULL DEFAULT 'accepted',
         received_at timestamptz NOT NULL DEFAULT now())""")
+    op.execute("CREATE INDEX received_events_age ON received_events (received_at)")
     op.execute("""CREATE TABLE api_keys (
         key_id text PRIMARY KEY,
         system_name text NOT NULL,
