@@ -183,6 +183,29 @@ async def test_parked_correction_is_dead_lettered_after_the_park_window(engine, 
     assert await scalar(engine, "SELECT count(*) FROM journal_transactions") == before
 
 
+async def test_manual_overrun_and_thresholds_fire_once_with_parallel_writers(engine, settings):
+    """Charge batches decide alerts on the locked row at the end of the batch: each threshold fires once
+    per period even with several writers, and every manual compensation past the limit is recorded."""
+    from datetime import UTC, datetime
+
+    await set_budget(engine, "SG", "2026-09", 10_000, "SGD")
+    at = datetime(2026, 9, 15, 4, tzinfo=UTC)
+    manuals = [manual(f"OVR{n}", 600, at=at) for n in range(20)]  # 12,000 against 10,000
+
+    async def writer(n: int):
+        for chunk in (manuals[n::4][:3], manuals[n::4][3:]):
+            await apply(engine, settings, chunk, stripe=n)
+
+    await asyncio.gather(*(writer(n) for n in range(4)))
+    assert await rows(engine, "SELECT posted_manual_minor, thresholds_fired FROM budgets "
+                              "WHERE region = 'SG' AND period = '2026-09'") == [(12_000, [50, 80, 100])]
+    alerts = await rows(engine, "SELECT convert_from(value, 'UTF8')::jsonb->>'event_type', count(*) FROM outbox "
+                                "WHERE topic = 'budget.alerts.v1' AND convert_from(value, 'UTF8')::jsonb"
+                                "->'payload'->>'budget_period' = '2026-09' GROUP BY 1 ORDER BY 1")
+    assert alerts == [("budget.exceeded", 4), ("budget.threshold_crossed", 3)]
+    assert await scalar(engine, "SELECT count(*) FROM budget_overruns WHERE period = '2026-09'") == 4
+
+
 async def test_business_duplicates_are_not_charged_twice(engine, settings):
     await apply(engine, settings, [manual("DUP1", 300), manual("DUP1", 300)])
     await apply(engine, settings, [manual("DUP1", 300)])
