@@ -8,7 +8,8 @@ returns plain dicts ready for JSON or a template:
   oldest_age_seconds, sla_breached, sla_hours, daily_capacity}
 - ``claim_next(engine, principal, region, queue=None)`` -> item dict or None (nothing waiting)
 - ``get_item(engine, principal, item_id)`` -> item dict (+ ``verdict``, ``agent_history``,
-  ``agent_state``); blind: gold answers and the first verdict of a re-audit are hidden from auditors
+  ``agent_state``); blind: gold answers and the first verdict of a re-audit are hidden from auditors,
+  who see only items they hold or audited (leads, senior auditors and ops admins see all in region)
 - ``submit_verdict(engine, principal, item_id, VerdictInput)`` -> verdict dict (with ``correction_id``)
 - ``release_item(engine, principal, item_id)`` -> item dict
 - ``reassign_item(engine, principal, item_id, auditor_id)`` -> item dict (lead)
@@ -197,10 +198,18 @@ async def get_item(engine: AsyncEngine, principal: Principal, item_id: int, *, h
         principal.require_region(item["region"])
         out = _present_item(item, principal)
         verdict = await db.verdict_of_item(conn, item_id)
+        supervisor = _is_supervisor(principal)
+        if not supervisor and item["claimed_by"] != principal.subject and (
+                verdict is None or verdict["auditor_id"] != principal.subject):
+            # Auditors see their own work only: browsing others' verdicts would unblind re-audits.
+            raise Problem(403, "Forbidden", f"item {item_id} is not claimed or audited by {principal.subject}")
         out["verdict"] = verdict
-        if item["item_kind"] == "calibration" and _is_supervisor(principal) and item["parent_item_id"]:
+        if item["item_kind"] == "calibration" and supervisor and item["parent_item_id"]:
             out["first_verdict"] = await db.verdict_of_item(conn, item["parent_item_id"])
-        out["agent_history"] = await db.agent_history(conn, item["region"], item["agent_id"], history_limit)
+        history = await db.agent_history(conn, item["region"], item["agent_id"], history_limit)
+        if item["item_kind"] == "calibration" and not supervisor:
+            history = [h for h in history if h["compensation_id"] != item["compensation_id"]]
+        out["agent_history"] = history
         agent = await db.load_agents(conn, [(item["region"], item["agent_id"])])
         row = agent.get((item["region"], item["agent_id"]))
         out["agent_state"] = row.state.value if row else None

@@ -166,6 +166,13 @@ async def test_blind_re_audit_pairs_verdicts_and_agent_results_switch_sampling(e
     for _ in range(2):
         again = await workflow.claim_next(engine, second, "SG", runtime=runtime, now=NOW)
         assert again is not None and again["item_kind"] == "audit" and "parent_item_id" not in again
+        # blind: neither the item page nor the agent's history shows the first verdict
+        seen_by_second = await workflow.get_item(engine, second, again["id"])
+        assert seen_by_second["verdict"] is None
+        assert again["compensation_id"] not in {h["compensation_id"] for h in seen_by_second["agent_history"]}
+        with pytest.raises(Problem) as info:
+            await workflow.get_item(engine, first, again["id"])
+        assert info.value.status == 403
         await workflow.submit_verdict(engine, second, again["id"], VerdictInput(ALL_OK, True), runtime=runtime)
     async with engine.connect() as conn:
         pairs = (await conn.execute(text(
