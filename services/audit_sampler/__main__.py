@@ -6,9 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from fastapi import FastAPI
+
 from services.audit_sampler.app import build_app
 from services.audit_sampler.config import Settings
 from services.audit_sampler.domain.policy import PolicyError, load_policy_file
+from shared.config import ServiceSettings
 from shared.service import run_cli
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -40,8 +43,17 @@ def extra(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     users_cli.register(sub)
 
 
+def build_or_explain(settings: ServiceSettings) -> FastAPI:
+    """The app, or a readable exit when a policy file is broken (no traceback for an operator's typo)."""
+    try:
+        return build_app(settings)
+    except PolicyError as exc:
+        print(f"audit_sampler: cannot start: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(name="audit_sampler", settings_factory=Settings, app_factory=build_app,
+    return run_cli(name="audit_sampler", settings_factory=Settings, app_factory=build_or_explain,
                    migrations_dir=MIGRATIONS, schema="audit_sampler", extra=extra, argv=argv)
 
 
