@@ -1,7 +1,8 @@
-"""The ledger service: one consumer group over the five input topics, a housekeeper, and the HTTP API.
+"""The ledger service: two consumer groups over the five input topics, a housekeeper, and the HTTP API.
 
 ``build_app(settings)`` runs in-process too (httpx ASGI transport + lifespan, or ``app.state.ctx``
-start/stop), which the end-to-end saga tests use.
+start/stop), which the end-to-end saga tests use. Its consumer groups are ``consumer_groups(settings)``;
+``build_app(settings, topics=[...])`` runs one group named ``LEDGER_CONSUMER_GROUP`` over given topics.
 """
 
 from __future__ import annotations
@@ -99,17 +100,21 @@ class Housekeeper:
                 metrics.BUDGET_USED_RATIO.labels(region, period).set((reserved + auto + manual) / limit)
 
 
+def consumer_groups(settings: Settings) -> dict[str, list[str]]:
+    """Consumer group -> topics of a ledger process.
+
+    Two groups: budget requests (latency-sensitive, they lock their budget rows for the batch) never wait
+    behind a batch of charges, and charge batches never hold a budget lock for long (ADR 0005).
+    """
+    return {f"{settings.consumer_group}-budget": [Topic.BUDGET_REQUESTS.value],
+            f"{settings.consumer_group}-books": [t for t in CONSUMES if t != Topic.BUDGET_REQUESTS.value]}
+
+
 def build_app(settings: Settings, *, topics: Sequence[str] | None = None, housekeeping: bool = True) -> FastAPI:
     ctx = ServiceContext.create("ledger", "ledger", settings)
-    if topics is not None:
-        ctx.add_consumer(settings.consumer_group, list(topics), handlers.LedgerHandler(settings))
-    else:
-        # Two groups: budget requests (latency-sensitive, lock their budget rows for the batch) never
-        # wait behind a batch of charges, and charge batches never hold a budget lock for long.
-        for suffix, group_topics in (("budget", [Topic.BUDGET_REQUESTS.value]),
-                                     ("books", [t for t in CONSUMES if t != Topic.BUDGET_REQUESTS.value])):
-            group = f"{settings.consumer_group}-{suffix}"
-            ctx.add_consumer(group, group_topics, handlers.LedgerHandler(settings, group))
+    groups = {settings.consumer_group: list(topics)} if topics is not None else consumer_groups(settings)
+    for group, group_topics in groups.items():
+        ctx.add_consumer(group, group_topics, handlers.LedgerHandler(settings, group))
     keeper = Housekeeper(ctx, settings)
     if housekeeping:
         ctx.components.append(keeper)
