@@ -6,7 +6,8 @@ returns plain dicts ready for JSON or a template:
 
 - ``queue_overview(engine, principal, region=None)`` -> list of {region, queue, waiting, claimed,
   oldest_age_seconds, sla_breached, sla_hours, daily_capacity}
-- ``claim_next(engine, principal, region, queue=None)`` -> item dict or None (nothing waiting)
+- ``claim_next(engine, principal, region, queue=None)`` -> item dict or None (nothing waiting); the item
+  the auditor already holds comes back first, with its lease renewed
 - ``get_item(engine, principal, item_id)`` -> item dict (+ ``verdict``, ``agent_history``,
   ``agent_state``); blind: gold answers and the first verdict of a re-audit are hidden from auditors,
   who see only items they hold or audited (leads, senior auditors and ops admins see all in region)
@@ -182,7 +183,13 @@ async def claim_next(engine: AsyncEngine, principal: Principal, region: str, que
     async with engine.begin() as conn:
         held = await db.held_item(conn, region, principal.subject, at)
         if held is not None and (queue is None or held["queue"] == queue):
-            return _present_item(held, principal)
+            # Claiming again is the auditor's heartbeat: the lease on the item in hand starts over.
+            await db.set_item_holder(conn, held["id"], status="claimed", claimed_by=principal.subject,
+                                     lease_until=q.lease_expiry(at, policy.lease_seconds),
+                                     assigned_to=held["assigned_to"])
+            renewed = await db.item(conn, held["id"])
+            assert renewed is not None
+            return _present_item(renewed, principal)
         item = await db.claim_next(conn, region, principal.subject, at, q.lease_expiry(at, policy.lease_seconds),
                                    [r.name for r in policy.queues], queue)
     return None if item is None else _present_item(item, principal)

@@ -92,8 +92,12 @@ async def test_a_claim_is_exclusive_and_a_lapsed_lease_returns_the_item(env):
     # claiming again gives alice the item she already holds; bob finds nothing
     assert (await workflow.claim_next(engine, alice, "GB", runtime=runtime, now=NOW))["id"] == item["id"]
     assert await workflow.claim_next(engine, bob, "GB", runtime=runtime, now=NOW + timedelta(seconds=599)) is None
+    # claiming again renews alice's lease
+    renewed = await workflow.claim_next(engine, alice, "GB", runtime=runtime, now=NOW + timedelta(seconds=100))
+    assert renewed["id"] == item["id"] and renewed["lease_expires_at"] == NOW + timedelta(seconds=700)
+    assert await workflow.claim_next(engine, bob, "GB", runtime=runtime, now=NOW + timedelta(seconds=650)) is None
     # the lease lapses: the item returns to the queue and bob gets it
-    later = NOW + timedelta(seconds=601)
+    later = NOW + timedelta(seconds=701)
     overview = {q["queue"]: q for q in await workflow.queue_overview(engine, bob, "GB", runtime=runtime,
                                                                       now=later)}
     assert overview["normal"]["waiting"] == 1 and overview["normal"]["claimed"] == 0
