@@ -1,5 +1,8 @@
+"""Benchmarks (``make bench``): medians over repeated runs, each reported with the raw ceiling of the
+same machine measured in the same run (raw aiokafka produce/consume, raw asyncpg COPY)."""
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -13,10 +16,20 @@ class Result:
     runs: list[float] = field(default_factory=list)
     ceiling: str | None = None  # name of the raw ceiling this result is compared with
     note: str = ""
+    bar: float | None = None  # the product's quality bar, in ``unit``
+    lower_is_better: bool = False  # latencies: the bar is an upper bound
 
     @property
     def median(self) -> float:
         return statistics.median(self.runs) if self.runs else 0.0
+
+    @property
+    def verdict(self) -> str:
+        if self.bar is None or not self.runs:
+            return ""
+        sign = "<" if self.lower_is_better else ">="
+        met = self.median < self.bar if self.lower_is_better else self.median >= self.bar
+        return f"{sign} {self.bar:,.0f}: {'met' if met else 'MISSED'}"
 
 
 async def timed_rate(count: int, work: Callable[[], Awaitable[None]]) -> float:
@@ -34,14 +47,49 @@ def percentile(samples: list[float], pct: float) -> float:
     return ordered[index]
 
 
+async def open_loop(rate: float, duration: float, send: Callable[[int, float], Awaitable[None]],
+                    drain_timeout: float | None = None) -> tuple[float, int]:
+    """Start ``send(i, scheduled)`` at fixed times ``t0 + i / rate`` (``time.perf_counter`` clock) for
+    ``duration`` seconds, whatever earlier sends are doing (open loop: a slow answer never delays the next
+    send, so latency measured from the scheduled time includes any queueing). Then wait for the sends still
+    running, at most ``drain_timeout`` seconds, and cancel the rest. Returns (achieved start rate, number of
+    sends cancelled)."""
+    total = int(rate * duration)
+    tasks: set[asyncio.Task[None]] = set()
+    t0 = time.perf_counter() + 0.02
+    i = 0
+    while i < total:
+        due = min(total, int((time.perf_counter() - t0) * rate) + 1)
+        while i < due:
+            task = asyncio.create_task(send(i, t0 + i / rate))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            i += 1
+        await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
+    started_all = time.perf_counter() - t0
+    cancelled = 0
+    if tasks:
+        _, pending = await asyncio.wait(set(tasks), timeout=drain_timeout)
+        for task in pending:
+            task.cancel()
+        cancelled = len(pending)
+        if pending:
+            await asyncio.wait(pending)
+    return (total / started_all if started_all > 0 else 0.0), cancelled
+
+
 def table(results: list[Result]) -> str:
     by_name = {r.name: r for r in results}
-    lines = ["| benchmark | median | unit | runs | raw ceiling (median) | ratio | note |",
-             "|---|---:|---|---:|---|---:|---|"]
+    lines = ["| benchmark | median | unit | runs | bar | raw ceiling (median) | ratio | note |",
+             "|---|---:|---|---:|---|---|---:|---|"]
     for r in results:
         ceiling = by_name.get(r.ceiling) if r.ceiling else None
         ratio = f"{r.median / ceiling.median:.2f}" if ceiling and ceiling.median else ""
-        ceil_text = f"{ceiling.name} ({ceiling.median:,.0f} {ceiling.unit})" if ceiling else ""
-        lines.append(f"| {r.name} | {r.median:,.1f} | {r.unit} | {len(r.runs)} | {ceil_text} | {ratio} | "
-                     f"{r.note} |")
+        ceil_text = f"{ceiling.name} ({_num(ceiling.median)} {ceiling.unit})" if ceiling else ""
+        lines.append(f"| {r.name} | {_num(r.median)} | {r.unit} | {len(r.runs)} | {r.verdict} | {ceil_text} | "
+                     f"{ratio} | {r.note} |")
     return "\n".join(lines)
+
+
+def _num(value: float) -> str:
+    return f"{value:,.1f}" if abs(value) < 1000 else f"{value:,.0f}"

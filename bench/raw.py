@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from bench.common import Result, timed_rate
+from bench.common import Result, open_loop, percentile, timed_rate
 
 VALUE = b'{"event_id":"x","payload":{"ticket_id":"T1","buyer_id":"B1","amount_minor":1234}}' * 4
 
@@ -55,12 +56,96 @@ async def pg_copy(dsn: str, count: int) -> float:
         await conn.close()
 
 
+async def pg_commit_latency(dsn: str, rate: float, seconds: float) -> list[float]:
+    """Open-loop single-row INSERT + COMMIT at ``rate``/s on a pool of connections: latency in ms from the
+    scheduled time (what one durable write costs on this machine, queueing included)."""
+    pool = await asyncpg.create_pool(dsn, min_size=4, max_size=16)
+    samples: list[float] = []
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute("CREATE TABLE IF NOT EXISTS raw_latency (id text PRIMARY KEY, body jsonb, "
+                               "at timestamptz DEFAULT now())")
+
+        async def send(i: int, scheduled: float) -> None:
+            async with pool.acquire() as conn:
+                await conn.execute("INSERT INTO raw_latency (id, body) VALUES ($1, $2)", str(uuid.uuid4()),
+                                   '{"ticket_id": "T1", "amount_minor": 1234}')
+            samples.append((time.perf_counter() - scheduled) * 1000)
+
+        await open_loop(rate, seconds, send, drain_timeout=30)
+        async with pool.acquire() as conn:
+            await conn.execute("DROP TABLE raw_latency")
+    finally:
+        await pool.close()
+    return samples
+
+
+async def kafka_roundtrip_latency(bootstrap: str, topic: str, rate: float, seconds: float) -> list[float]:
+    """Open-loop produce (acks=all) at ``rate``/s to a consumer polling the same topic: ms from the
+    scheduled send to the record in the consumer's hands. One hop of the pipeline, no platform code."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"rawlat-{uuid.uuid4().hex[:8]}",
+                                auto_offset_reset="latest", enable_auto_commit=False, fetch_max_wait_ms=50)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2, compression_type="gzip")
+    await consumer.start()
+    await producer.start()
+    scheduled_at: dict[bytes, float] = {}
+    samples: list[float] = []
+    try:
+        while not consumer.assignment():  # wait for the group join
+            await consumer.getmany(timeout_ms=100)
+        await consumer.seek_to_end()
+        done = asyncio.Event()
+        total = int(rate * seconds)
+
+        async def consume() -> None:
+            while len(samples) < total:
+                batch = await consumer.getmany(timeout_ms=100)
+                now = time.perf_counter()
+                for records in batch.values():
+                    for r in records:
+                        at = scheduled_at.pop(r.key, None) if r.key else None
+                        if at is not None:
+                            samples.append((now - at) * 1000)
+            done.set()
+
+        reader = asyncio.create_task(consume())
+
+        async def send(i: int, scheduled: float) -> None:
+            key = f"k{i}".encode()
+            scheduled_at[key] = scheduled
+            await producer.send(topic, VALUE, key=key)
+
+        await open_loop(rate, seconds, send, drain_timeout=30)
+        try:
+            await asyncio.wait_for(done.wait(), 30)
+        except TimeoutError:
+            reader.cancel()
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    return samples
+
+
 async def ceilings(bootstrap: str, topic: str, dsn: str, count: int, repeats: int) -> list[Result]:
     produce = Result("raw aiokafka produce", "records/s")
     consume = Result("raw aiokafka consume", "records/s")
     copy = Result("raw asyncpg COPY", "rows/s")
+    commit50 = Result("raw asyncpg INSERT+COMMIT p50 @500/s", "ms", lower_is_better=True)
+    commit99 = Result("raw asyncpg INSERT+COMMIT p99 @500/s", "ms", lower_is_better=True)
+    hop50 = Result("raw aiokafka produce->consume p50 @1000/s", "ms", lower_is_better=True)
+    hop99 = Result("raw aiokafka produce->consume p99 @1000/s", "ms", lower_is_better=True)
+    seconds = LATENCY_SECONDS
     for _ in range(repeats):
         produce.runs.append(await kafka_produce(bootstrap, topic, count))
         consume.runs.append(await kafka_consume(bootstrap, topic, count))
         copy.runs.append(await pg_copy(dsn, count))
-    return [produce, consume, copy]
+        samples = await pg_commit_latency(dsn, 500, seconds)
+        commit50.runs.append(percentile(samples, 50))
+        commit99.runs.append(percentile(samples, 99))
+        samples = await kafka_roundtrip_latency(bootstrap, topic, 1000, seconds)
+        hop50.runs.append(percentile(samples, 50))
+        hop99.runs.append(percentile(samples, 99))
+    return [produce, consume, copy, commit50, commit99, hop50, hop99]
+
+
+LATENCY_SECONDS = 5.0

@@ -59,12 +59,20 @@ async def main(args: argparse.Namespace) -> list[Result]:
         await embedded.create_topics(bootstrap, [*ALL_TOPICS, raw_topic, runner_topic], args.partitions)
         settings = CommonSettings(database_url=url, kafka_bootstrap_servers=bootstrap,
                                   consumer_session_timeout_ms=6000)
-        results = await raw.ceilings(bootstrap, raw_topic, _dsn(url), args.count, args.repeats)
-        results.append(await toolkit.outbox_relay(settings, args.count, args.repeats))
-        results.append(await toolkit.consumer_runner(settings, runner_topic, args.count, args.repeats))
+        results: list[Result] = []
+        if not args.no_ceilings:
+            say("raw ceilings")
+            results += await raw.ceilings(bootstrap, raw_topic, _dsn(url), args.count, args.repeats)
+        if not args.only:
+            say("toolkit: outbox relay, consumer runner")
+            results.append(await toolkit.outbox_relay(settings, args.count, args.repeats))
+            results.append(await toolkit.consumer_runner(settings, runner_topic, args.count, args.repeats))
         for name in args.only or _service_benches():
+            say(name)
+            started = time.monotonic()
             module = __import__(f"bench.{name}", fromlist=["run"])
             results.extend(await module.run(settings, url, bootstrap, args))
+            say(f"{name} done in {time.monotonic() - started:.0f} s")
         return results
     finally:
         for undo in reversed(stack):
@@ -74,9 +82,16 @@ async def main(args: argparse.Namespace) -> list[Result]:
                 print(f"cleanup failed: {exc}")
 
 
+def say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
 def _service_benches() -> list[str]:
-    return [n for n in ("intake", "auto_comp", "ledger", "e2e", "memory")
-            if Path(__file__).with_name(f"{n}.py").exists()]
+    """Every service benchmark present; ``memory`` (about 10 minutes) only with BENCH_MEMORY=1."""
+    names = ["intake", "auto_comp", "ledger", "e2e"]
+    if os.environ.get("BENCH_MEMORY") == "1":
+        names.append("memory")
+    return [n for n in names if Path(__file__).with_name(f"{n}.py").exists()]
 
 
 def cli() -> None:
@@ -84,18 +99,22 @@ def cli() -> None:
     parser.add_argument("--count", type=int, default=int(os.environ.get("BENCH_COUNT", "20000")))
     parser.add_argument("--repeats", type=int, default=int(os.environ.get("BENCH_REPEATS", "3")))
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--only", nargs="*", help="service benchmarks to run (default: all present)")
+    parser.add_argument("--only", nargs="*", help="service benchmarks to run (default: intake auto_comp ledger "
+                        "e2e, plus memory with BENCH_MEMORY=1); skips the toolkit benchmarks")
+    parser.add_argument("--no-ceilings", action="store_true", help="skip the raw ceilings (quick checks only)")
+    parser.add_argument("--output", default="latest", help="results file stem in bench/results (default latest)")
     args = parser.parse_args()
     results = asyncio.run(main(args))
     text = table(results)
     print(text)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps({
+    (RESULTS / f"{args.output}.json").write_text(json.dumps({
         "at": datetime.now(UTC).isoformat(), "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "count": args.count, "repeats": args.repeats,
         "results": [{"name": r.name, "unit": r.unit, "median": r.median, "runs": r.runs, "ceiling": r.ceiling,
-                     "note": r.note} for r in results]}, indent=2))
-    (RESULTS / "latest.md").write_text(text + "\n")
+                     "note": r.note, "bar": r.bar, "lower_is_better": r.lower_is_better, "verdict": r.verdict}
+                    for r in results]}, indent=2))
+    (RESULTS / f"{args.output}.md").write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,97 @@
+"""auto_comp: sustained decisions/s with budget reservations and vouchers, against the real ledger.
+
+Per run, on a private database and broker: the ledger is started (``serve``) with a budget far above what
+the run spends, and warmed up (one budget request and one manual compensation through both of its consumer
+groups); then N = BENCH_COUNT / 2 tickets (BENCH_AUTO_COMP_COUNT) are pre-loaded onto ``tickets.v1`` (US late deliveries, one buyer
+each: every ticket matches ``us-late-delivery``, 5% fall in its holdout), and auto_comp is started. The
+clock runs from auto_comp's first recorded decision (the database's ``decided_at``) until all N decisions
+are final: issued (reserved by the ledger over the broker, voucher issued, ``compensation.issued`` in the
+outbox) or holdout. The rate is N over that time; the note adds how fast the ledger charged the vouchers.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bench.common import Result
+from bench.events import Records, produce
+from bench.stack import Counter, Stack
+from shared.contracts import events as ev
+from shared.contracts.registry import make_envelope
+from shared.kafka.producer import record_for
+
+BUDGET_MINOR = 10**13
+
+
+async def warm_ledger(stack: Stack) -> None:
+    """Both ledger consumer groups joined and through their first batch before the clock matters."""
+    from aiokafka import AIOKafkaProducer
+
+    now = datetime.now(UTC)
+    tag = uuid.uuid4().hex[:8]
+    request = ev.BudgetReservationRequested(
+        reservation_id=f"res-warm-{tag}", compensation_id=f"ac-warm-{tag}", ticket_id=f"T-warm-{tag}",
+        buyer_id=f"B-warm-{tag}", strategy_id="warm-up", strategy_version=1, kind=ev.CompensationKind.VOUCHER,
+        amount=ev.PositiveMoney(amount_minor=100, currency="USD"), expires_at=now + timedelta(days=1))
+    manual = ev.ManualCompensationIssued(
+        compensation_id=f"MC-warm-{tag}", ticket_id=f"T-warm-{tag}", order_id=f"O-warm-{tag}",
+        buyer_id=f"B-warm-{tag}", agent_id="A-warm", team="warm", kind=ev.CompensationKind.STORE_CREDIT,
+        amount=ev.PositiveMoney(amount_minor=100, currency="USD"), reason_code="warm_up",
+        liability=[ev.LiabilityShare(party=ev.LiableParty(type=ev.PartyType.PLATFORM), amount_minor=100)])
+    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
+    await producer.start()
+    try:
+        for event_type, payload in (("budget.reservation_requested", request),
+                                    ("compensation.manual_issued", manual)):
+            topic, key, value, headers = record_for(make_envelope(event_type, payload, source="bench", region="US",
+                                                                  occurred_at=now))
+            await (await producer.send(topic, value, key=key, headers=headers))
+    finally:
+        await producer.stop()
+    async with Counter(stack.dsn) as db:
+        await db.wait_for("SELECT count(*) FROM ledger.reservations", 1, 90, 0.1, "ledger warm-up reservation")
+        await db.wait_for("SELECT count(*) FROM ledger.compensations", 1, 90, 0.1, "ledger warm-up charge")
+
+
+async def one_run(url: str, external: str | None, partitions: int, n: int) -> tuple[float, float, int, int]:
+    """(decisions/s, charges/s, issued, holdout) of one run."""
+    async with Stack(url, external, "autocomp", partitions) as stack:
+        await stack.start("ledger")
+        await stack.set_budget("US", BUDGET_MINOR)
+        await warm_ledger(stack)
+        await produce(stack.bootstrap, Records("ticket", uuid.uuid4().hex[:8]), 0, n)
+        await stack.start("auto_comp")
+        timeout = 120 + n / 100
+        async with Counter(stack.dsn) as db:
+            end = await db.wait_for(
+                "SELECT count(*) FROM auto_comp.decisions WHERE outcome <> 'pending_budget'", n, timeout, 0.1,
+                "final auto_comp decisions")
+            start = await db.value("SELECT extract(epoch FROM min(decided_at))::float8 FROM auto_comp.decisions")
+            counts = await db.row("SELECT count(*) FILTER (WHERE outcome = 'issued') AS issued, "
+                                  "count(*) FILTER (WHERE outcome = 'holdout') AS holdout, count(*) AS total "
+                                  "FROM auto_comp.decisions")
+            charged_at = await db.wait_for(
+                "SELECT count(*) FROM ledger.journal_transactions WHERE kind = 'charge' "
+                "AND compensation_id LIKE 'ac-%' AND compensation_id NOT LIKE 'ac-warm-%'",
+                counts["issued"], timeout, 0.1, "ledger charges of the issued vouchers")
+        return n / (end - start), counts["issued"] / (charged_at - start), counts["issued"], counts["holdout"]
+
+
+async def run(settings: Any, url: str, bootstrap: str, args: Any) -> list[Result]:
+    n = int(os.environ.get("BENCH_AUTO_COMP_COUNT", str(args.count // 2)))
+    result = Result("auto_comp: decisions with reservation + voucher", "decisions/s", ceiling="raw aiokafka consume",
+                    bar=5_000)
+    charged: list[float] = []
+    issued = holdout = 0
+    external = os.environ.get("BENCH_KAFKA_BOOTSTRAP_SERVERS")
+    for _ in range(args.repeats):
+        rate, charge_rate, issued, holdout = await one_run(url, external, args.partitions, n)
+        result.runs.append(rate)
+        charged.append(charge_rate)
+    result.note = (f"{n:,} pre-loaded tickets per run, from the first decision to the last final one "
+                   f"({issued:,} issued, {holdout:,} holdout in the last run); the ledger had charged every "
+                   f"voucher at {sorted(charged)[len(charged) // 2]:,.0f}/s")
+    return [result]
