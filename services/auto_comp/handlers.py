@@ -111,7 +111,9 @@ class TicketHandler:
         await persistence.insert_compensations(conn, comps)
         await enqueue(conn, requests)
         for (env, _), row in zip(items, decisions, strict=True):
-            metrics.DECISIONS.labels(env.region, row["strategy_id"] or "none", row["outcome"], "active").inc()
+            # A pending decision is counted when the ledger's answer settles it, so each ticket counts once.
+            if row["outcome"] != Outcome.PENDING_BUDGET:
+                metrics.DECISIONS.labels(env.region, row["strategy_id"] or "none", row["outcome"], "active").inc()
             metrics.DECISION_LATENCY.labels(env.region).observe(max(0.0, (now - env.produced_at).total_seconds()))
         for s in shadows:
             metrics.DECISIONS.labels(s["region"], s["strategy_id"], s["outcome"], "shadow").inc()

@@ -8,7 +8,8 @@ _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300
 
 DECISIONS = Counter(
     "auto_comp_decisions_total", "Decisions of record by region, strategy and outcome ('none' when no "
-    "strategy applied); shadow strategies count under mode=shadow.", ["region", "strategy", "outcome", "mode"])
+    "strategy applied); shadow strategies count under mode=shadow. A ticket waiting for the budget is "
+    "counted once the ledger answers.", ["region", "strategy", "outcome", "mode"])
 ISSUED_AMOUNT = Counter(
     "auto_comp_issued_amount_minor_total", "Amount issued, in minor units of the currency.",
     ["region", "currency"])

@@ -91,8 +91,27 @@ def formula_amount(formula: Formula, ticket: TicketOpened, rounding: Rounding) -
     basis = order
     if formula.basis is Basis.AFFECTED and ticket.affected_amount is not None:
         basis = Money(ticket.affected_amount.amount_minor, ticket.affected_amount.currency)
-    raw = basis.times(formula.percent / 100, rounding)
+    share = formula.percent / 100
+    raw = Money(round_ratio(basis.minor * share.numerator, share.denominator, rounding), basis.currency)
     return raw.clamp(formula.floor, formula.cap)
+
+
+def round_ratio(numerator: int, denominator: int, rounding: Rounding) -> int:
+    """numerator / denominator (denominator > 0) rounded to an integer by the rule, in integer arithmetic
+    (the same results as ``shared.money.round_fraction``, without the Decimal context on the hot path)."""
+    quotient, remainder = divmod(numerator, denominator)  # floor division: remainder >= 0
+    if remainder == 0 or rounding is Rounding.DOWN:
+        return quotient
+    if rounding is Rounding.UP:
+        return quotient + 1
+    twice = 2 * remainder
+    if twice > denominator:
+        return quotient + 1
+    if twice < denominator:
+        return quotient
+    if rounding is Rounding.HALF_EVEN:
+        return quotient + (quotient % 2)
+    return quotient + 1 if numerator > 0 else quotient  # HALF_UP: half rounds away from zero
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,10 +260,9 @@ class TicketEvaluation:
     shadows: tuple[Evaluation, ...]  # every shadow strategy that covers the reason, each on its own
 
 
-def candidates(strategies: Iterable[Strategy], region: str, ticket: TicketOpened, occurred_at: datetime
+def candidates(strategy_set: StrategySet, region: str, ticket: TicketOpened, occurred_at: datetime
                ) -> list[Strategy]:
-    return sorted((s for s in strategies if s.enabled and region in s.regions and s.effective_at(occurred_at)
-                   and ticket.reason in s.match.reasons), key=lambda s: -s.priority)
+    return [s for s in strategy_set.covering(region, ticket.reason) if s.enabled and s.effective_at(occurred_at)]
 
 
 def evaluate_ticket(strategy_set: StrategySet, ticket: TicketOpened, region: Region,
@@ -252,7 +270,7 @@ def evaluate_ticket(strategy_set: StrategySet, ticket: TicketOpened, region: Reg
     """The highest-priority active strategy that matches wins; when none matches, the decision names the
     rule that failed for the highest-priority candidate."""
     found = measures(ticket, region, occurred_at)
-    pool = candidates(strategy_set.strategies, region.code, ticket, occurred_at)
+    pool = candidates(strategy_set, region.code, ticket, occurred_at)
     active = [s for s in pool if s.mode is Mode.ACTIVE]
     shadows = tuple(evaluate_strategy(s, ticket, region, occurred_at, found)
                     for s in pool if s.mode is Mode.SHADOW)

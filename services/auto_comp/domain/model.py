@@ -147,6 +147,21 @@ class StrategySet:
     strategies: tuple[Strategy, ...]
     version: str
     files: tuple[str, ...] = ()
+    _by_region_reason: dict[tuple[str, TicketReason], tuple[Strategy, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Deciding looks strategies up per ticket: index them once, highest priority first.
+        index: dict[tuple[str, TicketReason], list[Strategy]] = {}
+        for s in sorted(self.strategies, key=lambda s: -s.priority):
+            for code in s.regions:
+                for reason in s.match.reasons:
+                    index.setdefault((code, reason), []).append(s)
+        object.__setattr__(self, "_by_region_reason", {k: tuple(v) for k, v in index.items()})
+
+    def covering(self, region: str, reason: TicketReason) -> tuple[Strategy, ...]:
+        """Strategies of this region and reason, highest priority first (enabled or not, any dates)."""
+        return self._by_region_reason.get((region, reason), ())
 
     def for_region(self, region: str) -> list[Strategy]:
         return [s for s in self.strategies if region in s.regions]
