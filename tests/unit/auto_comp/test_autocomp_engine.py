@@ -25,7 +25,7 @@ from services.auto_comp.domain.engine import (
 )
 from services.auto_comp.domain.model import AbuseGuard, Measure
 from shared.contracts import events as ev
-from shared.money import Money
+from shared.money import Money, Rounding
 from shared.regions import region
 
 SG, ID, US = region("SG"), region("ID"), region("US")
@@ -417,3 +417,15 @@ def test_settle_order_scenario_and_guard(tmp_path):
     assert capped.outcome is Outcome.CAPPED and capped.failed_rule == "abuse_guard"
     ok = settle(e, buyer_id="B1", occurred_at=T0, order_taken=False, history=[])
     assert ok.outcome is Outcome.PENDING_BUDGET
+
+
+@given(numerator=st.integers(min_value=-10**15, max_value=10**15),
+       denominator=st.integers(min_value=1, max_value=10**6),
+       rounding=st.sampled_from(list(Rounding)))
+def test_integer_rounding_agrees_with_the_money_toolkit(numerator, denominator, rounding):
+    from fractions import Fraction
+
+    from services.auto_comp.domain.engine import round_ratio
+    from shared.money import round_fraction
+
+    assert round_ratio(numerator, denominator, rounding) == round_fraction(Fraction(numerator, denominator), rounding)
