@@ -207,7 +207,9 @@ class BudgetResultHandler:
             if isinstance(d.payload, ev.BudgetReservationDecided):
                 answers.setdefault(d.payload.reservation_id, (d.envelope, d.payload))
         pending = await persistence.lock_pending(conn, list(answers))
-        issued, denied, out = [], [], []
+        issued: list[dict[str, Any]] = []
+        denied: list[dict[str, Any]] = []
+        out: list[Envelope] = []
         now = datetime.now(UTC)
         for reservation_id, comp in pending.items():
             env, answer = answers[reservation_id]
@@ -227,11 +229,12 @@ class BudgetResultHandler:
         await persistence.mark_issued(conn, issued)
         await persistence.mark_denied(conn, denied)
         await enqueue(conn, out)
+        by_id = {c["compensation_id"]: c for c in pending.values()}
         for row in denied:
-            comp = next(c for c in pending.values() if c["compensation_id"] == row["compensation_id"])
+            comp = by_id[row["compensation_id"]]
             metrics.DECISIONS.labels(comp["region"], comp["strategy_id"], row["outcome"], "active").inc()
         for row in issued:
-            comp = next(c for c in pending.values() if c["compensation_id"] == row["compensation_id"])
+            comp = by_id[row["compensation_id"]]
             metrics.DECISIONS.labels(comp["region"], comp["strategy_id"], Outcome.ISSUED.value, "active").inc()
             metrics.ISSUED.labels(comp["region"], comp["strategy_id"], comp["kind"]).inc()
             metrics.ISSUED_AMOUNT.labels(comp["region"], comp["currency"]).inc(row["issued_minor"])
