@@ -8,7 +8,7 @@ The OpenAPI document still describes every body precisely (see ``openapi.py``).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -57,7 +57,7 @@ class Intake:
 
     def __init__(self, *, engine: AsyncEngine, guard: BacklogGuard, regions: RegionCatalogue,
                  max_skew_seconds: int, max_batch_items: int, retry_after_seconds: int,
-                 on_stored: Any = None) -> None:
+                 on_stored: Callable[[], None] | None = None) -> None:
         self.engine = engine
         self.guard = guard
         self.regions = regions
