@@ -13,7 +13,6 @@ runs there and removes it.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import contextlib
 import os
@@ -22,6 +21,7 @@ import secrets
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +127,11 @@ def _sweep_stale_sessions() -> None:
         owner = embedded.read_pid_file(folder / "owner.pid")
         if owner is not None or not folder.is_dir():
             continue
+        try:
+            if not (folder / "owner.pid").exists() and time.time() - folder.stat().st_mtime < 60:
+                continue  # another session is creating it right now
+        except OSError:
+            continue
         with contextlib.suppress(Exception):
             embedded.stop_postgres(folder / "pg", timeout=10)
         broker = embedded.read_pid_file(folder / "broker.pid")
@@ -220,7 +225,8 @@ class Infrastructure:
     async def kafka_bootstrap(self, topics: tuple[str, ...] = (), partitions: int = 4) -> str:
         """bootstrap servers of the session's broker, with ``topics`` created on first use."""
         if self._kafka_bootstrap is None:
-            bootstrap = await asyncio.to_thread(self._start_kafka)
+            # In this (the main) thread: the embedded broker is tied to its parent thread's life (PDEATHSIG).
+            bootstrap = self._start_kafka()
             await embedded.wait_for_kafka(bootstrap, timeout=60)
             if topics:
                 await embedded.create_topics(bootstrap, topics, partitions)
