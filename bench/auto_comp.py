@@ -2,8 +2,9 @@
 
 Per run, on a private database and broker: the ledger is started (``serve``) with a budget far above what
 the run spends, and warmed up (one budget request and one manual compensation through both of its consumer
-groups); then N = BENCH_COUNT / 2 tickets (BENCH_AUTO_COMP_COUNT) are pre-loaded onto ``tickets.v1`` (US late deliveries, one buyer
-each: every ticket matches ``us-late-delivery``, 5% fall in its holdout), and auto_comp is started. The
+groups); then N = BENCH_COUNT / 2 tickets (or BENCH_AUTO_COMP_COUNT) are pre-loaded onto ``tickets.v1``
+(US late deliveries, one buyer each: every ticket matches ``us-late-delivery``, 5% fall in its holdout),
+and auto_comp is started. The
 clock runs from auto_comp's first recorded decision (the database's ``decided_at``) until all N decisions
 are final: issued (reserved by the ledger over the broker, voucher issued, ``compensation.issued`` in the
 outbox) or holdout. The rate is N over that time; the note adds how fast the ledger charged the vouchers.

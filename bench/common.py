@@ -84,7 +84,7 @@ def table(results: list[Result]) -> str:
              "|---|---:|---|---:|---|---|---:|---|"]
     for r in results:
         ceiling = by_name.get(r.ceiling) if r.ceiling else None
-        ratio = f"{r.median / ceiling.median:.2f}" if ceiling and ceiling.median else ""
+        ratio = f"{r.median / ceiling.median:.3g}" if ceiling and ceiling.median else ""
         ceil_text = f"{ceiling.name} ({_num(ceiling.median)} {ceiling.unit})" if ceiling else ""
         lines.append(f"| {r.name} | {_num(r.median)} | {r.unit} | {len(r.runs)} | {r.verdict} | {ceil_text} | "
                      f"{ratio} | {r.note} |")

@@ -72,7 +72,7 @@ async def main(args: argparse.Namespace) -> list[Result]:
             started = time.monotonic()
             module = __import__(f"bench.{name}", fromlist=["run"])
             results.extend(await module.run(settings, url, bootstrap, args))
-            say(f"{name} done in {time.monotonic() - started:.0f} s")
+            say(f"{name} done in {time.monotonic() - started:.0f} s (load average {_load()})")
         return results
     finally:
         for undo in reversed(stack):
@@ -80,6 +80,10 @@ async def main(args: argparse.Namespace) -> list[Result]:
                 undo()
             except Exception as exc:
                 print(f"cleanup failed: {exc}")
+
+
+def _load() -> str:
+    return " ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
 def say(message: str) -> None:
@@ -104,12 +108,16 @@ def cli() -> None:
     parser.add_argument("--no-ceilings", action="store_true", help="skip the raw ceilings (quick checks only)")
     parser.add_argument("--output", default="latest", help="results file stem in bench/results (default latest)")
     args = parser.parse_args()
+    load_before, started = _load(), time.monotonic()
     results = asyncio.run(main(args))
+    say(f"all done in {(time.monotonic() - started) / 60:.1f} min (load average {_load()})")
     text = table(results)
     print(text)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.output}.json").write_text(json.dumps({
-        "at": datetime.now(UTC).isoformat(), "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "at": datetime.now(UTC).isoformat(), "minutes": round((time.monotonic() - started) / 60, 1),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_average_before": load_before, "load_average_after": _load()},
         "count": args.count, "repeats": args.repeats,
         "results": [{"name": r.name, "unit": r.unit, "median": r.median, "runs": r.runs, "ceiling": r.ceiling,
                      "note": r.note, "bar": r.bar, "lower_is_better": r.lower_is_better, "verdict": r.verdict}
