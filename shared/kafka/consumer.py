@@ -137,6 +137,9 @@ class ConsumerRunner:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._processing = asyncio.Lock()
+        # Next offset of record per partition: a fetch already in flight when we sought on assignment can
+        # still hand back older records; they are skipped here rather than left to deduplication.
+        self._floor: dict[TopicPartition, int] = {}
         self.healthy = True
         self.last_error: str | None = None
 
@@ -197,6 +200,7 @@ class ConsumerRunner:
             offset = stored.get((tp.topic, tp.partition))
             if offset is not None:
                 self._consumer.seek(tp, offset)
+                self._floor[tp] = offset
 
     # ------------------------------------------------------------------ main loop
 
@@ -218,9 +222,13 @@ class ConsumerRunner:
             async with self._processing:
                 # Records of partitions revoked while we waited for the lock belong to the new owner now.
                 assigned = consumer.assignment()
-                records = [r for r in records if TopicPartition(r.topic, r.partition) in assigned]
+                records = [r for r in records if TopicPartition(r.topic, r.partition) in assigned
+                           and r.offset >= self._floor.get(TopicPartition(r.topic, r.partition), 0)]
                 if records:
                     await self._process_with_retry(records)
+            for r in records:
+                tp = TopicPartition(r.topic, r.partition)
+                self._floor[tp] = max(self._floor.get(tp, 0), r.offset + 1)
             await self._commit_kafka(records)
             self._update_lag(consumer, records)
 
