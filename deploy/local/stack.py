@@ -241,6 +241,37 @@ def migrate(names: list[str], env: dict[str, str]) -> None:
         say(f"{name}: migrated ({time.monotonic() - t0:.1f} s)")
 
 
+DEV_API_KEY = LOCAL / "dev-api-key"
+DEV_WORKBENCH = LOCAL / "workbench-dev-login"
+
+
+def dev_credentials(names: list[str], env: dict[str, str]) -> None:
+    """A dev API key for intake and a dev workbench lead, created once, so the README's examples work."""
+    log = LOGS / "migrate.log"
+    if "intake" in names:
+        result = subprocess.run(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "services.intake", "keys", "ensure-dev", "--file", str(DEV_API_KEY)],
+            cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise StackError(f"intake: dev API key not created:\n{result.stderr[-2000:]}")
+        say(f"intake: dev API key in {DEV_API_KEY.relative_to(ROOT)}")
+    if "audit_sampler" in names:
+        # Create-or-replace with the remembered password, so a wiped database gets the same login back.
+        stored = DEV_WORKBENCH.read_text().split() if DEV_WORKBENCH.exists() else []
+        password = stored[1] if len(stored) == 2 else secrets.token_urlsafe(12)
+        result = subprocess.run(
+            [sys.executable, "-m", "services.audit_sampler", "users", "create", "--username", "dev-lead",
+             "--role", "lead,senior_auditor,auditor", "--regions", "*", "--password-stdin"],
+            cwd=ROOT, env=env, input=password + "\n", capture_output=True, text=True, check=False)
+        with log.open("a") as f:
+            f.write(result.stdout + result.stderr)
+        if result.returncode != 0:
+            raise StackError(f"audit_sampler: dev workbench user not created:\n{result.stderr[-2000:]}")
+        DEV_WORKBENCH.write_text(f"dev-lead {password}\n")
+        DEV_WORKBENCH.chmod(0o600)
+        say(f"workbench: dev sign-in (user, password) in {DEV_WORKBENCH.relative_to(ROOT)}")
+
+
 def start_services(names: list[str], env: dict[str, str]) -> int:
     for name in names:
         port = int(env[SERVICES[name][0]])
@@ -325,6 +356,7 @@ def cmd_up(_: argparse.Namespace) -> int:
         env = service_env(state)
         if names:
             migrate(names, env)
+            dev_credentials(names, env)
             pid = honcho_pid()
             if pid is None:
                 pid = start_services(names, env)
