@@ -23,7 +23,7 @@ from typing import Any
 from bench.auto_comp import BUDGET_MINOR
 from bench.common import Result, open_loop, percentile
 from bench.events import TicketItems
-from bench.http import Client
+from bench.http import Client, HttpError
 from bench.stack import HOST, Counter, Stack
 
 GRACE = 15.0
@@ -82,7 +82,11 @@ async def _phase(client: Client, db: Counter, rate: float, seconds: float, wait:
     refused: dict[str, int] = {}
 
     async def send(i: int, scheduled: float) -> None:
-        status, _ = await client.post("/v1/tickets", items.item(i))
+        try:
+            status, _ = await client.post("/v1/tickets", items.item(i))
+        except (HttpError, OSError) as exc:
+            refused[type(exc).__name__] = refused.get(type(exc).__name__, 0) + 1
+            return
         if status == 202:
             accepted_at[items.ticket_id(i)] = time.time()
         else:

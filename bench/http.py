@@ -71,23 +71,36 @@ class Client:
         self._idle: list[Connection] = []
         self._all: list[Connection] = []
 
-    async def _get(self) -> Connection:
-        while self._idle:
+    async def _get(self, fresh: bool = False) -> tuple[Connection, bool]:
+        """A connection and whether it was reused (an idle one the server may have closed meanwhile)."""
+        while self._idle and not fresh:
             conn = self._idle.pop()
             if not conn.closed:
-                return conn
+                return conn, True
         reader, writer = await asyncio.open_connection(self.host, self.port)
         conn = Connection(reader, writer)
         self._all.append(conn)
-        return conn
+        return conn, False
 
     async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
         head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n".encode() + self._extra
                 + b"Content-Type: application/json\r\nContent-Length: ")
         async with self._slots:
-            conn = await self._get()
+            conn, reused = await self._get()
             try:
                 result = await conn.post(head, body)
+            except (HttpError, ConnectionError, asyncio.IncompleteReadError):
+                conn.close()
+                if not reused:
+                    raise
+                # The server closed an idle keep-alive connection (uvicorn: after 5 s): the request never
+                # reached it, so sending it again on a new connection is what any HTTP client does.
+                conn, _ = await self._get(fresh=True)
+                try:
+                    result = await conn.post(head, body)
+                except BaseException:
+                    conn.close()
+                    raise
             except BaseException:
                 conn.close()
                 raise

@@ -23,7 +23,7 @@ import orjson
 
 from bench.common import Result, open_loop, percentile
 from bench.events import TicketItems, chunks
-from bench.http import Client
+from bench.http import Client, HttpError
 from bench.stack import HOST, Counter, Stack
 
 BATCH = 1000
@@ -59,7 +59,10 @@ async def _latency(client: Client, items: TicketItems, seconds: float) -> tuple[
 
     async def send(i: int, scheduled: float) -> None:
         scheduled_at[i] = scheduled
-        status, _ = await client.post("/v1/tickets", items.item(i))
+        try:
+            status, _ = await client.post("/v1/tickets", items.item(i))
+        except (HttpError, OSError) as exc:
+            status = type(exc).__name__  # type: ignore[assignment]
         del scheduled_at[i]
         if status == 202:
             samples.append((time.perf_counter() - scheduled) * 1000)
