@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.auto_comp import metrics, persistence
+from services.auto_comp import metrics, outgoing, persistence
 from services.auto_comp.domain.engine import (
     Evaluation,
     Granted,
@@ -40,12 +40,12 @@ from shared.contracts.envelope import Envelope
 from shared.contracts.registry import make_envelope
 from shared.kafka import Delivered, PermanentError
 from shared.money import Money
-from shared.outbox import enqueue
+from shared.outbox import Record, enqueue, enqueue_records
 from shared.regions import region as region_of
 
 log = logging.getLogger(__name__)
 
-SOURCE = "auto_comp"
+SOURCE = outgoing.SOURCE
 _NAMESPACE = uuid.UUID("6f1c3f5e-2a7b-4b8e-9d0c-5a1e7c3b9f42")
 
 
@@ -57,10 +57,6 @@ def compensation_id_for(ticket_id: str, strategy_id: str) -> str:
 def new_voucher_code() -> str:
     """120 random bits in Crockford-free base32: unguessable, and safe in any Identifier field."""
     return "V" + base64.b32encode(secrets.token_bytes(15)).decode()
-
-
-def _money(m: Money) -> dict[str, Any]:
-    return {"amount_minor": m.minor, "currency": m.currency}
 
 
 class TicketHandler:
@@ -95,7 +91,7 @@ class TicketHandler:
         decisions: list[dict[str, Any]] = []
         shadows: list[dict[str, Any]] = []
         comps: list[dict[str, Any]] = []
-        requests: list[Envelope] = []
+        requests: list[Record] = []
         now = datetime.now(UTC)
         for env, ticket in items:
             verdict, shadow_evaluations = self._evaluate(strategies, env, ticket, history, taken)
@@ -109,7 +105,7 @@ class TicketHandler:
         await persistence.insert_decisions(conn, decisions)
         await persistence.insert_shadow_decisions(conn, shadows)
         await persistence.insert_compensations(conn, comps)
-        await enqueue(conn, requests)
+        await enqueue_records(conn, requests)
         for (env, _), row in zip(items, decisions, strict=True):
             # A pending decision is counted when the ledger's answer settles it, so each ticket counts once.
             if row["outcome"] != Outcome.PENDING_BUDGET:
@@ -132,7 +128,7 @@ class TicketHandler:
 
     def _decide(self, strategies: StrategySet, verdict: Verdict, env: Envelope, ticket: ev.TicketOpened,
                 history: dict[tuple[str, str], list[Granted]], taken: set[tuple[str, str]], now: datetime
-                ) -> tuple[dict[str, Any], dict[str, Any] | None, Envelope | None]:
+                ) -> tuple[dict[str, Any], dict[str, Any] | None, Record | None]:
         e = verdict.evaluation
         p = e.proposal
         s = e.strategy
@@ -153,14 +149,17 @@ class TicketHandler:
         comp_id = compensation_id_for(ticket.ticket_id, p.strategy.id)
         reservation_id = "res-" + comp_id.removeprefix("ac-")
         expires = now + (timedelta(days=p.validity_days) if p.validity_days else self.hold)
-        request = ev.BudgetReservationRequested(
+        fallback_minor = [m.minor for m in p.fallback_amounts]
+        # The engine's proposal: positive, in the strategy's currency (= the order's), fallbacks descending.
+        request = outgoing.reservation_requested(
             reservation_id=reservation_id, compensation_id=comp_id, ticket_id=ticket.ticket_id,
             buyer_id=ticket.buyer_id, strategy_id=p.strategy.id, strategy_version=p.strategy.version,
-            kind=p.kind, amount=ev.PositiveMoney(**_money(p.amount)),
-            fallback_amounts=[ev.PositiveMoney(**_money(m)) for m in p.fallback_amounts],
-            pacing_allowance_percent=p.strategy.budget.pacing_allowance_percent, expires_at=expires)
-        envelope = make_envelope("budget.reservation_requested", request, source=SOURCE,
-                                 **env.caused(occurred_at=now, event_id=f"{reservation_id}.1"))
+            kind=p.kind.value, amount_minor=p.amount.minor, currency=p.amount.currency,
+            fallback_minor=fallback_minor, pacing_allowance_percent=p.strategy.budget.pacing_allowance_percent,
+            expires_at=expires)
+        record = outgoing.reservation_requested_record(
+            request, region=env.region, event_id=f"{reservation_id}.1", occurred_at=now, produced_at=now,
+            correlation_id=env.correlation_id, causation_id=env.event_id, traceparent=env.traceparent)
         decision["compensation_id"] = comp_id
         history.setdefault((env.region, ticket.buyer_id), []).append(Granted(env.occurred_at, p.amount))
         taken.add((ticket.order_id, p.scenario))
@@ -170,13 +169,13 @@ class TicketHandler:
             "scenario": p.scenario, "buyer_id": ticket.buyer_id, "region": env.region,
             "reason": ticket.reason.value, "kind": p.kind.value, "currency": p.amount.currency,
             "status": "pending", "requested_minor": p.amount.minor,
-            "fallback_minor": [m.minor for m in p.fallback_amounts], "liability_rule": p.liability_rule.value,
+            "fallback_minor": fallback_minor, "liability_rule": p.liability_rule.value,
             "shares": [{"party": x.party.value, "id": x.party_id, "percent": x.percent} for x in p.shares],
             "min_spend_minor": p.min_spend.minor if p.min_spend is not None else None, "expires_at": expires,
-            "request": request.model_dump(mode="json"), "correlation_id": env.correlation_id,
+            "request": request, "correlation_id": env.correlation_id,
             "ticket_occurred_at": env.occurred_at,
         }
-        return decision, comp, envelope
+        return decision, comp, record
 
     @staticmethod
     def _shadows(evaluations: Sequence[Evaluation], env: Envelope, ticket: ev.TicketOpened,
@@ -209,7 +208,7 @@ class BudgetResultHandler:
         pending = await persistence.lock_pending(conn, list(answers))
         issued: list[dict[str, Any]] = []
         denied: list[dict[str, Any]] = []
-        out: list[Envelope] = []
+        out: list[Record] = []
         now = datetime.now(UTC)
         for reservation_id, comp in pending.items():
             env, answer = answers[reservation_id]
@@ -223,12 +222,12 @@ class BudgetResultHandler:
                     "detail": f"ledger denied {answer.budget_period}: "
                               f"{answer.denial_reason.value if answer.denial_reason else 'denied'}"})
                 continue
-            row, envelope = self._issue(comp, env, answer, now)
+            row, record = self._issue(comp, env, answer, now)
             issued.append(row)
-            out.append(envelope)
+            out.append(record)
         await persistence.mark_issued(conn, issued)
         await persistence.mark_denied(conn, denied)
-        await enqueue(conn, out)
+        await enqueue_records(conn, out)
         by_id = {c["compensation_id"]: c for c in pending.values()}
         for row in denied:
             comp = by_id[row["compensation_id"]]
@@ -243,7 +242,7 @@ class BudgetResultHandler:
 
     @staticmethod
     def _issue(comp: dict[str, Any], env: Envelope, answer: ev.BudgetReservationDecided, now: datetime
-               ) -> tuple[dict[str, Any], Envelope]:
+               ) -> tuple[dict[str, Any], Record]:
         assert answer.reserved_amount is not None
         amount = Money(answer.reserved_amount.amount_minor, answer.reserved_amount.currency)
         offered = [comp["requested_minor"], *comp["fallback_minor"]]
@@ -251,25 +250,22 @@ class BudgetResultHandler:
             raise PermanentError(f"ledger reserved {amount} for {comp['reservation_id']}, which is not one of "
                                  f"the offered amounts {offered} {comp['currency']}")
         shares = [PartyShare(ev.PartyType(s["party"]), s["id"], s["percent"]) for s in comp["shares"]]
-        liability = [ev.LiabilityShare(party=ev.LiableParty(type=s.party, id=s.party_id), amount_minor=m.minor)
-                     for s, m in split_liability(amount, shares) if m.minor > 0]
-        kind = ev.CompensationKind(comp["kind"])
-        voucher = kind is ev.CompensationKind.VOUCHER
+        # Parts sum exactly to the amount (largest remainder); the parties were unique in the strategy.
+        liability = [(s.party.value, s.party_id, m.minor) for s, m in split_liability(amount, shares) if m.minor > 0]
+        voucher = comp["kind"] == ev.CompensationKind.VOUCHER.value
         code = new_voucher_code() if voucher else None
         min_spend = comp["min_spend_minor"]
-        issued = ev.CompensationIssued(
+        issued = outgoing.compensation_issued(
             compensation_id=comp["compensation_id"], reservation_id=comp["reservation_id"],
             ticket_id=comp["ticket_id"], order_id=comp["order_id"], buyer_id=comp["buyer_id"],
-            strategy_id=comp["strategy_id"], strategy_version=comp["strategy_version"],
-            reason=ev.TicketReason(comp["reason"]), kind=kind, amount=ev.PositiveMoney(**_money(amount)),
-            liability=liability, voucher_code=code,
-            min_spend=(ev.NonNegativeMoney(amount_minor=min_spend, currency=amount.currency)
-                       if voucher and min_spend is not None else None),
+            strategy_id=comp["strategy_id"], strategy_version=comp["strategy_version"], reason=comp["reason"],
+            kind=comp["kind"], amount_minor=amount.minor, currency=amount.currency, liability=liability,
+            voucher_code=code, min_spend_minor=min_spend if voucher else None,
             valid_until=comp["expires_at"] if voucher else None)
-        envelope = make_envelope("compensation.issued", issued, source=SOURCE, occurred_at=now,
-                                 event_id=f"{comp['compensation_id']}.issued", region=comp["region"],
-                                 correlation_id=comp["correlation_id"] or env.correlation_id,
-                                 causation_id=env.event_id, traceparent=env.traceparent)
+        record = outgoing.compensation_issued_record(
+            issued, region=comp["region"], event_id=f"{comp['compensation_id']}.issued", occurred_at=now,
+            produced_at=now, correlation_id=comp["correlation_id"] or env.correlation_id,
+            causation_id=env.event_id, traceparent=env.traceparent)
         degraded = amount.minor != comp["requested_minor"]
         detail = f"issued {amount.format()}"
         if degraded:
@@ -277,7 +273,7 @@ class BudgetResultHandler:
         row = {"compensation_id": comp["compensation_id"], "ticket_id": comp["ticket_id"],
                "issued_minor": amount.minor, "voucher_code": code, "budget_period": answer.budget_period,
                "detail": detail}
-        return row, envelope
+        return row, record
 
 
 class SagaTimeouts:

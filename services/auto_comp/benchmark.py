@@ -1,0 +1,176 @@
+"""auto_comp throughput: decisions per second through the real batch handlers and PostgreSQL.
+
+``python -m services.auto_comp.benchmark [--tickets 20000] [--batch 500] [--repeats 3]`` works in a scratch
+schema ``auto_comp_bench`` of ``DATABASE_URL`` (dropped and recreated; other schemas untouched).
+
+Two phases per run, each with the consumer runner's processed-event record per batch:
+- tickets -> ``TicketHandler``: US late deliveries (the seed strategies), one buyer each, so every ticket
+  matches ``us-late-delivery``; those outside its 5% holdout are written pending with a budget reservation
+  request in the outbox;
+- the ledger's answers (reserved, at the requested amount) -> ``BudgetResultHandler``: the voucher is issued
+  and ``compensation.issued`` goes to the outbox.
+Events are decoded before the clock starts (the runner's decoding is measured separately). The raw ceiling
+is asyncpg COPY of the same number of decision rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.auto_comp.config import Settings
+from services.auto_comp.handlers import BudgetResultHandler, TicketHandler
+from services.auto_comp.store import StrategyStore
+from shared.contracts import events as ev
+from shared.contracts.registry import decode_envelope, encode_envelope, make_envelope
+from shared.db import make_engine, migrate, raw_connection
+from shared.kafka import Delivered
+
+SCHEMA = "auto_comp_bench"
+STRATEGIES = Path(__file__).with_name("strategies")
+AT = datetime(2026, 11, 15, 14, tzinfo=UTC)
+
+
+def tickets(n: int, tag: str) -> list[Delivered]:
+    out = []
+    for i in range(n):
+        p = ev.TicketOpened(
+            ticket_id=f"T{tag}-{i}", order_id=f"O{tag}-{i}", buyer_id=f"B{tag}-{i}", seller_id=f"S{i % 200}",
+            carrier_id=f"C{i % 20}", reason=ev.TicketReason.LATE_DELIVERY,
+            order_amount=ev.PositiveMoney(amount_minor=2_000 + i % 20_000, currency="USD"),
+            order_placed_at=AT - timedelta(days=16), dispatch_due_at=AT - timedelta(days=14),
+            shipped_at=AT - timedelta(days=14, hours=2), promised_delivery_at=AT - timedelta(days=10),
+            delivered_at=AT - timedelta(days=7 - i % 5))  # 3 to 7 days late
+        env = make_envelope("ticket.opened", p, source="bench", region="US",
+                            occurred_at=AT + timedelta(seconds=i % 3600))
+        out.append(Delivered(env, p, "tickets.v1", i % 8, i, p.buyer_id.encode(), 0))
+    return out
+
+
+async def answers(engine: AsyncEngine) -> list[Delivered]:
+    """The ledger's 'reserved' answer to every pending reservation (at the requested amount)."""
+    async with engine.connect() as conn:
+        rows = (await conn.execute(text(
+            "SELECT reservation_id, compensation_id, ticket_id, buyer_id, requested_minor, currency, "
+            "correlation_id FROM compensations WHERE status = 'pending' ORDER BY reservation_id"))).all()
+    out = []
+    for i, (res, comp, ticket, buyer, minor, currency, corr) in enumerate(rows):
+        p = ev.BudgetReservationDecided(
+            reservation_id=res, compensation_id=comp, ticket_id=ticket, buyer_id=buyer,
+            outcome=ev.ReservationOutcome.RESERVED,
+            reserved_amount=ev.PositiveMoney(amount_minor=minor, currency=currency), budget_period="2026-11")
+        env = make_envelope("budget.reservation_decided", p, source="ledger", region="US", occurred_at=AT,
+                            correlation_id=corr, causation_id=f"{res}.1")
+        # as the runner hands them over: decoded from the wire
+        env, payload = decode_envelope(encode_envelope(env))
+        out.append(Delivered(env, payload, "budget.results.v1", i % 8, i, buyer.encode(), 0))
+    return out
+
+
+async def _prepare(url: str) -> None:
+    engine = make_engine(url, "public", pool_size=1)
+    async with engine.begin() as conn:
+        await conn.execute(text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
+    await engine.dispose()
+    await migrate(url, SCHEMA, Path(__file__).with_name("migrations"))
+
+
+async def _apply(engine: AsyncEngine, handler: object, events: list[Delivered], batch: int, group: str
+                 ) -> tuple[float, float]:
+    """(events/s wall clock, events per second of this process's CPU: less noisy on a shared machine)."""
+    started, cpu = time.perf_counter(), time.process_time()
+    for i in range(0, len(events), batch):
+        chunk = events[i:i + batch]
+        async with engine.begin() as conn:
+            # the runner's own bookkeeping, so the number is what a consumer would see
+            await conn.execute(text(
+                "INSERT INTO processed_events (consumer_group, event_id) "
+                "SELECT :g, unnest(CAST(:ids AS text[])) ON CONFLICT DO NOTHING"),
+                {"g": group, "ids": [d.envelope.event_id for d in chunk]})
+            await handler(conn, chunk)  # type: ignore[operator]
+    return len(events) / (time.perf_counter() - started), len(events) / (time.process_time() - cpu)
+
+
+async def one_run(url: str, n: int, batch: int, tag: str
+                  ) -> tuple[tuple[float, float], tuple[float, float], int, int]:
+    """((decisions/s, per CPU s), (answers -> vouchers/s, per CPU s), pending after phase 1, issued after 2)."""
+    await _prepare(url)
+    engine = make_engine(url, SCHEMA, pool_size=2)
+    work = tickets(n, tag)
+    decide_rate = await _apply(engine, TicketHandler(StrategyStore(STRATEGIES)), work, batch, "bench-tickets")
+    replies = await answers(engine)
+    issue_rate = await _apply(engine, BudgetResultHandler(), replies, batch, "bench-results")
+    async with engine.connect() as conn:
+        decided = (await conn.execute(text("SELECT count(*) FROM decisions"))).scalar()
+        issued = (await conn.execute(text("SELECT count(*) FROM decisions WHERE outcome = 'issued'"))).scalar()
+        outbox = (await conn.execute(text("SELECT count(*) FROM outbox"))).scalar()
+    assert decided == n, decided
+    assert issued == len(replies), (issued, len(replies))
+    assert outbox == 2 * len(replies), outbox
+    await engine.dispose()
+    return decide_rate, issue_rate, len(replies), int(issued or 0)
+
+
+async def run_copy_ceiling(url: str, n: int) -> float:
+    """Raw asyncpg COPY of n decision-sized rows into an unindexed table."""
+    engine = make_engine(url, SCHEMA, pool_size=1)
+    rows = [(f"T{i}", "US", f"O{i}", f"B{i}", "late_delivery", "issued", "us-late-delivery", 1, 500 + i % 1000,
+             '{"days_late": 3}', AT) for i in range(n)]
+    async with engine.begin() as conn:
+        await conn.execute(text(
+            "CREATE TEMP TABLE raw_decisions (ticket_id text, region text, order_id text, buyer_id text, "
+            "reason text, outcome text, strategy_id text, strategy_version int, proposed_minor bigint, "
+            "inputs text, ticket_occurred_at timestamptz)"))
+        raw = await raw_connection(conn)
+        started = time.perf_counter()
+        for i in range(0, len(rows), 2_500):
+            await raw.copy_records_to_table("raw_decisions", records=rows[i:i + 2_500])
+        rate = n / (time.perf_counter() - started)
+    await engine.dispose()
+    return rate
+
+
+def decode_rate(n: int = 20_000) -> float:
+    raw = [encode_envelope(d.envelope) for d in tickets(n, "d")]
+    started = time.perf_counter()
+    for value in raw:
+        decode_envelope(value)
+    return n / (time.perf_counter() - started)
+
+
+async def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m services.auto_comp.benchmark")
+    parser.add_argument("--tickets", type=int, default=20_000)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--database-url", default=None)
+    args = parser.parse_args(argv)
+    url = args.database_url or Settings().database_url
+    print(f"load average before: {os.getloadavg()[0]:.2f}")
+    print(f"envelope decode (runner side, 1 core): {decode_rate():,.0f} tickets/s")
+    decide, issue, decide_cpu, issue_cpu = [], [], [], []
+    for r in range(args.repeats):
+        (d, dc), (i, ic), pending, issued = await one_run(url, args.tickets, args.batch, f"r{r}")
+        decide.append(d)
+        issue.append(i)
+        decide_cpu.append(dc)
+        issue_cpu.append(ic)
+        print(f"run {r + 1}: tickets -> decisions {d:,.0f}/s ({pending:,} reserving; {dc:,.0f} per CPU s); "
+              f"answers -> vouchers {i:,.0f}/s ({issued:,} issued; {ic:,.0f} per CPU s)")
+    print(f"median, batch {args.batch}: decisions {statistics.median(decide):,.0f}/s "
+          f"({statistics.median(decide_cpu):,.0f} per CPU s of the handler process), "
+          f"vouchers {statistics.median(issue):,.0f}/s ({statistics.median(issue_cpu):,.0f} per CPU s)")
+    print(f"raw COPY ceiling (decision rows): {await run_copy_ceiling(url, args.tickets):,.0f} rows/s")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,99 @@
+"""The outbox records auto_comp writes by hand must be exactly what the validated contract models give:
+same topic, key, headers and bytes as ``record_for(make_envelope(...))``, and they pass their contracts."""
+
+from datetime import UTC, datetime, timedelta, timezone
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.auto_comp import outgoing
+from shared.contracts import events as ev
+from shared.contracts.registry import decode_envelope, make_envelope
+from shared.kafka.producer import record_for
+
+TRACE = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+ids = st.text("AZaz09._:@-", min_size=1, max_size=40)
+comp_ids = st.text("AZaz09._:-", min_size=1, max_size=40)  # they go into event ids, which forbid '@'
+instants = st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2035, 1, 1),
+                        timezones=st.sampled_from([UTC, timezone(timedelta(hours=8)), timezone(timedelta(hours=-5))]))
+traces = st.sampled_from([None, TRACE])
+regions = st.sampled_from([("SG", "SGD"), ("US", "USD"), ("ID", "IDR")])
+
+
+@st.composite
+def amounts(draw: st.DrawFn) -> tuple[int, list[int]]:
+    """A positive amount and strictly descending positive fallbacks below it (at most 5)."""
+    amount = draw(st.integers(1, 10**12))
+    below = sorted(draw(st.sets(st.integers(1, amount), max_size=5)) - {amount}, reverse=True)
+    return amount, below
+
+
+@given(ids, ids, ids, comp_ids, st.integers(1, 10**6), st.sampled_from(list(ev.CompensationKind)), amounts(), regions,
+       st.one_of(st.none(), st.integers(0, 100)), instants, instants, ids, ids, traces)
+def test_reservation_request_record_equals_the_contract_encoding(
+        ticket_id, buyer_id, strategy_id, comp_id, version, kind, amount_fallbacks, region_currency, pacing,
+        expires, now, correlation_id, causation_id, traceparent):
+    amount, fallbacks = amount_fallbacks
+    region, currency = region_currency
+    reservation_id = f"res-{comp_id}"
+    payload = outgoing.reservation_requested(
+        reservation_id=reservation_id, compensation_id=comp_id, ticket_id=ticket_id, buyer_id=buyer_id,
+        strategy_id=strategy_id, strategy_version=version, kind=kind.value, amount_minor=amount, currency=currency,
+        fallback_minor=fallbacks, pacing_allowance_percent=pacing, expires_at=expires)
+    record = outgoing.reservation_requested_record(
+        payload, region=region, event_id=f"{reservation_id}.1", occurred_at=now, produced_at=now,
+        correlation_id=correlation_id, causation_id=causation_id, traceparent=traceparent)
+    model = ev.BudgetReservationRequested(
+        reservation_id=reservation_id, compensation_id=comp_id, ticket_id=ticket_id, buyer_id=buyer_id,
+        strategy_id=strategy_id, strategy_version=version, kind=kind,
+        amount=ev.PositiveMoney(amount_minor=amount, currency=currency),
+        fallback_amounts=[ev.PositiveMoney(amount_minor=m, currency=currency) for m in fallbacks],
+        pacing_allowance_percent=pacing, expires_at=expires)
+    assert payload == model.model_dump(mode="json")  # also what the compensation row keeps for re-sends
+    envelope = make_envelope("budget.reservation_requested", model, source="auto_comp", region=region,
+                             occurred_at=now, produced_at=now, event_id=f"{reservation_id}.1",
+                             correlation_id=correlation_id, causation_id=causation_id, traceparent=traceparent)
+    assert record == record_for(envelope)
+    decoded, decoded_payload = decode_envelope(record[2])
+    assert decoded == envelope and decoded_payload == model
+
+
+parties = st.lists(st.tuples(st.sampled_from(list(ev.PartyType)), st.integers(0, 10**6)), min_size=1, max_size=3,
+                   unique_by=lambda x: x[0])
+
+
+@given(comp_ids, ids, ids, ids, ids, st.integers(1, 10**6), st.sampled_from(list(ev.TicketReason)),
+       st.sampled_from(list(ev.CompensationKind)), regions, parties, ids, st.one_of(st.none(), st.integers(0, 10**6)),
+       instants, instants, ids, ids, traces)
+def test_compensation_issued_record_equals_the_contract_encoding(
+        comp_id, ticket_id, order_id, buyer_id, strategy_id, version, reason, kind, region_currency, shares, party_id,
+        min_spend, valid_until, now, correlation_id, causation_id, traceparent):
+    region, currency = region_currency
+    liability = [(p.value, None if p is ev.PartyType.PLATFORM else f"{p.value}-{party_id}", m + 1) for p, m in shares]
+    amount = sum(m for _, _, m in liability)
+    voucher = kind is ev.CompensationKind.VOUCHER
+    code = "V" + comp_id if voucher else None
+    payload = outgoing.compensation_issued(
+        compensation_id=comp_id, reservation_id=f"res-{comp_id}", ticket_id=ticket_id, order_id=order_id,
+        buyer_id=buyer_id, strategy_id=strategy_id, strategy_version=version, reason=reason.value, kind=kind.value,
+        amount_minor=amount, currency=currency, liability=liability, voucher_code=code,
+        min_spend_minor=min_spend if voucher else None, valid_until=valid_until if voucher else None)
+    record = outgoing.compensation_issued_record(
+        payload, region=region, event_id=f"{comp_id}.issued", occurred_at=now, produced_at=now,
+        correlation_id=correlation_id, causation_id=causation_id, traceparent=traceparent)
+    model = ev.CompensationIssued(
+        compensation_id=comp_id, reservation_id=f"res-{comp_id}", ticket_id=ticket_id, order_id=order_id,
+        buyer_id=buyer_id, strategy_id=strategy_id, strategy_version=version, reason=reason, kind=kind,
+        amount=ev.PositiveMoney(amount_minor=amount, currency=currency),
+        liability=[ev.LiabilityShare(party=ev.LiableParty(type=ev.PartyType(t), id=i), amount_minor=m)
+                   for t, i, m in liability],
+        voucher_code=code,
+        min_spend=ev.NonNegativeMoney(amount_minor=min_spend, currency=currency)
+        if voucher and min_spend is not None else None,
+        valid_until=valid_until if voucher else None)
+    envelope = make_envelope("compensation.issued", model, source="auto_comp", region=region, occurred_at=now,
+                             produced_at=now, event_id=f"{comp_id}.issued", correlation_id=correlation_id,
+                             causation_id=causation_id, traceparent=traceparent)
+    assert record == record_for(envelope)
+    decoded, decoded_payload = decode_envelope(record[2])
+    assert decoded == envelope and decoded_payload == model
