@@ -18,9 +18,11 @@ Each service's RSS (psutil) is sampled every BENCH_MEMORY_INTERVAL (3) seconds; 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -30,8 +32,8 @@ from bench.common import Result
 from bench.events import Records, produce
 from bench.stack import Counter, Stack
 
-_CONSUMED = ("SELECT (SELECT coalesce(sum(next_offset), 0) FROM auto_comp.consumer_offsets) "
-             "+ (SELECT coalesce(sum(next_offset), 0) FROM ledger.consumer_offsets)")
+_CONSUMED = ("SELECT ((SELECT coalesce(sum(next_offset), 0) FROM auto_comp.consumer_offsets) "
+             "+ (SELECT coalesce(sum(next_offset), 0) FROM ledger.consumer_offsets))::bigint")
 
 
 async def run(settings: Any, url: str, bootstrap: str, args: Any) -> list[Result]:
@@ -53,8 +55,8 @@ async def run(settings: Any, url: str, bootstrap: str, args: Any) -> list[Result
             consumed = 0
             last_sample = 0.0
             while consumed < total:
-                decided = await db.value("SELECT coalesce(sum(next_offset), 0) FROM auto_comp.consumer_offsets "
-                                         "WHERE topic = 'tickets.v1'")
+                decided = int(await db.value("SELECT coalesce(sum(next_offset), 0)::bigint "
+                                             "FROM auto_comp.consumer_offsets WHERE topic = 'tickets.v1'"))
                 if sent - decided < lag and sent * 4 < total * 1.1:
                     chunk = min(5000, lag - (sent - decided))
                     await produce(stack.bootstrap, records, sent, chunk)
@@ -74,6 +76,10 @@ async def run(settings: Any, url: str, bootstrap: str, args: Any) -> list[Result
             for name, proc in procs.items():
                 samples[name].append((consumed, proc.memory_info().rss / 2**20))
     minutes = (time.monotonic() - started) / 60
+    series = Path(__file__).with_name("results") / "memory_samples.json"
+    series.parent.mkdir(exist_ok=True)
+    series.write_text(json.dumps({name: [{"events": e, "rss_mb": round(r, 1)} for e, r in points]
+                                  for name, points in samples.items()}, indent=0))
     results = []
     for name, points in samples.items():
         at = {pct: _rss_at(points, total * pct / 100) for pct in (10, 50, 100)}
@@ -82,7 +88,8 @@ async def run(settings: Any, url: str, bootstrap: str, args: Any) -> list[Result
                         lower_is_better=True)
         result.note = (f"RSS {at[10]:.0f} MB at 10%, {at[50]:.0f} MB at 50%, {at[100]:.0f} MB at 100% "
                        f"({growth / at[10] * 100 if at[10] else 0:+.1f}%); peak {max(p[1] for p in points):.0f} MB; "
-                       f"{len(points)} samples every {interval:.0f} s; {sent:,} tickets, {minutes:.1f} min")
+                       f"{len(points)} samples every {interval:.0f} s (bench/results/memory_samples.json); "
+                       f"{sent:,} tickets, {minutes:.1f} min")
         results.append(result)
     return results
 

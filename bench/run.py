@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -32,12 +33,12 @@ async def _infra(stack: list) -> tuple[str, str]:
     if not url:
         folder = Path(tempfile.mkdtemp(prefix="bench-pg-"))
         url = embedded.start_postgres(folder)
-        stack.append(lambda: embedded.stop_postgres(folder))
+        stack.append(lambda: (embedded.stop_postgres(folder), shutil.rmtree(folder, ignore_errors=True)))
     if not bootstrap:
         port = embedded.free_port()
         log = Path(tempfile.mkdtemp(prefix="bench-broker-")) / "broker.log"
         proc = embedded.start_broker(port, log)
-        stack.append(lambda: (proc.terminate(), proc.wait(10)))
+        stack.append(lambda: (proc.terminate(), proc.wait(10), shutil.rmtree(log.parent, ignore_errors=True)))
         bootstrap = f"127.0.0.1:{port}"
         embedded.wait_for_port("127.0.0.1", port, 30)
     return url, bootstrap

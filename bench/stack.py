@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -190,6 +191,8 @@ class Stack:
                 finally:
                     await conn.close()
             self._db = ""
+        if not os.environ.get("BENCH_KEEP_LOGS"):
+            shutil.rmtree(self._dir, ignore_errors=True)
 
     def token(self, roles: str = "service") -> str:
         """A bearer token from the operators' CLI (``python -m shared token``)."""
