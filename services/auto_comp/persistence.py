@@ -122,13 +122,20 @@ async def insert_compensations(conn: AsyncConnection, rows: list[dict[str, Any]]
             f"FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x({_COMP_COLS})"), {"rows": _json(rows)})
 
 
+# What applying an answer reads (not the stored request document, which only re-sends need).
+_PENDING_COLS = (
+    "compensation_id, reservation_id, ticket_id, strategy_id, strategy_version, order_id, scenario, buyer_id, "
+    "region, reason, kind, currency, status, requested_minor, fallback_minor, liability_rule, shares, "
+    "min_spend_minor, expires_at, correlation_id, attempts, ticket_occurred_at")
+
+
 async def lock_pending(conn: AsyncConnection, reservation_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     """The still-pending compensations of these reservations, locked (an answer already applied is gone)."""
     if not reservation_ids:
         return {}
     rows = await conn.execute(text(
-        "SELECT * FROM compensations WHERE reservation_id = ANY(CAST(:ids AS text[])) AND status = 'pending' "
-        "ORDER BY reservation_id FOR UPDATE"), {"ids": sorted(set(reservation_ids))})
+        f"SELECT {_PENDING_COLS} FROM compensations WHERE reservation_id = ANY(CAST(:ids AS text[])) "
+        "AND status = 'pending' ORDER BY reservation_id FOR UPDATE"), {"ids": sorted(set(reservation_ids))})
     return {r["reservation_id"]: dict(r) for r in rows.mappings()}
 
 
@@ -136,18 +143,17 @@ async def mark_issued(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None
     """rows: compensation_id, ticket_id, issued_minor, voucher_code, budget_period, detail."""
     if not rows:
         return
-    doc = {"rows": _json(rows)}
     cols = ("compensation_id text, ticket_id text, issued_minor bigint, voucher_code text, "
             "budget_period text, detail text")
+    # Both tables in one statement: one round trip and one parse of the batch.
     await conn.execute(text(
-        f"UPDATE compensations c SET status = 'issued', issued_minor = x.issued_minor, "
+        f"WITH x AS MATERIALIZED (SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x({cols})), "
+        f"c AS (UPDATE compensations c SET status = 'issued', issued_minor = x.issued_minor, "
         f"voucher_code = x.voucher_code, budget_period = x.budget_period, settled_at = now() "
-        f"FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x({cols}) WHERE c.compensation_id = x.compensation_id"),
-        doc)
-    await conn.execute(text(
+        f"FROM x WHERE c.compensation_id = x.compensation_id) "
         f"UPDATE decisions d SET outcome = 'issued', issued_minor = x.issued_minor, detail = x.detail, "
-        f"failed_rule = NULL, updated_at = now() FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x({cols}) "
-        f"WHERE d.ticket_id = x.ticket_id AND d.compensation_id = x.compensation_id"), doc)
+        f"failed_rule = NULL, updated_at = now() FROM x "
+        f"WHERE d.ticket_id = x.ticket_id AND d.compensation_id = x.compensation_id"), {"rows": _json(rows)})
 
 
 async def mark_denied(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:

@@ -91,8 +91,9 @@ def formula_amount(formula: Formula, ticket: TicketOpened, rounding: Rounding) -
     basis = order
     if formula.basis is Basis.AFFECTED and ticket.affected_amount is not None:
         basis = Money(ticket.affected_amount.amount_minor, ticket.affected_amount.currency)
-    share = formula.percent / 100
-    raw = Money(round_ratio(basis.minor * share.numerator, share.denominator, rounding), basis.currency)
+    # percent / 100 of the basis; round_ratio gives the same integer for an unreduced fraction
+    raw = Money(round_ratio(basis.minor * formula.percent.numerator, formula.percent.denominator * 100, rounding),
+                basis.currency)
     return raw.clamp(formula.floor, formula.cap)
 
 
@@ -143,20 +144,25 @@ def split_liability(amount: Money, shares: Sequence[PartyShare]) -> list[tuple[P
 
 def liability_for(strategy: Strategy, ticket: TicketOpened, occurred_at: datetime
                   ) -> tuple[LiabilityCondition, tuple[PartyShare, ...]]:
-    holds = {
-        LiabilityCondition.SELLER_LATE_DISPATCH: seller_dispatched_late(ticket, occurred_at),
-        LiabilityCondition.CARRIER_DELAY: carrier_delayed(ticket, occurred_at),
-        LiabilityCondition.OTHERWISE: True,
-    }
-    ids = {PartyType.SELLER: ticket.seller_id, PartyType.CARRIER: ticket.carrier_id, PartyType.PLATFORM: None}
-    for rule in strategy.liability:
-        if not holds[rule.when]:
+    for rule in strategy.liability:  # conditions are checked only as far as the first rule that holds
+        when = rule.when
+        if when is LiabilityCondition.SELLER_LATE_DISPATCH and not seller_dispatched_late(ticket, occurred_at):
             continue
-        if any(s.party is PartyType.CARRIER and ticket.carrier_id is None for s in rule.shares):
+        if when is LiabilityCondition.CARRIER_DELAY and not carrier_delayed(ticket, occurred_at):
+            continue
+        if ticket.carrier_id is None and any(s.party is PartyType.CARRIER for s in rule.shares):
             continue  # no carrier to charge: the next rule decides
-        return rule.when, tuple(PartyShare(s.party, ids[s.party], s.percent) for s in rule.shares)
+        return when, tuple(PartyShare(s.party, _party_id(s.party, ticket), s.percent) for s in rule.shares)
     # The loader guarantees a last "otherwise" rule; it can only be skipped for a missing carrier id.
     return LiabilityCondition.OTHERWISE, (PartyShare(PartyType.PLATFORM, None, 100),)
+
+
+def _party_id(party: PartyType, ticket: TicketOpened) -> str | None:
+    if party is PartyType.SELLER:
+        return ticket.seller_id
+    if party is PartyType.CARRIER:
+        return ticket.carrier_id
+    return None
 
 
 # ------------------------------------------------------------------ matching
@@ -184,8 +190,11 @@ def _inputs(ticket: TicketOpened, found: dict[Measure, int | None]) -> dict[str,
         "affected_amount_minor": ticket.affected_amount.amount_minor if ticket.affected_amount else None,
         "currency": ticket.order_amount.currency,
         "buyer_segment": ticket.buyer_segment,
-        **{m.value: v for m, v in found.items() if v is not None},
+        **{_MEASURE_NAMES[m]: v for m, v in found.items() if v is not None},
     }
+
+
+_MEASURE_NAMES = {m: m.value for m in Measure}
 
 
 def _select_tier(strategy: Strategy, found: dict[Measure, int | None]) -> tuple[Tier | None, str | None]:
@@ -203,9 +212,12 @@ def _select_tier(strategy: Strategy, found: dict[Measure, int | None]) -> tuple[
 
 
 def evaluate_strategy(strategy: Strategy, ticket: TicketOpened, region: Region, occurred_at: datetime,
-                      found: dict[Measure, int | None] | None = None) -> Evaluation:
+                      found: dict[Measure, int | None] | None = None,
+                      inputs: dict[str, Any] | None = None) -> Evaluation:
+    """``found`` and ``inputs`` (read-only, shared by every strategy a ticket is tried on) are computed
+    when not given."""
     found = found if found is not None else measures(ticket, region, occurred_at)
-    inputs = _inputs(ticket, found)
+    inputs = inputs if inputs is not None else _inputs(ticket, found)
 
     def fail(rule: str, detail: str) -> Evaluation:
         return Evaluation(strategy, None, rule, detail, inputs)
@@ -270,20 +282,21 @@ def evaluate_ticket(strategy_set: StrategySet, ticket: TicketOpened, region: Reg
     """The highest-priority active strategy that matches wins; when none matches, the decision names the
     rule that failed for the highest-priority candidate."""
     found = measures(ticket, region, occurred_at)
+    inputs = _inputs(ticket, found)
     pool = candidates(strategy_set, region.code, ticket, occurred_at)
     active = [s for s in pool if s.mode is Mode.ACTIVE]
-    shadows = tuple(evaluate_strategy(s, ticket, region, occurred_at, found)
+    shadows = tuple(evaluate_strategy(s, ticket, region, occurred_at, found, inputs)
                     for s in pool if s.mode is Mode.SHADOW)
     first_failure: Evaluation | None = None
     for strategy in active:
-        ev = evaluate_strategy(strategy, ticket, region, occurred_at, found)
+        ev = evaluate_strategy(strategy, ticket, region, occurred_at, found, inputs)
         if ev.eligible:
             return TicketEvaluation(ev, shadows)
         first_failure = first_failure or ev
     if first_failure is None:
         first_failure = Evaluation(None, None, "strategy", f"no active strategy for {ticket.reason.value} in "
                                                            f"{region.code} at {occurred_at.isoformat()}",
-                                   _inputs(ticket, found))
+                                   inputs)
     return TicketEvaluation(first_failure, shadows)
 
 

@@ -97,3 +97,13 @@ def test_compensation_issued_record_equals_the_contract_encoding(
     assert record == record_for(envelope)
     decoded, decoded_payload = decode_envelope(record[2])
     assert decoded == envelope and decoded_payload == model
+
+
+@given(ids, ids)
+def test_compensation_ids_are_uuid5(ticket_id, strategy_id):
+    import uuid
+
+    from services.auto_comp.handlers import _NAMESPACE, compensation_id_for
+
+    assert compensation_id_for(ticket_id, strategy_id) == "ac-" + str(uuid.uuid5(_NAMESPACE,
+                                                                               f"{ticket_id}\x1f{strategy_id}"))
