@@ -101,27 +101,33 @@ def _outgoing(book: Book) -> list:  # type: ignore[type-arg]
 
 def _count(book: Book) -> None:
     # Aggregate first: one metric update per label set per batch, not one per entry.
-    txs: Counter[str] = Counter()
-    entries: Counter[str] = Counter()
+    txs: Counter[journal.TxKind] = Counter()
+    entries: Counter[journal.TxKind] = Counter()
     charges: Counter[tuple[str, str]] = Counter()
     charged: Counter[tuple[str, str]] = Counter()
     reversed_: Counter[tuple[str, str]] = Counter()
+    charge, posting = journal.TxKind.CHARGE, journal.TxKind.BUDGET_POSTING
+    types: dict[str, str] = {}  # account -> party type, computed once per account per batch
     for tx in book.out.transactions:
-        txs[tx.kind.value] += 1
-        entries[tx.kind.value] += len(tx.entries)
-        if tx.kind is journal.TxKind.BUDGET_POSTING:
+        kind = tx.kind
+        txs[kind] += 1
+        entries[kind] += len(tx.entries)
+        if kind is posting:
             continue
-        for e in tx.entries:
-            if e.amount_minor > 0 if tx.kind is journal.TxKind.CHARGE else e.amount_minor < 0:
-                key = (journal.party_type(e.account), e.currency)
-                if tx.kind is journal.TxKind.CHARGE:
+        for account, amount, currency in tx.entries:
+            if amount > 0 if kind is charge else amount < 0:
+                party = types.get(account)
+                if party is None:
+                    party = types[account] = journal.party_type(account)
+                key = (party, currency)
+                if kind is charge:
                     charges[key] += 1
-                    charged[key] += e.amount_minor
+                    charged[key] += amount
                 else:
-                    reversed_[key] -= e.amount_minor
+                    reversed_[key] -= amount
     for kind, n in txs.items():
-        metrics.TRANSACTIONS.labels(kind).inc(n)
-        metrics.ENTRIES.labels(kind).inc(entries[kind])
+        metrics.TRANSACTIONS.labels(kind.value).inc(n)
+        metrics.ENTRIES.labels(kind.value).inc(entries[kind])
     for key, n in charges.items():
         metrics.CHARGES.labels(*key).inc(n)
         metrics.CHARGED_MINOR.labels(*key).inc(charged[key])

@@ -12,7 +12,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from services.ledger.domain import journal
 from services.ledger.domain.budget import BudgetState, crossed_thresholds, decide
@@ -123,8 +123,7 @@ class Overrun:
     at: datetime
 
 
-@dataclass(frozen=True)
-class BudgetStep:
+class BudgetStep(NamedTuple):  # immutable; a named tuple is cheap to build once per budget change
     key: tuple[str, str]
     env: Envelope | None  # the event that caused it; None for releases, which cannot raise usage
     reserved: int

@@ -21,9 +21,9 @@ import enum
 import re
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from typing import NamedTuple
 
 PAYABLE = "compensation_payable"
 EXPENSE = "compensation_expense"
@@ -65,15 +65,15 @@ def party_type(key: str) -> str:
     return key.split(":", 1)[0]
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
+    """One line of a transaction; a named tuple (immutable, and cheap to build on the hot path)."""
+
     account: str
     amount_minor: int  # + debit, - credit
     currency: str
 
 
-@dataclass(frozen=True, slots=True)
-class Transaction:
+class _TransactionFields(NamedTuple):
     tx_id: str
     kind: TxKind
     region: str
@@ -85,7 +85,21 @@ class Transaction:
     corrects_tx_id: str | None = None
     correction_id: str | None = None
 
-    def __post_init__(self) -> None:
+
+class Transaction(_TransactionFields):
+    """A balanced journal transaction: immutable (a named tuple), checked when it is built."""
+
+    __slots__ = ()
+
+    def __new__(cls, tx_id: str, kind: TxKind, region: str, compensation_id: str, source_event_id: str,
+                occurred_at: datetime, entries: tuple[Entry, ...], reverses_tx_id: str | None = None,
+                corrects_tx_id: str | None = None, correction_id: str | None = None) -> Transaction:
+        self = super().__new__(cls, tx_id, kind, region, compensation_id, source_event_id, occurred_at, entries,
+                               reverses_tx_id, corrects_tx_id, correction_id)
+        self._check()
+        return self
+
+    def _check(self) -> None:
         entries = self.entries
         if len(entries) < 2:
             raise UnbalancedTransaction(f"{self.tx_id}: a transaction needs two or more entries")

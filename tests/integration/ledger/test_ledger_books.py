@@ -98,6 +98,27 @@ async def test_database_refuses_unbalanced_or_incomplete_transactions(engine):
                 "INSERT INTO journal_entries (tx_id, line_no, region, account_key, currency, amount_minor, "
                 "occurred_at) VALUES ('ghost', 1, 'SG', 'platform', 'SGD', 5, now()), "
                 "('ghost', 2, 'SG', 'compensation_payable', 'SGD', -5, now())"))
+    with pytest.raises(DBAPIError, match="does not balance"):  # balanced in total, not per currency
+        async with engine.begin() as conn:
+            await conn.execute(text(insert_tx), {"t": "bad4"})
+            await conn.execute(text(
+                "INSERT INTO journal_entries (tx_id, line_no, region, account_key, currency, amount_minor, "
+                "occurred_at) VALUES ('bad4', 1, 'SG', 'platform', 'SGD', 5, now()), "
+                "('bad4', 2, 'SG', 'compensation_payable', 'USD', -5, now())"))
+    with pytest.raises(DBAPIError, match="incomplete"):  # balanced, but not in the transaction's currency
+        async with engine.begin() as conn:
+            await conn.execute(text(insert_tx), {"t": "bad5"})
+            await conn.execute(text(
+                "INSERT INTO journal_entries (tx_id, line_no, region, account_key, currency, amount_minor, "
+                "occurred_at) VALUES ('bad5', 1, 'SG', 'platform', 'USD', 5, now()), "
+                "('bad5', 2, 'SG', 'compensation_payable', 'USD', -5, now())"))
+    with pytest.raises(DBAPIError, match="incomplete"):  # fewer lines than declared
+        async with engine.begin() as conn:
+            await conn.execute(text(insert_tx.replace(" 2, now()", " 3, now()")), {"t": "bad6"})
+            await conn.execute(text(
+                "INSERT INTO journal_entries (tx_id, line_no, region, account_key, currency, amount_minor, "
+                "occurred_at) VALUES ('bad6', 1, 'SG', 'platform', 'SGD', 5, now()), "
+                "('bad6', 2, 'SG', 'compensation_payable', 'SGD', -5, now())"))
     assert await scalar(engine, "SELECT count(*) FROM journal_transactions WHERE tx_id LIKE 'bad%'") == 0
 
 
@@ -108,6 +129,26 @@ async def test_database_refuses_a_reversal_of_an_unknown_charge(engine):
                 "INSERT INTO journal_transactions (tx_id, kind, region, currency, compensation_id, source_event_id, "
                 "reverses_tx_id, entry_count, occurred_at) VALUES ('rev-ghost', 'reversal', 'SG', 'SGD', 'x', "
                 "'rev-ghost', 'charge:never:0', 2, now())"))
+
+
+async def test_a_charge_and_its_reversal_may_arrive_in_one_statement(engine):
+    # the link check runs after the statement, so the reversal sees the charge written next to it; the
+    # test rolls back at the end, so the pair stays out of the books the other tests check
+    with pytest.raises(RuntimeError, match="roll back"):
+        async with engine.begin() as conn:
+            await conn.execute(text(
+                "INSERT INTO journal_transactions (tx_id, kind, region, currency, compensation_id, source_event_id, "
+                "reverses_tx_id, entry_count, occurred_at) VALUES ('rev-of-pair', 'reversal', 'SG', 'SGD', 'x', "
+                "'pair-e2', 'charge:pair:0', 2, now()), ('charge:pair:0', 'charge', 'SG', 'SGD', 'x', 'pair-e1', "
+                "NULL, 2, now())"))
+            await conn.execute(text(
+                "INSERT INTO journal_entries (tx_id, line_no, region, account_key, currency, amount_minor, "
+                "occurred_at) VALUES ('charge:pair:0', 1, 'SG', 'platform', 'SGD', 5, now()), "
+                "('charge:pair:0', 2, 'SG', 'compensation_payable', 'SGD', -5, now()), "
+                "('rev-of-pair', 1, 'SG', 'platform', 'SGD', -5, now()), "
+                "('rev-of-pair', 2, 'SG', 'compensation_payable', 'SGD', 5, now())"))
+            assert await conn.scalar(text("SELECT count(*) FROM journal_entries WHERE tx_id LIKE '%pair%'")) == 4
+            raise RuntimeError("roll back")
 
 
 async def test_budget_hard_limit_is_a_database_constraint(engine):
