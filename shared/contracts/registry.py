@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
 
 import orjson
@@ -88,18 +89,22 @@ def money_fields(model: BaseModel, path: str = "") -> list[tuple[str, ev.MoneyAm
     found: list[tuple[str, ev.MoneyAmount]] = []
     for name in type(model).model_fields:
         value = getattr(model, name)
-        here = f"{path}{name}"
+        if value is None or isinstance(value, _SCALARS):
+            continue  # most fields: skip them before the (slower) model checks and path building
         if isinstance(value, ev.MoneyAmount):
-            found.append((here, value))
+            found.append((f"{path}{name}", value))
         elif isinstance(value, BaseModel):
-            found.extend(money_fields(value, here + "."))
+            found.extend(money_fields(value, f"{path}{name}."))
         elif isinstance(value, list):
             for i, item in enumerate(value):
                 if isinstance(item, ev.MoneyAmount):
-                    found.append((f"{here}.{i}", item))
+                    found.append((f"{path}{name}.{i}", item))
                 elif isinstance(item, BaseModel):
-                    found.extend(money_fields(item, f"{here}.{i}."))
+                    found.extend(money_fields(item, f"{path}{name}.{i}."))
     return found
+
+
+_SCALARS = (str, int, float, datetime, date)
 
 
 def region_currency_errors(region_code: str, payload: BaseModel) -> list[tuple[str, str]]:
