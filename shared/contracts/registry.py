@@ -87,7 +87,11 @@ def payload_model(event_type: str, version: int) -> type[ev.Payload]:
 def money_fields(model: BaseModel, path: str = "") -> list[tuple[str, ev.MoneyAmount]]:
     """Every MoneyAmount inside a payload, with its dotted path (for region-currency checks)."""
     found: list[tuple[str, ev.MoneyAmount]] = []
-    for name in type(model).model_fields:
+    cls = type(model)
+    names = _FIELD_NAMES.get(cls)
+    if names is None:  # pydantic's model_fields is a property that rebuilds its answer on every access
+        names = _FIELD_NAMES[cls] = tuple(cls.model_fields)
+    for name in names:
         value = getattr(model, name)
         if value is None or isinstance(value, _SCALARS):
             continue  # most fields: skip them before the (slower) model checks and path building
@@ -105,6 +109,7 @@ def money_fields(model: BaseModel, path: str = "") -> list[tuple[str, ev.MoneyAm
 
 
 _SCALARS = (str, int, float, datetime, date)
+_FIELD_NAMES: dict[type[BaseModel], tuple[str, ...]] = {}
 
 
 def region_currency_errors(region_code: str, payload: BaseModel) -> list[tuple[str, str]]:
