@@ -7,7 +7,6 @@ holds locks long.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -15,6 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.outbox import enqueue_records
+from shared.periodic import PeriodicTask
 
 log = logging.getLogger(__name__)
 
@@ -32,33 +32,17 @@ async def trim_processed_events(engine: AsyncEngine, retention_days: int, chunk:
             return removed
 
 
-class Housekeeper:
-    """Runs the chores every ``interval`` seconds while the service is up."""
+class Housekeeper(PeriodicTask):
+    """Trims processed-event records past retention, hourly by default."""
 
     def __init__(self, engine: AsyncEngine, retention_days: int, interval: float = 3600.0) -> None:
-        self.engine, self.retention_days, self.interval = engine, retention_days, interval
-        self._task: asyncio.Task[None] | None = None
+        super().__init__("housekeeper", interval, self.trim)
+        self.engine, self.retention_days = engine, retention_days
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="housekeeper")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                removed = await trim_processed_events(self.engine, self.retention_days)
-                if removed:
-                    log.info("trimmed processed-event records", extra={"removed": removed})
-            except Exception as exc:  # a failed chore must never take the service down
-                log.warning("housekeeping failed", extra={"error": str(exc)})
-            await asyncio.sleep(self.interval)
+    async def trim(self) -> None:
+        removed = await trim_processed_events(self.engine, self.retention_days)
+        if removed:
+            log.info("trimmed processed-event records", extra={"removed": removed})
 
 
 async def list_dead_letters(engine: AsyncEngine, limit: int = 50) -> list[dict[str, Any]]:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from fastapi import FastAPI
@@ -16,40 +14,10 @@ from services.audit_sampler.config import Settings
 from services.audit_sampler.domain.policy import PolicyError, PolicySet
 from services.audit_sampler.handlers import ManualCompensationHandler
 from shared.config import ServiceSettings
+from shared.periodic import PeriodicTask
 from shared.service import ServiceContext, create_app
 
 log = logging.getLogger(__name__)
-
-
-class _Periodic:
-    """A background task run every ``interval`` seconds until the service stops."""
-
-    def __init__(self, name: str, interval: float, step: Callable[[], Awaitable[None]]) -> None:
-        self.name, self.interval, self.step = name, interval, step
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        if self.interval > 0:
-            self._task = asyncio.create_task(self._run(), name=self.name)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.step()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning(f"{self.name} failed", extra={"error": str(exc)})
-            await asyncio.sleep(self.interval)
 
 
 class PolicyReloader:
@@ -107,8 +75,8 @@ def build_app(settings: ServiceSettings) -> FastAPI:
     handler = ManualCompensationHandler(lambda: runtime.policies, lambda: datetime.now(UTC))
     ctx.add_consumer(settings.consumer_group, [settings.manual_topic], handler)
     reloader = PolicyReloader(policies)
-    ctx.components.append(_Periodic("policy-reload", settings.policy_reload_seconds, reloader.reload))
-    ctx.components.append(_Periodic("audit-gauges", settings.metrics_refresh_seconds,
+    ctx.components.append(PeriodicTask("policy-reload", settings.policy_reload_seconds, reloader.reload))
+    ctx.components.append(PeriodicTask("audit-gauges", settings.metrics_refresh_seconds,
                                     lambda: refresh_gauges(ctx)))
     ctx.readiness.append(reloader.sampling_policies)
     app = create_app(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 
@@ -10,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.intake.metrics import OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE
 from shared.outbox import backlog
+from shared.periodic import PeriodicTask
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,8 @@ class BacklogGuard:
         self._interval = interval
         self.count = 0
         self.oldest_age = 0.0
-        self._task: asyncio.Task[None] | None = None
+        # A failed count keeps the last one; the database may be back next time.
+        self._counter = PeriodicTask("intake-backlog-guard", interval, self.refresh, run_first=False)
 
     @property
     def full(self) -> bool:
@@ -45,19 +46,7 @@ class BacklogGuard:
     async def start(self) -> None:
         with contextlib.suppress(Exception):
             await self.refresh()
-        self._task = asyncio.create_task(self._run(), name="intake-backlog-guard")
+        await self._counter.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self.refresh()
-            except Exception as exc:  # keep the last count; the database may be back next time
-                log.warning("outbox backlog count failed", extra={"error": str(exc)})
+        await self._counter.stop()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 
@@ -11,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.intake.metrics import IDEMPOTENCY_PURGED
 from services.intake.persistence import purge_received
+from shared.periodic import PeriodicTask
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +19,8 @@ class IdempotencyPurger:
         self._engine = engine
         self._retention = retention
         self._interval = interval
-        self._task: asyncio.Task[None] | None = None
+        # Retried next round on failure: accepting events does not depend on it.
+        self._purger = PeriodicTask("intake-idempotency-purger", interval, self.purge)
 
     async def purge(self, now: datetime | None = None) -> int:
         """Purge in chunks until nothing expired is left; returns how many ids were forgotten."""
@@ -35,19 +35,7 @@ class IdempotencyPurger:
                 return total
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="intake-idempotency-purger")
+        await self._purger.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.purge()
-            except Exception as exc:  # retried next round; accepting events does not depend on it
-                log.warning("purging old idempotency records failed", extra={"error": str(exc)})
-            await asyncio.sleep(self._interval)
+        await self._purger.stop()
