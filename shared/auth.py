@@ -73,18 +73,45 @@ class TokenService:
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
     def verify(self, token: str) -> Principal:
+        """A bearer token for the APIs. Tokens issued for a narrower audience (workbench session cookies)
+        are refused here, so a cookie lifted from a browser cannot be replayed as a bearer token."""
+        claims = self._claims(token)
+        if "aud" in claims:
+            raise Problem(401, "Unauthorized", "invalid token",
+                          headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        return self._principal(claims)
+
+    def verify_audience(self, token: str, prefix: str) -> tuple[Principal, str]:
+        """A token issued for an audience starting with ``prefix``; returns the principal and the rest of
+        the audience (the workbench puts its session id there)."""
+        claims = self._claims(token)
+        audience = claims.get("aud")
+        if not isinstance(audience, str) or not audience.startswith(prefix) or audience == prefix:
+            raise Problem(401, "Unauthorized", "invalid token",
+                          headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        return self._principal(claims), audience.removeprefix(prefix)
+
+    def _claims(self, token: str) -> dict[str, object]:
         try:
-            claims = jwt.decode(token, self._secret, algorithms=["HS256"], issuer=self._issuer,
-                                options={"require": ["exp", "sub", "iss"], "verify_aud": False})
+            # The audience is checked by the two callers above: PyJWT only matches whole audiences.
+            claims: dict[str, object] = jwt.decode(
+                token, self._secret, algorithms=["HS256"], issuer=self._issuer,
+                options={"require": ["exp", "sub", "iss"], "verify_aud": False})
         except jwt.ExpiredSignatureError as exc:
             raise Problem(401, "Unauthorized", "token expired",
                           headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from exc
         except jwt.PyJWTError as exc:
             raise Problem(401, "Unauthorized", "invalid token",
                           headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from exc
+        return claims
+
+    @staticmethod
+    def _principal(claims: dict[str, object]) -> Principal:
+        roles = claims.get("roles", [])
+        regions = claims.get("regions", [])
         return Principal(subject=str(claims["sub"]), kind="token",
-                         roles=frozenset(map(str, claims.get("roles", []))),
-                         regions=frozenset(map(str, claims.get("regions", []))))
+                         roles=frozenset(map(str, roles if isinstance(roles, list) else [])),
+                         regions=frozenset(map(str, regions if isinstance(regions, list) else [])))
 
 
 # ------------------------------------------------------------------ API keys
@@ -121,11 +148,9 @@ ApiKeyLookup = Callable[[str], Awaitable[Principal | None]]
 class Authenticator:
     """FastAPI dependency: ``Depends(auth)`` yields the caller's Principal or answers 401."""
 
-    def __init__(self, tokens: TokenService, api_keys: ApiKeyLookup | None = None,
-                 cookie_name: str | None = None) -> None:
+    def __init__(self, tokens: TokenService, api_keys: ApiKeyLookup | None = None) -> None:
         self.tokens = tokens
         self.api_keys = api_keys
-        self.cookie_name = cookie_name
 
     async def __call__(self, request: Request) -> Principal:
         principal = await self.authenticate(request)
@@ -142,9 +167,4 @@ class Authenticator:
         api_key = request.headers.get("x-api-key")
         if api_key and self.api_keys is not None:
             return await self.api_keys(api_key)
-        if self.cookie_name and (cookie := request.cookies.get(self.cookie_name)):
-            try:
-                return self.tokens.verify(cookie)
-            except Problem:
-                return None
         return None

@@ -11,12 +11,17 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres:@/postgres?host=.local/pg"
+# Values that appeared in this repository's history as defaults; anyone can read them.
+PUBLISHED_SECRETS = frozenset({"dev-only-insecure-token-secret-change-me"})
 
 
 class CommonSettings(BaseSettings):
     """Variables every service reads."""
 
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
+    # hide_input_in_errors: a startup error names the variable but never echoes its value (DATABASE_URL
+    # carries a password, AUTH_TOKEN_SECRET is one).
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True,
+                                      hide_input_in_errors=True)
 
     database_url: str = Field(DEFAULT_DATABASE_URL, description="SQLAlchemy asyncpg URL of PostgreSQL.")
     db_pool_size: int = Field(10, ge=1, le=200)
@@ -26,9 +31,10 @@ class CommonSettings(BaseSettings):
     kafka_compression: str = Field("gzip", description="none, gzip, snappy, lz4 or zstd")
     kafka_topic_partitions: int = Field(4, ge=1, le=1024)
     kafka_client_id_prefix: str = "comp"
+    # Required, with no default: a public default would let anyone who read this file sign tokens for
+    # every region. `make up` generates one per checkout (.local/auth_token_secret).
     auth_token_secret: SecretStr = Field(
-        SecretStr("dev-only-insecure-token-secret-change-me"),
-        description="HMAC key for signed bearer tokens; shared by all services of a stack.")
+        description="HMAC key for signed bearer tokens; shared by all services of a stack; >= 32 characters.")
     auth_token_issuer: str = "compensation-platform"  # noqa: S105 - an issuer name, not a secret
     log_level: str = "INFO"
     log_json: bool = True
@@ -44,6 +50,16 @@ class CommonSettings(BaseSettings):
     processed_events_retention_days: int = Field(
         30, ge=1, le=3650, description="How long consumers remember processed event ids (>= topic retention).")
     regions_file: str | None = Field(None, description="Region catalogue YAML replacing the shipped one.")
+
+    @field_validator("auth_token_secret")
+    @classmethod
+    def _strong_secret(cls, value: SecretStr) -> SecretStr:
+        secret = value.get_secret_value()
+        if len(secret) < 32:
+            raise ValueError("AUTH_TOKEN_SECRET must be at least 32 characters (openssl rand -base64 32)")
+        if secret in PUBLISHED_SECRETS:
+            raise ValueError("AUTH_TOKEN_SECRET is a value published in this repository; generate your own")
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -11,6 +11,7 @@ Function: ``unique_topic_prefix``, ``make_topics``: topics of the test's own, ne
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,10 @@ import pytest
 _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
+
+# Services refuse to start without their own AUTH_TOKEN_SECRET; the suite signs with a random one per run
+# (subprocesses the tests start inherit it).
+os.environ.setdefault("AUTH_TOKEN_SECRET", secrets.token_urlsafe(32))
 
 from tests.infra import Infrastructure, create_database, drop_database, unique_name  # noqa: E402
 

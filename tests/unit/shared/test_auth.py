@@ -53,3 +53,25 @@ def test_api_keys_are_random_and_checked_in_constant_time():
     assert parse_api_key("garbage") is None
     assert generate_api_key()[1] != full
     assert time.time() > 0
+
+
+def test_session_cookie_tokens_are_not_bearer_tokens():
+    # A workbench cookie carries an audience; lifted from a browser it must not open the other APIs.
+    ts = TokenService("x" * 32)
+    cookie = ts.issue("auditor1", ["auditor"], ["SG"], audience="workbench-session:abc123")
+    with pytest.raises(Problem) as exc:
+        ts.verify(cookie)
+    assert exc.value.status == 401
+    principal, session_id = ts.verify_audience(cookie, "workbench-session:")
+    assert session_id == "abc123" and principal.subject == "auditor1" and principal.regions == {"SG"}
+
+
+def test_audience_must_match_prefix_and_carry_a_session():
+    ts = TokenService("x" * 32)
+    for token in (ts.issue("a", [], ["SG"]),  # plain bearer token: no audience
+                  ts.issue("a", [], ["SG"], audience="other:abc"),
+                  ts.issue("a", [], ["SG"], audience="workbench-session:"),
+                  TokenService("y" * 32).issue("a", [], ["SG"], audience="workbench-session:abc")):
+        with pytest.raises(Problem) as exc:
+            ts.verify_audience(token, "workbench-session:")
+        assert exc.value.status == 401
