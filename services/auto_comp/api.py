@@ -25,7 +25,7 @@ from shared.regions import UnknownRegion, catalogue
 READERS = ("ops_admin", "strategy_manager", "finance", "auditor", "senior_auditor", "lead", "service")
 RELOADERS = ("strategy_manager", "ops_admin")
 OutcomeFilter = Literal["issued", "not_eligible", "capped_by_abuse_guard", "holdout", "budget_denied", "paced",
-                        "pending_budget"]
+                        "pending_budget", "reservation_expired"]
 
 
 def _major(minor: int | None, currency: str) -> str | None:

@@ -5,6 +5,11 @@ outbox, in the decision's transaction. The ledger answers once per reservation i
 under a row lock and only to a still-pending compensation, so a re-delivered or re-sent answer changes
 nothing and a ticket can never get a second voucher. A crash anywhere leaves either the pending row with
 its request (re-sent by ``SagaTimeouts``) or the settled row with its event in the outbox.
+
+A reservation has an expiry (``expires_at``), when the ledger releases it if unused. A compensation still
+pending then is expired by ``SagaTimeouts`` (or by the answer handler, if the answer comes late): issue,
+denial and expiry are each one conditional ``UPDATE ... WHERE status = 'pending'``, so exactly one wins,
+and ``compensation.issued`` is published only for a compensation issued before its expiry.
 """
 
 from __future__ import annotations
@@ -217,7 +222,12 @@ class TicketHandler:
 
 
 class BudgetResultHandler:
-    """Applies the ledger's answers: reserved -> issue the compensation; denied -> budget_denied / paced."""
+    """Applies the ledger's answers: reserved -> issue the compensation; denied -> budget_denied / paced.
+
+    A reserved answer that arrives after the reservation expired (the sweeper may or may not have got
+    there first) issues nothing: the compensation becomes ``expired`` and the ledger releases the unused
+    reservation at that same expiry. Each transition is conditional on the compensation still being
+    pending, so exactly one of issue, denial and expiry happens to it."""
 
     async def __call__(self, conn: AsyncConnection, events: Sequence[Delivered]) -> None:
         answers: dict[str, tuple[Envelope, ev.BudgetReservationDecided]] = {}
@@ -227,7 +237,8 @@ class BudgetResultHandler:
         pending = await persistence.lock_pending(conn, list(answers))
         issued: list[dict[str, Any]] = []
         denied: list[dict[str, Any]] = []
-        out: list[Record] = []
+        late: list[str] = []
+        out: dict[str, Record] = {}
         now = datetime.now(UTC)
         for reservation_id, comp in pending.items():
             env, answer = answers[reservation_id]
@@ -241,12 +252,22 @@ class BudgetResultHandler:
                     "detail": f"ledger denied {answer.budget_period}: "
                               f"{answer.denial_reason.value if answer.denial_reason else 'denied'}"})
                 continue
+            if comp["expired"]:
+                late.append(comp["compensation_id"])
+                continue
             row, record = self._issue(comp, env, answer, now)
             issued.append(row)
-            out.append(record)
-        await persistence.mark_issued(conn, issued)
-        await persistence.mark_denied(conn, denied)
-        await enqueue_records(conn, out)
+            out[comp["compensation_id"]] = record
+        won = await persistence.mark_issued(conn, issued)
+        denied_ids = await persistence.mark_denied(conn, denied)
+        # An issue that lost (the expiry passed between the read and the update) is late too.
+        late.extend(row["compensation_id"] for row in issued if row["compensation_id"] not in won)
+        expired = await persistence.expire_pending(conn, compensation_ids=late) if late else []
+        # Only the compensations this transaction issued are announced: never one the sweeper expired.
+        await enqueue_records(conn, [out[cid] for cid in out if cid in won])
+        issued = [row for row in issued if row["compensation_id"] in won]
+        denied = [row for row in denied if row["compensation_id"] in denied_ids]
+        count_expired(expired, "late_answer")
         by_id = {c["compensation_id"]: c for c in pending.values()}
         decided: Counter[tuple[str, str, str, str]] = Counter()
         kinds: Counter[tuple[str, str, str]] = Counter()
@@ -307,9 +328,26 @@ class BudgetResultHandler:
         return row, record
 
 
+def count_expired(expired: Sequence[dict[str, Any]], by: str) -> None:
+    """Metrics and a log line for compensations that expired (``persistence.expire_pending`` rows)."""
+    if not expired:
+        return
+    decided: Counter[tuple[str, str]] = Counter()
+    for row in expired:
+        decided[(row["region"], row["strategy_id"])] += 1
+    for (region, strategy), n in decided.items():
+        metrics.DECISIONS.labels(region, strategy, Outcome.RESERVATION_EXPIRED.value, "active").inc(n)
+        metrics.RESERVATIONS_EXPIRED.labels(region, by).inc(n)
+    log.warning("budget reservations expired before an answer was applied; nothing issued",
+                extra={"count": len(expired), "by": by,
+                       "compensation_ids": [r["compensation_id"] for r in expired[:20]]})
+
+
 class SagaTimeouts:
-    """Re-sends reservation requests the ledger has not answered within the timeout (same reservation id,
-    new event id: the ledger answers a repeat with its first answer)."""
+    """The saga's sweeper. Expires pending compensations whose reservation expired (nothing issued, no more
+    re-sends; the ledger releases the reservation at that expiry), then re-sends reservation requests the
+    ledger has not answered within the timeout (same reservation id, new event id: the ledger answers a
+    repeat with its first answer)."""
 
     def __init__(self, engine: AsyncEngine, timeout_seconds: float, interval_seconds: float,
                  batch: int = 500, on_enqueued: Any = None) -> None:
@@ -318,10 +356,13 @@ class SagaTimeouts:
         self.interval = interval_seconds
         self.batch = batch
         self.on_enqueued = on_enqueued
+        self.last_expired: list[dict[str, Any]] = []
         self._task: asyncio.Task[None] | None = None
 
     async def run_once(self) -> int:
+        """One pass; returns how many requests it re-sent (``last_expired`` holds what it expired)."""
         async with self.engine.begin() as conn:
+            self.last_expired = await persistence.expire_pending(conn, limit=self.batch)
             rows = await persistence.claim_unanswered(conn, self.timeout, self.batch)
             envelopes = []
             for r in rows:
@@ -334,6 +375,7 @@ class SagaTimeouts:
             pending, oldest = await persistence.saga_backlog(conn)
         metrics.SAGA_PENDING.set(pending)
         metrics.SAGA_OLDEST.set(oldest)
+        count_expired(self.last_expired, "sweeper")
         if envelopes:
             metrics.SAGA_RESENDS.inc(len(envelopes))
             log.warning("re-sent unanswered budget reservations", extra={"count": len(envelopes)})

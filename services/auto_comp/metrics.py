@@ -37,3 +37,7 @@ SAGA_PENDING = Gauge(
     "auto_comp_saga_pending", "Compensations waiting for the ledger's budget answer.")
 SAGA_OLDEST = Gauge(
     "auto_comp_saga_oldest_pending_seconds", "Age of the oldest compensation waiting for a budget answer.")
+RESERVATIONS_EXPIRED = Counter(
+    "auto_comp_reservations_expired_total", "Compensations whose budget reservation expired before an answer "
+    "was applied: nothing was issued and the ledger releases the reservation. by=sweeper: no answer in time; "
+    "by=late_answer: the ledger's answer arrived after the expiry.", ["region", "by"])

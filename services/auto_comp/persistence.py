@@ -52,7 +52,8 @@ async def decided_tickets(conn: AsyncConnection, ticket_ids: Sequence[str]) -> s
 
 async def buyer_history(conn: AsyncConnection, buyers: Iterable[tuple[str, str]], since: datetime,
                         until: datetime) -> dict[tuple[str, str], list[Granted]]:
-    """Pending and issued compensations of these buyers whose tickets occurred in [since, until]."""
+    """Pending and issued compensations of these buyers whose tickets occurred in [since, until] (denied and
+    expired ones issued nothing, so they do not count)."""
     keys = sorted(set(buyers))
     out: dict[tuple[str, str], list[Granted]] = {k: [] for k in keys}
     if not keys:
@@ -60,7 +61,7 @@ async def buyer_history(conn: AsyncConnection, buyers: Iterable[tuple[str, str]]
     rows = await conn.execute(text(
         "SELECT c.region, c.buyer_id, c.ticket_occurred_at, coalesce(c.issued_minor, c.requested_minor), "
         "c.currency FROM compensations c JOIN unnest(CAST(:r AS text[]), CAST(:b AS text[])) AS x(r, b) "
-        "ON c.region = x.r AND c.buyer_id = x.b WHERE c.status <> 'denied' "
+        "ON c.region = x.r AND c.buyer_id = x.b WHERE c.status IN ('pending', 'issued') "
         "AND c.ticket_occurred_at BETWEEN :since AND :until"),
         {"r": [k[0] for k in keys], "b": [k[1] for k in keys], "since": since, "until": until})
     for region, buyer, at, minor, currency in rows:
@@ -73,7 +74,7 @@ async def taken_orders(conn: AsyncConnection, order_ids: Sequence[str]) -> set[t
         return set()
     rows = await conn.execute(text(
         "SELECT order_id, scenario FROM compensations WHERE order_id = ANY(CAST(:ids AS text[])) "
-        "AND status <> 'denied'"), {"ids": list(set(order_ids))})
+        "AND status IN ('pending', 'issued')"), {"ids": list(set(order_ids))})
     return {(r[0], r[1]) for r in rows}
 
 
@@ -130,58 +131,106 @@ _PENDING_COLS = (
 
 
 async def lock_pending(conn: AsyncConnection, reservation_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """The still-pending compensations of these reservations, locked (an answer already applied is gone)."""
+    """The still-pending compensations of these reservations, locked (an answer already applied is gone).
+
+    ``expired`` says the reservation's expiry has passed (the database's clock, the one the sweeper uses):
+    such a compensation may no longer be issued, whatever the answer."""
     if not reservation_ids:
         return {}
     rows = await conn.execute(text(
-        f"SELECT {_PENDING_COLS} FROM compensations WHERE reservation_id = ANY(CAST(:ids AS text[])) "
+        f"SELECT {_PENDING_COLS}, expires_at <= now() AS expired FROM compensations "
+        "WHERE reservation_id = ANY(CAST(:ids AS text[])) "
         "AND status = 'pending' ORDER BY reservation_id FOR UPDATE"), {"ids": sorted(set(reservation_ids))})
     return {r["reservation_id"]: dict(r) for r in rows.mappings()}
 
 
-async def mark_issued(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    """rows: compensation_id, ticket_id, issued_minor, voucher_code, budget_period, detail."""
+# Every transition out of 'pending' below is conditional on the row still being pending (and, for an
+# issue, on its reservation not having expired), in the statement that makes it: whichever of issue,
+# denial and expiry reaches a compensation first wins, and the others change nothing and learn so from
+# what the statement returns. The row locks of ``lock_pending`` make the answer path wait less, but
+# correctness does not depend on a caller having taken them.
+
+
+async def mark_issued(conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[str]:
+    """rows: compensation_id, ticket_id, issued_minor, voucher_code, budget_period, detail.
+
+    Returns the compensation ids this call issued: still pending and before their expiry. The caller
+    publishes ``compensation.issued`` for those only."""
     if not rows:
-        return
+        return set()
     cols = ("compensation_id text, ticket_id text, issued_minor bigint, voucher_code text, "
             "budget_period text, detail text")
     # Both tables in one statement: one round trip and one parse of the batch.
-    await conn.execute(text(
+    result = await conn.execute(text(
         f"WITH x AS MATERIALIZED (SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x({cols})), "
         f"c AS (UPDATE compensations c SET status = 'issued', issued_minor = x.issued_minor, "
         f"voucher_code = x.voucher_code, budget_period = x.budget_period, settled_at = now() "
-        f"FROM x WHERE c.compensation_id = x.compensation_id) "
-        f"UPDATE decisions d SET outcome = 'issued', issued_minor = x.issued_minor, detail = x.detail, "
-        f"failed_rule = NULL, updated_at = now() FROM x "
-        f"WHERE d.ticket_id = x.ticket_id AND d.compensation_id = x.compensation_id"), {"rows": _json(rows)})
+        f"FROM x WHERE c.compensation_id = x.compensation_id AND c.status = 'pending' "
+        f"AND c.expires_at > now() RETURNING c.compensation_id), "
+        f"d AS (UPDATE decisions d SET outcome = 'issued', issued_minor = x.issued_minor, detail = x.detail, "
+        f"failed_rule = NULL, updated_at = now() FROM x JOIN c ON c.compensation_id = x.compensation_id "
+        f"WHERE d.ticket_id = x.ticket_id AND d.compensation_id = x.compensation_id) "
+        f"SELECT compensation_id FROM c"), {"rows": _json(rows)})
+    return set(result.scalars())
 
 
-async def mark_denied(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    """rows: compensation_id, ticket_id, outcome (budget_denied | paced), denial_reason, budget_period, detail."""
+async def mark_denied(conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[str]:
+    """rows: compensation_id, ticket_id, outcome (budget_denied | paced), denial_reason, budget_period, detail.
+
+    Returns the compensation ids this call denied (those still pending)."""
     if not rows:
-        return
-    doc = {"rows": _json(rows)}
+        return set()
     cols = "compensation_id text, ticket_id text, outcome text, denial_reason text, budget_period text, detail text"
-    await conn.execute(text(
-        f"UPDATE compensations c SET status = 'denied', denial_reason = x.denial_reason, "
+    result = await conn.execute(text(
+        f"WITH x AS MATERIALIZED (SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x({cols})), "
+        f"c AS (UPDATE compensations c SET status = 'denied', denial_reason = x.denial_reason, "
         f"budget_period = x.budget_period, settled_at = now() "
-        f"FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x({cols}) WHERE c.compensation_id = x.compensation_id"),
-        doc)
-    await conn.execute(text(
-        f"UPDATE decisions d SET outcome = x.outcome, failed_rule = 'budget', detail = x.detail, "
-        f"updated_at = now() FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x({cols}) "
-        f"WHERE d.ticket_id = x.ticket_id AND d.compensation_id = x.compensation_id"), doc)
+        f"FROM x WHERE c.compensation_id = x.compensation_id AND c.status = 'pending' "
+        f"RETURNING c.compensation_id), "
+        f"d AS (UPDATE decisions d SET outcome = x.outcome, failed_rule = 'budget', detail = x.detail, "
+        f"updated_at = now() FROM x JOIN c ON c.compensation_id = x.compensation_id "
+        f"WHERE d.ticket_id = x.ticket_id AND d.compensation_id = x.compensation_id) "
+        f"SELECT compensation_id FROM c"), {"rows": _json(rows)})
+    return set(result.scalars())
+
+
+async def expire_pending(conn: AsyncConnection, *, compensation_ids: Sequence[str] | None = None,
+                         limit: int = 500) -> list[dict[str, Any]]:
+    """Pending compensations whose reservation has expired become ``expired`` (decision
+    ``reservation_expired``); returns those this call expired (compensation_id, ticket_id, region,
+    strategy_id, reservation_id, expires_at).
+
+    ``compensation_ids`` limits it to those (an answer that arrived too late); without it, it is the
+    sweeper's pass over the oldest due ones. Rows another transaction holds (an answer being applied) are
+    skipped: that transaction settles them, and if it does not, the next pass does."""
+    result = await conn.execute(text(
+        "WITH due AS (SELECT compensation_id FROM compensations WHERE status = 'pending' AND expires_at <= now() "
+        "AND (CAST(:ids AS text[]) IS NULL OR compensation_id = ANY(CAST(:ids AS text[]))) "
+        "ORDER BY expires_at LIMIT :n FOR UPDATE SKIP LOCKED), "
+        "c AS (UPDATE compensations c SET status = 'expired', settled_at = now() FROM due "
+        "WHERE c.compensation_id = due.compensation_id AND c.status = 'pending' AND c.expires_at <= now() "
+        "RETURNING c.compensation_id, c.ticket_id, c.region, c.strategy_id, c.reservation_id, c.expires_at), "
+        "d AS (UPDATE decisions d SET outcome = 'reservation_expired', failed_rule = 'budget', "
+        "detail = 'no budget answer before the reservation expired at ' "
+        "|| to_char(c.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "
+        "|| '; nothing issued', updated_at = now() FROM c "
+        "WHERE d.ticket_id = c.ticket_id AND d.compensation_id = c.compensation_id) "
+        "SELECT * FROM c ORDER BY expires_at, compensation_id"),
+        {"ids": None if compensation_ids is None else sorted(set(compensation_ids)),
+         "n": limit if compensation_ids is None else max(1, len(set(compensation_ids)))})
+    return [dict(r) for r in result.mappings()]
 
 
 async def claim_unanswered(conn: AsyncConnection, older_than_seconds: float, limit: int) -> list[dict[str, Any]]:
     """Pending reservations not answered in time, locked so two replicas never re-send the same one at once;
-    their clock restarts and their attempt count goes up in the same statement."""
+    their clock restarts and their attempt count goes up in the same statement. An expired reservation is
+    never re-sent (the sweeper settles it)."""
     rows = await conn.execute(text(
         "WITH due AS (SELECT compensation_id FROM compensations WHERE status = 'pending' "
-        "AND last_sent_at < now() - make_interval(secs => :age) ORDER BY last_sent_at LIMIT :n "
-        "FOR UPDATE SKIP LOCKED) "
+        "AND last_sent_at < now() - make_interval(secs => :age) AND expires_at > now() "
+        "ORDER BY last_sent_at LIMIT :n FOR UPDATE SKIP LOCKED) "
         "UPDATE compensations c SET attempts = c.attempts + 1, last_sent_at = now() FROM due "
-        "WHERE c.compensation_id = due.compensation_id "
+        "WHERE c.compensation_id = due.compensation_id AND c.status = 'pending' "
         "RETURNING c.compensation_id, c.reservation_id, c.region, c.request, c.attempts, c.correlation_id"),
         {"age": older_than_seconds, "n": limit})
     return [dict(r) for r in rows.mappings()]

@@ -38,6 +38,8 @@ class Outcome(enum.StrEnum):
     BUDGET_DENIED = "budget_denied"
     PACED = "paced"
     PENDING_BUDGET = "pending_budget"  # reservation requested, the ledger has not answered yet
+    # No answer was applied before the reservation's expiry: nothing issued, the ledger releases it.
+    RESERVATION_EXPIRED = "reservation_expired"
     WOULD_ISSUE = "would_issue"  # shadow strategies only: everything passed, nothing was issued
 
 
