@@ -1,8 +1,18 @@
 """The ledger's batch handler: lock what the batch touches, apply it in the book, write it in bulk.
 
-Lock order, the same for every writer (batches, sweeper), so parallel consumers never deadlock:
-per-compensation advisory locks (sorted) -> budget rows (sorted, one ``FOR UPDATE`` per budget per
-batch) -> striped balance rows (sorted).
+Lock order, the same for every writer (charge and request batches, the sweeper, parked-event retries), so
+parallel consumers and the housekeeper never deadlock (ADR 0005):
+
+1. per-compensation advisory locks, sorted (``persistence.lock_compensations``); a compensation's own
+   rows (reservation, compensation, its journal keys) are only written under its lock, so where they are
+   written in the transaction does not matter;
+2. budget rows, sorted (``persistence.lock_budgets``): up front in locked mode (request batches, sweeper,
+   retries), at the end in delta mode (charge batches);
+3. balance stripes, sorted, always the last statement of the writer (``persistence.save_balances``).
+
+Budget rows before stripes, whichever the mode: a delta batch that upserted its stripes and then waited
+for the budget row deadlocked with a retry or sweep that held the budget row and waited for the stripe.
+``write_books`` is the one place that takes 2 (in delta mode) and 3, so no path can reorder them.
 """
 
 from __future__ import annotations
@@ -79,13 +89,24 @@ async def apply_batch(conn: AsyncConnection, events: Sequence[Delivered], settin
             # The runner re-runs the batch one event at a time and dead-letters this one alone.
             raise PermanentError(str(exc)) from exc
 
-    await persistence.save_books(conn, book, stripe=stripe, consumer_group=group)
-    if deltas and book.budget_steps:
-        book.replay(await persistence.lock_budgets(conn, {step.key for step in book.budget_steps}))
-    await persistence.save_budget_effects(conn, book)
+    await write_books(conn, book, stripe=stripe, consumer_group=group)
     await enqueue(conn, _outgoing(book))
     _count(book)
     return book
+
+
+async def write_books(conn: AsyncConnection, book: Book, *, stripe: int, consumer_group: str) -> None:
+    """Write a decided book in the lock order of this module: budget rows before balance stripes.
+
+    Locked mode already holds its budget rows. Delta mode locks them here, after the journal COPY (the
+    expensive part, done without any hot lock) and replays its budget steps on them; the stripe upsert
+    comes after that in both modes, so the budget row is held for a few statements, not the whole batch.
+    """
+    balances = await persistence.save_books(conn, book, consumer_group=consumer_group)
+    if book.deltas and book.budget_steps:
+        book.replay(await persistence.lock_budgets(conn, {step.key for step in book.budget_steps}))
+    await persistence.save_budget_effects(conn, book)
+    await persistence.save_balances(conn, balances, stripe)
 
 
 def _outgoing(book: Book) -> list:  # type: ignore[type-arg]
@@ -158,9 +179,12 @@ async def sweep_reservations(conn: AsyncConnection, settings: Settings, stripe: 
     stale = await persistence.stale_reservations(conn, now, settings.voucher_grace_seconds)
     if not stale:
         return 0
-    await persistence.lock_compensations(conn, [cid for _, cid in stale])
+    cids = [cid for _, cid in stale]
+    await persistence.lock_compensations(conn, cids)
     holds = await persistence.load_holds(conn, [rid for rid, _ in stale])
-    book = Book(now=now, granularity=settings.budget_period, holds=holds)
+    # A voucher that lapsed unused releases its liable parties' charge too, so its compensation is needed.
+    comps = await persistence.load_compensations(conn, cids)
+    book = Book(now=now, granularity=settings.budget_period, holds=holds, compensations=comps)
     book.budgets.update(await persistence.lock_budgets(conn, {(h.region, h.period) for h in holds.values()}))
     grace = timedelta(seconds=settings.voucher_grace_seconds)
     swept = 0
@@ -168,8 +192,8 @@ async def sweep_reservations(conn: AsyncConnection, settings: Settings, stripe: 
         if book.sweep(rid, grace):
             swept += 1
             metrics.SWEPT.labels(book.holds[rid].closed_by or "").inc()
-    await persistence.save_books(conn, book, stripe=stripe, consumer_group=settings.consumer_group)
-    await persistence.save_budget_effects(conn, book)
+    await write_books(conn, book, stripe=stripe, consumer_group=settings.consumer_group)
+    _count(book)
     return swept
 
 
@@ -187,8 +211,7 @@ async def retry_parked(conn: AsyncConnection, settings: Settings, stripe: int, n
                 parked=parked, corrections=await persistence.load_corrections(conn, cids))
     book.budgets.update(await persistence.lock_budgets(conn, {(h.region, h.period) for h in holds.values()}))
     book.apply_parked_for_known()
-    await persistence.save_books(conn, book, stripe=stripe, consumer_group=settings.consumer_group)
-    await persistence.save_budget_effects(conn, book)
+    await write_books(conn, book, stripe=stripe, consumer_group=settings.consumer_group)
     await enqueue(conn, _outgoing(book))
     _count(book)
     return len(book.out.parked_done)

@@ -157,12 +157,20 @@ async def load_parked(conn: AsyncConnection, compensation_ids: Iterable[str] | N
 # ------------------------------------------------------------------ writes
 
 
-async def save_books(conn: AsyncConnection, book: Book, *, stripe: int, consumer_group: str) -> None:
-    """Write what the book decided apart from budget rows: journal, balances, reservations,
-    compensations, corrections, parked events. A fixed number of statements whatever the batch size."""
+BalanceDeltas = dict[tuple[str, str, str], list[int]]  # (region, account, currency) -> [debits, credits, entries]
+
+
+async def save_books(conn: AsyncConnection, book: Book, *, consumer_group: str) -> BalanceDeltas:
+    """Write what the book decided apart from budget rows and balances: journal, reservations,
+    compensations, corrections, parked events. A fixed number of statements whatever the batch size.
+
+    Nothing written here is a row another compensation's writer touches (journal rows are new, and a
+    compensation's own rows are only written under its advisory lock), so it may come before the budget
+    lock. The balance deltas it returns go to the hot stripe rows, which are locked last: ``save_balances``.
+    """
     await _save_holds(conn, list(book.holds.values()))
     await _save_compensations(conn, list(book.compensations.values()))
-    await _save_journal(conn, book, stripe)
+    balances = await _save_journal(conn, book)
     if book.out.corrections:
         c = book.out.corrections
         await conn.execute(text(
@@ -175,6 +183,7 @@ async def save_books(conn: AsyncConnection, book: Book, *, stripe: int, consumer
              "e": [x.charge_tx_id for x in c], "f": [x.corrected_amount for x in c],
              "g": [x.source_event_id for x in c], "h": [x.applied_at for x in c]})
     await _save_parked(conn, book, consumer_group)
+    return balances
 
 
 async def save_budget_effects(conn: AsyncConnection, book: Book) -> None:
@@ -292,10 +301,10 @@ _TX_COLUMNS = ["tx_id", "kind", "region", "currency", "compensation_id", "source
 _ENTRY_COLUMNS = ["tx_id", "line_no", "region", "account_key", "currency", "amount_minor", "occurred_at"]
 
 
-async def _save_journal(conn: AsyncConnection, book: Book, stripe: int) -> None:
+async def _save_journal(conn: AsyncConnection, book: Book) -> BalanceDeltas:
     txs = book.out.transactions
     if not txs:
-        return
+        return {}
     raw = await raw_connection(conn)
     await raw.copy_records_to_table("journal_transactions", columns=_TX_COLUMNS, records=[
         (t.tx_id, t.kind.value, t.region, t.entries[0].currency, t.compensation_id, t.source_event_id,
@@ -312,7 +321,18 @@ async def _save_journal(conn: AsyncConnection, book: Book, stripe: int) -> None:
                 b[1] -= e.amount_minor
             b[2] += 1
     await raw.copy_records_to_table("journal_entries", columns=_ENTRY_COLUMNS, records=entries)
-    keys = sorted(balances)  # one consistent order across consumers: no deadlocks between stripes
+    return balances
+
+
+async def save_balances(conn: AsyncConnection, balances: BalanceDeltas, stripe: int) -> None:
+    """Add a batch's aggregated debits and credits to this writer's stripe: one upsert per batch.
+
+    The last lock a writer takes (after its budget rows; see the lock order in ``handlers``). The rows are
+    upserted in key order, the same for every writer, so writers sharing a stripe never deadlock here.
+    """
+    if not balances:
+        return
+    keys = sorted(balances)
     await conn.execute(text(
         "INSERT INTO account_balances AS a (region, account_key, currency, stripe, debits_minor, credits_minor, "
         "entries) SELECT r, k, c, :s, d, cr, n FROM unnest(CAST(:r AS text[]), CAST(:k AS text[]), "
