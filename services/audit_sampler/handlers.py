@@ -3,6 +3,9 @@
 A batch costs a fixed handful of statements whatever its size: known ids, agents and buyers are read with
 array binds, decisions are pure, and the writes are ``unnest`` inserts. Only a queue-day over its daily
 capacity costs one more read (its lowest-risk queued items).
+
+Capacity is enforced under a row lock of each capped queue-day (``queue_days``), taken before counting and
+held to commit, so consumers of different partitions never both fill the last slots of a queue-day.
 """
 
 from __future__ import annotations
@@ -171,12 +174,14 @@ class ManualCompensationHandler:
                 by_group[(s.comp.region, s.decision.queue, s.day)].append(s)
         if not by_group:
             return kept, [], []
+        # Count and fill each capped queue-day under its row lock (held to commit): concurrent consumers
+        # take turns per queue-day, so its capacity holds. Unbounded queues need no turn.
+        await db.lock_queue_days(conn, [g for g in by_group if self._capacity(policies, g) is not None])
         counts = await db.queue_day_counts(conn, by_group)
         dropped: list[_Sampled] = []
         evicted: list[tuple[int, tuple[GroupKey, str, float, float]]] = []
         for group, arrivals in by_group.items():
-            rule = policies.for_region(group[0]).queue(group[1])
-            capacity = rule.daily_capacity if rule else None
+            capacity = self._capacity(policies, group)
             fixed, queued = counts.get(group, (0, 0))
             if capacity is None or fixed + queued + len(arrivals) <= capacity:
                 kept.extend(arrivals)
@@ -199,6 +204,11 @@ class ManualCompensationHandler:
             probs = await db.inclusion_probabilities(conn, [e[1][1] for e in evicted])
             evicted = [(item_id, (g, cid, risk, probs.get(cid, 0.0))) for item_id, (g, cid, risk, _) in evicted]
         return kept, dropped, evicted
+
+    @staticmethod
+    def _capacity(policies: PolicySet, group: GroupKey) -> int | None:
+        rule = policies.for_region(group[0]).queue(group[1])
+        return rule.daily_capacity if rule else None
 
     @staticmethod
     def _queue_day_counts(kept: list[_Sampled], dropped: list[_Sampled],

@@ -63,6 +63,28 @@ async def last_buyer_compensations(conn: AsyncConnection, keys: Iterable[tuple[s
     return {(r[0], r[1]): r[2] for r in rows}
 
 
+async def lock_queue_days(conn: AsyncConnection, groups: Iterable[tuple[str, str, date]]) -> None:
+    """Lock these queue-days' rows until the transaction ends (creating missing ones, counts zero).
+
+    Capacity is counted and then filled by inserts: without this lock two consumers (two partitions of
+    the same region) could both read the same count and both take the last slots. Under it, the second
+    waits, then counts what the first committed. Sorted order on both statements, so batches sharing
+    queue-days queue instead of deadlocking; ``count_queue_days`` later updates the same rows.
+    """
+    keys = sorted(set(groups))
+    if not keys:
+        return
+    params = {"regions": [k[0] for k in keys], "queues": [k[1] for k in keys], "days": [k[2] for k in keys]}
+    await conn.execute(text(
+        "INSERT INTO queue_days (region, queue, local_day) SELECT * FROM unnest(CAST(:regions AS text[]), "
+        "CAST(:queues AS text[]), CAST(:days AS date[])) AS g(region, queue, local_day) "
+        "ORDER BY region, queue, local_day ON CONFLICT DO NOTHING"), params)
+    await conn.execute(text(
+        "SELECT 1 FROM queue_days q JOIN unnest(CAST(:regions AS text[]), CAST(:queues AS text[]), "
+        "CAST(:days AS date[])) AS g(region, queue, local_day) USING (region, queue, local_day) "
+        "ORDER BY q.region, q.queue, q.local_day FOR UPDATE OF q"), params)
+
+
 async def queue_day_counts(conn: AsyncConnection, groups: Iterable[tuple[str, str, date]]
                            ) -> dict[tuple[str, str, date], tuple[int, int]]:
     """(fixed, evictable) droppable sample items per queue-day: fixed = claimed or done, evictable = queued."""
