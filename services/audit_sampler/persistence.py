@@ -244,12 +244,33 @@ async def item(conn: AsyncConnection, item_id: int) -> dict[str, Any] | None:
     return None if row is None else item_dict(row)
 
 
-async def held_item(conn: AsyncConnection, region: str, auditor: str, now: datetime) -> dict[str, Any] | None:
-    """The item this auditor already holds under a live lease in the region, if any."""
+async def lock_auditor(conn: AsyncConnection, region: str, auditor: str) -> None:
+    """Serialise this auditor's claims in the region until the transaction ends (one statement: the no-op
+    update of an existing guard row locks it, the insert of a new one holds it)."""
+    await conn.execute(text(
+        "INSERT INTO auditor_guards AS g (region, auditor_id) VALUES (:r, :a) "
+        "ON CONFLICT (region, auditor_id) DO UPDATE SET last_claim_at = now()"), {"r": region, "a": auditor})
+
+
+async def held_item(conn: AsyncConnection, region: str, auditor: str, now: datetime, queue: str | None = None
+                    ) -> dict[str, Any] | None:
+    """The item this auditor already holds under a live lease in the region (and queue, when given)."""
     row = (await conn.execute(text(
         f"SELECT {ITEM_COLUMNS} FROM audit_items WHERE region = :r AND status = 'claimed' "
+        "AND (CAST(:q AS text) IS NULL OR queue = :q) "
         "AND claimed_by = :a AND lease_expires_at > :now ORDER BY id LIMIT 1"),
-        {"r": region, "a": auditor, "now": now})).first()
+        {"r": region, "a": auditor, "now": now, "q": queue})).first()
+    return None if row is None else item_dict(row)
+
+
+async def renew_lease(conn: AsyncConnection, item_id: int, auditor: str, lease_until: datetime
+                      ) -> dict[str, Any] | None:
+    """Extend the lease of an item only while this auditor still holds it (a lapsed lease may have been
+    taken by someone else since it was read); None when they no longer do."""
+    row = (await conn.execute(text(
+        "UPDATE audit_items SET lease_expires_at = :until WHERE id = :id AND status = 'claimed' "
+        f"AND claimed_by = :a RETURNING {ITEM_COLUMNS}"), {"id": item_id, "a": auditor, "until": lease_until})
+    ).first()
     return None if row is None else item_dict(row)
 
 

@@ -7,7 +7,8 @@ returns plain dicts ready for JSON or a template:
 - ``queue_overview(engine, principal, region=None)`` -> list of {region, queue, waiting, claimed,
   oldest_age_seconds, sla_breached, sla_hours, daily_capacity}
 - ``claim_next(engine, principal, region, queue=None)`` -> item dict or None (nothing waiting); the item
-  the auditor already holds comes back first, with its lease renewed
+  the auditor already holds (in that queue, when one is named) comes back first, with its lease renewed;
+  an auditor's concurrent claims take turns, so they never lease a second item
 - ``get_item(engine, principal, item_id)`` -> item dict (+ ``verdict``, ``agent_history``,
   ``agent_state``); blind: gold answers and the first verdict of a re-audit are hidden from auditors,
   who see only items they hold or audited (leads, senior auditors and ops admins see all in region)
@@ -180,17 +181,18 @@ async def claim_next(engine: AsyncEngine, principal: Principal, region: str, que
         raise Problem(404, "Not Found", f"no queue {queue} in region {region}",
                       errors=[{"field": "queue", "message": "unknown queue"}])
     at = _now(now)
+    lease_until = q.lease_expiry(at, policy.lease_seconds)
     async with engine.begin() as conn:
-        held = await db.held_item(conn, region, principal.subject, at)
-        if held is not None and (queue is None or held["queue"] == queue):
+        # "Already holds one?" and "lease the next" in one turn per auditor: two claims at once would
+        # otherwise both find nothing held and lease two items.
+        await db.lock_auditor(conn, region, principal.subject)
+        held = await db.held_item(conn, region, principal.subject, at, queue)
+        if held is not None:
             # Claiming again is the auditor's heartbeat: the lease on the item in hand starts over.
-            await db.set_item_holder(conn, held["id"], status="claimed", claimed_by=principal.subject,
-                                     lease_until=q.lease_expiry(at, policy.lease_seconds),
-                                     assigned_to=held["assigned_to"])
-            renewed = await db.item(conn, held["id"])
-            assert renewed is not None
-            return _present_item(renewed, principal)
-        item = await db.claim_next(conn, region, principal.subject, at, q.lease_expiry(at, policy.lease_seconds),
+            renewed = await db.renew_lease(conn, held["id"], principal.subject, lease_until)
+            if renewed is not None:
+                return _present_item(renewed, principal)
+        item = await db.claim_next(conn, region, principal.subject, at, lease_until,
                                    [r.name for r in policy.queues], queue)
     return None if item is None else _present_item(item, principal)
 
