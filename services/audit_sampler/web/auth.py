@@ -127,22 +127,29 @@ class WorkbenchAuth:
         a message that does not reveal whether the user exists."""
         now = datetime.now(UTC)
         username = username.strip().lower()
-        async with self.engine.connect() as conn:
-            user = await queries.get_user(conn, username)
-        ok = await asyncio.to_thread(verify_password, password, user.password_hash if user else dummy_hash())
-        if user is None or user.disabled or user.password_hash is None:
-            SIGN_INS.labels("failed").inc()
-            raise SignInFailed("unknown user name or wrong password")
-        if user.locked_until is not None and user.locked_until > now:
-            SIGN_INS.labels("locked").inc()
-            raise SignInFailed("too many failed sign-ins: the account is locked for a while")
         lockout = now + timedelta(seconds=self.settings.signin_lockout_seconds)
         async with self.engine.begin() as conn:
-            await queries.record_sign_in(conn, username, ok, now, self.settings.signin_max_failures, lockout)
-            opened = await self._open_session(conn, user, now) if ok else None
-        SIGN_INS.labels("ok" if opened else "failed").inc()
-        if opened is None:
+            user = await queries.get_user(conn, username)
+            usable = user is not None and not user.disabled and user.password_hash is not None
+            # The attempt is counted (and the lock checked) before the password is: concurrent guesses
+            # cannot all pass a "not locked yet" read, so at most max_failures are ever checked per lockout.
+            admitted = usable and await queries.take_sign_in_attempt(
+                conn, username, now, self.settings.signin_max_failures, lockout)
+        # Checked even when refused, so the answer's timing does not tell whether the user exists.
+        ok = await asyncio.to_thread(verify_password, password, user.password_hash if user else dummy_hash())
+        if user is None or not usable:
+            SIGN_INS.labels("failed").inc()
             raise SignInFailed("unknown user name or wrong password")
+        if not admitted:
+            SIGN_INS.labels("locked").inc()
+            raise SignInFailed("too many failed sign-ins: the account is locked for a while")
+        if not ok:
+            SIGN_INS.labels("failed").inc()
+            raise SignInFailed("unknown user name or wrong password")
+        async with self.engine.begin() as conn:
+            await queries.sign_in_succeeded(conn, username, now)
+            opened = await self._open_session(conn, user, now)
+        SIGN_INS.labels("ok").inc()
         return opened
 
     async def sign_out(self, viewer: Viewer) -> None:

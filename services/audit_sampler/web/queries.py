@@ -176,18 +176,27 @@ async def disable_user(conn: AsyncConnection, username: str, now: datetime) -> b
     return updated is not None
 
 
-async def record_sign_in(conn: AsyncConnection, username: str, ok: bool, now: datetime,
-                         max_failures: int, lockout_until: datetime) -> None:
-    if ok:
-        await conn.execute(text(
-            "UPDATE workbench_users SET failed_sign_ins = 0, locked_until = NULL, last_sign_in_at = :now "
-            "WHERE username = :u"), {"u": username, "now": now})
-        return
-    await conn.execute(text(
+async def take_sign_in_attempt(conn: AsyncConnection, username: str, now: datetime, max_failures: int,
+                               lockout_until: datetime) -> bool:
+    """Count a password attempt as failed before the password is checked, unless the account is locked;
+    True when the attempt may go on (``sign_in_succeeded`` clears the count if the password was right).
+
+    One conditional statement, so concurrent attempts cannot all read "not locked" and then all guess: the
+    account locks at the ``max_failures``-th attempt and every later one, however concurrent, is refused.
+    """
+    row = (await conn.execute(text(
         "UPDATE workbench_users SET failed_sign_ins = failed_sign_ins + 1, "
         "locked_until = CASE WHEN failed_sign_ins + 1 >= :max THEN CAST(:until AS timestamptz) "
-        "ELSE locked_until END WHERE username = :u"),
-        {"u": username, "max": max_failures, "until": lockout_until})
+        "ELSE locked_until END WHERE username = :u AND NOT disabled AND password_hash IS NOT NULL "
+        "AND (locked_until IS NULL OR locked_until <= :now) RETURNING username"),
+        {"u": username, "max": max_failures, "until": lockout_until, "now": now})).first()
+    return row is not None
+
+
+async def sign_in_succeeded(conn: AsyncConnection, username: str, now: datetime) -> None:
+    await conn.execute(text(
+        "UPDATE workbench_users SET failed_sign_ins = 0, locked_until = NULL, last_sign_in_at = :now "
+        "WHERE username = :u"), {"u": username, "now": now})
 
 
 async def create_session(conn: AsyncConnection, session_id: str, username: str, csrf_token: str,
