@@ -35,6 +35,17 @@ CHECKS: dict[str, str] = {
             WHERE t.compensation_id = c.compensation_id AND t.kind = 'charge'
               AND NOT EXISTS (SELECT 1 FROM journal_transactions r WHERE r.reverses_tx_id = t.tx_id)) l ON true
         WHERE l.live <> CASE WHEN c.current_amount_minor > 0 THEN 1 ELSE 0 END""",
+    # a closed automatic compensation charges its liable parties no more than the buyer received: the
+    # redeemed value, nothing when it expired or was revoked (charge and reversal lines of the parties)
+    "charged_beyond_received": """
+        SELECT count(*) FROM compensations c
+        JOIN reservations r ON r.reservation_id = c.reservation_id AND r.status IN ('posted', 'voided')
+        JOIN LATERAL (
+            SELECT coalesce(sum(e.amount_minor), 0) AS charged FROM journal_transactions t
+            JOIN journal_entries e ON e.tx_id = t.tx_id
+            WHERE t.compensation_id = c.compensation_id AND t.kind IN ('charge', 'reversal')
+              AND e.account_key <> 'compensation_payable') l ON true
+        WHERE c.origin = 'auto' AND l.charged > r.posted_minor""",
     # no reservation left pending past its expiry (never issued) or its voucher's validity, plus grace
     "orphan_reservations": """
         SELECT count(*) FROM reservations WHERE status = 'pending' AND (

@@ -19,6 +19,7 @@ from services.ledger.domain.budget import BudgetState, crossed_thresholds, decid
 from services.ledger.domain.periods import elapsed_fraction, period_bounds, period_of
 from shared.contracts import events as ev
 from shared.contracts.envelope import Envelope
+from shared.money import Money
 from shared.regions import region as region_of
 
 
@@ -272,7 +273,7 @@ class Book:
         comp = Compensation(p.compensation_id, env.region, "auto", p.kind.value, issued, hold.currency,
                             hold.period, p.buyer_id, hold.reservation_id, env.event_id, env.occurred_at,
                             new=True)
-        self._charge(env, comp, shares, issued)
+        self._charge(env.event_id, env.occurred_at, comp, shares, issued)
         budget = self._budget(hold.region, hold.period, hold.currency)
         if issued < hold.amount:
             self._release(hold, budget, hold.amount - issued)
@@ -290,7 +291,8 @@ class Book:
         amount, currency = p.amount.amount_minor, p.amount.currency
         comp = Compensation(p.compensation_id, region, "manual", p.kind.value, amount, currency, period,
                             p.buyer_id, None, env.event_id, env.occurred_at, new=True)
-        self._charge(env, comp, [(s.party.account_key, s.amount_minor) for s in p.liability], amount)
+        self._charge(env.event_id, env.occurred_at, comp, [(s.party.account_key, s.amount_minor)
+                                                          for s in p.liability], amount)
         self.out.transactions.append(journal.budget_posting(
             tx_id=f"posting:{p.compensation_id}", region=region, currency=currency, period=period,
             compensation_id=p.compensation_id, source_event_id=env.event_id, occurred_at=env.occurred_at,
@@ -299,15 +301,51 @@ class Book:
         self.compensations[comp.compensation_id] = comp
         self._apply_parked(comp.compensation_id)
 
-    def _charge(self, env: Envelope, comp: Compensation, shares: list[tuple[str, int]], amount: int,
-                corrects: str | None = None, correction_id: str | None = None) -> None:
+    def _charge(self, source_event_id: str, occurred_at: datetime, comp: Compensation,
+                shares: list[tuple[str, int]], amount: int, corrects: str | None = None,
+                correction_id: str | None = None) -> None:
         tx_id = f"charge:{comp.compensation_id}:{comp.charge_seq}"
         self.out.transactions.append(journal.charge(
             tx_id=tx_id, region=comp.region, currency=comp.currency, compensation_id=comp.compensation_id,
-            source_event_id=env.event_id, occurred_at=env.occurred_at, shares=shares, corrects_tx_id=corrects,
+            source_event_id=source_event_id, occurred_at=occurred_at, shares=shares, corrects_tx_id=corrects,
             correction_id=correction_id))
         comp.current_charge_tx, comp.current_shares, comp.current_amount = tx_id, shares, amount
         comp.dirty = True
+
+    def _reverse_current(self, source_event_id: str, occurred_at: datetime, comp: Compensation,
+                         correction_id: str | None = None) -> str | None:
+        """Reverse the live charge exactly (if any); returns its id. The caller re-charges or clears it."""
+        reversed_tx = comp.current_charge_tx
+        if reversed_tx is None:
+            return None
+        self.out.transactions.append(journal.reversal(
+            None, tx_id=f"reversal:{reversed_tx}", source_event_id=source_event_id, occurred_at=occurred_at,
+            entries=self._charge_entries(comp), region=comp.region, compensation_id=comp.compensation_id,
+            reverses_tx_id=reversed_tx, correction_id=correction_id))
+        comp.charge_seq += 1
+        comp.current_charge_tx, comp.current_shares, comp.current_amount = None, [], 0
+        comp.dirty = True
+        return reversed_tx
+
+    def _settle(self, comp: Compensation, received: int, source_event_id: str, occurred_at: datetime) -> None:
+        """An automatic voucher closed: its liable parties end up charged for what the buyer received.
+
+        The charge at issue is the voucher's face value, because nothing else is known then. When the
+        voucher is redeemed for less, expires or is revoked, the unused remainder is released from the
+        liable parties the way it is released from the budget: the live charge is reversed exactly and
+        the received value is charged again, split over the same parties in proportion to their shares
+        (nothing is re-charged when the buyer received nothing). New journal rows only, with deterministic
+        ids (``reversal:<charge>``, ``charge:<comp>:<n>``), so a redelivered event cannot post it twice;
+        the re-charge links the charge it replaces (``corrects_tx_id``) and carries no correction id. A
+        charge already at or below the received value (an audit correction lowered it) is left alone.
+        """
+        if comp.current_charge_tx is None or comp.current_amount <= received:
+            return
+        shares = comp.current_shares
+        reversed_tx = self._reverse_current(source_event_id, occurred_at, comp)
+        if received > 0:
+            self._charge(source_event_id, occurred_at, comp, _scaled(shares, received, comp.currency), received,
+                         corrects=reversed_tx)
 
     # ------------------------------------------------------------------ voucher lifecycle
 
@@ -337,6 +375,8 @@ class Book:
             self._void(hold, budget, "expired", breakage=True)
         else:
             self._void(hold, budget, "revoked", breakage=False)
+        # The voucher is closed now (a voucher is used once): hold.posted is what the buyer received.
+        self._settle(comp, hold.posted, env.event_id, env.occurred_at)
 
     def _post(self, env: Envelope, hold: Hold, budget: BudgetState, amount: int, why: str) -> None:
         """Post the used part of a pending hold and release the rest."""
@@ -425,7 +465,13 @@ class Book:
             self._void(hold, budget, "reservation_expired", breakage=False)
             return True
         if hold.valid_until is not None and hold.valid_until + grace <= self.now:
+            comp = self.compensations.get(hold.compensation_id)
+            if comp is None:
+                # An issued voucher has a compensation; without it the charge could not be released.
+                raise RuntimeError(f"compensation {hold.compensation_id} was not loaded for the sweep")
             self._void(hold, budget, "validity_ended", breakage=True)
+            # No event says so: the sweep is the source, and the voucher lapsed at the end of its validity.
+            self._settle(comp, 0, f"sweep:{hold.reservation_id}", hold.valid_until)
             return True
         return False
 
@@ -450,28 +496,39 @@ class Book:
         if p.corrected_amount.currency != comp.currency:
             raise Rejected(f"corrected amount in {p.corrected_amount.currency}, "
                            f"compensation in {comp.currency}")
-        reversed_tx = comp.current_charge_tx
-        reversal_id = None
-        if reversed_tx is not None:
-            reversal_id = f"reversal:{reversed_tx}"
-            self.out.transactions.append(journal.reversal(
-                None, tx_id=reversal_id, source_event_id=env.event_id, occurred_at=env.occurred_at,
-                entries=self._charge_entries(comp), region=comp.region, compensation_id=comp.compensation_id,
-                reverses_tx_id=reversed_tx, correction_id=p.correction_id))
+        seq = comp.charge_seq
+        reversed_tx = self._reverse_current(env.event_id, env.occurred_at, comp, p.correction_id)
+        comp.charge_seq = seq + 1  # a new charge number even when there was no live charge to reverse
+        reversal_id = None if reversed_tx is None else f"reversal:{reversed_tx}"
         charge_id = None
-        amount = p.corrected_amount.amount_minor
-        comp.charge_seq += 1
+        corrected = p.corrected_amount.amount_minor
+        amount = corrected
+        shares = [(s.party.account_key, s.amount_minor) for s in p.corrected_liability]
+        received = self._received(comp)
+        if received is not None and amount > received:
+            # The voucher is closed already: the corrected parties are charged at most what the buyer
+            # received, the same rule as when a voucher closes after the correction (``_settle``).
+            shares, amount = _scaled(shares, received, comp.currency), received
         if amount > 0:
-            self._charge(env, comp, [(s.party.account_key, s.amount_minor) for s in p.corrected_liability],
-                         amount, corrects=reversed_tx, correction_id=p.correction_id)
+            self._charge(env.event_id, env.occurred_at, comp, shares, amount, corrects=reversed_tx,
+                         correction_id=p.correction_id)
             charge_id = comp.current_charge_tx
-        else:
-            comp.current_charge_tx, comp.current_shares, comp.current_amount = None, [], 0
         comp.last_correction_id, comp.dirty = p.correction_id, True
         record = CorrectionRecord(p.correction_id, comp.compensation_id, p.corrects_correction_id,
-                                  reversal_id, charge_id, amount, env.event_id, env.occurred_at)
+                                  reversal_id, charge_id, corrected, env.event_id, env.occurred_at)
         self.corrections[p.correction_id] = record
         self.out.corrections.append(record)
+
+    def _received(self, comp: Compensation) -> int | None:
+        """What the buyer received from a closed automatic compensation; None while it may still change.
+
+        Manual compensations post their full value at issue, so their charge is never capped."""
+        if comp.origin != "auto" or comp.reservation_id is None:
+            return None
+        hold = self.holds.get(comp.reservation_id)
+        if hold is None or hold.status not in (HoldStatus.POSTED, HoldStatus.VOIDED):
+            return None
+        return hold.posted
 
     def _charge_entries(self, comp: Compensation) -> tuple[journal.Entry, ...]:
         debits = [journal.Entry(k, a, comp.currency) for k, a in comp.current_shares if a != 0]
@@ -518,3 +575,13 @@ class Book:
                 limit=ev.NonNegativeMoney(amount_minor=budget.limit, currency=budget.currency),
                 used=ev.NonNegativeMoney(amount_minor=budget.used, currency=budget.currency))))
             budget.dirty = True
+
+
+def _scaled(shares: list[tuple[str, int]], amount: int, currency: str) -> list[tuple[str, int]]:
+    """Liability shares scaled down to ``amount`` (<= their sum), exactly and deterministically.
+
+    Largest-remainder split (``Money.allocate``): the parts sum to ``amount`` and none exceeds its share,
+    so a release never turns into a charge for any party. Parties left with nothing are dropped.
+    """
+    parts = Money(amount, currency).allocate([a for _, a in shares])
+    return [(key, part.minor) for (key, _), part in zip(shares, parts, strict=True) if part.minor]

@@ -10,9 +10,15 @@ Accounts (per region, in the region's currency):
 - ``budget:<period>``: the regional budget of a period; its credit balance is the spend posted to it.
 
 Transaction kinds:
-- ``charge``: Dr liable parties (by share) / Cr compensation_payable, when a compensation is issued.
+- ``charge``: Dr liable parties (by share) / Cr compensation_payable, when a compensation is issued; again
+  (linked to the charge it replaces) after an audit correction or when an automatic voucher closes.
 - ``budget_posting``: Dr compensation_expense / Cr budget:<period>, when spend is posted to the budget.
 - ``reversal``: the exact negation of an earlier transaction, pointing at it.
+
+A compensation has at most one live (unreversed) charge. An automatic voucher is charged at face value
+when issued; when it closes (redeemed, expired, revoked, or lapsed and swept) the live charge is reversed
+and the value the buyer received is charged again to the same parties pro rata, so the liable parties end
+up charged for what the buyer received, as the budget does (``book.Book._settle``, ADR 0005).
 """
 
 from __future__ import annotations

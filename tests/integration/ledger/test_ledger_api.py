@@ -149,25 +149,42 @@ async def test_statements_json_and_csv(ledger):
                           headers=token(app))).json()
     assert c["closing_balance_minor"] == 250_000 and c["closing_balance"] == "250000 IDR"
 
+    # SGD vouchers: the seller ends up charged for what buyers received. SG-R1 (15.00, seller 10.00 +
+    # platform 5.00) redeemed for 12.00: reversed and charged again 8.00 + 4.00; SG-R3 (8.00) expired
+    # unused: reversed; SG-R2 is store credit, received in full when issued.
     s = (await client.get("/v1/statements/seller:S-SG", params={"region": "SG", "period": "2026-11"},
                           headers=token(app))).json()
-    assert (s["opening_balance_minor"], s["closing_balance_minor"], s["closing_balance"]) == (0, 3_800, "38.00 SGD")
+    assert (s["opening_balance_minor"], s["closing_balance_minor"], s["closing_balance"]) == (0, 2_800, "28.00 SGD")
+    assert (s["charged_minor"], s["reversed_minor"]) == (4_600, 1_800)
+    assert [(x["tx_id"], x["kind"], x["amount_minor"], x["corrects_tx_id"], x["correction_id"])
+            for x in s["lines"]] == [
+        ("charge:comp-SG-R1:0", "charge", 1_000, None, None),
+        ("charge:comp-SG-R1:1", "charge", 800, "charge:comp-SG-R1:0", None),
+        ("charge:comp-SG-R2:0", "charge", 2_000, None, None),
+        ("charge:comp-SG-R3:0", "charge", 800, None, None),
+        ("reversal:charge:comp-SG-R1:0", "reversal", -1_000, None, None),
+        ("reversal:charge:comp-SG-R3:0", "reversal", -800, None, None)]
+    p = (await client.get("/v1/statements/platform", params={"region": "SG", "period": "2026-11"},
+                          headers=token(app))).json()
+    assert p["closing_balance_minor"] == 400
     d = (await client.get("/v1/statements/seller:S-SG", params={"region": "SG", "period": "2026-12"},
                           headers=token(app))).json()
-    assert (d["opening_balance_minor"], d["closing_balance_minor"]) == (3_800, 4_300)
+    assert (d["opening_balance_minor"], d["closing_balance_minor"]) == (2_800, 3_300)
 
     r = await client.get("/v1/statements/seller:S-SG", params={"region": "SG", "period": "2026-11", "format": "csv"},
                          headers=token(app))
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     table = list(csv.DictReader(io.StringIO(r.text)))
-    assert [(x["compensation_id"], x["amount_minor"], x["amount"]) for x in table] == [
-        ("comp-SG-R1", "1000", "10.00"), ("comp-SG-R2", "2000", "20.00"), ("comp-SG-R3", "800", "8.00")]
+    assert [(x["compensation_id"], x["kind"], x["amount_minor"], x["amount"]) for x in table] == [
+        ("comp-SG-R1", "charge", "1000", "10.00"), ("comp-SG-R1", "charge", "800", "8.00"),
+        ("comp-SG-R2", "charge", "2000", "20.00"), ("comp-SG-R3", "charge", "800", "8.00"),
+        ("comp-SG-R1", "reversal", "-1000", "-10.00"), ("comp-SG-R3", "reversal", "-800", "-8.00")]
 
 
 async def test_balances_and_unknown_accounts(ledger):
     app, client, _ = ledger
     b = (await client.get("/v1/accounts/seller:S-SG/balance", params={"region": "SG"}, headers=token(app))).json()
-    assert b["balance_minor"] == 4_300 and b["balance"] == "43.00 SGD"
+    assert b["balance_minor"] == 3_300 and b["balance"] == "33.00 SGD"
     b = (await client.get("/v1/accounts/budget:2026-11/balance", params={"region": "SG"}, headers=token(app))).json()
     assert b["balance_minor"] == -3_200  # posted automatic spend of the period
     for key in ("seller:nobody", "wallet:x"):
@@ -184,7 +201,10 @@ async def test_lineage_and_breakage(ledger):
     r = await client.get("/v1/compensations/comp-SG-R1/lineage", headers=token(app))
     lin = r.json()
     assert lin["reservations"][0]["status"] == "posted" and lin["reservations"][0]["closed_by"] == "redeemed"
-    assert [t["kind"] for t in lin["transactions"]] == ["charge", "budget_posting"]
+    # the redemption posts the budget and brings the charge down to the 12.00 received
+    assert [t["tx_id"] for t in lin["transactions"]] == [
+        "charge:comp-SG-R1:0", "charge:comp-SG-R1:1", "posting:SG-R1", "reversal:charge:comp-SG-R1:0"]
+    assert lin["compensation"]["current_amount_minor"] == 1_200
     lin = (await client.get("/v1/compensations/ID-M2/lineage", headers=token(app))).json()
     assert [c["correction_id"] for c in lin["corrections"]] == ["ID-K1"]
     assert {t["tx_id"] for t in lin["transactions"]} >= {"charge:ID-M2:0", "reversal:charge:ID-M2:0",

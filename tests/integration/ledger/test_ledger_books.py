@@ -51,7 +51,8 @@ async def test_voucher_flow_writes_balanced_books(engine, settings):
     balances = dict(await rows(engine, "SELECT account_key, sum(debits_minor - credits_minor) FROM "
                                        "account_balances WHERE account_key IN ('seller:S9', 'carrier:C9', "
                                        "'budget:2026-11') GROUP BY 1"))
-    assert balances["seller:S9"] == 600 and balances["carrier:C9"] == 300
+    # charged what the buyer received (4.00 of 9.00), split 600:300 to the minor unit (266.67 / 133.33)
+    assert balances["seller:S9"] == 267 and balances["carrier:C9"] == 133
     assert balances["budget:2026-11"] <= -400
     outbox = await scalar(engine, "SELECT count(*) FROM outbox WHERE topic = 'budget.results.v1'")
     assert outbox >= 1

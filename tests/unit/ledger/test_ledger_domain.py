@@ -50,6 +50,17 @@ def budget_of(b: Book, region_code: str = "SG", period: str = "2026-11") -> Budg
     return b.budgets[(region_code, period)]
 
 
+def party_net(b: Book, compensation_id: str) -> dict[str, int]:
+    """Net charge per liable party of one compensation over the book's journal output."""
+    net: dict[str, int] = {}
+    for t in b.out.transactions:
+        if t.compensation_id == compensation_id:
+            for e in t.entries:
+                if journal.is_party_account(e.account):
+                    net[e.account] = net.get(e.account, 0) + e.amount_minor
+    return net
+
+
 # ---------------------------------------------------------------- periods
 
 
@@ -202,7 +213,13 @@ def test_voucher_lifecycle_partial_redemption_posts_used_part_and_releases_rest(
     assert (hold.status, hold.posted, hold.released) == (HoldStatus.POSTED, 300, 700)
     assert (budget.reserved, budget.posted_auto, budget.released) == (0, 300, 700)
     kinds = [(t.kind, t.tx_id) for t in b.out.transactions]
-    assert kinds == [(journal.TxKind.CHARGE, "charge:comp-R1:0"), (journal.TxKind.BUDGET_POSTING, "posting:R1")]
+    # the liable party's charge comes down to what the buyer received: reversed, and charged again at 300
+    assert kinds == [(journal.TxKind.CHARGE, "charge:comp-R1:0"), (journal.TxKind.BUDGET_POSTING, "posting:R1"),
+                     (journal.TxKind.REVERSAL, "reversal:charge:comp-R1:0"),
+                     (journal.TxKind.CHARGE, "charge:comp-R1:1")]
+    assert b.out.transactions[3].corrects_tx_id == "charge:comp-R1:0"
+    assert b.out.transactions[3].correction_id is None
+    assert party_net(b, "comp-R1") == {"seller:S1": 300}
     assert b.out.decisions[0][1].reserved_amount.amount_minor == 1_000
 
 
@@ -224,7 +241,11 @@ def test_expiry_voids_and_counts_breakage_revocation_does_not():
     budget = budget_of(b)
     assert (budget.reserved, budget.posted_auto, budget.breakage, budget.released) == (0, 0, 500, 400)
     assert b.holds["R1"].status is b.holds["R2"].status is HoldStatus.VOIDED
-    assert [t.kind for t in b.out.transactions] == [journal.TxKind.CHARGE, journal.TxKind.CHARGE]
+    # the buyer received nothing: each charge is reversed, nothing is charged again
+    assert [t.tx_id for t in b.out.transactions] == ["charge:comp-R1:0", "reversal:charge:comp-R1:0",
+                                                     "charge:comp-R2:0", "reversal:charge:comp-R2:0"]
+    assert party_net(b, "comp-R1") == party_net(b, "comp-R2") == {"seller:S1": 0}
+    assert b.compensations["comp-R1"].current_charge_tx is None
 
 
 def test_resent_request_gets_the_same_answer_not_a_second_reservation():
@@ -299,6 +320,51 @@ def test_correction_and_correction_of_a_correction():
     assert net[journal.PAYABLE] == -1_000
 
 
+def test_partial_redemption_releases_each_party_its_share_of_the_remainder():
+    shares = [(seller(), 667), (carrier(), 333)]
+    b = run(book(), request("R1", 1_000), issued("R1", 1_000, shares=shares), redeemed("comp-R1", 500),
+            redeemed("comp-R1", 900))  # a voucher is used once: a second redemption changes nothing
+    assert party_net(b, "comp-R1") == {"seller:S1": 334, "carrier:C1": 166}  # 333.5 / 166.5, exact total
+    assert budget_of(b).posted_auto == 500
+    assert b.compensations["comp-R1"].current_amount == 500
+    assert "charge:comp-R1:2" not in {t.tx_id for t in b.out.transactions}
+
+
+def test_full_redemption_and_posted_at_issue_kinds_keep_the_full_charge():
+    b = run(book(), request("R1", 1_000), issued("R1", 800), redeemed("comp-R1", 800),
+            request("R2", 600, kind="store_credit"), issued("R2", 600, kind="store_credit"), expired("comp-R2"),
+            manual("M1", 400, kind="voucher"), expired("M1"))
+    assert [t.kind for t in b.out.transactions].count(journal.TxKind.REVERSAL) == 0
+    assert party_net(b, "comp-R1") == {"seller:S1": 800}
+    assert party_net(b, "comp-R2") == {"seller:S1": 600}  # a refund is received in full when issued
+    assert party_net(b, "M1") == {"seller:S1": 400}  # manual compensations post their full value at issue
+
+
+def test_correction_of_an_open_voucher_then_redemption_charges_at_most_the_received_value():
+    b = run(book(), request("R1", 1_000), issued("R1", 1_000),
+            correction("K1", "comp-R1", 600, shares=[(carrier(), 400), (PLATFORM, 200)]),
+            redeemed("comp-R1", 300))
+    assert party_net(b, "comp-R1") == {"seller:S1": 0, "carrier:C1": 200, "platform": 100}
+    b = run(book(), request("R1", 1_000), issued("R1", 1_000),
+            correction("K1", "comp-R1", 200, shares=[(carrier(), 200)]), redeemed("comp-R1", 300))
+    assert party_net(b, "comp-R1") == {"seller:S1": 0, "carrier:C1": 200}  # already below: left alone
+    assert b.out.transactions[-1].kind is journal.TxKind.BUDGET_POSTING
+
+
+def test_correction_of_a_closed_voucher_is_capped_at_the_received_value():
+    b = run(book(), request("R1", 1_000), issued("R1", 1_000), redeemed("comp-R1", 300),
+            correction("K1", "comp-R1", 900, shares=[(carrier(), 600), (PLATFORM, 300)]),
+            request("R2", 500), issued("R2", 500), expired("comp-R2"),
+            correction("K2", "comp-R2", 500, shares=[(carrier(), 500)]))
+    assert party_net(b, "comp-R1") == {"seller:S1": 0, "carrier:C1": 200, "platform": 100}
+    assert party_net(b, "comp-R2") == {"seller:S1": 0}  # received nothing: nobody is charged again
+    k1, k2 = b.corrections["K1"], b.corrections["K2"]
+    assert (k1.corrected_amount, k1.reversal_tx_id, k1.charge_tx_id) == (900, "reversal:charge:comp-R1:1",
+                                                                         "charge:comp-R1:2")
+    assert (k2.corrected_amount, k2.reversal_tx_id, k2.charge_tx_id) == (500, None, None)
+    assert b.compensations["comp-R2"].current_charge_tx is None
+
+
 def test_correction_to_zero_then_duplicate_correction_ignored():
     b = run(book(), manual("M1", 1_000), correction("K1", "M1", 0), correction("K1", "M1", 0))
     assert [t.tx_id for t in b.out.transactions] == ["charge:M1:0", "posting:M1", "reversal:charge:M1:0"]
@@ -338,6 +404,14 @@ def test_sweeper_voids_stale_reservations():
     later = Book(now=NOW + timedelta(days=1), budgets=b.budgets, holds=b.holds, compensations=b.compensations)
     assert later.sweep("R1", timedelta(hours=1)) and not later.sweep("R2", timedelta(hours=1))
     assert budget_of(later).reserved == 500
-    much_later = Book(now=NOW + timedelta(days=40), budgets=b.budgets, holds=b.holds)
+    much_later = Book(now=NOW + timedelta(days=40), budgets=b.budgets, holds=b.holds,
+                      compensations=b.compensations)
     assert much_later.sweep("R2", timedelta(days=1))
     assert budget_of(much_later).reserved == 0 and budget_of(much_later).breakage == 500
+    # the voucher lapsed unused: its charge is reversed, at the end of its validity, by the sweep
+    [reversal] = much_later.out.transactions
+    assert (reversal.tx_id, reversal.source_event_id) == ("reversal:charge:comp-R2:0", "sweep:R2")
+    assert reversal.occurred_at == b.holds["R2"].valid_until
+    lone = run(book(), request("R9", 100), issued("R9", 100, valid_days=1))
+    with pytest.raises(RuntimeError, match="not loaded"):  # the handler loads the swept compensations
+        Book(now=NOW + timedelta(days=40), budgets=lone.budgets, holds=lone.holds).sweep("R9", timedelta(days=1))
