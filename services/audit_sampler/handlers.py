@@ -144,7 +144,16 @@ class ManualCompensationHandler:
         for entry in population:
             if entry["compensation_id"] in dropped_ids:
                 entry["sampled"], entry["capacity_dropped"] = False, True
-        await db.insert_population(conn, population)
+        inserted = await db.insert_population(conn, population)
+        if len(inserted) < len(population):
+            # Another consumer recorded some of these compensations after our "known" read (a replay under
+            # new event ids on another partition): counting them here too would add them twice to the
+            # agents' counts and the queue-days' selections. Roll back and run the batch again; it then
+            # finds them known and skips them.
+            lost = sorted({p["compensation_id"] for p in population} - inserted)
+            log.info("compensations recorded concurrently by another consumer; the batch will be retried",
+                     extra={"compensation_ids": lost[:20], "count": len(lost)})
+            await db.abort_as_serialization_failure(conn)
         await db.evict(conn, [item_id for item_id, _ in evicted])
         await db.insert_sample_items(conn, [self._item(policies, s) for s in kept])
         await db.record_drops(conn, [

@@ -117,9 +117,11 @@ async def inclusion_probabilities(conn: AsyncConnection, ids: Sequence[str]) -> 
     return {r[0]: float(r[1]) for r in rows}
 
 
-async def insert_population(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+async def insert_population(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> set[str]:
+    """Record the compensations; returns the ids this call inserted (a concurrent consumer that recorded
+    one first makes this insert wait for its commit and then skip it)."""
     if not rows:
-        return
+        return set()
     cols = {
         "compensation_id": "text", "event_id": "text", "region": "text", "buyer_id": "text", "agent_id": "text",
         "team": "text", "reason_code": "text", "kind": "text", "currency": "text", "amount_minor": "bigint",
@@ -130,10 +132,21 @@ async def insert_population(conn: AsyncConnection, rows: Sequence[dict[str, Any]
     selects = ", ".join(f"CAST(:{c} AS {t}[])" for c, t in cols.items())
     names = ", ".join(cols)
     values = ", ".join("string_to_array(reasons, ',')" if c == "reasons" else c for c in cols)
-    await conn.execute(text(
+    result = await conn.execute(text(
         f"INSERT INTO population ({names}) SELECT {values} FROM unnest({selects}) AS u({names}) "
-        "ON CONFLICT (compensation_id) DO NOTHING"),
+        "ON CONFLICT (compensation_id) DO NOTHING RETURNING compensation_id"),
         {c: [r[c] for r in rows] for c in cols})
+    return set(result.scalars())
+
+
+async def abort_as_serialization_failure(conn: AsyncConnection) -> None:
+    """Fail the transaction with SQLSTATE 40001: the batch lost a race to a concurrent transaction and is
+    to be run again (the consumer runner retries serialization failures; on the retry the winner's
+    committed rows are visible). A constant statement: the caller logs the details."""
+    await conn.execute(text(
+        "DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = 'serialization_failure', "
+        "MESSAGE = 'audit_sampler: compensations recorded concurrently by another consumer; retry the batch'; "
+        "END $$"))
 
 
 async def insert_sample_items(conn: AsyncConnection, items: Sequence[dict[str, Any]]) -> None:

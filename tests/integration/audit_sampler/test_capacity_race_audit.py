@@ -47,10 +47,10 @@ def policies(tmp_path_factory) -> PolicySet:
     return PolicySet.load(folder)
 
 
-def manual(cid: str, at: datetime, reason: str) -> Envelope:
+def manual(cid: str, at: datetime, reason: str, agent: str | None = None) -> Envelope:
     payload = ev.ManualCompensationIssued(
         compensation_id=cid, ticket_id=f"T-{cid}", order_id=f"O-{cid}", buyer_id=f"B-{cid}", seller_id="S1",
-        agent_id=f"A-{cid}", team="team-1", kind=ev.CompensationKind.VOUCHER,
+        agent_id=agent or f"A-{cid}", team="team-1", kind=ev.CompensationKind.VOUCHER,
         amount=ev.PositiveMoney(amount_minor=1_000, currency="USD"),
         order_amount=ev.PositiveMoney(amount_minor=100_000, currency="USD"), reason_code=reason,
         liability=[ev.LiabilityShare(party=ev.LiableParty(type=ev.PartyType.SELLER, id="S1"), amount_minor=1_000)])
@@ -63,6 +63,29 @@ async def consume(engine, policies: PolicySet, envelopes: list[Envelope], partit
     async with engine.begin() as conn:
         await handler(conn, [Delivered(e, validate_payload(e), "manual", partition, i, None, 0)
                              for i, e in enumerate(envelopes)])
+
+
+def serialization_failure(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if getattr(seen, "sqlstate", None) == "40001":
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
+
+
+async def consume_with_retries(engine, policies: PolicySet, envelopes: list[Envelope], partition: int) -> int:
+    """As the consumer runner does: a batch that fails with a serialization failure is run again."""
+    for attempt in range(5):
+        try:
+            await consume(engine, policies, envelopes, partition)
+            return attempt
+        except Exception as exc:
+            if not serialization_failure(exc):
+                raise
+    raise AssertionError("still failing after 5 attempts")
 
 
 async def scalar(engine, sql: str, **params):
@@ -101,3 +124,26 @@ async def test_parallel_consumers_never_exceed_a_queue_days_capacity(engine, pol
         # and the estimator's bookkeeping saw every selection exactly once
         assert await scalar(engine, "SELECT selected || '/' || kept FROM queue_days WHERE local_day = :d",
                             d=day.date()) == f"36/{CAPACITY}"
+
+
+async def test_a_compensation_replayed_on_two_partitions_at_once_is_counted_once(engine, policies):
+    """The upstream re-sent compensations under new event ids and the copies landed on another partition:
+    two consumers decide the same compensations at the same moment. Only one may count them (agents'
+    counts, the queue-day's selection); the other's batch is retried and finds them known."""
+    retried = 0
+    for round_ in range(6):
+        day = NOW + timedelta(days=20 + round_)
+        prefix, agent = f"dup{round_}-", f"A-dup-{round_}"
+        first = [manual(f"{prefix}{i}", day, "damaged", agent) for i in range(6)]
+        copies = [manual(f"{prefix}{i}", day, "damaged", agent) for i in range(6)]  # new event ids
+        attempts = await asyncio.gather(consume_with_retries(engine, policies, first, 0),
+                                        consume_with_retries(engine, policies, copies, 1))
+        retried += sum(attempts)
+        like = {"p": prefix + "%"}
+        assert await scalar(engine, "SELECT count(*) FROM population WHERE compensation_id LIKE :p", **like) == 6
+        assert await scalar(engine, "SELECT count(*) FROM audit_items WHERE compensation_id LIKE :p", **like) == 6
+        assert await scalar(engine, "SELECT compensations_seen || '/' || sampled_this_week FROM agents "
+                                    "WHERE agent_id = :a", a=agent) == "6/6", f"round {round_}"
+        assert await scalar(engine, "SELECT selected || '/' || kept FROM queue_days WHERE local_day = :d",
+                            d=day.date()) == "6/6", f"round {round_}"
+    assert retried >= 1  # the race did happen (and was resolved by a retry)
