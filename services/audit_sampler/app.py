@@ -89,10 +89,13 @@ def build_app(settings: ServiceSettings) -> FastAPI:
         from services.audit_sampler.web import (  # type: ignore[attr-defined,unused-ignore]
             build_reports_router,
             build_web_router,
+            session_purge_task,
         )
     except ImportError:  # the workbench package is optional in a stripped-down build
         log.warning("workbench web UI not installed; serving the JSON API only")
     else:
         app.include_router(build_web_router(ctx))
         app.include_router(build_reports_router(ctx))
+        # Sessions live in the workbench's table, so their purge comes with the workbench package.
+        ctx.components.append(session_purge_task(ctx, settings.session_purge_seconds))
     return app

@@ -34,3 +34,7 @@ class Settings(ServiceSettings):
     metrics_refresh_seconds: float = Field(
         15.0, gt=0, le=3600, validation_alias="AUDIT_SAMPLER_METRICS_REFRESH_SECONDS",
         description="How often queue depth / oldest age gauges are recomputed from the database.")
+    session_purge_seconds: float = Field(
+        3600.0, gt=0, le=86_400, validation_alias="AUDIT_SAMPLER_SESSION_PURGE_SECONDS",
+        description="How often expired workbench sessions are deleted (they stop working at expiry "
+                    "whatever this is; the purge only keeps the table from growing).")

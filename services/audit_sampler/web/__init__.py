@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from services.audit_sampler.web.auth import WorkbenchAuth
+from services.audit_sampler.web.auth import WorkbenchAuth, purge_expired_sessions
 from services.audit_sampler.web.pages import build_pages
 from services.audit_sampler.web.reports_api import build_reports_api
 from services.audit_sampler.web.settings import WorkbenchSettings
+from shared.periodic import PeriodicTask
 from shared.service import ServiceContext
 
 
@@ -26,4 +27,9 @@ def build_reports_router(ctx: ServiceContext, settings: WorkbenchSettings | None
     return build_reports_api(ctx, workbench_auth(ctx, settings))
 
 
-__all__ = ["build_reports_router", "build_web_router", "workbench_auth"]
+def session_purge_task(ctx: ServiceContext, interval: float) -> PeriodicTask:
+    """The periodic job that deletes expired workbench sessions (a ServiceContext component)."""
+    return PeriodicTask("workbench-session-purge", interval, lambda: purge_expired_sessions(ctx.engine))
+
+
+__all__ = ["build_reports_router", "build_web_router", "session_purge_task", "workbench_auth"]

@@ -17,7 +17,7 @@ from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.audit_sampler.web import queries
-from services.audit_sampler.web.metrics import CSRF_REJECTED, SIGN_INS
+from services.audit_sampler.web.metrics import CSRF_REJECTED, SESSIONS_PURGED, SIGN_INS
 from services.audit_sampler.web.security import (
     WORKBENCH_ROLES,
     dummy_hash,
@@ -155,6 +155,15 @@ class WorkbenchAuth:
     async def sign_out(self, viewer: Viewer) -> None:
         async with self.engine.begin() as conn:
             await queries.end_session(conn, viewer.session_id, datetime.now(UTC))
+
+
+async def purge_expired_sessions(engine: AsyncEngine, now: datetime | None = None) -> int:
+    """Delete expired session rows; returns how many. An expired session is already refused at every
+    request (``live_session``), so this only keeps the table from growing with every sign-in."""
+    async with engine.begin() as conn:
+        purged = await queries.purge_sessions(conn, now or datetime.now(UTC))
+    SESSIONS_PURGED.inc(purged)
+    return purged
 
 
 def check_csrf(viewer: Viewer, submitted: str | None) -> None:

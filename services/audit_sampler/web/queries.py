@@ -231,5 +231,6 @@ async def end_session(conn: AsyncConnection, session_id: str, now: datetime) -> 
 
 
 async def purge_sessions(conn: AsyncConnection, before: datetime) -> int:
+    """Delete sessions that expired before ``before`` (signed-out ones too, once past their expiry)."""
     result = await conn.execute(text("DELETE FROM workbench_sessions WHERE expires_at < :t"), {"t": before})
     return int(getattr(result, "rowcount", 0) or 0)
