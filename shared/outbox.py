@@ -5,15 +5,22 @@ events with the same key reach their partition in the order they were committed.
 publishes at a time (a PostgreSQL advisory lock held on a dedicated connection elects it), so several
 replicas never interleave. A row is deleted only after the broker acknowledged it: a crash in between
 republishes it (at-least-once; consumers deduplicate by event id).
+
+Leadership is only as good as the lock's session: if the lock connection dies (network, failover,
+``pg_terminate_backend``) PostgreSQL releases the lock and another relay may take it. So the leader reads
+each batch and deletes the published rows on the lock connection itself: a batch starts only while the
+lock is provably held, and rows are marked sent only by the current holder. On loss the relay stops
+publishing and contends again; the batch in flight at that moment may be published twice (at-least-once).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
 import orjson
 from sqlalchemy import text
@@ -33,14 +40,63 @@ log = logging.getLogger(__name__)
 
 Record = tuple[str, bytes | None, bytes, Headers]
 
+_CONTEND_INTERVAL = 1.0  # seconds between a follower's attempts to take the relay lock
+
 _INSERT = text(
     "INSERT INTO outbox (topic, key, value, headers) "
     "SELECT * FROM unnest(CAST(:topics AS text[]), CAST(:keys AS bytea[]), CAST(:vals AS bytea[]), "
     "CAST(:headers AS jsonb[]))")
 
 
-def _headers_json(headers: Headers) -> str:
-    return orjson.dumps([[k, v.decode("latin-1")] for k, v in headers]).decode()
+# Header storage in jsonb (outbox and dead_letters). A plain entry ``[key, text]`` holds the value's bytes
+# as latin-1 text, which maps every byte 1:1 (so invalid UTF-8 is safe) and is the format rows already
+# written use. PostgreSQL text and jsonb cannot hold U+0000, so a value with a NUL byte is stored as
+# ``[key, base64, "b64"]`` (and a key with a NUL as ``[base64(key), base64, "b64k"]``); a null value is
+# ``[key, null]``. The marker is a third element, never a value prefix, so no real value can be mistaken
+# for an encoded one.
+_B64 = "b64"
+_B64_KEY = "b64k"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def encode_headers(headers: Iterable[tuple[str, bytes | None]]) -> list[list[str | None]]:
+    """Kafka headers as jsonb-safe entries; ``decode_headers`` gives the original bytes back."""
+    out: list[list[str | None]] = []
+    for k, v in headers:
+        if "\x00" in k:
+            out.append([_b64(k.encode()), None if v is None else _b64(v), _B64_KEY])
+        elif v is None:
+            out.append([k, None])
+        elif b"\x00" in v:
+            out.append([k, _b64(v), _B64])
+        else:
+            out.append([k, v.decode("latin-1")])
+    return out
+
+
+def decode_headers(entries: Sequence[Sequence[str | None]] | None) -> list[tuple[str, bytes | None]]:
+    """Inverse of ``encode_headers`` (also reads rows written before the markers existed)."""
+    out: list[tuple[str, bytes | None]] = []
+    for entry in entries or ():
+        key, value = str(entry[0]), entry[1]
+        marker = entry[2] if len(entry) > 2 else None
+        if marker == _B64_KEY:
+            key = base64.b64decode(key).decode()
+        if value is None:
+            out.append((key, None))
+        elif marker in (_B64, _B64_KEY):
+            out.append((key, base64.b64decode(value)))
+        else:
+            out.append((key, value.encode("latin-1")))
+    return out
+
+
+def headers_json(headers: Iterable[tuple[str, bytes | None]]) -> str:
+    """``encode_headers`` as a JSON string, for a ``CAST(:h AS jsonb)`` bind."""
+    return orjson.dumps(encode_headers(headers)).decode()
 
 
 async def enqueue_records(conn: AsyncConnection, records: Iterable[Record]) -> int:
@@ -52,7 +108,7 @@ async def enqueue_records(conn: AsyncConnection, records: Iterable[Record]) -> i
         "topics": [r[0] for r in rows],
         "keys": [r[1] for r in rows],
         "vals": [r[2] for r in rows],
-        "headers": [_headers_json(r[3]) for r in rows],
+        "headers": [headers_json(r[3]) for r in rows],
     })
     return len(rows)
 
@@ -104,31 +160,45 @@ class OutboxRelay:
     async def _run(self) -> None:
         backoff = 0.1
         while not self._stopping.is_set():
+            led = False
             try:
                 async with self._engine.connect() as lock_conn:
                     got = (await lock_conn.execute(
                         text("SELECT pg_try_advisory_lock(hashtext(:k))"), {"k": self._lock_key})).scalar()
                     await lock_conn.commit()
                     if not got:
-                        await self._sleep(1.0)
+                        await self._sleep(_CONTEND_INTERVAL)
                         continue
-                    self.is_leader = True
+                    self.is_leader = led = True
+                    log.info("outbox relay leads", extra={"lock": self._lock_key})
                     try:
-                        await self._publish_loop()
+                        await self._publish_loop(lock_conn)
                     finally:
                         self.is_leader = False
-                        await lock_conn.execute(text("SELECT pg_advisory_unlock(hashtext(:k))"),
-                                                {"k": self._lock_key})
-                        await lock_conn.commit()
+                        await self._unlock(lock_conn)
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.last_error = str(exc)
                 OUTBOX_PUBLISH_ERRORS.labels(self._service).inc()
-                log.warning("outbox relay error, retrying", extra={"error": str(exc), "backoff_s": backoff})
-                await self._sleep(backoff)
+                # A leader that just lost its lock connection sits out one contention round, so a healthy
+                # replica (which retries every _CONTEND_INTERVAL) can take over instead of the suspect one.
+                delay = max(backoff, _CONTEND_INTERVAL) if led else backoff
+                log.warning("outbox relay lost leadership, contending again" if led else
+                            "outbox relay error, retrying",
+                            extra={"error": f"{type(exc).__name__}: {exc}", "backoff_s": delay})
+                await self._sleep(delay)
                 backoff = min(backoff * 2, 10.0)
+
+    async def _unlock(self, lock_conn: AsyncConnection) -> None:
+        # After a lost connection the server already released the lock: nothing to undo, and the original
+        # error (not this one) is the one worth reporting.
+        try:
+            await lock_conn.execute(text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": self._lock_key})
+            await lock_conn.commit()
+        except Exception as exc:
+            log.info("outbox lock not released explicitly", extra={"error": f"{type(exc).__name__}: {exc}"})
 
     async def _sleep(self, seconds: float) -> None:
         try:
@@ -137,7 +207,7 @@ class OutboxRelay:
             pass
         self._wake.clear()
 
-    async def _publish_loop(self) -> None:
+    async def _publish_loop(self, lock_conn: AsyncConnection) -> None:
         last_gauge = 0.0
         while not self._stopping.is_set():
             now = time.monotonic()
@@ -147,29 +217,50 @@ class OutboxRelay:
                 OUTBOX_BACKLOG.labels(self._service).set(count)
                 OUTBOX_OLDEST_AGE.labels(self._service).set(age)
                 last_gauge = now
-            published = await self.publish_once()
+            # Raises once the lock connection is gone: leave the loop and contend again.
+            published = await self.publish_once(lock_conn)
             if published < self._batch:
                 await self._sleep(self._poll)
 
-    async def publish_once(self) -> int:
-        """Publish one batch in id order; delete rows only once every record is acknowledged."""
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(text(
-                "SELECT id, topic, key, value, headers, extract(epoch FROM created_at) FROM outbox "
-                "ORDER BY id LIMIT :n"), {"n": self._batch})).all()
-            await conn.rollback()
+    async def publish_once(self, lock_conn: AsyncConnection | None = None) -> int:
+        """Publish one batch in id order; delete rows only once every record is acknowledged.
+
+        The leader passes its lock connection: the batch is read and deleted on it, so a relay whose lock
+        session died fails here instead of publishing alongside the new leader. Without it (tests, bench,
+        one-off tools) pooled connections are used and the caller guarantees it is alone.
+        """
+        if lock_conn is not None:
+            rows = await self._read_batch(lock_conn)
+        else:
+            async with self._engine.connect() as conn:
+                rows = await self._read_batch(conn)
         if not rows:
             return 0
         futures: list[Any] = []
         for row in rows:
-            headers = [(k, v.encode("latin-1")) for k, v in row[4]]
+            # Null header values are legal Kafka (aiokafka writes them); EventProducer's alias omits them.
+            headers = cast(Headers, decode_headers(row[4]))
             futures.append(await self._producer.send(row[1], row[3], row[2], headers))
         await asyncio.gather(*futures)
         now = time.time()
-        async with self._engine.begin() as conn:
-            await conn.execute(text("DELETE FROM outbox WHERE id = ANY(:ids)"), {"ids": [r[0] for r in rows]})
+        if lock_conn is not None:
+            await self._delete(lock_conn, rows)
+        else:
+            async with self._engine.connect() as conn:
+                await self._delete(conn, rows)
         for row in rows:
             OUTBOX_PUBLISHED.labels(self._service, row[1]).inc()
             OUTBOX_PUBLISH_SECONDS.labels(self._service).observe(max(0.0, now - float(row[5])))
         self.last_error = None
         return len(rows)
+
+    async def _read_batch(self, conn: AsyncConnection) -> Sequence[Any]:
+        rows = (await conn.execute(text(
+            "SELECT id, topic, key, value, headers, extract(epoch FROM created_at) FROM outbox "
+            "ORDER BY id LIMIT :n"), {"n": self._batch})).all()
+        await conn.rollback()
+        return rows
+
+    async def _delete(self, conn: AsyncConnection, rows: Sequence[Any]) -> None:
+        await conn.execute(text("DELETE FROM outbox WHERE id = ANY(:ids)"), {"ids": [r[0] for r in rows]})
+        await conn.commit()

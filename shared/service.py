@@ -84,15 +84,23 @@ class ServiceContext:
 
     async def stop(self) -> None:
         # Reverse order: stop taking work, finish batches in hand, flush the outbox, then disconnect.
-        for component in reversed(self.components):
-            await _quietly(component.stop())
-        for runner in reversed(self.runners):
-            await _quietly(runner.stop())
-        await _quietly(self.relay.stop())
-        await _quietly(self.producer.stop())
-        await self.engine.dispose()
+        # Every step runs whatever the earlier ones did (even a cancellation), so no Kafka client or
+        # pooled connection outlives the service; the first cancellation is re-raised at the end.
+        steps: list[Callable[[], Awaitable[None]]] = [
+            *(c.stop for c in reversed(self.components)), *(r.stop for r in reversed(self.runners)),
+            self.relay.stop, self.producer.stop, self.engine.dispose]
+        interrupted: BaseException | None = None
+        for step in steps:
+            try:
+                await step()
+            except Exception:
+                log.exception("error during shutdown")
+            except BaseException as exc:  # CancelledError, KeyboardInterrupt: finish releasing first
+                interrupted = interrupted or exc
         self.started = False
         log.info("service stopped")
+        if interrupted is not None:
+            raise interrupted
 
     async def check_ready(self) -> dict[str, str]:
         checks: dict[str, str] = {}
@@ -107,7 +115,9 @@ class ServiceContext:
         except Exception as exc:
             checks["broker"] = f"failing: {type(exc).__name__}"
         for runner in self.runners:
-            checks[f"consumer:{runner.group_id}"] = "ok" if runner.healthy else f"failing: {runner.last_error}"
+            # Not ready while a consumer loop is dead, restarting after a crash, or retrying a failing batch.
+            problem = runner.readiness_problem()
+            checks[f"consumer:{runner.group_id}"] = "ok" if problem is None else f"failing: {problem}"
         for check in self.readiness:
             try:
                 await check()
@@ -128,13 +138,6 @@ async def _retry(what: str, start: Callable[[], Awaitable[None]], attempts: int)
             log.warning(f"{what} not reachable yet", extra={"error": str(exc)})
             await asyncio.sleep(1)
     raise RuntimeError(f"{what} not reachable after {attempts} attempts: {last}") from last
-
-
-async def _quietly(aw: Awaitable[None]) -> None:
-    try:
-        await aw
-    except Exception:
-        log.exception("error during shutdown")
 
 
 def create_app(ctx: ServiceContext, *, title: str, description: str, version: str = "1.0.0",

@@ -8,9 +8,13 @@ Guarantees (see docs/adr/0002-consumer-runner.md):
 - idempotence: an event id already in ``processed_events`` for this consumer group is skipped.
 - poison messages (undecodable, contract-violating, or failing the handler ``max_attempts`` times) go
   to the dead-letter topic through the outbox, in the same transaction that moves the offset past them.
-- transient errors (database or broker unreachable) retry the batch with capped exponential backoff and
-  never dead-letter, so an outage loses nothing and doubles nothing.
-- graceful shutdown: ``stop()`` lets the batch in hand finish and commit before the consumer leaves.
+- transient errors (database or broker unreachable, deadlocks, serialization failures: classified by
+  SQLSTATE, see ``is_transient``) retry the batch with capped exponential backoff and never dead-letter,
+  so an outage loses nothing and doubles nothing.
+- a loop that hits an unexpected error does not die silently: it is logged, counted, reported not ready,
+  and restarted after a backoff from the offsets stored in the database.
+- graceful shutdown: ``stop()`` lets the batch in hand finish and commit before the consumer leaves, and
+  always closes the Kafka consumer, whatever happened before.
 """
 
 from __future__ import annotations
@@ -18,14 +22,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
+from prometheus_client import Counter
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -50,6 +54,11 @@ from shared.metrics import (
 )
 
 log = logging.getLogger(__name__)
+
+# Kept next to the runner rather than in shared.metrics so this module owns its whole failure story.
+CONSUMER_LOOP_RESTARTS = Counter(
+    "comp_consumer_loop_restarts_total",
+    "Consumer loops restarted after an unexpected error (each also makes the runner not ready).", ["group"])
 
 
 class PermanentError(Exception):
@@ -76,17 +85,64 @@ class BatchHandler(Protocol):
         """
 
 
+# SQLSTATEs after which the same transaction may succeed when simply run again. SQLAlchemy's asyncpg dialect
+# wraps most server errors in a plain DBAPIError, so the class of the exception says nothing; the code does.
+_TRANSIENT_SQLSTATES = frozenset({
+    "40001",  # serialization_failure
+    "40P01",  # deadlock_detected
+    "55P03",  # lock_not_available (lock_timeout, NOWAIT)
+    "57P01",  # admin_shutdown
+    "57P02",  # crash_shutdown
+    "57P03",  # cannot_connect_now (starting up, recovery)
+    "53300",  # too_many_connections
+})
+_TRANSIENT_SQLSTATE_CLASSES = ("08",)  # connection exceptions
+# asyncpg client-side errors without a SQLSTATE (the connection died under us).
+_TRANSIENT_NAMES = frozenset({"ConnectionDoesNotExistError", "ConnectionFailureError", "InterfaceError"})
+
+
+def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and everything it wraps: SQLAlchemy's ``.orig``, then ``__cause__`` and ``__context__``."""
+    seen: set[int] = set()
+    queue: list[BaseException | None] = [exc]
+    while queue and len(seen) < 32:
+        current = queue.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        orig = getattr(current, "orig", None)
+        queue.extend([orig if isinstance(orig, BaseException) else None, current.__cause__,
+                      current.__context__])
+
+
+def sqlstate_of(exc: BaseException) -> str | None:
+    """The first PostgreSQL SQLSTATE found on ``exc`` or anything it wraps."""
+    for e in _exception_chain(exc):
+        state = getattr(e, "sqlstate", None) or getattr(e, "pgcode", None)
+        if isinstance(state, str) and state:
+            return state
+    return None
+
+
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, OperationalError | InterfaceError):
-        return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    if isinstance(exc, OSError | ConnectionError | TimeoutError | KafkaError):
-        return True
-    name = type(exc).__name__
-    return name in {"ConnectionDoesNotExistError", "CannotConnectNowError", "ConnectionFailureError",
-                    "TooManyConnectionsError", "InterfaceError", "SerializationError",
-                    "DeadlockDetectedError"}
+    """True when retrying the same batch later can succeed: never dead-letter for these."""
+    if isinstance(exc, PermanentError):
+        return False  # the handler's verdict wins, whatever it was raised while handling
+    for e in _exception_chain(exc):
+        state = getattr(e, "sqlstate", None) or getattr(e, "pgcode", None)
+        if isinstance(state, str) and (state in _TRANSIENT_SQLSTATES
+                                       or state.startswith(_TRANSIENT_SQLSTATE_CLASSES)):
+            return True
+        if isinstance(e, OperationalError | InterfaceError):
+            return True
+        if isinstance(e, DBAPIError) and e.connection_invalidated:
+            return True
+        if isinstance(e, OSError | TimeoutError | KafkaError):
+            return True
+        if type(e).__name__ in _TRANSIENT_NAMES:
+            return True
+    return False
 
 
 @dataclass
@@ -123,7 +179,8 @@ class _Rebalance(ConsumerRebalanceListener):
 class ConsumerRunner:
     def __init__(self, *, settings: CommonSettings, engine: AsyncEngine, group_id: str,
                  topics: Sequence[str], handler: BatchHandler, max_attempts: int = 3,
-                 max_batch: int | None = None, on_commit: Any = None) -> None:
+                 max_batch: int | None = None, on_commit: Any = None, restart_backoff: float = 1.0,
+                 stop_timeout: float = 30.0) -> None:
         self.settings = settings
         self.engine = engine
         self.group_id = group_id
@@ -140,8 +197,14 @@ class ConsumerRunner:
         # Next offset of record per partition: a fetch already in flight when we sought on assignment can
         # still hand back older records; they are skipped here rather than left to deduplication.
         self._floor: dict[TopicPartition, int] = {}
-        self.healthy = True
+        self.healthy = True  # False while a batch keeps failing transiently
         self.last_error: str | None = None
+        self.restarts = 0
+        self.restart_backoff = restart_backoff
+        self.stop_timeout = stop_timeout
+        # Set when the loop crashed: not ready until the restarted loop commits a batch or idles a while.
+        self._recovering_since: float | None = None
+        self._batch_in_hand = ""  # what the loop was doing, for the crash log
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -163,15 +226,50 @@ class ConsumerRunner:
         self._task = asyncio.create_task(self._run(), name=f"consumer-{self.group_id}")
 
     async def stop(self) -> None:
+        """Finish the batch in hand (up to ``stop_timeout``), then leave the group, whatever happened."""
         self._stopping.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(self._task, timeout=30)
-            except TimeoutError:
-                self._task.cancel()
-        if self._consumer is not None:
-            await self._consumer.stop()  # auto-commit is off: leaving commits nothing behind our back
-            self._consumer = None
+        try:
+            await self._wait_for_loop()
+        finally:
+            # Always: a consumer left open keeps heartbeating and holds its partitions from the next owner.
+            consumer, self._consumer = self._consumer, None
+            if consumer is not None:
+                await consumer.stop()  # auto-commit is off: leaving commits nothing behind our back
+
+    async def _wait_for_loop(self) -> None:
+        task = self._task
+        if task is None:
+            return
+        # asyncio.wait, not wait_for: it neither raises the loop's own error into stop() nor cancels it.
+        done, _ = await asyncio.wait({task}, timeout=self.stop_timeout)
+        if not done:
+            log.warning("batch in hand did not finish in time; cancelling it (its transaction rolls back and "
+                        "the next owner redoes it)", extra={"group": self.group_id, "batch": self._batch_in_hand})
+            task.cancel()
+            await asyncio.wait({task}, timeout=5)
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.error("consumer loop had ended with an error", exc_info=task.exception(),
+                      extra={"group": self.group_id})
+
+    def readiness_problem(self) -> str | None:
+        """None when the runner consumes normally; otherwise why it does not (for /readyz)."""
+        task = self._task
+        if task is None:
+            return "not started"
+        if task.done():
+            reason = "stopped"
+            if not task.cancelled() and task.exception() is not None:
+                reason = f"loop ended: {type(task.exception()).__name__}: {task.exception()}"
+            return reason
+        if self._recovering_since is not None:
+            return f"restarting after: {self.last_error}"
+        if not self.healthy:
+            return f"failing: {self.last_error}"
+        return None
+
+    @property
+    def ready(self) -> bool:
+        return self.readiness_problem() is None
 
     async def run_until_idle(self, idle_seconds: float = 1.0, timeout: float = 60.0) -> None:
         """Test helper: wait until no record arrived for ``idle_seconds``."""
@@ -202,11 +300,81 @@ class ConsumerRunner:
                 self._consumer.seek(tp, offset)
                 self._floor[tp] = offset
 
+    async def _reseek_after_crash(self, consumer: AIOKafkaConsumer) -> None:
+        """Put every assigned partition back at its offset of record: the crashed batch may have moved
+        the consumer's position past records whose transaction never committed."""
+        async with self._processing:  # a revocation waits; an assignment seeks the same way
+            assigned = list(consumer.assignment())
+            if not assigned:
+                return
+            async with self.engine.connect() as conn:
+                rows = (await conn.execute(text(
+                    "SELECT topic, partition, next_offset FROM consumer_offsets WHERE consumer_group = :g"),
+                    {"g": self.group_id})).all()
+            stored = {(r[0], r[1]): r[2] for r in rows}
+            for tp in assigned:
+                offset = stored.get((tp.topic, tp.partition))
+                if offset is None:
+                    # Nothing committed here yet: start where assignment would (Kafka's advisory commit,
+                    # else the earliest record), never after an uncommitted one.
+                    offset = await consumer.committed(tp)
+                if offset is None:
+                    await consumer.seek_to_beginning(tp)
+                    self._floor.pop(tp, None)
+                else:
+                    consumer.seek(tp, offset)
+                    self._floor[tp] = offset
+
     # ------------------------------------------------------------------ main loop
 
     async def _run(self) -> None:
+        """Supervise the consume loop: an unexpected error must never end consumption silently."""
         assert self._consumer is not None
         consumer = self._consumer
+        backoff = self.restart_backoff
+        while not self._stopping.is_set():
+            try:
+                if self._recovering_since is not None:
+                    await self._reseek_after_crash(consumer)
+                await self._consume(consumer)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._stopping.is_set():
+                    # Shutting down: the batch in hand did not commit, so the next owner redoes it.
+                    log.warning("consumer stopped with its batch uncommitted",
+                                extra={"group": self.group_id, "batch": self._batch_in_hand,
+                                       "error": f"{type(exc).__name__}: {exc}"})
+                    return
+                if self._recovering_since is None:
+                    backoff = self.restart_backoff  # first crash since the last good batch
+                self.restarts += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self._recovering_since = time.monotonic()
+                CONSUMER_LOOP_RESTARTS.labels(self.group_id).inc()
+                log.error("consumer loop crashed; restarting from the stored offsets",
+                          exc_info=exc, extra={"group": self.group_id, "topics": self.topics,
+                                               "batch": self._batch_in_hand, "error": self.last_error,
+                                               "restarts": self.restarts, "backoff_s": backoff})
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), timeout=backoff)
+                except TimeoutError:
+                    pass
+                backoff = min(backoff * 2, 30.0)
+
+    def _recovered(self, *, idle: bool) -> None:
+        # After a crash, ready again once a batch commits, or once the loop has idled for a second (there
+        # was nothing left to redo).
+        if self._recovering_since is None:
+            return
+        if idle and time.monotonic() - self._recovering_since < self.restart_backoff + 1.0:
+            return
+        log.info("consumer loop recovered", extra={"group": self.group_id, "restarts": self.restarts})
+        self._recovering_since = None
+        self.last_error = None
+
+    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         while not self._stopping.is_set():
             try:
                 batches = await consumer.getmany(timeout_ms=self.settings.consumer_poll_timeout_ms,
@@ -218,7 +386,10 @@ class ConsumerRunner:
                 continue
             records = [r for recs in batches.values() for r in recs]
             if not records:
+                self._recovered(idle=True)
                 continue
+            self._batch_in_hand = ", ".join(f"{tp.topic}[{tp.partition}]@{recs[0].offset}-{recs[-1].offset}"
+                                            for tp, recs in batches.items() if recs)
             async with self._processing:
                 # Records of partitions revoked while we waited for the lock belong to the new owner now.
                 assigned = consumer.assignment()
@@ -229,6 +400,8 @@ class ConsumerRunner:
             for r in records:
                 tp = TopicPartition(r.topic, r.partition)
                 self._floor[tp] = max(self._floor.get(tp, 0), r.offset + 1)
+            self._recovered(idle=False)
+            self._batch_in_hand = ""
             await self._commit_kafka(records)
             self._update_lag(consumer, records)
 
@@ -272,16 +445,17 @@ class ConsumerRunner:
                      extra={"group": self.group_id, "error": repr(exc)})
             for rec in recs:
                 await self._process_single(rec)
-            async with self.engine.begin() as conn:
-                await self._store_offsets(conn, recs)
         for rec in recs:
             CONSUMER_RECORDS.labels(self.group_id, rec.record.topic).inc()
 
     async def _process_single(self, rec: _Rec) -> None:
+        # Every transaction here also moves the offset past its record: a crash between records neither
+        # re-runs a committed one nor writes a dead letter twice.
         while rec.error is None:
             try:
                 async with self.engine.begin() as conn:
                     await self._apply(conn, [rec], batch=False)
+                    await self._store_offsets(conn, [rec])
                 return
             except PermanentError as exc:
                 rec.error = f"rejected: {exc}"
@@ -296,6 +470,7 @@ class ConsumerRunner:
                     await asyncio.sleep(0.05 * 2 ** rec.attempts)
         async with self.engine.begin() as conn:
             await self._dead_letter(conn, [rec])
+            await self._store_offsets(conn, [rec])
 
     def _decode(self, record: ConsumerRecord[bytes, bytes]) -> _Rec:
         if record.value is None:
@@ -345,26 +520,35 @@ class ConsumerRunner:
         rows = []
         for r in recs:
             rec = r.record
-            headers = [*list(rec.headers or []),
-                ("dlq.error", (r.error or "unknown")[:4000].encode()),
+            # PostgreSQL text cannot hold NUL; an error message may quote the payload.
+            error = (r.error or "unknown").replace("\x00", "\\x00")
+            headers: list[tuple[str, bytes | None]] = [
+                *list(rec.headers or []),
+                ("dlq.error", error[:4000].encode()),
                 ("dlq.source_topic", rec.topic.encode()),
                 ("dlq.source_partition", str(rec.partition).encode()),
                 ("dlq.source_offset", str(rec.offset).encode()),
                 ("dlq.consumer_group", self.group_id.encode()),
             ]
-            rows.append((Topic.DEAD_LETTERS.value, rec.topic.encode(), rec.value or b"", headers))
-            await conn.execute(text(
+            # A record already dead-lettered (the unique key is group/topic/partition/offset) is not
+            # published again.
+            inserted = (await conn.execute(text(
                 'INSERT INTO dead_letters (consumer_group, topic, partition, "offset", key, value, headers, '
-                "error) VALUES (:g, :t, :p, :o, :k, :v, CAST(:h AS jsonb), :e) ON CONFLICT DO NOTHING"),
+                "error) VALUES (:g, :t, :p, :o, :k, :v, CAST(:h AS jsonb), :e) ON CONFLICT DO NOTHING "
+                "RETURNING id"),
                 {"g": self.group_id, "t": rec.topic, "p": rec.partition, "o": rec.offset, "k": rec.key,
-                 "v": rec.value, "h": orjson.dumps([[k, v.decode("latin-1")] for k, v in headers]).decode(),
-                 "e": r.error})
+                 "v": rec.value, "h": outbox.headers_json(headers), "e": error})).scalar()
+            if inserted is None:
+                self.stats.duplicates += 1
+                continue
+            rows.append((Topic.DEAD_LETTERS.value, rec.topic.encode(), rec.value or b"", headers))
             CONSUMER_DEAD_LETTERED.labels(self.group_id, rec.topic).inc()
             self.stats.dead_lettered += 1
             log.warning("dead-lettered record", extra={"group": self.group_id, "topic": rec.topic,
                                                        "partition": rec.partition, "offset": rec.offset,
-                                                       "reason": r.error})
-        await outbox.enqueue_records(conn, rows)
+                                                       "reason": error})
+        # Null header values are legal Kafka (aiokafka writes them); the outbox's Headers alias omits them.
+        await outbox.enqueue_records(conn, cast(list[outbox.Record], rows))
 
     async def _store_offsets(self, conn: AsyncConnection, recs: list[_Rec]) -> None:
         nxt: dict[tuple[str, int], int] = {}
