@@ -74,7 +74,8 @@ async def apply_batch(conn: AsyncConnection, events: Sequence[Delivered], settin
     # and replays its budget steps on them there (ADR 0005).
     deltas = not requests
     book = Book(now=now, granularity=settings.budget_period, park=settings.park_seconds > 0, deltas=deltas,
-                holds=holds, compensations=comps, parked=parked, corrections=corrections)
+                grace=timedelta(seconds=settings.voucher_grace_seconds), holds=holds, compensations=comps,
+                parked=parked, corrections=corrections)
     if not deltas:
         keys = {book.budget_key_for(d.envelope) for d in requests}
         keys |= {book.budget_key_for(d.envelope) for d in others

@@ -238,6 +238,9 @@ class DenialReason(enum.StrEnum):
     BUDGET_EXHAUSTED = "budget_exhausted"
     PACED = "paced"
     NO_BUDGET = "no_budget"  # no budget set for the region and period
+    # Answer to a repeated request whose reservation lapsed unused (past its expiry plus the ledger's grace,
+    # voided or about to be): nothing is held any more, so nothing may be issued against it.
+    RESERVATION_EXPIRED = "reservation_expired"
 
 
 class BudgetReservationDecided(Payload):

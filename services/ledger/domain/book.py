@@ -152,6 +152,7 @@ LIFECYCLE = (ev.VoucherRedeemed, ev.VoucherExpired, ev.VoucherRevoked)
 
 class Book:
     def __init__(self, *, now: datetime, granularity: str = "month", park: bool = True, deltas: bool = False,
+                 grace: timedelta = timedelta(0),
                  budgets: dict[tuple[str, str], BudgetState] | None = None,
                  holds: dict[str, Hold] | None = None,
                  compensations: dict[str, Compensation] | None = None,
@@ -160,6 +161,9 @@ class Book:
         self.now = now
         self.granularity = granularity
         self.park = park
+        # The sweeper's grace (LEDGER_VOUCHER_GRACE_SECONDS): a repeated request is answered by the same rule
+        # the sweeper voids by, so the answer never says "reserved" for a hold the sweeper would void.
+        self.grace = grace
         self.budgets = budgets if budgets is not None else {}
         self.holds = holds if holds is not None else {}
         self.compensations = compensations if compensations is not None else {}
@@ -217,7 +221,7 @@ class Book:
             if hold.compensation_id != p.compensation_id:
                 raise Rejected(f"reservation {p.reservation_id} already exists for compensation "
                                f"{hold.compensation_id}, not {p.compensation_id}")
-            self._reply(env, hold)  # a re-sent request gets the same answer, not a second reservation
+            self._reply_again(env, hold)  # never a second reservation
             return
         region = region_of(env.region)
         _, period = self.budget_key_for(env)
@@ -239,16 +243,38 @@ class Book:
             self._adjust(budget, env, reserved=granted)
         self._reply(env, hold)
 
-    def _reply(self, env: Envelope, hold: Hold) -> None:
-        reserved = hold.status is not HoldStatus.DENIED
+    def _reply(self, env: Envelope, hold: Hold, denial: ev.DenialReason | None = None) -> None:
+        if denial is None and hold.status is HoldStatus.DENIED:
+            denial = ev.DenialReason(hold.denial_reason or "budget_exhausted")
+        reserved = denial is None
         self.out.decisions.append((env, ev.BudgetReservationDecided(
             reservation_id=hold.reservation_id, compensation_id=hold.compensation_id,
             ticket_id=hold.ticket_id, buyer_id=hold.buyer_id,
             outcome=ev.ReservationOutcome.RESERVED if reserved else ev.ReservationOutcome.DENIED,
-            denial_reason=None if reserved else ev.DenialReason(hold.denial_reason or "budget_exhausted"),
+            denial_reason=denial,
             reserved_amount=ev.PositiveMoney(amount_minor=hold.decided, currency=hold.currency) if reserved
             else None,
             budget_period=hold.period)))
+
+    def _reply_again(self, env: Envelope, hold: Hold) -> None:
+        """Answer a repeated request (auto_comp re-sends when it had no answer) by the hold's state now.
+
+        auto_comp issues on a "reserved" answer, so that answer must mean budget is behind the voucher:
+        - issued against (pending voucher, posted, or closed since): consumed, so "reserved" with the first
+          amount again; an idempotent replay, auto_comp has issued already and changes nothing;
+        - pending and not issued: "reserved" while live; once past its expiry plus the grace it has lapsed
+          (the sweeper voids exactly those, maybe not yet), so "denied: reservation_expired";
+        - voided without an issue (the sweeper released it): "denied: reservation_expired";
+        - denied: the same denial.
+        The hold itself is not changed here: request batches do not take the compensation locks under which
+        holds are written (ADR 0005 point 5); voiding a lapsed hold stays the sweeper's job.
+        """
+        if hold.status is HoldStatus.DENIED or hold.issued_amount is not None:
+            self._reply(env, hold)
+        elif hold.status is HoldStatus.PENDING and not lapsed_unissued(hold, self.now, self.grace):
+            self._reply(env, hold)
+        else:
+            self._reply(env, hold, ev.DenialReason.RESERVATION_EXPIRED)
 
     # ------------------------------------------------------------------ issuing
 
@@ -461,7 +487,7 @@ class Book:
         if hold is None or hold.status is not HoldStatus.PENDING:
             return False
         budget = self._budget(hold.region, hold.period, hold.currency)
-        if hold.issued_amount is None and hold.expires_at + grace <= self.now:
+        if lapsed_unissued(hold, self.now, grace):
             self._void(hold, budget, "reservation_expired", breakage=False)
             return True
         if hold.valid_until is not None and hold.valid_until + grace <= self.now:
@@ -575,6 +601,12 @@ class Book:
                 limit=ev.NonNegativeMoney(amount_minor=budget.limit, currency=budget.currency),
                 used=ev.NonNegativeMoney(amount_minor=budget.used, currency=budget.currency))))
             budget.dirty = True
+
+
+def lapsed_unissued(hold: Hold, now: datetime, grace: timedelta) -> bool:
+    """A reservation never issued against and past its expiry plus grace: nothing may be issued on it any
+    more. The one rule for the sweeper (which voids it) and for answers to repeated requests."""
+    return hold.issued_amount is None and hold.expires_at + grace <= now
 
 
 def _scaled(shares: list[tuple[str, int]], amount: int, currency: str) -> list[tuple[str, int]]:

@@ -3,41 +3,24 @@ the boundary, a re-sent request, a redemption that overtakes its issue, and pois
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
+from datetime import timedelta
 
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
-from ledger_support import MIGRATIONS, ledger_engine, rows, scalar, set_budget
+from ledger_support import MIGRATIONS, ledger_engine, rows, scalar, send, set_budget, wait_for
 
 from services.ledger.app import build_app
 from services.ledger.config import Settings
 from shared.contracts.registry import encode_envelope
 from shared.contracts.topics import Topic
 from shared.db import migrate
-from shared.kafka import EventProducer, envelope_headers
-from tests.unit.ledger.ledger_factories import issued, redeemed, request
+from shared.kafka import EventProducer
+from tests.unit.ledger.ledger_factories import NOW, issued, redeemed, request
 
 pytestmark = pytest.mark.integration
-
-
-async def wait_for(engine, sql: str, expected, timeout: float = 60.0, **params):
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = await scalar(engine, sql, **params)
-        if value == expected:
-            return value
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{sql!r} is {value!r}, expected {expected!r}")
-
-
-async def send(producer: EventProducer, topic: str, envelopes, value=None) -> None:
-    futures = [await producer.send(topic, value or encode_envelope(e), e.payload["buyer_id"].encode(),
-                                   envelope_headers(e)) for e in envelopes]
-    await asyncio.gather(*futures)
 
 
 async def test_parallel_consumers_at_the_budget_boundary(fresh_database, kafka_bootstrap, make_topics,
@@ -57,8 +40,10 @@ async def test_parallel_consumers_at_the_budget_boundary(fresh_database, kafka_b
         for app in apps:
             await stack.enter_async_context(app.router.lifespan_context(app))
         try:
-            # 400 requests of 10..30 from 400 buyers (spread over the partitions) against 5,000.
-            reqs = [request(f"{tag}-R{n}", 10 + n % 21, buyer=f"buyer{n}") for n in range(400)]
+            # 400 requests of 10..30 from 400 buyers (spread over the partitions) against 5,000; live
+            # holds (their expiry beyond the wall clock), so a re-sent one is answered the same again.
+            reqs = [request(f"{tag}-R{n}", 10 + n % 21, buyer=f"buyer{n}", expires_at=NOW + timedelta(days=3650))
+                    for n in range(400)]
             await send(producer, requests_topic, reqs)
             await wait_for(engine, "SELECT count(*) FROM reservations", 400)
             reserved = await scalar(engine, "SELECT reserved_minor FROM budgets WHERE region = 'SG'")

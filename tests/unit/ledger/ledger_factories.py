@@ -31,13 +31,13 @@ PLATFORM = ev.LiableParty(type=ev.PartyType.PLATFORM)
 
 def request(rid: str, amount: int, *, region: str = "SG", at: datetime = NOW, fallbacks: tuple[int, ...] = (),
             pacing: int | None = None, kind: str = "voucher", cid: str | None = None,
-            buyer: str = "B1", event_id: str | None = None) -> Envelope:
+            buyer: str = "B1", event_id: str | None = None, expires_at: datetime | None = None) -> Envelope:
     p = ev.BudgetReservationRequested(
         reservation_id=rid, compensation_id=cid or f"comp-{rid}", ticket_id=f"T-{rid}", buyer_id=buyer,
         strategy_id="late3", strategy_version=1, kind=ev.CompensationKind(kind),
         amount=ev.PositiveMoney(**money(amount, region)),
         fallback_amounts=[ev.PositiveMoney(**money(f, region)) for f in fallbacks],
-        pacing_allowance_percent=pacing, expires_at=at + timedelta(minutes=10))
+        pacing_allowance_percent=pacing, expires_at=expires_at or at + timedelta(minutes=10))
     return make_envelope("budget.reservation_requested", p, source="auto_comp", region=region,
                          occurred_at=at, event_id=event_id)
 

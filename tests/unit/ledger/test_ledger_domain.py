@@ -257,6 +257,48 @@ def test_resent_request_gets_the_same_answer_not_a_second_reservation():
                        ("R2", "denied", DenialReason.BUDGET_EXHAUSTED), ("R2", "denied", DenialReason.BUDGET_EXHAUSTED)]
 
 
+def _again(b: Book, *rids: str, now: datetime | None = None) -> list[tuple[str, str, str | None, int | None]]:
+    """Re-send the requests (new event ids) to a book holding the same state, possibly later; the answers."""
+    again = Book(now=now or b.now, grace=b.grace, budgets=b.budgets, holds=b.holds, compensations=b.compensations)
+    run(again, *(request(rid, 1_000, kind=b.holds[rid].kind) for rid in rids))
+    return [(d.reservation_id, d.outcome.value, d.denial_reason and d.denial_reason.value,
+             d.reserved_amount and d.reserved_amount.amount_minor) for _, d in again.out.decisions]
+
+
+def test_resent_request_is_answered_by_the_reservations_state_now():
+    grace = timedelta(hours=1)
+    b = run(book(limit=10_000, grace=grace),
+            request("LIVE", 1_000), request("DENY", 20_000),  # DENY: more than the limit, no fallbacks
+            request("OPEN", 1_000), issued("OPEN", 800),  # an outstanding voucher
+            request("USED", 1_000), issued("USED", 400), redeemed("comp-USED", 100), request("GONE", 1_000),
+            request("CREDIT", 1_000, kind="store_credit"), issued("CREDIT", 1_000, kind="store_credit"))
+    assert [b.holds[r].status for r in ("OPEN", "USED", "CREDIT")] == [HoldStatus.PENDING, HoldStatus.POSTED,
+                                                                       HoldStatus.POSTED]
+    consumed = [("OPEN", "reserved", None, 1_000), ("USED", "reserved", None, 1_000),
+                ("CREDIT", "reserved", None, 1_000)]
+    # While live: the first answer again, the amount decided then (not what was issued or is held now).
+    assert _again(b, "LIVE", "DENY", "OPEN", "USED", "CREDIT") == [
+        ("LIVE", "reserved", None, 1_000), ("DENY", "denied", "budget_exhausted", None), *consumed]
+    # Past the expiry, within the grace: the hold is still live (an issue made before the expiry may
+    # still arrive), so still reserved; auto_comp itself no longer issues on it.
+    expiry = b.holds["LIVE"].expires_at
+    assert _again(b, "LIVE", now=expiry + grace - timedelta(seconds=1))[0][1] == "reserved"
+    # Past expiry + grace, not yet swept: lapsed by the sweeper's own rule, so denied (the hold is left
+    # for the sweeper to void; nothing here writes it).
+    at_sweep = expiry + grace
+    assert _again(b, "LIVE", now=at_sweep) == [("LIVE", "denied", "reservation_expired", None)]
+    assert b.holds["LIVE"].status is HoldStatus.PENDING and budget_of(b).reserved >= 1_000
+    # Swept (voided unused): denied. Issued ones stay reserved whatever happened to the voucher since:
+    # still open, redeemed, posted at issue, expired, revoked or lapsed at the end of its validity.
+    sweeper = Book(now=at_sweep, budgets=b.budgets, holds=b.holds, compensations=b.compensations)
+    assert sweeper.sweep("GONE", grace) and b.holds["GONE"].closed_by == "reservation_expired"
+    assert _again(b, "GONE", "OPEN", "USED", "CREDIT") == [("GONE", "denied", "reservation_expired", None),
+                                                            *consumed]
+    run(b, expired("comp-OPEN"))
+    assert b.holds["OPEN"].status is HoldStatus.VOIDED
+    assert _again(b, "OPEN", now=at_sweep + timedelta(days=90)) == consumed[:1]
+
+
 def test_request_period_is_cut_from_occurred_at_in_region_time_zone():
     late_utc = datetime(2026, 10, 31, 17, 30, tzinfo=UTC)  # already November in Jakarta
     b = run(book(region_code="ID"), request("R1", 5_000, region="ID", at=late_utc))
