@@ -19,7 +19,8 @@ returns plain dicts ready for JSON or a template:
 - ``resolve_dispute(engine, principal, dispute_id, "uphold" | "overturn", note=None)`` -> dispute dict
   (senior_auditor)
 - ``list_disputes(engine, principal, region=None, status="open")`` -> list of dispute dicts
-- ``seed_gold_item(engine, principal, GoldItemInput)`` -> item dict (lead)
+- ``seed_gold_item(engine, principal, GoldItemInput)`` -> item dict (lead); ``gold_item_errors(GoldItemInput)``
+  lists what it would refuse, without writing
 
 Each also takes ``runtime=`` (policies, correction topic) and ``now=`` for tests; by default it uses the
 process runtime that ``configure()`` installed (app.py does that at start).
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.audit_sampler import metrics
@@ -42,11 +44,12 @@ from services.audit_sampler.contracts import (
     AuditCorrectionIssued,
     LiabilityShare,
     LiableParty,
+    ManualCompensationIssued,
     NonNegativeMoney,
     PartyType,
 )
 from services.audit_sampler.domain import queues as q
-from services.audit_sampler.domain.policy import Policy, PolicySet, SamplingState
+from services.audit_sampler.domain.policy import Policy, PolicySet, QueueRule, SamplingState
 from services.audit_sampler.domain.sampling import next_state, uniform_draw
 from services.audit_sampler.domain.verdicts import (
     ATTRIBUTES,
@@ -59,7 +62,7 @@ from services.audit_sampler.domain.verdicts import (
     validate,
 )
 from shared.auth import Principal
-from shared.contracts.registry import make_envelope
+from shared.contracts.registry import make_envelope, region_currency_errors
 from shared.contracts.topics import Topic
 from shared.http import Problem
 from shared.kafka.producer import record_for
@@ -133,11 +136,17 @@ def _is_supervisor(principal: Principal) -> bool:
 def _present_item(item: dict[str, Any], principal: Principal) -> dict[str, Any]:
     out = dict(item)
     if not _is_supervisor(principal):
-        # Blind audit: the auditor cannot tell a gold or re-audit item from an ordinary one.
-        out.pop("gold_expected", None)
-        out.pop("parent_item_id", None)
+        # Blind audit: the auditor cannot tell a gold or re-audit item from an ordinary one. That hides
+        # the sampling rationale too: gold and re-audit items carry their own (reasons "gold" or
+        # "calibration", always mandatory, the lead who seeded it, the first auditor excluded).
+        for hidden in _UNBLINDING:
+            out.pop(hidden, None)
         out["item_kind"] = "audit"
     return out
+
+
+_UNBLINDING = ("gold_expected", "parent_item_id", "reasons", "risk_score", "inclusion_probability", "mandatory",
+               "created_by", "excluded_auditor")
 
 
 async def queue_overview(engine: AsyncEngine, principal: Principal, region: str | None = None, *,
@@ -480,38 +489,51 @@ async def list_disputes(engine: AsyncEngine, principal: Principal, region: str |
         return await db.disputes(conn, regions, status)
 
 
-async def seed_gold_item(engine: AsyncEngine, principal: Principal, gold: GoldItemInput, *,
-                         runtime: Runtime | None = None, now: datetime | None = None) -> dict[str, Any]:
-    """A lead seeds a known-answer item; auditors see it as an ordinary audit."""
-    from pydantic import ValidationError
+def gold_item_errors(gold: GoldItemInput, *, runtime: Runtime | None = None) -> list[dict[str, str]]:
+    """Every problem with a gold item's known answer, compensation and queue, as {field, message}; empty
+    when ``seed_gold_item`` would accept it. No I/O, no role or region check (the caller's job, and
+    ``seed_gold_item`` does both again). The workbench form lists them all next to its fields."""
+    return _check_gold(gold, runtime)[0]
 
-    from services.audit_sampler.contracts import ManualCompensationIssued
-    from shared.contracts.registry import region_currency_errors
 
-    principal.require_role(*LEAD_ROLES)
-    _check_region_code(gold.region)
-    principal.require_region(gold.region)
+def _check_gold(gold: GoldItemInput, runtime: Runtime | None
+                ) -> tuple[list[dict[str, str]], tuple[ManualCompensationIssued, dict[str, bool], QueueRule] | None]:
+    # Every group is checked (not only up to the first failure), so a form shows all its mistakes at once.
+    errors: list[dict[str, str]] = []
+    expected: dict[str, bool] = {}
     try:
         expected = parse_expected(gold.expected)
     except VerdictError as exc:
-        raise Problem(422, "Invalid gold item", str(exc),
-                      errors=[{"field": f, "message": m} for f, m in exc.errors]) from exc
+        errors += [{"field": f, "message": m} for f, m in exc.errors]
+    comp: ManualCompensationIssued | None = None
     try:
         comp = ManualCompensationIssued.model_validate(dict(gold.compensation))
     except ValidationError as exc:
-        raise Problem(422, "Invalid gold item", "compensation does not match the manual compensation contract",
-                      errors=[{"field": "compensation." + ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
-                              for e in exc.errors()]) from exc
-    currency_errors = region_currency_errors(gold.region, comp)
-    if currency_errors:
-        raise Problem(422, "Invalid gold item", "money not in the region's currency",
-                      errors=[{"field": f.replace("payload.", "compensation."), "message": m}
-                              for f, m in currency_errors])
+        errors += [{"field": ".".join(["compensation", *(str(p) for p in e["loc"])]), "message": e["msg"]}
+                   for e in exc.errors()]
+    else:
+        errors += [{"field": f.replace("payload.", "compensation."), "message": m}
+                   for f, m in region_currency_errors(gold.region, comp)]
     policy = (runtime or current_runtime()).policies.for_region(gold.region)
     rule = policy.queue(gold.queue) if gold.queue else policy.queues[-1]
     if rule is None:
-        raise Problem(422, "Invalid gold item", f"no queue {gold.queue}",
-                      errors=[{"field": "queue", "message": "unknown queue"}])
+        errors.append({"field": "queue", "message": f"no queue {gold.queue} in region {gold.region}"})
+    if errors or comp is None or rule is None:
+        return errors, None
+    return errors, (comp, expected, rule)
+
+
+async def seed_gold_item(engine: AsyncEngine, principal: Principal, gold: GoldItemInput, *,
+                         runtime: Runtime | None = None, now: datetime | None = None) -> dict[str, Any]:
+    """A lead seeds a known-answer item; auditors see it as an ordinary audit."""
+    principal.require_role(*LEAD_ROLES)
+    _check_region_code(gold.region)
+    principal.require_region(gold.region)
+    errors, checked = _check_gold(gold, runtime)
+    if checked is None:
+        raise Problem(422, "Invalid gold item", "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5]),
+                      errors=errors)
+    comp, expected, rule = checked
     at = _now(now)
     region = catalogue().get(gold.region)
     async with engine.begin() as conn:

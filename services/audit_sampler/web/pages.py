@@ -7,7 +7,6 @@ operation becomes an HTML error page with the same status (403 outside the viewe
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,6 +33,7 @@ from services.audit_sampler.web.auth import (
     WorkbenchAuth,
     check_csrf,
 )
+from services.audit_sampler.web.forms import GOLD_ROWS, gold_from_form, parse_amount, without_covered
 from services.audit_sampler.web.reporting import (
     accuracy_trend,
     load_accuracy,
@@ -41,9 +41,10 @@ from services.audit_sampler.web.reporting import (
     parse_report_query,
 )
 from services.audit_sampler.web.security import LEAD_ROLES, new_csrf_token, same_token
+from shared.contracts.events import CompensationKind
 from shared.http import Problem, field_errors
 from shared.money import Money
-from shared.regions import catalogue
+from shared.regions import UnknownRegion, catalogue
 
 STYLESHEET = Path(__file__).with_name("static").joinpath("workbench.css").read_text(encoding="utf-8")
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
@@ -57,8 +58,6 @@ ATTRIBUTE_LABELS = {
     "policy_compliant": "Complies with the region's policy",
     "not_duplicate": "Not a duplicate",
 }
-_AMOUNT = re.compile(r"^\d{1,15}(\.\d{1,4})?$")
-_MAX_MINOR = 10**15  # far above any compensation, far below PostgreSQL's bigint
 DASHBOARD_ROLES = ("lead", "senior_auditor", "ops_admin")
 DISPUTE_ROLES = ("lead", "senior_auditor", "ops_admin")
 
@@ -373,6 +372,61 @@ def build_pages(auth: WorkbenchAuth) -> APIRouter:
                       attribute_chart=attribute_chart, cause_chart=cause_chart,
                       regions=viewer.principal.allowed_regions(catalogue().codes()))
 
+    # -------------------------------------------------------------- gold (known-answer) items
+
+    async def _gold_view(request: Request, viewer: Viewer, *, status: int = 200, message: str | None = None,
+                         errors: list[dict[str, Any]] | None = None, form: Mapping[str, Any] | None = None
+                         ) -> Response:
+        codes = viewer.principal.allowed_regions(catalogue().codes())
+        policies = workflow.current_runtime().policies
+        regions = [{"code": c, "currency": catalogue().get(c).currency,
+                    "queues": [r.name for r in policies.for_region(c).queues]} for c in codes]
+        async with engine.connect() as conn:
+            recent = await queries.gold_items(conn, None if "*" in viewer.principal.regions else codes)
+        errors = errors or []
+
+        def errs(path: str, exact: bool = False) -> list[str]:
+            return [e["message"] for e in errors
+                    if e["field"] == path or (not exact and e["field"].startswith(path + "."))]
+
+        return render(request, "gold.html", status=status, regions=regions, recent=recent, message=message,
+                      errors=errors, errs=errs, form=form or {}, kinds=[k.value for k in CompensationKind],
+                      party_types=PARTY_TYPES, attributes=ATTRIBUTES, rows=range(GOLD_ROWS))
+
+    @router.get("/gold")
+    async def gold_page(request: Request, region: str | None = None, message: str | None = None) -> Response:
+        viewer = await viewer_of(request)
+        viewer.principal.require_role(*workflow.LEAD_ROLES)
+        return await _gold_view(request, viewer, message=message, form={"region": (region or "").upper()})
+
+    @router.post("/gold")
+    async def seed_gold(request: Request) -> Response:
+        viewer, form = await posted(request)
+        viewer.principal.require_role(*workflow.LEAD_ROLES)
+        code = (_text(form, "region") or "").strip().upper()
+        try:
+            region = catalogue().get(code)
+        except UnknownRegion:
+            return await _gold_view(request, viewer, status=422, form=dict(form), errors=[
+                {"field": "region", "message": "choose one of your regions"}])
+        # Before anything about the item is said: a region outside the lead's grants is simply refused.
+        viewer.principal.require_region(region.code)
+        parsed = gold_from_form(form, region)
+        # Unreadable fields and the workflow's own verdict on the rest, together: nothing is written
+        # while either has something to say, and the lead sees every mistake at once.
+        errors = parsed.errors + without_covered(workflow.gold_item_errors(parsed.gold), parsed.errors)
+        if not errors:
+            try:
+                item = await workflow.seed_gold_item(engine, viewer.principal, parsed.gold)
+            except Problem as exc:
+                if exc.status != 422:
+                    raise
+                errors = exc.errors or [{"field": "gold", "message": exc.detail or exc.title}]
+        if errors:
+            return await _gold_view(request, viewer, status=422, errors=parsed.on_rows(errors), form=dict(form))
+        return _redirect("/gold", region=region.code, message=f"Gold item {item['id']} seeded into "
+                                                              f"{item['region']} / {item['queue']}.")
+
     return router
 
 
@@ -399,20 +453,9 @@ def _verdict_from_form(form: FormData) -> VerdictInput:
         else:
             attributes[name] = value == "yes"
     currency = _text(form, "currency") or ""
+
     def amount(raw: str, field: str) -> int | None:
-        # Plain digits with an optional decimal part: no exponents, signs or grouping to misread.
-        if not _AMOUNT.match(raw):
-            errors.append({"field": field, "message": f"not an amount in {currency}: write it like 12.50"})
-            return None
-        try:
-            minor = Money.from_major(raw, currency).minor
-        except (ValueError, ArithmeticError) as exc:
-            errors.append({"field": field, "message": f"not an amount in {currency}: {exc}"})
-            return None
-        if minor > _MAX_MINOR:
-            errors.append({"field": field, "message": "implausibly large"})
-            return None
-        return minor
+        return parse_amount(raw, currency, field, errors)
 
     raw_amount = (_text(form, "corrected_amount") or "").strip()
     corrected = amount(raw_amount, "corrected_amount_minor") if raw_amount else None

@@ -120,6 +120,18 @@ async def auditor_stats(conn: AsyncConnection, auditor: str, regions: Sequence[s
             "attributes_agreed": int(agreement.agreed), "recent": [dict(r._mapping) for r in recent]}
 
 
+async def gold_items(conn: AsyncConnection, regions: Sequence[str] | None, limit: int = 20
+                     ) -> list[dict[str, Any]]:
+    """The latest gold items in the regions (None: all), with how they were scored once audited."""
+    rows = await conn.execute(text(
+        "SELECT i.id, i.region, i.queue, i.compensation_id, i.agent_id, i.status, i.created_by, i.enqueued_at, "
+        "v.auditor_id, v.gold_correct FROM audit_items i LEFT JOIN verdicts v ON v.item_id = i.id "
+        "WHERE i.item_kind = 'gold' "
+        "AND (CAST(:regions AS text[]) IS NULL OR i.region = ANY(CAST(:regions AS text[]))) "
+        "ORDER BY i.id DESC LIMIT :n"), {"regions": None if regions is None else list(regions), "n": limit})
+    return [dict(r._mapping) for r in rows]
+
+
 # ------------------------------------------------------------------ users and sessions
 
 

@@ -158,7 +158,10 @@ async def test_the_audit_flow_over_http(api):
             break
         await client.post(f"/v1/items/{item['id']}/verdict", json={"attributes": ALL_OK, "passed": True},
                           headers=auditor)
-    assert item["inclusion_probability"] == 1.0 and item["reasons"] == ["baseline"]
+    # auditors audit blind: no sampling rationale (it would single out gold and re-audit items); leads see it
+    assert "reasons" not in item and "inclusion_probability" not in item and item["item_kind"] == "audit"
+    seen_by_lead = (await client.get(f"/v1/items/{item['id']}", headers=lead)).json()
+    assert seen_by_lead["inclusion_probability"] == 1.0 and seen_by_lead["reasons"] == ["baseline"]
     r = await client.post(f"/v1/items/{item['id']}/verdict", headers=auditor, json={
         "attributes": {**ALL_OK, "liable_party_correct": False}, "passed": False,
         "error_category": "wrong_liable_party", "note": "carrier lost it",
