@@ -225,8 +225,9 @@ class BudgetResultHandler:
     """Applies the ledger's answers: reserved -> issue the compensation; denied -> budget_denied / paced.
 
     A reserved answer that arrives after the reservation expired (the sweeper may or may not have got
-    there first) issues nothing: the compensation becomes ``expired`` and the ledger releases the unused
-    reservation at that same expiry. Each transition is conditional on the compensation still being
+    there first) issues nothing: the compensation becomes ``expired`` and the ledger voids the unused
+    reservation after its expiry plus grace; a denial with reason ``reservation_expired`` (the ledger
+    voided it already) ends the same way. Each transition is conditional on the compensation still being
     pending, so exactly one of issue, denial and expiry happens to it."""
 
     async def __call__(self, conn: AsyncConnection, events: Sequence[Delivered]) -> None:
@@ -242,6 +243,11 @@ class BudgetResultHandler:
         now = datetime.now(UTC)
         for reservation_id, comp in pending.items():
             env, answer = answers[reservation_id]
+            if answer.denial_reason is ev.DenialReason.RESERVATION_EXPIRED:
+                # The ledger already voided the hold (a re-sent request answered after expiry + grace):
+                # the same terminal state as a late "reserved", not a budget shortfall.
+                late.append(comp["compensation_id"])
+                continue
             if answer.outcome is ev.ReservationOutcome.DENIED:
                 paced = answer.denial_reason is ev.DenialReason.PACED
                 denied.append({
@@ -345,9 +351,10 @@ def count_expired(expired: Sequence[dict[str, Any]], by: str) -> None:
 
 class SagaTimeouts:
     """The saga's sweeper. Expires pending compensations whose reservation expired (nothing issued, no more
-    re-sends; the ledger releases the reservation at that expiry), then re-sends reservation requests the
-    ledger has not answered within the timeout (same reservation id, new event id: the ledger answers a
-    repeat with its first answer)."""
+    re-sends; the ledger voids the unused reservation after that expiry plus its grace), then re-sends
+    reservation requests the ledger has not answered within the timeout (same reservation id, new event id:
+    the ledger answers a repeat from the reservation's current state, denied ``reservation_expired`` once
+    it voided the hold)."""
 
     def __init__(self, engine: AsyncEngine, timeout_seconds: float, interval_seconds: float,
                  batch: int = 500, on_enqueued: Any = None) -> None:

@@ -39,5 +39,5 @@ SAGA_OLDEST = Gauge(
     "auto_comp_saga_oldest_pending_seconds", "Age of the oldest compensation waiting for a budget answer.")
 RESERVATIONS_EXPIRED = Counter(
     "auto_comp_reservations_expired_total", "Compensations whose budget reservation expired before an answer "
-    "was applied: nothing was issued and the ledger releases the reservation. by=sweeper: no answer in time; "
+    "was applied: nothing was issued and the ledger voids the reservation. by=sweeper: no answer in time; "
     "by=late_answer: the ledger's answer arrived after the expiry.", ["region", "by"])

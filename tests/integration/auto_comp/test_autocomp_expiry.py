@@ -168,3 +168,12 @@ async def test_sweeper_and_late_answers_racing_settle_each_compensation_exactly_
     # the first reservations of every round had expired before any answer, the last ones outlive the round
     assert outcomes["issued"] >= 8 and outcomes["expired"] >= 8 * 4
     assert sum(outcomes.values()) == len(all_ids)
+
+
+async def test_a_ledger_denial_for_a_voided_hold_is_an_expiry_not_a_budget_denial(engine, tickets):
+    # A re-sent request reached the ledger after it voided the hold: its "denied: reservation_expired"
+    # must not be reported to finance as a budget shortfall.
+    requests = await decide(engine, tickets, ["T-voided-hold"])
+    await expire_in(engine, "T-voided-hold", -1)
+    await apply(engine, RESULTS, [answer(requests["T-voided-hold"], denial="reservation_expired")])
+    assert await state(engine, "T-voided-hold") == ("expired", "reservation_expired", 0)
