@@ -28,7 +28,7 @@ from typing import Any, Protocol, cast
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from prometheus_client import Counter
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -59,6 +59,9 @@ log = logging.getLogger(__name__)
 CONSUMER_LOOP_RESTARTS = Counter(
     "comp_consumer_loop_restarts_total",
     "Consumer loops restarted after an unexpected error (each also makes the runner not ready).", ["group"])
+
+
+_RECOVERY_IDLE_SECONDS = 1.0  # after a restart, idle this long with nothing to redo counts as recovered
 
 
 class PermanentError(Exception):
@@ -303,19 +306,18 @@ class ConsumerRunner:
     async def _reseek_after_crash(self, consumer: AIOKafkaConsumer) -> None:
         """Put every assigned partition back at its offset of record: the crashed batch may have moved
         the consumer's position past records whose transaction never committed."""
-        async with self._processing:  # a revocation waits; an assignment seeks the same way
-            assigned = list(consumer.assignment())
-            if not assigned:
-                return
-            async with self.engine.connect() as conn:
-                rows = (await conn.execute(text(
-                    "SELECT topic, partition, next_offset FROM consumer_offsets WHERE consumer_group = :g"),
-                    {"g": self.group_id})).all()
-            stored = {(r[0], r[1]): r[2] for r in rows}
-            for tp in assigned:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(text(
+                "SELECT topic, partition, next_offset FROM consumer_offsets WHERE consumer_group = :g"),
+                {"g": self.group_id})).all()
+        stored = {(r[0], r[1]): r[2] for r in rows}
+        # No lock held across these calls: the loop is not consuming, and a partition revoked meanwhile is
+        # simply skipped (its next owner seeks to the same stored offset on assignment).
+        for tp in list(consumer.assignment()):
+            try:
                 offset = stored.get((tp.topic, tp.partition))
                 if offset is None:
-                    # Nothing committed here yet: start where assignment would (Kafka's advisory commit,
+                    # Nothing stored for it yet: start where assignment would (Kafka's advisory commit,
                     # else the earliest record), never after an uncommitted one.
                     offset = await consumer.committed(tp)
                 if offset is None:
@@ -324,6 +326,8 @@ class ConsumerRunner:
                 else:
                     consumer.seek(tp, offset)
                     self._floor[tp] = offset
+            except IllegalStateError:
+                continue
 
     # ------------------------------------------------------------------ main loop
 
@@ -336,6 +340,7 @@ class ConsumerRunner:
             try:
                 if self._recovering_since is not None:
                     await self._reseek_after_crash(consumer)
+                    self._recovering_since = time.monotonic()  # the recovery clock starts now
                 await self._consume(consumer)
                 return
             except asyncio.CancelledError:
@@ -368,7 +373,7 @@ class ConsumerRunner:
         # was nothing left to redo).
         if self._recovering_since is None:
             return
-        if idle and time.monotonic() - self._recovering_since < self.restart_backoff + 1.0:
+        if idle and time.monotonic() - self._recovering_since < _RECOVERY_IDLE_SECONDS:
             return
         log.info("consumer loop recovered", extra={"group": self.group_id, "restarts": self.restarts})
         self._recovering_since = None
@@ -400,7 +405,7 @@ class ConsumerRunner:
             for r in records:
                 tp = TopicPartition(r.topic, r.partition)
                 self._floor[tp] = max(self._floor.get(tp, 0), r.offset + 1)
-            self._recovered(idle=False)
+            self._recovered(idle=not records)  # stale records skipped below the floor prove nothing
             self._batch_in_hand = ""
             await self._commit_kafka(records)
             self._update_lag(consumer, records)
@@ -427,7 +432,10 @@ class ConsumerRunner:
                 if self._stopping.is_set():
                     # Leave without committing: the next owner redoes this batch.
                     raise
-                await asyncio.sleep(backoff)
+                try:  # a stop() during the backoff should not wait it out
+                    await asyncio.wait_for(self._stopping.wait(), timeout=backoff)
+                except TimeoutError:
+                    pass
                 backoff = min(backoff * 2, 30.0)
 
     async def _process(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
