@@ -1,7 +1,8 @@
 """An auditor's day in a real browser: sign in, claim, score, submit, and see the queue and own stats move.
 
 Drives Debian's Chromium (/usr/bin/chromium) through Playwright against the real service (real broker,
-real PostgreSQL, uvicorn on a free port). Leaves a screenshot of the item page in test-artifacts/."""
+real PostgreSQL, uvicorn on a free port). Leaves screenshots of the item page and the lead's gold-item form
+in test-artifacts/."""
 
 from __future__ import annotations
 
@@ -109,6 +110,7 @@ async def server(fresh_database, kafka_bootstrap, topic_factory, tmp_path_factor
             await asyncio.sleep(0.2)
         async with ctx.engine.begin() as conn:
             await queries.upsert_user(conn, "ada", hash_password(PASSWORD), ["auditor"], ["US"])
+            await queries.upsert_user(conn, "lin", hash_password(PASSWORD), ["lead"], ["US"])
         while not web.started:
             await asyncio.sleep(0.05)
         yield f"http://127.0.0.1:{port}"
@@ -160,3 +162,36 @@ async def test_auditor_signs_in_claims_scores_and_submits(server):
         finally:
             await browser.close()
     assert (ARTIFACTS / "workbench-item.png").stat().st_size > 10_000
+
+
+async def test_lead_seeds_a_gold_item_from_the_form(server):
+    assert async_playwright is not None
+    ARTIFACTS.mkdir(exist_ok=True)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            await page.goto(f"{server}/workbench/signin")
+            await page.fill("input[name=username]", "lin")
+            await page.fill("input[name=password]", PASSWORD)
+            await page.click("button[type=submit]")
+            await page.wait_for_url("**/workbench/queues")
+            await page.click("text=Gold items")
+            await page.wait_for_url("**/workbench/gold")
+            for name, value in (("compensation_id", "gold-br-1"), ("ticket_id", "T-gold"), ("order_id", "O-gold"),
+                                ("buyer_id", "B-gold"), ("agent_id", "agent-7"), ("team", "team-7"),
+                                ("amount", "9.99"), ("reason_code", "damaged"), ("share_0_amount", "9.99")):
+                await page.fill(f"input[name={name}]", value)
+            await page.select_option("select[name=kind]", "voucher")
+            await page.select_option("select[name=share_0_type]", "platform")
+            for name in ("warranted", "amount_correct", "kind_correct", "liable_party_correct",
+                         "policy_compliant", "not_duplicate"):
+                await page.check(f"input[name=expect_{name}][value=yes]")
+            await page.check("input[name=expect_evidence_sufficient][value=no]")
+            await page.screenshot(path=str(ARTIFACTS / "workbench-gold-form.png"), full_page=True)
+            await page.click("#seed-gold")
+            await page.wait_for_url("**/workbench/gold?*")
+            assert "seeded into US / normal" in await page.inner_text("#message")
+            assert "gold-br-1" in await page.inner_text("#gold-items")
+        finally:
+            await browser.close()
