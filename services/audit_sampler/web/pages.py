@@ -327,6 +327,25 @@ def build_pages(auth: WorkbenchAuth) -> APIRouter:
                                                   _text(form, "outcome") or "", _text(form, "note") or None)
         return _redirect("/disputes", message=f"Dispute {dispute_id} {resolved['status']}.")
 
+    @router.get("/items")
+    async def items(request: Request, region: str | None = None) -> Response:
+        """Supervisors' way to an item: open ones (to reassign) and failed verdicts (to dispute)."""
+        viewer = await viewer_of(request)
+        viewer.principal.require_role(*DASHBOARD_ROLES)
+        allowed = viewer.principal.allowed_regions(catalogue().codes())
+        if region:
+            region = region.upper()
+            if region not in catalogue():
+                raise Problem(404, "Not Found", f"unknown region {region}",
+                              errors=[{"field": "region", "message": "not in the region catalogue"}])
+            viewer.principal.require_region(region)
+        shown = [region] if region else (None if "*" in viewer.principal.regions else allowed)
+        async with engine.connect() as conn:
+            open_rows = await queries.open_items(conn, shown)
+            failed = await queries.failed_verdicts(conn, shown)
+        return render(request, "items.html", open_rows=open_rows, failed=failed, regions=allowed, selected=region,
+                      now=datetime.now(UTC), can_dispute=viewer.has_role("lead"))
+
     @router.get("/calibration")
     async def calibration(request: Request, region: str | None = None, period: str | None = None,
                           date: str | None = None) -> Response:

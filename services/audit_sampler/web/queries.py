@@ -120,6 +120,29 @@ async def auditor_stats(conn: AsyncConnection, auditor: str, regions: Sequence[s
             "attributes_agreed": int(agreement.agreed), "recent": [dict(r._mapping) for r in recent]}
 
 
+async def open_items(conn: AsyncConnection, regions: Sequence[str] | None, limit: int = 100
+                     ) -> list[dict[str, Any]]:
+    """Queued and claimed items in the regions (None: all), the ones nearest their SLA first."""
+    rows = await conn.execute(text(
+        "SELECT id, region, queue, item_kind, compensation_id, agent_id, status, claimed_by, lease_expires_at, "
+        "enqueued_at, sla_due_at FROM audit_items WHERE status IN ('queued', 'claimed') "
+        "AND (CAST(:regions AS text[]) IS NULL OR region = ANY(CAST(:regions AS text[]))) "
+        "ORDER BY sla_due_at, id LIMIT :n"), {"regions": None if regions is None else list(regions), "n": limit})
+    return [dict(r._mapping) for r in rows]
+
+
+async def failed_verdicts(conn: AsyncConnection, regions: Sequence[str] | None, limit: int = 100
+                          ) -> list[dict[str, Any]]:
+    """The latest failed verdicts on sampled compensations (the ones a lead may dispute), newest first."""
+    rows = await conn.execute(text(
+        "SELECT id, item_id, region, compensation_id, agent_id, team, auditor_id, error_category, status, "
+        "created_at FROM verdicts WHERE item_kind = 'sample' AND NOT passed "
+        "AND (CAST(:regions AS text[]) IS NULL OR region = ANY(CAST(:regions AS text[]))) "
+        "ORDER BY created_at DESC, id DESC LIMIT :n"),
+        {"regions": None if regions is None else list(regions), "n": limit})
+    return [dict(r._mapping) for r in rows]
+
+
 async def gold_items(conn: AsyncConnection, regions: Sequence[str] | None, limit: int = 20
                      ) -> list[dict[str, Any]]:
     """The latest gold items in the regions (None: all), with how they were scored once audited."""

@@ -324,6 +324,28 @@ async def test_auditor_cannot_do_a_leads_work(service):
         assert (await lead.get("/workbench/disputes")).status_code == 200
 
 
+async def test_supervisors_find_open_items_and_failed_verdicts(service):
+    """Without a list, a lead could reassign or dispute only items whose id they already knew."""
+    open_us = await scalar(service, "SELECT count(*) FROM audit_items WHERE region = 'US' "
+                                    "AND status IN ('queued', 'claimed')")
+    failed = await scalar(service, "SELECT min(item_id) FROM verdicts WHERE region = 'US' AND NOT passed "
+                                   "AND item_kind = 'sample'")
+    assert open_us > 0 and failed is not None
+    async with client(service) as lead:
+        await login(lead, "lee")
+        page = await lead.get("/workbench/items?region=US")
+        assert page.status_code == 200 and 'href="/workbench/items">Items</a>' in page.text
+        table = page.text[page.text.index('id="open-items"'):page.text.index('id="failed-verdicts"')]
+        assert table.count("<tr data-item=") == min(open_us, 100) and "<td>GB</td>" not in table
+        assert f'<a href="/workbench/items/{failed}">{failed}</a>' in page.text
+        item = await lead.get(f"/workbench/items/{failed}")
+        assert "Open dispute</button>" in item.text  # the list leads to the dispute form
+        assert (await lead.get("/workbench/items?region=SG")).status_code == 403
+    async with client(service) as auditor:
+        await login(auditor, "ann")
+        assert (await auditor.get("/workbench/items")).status_code == 403
+
+
 async def test_lead_disputes_and_senior_auditor_resolves(service):
     failed = await scalar(service, "SELECT min(id) FROM verdicts WHERE region = 'US' AND NOT passed "
                                    "AND status = 'final'")
