@@ -15,7 +15,6 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.intake.access import Access
@@ -31,6 +30,7 @@ from services.intake.metrics import (
 from services.intake.openapi import batch_operation, single_operation
 from services.intake.persistence import store_events
 from shared.auth import Principal
+from shared.db import DATABASE_ERRORS
 from shared.http import Problem
 from shared.regions import RegionCatalogue
 
@@ -79,9 +79,8 @@ class Intake:
         stored: dict[str, str | None] = {}
         if screened.candidates:
             try:
-                async with self.engine.begin() as conn:
-                    stored = await store_events(conn, event_type, screened.candidates, principal.subject[:64])
-            except (DBAPIError, OSError, TimeoutError) as exc:
+                stored = await store_events(self.engine, event_type, screened.candidates, principal.subject[:64])
+            except DATABASE_ERRORS as exc:
                 REQUESTS_REFUSED.labels(event_type, "database_unavailable").inc()
                 raise Problem(503, "Service Unavailable", "events could not be stored; nothing was accepted",
                               headers={"Retry-After": self.retry_after}) from exc

@@ -8,33 +8,42 @@ from typing import Any, NamedTuple, cast
 
 import orjson
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.intake.domain.items import payload_of
 from services.intake.domain.keys import ApiKey
 from services.intake.domain.screening import Candidate
 from shared.contracts.envelope import Envelope, new_event_id
 from shared.contracts.registry import LATEST
-from shared.outbox import Record, enqueue_records
+from shared.db import fetch_one_shot
+from shared.outbox import Record, headers_json
 
-# One statement claims every new event id and reads the fingerprints of those already on record: the
-# main query's snapshot predates the INSERT, so claimed rows show a NULL fingerprint. Ids are claimed in
-# sorted order so that two requests sharing ids in different orders wait on each other, never deadlock.
-_CLAIM = text("""
+# One statement, run as its own transaction, is a whole request's write: it claims every new event id,
+# puts the events it claimed in the outbox (so an accepted event and its outbox row commit together, and
+# an event id claimed earlier never gets a second row), and reads the fingerprints of the ids already on
+# record. The main query's snapshot predates both INSERTs, so ids claimed here show a NULL fingerprint. Ids
+# are claimed in sorted order so that two requests sharing ids in different orders wait on each other,
+# never deadlock; outbox rows are inserted in request order, the order the relay publishes them in.
+# One round trip instead of five (pool pre-ping, BEGIN, claim, outbox insert, COMMIT).
+_STORE = """
 WITH incoming AS (
-    SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:types AS text[]), CAST(:fps AS text[]))
-        AS t(event_id, event_type, fingerprint)),
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bytea[], $6::jsonb[])
+        WITH ORDINALITY AS t(event_id, fingerprint, topic, key, value, headers, n)),
 claimed AS (
     INSERT INTO received_events (event_id, event_type, fingerprint)
-    SELECT event_id, event_type, fingerprint FROM incoming ORDER BY event_id
+    SELECT event_id, $7::text, fingerprint FROM incoming ORDER BY event_id
     ON CONFLICT (event_id) DO NOTHING
-    RETURNING event_id)
+    RETURNING event_id),
+queued AS (
+    INSERT INTO outbox (topic, key, value, headers)
+    SELECT i.topic, i.key, i.value, i.headers FROM incoming i JOIN claimed c ON c.event_id = i.event_id
+    ORDER BY i.n)
 SELECT i.event_id, c.event_id IS NOT NULL AS claimed, r.fingerprint
 FROM incoming i
 LEFT JOIN claimed c ON c.event_id = i.event_id
-LEFT JOIN received_events r ON r.event_id = i.event_id""")
+LEFT JOIN received_events r ON r.event_id = i.event_id"""
 
-_FINGERPRINTS = text("SELECT event_id, fingerprint FROM received_events WHERE event_id = ANY(:ids)")
+_FINGERPRINTS = "SELECT event_id, fingerprint FROM received_events WHERE event_id = ANY($1::text[])"
 
 
 def outbox_record(event_type: str, candidate: Candidate, source: str, produced_at: datetime) -> Record:
@@ -69,20 +78,24 @@ def _json_time(at: datetime) -> str:
     return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-async def store_events(conn: AsyncConnection, event_type: str, candidates: Sequence[Candidate],
+async def store_events(engine: AsyncEngine, event_type: str, candidates: Sequence[Candidate],
                        source: str) -> dict[str, str | None]:
-    """Record each new event id and put its event in the outbox, in the caller's transaction.
+    """Record each new event id and put its event in the outbox, atomically, in one statement.
 
     Returns event id -> None when stored now, or the fingerprint already on record. Candidates must have
-    distinct event ids (screening guarantees it).
+    distinct event ids (screening guarantees it). The statement is idempotent, which lets
+    ``fetch_one_shot`` send it again after a lost connection: an event stored by the lost attempt then
+    reads as already on record with its own fingerprint (a duplicate, never a second outbox row).
     """
     if not candidates:
         return {}
-    rows = (await conn.execute(_CLAIM, {
-        "ids": [c.item.event_id for c in candidates],
-        "types": [event_type] * len(candidates),
-        "fps": [c.fingerprint for c in candidates],
-    })).all()
+    now = datetime.now(UTC)
+    records = [outbox_record(event_type, c, source, now) for c in candidates]
+    rows = await fetch_one_shot(
+        engine, _STORE,
+        [c.item.event_id for c in candidates], [c.fingerprint for c in candidates],
+        [r[0] for r in records], [r[1] for r in records], [r[2] for r in records],
+        [headers_json(r[3]) for r in records], event_type)
     stored: dict[str, str | None] = {}
     unseen: list[str] = []
     for event_id, claimed, previous in rows:
@@ -93,11 +106,8 @@ async def store_events(conn: AsyncConnection, event_type: str, candidates: Seque
         else:
             stored[event_id] = previous
     if unseen:
-        for event_id, previous in (await conn.execute(_FINGERPRINTS, {"ids": unseen})).all():
+        for event_id, previous in await fetch_one_shot(engine, _FINGERPRINTS, unseen):
             stored[event_id] = previous
-    now = datetime.now(UTC)
-    await enqueue_records(conn, [outbox_record(event_type, c, source, now) for c in candidates
-                                 if stored[c.item.event_id] is None])
     return stored
 
 
