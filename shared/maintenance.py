@@ -8,12 +8,12 @@ holds locks long.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.outbox import enqueue_records
+from shared.outbox import Record, decode_headers, enqueue_records
 from shared.periodic import PeriodicTask
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ async def replay_dead_letter(engine: AsyncEngine, dead_letter_id: int) -> str:
         ).one_or_none()
         if row is None:
             raise KeyError(f"no dead letter with id {dead_letter_id}")
-        headers = [(k, v.encode("latin-1")) for k, v in row[3] if not k.startswith("dlq.")]
-        await enqueue_records(conn, [(row[0], row[1], row[2], headers)])
+        headers = [(k, v) for k, v in decode_headers(row[3]) if not k.startswith("dlq.")]
+        # Null header values are legal Kafka and survive the outbox; its Headers alias omits them.
+        await enqueue_records(conn, [cast(Record, (row[0], row[1], row[2], headers))])
     return str(row[0])

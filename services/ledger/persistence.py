@@ -23,10 +23,8 @@ from services.ledger.domain.book import (
 )
 from services.ledger.domain.budget import BudgetState
 from shared.contracts.registry import decode_envelope, encode_envelope
-from shared.contracts.topics import Topic
 from shared.db import raw_connection
-from shared.kafka import Delivered
-from shared.outbox import enqueue_records
+from shared.kafka import DeadLetter, Delivered, write_dead_letters
 from shared.regions import region as region_of
 
 # Advisory lock class for per-compensation serialisation (two-int form: a key space of its own, apart
@@ -380,20 +378,9 @@ def _source_of(parked: ParkedEvent, consumer_group: str) -> Source:
 
 async def dead_letter(conn: AsyncConnection, items: list[tuple[Source, str]]) -> None:
     """Dead-letter events the ledger held back (parked), the way the consumer runner does."""
-    records = []
-    for src, reason in items:
-        headers = [("dlq.error", f"rejected: {reason}"[:4000].encode()), ("dlq.source_topic", src.topic.encode()),
-                   ("dlq.source_partition", str(src.partition).encode()),
-                   ("dlq.source_offset", str(src.offset).encode()),
-                   ("dlq.consumer_group", src.group.encode())]
-        await conn.execute(text(
-            'INSERT INTO dead_letters (consumer_group, topic, partition, "offset", key, value, headers, error) '
-            "VALUES (:g, :t, :p, :o, :k, :v, CAST(:h AS jsonb), :e) ON CONFLICT DO NOTHING"),
-            {"g": src.group, "t": src.topic, "p": src.partition, "o": src.offset, "k": src.key,
-             "v": src.value, "h": orjson.dumps([[k, v.decode("latin-1")] for k, v in headers]).decode(),
-             "e": f"rejected: {reason}"})
-        records.append((Topic.DEAD_LETTERS.value, src.topic.encode(), src.value, headers))
-    await enqueue_records(conn, records)
+    await write_dead_letters(conn, [
+        DeadLetter(src.group, src.topic, src.partition, src.offset, src.key, src.value, [], f"rejected: {reason}")
+        for src, reason in items])
 
 
 # ------------------------------------------------------------------ housekeeping queries

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, cast
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -146,6 +146,52 @@ def is_transient(exc: BaseException) -> bool:
         if type(e).__name__ in _TRANSIENT_NAMES:
             return True
     return False
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A record to set aside: its coordinates, original bytes and headers, and why."""
+
+    group: str
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes | None]]
+    error: str
+
+
+async def write_dead_letters(conn: AsyncConnection, letters: Sequence[DeadLetter]) -> list[DeadLetter]:
+    """Record dead letters in ``dead_letters`` and publish them to the dead-letter topic through the outbox,
+    in the caller's transaction; returns those written now. A record already dead-lettered (unique on
+    group/topic/partition/offset) is neither stored nor published again."""
+    written: list[DeadLetter] = []
+    rows = []
+    for letter in letters:
+        # PostgreSQL text cannot hold NUL; an error message may quote the payload.
+        error = letter.error.replace("\x00", "\\x00")
+        headers: list[tuple[str, bytes | None]] = [
+            *letter.headers,
+            ("dlq.error", error[:4000].encode()),
+            ("dlq.source_topic", letter.topic.encode()),
+            ("dlq.source_partition", str(letter.partition).encode()),
+            ("dlq.source_offset", str(letter.offset).encode()),
+            ("dlq.consumer_group", letter.group.encode()),
+        ]
+        inserted = (await conn.execute(text(
+            'INSERT INTO dead_letters (consumer_group, topic, partition, "offset", key, value, headers, '
+            "error) VALUES (:g, :t, :p, :o, :k, :v, CAST(:h AS jsonb), :e) ON CONFLICT DO NOTHING "
+            "RETURNING id"),
+            {"g": letter.group, "t": letter.topic, "p": letter.partition, "o": letter.offset, "k": letter.key,
+             "v": letter.value, "h": outbox.headers_json(headers), "e": error})).scalar()
+        if inserted is None:
+            continue
+        written.append(replace(letter, error=error))
+        rows.append((Topic.DEAD_LETTERS.value, letter.topic.encode(), letter.value or b"", headers))
+    # Null header values are legal Kafka (aiokafka writes them); the outbox's Headers alias omits them.
+    await outbox.enqueue_records(conn, cast(list[outbox.Record], rows))
+    return written
 
 
 @dataclass
@@ -525,38 +571,16 @@ class ConsumerRunner:
     async def _dead_letter(self, conn: AsyncConnection, recs: list[_Rec]) -> None:
         if not recs:
             return
-        rows = []
-        for r in recs:
-            rec = r.record
-            # PostgreSQL text cannot hold NUL; an error message may quote the payload.
-            error = (r.error or "unknown").replace("\x00", "\\x00")
-            headers: list[tuple[str, bytes | None]] = [
-                *list(rec.headers or []),
-                ("dlq.error", error[:4000].encode()),
-                ("dlq.source_topic", rec.topic.encode()),
-                ("dlq.source_partition", str(rec.partition).encode()),
-                ("dlq.source_offset", str(rec.offset).encode()),
-                ("dlq.consumer_group", self.group_id.encode()),
-            ]
-            # A record already dead-lettered (the unique key is group/topic/partition/offset) is not
-            # published again.
-            inserted = (await conn.execute(text(
-                'INSERT INTO dead_letters (consumer_group, topic, partition, "offset", key, value, headers, '
-                "error) VALUES (:g, :t, :p, :o, :k, :v, CAST(:h AS jsonb), :e) ON CONFLICT DO NOTHING "
-                "RETURNING id"),
-                {"g": self.group_id, "t": rec.topic, "p": rec.partition, "o": rec.offset, "k": rec.key,
-                 "v": rec.value, "h": outbox.headers_json(headers), "e": error})).scalar()
-            if inserted is None:
-                self.stats.duplicates += 1
-                continue
-            rows.append((Topic.DEAD_LETTERS.value, rec.topic.encode(), rec.value or b"", headers))
-            CONSUMER_DEAD_LETTERED.labels(self.group_id, rec.topic).inc()
+        letters = [DeadLetter(self.group_id, r.record.topic, r.record.partition, r.record.offset, r.record.key,
+                              r.record.value, list(r.record.headers or []), r.error or "unknown") for r in recs]
+        written = await write_dead_letters(conn, letters)
+        self.stats.duplicates += len(letters) - len(written)
+        for letter in written:
+            CONSUMER_DEAD_LETTERED.labels(self.group_id, letter.topic).inc()
             self.stats.dead_lettered += 1
-            log.warning("dead-lettered record", extra={"group": self.group_id, "topic": rec.topic,
-                                                       "partition": rec.partition, "offset": rec.offset,
-                                                       "reason": error})
-        # Null header values are legal Kafka (aiokafka writes them); the outbox's Headers alias omits them.
-        await outbox.enqueue_records(conn, cast(list[outbox.Record], rows))
+            log.warning("dead-lettered record", extra={"group": self.group_id, "topic": letter.topic,
+                                                       "partition": letter.partition, "offset": letter.offset,
+                                                       "reason": letter.error})
 
     async def _store_offsets(self, conn: AsyncConnection, recs: list[_Rec]) -> None:
         nxt: dict[tuple[str, int], int] = {}

@@ -369,9 +369,6 @@ async def test_headers_with_nul_bytes_and_a_poison_payload_are_dead_lettered_byt
     assert row[3].startswith("contract violation")
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="shared/maintenance.replay_dead_letter still decodes headers as latin-1 pairs; it must "
-                          "use shared.outbox.decode_headers (file outside brief A's paths)")
 async def test_replay_restores_the_original_header_bytes(db):
     engine = db[1]
     async with engine.begin() as conn:
