@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.auth import TokenService
@@ -191,6 +192,18 @@ def _json(obj: Any) -> bytes:
 Command = Callable[[argparse.Namespace], Any]
 
 
+def describe_config_errors(exc: ValidationError) -> str:
+    """One line per bad environment variable, named as the operator sets it; values are never echoed
+    (settings hide them, and DATABASE_URL carries a password)."""
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        # Service variables are declared with their prefixed name as alias, which pydantic reports.
+        variable = str(error["loc"][0]).upper() if error["loc"] else "?"
+        message = "required, not set" if error["type"] == "missing" else error["msg"].removeprefix("Value error, ")
+        lines.append(f"  {variable}: {message}")
+    return "\n".join(lines)
+
+
 def run_cli(*, name: str, settings_factory: Callable[[], ServiceSettings],
             app_factory: Callable[[ServiceSettings], FastAPI], migrations_dir: Path, schema: str,
             extra: Callable[[argparse._SubParsersAction], None] | None = None,  # type: ignore[type-arg]
@@ -210,8 +223,11 @@ def run_cli(*, name: str, settings_factory: Callable[[], ServiceSettings],
     args = parser.parse_args(argv)
     try:
         settings = settings_factory()
-    except Exception as exc:  # pydantic ValidationError: name the variable
-        print(f"{name}: invalid configuration:\n{exc}", file=sys.stderr)
+    except ValidationError as exc:
+        print(f"{name}: invalid configuration:\n{describe_config_errors(exc)}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:  # e.g. an unreadable or invalid REGIONS_FILE
+        print(f"{name}: invalid configuration: {exc}", file=sys.stderr)
         return 2
     configure_logging(name, settings.log_level, settings.log_json)
     if args.command == "serve":

@@ -38,3 +38,17 @@ def test_secret_is_masked_in_reprs(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = CommonSettings()
     assert GOOD_SECRET not in repr(settings) and GOOD_SECRET not in str(settings.model_dump())
     assert settings.auth_token_secret.get_secret_value() == GOOD_SECRET
+
+
+def test_service_startup_names_each_bad_variable_without_values(monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from services.intake.__main__ import main
+
+    monkeypatch.delenv("AUTH_TOKEN_SECRET", raising=False)
+    monkeypatch.setenv("DATABASE_URL", "mysql://app:hunter2-very-secret@db/app")
+    monkeypatch.setenv("INTAKE_PORT", "not-a-port")
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert "AUTH_TOKEN_SECRET: required, not set" in err
+    assert "INTAKE_PORT:" in err and "DATABASE_URL:" in err
+    assert "hunter2" not in err and "not-a-port" not in err
