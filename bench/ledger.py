@@ -7,11 +7,21 @@ transaction (3 entries: seller, carrier, payable) and a budget posting (2 entrie
 budget row and budget account, the compensation row and the consumer's processed-event record. The clock
 runs from the first journal transaction (its ``recorded_at``) until all N compensations are on the books
 (the database clock when the count reaches N); the rate is N over that time.
+
+The note also gives CPU time per charge, which depends far less on what else runs on the machine than the
+wall-clock rate: the service process (user + system, from ``/proc``) and the PostgreSQL backends of its
+database, from the moment the service is ready until the last compensation is on the books, over the
+compensations booked in between. ``BENCH_LEDGER_PYSPY=<file stem>`` records a py-spy profile of the
+service (``py-spy`` on PATH) per run.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import statistics
+import subprocess
 import uuid
 from typing import Any
 
@@ -22,20 +32,59 @@ from bench.stack import Counter, Stack
 BUDGET_MINOR = 10**13
 
 
-async def one_run(url: str, external: str | None, partitions: int, n: int) -> tuple[float, int]:
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a live process (0 when it is gone or /proc is missing)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime (fields 14 and 15 of stat)
+
+
+async def _backend_cpu(db: Counter) -> dict[int, float]:
+    pids = await db.rows("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                         "AND pid <> pg_backend_pid()")
+    return {r["pid"]: _cpu_seconds(r["pid"]) for r in pids}
+
+
+async def one_run(url: str, external: str | None, partitions: int, n: int,
+                  cpu: list[tuple[float, float]] | None = None, run_no: int = 0) -> tuple[float, int]:
     async with Stack(url, external, "ledger", partitions) as stack:
         # Migrate and set the budget first, pre-load, and only then start the service: the clock then
         # measures draining a full topic, not the producer.
         await _migrate_and_budget(stack)
         await produce(stack.bootstrap, Records("manual", uuid.uuid4().hex[:8]), 0, n)
-        await stack.start("ledger", migrate=False)
+        service = await stack.start("ledger", migrate=False)
+        spy = _pyspy(service.pid, run_no)
         async with Counter(stack.dsn) as db:
+            booked0 = await db.value("SELECT count(*) FROM ledger.compensations")
+            service0, backends0 = _cpu_seconds(service.pid), await _backend_cpu(db)
             end = await db.wait_for("SELECT count(*) FROM ledger.compensations", n, 120 + n / 200, 0.05,
                                     "ledger compensations")
             start = await db.value("SELECT extract(epoch FROM min(recorded_at))::float8 "
                                    "FROM ledger.journal_transactions")
+            service1, backends1 = _cpu_seconds(service.pid), await _backend_cpu(db)
             entries = await db.value("SELECT count(*) FROM ledger.journal_entries")
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+            spy.wait(30)
+        if cpu is not None and n > booked0:
+            backend = sum(v - backends0.get(pid, 0.0) for pid, v in backends1.items())
+            cpu.append(((service1 - service0) / (n - booked0) * 1e6, backend / (n - booked0) * 1e6))
         return n / (end - start), int(entries)
+
+
+def _pyspy(pid: int, run_no: int) -> subprocess.Popen[bytes] | None:
+    stem = os.environ.get("BENCH_LEDGER_PYSPY")
+    exe = shutil.which("py-spy")
+    if not stem or not exe:
+        return None
+    return subprocess.Popen([exe, "record", "-p", str(pid), "-r", "200", "-f", "raw", "-o",
+                             f"{stem}-{run_no}.txt"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 async def _migrate_and_budget(stack: Stack) -> None:
@@ -51,9 +100,16 @@ async def run(settings: Any, url: str, bootstrap: str, args: Any) -> list[Result
                     ceiling="raw asyncpg COPY", bar=20_000)
     external = os.environ.get("BENCH_KAFKA_BOOTSTRAP_SERVERS")
     entries = 0
-    for _ in range(args.repeats):
-        rate, entries = await one_run(url, external, args.partitions, n)
+    cpu: list[tuple[float, float]] = []
+    for run_no in range(args.repeats):
+        rate, entries = await one_run(url, external, args.partitions, n, cpu, run_no)
         result.runs.append(rate)
+    cpu_note = ""
+    if cpu:
+        service_us = statistics.median(c[0] for c in cpu)
+        backend_us = statistics.median(c[1] for c in cpu)
+        cpu_note = (f"; CPU per charge (median): service {service_us:.0f} us, PostgreSQL backends "
+                    f"{backend_us:.0f} us")
     result.note = (f"{n:,} pre-loaded compensations per run drained from the topic by the running service "
-                   f"({entries:,} journal entries per run: charge + budget posting)")
+                   f"({entries:,} journal entries per run: charge + budget posting){cpu_note}")
     return [result]

@@ -21,6 +21,7 @@ from services.ledger import handlers, invariants, metrics
 from services.ledger.api import build_router
 from services.ledger.config import Settings
 from services.ledger.contracts import CONSUMES
+from services.ledger.runner import LedgerRunner
 from shared.auth import Authenticator
 from shared.contracts.topics import Topic
 from shared.service import ServiceContext, create_app
@@ -107,14 +108,24 @@ def consumer_groups(settings: Settings) -> dict[str, list[str]]:
     behind a batch of charges, and charge batches never hold a budget lock for long (ADR 0005).
     """
     return {f"{settings.consumer_group}-budget": [Topic.BUDGET_REQUESTS.value],
-            f"{settings.consumer_group}-books": [t for t in CONSUMES if t != Topic.BUDGET_REQUESTS.value]}
+            books_group(settings): [t for t in CONSUMES if t != Topic.BUDGET_REQUESTS.value]}
+
+
+def books_group(settings: Settings) -> str:
+    return f"{settings.consumer_group}-books"
 
 
 def build_app(settings: Settings, *, topics: Sequence[str] | None = None, housekeeping: bool = True) -> FastAPI:
     ctx = ServiceContext.create("ledger", "ledger", settings)
     groups = {settings.consumer_group: list(topics)} if topics is not None else consumer_groups(settings)
     for group, group_topics in groups.items():
-        ctx.add_consumer(group, group_topics, handlers.LedgerHandler(settings, group))
+        # Charge batches hold no hot lock until their last statements (ADR 0005 point 2), so they can be
+        # large; request batches hold their budget rows throughout and keep the common, smaller size.
+        batch = settings.books_max_batch if group == books_group(settings) else None
+        # ctx.add_consumer, with the ledger's runner (its faster decoding: services/ledger/runner.py)
+        ctx.runners.append(LedgerRunner(
+            settings=settings, engine=ctx.engine, group_id=group, topics=group_topics,
+            handler=handlers.LedgerHandler(settings, group), on_commit=ctx.relay.wake, max_batch=batch))
     keeper = Housekeeper(ctx, settings)
     if housekeeping:
         ctx.components.append(keeper)

@@ -32,3 +32,8 @@ class Settings(ServiceSettings):
         300.0, gt=0, validation_alias="LEDGER_INVARIANT_INTERVAL_SECONDS",
         description="How often the invariant checker runs in the service and updates its metric.")
     consumer_group: str = Field("ledger", validation_alias="LEDGER_CONSUMER_GROUP")
+    books_max_batch: int = Field(
+        2000, ge=1, le=10_000, validation_alias="LEDGER_BOOKS_MAX_BATCH",
+        description="Records per batch of the books group (charges, lifecycle, corrections). Each batch "
+                    "pays a fixed set of statements and a commit, and locks its budget rows only at the "
+                    "end, so larger batches cost less per charge; budget requests keep CONSUMER_MAX_BATCH.")
