@@ -43,6 +43,14 @@ class CommonSettings(BaseSettings):
     outbox_batch_size: int = Field(500, ge=1, le=10_000)
     consumer_max_batch: int = Field(500, ge=1, le=10_000)
     consumer_poll_timeout_ms: int = Field(50, ge=1, le=10_000)
+    # The embedded (Tansu) broker holds a fetch for its wait even when records arrive meanwhile, so this
+    # wait is paid by every hop of the pipeline at low load; real Kafka answers as soon as data arrives.
+    consumer_fetch_max_wait_ms: int = Field(
+        20, ge=1, le=10_000, description="Longest a fetch waits at the broker for records (latency per hop on "
+                                         "brokers that hold the fetch; more idle fetches when lower).")
+    consumer_kafka_commit_interval_ms: int = Field(
+        1_000, ge=0, le=600_000, description="Least time between a consumer's advisory Kafka offset commits "
+                                             "(offsets of record are in the database); 0 after every batch.")
     consumer_session_timeout_ms: int = Field(
         10_000, ge=6_000, le=300_000,
         description="A dead consumer's partitions move after this long (group joins on the embedded broker "

@@ -11,12 +11,20 @@ Leadership is only as good as the lock's session: if the lock connection dies (n
 each batch and deletes the published rows on the lock connection itself: a batch starts only while the
 lock is provably held, and rows are marked sent only by the current holder. On loss the relay stops
 publishing and contends again; the batch in flight at that moment may be published twice (at-least-once).
+
+Latency: a commit in this process wakes the relay directly (``wake()``); a commit in a replica whose relay
+does not lead reaches the leader as a PostgreSQL NOTIFY on the relay's channel, which the leader LISTENs to
+on its lock connection. Polling every ``poll_interval`` remains the safety net for a lost notification or a
+writer that wakes nobody. The leader talks to its lock connection through the driver (autocommit, one round
+trip per statement) and deletes the rows acknowledged last time in the same statement that reads the next
+batch, so a busy relay spends one round trip per batch on PostgreSQL instead of six.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -41,6 +49,15 @@ log = logging.getLogger(__name__)
 Record = tuple[str, bytes | None, bytes, Headers]
 
 _CONTEND_INTERVAL = 1.0  # seconds between a follower's attempts to take the relay lock
+
+# The leader's statement per batch: delete what the broker acknowledged last time, read the next batch. The
+# read sees the snapshot from before the delete, hence the exclusion. Autocommit: the delete is durable
+# when the statement returns, and there is no BEGIN/COMMIT round trip.
+_DELETE_AND_READ = (
+    "WITH gone AS (DELETE FROM outbox WHERE id = ANY($1::bigint[])) "
+    "SELECT id, topic, key, value, headers, extract(epoch FROM created_at)::float8 FROM outbox "
+    "WHERE NOT (id = ANY($1::bigint[])) ORDER BY id LIMIT $2")
+_DELETE = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
 
 _INSERT = text(
     "INSERT INTO outbox (topic, key, value, headers) "
@@ -137,11 +154,40 @@ class OutboxRelay:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        # LISTEN/NOTIFY channel of this relay group (one per lock key; PostgreSQL caps names at 63 bytes).
+        self.channel = self._lock_key[:63]
+        self._notifier: asyncio.Task[None] | None = None
+        self._notify_again = False
         self.is_leader = False
         self.last_error: str | None = None
 
     def wake(self) -> None:
-        """Called after a commit that enqueued rows, to publish without waiting for the next poll."""
+        """Called after a commit that enqueued rows, to publish without waiting for the next poll.
+
+        When this relay leads, it is woken directly. When another replica leads, that leader is told with a
+        NOTIFY (at most one in flight per process; wakes meanwhile are folded into one more)."""
+        if self.is_leader or self._task is None or self._stopping.is_set():
+            self._wake.set()
+            return
+        if self._notifier is not None and not self._notifier.done():
+            self._notify_again = True
+            return
+        self._notifier = asyncio.create_task(self._notify_leader(), name=f"outbox-notify-{self._service}")
+
+    async def _notify_leader(self) -> None:
+        while True:
+            self._notify_again = False
+            try:
+                async with self._engine.connect() as conn:
+                    await conn.execute(text("SELECT pg_notify(:c, '')"), {"c": self.channel})
+                    await conn.commit()
+            except Exception as exc:  # the leader's poll still finds the rows
+                log.info("outbox notify failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+                return
+            if not self._notify_again:
+                return
+
+    def _on_notify(self, *_: object) -> None:
         self._wake.set()
 
     async def start(self) -> None:
@@ -156,6 +202,9 @@ class OutboxRelay:
             except TimeoutError:
                 self._task.cancel()
             self._task = None
+        if self._notifier is not None:
+            await asyncio.wait({self._notifier}, timeout=5)
+            self._notifier = None
 
     async def _run(self) -> None:
         backoff = 0.1
@@ -167,7 +216,8 @@ class OutboxRelay:
                         text("SELECT pg_try_advisory_lock(hashtext(:k))"), {"k": self._lock_key})).scalar()
                     await lock_conn.commit()
                     if not got:
-                        await self._sleep(_CONTEND_INTERVAL)
+                        # Not woken by commits: a follower contends on its own clock, not once per commit.
+                        await self._idle(_CONTEND_INTERVAL)
                         continue
                     self.is_leader = led = True
                     log.info("outbox relay leads", extra={"lock": self._lock_key})
@@ -188,7 +238,7 @@ class OutboxRelay:
                 log.warning("outbox relay lost leadership, contending again" if led else
                             "outbox relay error, retrying",
                             extra={"error": f"{type(exc).__name__}: {exc}", "backoff_s": delay})
-                await self._sleep(delay)
+                await self._idle(delay)
                 backoff = min(backoff * 2, 10.0)
 
     async def _unlock(self, lock_conn: AsyncConnection) -> None:
@@ -207,8 +257,32 @@ class OutboxRelay:
             pass
         self._wake.clear()
 
+    async def _idle(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+
     async def _publish_loop(self, lock_conn: AsyncConnection) -> None:
+        # The driver connection under the lock session: same session (so the lock proof holds), without
+        # SQLAlchemy's BEGIN/COMMIT around every statement.
+        raw = await lock_conn.get_raw_connection()
+        driver: Any = raw.driver_connection
+        try:
+            await driver.add_listener(self.channel, self._on_notify)
+            await self._lead(driver)
+        except BaseException:
+            # The session's state is unknown to SQLAlchemy now: close it (which also frees the lock) rather
+            # than hand it back to the pool.
+            with contextlib.suppress(Exception):
+                await lock_conn.invalidate()
+            raise
+        with contextlib.suppress(Exception):
+            await driver.remove_listener(self.channel, self._on_notify)
+
+    async def _lead(self, driver: Any) -> None:
         last_gauge = 0.0
+        acked: list[int] = []  # published and acknowledged, deleted by the next statement
         while not self._stopping.is_set():
             now = time.monotonic()
             if now - last_gauge > 1.0:
@@ -218,16 +292,40 @@ class OutboxRelay:
                 OUTBOX_OLDEST_AGE.labels(self._service).set(age)
                 last_gauge = now
             # Raises once the lock connection is gone: leave the loop and contend again.
-            published = await self.publish_once(lock_conn)
-            if published < self._batch:
+            rows = await driver.fetch(_DELETE_AND_READ, acked, self._batch)
+            acked = []
+            if not rows:
                 await self._sleep(self._poll)
+                continue
+            await self._publish(rows)
+            acked = [r[0] for r in rows]
+            # No sleep: the next statement deletes these at once and picks up whatever came meanwhile.
+        if acked:
+            await driver.execute(_DELETE, acked)
+
+    async def _publish(self, rows: Sequence[Any]) -> None:
+        """Send rows in id order and wait until the broker acknowledged every one (raises otherwise)."""
+        futures: list[Any] = []
+        for row in rows:
+            # Null header values are legal Kafka (aiokafka writes them); EventProducer's alias omits them.
+            entries = row[4]
+            if isinstance(entries, str):  # a driver connection without SQLAlchemy's jsonb codec
+                entries = orjson.loads(entries)
+            headers = cast(Headers, decode_headers(entries))
+            futures.append(await self._producer.send(row[1], row[3], row[2], headers))
+        await asyncio.gather(*futures)
+        now = time.time()
+        for row in rows:
+            OUTBOX_PUBLISHED.labels(self._service, row[1]).inc()
+            OUTBOX_PUBLISH_SECONDS.labels(self._service).observe(max(0.0, now - float(row[5])))
+        self.last_error = None
 
     async def publish_once(self, lock_conn: AsyncConnection | None = None) -> int:
         """Publish one batch in id order; delete rows only once every record is acknowledged.
 
-        The leader passes its lock connection: the batch is read and deleted on it, so a relay whose lock
-        session died fails here instead of publishing alongside the new leader. Without it (tests, bench,
-        one-off tools) pooled connections are used and the caller guarantees it is alone.
+        With ``lock_conn`` the batch is read and deleted on it, so a relay whose lock session died fails
+        here instead of publishing alongside another one. Without it (tests, bench, one-off tools) pooled
+        connections are used and the caller guarantees it is alone. The running leader uses ``_lead``.
         """
         if lock_conn is not None:
             rows = await self._read_batch(lock_conn)
@@ -236,22 +334,12 @@ class OutboxRelay:
                 rows = await self._read_batch(conn)
         if not rows:
             return 0
-        futures: list[Any] = []
-        for row in rows:
-            # Null header values are legal Kafka (aiokafka writes them); EventProducer's alias omits them.
-            headers = cast(Headers, decode_headers(row[4]))
-            futures.append(await self._producer.send(row[1], row[3], row[2], headers))
-        await asyncio.gather(*futures)
-        now = time.time()
+        await self._publish(rows)
         if lock_conn is not None:
             await self._delete(lock_conn, rows)
         else:
             async with self._engine.connect() as conn:
                 await self._delete(conn, rows)
-        for row in rows:
-            OUTBOX_PUBLISHED.labels(self._service, row[1]).inc()
-            OUTBOX_PUBLISH_SECONDS.labels(self._service).observe(max(0.0, now - float(row[5])))
-        self.last_error = None
         return len(rows)
 
     async def _read_batch(self, conn: AsyncConnection) -> Sequence[Any]:

@@ -28,7 +28,7 @@ from typing import Any, Protocol, cast
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 from prometheus_client import Counter
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -194,6 +194,22 @@ async def write_dead_letters(conn: AsyncConnection, letters: Sequence[DeadLetter
     return written
 
 
+_UPSERT_OFFSETS = (
+    "INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset) "
+    "SELECT :g, t, p, o FROM unnest(CAST(:t AS text[]), CAST(:p AS int[]), CAST(:o AS bigint[])) "
+    "AS x(t, p, o) ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET "
+    "next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()")
+
+
+def _next_offsets(recs: Sequence[_Rec]) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> the offset after the last of ``recs`` in it."""
+    nxt: dict[tuple[str, int], int] = {}
+    for r in recs:
+        k = (r.record.topic, r.record.partition)
+        nxt[k] = max(nxt.get(k, 0), r.record.offset + 1)
+    return nxt
+
+
 @dataclass
 class _Rec:
     record: ConsumerRecord[bytes, bytes]
@@ -220,6 +236,8 @@ class _Rebalance(ConsumerRebalanceListener):
         # starts exactly after it.
         async with self.runner._processing:
             pass
+        # Advisory only (the next owner seeks to the database's offsets), but lag tooling stays exact.
+        await self.runner._flush_kafka_commit()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         await self.runner._seek_to_stored(assigned)
@@ -254,6 +272,9 @@ class ConsumerRunner:
         # Set when the loop crashed: not ready until the restarted loop commits a batch or idles a while.
         self._recovering_since: float | None = None
         self._batch_in_hand = ""  # what the loop was doing, for the crash log
+        # Advisory Kafka commits are batched in time: offsets waiting for the next one, and when it is due.
+        self._kafka_pending: dict[TopicPartition, int] = {}
+        self._kafka_commit_due = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -265,7 +286,7 @@ class ConsumerRunner:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self.max_batch,
-            fetch_max_wait_ms=self.settings.consumer_poll_timeout_ms,
+            fetch_max_wait_ms=self.settings.consumer_fetch_max_wait_ms,
             session_timeout_ms=self.settings.consumer_session_timeout_ms,
             heartbeat_interval_ms=3_000,
             max_poll_interval_ms=600_000,
@@ -281,6 +302,8 @@ class ConsumerRunner:
             await self._wait_for_loop()
         finally:
             # Always: a consumer left open keeps heartbeating and holds its partitions from the next owner.
+            if self._consumer is not None:
+                await self._flush_kafka_commit()  # leave lag tooling exact; the database needs nothing
             consumer, self._consumer = self._consumer, None
             if consumer is not None:
                 await consumer.stop()  # auto-commit is off: leaving commits nothing behind our back
@@ -488,8 +511,10 @@ class ConsumerRunner:
         recs = [self._decode(r) for r in records]
         try:
             async with self.engine.begin() as conn:
-                await self._apply(conn, recs, batch=True)
-                await self._finish(conn, recs)
+                # The batch's offsets ride on the dedup statement (one round trip less per batch): they
+                # commit with the handler's writes or not at all, so storing them first changes nothing.
+                stored = await self._apply(conn, recs, batch=True, offsets_of=recs)
+                await self._finish(conn, recs, offsets_stored=stored)
         except Exception as exc:
             if is_transient(exc):
                 raise
@@ -537,14 +562,23 @@ class ConsumerRunner:
         return _Rec(record, Delivered(envelope, payload, record.topic, record.partition, record.offset,
                                       record.key, record.timestamp))
 
-    async def _apply(self, conn: AsyncConnection, recs: list[_Rec], *, batch: bool) -> None:
+    async def _apply(self, conn: AsyncConnection, recs: list[_Rec], *, batch: bool,
+                     offsets_of: list[_Rec] | None = None) -> bool:
+        """Deduplicate and run the handler; with ``offsets_of``, also store those records' next offsets in
+        the dedup statement. True when they were stored (False with nothing to deduplicate)."""
         good = [r for r in recs if r.delivered is not None and r.error is None]
         if good:
             ids = [r.delivered.envelope.event_id for r in good if r.delivered]
+            params: dict[str, Any] = {"g": self.group_id, "ids": ids}
+            store = ""
+            if offsets_of:
+                nxt = _next_offsets(offsets_of)
+                store = f"WITH stored AS ({_UPSERT_OFFSETS}) "
+                params.update(t=[k[0] for k in nxt], p=[k[1] for k in nxt], o=list(nxt.values()))
             fresh = set((await conn.execute(text(
-                "INSERT INTO processed_events (consumer_group, event_id) "
+                store + "INSERT INTO processed_events (consumer_group, event_id) "
                 "SELECT :g, unnest(CAST(:ids AS text[])) ON CONFLICT DO NOTHING RETURNING event_id"),
-                {"g": self.group_id, "ids": ids})).scalars())
+                params)).scalars())
             new: list[Delivered] = []
             for r in good:
                 assert r.delivered is not None
@@ -563,10 +597,12 @@ class ConsumerRunner:
                     correlation_id.reset(token)
                 self.stats.processed += len(new)
         self.stats.batches += 1
+        return bool(good and offsets_of)
 
-    async def _finish(self, conn: AsyncConnection, recs: list[_Rec]) -> None:
+    async def _finish(self, conn: AsyncConnection, recs: list[_Rec], *, offsets_stored: bool = False) -> None:
         await self._dead_letter(conn, [r for r in recs if r.error is not None])
-        await self._store_offsets(conn, recs)
+        if not offsets_stored:
+            await self._store_offsets(conn, recs)
 
     async def _dead_letter(self, conn: AsyncConnection, recs: list[_Rec]) -> None:
         if not recs:
@@ -583,35 +619,36 @@ class ConsumerRunner:
                                                        "reason": letter.error})
 
     async def _store_offsets(self, conn: AsyncConnection, recs: list[_Rec]) -> None:
-        nxt: dict[tuple[str, int], int] = {}
-        for r in recs:
-            k = (r.record.topic, r.record.partition)
-            nxt[k] = max(nxt.get(k, 0), r.record.offset + 1)
+        nxt = _next_offsets(recs)
         if not nxt:
             return
-        keys = list(nxt)
-        await conn.execute(text(
-            "INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset) "
-            "SELECT :g, t, p, o FROM unnest(CAST(:t AS text[]), CAST(:p AS int[]), CAST(:o AS bigint[])) "
-            "AS x(t, p, o) ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET "
-            "next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()"),
-            {"g": self.group_id, "t": [k[0] for k in keys], "p": [k[1] for k in keys],
-             "o": [nxt[k] for k in keys]})
+        await conn.execute(text(_UPSERT_OFFSETS), {"g": self.group_id, "t": [k[0] for k in nxt],
+                                                    "p": [k[1] for k in nxt], "o": list(nxt.values())})
 
     async def _commit_kafka(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
-        if not records or self._consumer is None:
-            return
-        offsets: dict[TopicPartition, int] = {}
-        assigned = self._consumer.assignment()
+        """Note the batch's offsets for Kafka and commit them when the commit interval has passed.
+
+        Kafka's offsets are advisory (lag tooling; the database holds the offsets of record), so one broker
+        round trip per batch on the consume loop's path buys nothing: commits go out at most once per
+        ``consumer_kafka_commit_interval_ms``, and on revocation and stop."""
         for r in records:
             tp = TopicPartition(r.topic, r.partition)
-            if tp in assigned:
-                offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
+            self._kafka_pending[tp] = max(self._kafka_pending.get(tp, 0), r.offset + 1)
+        if self._kafka_pending and time.monotonic() >= self._kafka_commit_due:
+            await self._flush_kafka_commit()
+
+    async def _flush_kafka_commit(self) -> None:
+        self._kafka_commit_due = time.monotonic() + self.settings.consumer_kafka_commit_interval_ms / 1000
+        pending, self._kafka_pending = self._kafka_pending, {}
+        if not pending or self._consumer is None:
+            return
+        assigned = self._consumer.assignment()
+        offsets = {tp: o for tp, o in pending.items() if tp in assigned}
         if not offsets:
             return
         try:
             await self._consumer.commit(offsets)
-        except (CommitFailedError, KafkaError) as exc:
+        except Exception as exc:  # advisory: nothing here may stop a revocation or a shutdown
             CONSUMER_COMMIT_FAILURES.labels(self.group_id).inc()
             log.info("kafka commit failed (offsets are safe in the database)",
                      extra={"group": self.group_id, "error": str(exc)})
