@@ -17,6 +17,7 @@ from services.intake.gc_tuning import FreezeHeapAfterStartup
 from services.intake.housekeeping import IdempotencyPurger
 from services.intake.metrics import REQUEST_SECONDS
 from services.intake.openapi import SECURITY_SCHEMES, components
+from services.intake.wakeup import CoalescedWake
 from shared.config import ServiceSettings
 from shared.regions import catalogue
 from shared.service import ServiceContext, create_app
@@ -56,7 +57,8 @@ def build_app(settings: ServiceSettings, *, manage_lifecycle: bool = True) -> Fa
     keys = ApiKeys(ctx.engine, settings.api_key_cache_seconds, settings.api_key_cache_size)
     intake = Intake(engine=ctx.engine, guard=guard, regions=catalogue(),
                     max_skew_seconds=settings.max_clock_skew_seconds, max_batch_items=settings.max_batch_items,
-                    retry_after_seconds=settings.retry_after_seconds, on_stored=ctx.relay.wake)
+                    retry_after_seconds=settings.retry_after_seconds,
+                    on_stored=CoalescedWake(ctx.relay.wake, settings.outbox_poll_interval_ms / 1000))
     app = create_app(ctx, title="Compensation platform: intake", description=DESCRIPTION,
                      openapi_tags=[{"name": "events", "description": "Upstream events, single and batch."}],
                      manage_lifecycle=manage_lifecycle)
