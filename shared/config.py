@@ -30,6 +30,9 @@ class CommonSettings(BaseSettings):
         False, description="Idempotent producer; enable on real Kafka (the embedded broker lacks InitProducerId).")
     kafka_compression: str = Field("gzip", description="none, gzip, snappy, lz4 or zstd")
     kafka_topic_partitions: int = Field(4, ge=1, le=1024)
+    # The relay queues a whole batch before it awaits, so records batch without lingering; a linger would
+    # only add its length to every hop.
+    kafka_linger_ms: int = Field(0, ge=0, le=1_000, description="Producer linger (ms) before sending a batch.")
     kafka_client_id_prefix: str = "comp"
     # Required, with no default: a public default would let anyone who read this file sign tokens for
     # every region. `make up` generates one per checkout (.local/auth_token_secret).

@@ -279,7 +279,13 @@ class ConsumerRunner:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        self._consumer = AIOKafkaConsumer(
+        self._consumer = self._build_consumer()
+        self._consumer.subscribe(self.topics, listener=_Rebalance(self))
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run(), name=f"consumer-{self.group_id}")
+
+    def _build_consumer(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
             group_id=self.group_id,
             client_id=f"{self.settings.kafka_client_id_prefix}-{self.group_id}",
@@ -291,9 +297,6 @@ class ConsumerRunner:
             heartbeat_interval_ms=3_000,
             max_poll_interval_ms=600_000,
         )
-        self._consumer.subscribe(self.topics, listener=_Rebalance(self))
-        await self._consumer.start()
-        self._task = asyncio.create_task(self._run(), name=f"consumer-{self.group_id}")
 
     async def stop(self) -> None:
         """Finish the batch in hand (up to ``stop_timeout``), then leave the group, whatever happened."""

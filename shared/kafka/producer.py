@@ -55,7 +55,7 @@ class EventProducer:
             acks="all",
             enable_idempotence=self._settings.kafka_enable_idempotence,
             compression_type=compression,
-            linger_ms=2,
+            linger_ms=self._settings.kafka_linger_ms,
             max_batch_size=256 * 1024,
             request_timeout_ms=15_000,
         )
