@@ -195,3 +195,35 @@ async def test_advisory_kafka_commits_are_batched_in_time_and_flushed_on_stop(
         assert await reader.committed(TopicPartition(topic, 0)) == 5
     finally:
         await reader.stop()
+
+
+async def test_the_leader_publishes_header_bytes_as_stored(database, kafka_bootstrap, make_topics):
+    """The leader reads headers as text and decodes them itself: NUL bytes, latin-1 and null values survive."""
+    (topic,) = await make_topics("headers", partitions=1)
+    settings = CommonSettings(database_url=database, kafka_bootstrap_servers=kafka_bootstrap,
+                              auth_token_secret=SECRET)
+    engine = make_engine(database, SCHEMA)
+    producer = EventProducer(settings, "headers")
+    await producer.start()
+    relay = OutboxRelay(engine, producer, f"h-{topic}", poll_interval=0.05, lock_key=f"outbox:{topic}")
+    headers = [("nul", b"a\x00b"), ("latin", b"caf\xe9"), ("none", None), ("k\x00ey", b"v")]
+    reader = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, group_id=None,
+                              auto_offset_reset="earliest")
+    await reader.start()
+    try:
+        await relay.start()
+        await wait_until(lambda: relay.is_leader, 20, "relay leading")
+        async with engine.begin() as conn:
+            await enqueue_records(conn, [(topic, b"K", b"{}", headers)])  # type: ignore[list-item]
+        got = []
+        deadline = time.monotonic() + 15
+        while not got and time.monotonic() < deadline:
+            for records in (await reader.getmany(timeout_ms=200)).values():
+                got.extend(records)
+        assert got, "nothing published"
+        assert list(got[0].headers) == headers
+    finally:
+        await reader.stop()
+        await relay.stop()
+        await producer.stop()
+        await engine.dispose()
