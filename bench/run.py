@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import platform
+import secrets
 import shutil
 import tempfile
 import time
@@ -23,6 +24,8 @@ from bench.common import Result, table
 from shared.config import CommonSettings
 
 RESULTS = Path(__file__).with_name("results")
+# Settings refuse to load without a token secret; a benchmark run signs with a throwaway one.
+os.environ.setdefault("AUTH_TOKEN_SECRET", secrets.token_urlsafe(32))
 
 
 async def _infra(stack: list) -> tuple[str, str]:
