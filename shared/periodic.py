@@ -42,5 +42,5 @@ class PeriodicTask:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning(f"{self.name} failed; retrying next round", extra={"error": str(exc)})
+                log.warning(f"{self.name} failed; retrying next round", extra={"error": str(exc)}, exc_info=True)
             await asyncio.sleep(self.interval)

@@ -7,7 +7,6 @@ start/stop), which the end-to-end saga tests use. Its consumer groups are ``cons
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
@@ -24,43 +23,22 @@ from services.ledger.contracts import CONSUMES
 from services.ledger.runner import LedgerRunner
 from shared.auth import Authenticator
 from shared.contracts.topics import Topic
+from shared.periodic import PeriodicTask
 from shared.service import ServiceContext, create_app
 
 log = logging.getLogger(__name__)
 
 
-class Housekeeper:
+class Housekeeper(PeriodicTask):
     """Periodic work: void stale reservations, apply or dead-letter parked events, refresh budget gauges,
     and run the invariant checker. Every step is an ordinary locked transaction, safe on every replica."""
 
     def __init__(self, ctx: ServiceContext, settings: Settings) -> None:
+        super().__init__("ledger-housekeeper", settings.housekeeping_interval_seconds, self.run_once)
         self.ctx, self.settings = ctx, settings
         self.stripe = random.randrange(settings.balance_stripes)
-        self._task: asyncio.Task[None] | None = None
         self._last_invariants = 0.0
         self.last_violations: dict[str, int] = {}
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="ledger-housekeeper")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("ledger housekeeping failed; retrying next round")
-            await asyncio.sleep(self.settings.housekeeping_interval_seconds)
 
     async def run_once(self, *, invariants_now: bool = False) -> None:
         engine, s, now = self.ctx.engine, self.settings, datetime.now(UTC)
