@@ -1,0 +1,74 @@
+"""Hot statements whose cost must not grow with the tables: checked by what PostgreSQL reads, not by time."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from autocomp_support import NOW, autocomp_engine
+from sqlalchemy import text
+
+from services.auto_comp import persistence
+
+pytestmark = pytest.mark.integration
+
+OTHER_BUYERS = 5_000
+
+
+@pytest.fixture(scope="module")
+async def engine(fresh_database):
+    engine = await autocomp_engine(fresh_database)
+    async with engine.begin() as conn:
+        # Compensations of other buyers, in the same time window: what a buyer's history must not read.
+        await conn.execute(text(
+            "INSERT INTO compensations (compensation_id, reservation_id, ticket_id, strategy_id, strategy_version, "
+            "order_id, scenario, buyer_id, region, reason, kind, currency, status, requested_minor, "
+            "liability_rule, shares, expires_at, request, ticket_occurred_at) "
+            "SELECT 'ac-' || i, 'res-' || i, 'T-' || i, 'us-late', 1, 'O-' || i, 'late_delivery', 'B-' || i, "
+            "'US', 'late_delivery', 'voucher', 'USD', CASE WHEN i % 2 = 0 THEN 'pending' ELSE 'issued' END, "
+            "500, 'otherwise', '[]', CAST(:at AS timestamptz) + interval '7 days', '{}', "
+            "CAST(:at AS timestamptz) - (i % 100) * interval '1 minute' "
+            "FROM generate_series(1, :n) AS i"), {"at": NOW, "n": OTHER_BUYERS})
+    yield engine
+    await engine.dispose()
+
+
+class Explaining:
+    """A connection that runs each statement, then runs it again under EXPLAIN ANALYZE and keeps the plan."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.plans: list[dict] = []
+
+    async def execute(self, statement, params=None):
+        result = await self.conn.execute(statement, params)
+        plan = (await self.conn.execute(text("EXPLAIN (ANALYZE, FORMAT JSON) " + statement.text), params)).scalar_one()
+        self.plans.append(plan[0]["Plan"])
+        return result
+
+
+def rows_read(plan: dict, table: str) -> int:
+    """Rows the plan's scans of ``table`` produced or filtered out, over all their loops."""
+    n = 0
+    if plan.get("Relation Name") == table:
+        n += (plan["Actual Rows"] + plan.get("Rows Removed by Filter", 0)) * plan["Actual Loops"]
+    return n + sum(rows_read(p, table) for p in plan.get("Plans", []))
+
+
+@pytest.mark.parametrize("nestloop", ["on", "off"])
+async def test_buyer_history_reads_only_the_buyers_rows(engine, nestloop):
+    # enable_nestloop=off stands for statistics that make a hash join look cheaper (a table that grew since
+    # it was last analyzed): the plan that read every compensation in the window once per batch.
+    buyers = [("US", "B-2"), ("US", "B-3"), ("US", "B-nobody")]
+    async with engine.begin() as conn:
+        await conn.execute(text(f"SET LOCAL enable_nestloop = {nestloop}"))
+        explaining = Explaining(conn)
+        history = await persistence.buyer_history(explaining, buyers, NOW - timedelta(days=30),  # type: ignore[arg-type]
+                                                  NOW + timedelta(days=1))
+        read = sum(rows_read(plan, "compensations") for plan in explaining.plans)
+    assert {k: [(g.occurred_at, g.amount.minor) for g in v] for k, v in history.items()} == {
+        ("US", "B-2"): [(NOW - timedelta(minutes=2), 500)],
+        ("US", "B-3"): [(NOW - timedelta(minutes=3), 500)],
+        ("US", "B-nobody"): [],
+    }
+    assert read <= 10 * len(buyers), f"read {read} compensation rows for {len(buyers)} buyers"
