@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from services.intake.access import Access, ApiKeys
+from services.intake.access import Access, ApiKeys, VerifiedTokens
 from services.intake.api import Intake, install
 from services.intake.backlog import BacklogGuard
 from services.intake.config import Settings
@@ -65,7 +65,8 @@ def build_app(settings: ServiceSettings, *, manage_lifecycle: bool = True) -> Fa
     app.state.intake = intake
     app.state.api_keys = keys
     app.state.purger = purger
-    install(app, intake, Access(ctx.tokens, keys))
+    tokens = VerifiedTokens(settings.auth_token_secret.get_secret_value(), settings.auth_token_issuer)
+    install(app, intake, Access(tokens, keys))
     ctx.components.append(FreezeHeapAfterStartup())  # last: after everything long-lived exists
     app.add_middleware(RequestTimer)
     _document(app, settings.max_batch_items)
