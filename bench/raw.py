@@ -10,6 +10,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench.common import Result, open_loop, percentile, timed_rate
+from shared.config import CommonSettings
 
 VALUE = b'{"event_id":"x","payload":{"ticket_id":"T1","buyer_id":"B1","amount_minor":1234}}' * 4
 
@@ -82,10 +83,14 @@ async def pg_commit_latency(dsn: str, rate: float, seconds: float) -> list[float
 
 async def kafka_roundtrip_latency(bootstrap: str, topic: str, rate: float, seconds: float) -> list[float]:
     """Open-loop produce (acks=all) at ``rate``/s to a consumer polling the same topic: ms from the
-    scheduled send to the record in the consumer's hands. One hop of the pipeline, no platform code."""
+    scheduled send to the record in the consumer's hands. One hop of the pipeline, no platform code, with the
+    platform's client defaults (fetch wait CONSUMER_FETCH_MAX_WAIT_MS, no linger: KAFKA_LINGER_MS)."""
+    defaults = CommonSettings.model_fields
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"rawlat-{uuid.uuid4().hex[:8]}",
-                                auto_offset_reset="latest", enable_auto_commit=False, fetch_max_wait_ms=50)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2, compression_type="gzip")
+                                auto_offset_reset="latest", enable_auto_commit=False,
+                                fetch_max_wait_ms=defaults["consumer_fetch_max_wait_ms"].default)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", compression_type="gzip",
+                                linger_ms=defaults["kafka_linger_ms"].default)
     await consumer.start()
     await producer.start()
     scheduled_at: dict[bytes, float] = {}
