@@ -31,8 +31,10 @@ from services.intake.metrics import (
 from services.intake.openapi import batch_operation, single_operation
 from services.intake.persistence import store_events
 from shared.auth import Principal
+from shared.contracts.envelope import new_event_id
 from shared.db import DATABASE_ERRORS
 from shared.http import Problem
+from shared.logging import correlation_id
 from shared.regions import RegionCatalogue
 
 
@@ -80,7 +82,8 @@ class Intake:
         stored: dict[str, str | None] = {}
         if screened.candidates:
             try:
-                stored = await store_events(self.engine, event_type, screened.candidates, principal.subject[:64])
+                stored = await store_events(self.engine, event_type, screened.candidates, principal.subject[:64],
+                                            correlation_id.get() or new_event_id())
             except DATABASE_ERRORS as exc:
                 REQUESTS_REFUSED.labels(event_type, "database_unavailable").inc()
                 raise Problem(503, "Service Unavailable", "events could not be stored; nothing was accepted",

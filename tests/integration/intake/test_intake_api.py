@@ -82,6 +82,24 @@ async def test_every_event_type_arrives_on_its_topic_with_the_contract_key_and_h
             assert envelope.correlation_id == "corr-1" and a.headers["correlation_id"] == b"corr-1"
 
 
+async def test_events_without_their_own_correlation_id_carry_the_requests(service, key, watch):
+    own = item("ticket.opened", correlation_id="item-corr")
+    plain = [item("ticket.opened"), item("ticket.opened")]
+    r = await service.client.post("/v1/tickets/batch", json={"items": [own, *plain]},
+                                  headers={"X-API-Key": key, "X-Correlation-Id": "req-corr-7"})
+    assert r.status_code == 200 and r.headers["x-correlation-id"] == "req-corr-7", r.text
+    single = item("ticket.opened")
+    r = await service.client.post("/v1/tickets", json=single, headers={"X-API-Key": key})
+    assert r.status_code == 202, r.text
+    generated = r.headers["x-correlation-id"]  # intake's own id for a request that came without one
+    arrived = await watch.until([e["event_id"] for e in (own, *plain, single)], timeout=30)
+    expected = {own["event_id"]: "item-corr", plain[0]["event_id"]: "req-corr-7",
+                plain[1]["event_id"]: "req-corr-7", single["event_id"]: generated}
+    for event_id, correlation in expected.items():
+        (a,) = arrived[event_id]
+        assert a.envelope["correlation_id"] == correlation and a.headers["correlation_id"] == correlation.encode()
+
+
 FUTURE = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
 
 

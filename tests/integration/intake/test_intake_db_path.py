@@ -45,19 +45,19 @@ async def test_a_write_is_one_statement_with_no_ping_and_no_transaction_round_tr
     statements: list[str] = []
     try:
         # A connection's first use of the statement also introspects its array types (once per connection).
-        await store_events(engine, "ticket.opened", _candidates(1), "order-system")
+        await store_events(engine, "ticket.opened", _candidates(1), "order-system", "corr-db")
         async with engine.connect() as conn:  # the pool's only busy connection: log what it sends from now on
             driver = (await conn.get_raw_connection()).driver_connection
             driver.add_query_logger(lambda q: statements.append(q.query.strip()))
         candidates = _candidates(3)
         ids = [c.item.event_id for c in candidates]
 
-        stored = await store_events(engine, "ticket.opened", candidates, "order-system")
+        stored = await store_events(engine, "ticket.opened", candidates, "order-system", "corr-db")
         assert stored == dict.fromkeys(ids)
         assert len(statements) == 1 and statements[0].startswith("WITH incoming AS"), statements
 
         statements.clear()
-        again = await store_events(engine, "ticket.opened", candidates, "order-system")
+        again = await store_events(engine, "ticket.opened", candidates, "order-system", "corr-db")
         assert again == {c.item.event_id: c.fingerprint for c in candidates}
         assert len(statements) == 1, statements
         async with engine.connect() as conn:
