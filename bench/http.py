@@ -65,6 +65,7 @@ class Client:
     def __init__(self, host: str, port: int, headers: dict[str, str] | None = None,
                  max_connections: int = 64) -> None:
         self.host, self.port = host, port
+        self.max_connections = max_connections
         self._slots = asyncio.Semaphore(max_connections)
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self._extra = extra.encode()
@@ -110,6 +111,8 @@ class Client:
 
     @property
     def connections(self) -> int:
+        """Connections opened in all (a pool of at most ``max_connections`` open at a time; connections the
+        server closed while idle are replaced, so this can exceed the pool size)."""
         return len(self._all)
 
     async def close(self) -> None:

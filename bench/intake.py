@@ -124,12 +124,13 @@ async def run(settings: Any, url: str, bootstrap: str, args: Any) -> list[Result
                 p50.runs.append(percentile(samples, 50))
                 p99.runs.append(percentile(samples, 99))
                 await _drained(stack.dsn)
-            connections = client.connections
+            connections, pool = client.connections, client.max_connections
     batch.note = (f"{clients} clients x batches of {BATCH}, {total:,} events per run; accepted until every "
                   f"event is also published: {sorted(publish_rates)[len(publish_rates) // 2]:,.0f}/s"
                   + (f"; {batch_errors} items not accepted" if batch_errors else ""))
     p99.note = (f"open loop {seconds:.0f} s per run, latency from the scheduled send time, at most "
-                f"{connections} keep-alive connections; answered at {sorted(achieved)[len(achieved) // 2]:,.0f} "
+                f"{pool} keep-alive connections at a time ({connections} opened in all); answered at "
+                f"{sorted(achieved)[len(achieved) // 2]:,.0f} "
                 f"req/s (median run)"
                 + (f"; {abandoned:,} requests still unanswered {GRACE:.0f} s after the last send were abandoned "
                    "and count with their age then (a lower bound)" if abandoned else "")
