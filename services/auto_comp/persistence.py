@@ -158,6 +158,11 @@ async def lock_pending(conn: AsyncConnection, reservation_ids: Sequence[str]) ->
 # denial and expiry reaches a compensation first wins, and the others change nothing and learn so from
 # what the statement returns. The row locks of ``lock_pending`` make the answer path wait less, but
 # correctness does not depend on a caller having taken them.
+#
+# The answer paths find their rows by primary key. ``status IS NOT DISTINCT FROM 'pending'`` (status is NOT
+# NULL: the same test as ``=``) keeps the partial indexes on pending rows out of reach: with statistics
+# taken before the pending backlog grew, the planner read every pending compensation through one of them
+# and hashed it, once per batch of answers.
 
 
 async def mark_issued(conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[str]:
@@ -174,7 +179,7 @@ async def mark_issued(conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[
         f"WITH x AS MATERIALIZED (SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x({cols})), "
         f"c AS (UPDATE compensations c SET status = 'issued', issued_minor = x.issued_minor, "
         f"voucher_code = x.voucher_code, budget_period = x.budget_period, settled_at = now() "
-        f"FROM x WHERE c.compensation_id = x.compensation_id AND c.status = 'pending' "
+        f"FROM x WHERE c.compensation_id = x.compensation_id AND c.status IS NOT DISTINCT FROM 'pending' "
         f"AND c.expires_at > now() RETURNING c.compensation_id), "
         f"d AS (UPDATE decisions d SET outcome = 'issued', issued_minor = x.issued_minor, detail = x.detail, "
         f"failed_rule = NULL, updated_at = now() FROM x JOIN c ON c.compensation_id = x.compensation_id "
@@ -194,7 +199,7 @@ async def mark_denied(conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[
         f"WITH x AS MATERIALIZED (SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x({cols})), "
         f"c AS (UPDATE compensations c SET status = 'denied', denial_reason = x.denial_reason, "
         f"budget_period = x.budget_period, settled_at = now() "
-        f"FROM x WHERE c.compensation_id = x.compensation_id AND c.status = 'pending' "
+        f"FROM x WHERE c.compensation_id = x.compensation_id AND c.status IS NOT DISTINCT FROM 'pending' "
         f"RETURNING c.compensation_id), "
         f"d AS (UPDATE decisions d SET outcome = x.outcome, failed_rule = 'budget', detail = x.detail, "
         f"updated_at = now() FROM x JOIN c ON c.compensation_id = x.compensation_id "
