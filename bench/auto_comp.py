@@ -8,17 +8,24 @@ and auto_comp is started. The
 clock runs from auto_comp's first recorded decision (the database's ``decided_at``) until all N decisions
 are final: issued (reserved by the ledger over the broker, voucher issued, ``compensation.issued`` in the
 outbox) or holdout. The rate is N over that time; the note adds how fast the ledger charged the vouchers.
+
+The note also gives CPU time per decision (median of the runs), which depends far less on what else runs on
+the machine than the wall-clock rate: auto_comp's process from the moment it is ready (its imports and
+start-up left out), the ledger's process and the PostgreSQL backends of the run's database, until every
+decision is final, over the decisions made in between.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bench.common import Result
 from bench.events import Records, produce
+from bench.ledger import _backend_cpu, _cpu_seconds
 from bench.stack import Counter, Stack
 from shared.contracts import events as ev
 from shared.contracts.registry import make_envelope
@@ -57,19 +64,31 @@ async def warm_ledger(stack: Stack) -> None:
         await db.wait_for("SELECT count(*) FROM ledger.compensations", 1, 90, 0.1, "ledger warm-up charge")
 
 
-async def one_run(url: str, external: str | None, partitions: int, n: int) -> tuple[float, float, int, int]:
-    """(decisions/s, charges/s, issued, holdout) of one run."""
+FINAL = "SELECT count(*) FROM auto_comp.decisions WHERE outcome <> 'pending_budget'"
+
+
+async def one_run(url: str, external: str | None, partitions: int, n: int,
+                  cpu: list[tuple[float, float, float]] | None = None) -> tuple[float, float, int, int]:
+    """(decisions/s, charges/s, issued, holdout) of one run; appends (auto_comp, ledger, PostgreSQL) CPU
+    microseconds per decision to ``cpu``."""
     async with Stack(url, external, "autocomp", partitions) as stack:
-        await stack.start("ledger")
+        ledger = await stack.start("ledger")
         await stack.set_budget("US", BUDGET_MINOR)
         await warm_ledger(stack)
         await produce(stack.bootstrap, Records("ticket", uuid.uuid4().hex[:8]), 0, n)
-        await stack.start("auto_comp")
+        async with Counter(stack.dsn) as db:
+            ledger0, backends0 = _cpu_seconds(ledger.pid), await _backend_cpu(db)
+        service = await stack.start("auto_comp")
         timeout = 120 + n / 100
         async with Counter(stack.dsn) as db:
-            end = await db.wait_for(
-                "SELECT count(*) FROM auto_comp.decisions WHERE outcome <> 'pending_budget'", n, timeout, 0.1,
-                "final auto_comp decisions")
+            service0, final0 = _cpu_seconds(service.pid), await db.value(FINAL)
+            end = await db.wait_for(FINAL, n, timeout, 0.1, "final auto_comp decisions")
+            service1, ledger1, backends1 = _cpu_seconds(service.pid), _cpu_seconds(ledger.pid), await _backend_cpu(db)
+            if cpu is not None and n > final0:
+                # Backends that were not there at the start (auto_comp's) count from zero.
+                backend = sum(v - backends0.get(pid, 0.0) for pid, v in backends1.items())
+                cpu.append(((service1 - service0) / (n - final0) * 1e6, (ledger1 - ledger0) / (n - final0) * 1e6,
+                            backend / (n - final0) * 1e6))
             start = await db.value("SELECT extract(epoch FROM min(decided_at))::float8 FROM auto_comp.decisions")
             counts = await db.row("SELECT count(*) FILTER (WHERE outcome = 'issued') AS issued, "
                                   "count(*) FILTER (WHERE outcome = 'holdout') AS holdout, count(*) AS total "
@@ -88,11 +107,17 @@ async def run(settings: Any, url: str, bootstrap: str, args: Any) -> list[Result
     charged: list[float] = []
     issued = holdout = 0
     external = os.environ.get("BENCH_KAFKA_BOOTSTRAP_SERVERS")
+    cpu: list[tuple[float, float, float]] = []
     for _ in range(args.repeats):
-        rate, charge_rate, issued, holdout = await one_run(url, external, args.partitions, n)
+        rate, charge_rate, issued, holdout = await one_run(url, external, args.partitions, n, cpu)
         result.runs.append(rate)
         charged.append(charge_rate)
+    cpu_note = ""
+    if cpu:
+        service_us, ledger_us, backend_us = (statistics.median(c[i] for c in cpu) for i in range(3))
+        cpu_note = (f"; CPU per decision (median): auto_comp {service_us:.0f} us, ledger {ledger_us:.0f} us, "
+                    f"PostgreSQL backends {backend_us:.0f} us")
     result.note = (f"{n:,} pre-loaded tickets per run, from the first decision to the last final one "
                    f"({issued:,} issued, {holdout:,} holdout in the last run); the ledger had charged every "
-                   f"voucher at {sorted(charged)[len(charged) // 2]:,.0f}/s")
+                   f"voucher at {sorted(charged)[len(charged) // 2]:,.0f}/s{cpu_note}")
     return [result]
