@@ -16,11 +16,10 @@ from datetime import UTC, datetime
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from services.ledger import handlers, invariants, metrics
+from services.ledger import decoding, handlers, invariants, metrics
 from services.ledger.api import build_router
 from services.ledger.config import Settings
 from services.ledger.contracts import CONSUMES
-from services.ledger.runner import LedgerRunner
 from shared.auth import Authenticator
 from shared.contracts.topics import Topic
 from shared.periodic import PeriodicTask
@@ -100,10 +99,10 @@ def build_app(settings: Settings, *, topics: Sequence[str] | None = None, housek
         # Charge batches hold no hot lock until their last statements (ADR 0005 point 2), so they can be
         # large; request batches hold their budget rows throughout and keep the common, smaller size.
         batch = settings.books_max_batch if group == books_group(settings) else None
-        # ctx.add_consumer, with the ledger's runner (its faster decoding: services/ledger/runner.py)
-        ctx.runners.append(LedgerRunner(
-            settings=settings, engine=ctx.engine, group_id=group, topics=group_topics,
-            handler=handlers.LedgerHandler(settings, group), on_commit=ctx.relay.wake, max_batch=batch))
+        # The hot event types decode without the generic money-field walk (services/ledger/decoding.py), and
+        # the cyclic collector rests while a batch is in hand (CollectorPause, ADR 0005).
+        ctx.add_consumer(group, group_topics, handlers.LedgerHandler(settings, group), max_batch=batch,
+                         decoder=decoding.decode, pause_gc=True)
     keeper = Housekeeper(ctx, settings)
     if housekeeping:
         ctx.components.append(keeper)

@@ -1,4 +1,4 @@
-"""The ledger's decoding (services/ledger/decoding.py, runner.py) gives exactly what the shared decoding
+"""The ledger's decoding (services/ledger/decoding.py, the runners' ``decoder=``) gives exactly what the shared decoding
 gives: the same envelope and payload, or the same ContractError; and the app wires it in."""
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from pydantic import BaseModel
 from services.ledger import decoding
 from services.ledger.app import books_group, build_app
 from services.ledger.config import Settings
-from services.ledger.runner import LedgerRunner
 from shared.contracts import events as ev
 from shared.contracts.registry import REGISTRY, ContractError, decode_envelope, encode_envelope
 from shared.db import make_engine
@@ -166,14 +165,14 @@ def _record(value: bytes | None, offset: int = 7) -> ConsumerRecord[bytes, bytes
                           serialized_value_size=len(value or b""), headers=[])
 
 
-def _runner(cls: type[ConsumerRunner], settings_: Settings) -> ConsumerRunner:
-    return cls(settings=settings_, engine=make_engine(settings_.database_url, "ledger"), group_id="g",
-               topics=["t"], handler=None)  # type: ignore[arg-type]
+def _runner(settings_: Settings, **options: Any) -> ConsumerRunner:
+    return ConsumerRunner(settings=settings_, engine=make_engine(settings_.database_url, "ledger"), group_id="g",
+                          topics=["t"], handler=None, **options)  # type: ignore[arg-type]
 
 
 def test_ledger_runner_decodes_records_as_the_shared_runner():
     s = Settings(database_url="postgresql+asyncpg://u:p@localhost:1/x")
-    ours, shared = _runner(LedgerRunner, s), _runner(ConsumerRunner, s)
+    ours, shared = _runner(s, decoder=decoding.decode), _runner(s)
     bad_currency = orjson.loads(encode_envelope(SAMPLES[0]))
     bad_currency["payload"]["amount"]["currency"] = "SGD"
     for value in [encode_envelope(e) for e in SAMPLES] + [None, b"nope", orjson.dumps(bad_currency)]:
@@ -184,8 +183,8 @@ def test_ledger_runner_decodes_records_as_the_shared_runner():
 def test_books_group_runs_large_batches_with_the_ledger_runner():
     s = Settings(database_url="postgresql+asyncpg://u:p@localhost:1/x", consumer_max_batch=300)
     ctx = build_app(s, housekeeping=False).state.ctx
-    batches = {r.group_id: (type(r), r.max_batch) for r in ctx.runners}
-    assert batches == {books_group(s): (LedgerRunner, 2000), "ledger-budget": (LedgerRunner, 300)}
+    batches = {r.group_id: (r.decoder, r.max_batch) for r in ctx.runners}
+    assert batches == {books_group(s): (decoding.decode, 2000), "ledger-budget": (decoding.decode, 300)}
     s = Settings(database_url="postgresql+asyncpg://u:p@localhost:1/x", books_max_batch=50)
     assert {r.group_id: r.max_batch for r in build_app(s).state.ctx.runners}[books_group(s)] == 50
 
