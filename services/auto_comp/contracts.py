@@ -5,12 +5,13 @@ from __future__ import annotations
 from shared.contracts.events import (
     BudgetReservationDecided,
     BudgetReservationRequested,
+    BuyerOrderPlaced,
     CompensationIssued,
     TicketOpened,
 )
 from shared.contracts.topics import Topic
 
-CONSUMES: tuple[str, ...] = (Topic.TICKETS.value, Topic.BUDGET_RESULTS.value)
+CONSUMES: tuple[str, ...] = (Topic.TICKETS.value, Topic.BUDGET_RESULTS.value, Topic.BUYER_ORDERS.value)
 
 PRODUCES: dict[str, str] = {
     "budget.reservation_requested": Topic.BUDGET_REQUESTS.value,
@@ -18,4 +19,4 @@ PRODUCES: dict[str, str] = {
 }
 
 __all__ = ["CONSUMES", "PRODUCES", "BudgetReservationDecided", "BudgetReservationRequested",
-           "CompensationIssued", "TicketOpened"]
+           "BuyerOrderPlaced", "CompensationIssued", "TicketOpened"]

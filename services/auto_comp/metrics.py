@@ -41,3 +41,9 @@ RESERVATIONS_EXPIRED = Counter(
     "auto_comp_reservations_expired_total", "Compensations whose budget reservation expired before an answer "
     "was applied: nothing was issued and the ledger voids the reservation. by=sweeper: no answer in time; "
     "by=late_answer: the ledger's answer arrived after the expiry.", ["region", "by"])
+BUYER_ORDERS = Counter(
+    "auto_comp_buyer_orders_total", "Buyer orders stored for strategy returns (a re-delivered order is not "
+    "counted again).", ["region"])
+BUYER_ORDERS_PURGED = Counter(
+    "auto_comp_buyer_orders_purged_total", "Buyer orders deleted by the retention task (older than the return "
+    "window plus the margin).")
