@@ -230,3 +230,32 @@ async def test_retention_deletes_only_orders_no_window_can_reach(service):
     remaining = {r["order_id"] for r in await rows(engine, "SELECT order_id FROM buyer_orders")}
     assert "O-ancient" not in remaining and {"O-recent-enough", "O-t1a", "O-t2a"} <= remaining
     assert await purge_orders(engine, 30, 90) == 0
+
+
+async def test_the_return_query_uses_its_indexes(service):
+    """A year of a few strategies' decisions, a month asked for (analysed statistics): the query reads that
+    month of one strategy's decisions by the partial index (not all its history by decisions_strategy)
+    and each buyer's orders by the buyer index, index only."""
+    _, _, engine, _ = service
+    async with engine.begin() as conn:
+        await conn.execute(text(
+            "INSERT INTO decisions (ticket_id, region, order_id, buyer_id, reason, outcome, detail, strategy_id, "
+            "strategy_version, config_version, currency, issued_minor, inputs, event_id, ticket_occurred_at) "
+            "SELECT 'P-' || i, 'SG', 'PO-' || i, 'PB-' || (i % 5000), 'late_delivery', "
+            "CASE WHEN i % 3 = 0 THEN 'holdout' WHEN i % 3 = 1 THEN 'issued' ELSE 'not_eligible' END, 'p', "
+            "'plan-' || (i % 4), 1, 'v', 'SGD', CASE WHEN i % 3 = 1 THEN 500 END, CAST('{}' AS jsonb), 'P-' || i, "
+            "now() - make_interval(days => 31 + i % 365) FROM generate_series(1, 40000) AS i"))
+        await conn.execute(text(
+            "INSERT INTO buyer_orders (order_id, buyer_id, region, amount_minor, currency, occurred_at) "
+            "SELECT 'PO-x' || i, 'PB-' || (i % 5000), 'SG', 1000, 'SGD', now() - make_interval(days => i % 90) "
+            "FROM generate_series(1, 60000) AS i"))
+        await conn.execute(text("ANALYZE decisions"))
+        await conn.execute(text("ANALYZE buyer_orders"))
+    from services.auto_comp import returns
+
+    async with engine.connect() as conn:
+        plan = "\n".join(r[0] for r in (await conn.execute(text("EXPLAIN " + returns._TALLIES.text), {
+            "strategy": "plan-3", "region": "SG", "currency": "SGD", "start": days_ago(100), "end": days_ago(70),
+            "window": timedelta(days=30), "mature_before": days_ago(30), "retained_since": days_ago(120)})).all())
+    assert "decisions_strategy_return" in plan, plan
+    assert "Index Only Scan using buyer_orders_buyer" in plan, plan
