@@ -21,7 +21,7 @@ from test_autocomp_broker import produce
 from services.auto_comp.app import build_app, build_context
 from services.auto_comp.config import Settings
 from services.auto_comp.domain.returns import newcombe_interval
-from services.auto_comp.returns import BuyerOrderHandler, purge_orders
+from services.auto_comp.returns import _TALLIES, BuyerOrderHandler, purge_orders
 from shared.auth import TokenService
 from shared.contracts import events as ev
 from shared.contracts.envelope import Envelope
@@ -251,10 +251,8 @@ async def test_the_return_query_uses_its_indexes(service):
             "FROM generate_series(1, 60000) AS i"))
         await conn.execute(text("ANALYZE decisions"))
         await conn.execute(text("ANALYZE buyer_orders"))
-    from services.auto_comp import returns
-
     async with engine.connect() as conn:
-        plan = "\n".join(r[0] for r in (await conn.execute(text("EXPLAIN " + returns._TALLIES.text), {
+        plan = "\n".join(r[0] for r in (await conn.execute(text("EXPLAIN " + _TALLIES.text), {
             "strategy": "plan-3", "region": "SG", "currency": "SGD", "start": days_ago(100), "end": days_ago(70),
             "window": timedelta(days=30), "mature_before": days_ago(30), "retained_since": days_ago(120)})).all())
     assert "decisions_strategy_return" in plan, plan
