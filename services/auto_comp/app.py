@@ -1,5 +1,5 @@
-"""auto_comp's app: ticket and budget-answer consumers, the saga timeout task, strategy reload on SIGHUP,
-and the HTTP API."""
+"""auto_comp's app: ticket, budget-answer and buyer-order consumers, the saga timeout task, order retention,
+strategy reload on SIGHUP, and the HTTP API."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from services.auto_comp.api import build_router
 from services.auto_comp.config import Settings
 from services.auto_comp.handlers import BudgetResultHandler, SagaTimeouts, TicketHandler
+from services.auto_comp.returns import BuyerOrderHandler, OrderRetention
 from services.auto_comp.store import StrategyStore
 from shared.auth import Authenticator
 from shared.config import ServiceSettings
@@ -53,6 +54,11 @@ def build_context(settings: Settings) -> tuple[ServiceContext, StrategyStore]:
     ctx.components.append(SagaTimeouts(ctx.engine, settings.saga_timeout_seconds,
                                        settings.saga_check_interval_seconds, on_enqueued=ctx.relay.wake))
     ctx.components.append(ReloadOnSighup(store))
+    # Later orders for strategy returns: a group of its own, so a backlog of orders never delays decisions.
+    ctx.add_consumer(f"{settings.consumer_group}-returns", [settings.buyer_orders_topic], BuyerOrderHandler())
+    ctx.components.append(OrderRetention(ctx.engine, settings.return_window_days,
+                                         settings.return_retention_margin_days,
+                                         settings.return_retention_interval_seconds))
     return ctx, store
 
 
@@ -63,5 +69,8 @@ def build_app(settings: ServiceSettings | None = None, *, manage_lifecycle: bool
                      description="Automatic compensation: strategies, decisions, the budget saga.",
                      openapi_tags=[{"name": "decisions"}, {"name": "strategies"}])
     app.state.store = store
-    app.include_router(build_router(ctx.engine, Authenticator(ctx.tokens), store))
+    app.include_router(build_router(ctx.engine, Authenticator(ctx.tokens), store,
+                                    return_window_days=settings.return_window_days,
+                                    return_min_group=settings.return_min_group,
+                                    return_retention_margin_days=settings.return_retention_margin_days))
     return app
