@@ -10,7 +10,6 @@ from autocomp_support import (
     NOW,
     answer,
     apply,
-    autocomp_engine,
     damaged_ticket,
     issued_events,
     late_ticket,
@@ -27,12 +26,6 @@ from shared.kafka import PermanentError
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture(scope="module")
-async def engine(fresh_database):
-    engine = await autocomp_engine(fresh_database)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture(scope="module")

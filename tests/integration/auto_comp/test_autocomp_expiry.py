@@ -11,7 +11,6 @@ import pytest
 from autocomp_support import (
     answer,
     apply,
-    autocomp_engine,
     issued_events,
     late_ticket,
     requests_for,
@@ -28,12 +27,6 @@ pytestmark = pytest.mark.integration
 
 RESULTS = BudgetResultHandler()
 
-
-@pytest.fixture(scope="module")
-async def engine(fresh_database):
-    engine = await autocomp_engine(fresh_database)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture(scope="module")

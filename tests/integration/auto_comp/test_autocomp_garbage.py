@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 
 import pytest
-from autocomp_support import answer, apply, autocomp_engine, late_ticket, requests_for, write_strategies
+from autocomp_support import answer, apply, late_ticket, requests_for, write_strategies
 
 from services.auto_comp.app import build_context
 from services.auto_comp.config import Settings
@@ -15,12 +15,6 @@ from services.auto_comp.store import StrategyStore
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture(scope="module")
-async def engine(fresh_database):
-    engine = await autocomp_engine(fresh_database)
-    yield engine
-    await engine.dispose()
 
 
 async def _decide_and_issue(engine, tickets: TicketHandler, tag: str, n: int) -> None:

@@ -6,11 +6,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from ledger_support import apply, ledger_engine, rows, scalar, set_budget
+from ledger_support import apply, rows, scalar, set_budget
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from services.ledger.config import Settings
 from shared.kafka import PermanentError
 from tests.unit.ledger.ledger_factories import (
     carrier,
@@ -25,16 +24,6 @@ from tests.unit.ledger.ledger_factories import (
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-async def engine(fresh_database):
-    engine = await ledger_engine(fresh_database)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-def settings(fresh_database) -> Settings:
-    return Settings(database_url=fresh_database)
 
 
 async def test_voucher_flow_writes_balanced_books(engine, settings):

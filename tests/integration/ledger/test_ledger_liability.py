@@ -9,11 +9,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from ledger_support import apply, ledger_engine, rows, scalar, set_budget
+from ledger_support import apply, rows, scalar, set_budget
 from sqlalchemy import text
 
 from services.ledger import invariants
-from services.ledger.config import Settings
 from services.ledger.handlers import sweep_reservations
 from tests.unit.ledger.ledger_factories import carrier, expired, issued, redeemed, request, seller
 
@@ -22,16 +21,6 @@ pytestmark = pytest.mark.integration
 AT = datetime(2026, 11, 10, 4, tzinfo=UTC)
 
 
-@pytest.fixture(scope="module")
-async def engine(fresh_database):
-    engine = await ledger_engine(fresh_database)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-def settings(fresh_database) -> Settings:
-    return Settings(database_url=fresh_database)
 
 
 async def party_net(engine, cid: str) -> dict[str, int]:

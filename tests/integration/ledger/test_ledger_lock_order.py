@@ -9,11 +9,10 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from ledger_support import apply, ledger_engine, rows, scalar, set_budget
+from ledger_support import apply, rows, scalar, set_budget
 from sqlalchemy import text
 
 from services.ledger import invariants
-from services.ledger.config import Settings
 from services.ledger.handlers import retry_parked, sweep_reservations
 from shared.contracts.registry import encode_envelope
 from tests.unit.ledger.ledger_factories import carrier, expired, issued, manual, redeemed, request, seller
@@ -27,16 +26,6 @@ STRIPE = 3  # every writer on one stripe: the worst case, where stripe rows are 
 ROUNDS, WRITERS, CHARGES_PER_BATCH, VOUCHERS = 6, 4, 8, 12
 
 
-@pytest.fixture(scope="module")
-async def engine(fresh_database):
-    engine = await ledger_engine(fresh_database)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-def settings(fresh_database) -> Settings:
-    return Settings(database_url=fresh_database)
 
 
 async def park(engine, envelopes) -> None:

@@ -1,0 +1,18 @@
+"""Fixtures of the ledger's integration tests: one migrated ledger schema per test module, and settings on it."""
+
+import pytest
+from ledger_support import ledger_engine
+
+from services.ledger.config import Settings
+
+
+@pytest.fixture(scope="module")
+async def engine(fresh_database):
+    engine = await ledger_engine(fresh_database)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def settings(fresh_database) -> Settings:
+    return Settings(database_url=fresh_database)
