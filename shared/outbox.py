@@ -287,11 +287,14 @@ class OutboxRelay:
         while not self._stopping.is_set():
             now = time.monotonic()
             if now - last_gauge > 1.0:
-                async with self._engine.connect() as conn:
-                    count, age = await backlog(conn)
-                OUTBOX_BACKLOG.labels(self._service).set(count)
-                OUTBOX_OLDEST_AGE.labels(self._service).set(age)
                 last_gauge = now
+                try:
+                    async with self._engine.connect() as conn:
+                        count, age = await backlog(conn)
+                    OUTBOX_BACKLOG.labels(self._service).set(count)
+                    OUTBOX_OLDEST_AGE.labels(self._service).set(age)
+                except Exception as exc:  # a gauge must never cost the lead (and republish acked rows)
+                    log.info("outbox backlog gauge skipped", extra={"service": self._service, "error": str(exc)})
             # Raises once the lock connection is gone: leave the loop and contend again.
             rows = await driver.fetch(_DELETE_AND_READ, acked, self._batch)
             acked = []

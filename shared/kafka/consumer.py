@@ -106,7 +106,8 @@ _TRANSIENT_NAMES = frozenset({"ConnectionDoesNotExistError", "ConnectionFailureE
 
 
 def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and everything it wraps: SQLAlchemy's ``.orig``, then ``__cause__`` and ``__context__``."""
+    """``exc`` and everything it wraps: SQLAlchemy's ``.orig``, then ``__cause__`` and ``__context__``
+    (unless suppressed)."""
     seen: set[int] = set()
     queue: list[BaseException | None] = [exc]
     while queue and len(seen) < 32:
@@ -116,8 +117,9 @@ def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
         seen.add(id(current))
         yield current
         orig = getattr(current, "orig", None)
-        queue.extend([orig if isinstance(orig, BaseException) else None, current.__cause__,
-                      current.__context__])
+        # ``raise X from None`` says the earlier error is not the cause: do not look behind it.
+        context = None if current.__suppress_context__ else current.__context__
+        queue.extend([orig if isinstance(orig, BaseException) else None, current.__cause__, context])
 
 
 def sqlstate_of(exc: BaseException) -> str | None:
@@ -352,11 +354,17 @@ class ConsumerRunner:
             await self._wait_for_loop()
         finally:
             # Always: a consumer left open keeps heartbeating and holds its partitions from the next owner.
-            if self._consumer is not None:
-                await self._flush_kafka_commit()  # leave lag tooling exact; the database needs nothing
-            consumer, self._consumer = self._consumer, None
-            if consumer is not None:
-                await consumer.stop()  # auto-commit is off: leaving commits nothing behind our back
+            try:
+                if self._consumer is not None:
+                    await self._flush_kafka_commit()  # leave lag tooling exact; the database needs nothing
+            except BaseException as exc:  # advisory only: never a reason to keep the partitions
+                log.info("kafka commit on stop failed", extra={"group": self.group_id, "error": repr(exc)})
+                if not isinstance(exc, Exception):
+                    raise
+            finally:
+                consumer, self._consumer = self._consumer, None
+                if consumer is not None:
+                    await consumer.stop()  # auto-commit is off: leaving commits nothing behind our back
 
     async def _wait_for_loop(self) -> None:
         task = self._task

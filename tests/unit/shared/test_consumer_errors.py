@@ -107,3 +107,26 @@ def test_connection_level_failures_stay_transient() -> None:
     assert is_transient(TimeoutError())
     assert is_transient(wrapped(asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed")))
     assert is_transient(wrapped(asyncpg.exceptions.InterfaceError("connection is closed")))
+
+
+def test_an_error_raised_from_none_is_judged_on_its_own() -> None:
+    # A handler that turns a timeout into "this can never apply" must not be retried forever.
+    def handler() -> None:
+        try:
+            raise TimeoutError("upstream lookup timed out")
+        except TimeoutError:
+            raise ValueError("order O-1 does not exist") from None
+
+    with pytest.raises(ValueError) as caught:
+        handler()
+    assert not is_transient(caught.value)
+
+    def implicit() -> None:
+        try:
+            raise TimeoutError("upstream lookup timed out")
+        except TimeoutError:
+            raise ValueError("while retrying")  # the implicit context is the point here
+
+    with pytest.raises(ValueError) as caught:
+        implicit()
+    assert is_transient(caught.value)  # raised while handling a timeout, without disowning it
