@@ -9,35 +9,26 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 from sqlalchemy import text
+from toolkit_support import log_handler, send, ticket_event
 
 from shared.config import CommonSettings
-from shared.contracts import events as ev
-from shared.contracts.envelope import Envelope
-from shared.contracts.registry import encode_envelope, make_envelope
+from shared.contracts.registry import encode_envelope
 from shared.contracts.topics import Topic
 from shared.db import make_engine, migrate
-from shared.kafka import ConsumerRunner, Delivered, EventProducer, PermanentError
+from shared.kafka import ConsumerRunner, EventProducer, PermanentError
 from shared.outbox import OutboxRelay
 
 pytestmark = pytest.mark.integration
 
 MIGRATIONS = Path(__file__).resolve().parents[3] / "services" / "intake" / "migrations"
-NOW = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
 
 
-def ticket_event(n: int, buyer: str = "B1") -> Envelope:
-    payload = ev.TicketOpened(ticket_id=f"T{n}", order_id=f"O{n}", buyer_id=buyer, seller_id="S1",
-                              reason=ev.TicketReason.DAMAGED,
-                              order_amount=ev.PositiveMoney(amount_minor=1000 + n, currency="SGD"))
-    return make_envelope("ticket.opened", payload, source="test", region="SG", occurred_at=NOW)
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +57,6 @@ async def producer(settings):
     await p.stop()
 
 
-def log_handler(consumer_name: str = "c1"):
-    async def handler(conn, events: Sequence[Delivered]) -> None:
-        await conn.execute(text(
-            "INSERT INTO ticket_log (event_id, ticket_id, consumer) "
-            "SELECT unnest(CAST(:e AS text[])), unnest(CAST(:t AS text[])), :c"),
-            {"e": [d.envelope.event_id for d in events], "t": [d.payload.ticket_id for d in events],
-             "c": consumer_name})
-    return handler
 
 
 async def rows(engine, event_ids: list[str]) -> list[str]:
@@ -82,8 +65,6 @@ async def rows(engine, event_ids: list[str]) -> list[str]:
             "SELECT event_id FROM ticket_log WHERE event_id = ANY(:ids)"), {"ids": event_ids})).scalars())
 
 
-async def send(producer: EventProducer, topic: str, envelope: Envelope) -> None:
-    await (await producer.send(topic, encode_envelope(envelope), envelope.payload["buyer_id"].encode()))
 
 
 async def test_same_event_delivered_twice_is_written_once(slice_db, settings, producer, make_topics):

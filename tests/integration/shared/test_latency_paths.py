@@ -13,8 +13,8 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from prometheus_client import REGISTRY
 from sqlalchemy import text
+from toolkit_support import published
 
 from shared.config import CommonSettings
 from shared.contracts import events as ev
@@ -36,8 +36,6 @@ async def database(fresh_database):
     return fresh_database
 
 
-def published(service: str, topic: str) -> float:
-    return REGISTRY.get_sample_value("comp_outbox_published_total", {"service": service, "topic": topic}) or 0.0
 
 
 async def wait_until(condition, timeout: float, what: str) -> float:

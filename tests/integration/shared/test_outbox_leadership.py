@@ -12,8 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
-from prometheus_client import REGISTRY
 from sqlalchemy import text
+from toolkit_support import published
 
 from shared.config import CommonSettings
 from shared.db import make_engine, migrate
@@ -35,8 +35,6 @@ async def database(fresh_database):
     return fresh_database
 
 
-def published(service: str, topic: str) -> float:
-    return REGISTRY.get_sample_value("comp_outbox_published_total", {"service": service, "topic": topic}) or 0.0
 
 
 async def test_a_leader_that_loses_its_lock_connection_stops_and_the_next_one_keeps_order(
