@@ -27,11 +27,9 @@ def environment_variables() -> list[tuple[str, str]]:
                 for name, field in obj.model_fields.items():
                     alias = field.validation_alias if isinstance(field.validation_alias, str) else None
                     found.setdefault((alias or prefix + name).upper(), f"{module_name}.{obj.__name__}")
-    return [(owner, variable) for variable, owner in sorted(found.items())]
+    return [(owner, variable) for variable, owner in sorted(found.items()) if variable not in NOT_FOR_OPERATORS]
 
 
 @pytest.mark.parametrize(("owner", "variable"), environment_variables())
 def test_every_setting_is_in_the_readme(owner: str, variable: str) -> None:
-    if variable in NOT_FOR_OPERATORS:
-        return
     assert f"`{variable}`" in README.read_text(), f"{variable} ({owner}) is missing from README's configuration"
