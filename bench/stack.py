@@ -203,7 +203,7 @@ class Stack:
         """Set the region's budget for the current period (and the next, around a period boundary)."""
         from datetime import UTC, datetime, timedelta
 
-        from services.ledger.domain.periods import period_of
+        from shared.periods import period_of
         from shared.regions import region as region_of
 
         now = datetime.now(UTC)

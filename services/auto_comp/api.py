@@ -114,12 +114,13 @@ def build_router(engine: AsyncEngine, auth: Authenticator, store: StrategyStore,
         out = _decision(row)
         out["inputs"] = row["inputs"]
         out["compensation"] = None if row["compensation_id"] is None else {
-            "compensation_id": row["compensation_id"], "reservation_id": row["reservation_id"],
+            "compensation_id": row["compensation_id"], "allowance_id": row["allowance_id"],
+            "reservation_id": row["reservation_id"],  # only compensations decided before allowances (ADR 0008)
             "status": row["compensation_status"], "kind": row["kind"], "voucher_code": _mask(row["voucher_code"]),
             "valid_until": row["valid_until"] if row["kind"] == "voucher" else None,
             "min_spend_minor": row["min_spend_minor"], "liability_rule": row["liability_rule"],
             "liability_percent": row["shares"], "denial_reason": row["denial_reason"],
-            "budget_period": row["budget_period"], "reservation_attempts": row["reservation_attempts"]}
+            "budget_period": row["budget_period"]}
         out["shadow"] = row["shadow"]
         return out
 

@@ -1,5 +1,5 @@
-"""auto_comp's app: ticket, budget-answer and buyer-order consumers, the saga timeout task, order retention,
-strategy reload on SIGHUP, and the HTTP API."""
+"""auto_comp's app: ticket, grant and buyer-order consumers, the allowance keeper, order retention, strategy
+reload on SIGHUP, and the HTTP API."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ import asyncio
 import contextlib
 import logging
 import signal
+from datetime import timedelta
 from typing import cast
 
+from aiokafka import TopicPartition
 from fastapi import FastAPI
 
 from services.auto_comp.api import build_router
 from services.auto_comp.config import Settings
-from services.auto_comp.handlers import BudgetResultHandler, SagaTimeouts, TicketHandler
+from services.auto_comp.handlers import AllowanceKeeper, GrantHandler, Rules, TicketHandler, close_partitions
 from services.auto_comp.returns import BuyerOrderHandler, OrderRetention
 from services.auto_comp.store import StrategyStore
 from shared.auth import Authenticator
@@ -44,15 +46,26 @@ class ReloadOnSighup:
 def build_context(settings: Settings) -> tuple[ServiceContext, StrategyStore]:
     store = StrategyStore(settings.strategies_dir)
     ctx = ServiceContext.create("auto_comp", "auto_comp", settings)
+    rules = Rules(group=f"{settings.consumer_group}.tickets", granularity=settings.budget_period,
+                  safety=timedelta(seconds=settings.allowance_safety_seconds),
+                  horizon=timedelta(seconds=settings.allowance_horizon_seconds))
+
+    async def close_allowances(partitions: list[TopicPartition], why: str) -> None:
+        # A partition's allowance belongs to its owner: returned when the partition moves or the consumer
+        # stops (the batch in hand has committed by then), so its next owner starts from a fresh grant.
+        if await close_partitions(ctx.engine, rules, [tp.partition for tp in partitions], why):
+            ctx.relay.wake()
+
     # The cyclic collector rests while a batch is in hand (shared CollectorPause): a batch's objects are
     # freed by reference counting (a test holds the handlers to that), and collections during a batch only
     # walked them again (about a tenth of the process's CPU under load, with the startup heap frozen).
-    ctx.add_consumer(f"{settings.consumer_group}.tickets", [settings.tickets_topic],
-                     TicketHandler(store, settings.reservation_hold_days), pause_gc=True)
-    ctx.add_consumer(f"{settings.consumer_group}.budget", [settings.budget_results_topic], BudgetResultHandler(),
+    ctx.add_consumer(rules.group, [settings.tickets_topic], TicketHandler(store, rules), pause_gc=True,
+                     on_revoke=close_allowances)
+    ctx.add_consumer(f"{settings.consumer_group}.grants", [settings.grants_topic], GrantHandler(rules),
                      pause_gc=True)
-    ctx.components.append(SagaTimeouts(ctx.engine, settings.saga_timeout_seconds,
-                                       settings.saga_check_interval_seconds, on_enqueued=ctx.relay.wake))
+    ctx.components.append(AllowanceKeeper(ctx.engine, rules, interval=settings.allowance_check_seconds,
+                                          grant_timeout=settings.grant_timeout_seconds,
+                                          on_enqueued=ctx.relay.wake))
     ctx.components.append(ReloadOnSighup(store))
     # Later orders for strategy returns: a group of its own, so a backlog of orders never delays decisions.
     ctx.add_consumer(f"{settings.consumer_group}-returns", [settings.buyer_orders_topic], BuyerOrderHandler())
@@ -66,7 +79,7 @@ def build_app(settings: ServiceSettings | None = None, *, manage_lifecycle: bool
     settings = cast(Settings, settings) if settings is not None else Settings()
     ctx, store = build_context(settings)
     app = create_app(ctx, title="auto_comp", manage_lifecycle=manage_lifecycle,
-                     description="Automatic compensation: strategies, decisions, the budget saga.",
+                     description="Automatic compensation: strategies, decisions, budget allowances.",
                      openapi_tags=[{"name": "decisions"}, {"name": "strategies"}])
     app.state.store = store
     app.include_router(build_router(ctx.engine, Authenticator(ctx.tokens), store,

@@ -1,19 +1,17 @@
-"""auto_comp throughput: decisions per second through the real batch handlers and PostgreSQL.
+"""auto_comp throughput: decisions per second through the real batch handler and PostgreSQL.
 
 ``python -m services.auto_comp.benchmark [--tickets 20000] [--batch 500] [--repeats 3]`` works in a scratch
 schema ``auto_comp_bench`` of ``DATABASE_URL`` (dropped and recreated; other schemas untouched).
 
-Two phases per run, each with the consumer runner's processed-event record per batch:
-- tickets -> ``TicketHandler``: US late deliveries (the seed strategies), one buyer each, so every ticket
-  matches ``us-late-delivery``; those outside its 5% holdout are written pending with a budget reservation
-  request in the outbox;
-- the ledger's answers (reserved, at the requested amount) -> ``BudgetResultHandler``: the voucher is issued
-  and ``compensation.issued`` goes to the outbox.
+Per run, with the consumer runner's processed-event record per batch: the budget allowances of the eight
+partitions are granted up front (as the ledger would, far above the run's spend), then tickets ->
+``TicketHandler``: US late deliveries (the seed strategies), one buyer each, so every ticket matches
+``us-late-delivery``; those outside its 5% holdout are issued from their partition's allowance in the
+decision's transaction, with ``compensation.issued`` in the outbox (ADR 0008).
 Events are decoded before the clock starts (the runner's decoding is measured separately) and frozen out
 of the garbage collector's scans (a consumer holds one batch at a time, not the whole run's events). Rates
 are given by the wall clock and per CPU second of the handler process plus its PostgreSQL backend (the
-latter is steadier on a shared machine). The raw ceiling
-is asyncpg COPY of the same number of decision rows.
+latter is steadier on a shared machine). The raw ceiling is asyncpg COPY of the same number of decision rows.
 """
 
 from __future__ import annotations
@@ -31,7 +29,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.auto_comp.config import Settings
-from services.auto_comp.handlers import BudgetResultHandler, TicketHandler
+from services.auto_comp.handlers import Rules, TicketHandler
 from services.auto_comp.store import StrategyStore
 from shared.contracts import events as ev
 from shared.contracts.registry import decode_envelope, encode_envelope, make_envelope
@@ -55,28 +53,23 @@ def tickets(n: int, tag: str) -> list[Delivered]:
             delivered_at=AT - timedelta(days=7 - i % 5))  # 3 to 7 days late
         env = make_envelope("ticket.opened", p, source="bench", region="US",
                             occurred_at=AT + timedelta(seconds=i % 3600))
-        out.append(Delivered(env, p, "tickets.v1", i % 8, i, p.buyer_id.encode(), 0))
+        out.append(Delivered(env, p, "tickets.v1", i % PARTITIONS, i, p.buyer_id.encode(), 0))
     return out
 
 
-async def answers(engine: AsyncEngine) -> list[Delivered]:
-    """The ledger's 'reserved' answer to every pending reservation (at the requested amount)."""
-    async with engine.connect() as conn:
-        rows = (await conn.execute(text(
-            "SELECT reservation_id, compensation_id, ticket_id, buyer_id, requested_minor, currency, "
-            "correlation_id FROM compensations WHERE status = 'pending' ORDER BY reservation_id"))).all()
-    out = []
-    for i, (res, comp, ticket, buyer, minor, currency, corr) in enumerate(rows):
-        p = ev.BudgetReservationDecided(
-            reservation_id=res, compensation_id=comp, ticket_id=ticket, buyer_id=buyer,
-            outcome=ev.ReservationOutcome.RESERVED,
-            reserved_amount=ev.PositiveMoney(amount_minor=minor, currency=currency), budget_period="2026-11")
-        env = make_envelope("budget.reservation_decided", p, source="ledger", region="US", occurred_at=AT,
-                            correlation_id=corr, causation_id=f"{res}.1")
-        # as the runner hands them over: decoded from the wire
-        env, payload = decode_envelope(encode_envelope(env))
-        out.append(Delivered(env, payload, "budget.results.v1", i % 8, i, buyer.encode(), 0))
-    return out
+PARTITIONS = 8
+
+
+async def grant_allowances(engine: AsyncEngine, rules: Rules) -> None:
+    """Open allowances of every partition, granted far above the run's spend, as the ledger would."""
+    period, end = rules.period("US", datetime.now(UTC))
+    async with engine.begin() as conn:
+        await conn.execute(text(
+            "INSERT INTO allowances (allowance_id, region, period, partition, pacing_percent, currency, owner, "
+            "status, close_at, granted_minor, expires_at, request_seq, answered_seq, last_grant_minor, "
+            "last_granted_at) SELECT 'al-bench-' || p, 'US', :period, p, 10, 'USD', 'bench:' || p, 'open', "
+            ":close, 1000000000000, :end, 1, 1, 1000000000000, now() FROM generate_series(0, :n - 1) AS p"),
+            {"period": period, "close": end - rules.safety, "end": end, "n": PARTITIONS})
 
 
 async def _prepare(url: str) -> None:
@@ -120,24 +113,22 @@ async def _apply(engine: AsyncEngine, handler: object, events: list[Delivered], 
     return len(events) / (time.perf_counter() - started), len(events) / spent
 
 
-async def one_run(url: str, n: int, batch: int, tag: str
-                  ) -> tuple[tuple[float, float], tuple[float, float], int, int]:
-    """((decisions/s, per CPU s), (answers -> vouchers/s, per CPU s), pending after phase 1, issued after 2)."""
+async def one_run(url: str, n: int, batch: int, tag: str) -> tuple[tuple[float, float], int]:
+    """((decisions/s, per CPU s), issued)."""
     await _prepare(url)
     engine = make_engine(url, SCHEMA, pool_size=1)  # used one at a time: one backend
+    rules = Rules(group="bench.tickets")
+    await grant_allowances(engine, rules)
     work = tickets(n, tag)
-    decide_rate = await _apply(engine, TicketHandler(StrategyStore(STRATEGIES)), work, batch, "bench-tickets")
-    replies = await answers(engine)
-    issue_rate = await _apply(engine, BudgetResultHandler(), replies, batch, "bench-results")
+    decide_rate = await _apply(engine, TicketHandler(StrategyStore(STRATEGIES), rules), work, batch, "bench-tickets")
     async with engine.connect() as conn:
         decided = (await conn.execute(text("SELECT count(*) FROM decisions"))).scalar()
         issued = (await conn.execute(text("SELECT count(*) FROM decisions WHERE outcome = 'issued'"))).scalar()
         outbox = (await conn.execute(text("SELECT count(*) FROM outbox"))).scalar()
     assert decided == n, decided
-    assert issued == len(replies), (issued, len(replies))
-    assert outbox == 2 * len(replies), outbox
+    assert outbox == issued, (outbox, issued)
     await engine.dispose()
-    return decide_rate, issue_rate, len(replies), int(issued or 0)
+    return decide_rate, int(issued or 0)
 
 
 async def run_copy_ceiling(url: str, n: int) -> float:
@@ -177,18 +168,15 @@ async def main(argv: list[str] | None = None) -> None:
     url = args.database_url or Settings().database_url
     print(f"load average before: {os.getloadavg()[0]:.2f}")
     print(f"envelope decode (runner side, 1 core): {decode_rate():,.0f} tickets/s")
-    decide, issue, decide_cpu, issue_cpu = [], [], [], []
+    decide, decide_cpu = [], []
     for r in range(args.repeats):
-        (d, dc), (i, ic), pending, issued = await one_run(url, args.tickets, args.batch, f"r{r}")
+        (d, dc), issued = await one_run(url, args.tickets, args.batch, f"r{r}")
         decide.append(d)
-        issue.append(i)
         decide_cpu.append(dc)
-        issue_cpu.append(ic)
-        print(f"run {r + 1}: tickets -> decisions {d:,.0f}/s ({pending:,} reserving; {dc:,.0f} per CPU s); "
-              f"answers -> vouchers {i:,.0f}/s ({issued:,} issued; {ic:,.0f} per CPU s)")
+        print(f"run {r + 1}: tickets -> decisions {d:,.0f}/s ({issued:,} issued from allowances; "
+              f"{dc:,.0f} per CPU s)")
     print(f"median, batch {args.batch}: decisions {statistics.median(decide):,.0f}/s "
-          f"({statistics.median(decide_cpu):,.0f} per CPU s of handler + backend), "
-          f"vouchers {statistics.median(issue):,.0f}/s ({statistics.median(issue_cpu):,.0f} per CPU s)")
+          f"({statistics.median(decide_cpu):,.0f} per CPU s of handler + backend)")
     print(f"raw COPY ceiling (decision rows): {await run_copy_ceiling(url, args.tickets):,.0f} rows/s")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 from shared.contracts.events import (
-    BudgetReservationDecided,
-    BudgetReservationRequested,
+    BudgetAllowanceDecided,
+    BudgetAllowanceRequested,
+    BudgetAllowanceReturned,
     BuyerOrderPlaced,
     CompensationIssued,
     TicketOpened,
 )
 from shared.contracts.topics import Topic
 
-CONSUMES: tuple[str, ...] = (Topic.TICKETS.value, Topic.BUDGET_RESULTS.value, Topic.BUYER_ORDERS.value)
+CONSUMES: tuple[str, ...] = (Topic.TICKETS.value, Topic.BUDGET_GRANTS.value, Topic.BUYER_ORDERS.value)
 
 PRODUCES: dict[str, str] = {
-    "budget.reservation_requested": Topic.BUDGET_REQUESTS.value,
+    "budget.allowance_requested": Topic.BUDGET_ALLOWANCES.value,
+    "budget.allowance_returned": Topic.BUDGET_ALLOWANCES.value,
     "compensation.issued": Topic.COMPENSATIONS_ISSUED.value,
 }
 
-__all__ = ["CONSUMES", "PRODUCES", "BudgetReservationDecided", "BudgetReservationRequested",
+__all__ = ["CONSUMES", "PRODUCES", "BudgetAllowanceDecided", "BudgetAllowanceRequested", "BudgetAllowanceReturned",
            "BuyerOrderPlaced", "CompensationIssued", "TicketOpened"]

@@ -1,40 +1,51 @@
-"""Batch handlers: tickets -> decisions (+ budget reservation requests); budget answers -> vouchers.
+"""auto_comp's batch handlers: tickets -> decisions, issued from budget allowances in the same transaction;
+the ledger's grants; and the allowance keeper (ADR 0008).
 
-The budget saga: a proposed compensation is written as ``pending`` with its reservation request in the
-outbox, in the decision's transaction. The ledger answers once per reservation id; the answer is applied
-under a row lock and only to a still-pending compensation, so a re-delivered or re-sent answer changes
-nothing and a ticket can never get a second voucher. A crash anywhere leaves either the pending row with
-its request (re-sent by ``SagaTimeouts``) or the settled row with its event in the outbox.
+A ticket is decided and, when it qualifies and its allowance covers it, issued in ONE transaction: the
+allowance row is locked and spent from (a conditional update: open, granted covers it, ``close_at`` ahead),
+the voucher is issued, the decision recorded and ``compensation.issued`` (naming the allowance) put in the
+outbox. A ticket whose allowance cannot cover it yet waits: its decision is ``pending_budget`` and its
+compensation ``pending`` in its allowance key's queue; the ledger's answer (``GrantHandler``) or the keeper
+finishes it, first come first served. Nothing lives only in process memory: a killed consumer's allowance
+and waiting tickets are taken over by the partition's next owner or by any replica's keeper.
 
-A reservation has an expiry (``expires_at``), when the ledger releases it if unused. A compensation still
-pending then is expired by ``SagaTimeouts`` (or by the answer handler, if the answer comes late): issue,
-denial and expiry are each one conditional ``UPDATE ... WHERE status = 'pending'``, so exactly one wins,
-and ``compensation.issued`` is published only for a compensation issued before its expiry.
+Lock order of every writer: buyer guard rows (tickets only) -> allowance rows (by id) -> waiting
+compensation rows.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import hashlib
 import logging
 import secrets
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.auto_comp import metrics, outgoing, persistence
+from services.auto_comp.domain.allowance import (
+    Allowance,
+    Take,
+    TakeKind,
+    apply_answer,
+    close_reason,
+    plan_request,
+    take,
+)
 from services.auto_comp.domain.engine import (
     Evaluation,
     Granted,
     Outcome,
     PartyShare,
+    Proposal,
+    TicketEvaluation,
     Verdict,
     evaluate_ticket,
     settle,
@@ -44,10 +55,11 @@ from services.auto_comp.domain.model import StrategySet
 from services.auto_comp.store import StrategyStore
 from shared.contracts import events as ev
 from shared.contracts.envelope import Envelope
-from shared.contracts.registry import make_envelope
-from shared.kafka import Delivered, PermanentError
+from shared.kafka import Delivered
 from shared.money import Money
-from shared.outbox import Record, enqueue, enqueue_records
+from shared.outbox import Record, enqueue_records
+from shared.periodic import PeriodicTask
+from shared.periods import period_bounds, period_of
 from shared.regions import region as region_of
 
 log = logging.getLogger(__name__)
@@ -60,9 +72,11 @@ _NAMESPACE_BYTES = _NAMESPACE.bytes
 _UUID5_CLEAR = ~((0xc000 << 48) | (0xf000 << 64))
 _UUID5_SET = (0x8000 << 48) | (5 << 76)
 
+LEGACY_PARTITION = -1  # the queue of compensations left pending by the per-voucher saga (migration 0006)
+
 
 def compensation_id_for(ticket_id: str, strategy_id: str) -> str:
-    """Deterministic, so a ticket replayed after a crash maps to the same compensation and reservation.
+    """Deterministic, so a ticket replayed after a crash maps to the same compensation.
 
     ``"ac-" + str(uuid.uuid5(_NAMESPACE, ticket_id + "\\x1f" + strategy_id))``, written out (a unit test
     proves they are equal): the hot path makes one per proposal."""
@@ -76,23 +90,190 @@ def new_voucher_code() -> str:
     return "V" + base64.b32encode(secrets.token_bytes(15)).decode()
 
 
-class TicketHandler:
-    """Decides every new ticket of a batch; proposals go to the ledger through the outbox."""
+@dataclass(frozen=True)
+class Rules:
+    """How auto_comp spends allowances (settings, ADR 0008)."""
 
-    def __init__(self, store: StrategyStore, reservation_hold_days: int = 7) -> None:
+    group: str  # consumer group of the tickets: allowances are owned per partition of it
+    granularity: str = "month"  # budget period, as the ledger's LEDGER_BUDGET_PERIOD
+    safety: timedelta = timedelta(seconds=5)  # spending stops this long before an allowance expires
+    horizon: timedelta = timedelta(seconds=30)  # a request asks for this long's spend at the current rate
+
+    def period(self, region: str, now: datetime) -> tuple[str, datetime]:
+        """The budget period spends go to now, and its end. Within ``safety`` of a period's end, the next
+        one: its allowance cannot be spent any more."""
+        reg = region_of(region)
+        period = period_of(now + self.safety, reg, self.granularity)
+        return period, period_bounds(period, reg)[1]
+
+    def owner(self, partition: int) -> str:
+        return f"{self.group}:{partition}" if partition >= 0 else f"{self.group}:saga-upgrade"
+
+
+Key = tuple[str, str, int, int]
+Queue = tuple[str, int, int]  # region, partition, pacing percent
+
+
+def pacing_of(p: Proposal) -> int:
+    """The pacing percent of a proposal's strategy; 100 (the pace line never binds) when not paced."""
+    pct = p.strategy.budget.pacing_allowance_percent
+    return 100 if pct is None else pct
+
+
+class Budget:
+    """The allowances one transaction holds (locked), and the events their changes produce."""
+
+    def __init__(self, rules: Rules) -> None:
+        self.rules = rules
+        self.now = datetime.now(UTC)
+        self.by_id: dict[str, Allowance] = {}
+        self.by_key: dict[Key, Allowance] = {}
+        self.records: list[Record] = []  # allowance requests and returns, for the outbox
+        self.returned: list[dict[str, Any]] = []
+
+    def _add(self, rows: dict[str, Allowance]) -> None:
+        for a in rows.values():
+            self.by_id[a.allowance_id] = a
+            if a.open:
+                self.by_key[a.key] = a
+
+    async def lock(self, conn: AsyncConnection, keys: Iterable[Key] = (), ids: Iterable[str] = ()) -> Budget:
+        """Lock the open allowances of ``keys`` and the allowances named by ``ids``; ``now`` is the
+        database's clock from here on (the one the spend's condition uses)."""
+        self.now, rows = await persistence.lock_allowances(conn, keys=keys, ids=ids)
+        self._add(rows)
+        return self
+
+    async def ensure(self, conn: AsyncConnection, keys: Iterable[Key]) -> None:
+        """Every key has an open, unexpired allowance: expired ones are closed (whoever touches a key first
+        closes it), missing ones opened and locked."""
+        keys = set(keys)
+        await self.close(conn, [a for a in self.by_key.values() if a.key in keys and a.expired(self.now)], None)
+        missing = {k for k in keys if k not in self.by_key}
+        if missing:
+            await persistence.open_allowances(conn, [self._new(k) for k in sorted(missing)])
+            _, more = await persistence.lock_allowances(conn, keys=missing)
+            self._add(more)
+
+    def _new(self, key: Key) -> Allowance:
+        region, period, partition, pacing = key
+        end = period_bounds(period, region_of(region))[1]
+        return Allowance(f"al-{region}-{period}-p{partition}-{uuid.uuid4().hex[:12]}", region, period, partition,
+                         pacing, region_of(region).currency, self.rules.owner(partition),
+                         close_at=end - self.rules.safety, new=True)
+
+    async def close(self, conn: AsyncConnection, allowances: Sequence[Allowance], reason: str | None) -> None:
+        """Close allowances now (no spend can follow: the spend's condition is an open row) and report
+        exactly what each spent to the ledger."""
+        closing = [a for a in allowances if a.open]
+        if not closing:
+            return
+        reasons = [reason or close_reason(a, self.now, period_bounds(a.period, region_of(a.region))[1],
+                                          self.rules.safety) or "expired" for a in closing]
+        await persistence.save_allowances(conn, closing)  # what it learnt first (an answer applied just now)
+        rows = await persistence.close_allowances(conn, [a.allowance_id for a in closing], reasons)
+        for r in rows:
+            self.returned.append(r)
+            self.records.append(outgoing.allowance_returned_record(
+                allowance_id=r["allowance_id"], region=r["region"], period=r["period"], currency=r["currency"],
+                spent_minor=r["spent_minor"], spent_count=r["spent_count"], reason=r["close_reason"],
+                closed_at=r["closed_at"]))
+        for a in closing:
+            a.open = False
+            if self.by_key.get(a.key) is a:
+                del self.by_key[a.key]
+
+    async def write(self, conn: AsyncConnection) -> None:
+        """Requests the allowances need now, then their spends, requests and answers in one statement."""
+        for a in self.by_id.values():
+            if a.open and plan_request(a, self.now, horizon=self.rules.horizon):
+                self.records.append(_request_record(a, self.now))
+        await persistence.save_allowances(conn, [a for a in self.by_id.values() if a.open])
+
+    def count(self) -> None:
+        for a in self.by_id.values():
+            if a.request_now:
+                why = "waiting" if a.waiting else ("first" if a.request_seq == 1 else "ahead")
+                metrics.ALLOWANCE_REQUESTS.labels(a.region, why).inc()
+        for r in self.returned:
+            metrics.ALLOWANCE_RETURNS.labels(r["region"], r["close_reason"]).inc()
+
+
+def _request_record(a: Allowance, now: datetime) -> Record:
+    return outgoing.allowance_requested_record(
+        allowance_id=a.allowance_id, seq=a.request_seq, attempt=a.request_attempts, region=a.region,
+        period=a.period, pacing_percent=a.pacing_percent, at_least_minor=a.request_at_least,
+        wanted_minor=a.request_wanted, currency=a.currency, owner=a.owner, occurred_at=now)
+
+
+# ------------------------------------------------------------------ issuing
+
+
+def _issue(*, comp_id: str, ticket_id: str, order_id: str, buyer_id: str, region: str, strategy_id: str,
+           strategy_version: int, reason: str, kind: str, amount: int, currency: str, shares: Sequence[PartyShare],
+           min_spend_minor: int | None, valid_until: datetime | None, allowance: Allowance, now: datetime,
+           correlation_id: str, causation_id: str | None, traceparent: str | None) -> tuple[str | None, Record]:
+    """The voucher (or other kind) issued now for ``amount``: its code and the ``compensation.issued``
+    record."""
+    money = Money(amount, currency)
+    # Parts sum exactly to the amount (largest remainder); the parties were unique in the strategy.
+    liability = [(s.party.value, s.party_id, m.minor) for s, m in split_liability(money, shares) if m.minor > 0]
+    voucher = kind == ev.CompensationKind.VOUCHER.value
+    code = new_voucher_code() if voucher else None
+    issued = outgoing.compensation_issued(
+        compensation_id=comp_id, reservation_id=comp_id, ticket_id=ticket_id, order_id=order_id, buyer_id=buyer_id,
+        strategy_id=strategy_id, strategy_version=strategy_version, reason=reason, kind=kind, amount_minor=amount,
+        currency=currency, liability=liability, voucher_code=code,
+        min_spend_minor=min_spend_minor if voucher else None, valid_until=valid_until,
+        allowance_id=allowance.allowance_id)
+    record = outgoing.compensation_issued_record(
+        issued, region=region, event_id=f"{comp_id}.issued", occurred_at=now, produced_at=now,
+        correlation_id=correlation_id, causation_id=causation_id, traceparent=traceparent)
+    return code, record
+
+
+def _valid_until(kind: str, validity_days: int | None, now: datetime) -> datetime | None:
+    """A voucher is valid for its strategy's days from the moment it is issued."""
+    if kind != ev.CompensationKind.VOUCHER.value or not validity_days:
+        return None
+    return now + timedelta(days=validity_days)
+
+
+def _issued_detail(amount: int, preferred: int, currency: str, a: Allowance) -> str:
+    detail = f"issued {Money(amount, currency).format()} from budget allowance {a.allowance_id}"
+    if amount != preferred:
+        detail += (f" (degraded from {Money(preferred, currency).format()} by the budget: "
+                   f"{a.detail or a.limited_by})")
+    return detail
+
+
+def _denied(t: Take, a: Allowance) -> tuple[Outcome, str]:
+    assert t.reason is not None
+    outcome = Outcome.PACED if t.reason is ev.AllowanceLimit.PACED else Outcome.BUDGET_DENIED
+    until = f" until {a.retry_after.isoformat()}" if a.retry_after else ""
+    return outcome, f"ledger {a.period}: {a.detail or t.reason.value}{until}"
+
+
+class TicketHandler:
+    """Decides every new ticket of a batch and issues what its allowance covers, in the batch's transaction.
+
+    Deciding for a buyer is serialised by the buyer guard rows (the abuse guard), spending from an
+    allowance by its row: a partition's allowance is normally touched by its owner alone."""
+
+    def __init__(self, store: StrategyStore, rules: Rules) -> None:
         self.store = store
-        self.hold = timedelta(days=reservation_hold_days)
+        self.rules = rules
 
     async def __call__(self, conn: AsyncConnection, events: Sequence[Delivered]) -> None:
         started = time.perf_counter()
         strategies = self.store.current
-        batch: dict[str, tuple[Envelope, ev.TicketOpened]] = {}
+        batch: dict[str, tuple[Envelope, ev.TicketOpened, int]] = {}
         for d in events:
             if isinstance(d.payload, ev.TicketOpened):
-                batch.setdefault(d.payload.ticket_id, (d.envelope, d.payload))
+                batch.setdefault(d.payload.ticket_id, (d.envelope, d.payload, d.partition))
         if not batch:
             return
-        await persistence.lock_buyers(conn, ((env.region, t.buyer_id) for env, t in batch.values()))
+        await persistence.lock_buyers(conn, ((env.region, t.buyer_id) for env, t, _ in batch.values()))
         # Under the buyers' locks: a ticket another consumer decided meanwhile keeps its decision.
         for ticket_id in await persistence.decided_tickets(conn, list(batch)):
             del batch[ticket_id]
@@ -102,104 +283,145 @@ class TicketHandler:
         window = timedelta(days=max((s.abuse_guard.window_days for s in strategies.strategies
                                      if s.abuse_guard), default=1))
         history = await persistence.buyer_history(
-            conn, ((env.region, t.buyer_id) for env, t in items),
-            min(env.occurred_at for env, _ in items) - window, max(env.occurred_at for env, _ in items) + window)
-        taken = await persistence.taken_orders(conn, [t.order_id for _, t in items])
+            conn, ((env.region, t.buyer_id) for env, t, _ in items),
+            min(env.occurred_at for env, _, _ in items) - window, max(env.occurred_at for env, _, _ in items) + window)
+        taken = await persistence.taken_orders(conn, [t.order_id for _, t, _ in items])
+        evaluated = [(env, t, partition, evaluate_ticket(strategies, t, region_of(env.region), env.occurred_at))
+                     for env, t, partition in items]
+        clock = datetime.now(UTC)
+        # The allowances this batch may spend from: of the tickets that pass every rule but the budget on
+        # the history as loaded (a superset: one may still be capped by an earlier ticket of the batch).
+        keys = {self._key(env.region, partition, r.live.proposal, clock) for env, t, partition, r in evaluated
+                if self._verdict(r, env, t, history, taken).outcome is Outcome.PENDING_BUDGET}
+        budget = await Budget(self.rules).lock(conn, keys=keys)
+        await budget.ensure(conn, keys)
+        now = budget.now
+        # Tickets of these keys still wait although their allowance can move (no request in flight: a grant
+        # applied, a shortage answer standing): finish them first, in order, so that nobody jumps the queue
+        # and no queue depends on the keeper alone.
+        stuck = [a for a in budget.by_key.values() if a.key in keys and a.waiting and not a.in_flight]
+        if stuck:
+            await finish_waiting(conn, budget, {(a.region, a.partition, a.pacing_percent) for a in stuck}, clock)
         decisions: list[dict[str, Any]] = []
         shadows: list[dict[str, Any]] = []
         comps: list[dict[str, Any]] = []
-        requests: list[Record] = []
-        now = datetime.now(UTC)
-        for env, ticket in items:
-            verdict, shadow_evaluations = self._evaluate(strategies, env, ticket, history, taken)
+        # The outbox records of this batch: every compensation.issued (and, later, one more event per
+        # decision is one more append here, in the same transaction).
+        out: list[Record] = []
+        counts: Counter[tuple[str, str, str, str]] = Counter()
+        issued_kinds: Counter[tuple[str, str, str]] = Counter()
+        issued_amounts: Counter[tuple[str, str]] = Counter()
+        for env, ticket, partition, result in evaluated:
+            verdict = self._verdict(result, env, ticket, history, taken)
             # Shadows are judged against the buyer's history before this ticket's own compensation.
-            shadows.extend(self._shadows(shadow_evaluations, env, ticket, history, taken))
-            decision, comp, request = self._decide(strategies, verdict, env, ticket, history, taken, now)
+            shadows.extend(self._shadows(result.shadows, env, ticket, history, taken))
+            decision = self._decision(strategies, verdict, env, ticket)
             decisions.append(decision)
-            if comp is not None and request is not None:
+            p = verdict.evaluation.proposal
+            if verdict.outcome is not Outcome.PENDING_BUDGET or p is None:
+                s = verdict.evaluation.strategy
+                counts[(env.region, s.id if s else "none", decision["outcome"], "active")] += 1
+                continue
+            a = budget.by_key[self._key(env.region, partition, p, clock)]
+            tiers = [p.amount.minor, *(m.minor for m in p.fallback_amounts)]
+            t = take(a, tiers, now)
+            comp = self._compensation(p, env, ticket, partition, a)
+            decision["compensation_id"] = comp["compensation_id"]
+            if t.kind is TakeKind.DENY:
+                outcome, detail = _denied(t, a)
+                decision.update(outcome=outcome.value, failed_rule="budget", detail=detail)
+                comp.update(status="denied", budget_period=a.period)
+                comp["denial_reason"] = t.reason.value if t.reason else None
+                counts[(env.region, p.strategy.id, outcome.value, "active")] += 1
                 comps.append(comp)
-                requests.append(request)
+                continue
+            history.setdefault((env.region, ticket.buyer_id), []).append(Granted(env.occurred_at, p.amount))
+            taken.add((ticket.order_id, p.scenario))
+            if t.kind is TakeKind.WAIT:
+                decision["detail"] = f"waiting for budget: {p.amount.format()} from the {a.period} allowance"
+                comps.append(comp)
+                continue
+            valid_until = _valid_until(p.kind.value, p.validity_days, now)
+            code, record = _issue(
+                comp_id=comp["compensation_id"], ticket_id=ticket.ticket_id, order_id=ticket.order_id,
+                buyer_id=ticket.buyer_id, region=env.region, strategy_id=p.strategy.id,
+                strategy_version=p.strategy.version, reason=ticket.reason.value, kind=p.kind.value,
+                amount=t.amount, currency=p.amount.currency, shares=p.shares,
+                min_spend_minor=comp["min_spend_minor"], valid_until=valid_until, allowance=a, now=now,
+                correlation_id=env.correlation_id, causation_id=env.event_id, traceparent=env.traceparent)
+            out.append(record)
+            comp.update(status="issued", issued_minor=t.amount, voucher_code=code, budget_period=a.period,
+                        allowance_id=a.allowance_id, expires_at=valid_until, settled_at=now)
+            comps.append(comp)
+            decision.update(outcome=Outcome.ISSUED.value, issued_minor=t.amount,
+                            detail=_issued_detail(t.amount, tiers[0], p.amount.currency, a))
+            counts[(env.region, p.strategy.id, Outcome.ISSUED.value, "active")] += 1
+            issued_kinds[(env.region, p.strategy.id, p.kind.value)] += 1
+            issued_amounts[(env.region, p.amount.currency)] += t.amount
+        await budget.write(conn)
         await persistence.insert_decisions(conn, decisions)
         await persistence.insert_shadow_decisions(conn, shadows)
         await persistence.insert_compensations(conn, comps)
-        await enqueue_records(conn, requests)
-        counts: Counter[tuple[str, str, str, str]] = Counter()
+        await enqueue_records(conn, [*out, *budget.records])
+        budget.count()
         latency: dict[str, Any] = {}
-        for (env, _), row in zip(items, decisions, strict=True):
-            # A pending decision is counted when the ledger's answer settles it, so each ticket counts once.
-            if row["outcome"] != Outcome.PENDING_BUDGET:
-                counts[(env.region, row["strategy_id"] or "none", row["outcome"], "active")] += 1
+        for env, _, _, _ in evaluated:
             hist = latency.get(env.region)
             if hist is None:
                 hist = latency[env.region] = metrics.DECISION_LATENCY.labels(env.region)
             hist.observe(max(0.0, (now - env.produced_at).total_seconds()))
-        for s in shadows:
-            counts[(s["region"], s["strategy_id"], s["outcome"], "shadow")] += 1
-        for labels, n in counts.items():
-            metrics.DECISIONS.labels(*labels).inc(n)
+        for sh in shadows:
+            counts[(sh["region"], sh["strategy_id"], sh["outcome"], "shadow")] += 1
+        _count(counts, issued_kinds, issued_amounts)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 
-    def _evaluate(self, strategies: StrategySet, env: Envelope, ticket: ev.TicketOpened,
-                  history: dict[tuple[str, str], list[Granted]], taken: set[tuple[str, str]]
-                  ) -> tuple[Verdict, tuple[Evaluation, ...]]:
-        reg = region_of(env.region)
-        result = evaluate_ticket(strategies, ticket, reg, env.occurred_at)
-        p = result.live.proposal
-        verdict = settle(result.live, buyer_id=ticket.buyer_id, occurred_at=env.occurred_at,
-                         order_taken=p is not None and (ticket.order_id, p.scenario) in taken,
-                         history=history.get((env.region, ticket.buyer_id), []))
-        return verdict, result.shadows
+    def _key(self, region: str, partition: int, p: Proposal | None, clock: datetime) -> Key:
+        assert p is not None
+        return region, self.rules.period(region, clock)[0], partition, pacing_of(p)
 
-    def _decide(self, strategies: StrategySet, verdict: Verdict, env: Envelope, ticket: ev.TicketOpened,
-                history: dict[tuple[str, str], list[Granted]], taken: set[tuple[str, str]], now: datetime
-                ) -> tuple[dict[str, Any], dict[str, Any] | None, Record | None]:
+    @staticmethod
+    def _verdict(result: TicketEvaluation, env: Envelope, ticket: ev.TicketOpened,
+                 history: dict[tuple[str, str], list[Granted]], taken: set[tuple[str, str]]) -> Verdict:
+        p = result.live.proposal
+        return settle(result.live, buyer_id=ticket.buyer_id, occurred_at=env.occurred_at,
+                      order_taken=p is not None and (ticket.order_id, p.scenario) in taken,
+                      history=history.get((env.region, ticket.buyer_id), []))
+
+    @staticmethod
+    def _decision(strategies: StrategySet, verdict: Verdict, env: Envelope, ticket: ev.TicketOpened
+                  ) -> dict[str, Any]:
         e = verdict.evaluation
         p = e.proposal
         s = e.strategy
-        decision: dict[str, Any] = {
+        return {
             "ticket_id": ticket.ticket_id, "region": env.region, "order_id": ticket.order_id,
             "buyer_id": ticket.buyer_id, "reason": ticket.reason.value, "outcome": verdict.outcome.value,
             "failed_rule": verdict.failed_rule, "detail": verdict.detail,
             "strategy_id": s.id if s else None, "strategy_version": s.version if s else None,
             "config_version": strategies.version, "scenario": p.scenario if p else None,
             "tier": p.tier if p else None, "currency": ticket.order_amount.currency,
-            "proposed_minor": p.amount.minor if p else None, "compensation_id": None,
+            "proposed_minor": p.amount.minor if p else None, "compensation_id": None, "issued_minor": None,
             "inputs": {**e.inputs, "ticket_occurred_at": env.occurred_at.isoformat(),
                        "liability_rule": p.liability_rule.value if p else None},
             "event_id": env.event_id, "ticket_occurred_at": env.occurred_at,
         }
-        if verdict.outcome is not Outcome.PENDING_BUDGET or p is None:
-            return decision, None, None
-        comp_id = compensation_id_for(ticket.ticket_id, p.strategy.id)
-        reservation_id = "res-" + comp_id.removeprefix("ac-")
-        expires = now + (timedelta(days=p.validity_days) if p.validity_days else self.hold)
-        fallback_minor = [m.minor for m in p.fallback_amounts]
-        # The engine's proposal: positive, in the strategy's currency (= the order's), fallbacks descending.
-        request = outgoing.reservation_requested(
-            reservation_id=reservation_id, compensation_id=comp_id, ticket_id=ticket.ticket_id,
-            buyer_id=ticket.buyer_id, strategy_id=p.strategy.id, strategy_version=p.strategy.version,
-            kind=p.kind.value, amount_minor=p.amount.minor, currency=p.amount.currency,
-            fallback_minor=fallback_minor, pacing_allowance_percent=p.strategy.budget.pacing_allowance_percent,
-            expires_at=expires)
-        record = outgoing.reservation_requested_record(
-            request, region=env.region, event_id=f"{reservation_id}.1", occurred_at=now, produced_at=now,
-            correlation_id=env.correlation_id, causation_id=env.event_id, traceparent=env.traceparent)
-        decision["compensation_id"] = comp_id
-        history.setdefault((env.region, ticket.buyer_id), []).append(Granted(env.occurred_at, p.amount))
-        taken.add((ticket.order_id, p.scenario))
-        comp = {
-            "compensation_id": comp_id, "reservation_id": reservation_id, "ticket_id": ticket.ticket_id,
+
+    @staticmethod
+    def _compensation(p: Proposal, env: Envelope, ticket: ev.TicketOpened, partition: int, a: Allowance
+                      ) -> dict[str, Any]:
+        return {
+            "compensation_id": compensation_id_for(ticket.ticket_id, p.strategy.id), "ticket_id": ticket.ticket_id,
             "strategy_id": p.strategy.id, "strategy_version": p.strategy.version, "order_id": ticket.order_id,
             "scenario": p.scenario, "buyer_id": ticket.buyer_id, "region": env.region,
             "reason": ticket.reason.value, "kind": p.kind.value, "currency": p.amount.currency,
             "status": "pending", "requested_minor": p.amount.minor,
-            "fallback_minor": fallback_minor, "liability_rule": p.liability_rule.value,
+            "fallback_minor": [m.minor for m in p.fallback_amounts], "liability_rule": p.liability_rule.value,
             "shares": [{"party": x.party.value, "id": x.party_id, "percent": x.percent} for x in p.shares],
-            "min_spend_minor": p.min_spend.minor if p.min_spend is not None else None, "expires_at": expires,
-            "request": request, "correlation_id": env.correlation_id,
-            "ticket_occurred_at": env.occurred_at,
+            "min_spend_minor": p.min_spend.minor if p.min_spend is not None else None, "expires_at": None,
+            "correlation_id": env.correlation_id, "ticket_occurred_at": env.occurred_at, "allowance_id": None,
+            "partition": partition, "pacing_percent": a.pacing_percent, "validity_days": p.validity_days,
+            "issued_minor": None, "voucher_code": None, "budget_period": None, "settled_at": None,
         }
-        return decision, comp, record
 
     @staticmethod
     def _shadows(evaluations: Sequence[Evaluation], env: Envelope, ticket: ev.TicketOpened,
@@ -221,189 +443,210 @@ class TicketHandler:
         return out
 
 
-class BudgetResultHandler:
-    """Applies the ledger's answers: reserved -> issue the compensation; denied -> budget_denied / paced.
+def _count(counts: Counter[tuple[str, str, str, str]], kinds: Counter[tuple[str, str, str]],
+           amounts: Counter[tuple[str, str]]) -> None:
+    for labels, n in counts.items():
+        metrics.DECISIONS.labels(*labels).inc(n)
+    for kind_labels, n in kinds.items():
+        metrics.ISSUED.labels(*kind_labels).inc(n)
+    for amount_labels, minor in amounts.items():
+        metrics.ISSUED_AMOUNT.labels(*amount_labels).inc(minor)
 
-    A reserved answer that arrives after the reservation expired (the sweeper may or may not have got
-    there first) issues nothing: the compensation becomes ``expired`` and the ledger voids the unused
-    reservation after its expiry plus grace; a denial with reason ``reservation_expired`` (the ledger
-    voided it already) ends the same way. Each transition is conditional on the compensation still being
-    pending, so exactly one of issue, denial and expiry happens to it."""
+
+# ------------------------------------------------------------------ waiting tickets
+
+
+async def settle_waiting(conn: AsyncConnection, rules: Rules, queues: Iterable[Queue] = (),
+                         answers: Sequence[ev.BudgetAllowanceDecided] = ()) -> dict[str, int]:
+    """Apply the ledger's answers, then finish the waiting tickets of the affected queues (and of
+    ``queues``) in ticket order: issue what the allowances now cover, deny what the ledger said cannot be
+    had, ask for more for the rest. Returns counts (issued, denied, still waiting)."""
+    clock = datetime.now(UTC)
+    queues = set(queues)
+    answered_ids = {a.allowance_id for a in answers}
+    if answered_ids:
+        _, answered = await persistence.lock_allowances(conn, ids=answered_ids)
+        queues |= {(a.region, a.partition, a.pacing_percent) for a in answered.values()}
+    keys = {(r, rules.period(r, clock)[0], n, c) for r, n, c in queues}
+    budget = await Budget(rules).lock(conn, keys=keys, ids=answered_ids)
+    now = budget.now
+    for answer in answers:
+        a = budget.by_id.get(answer.allowance_id)
+        if a is None:
+            continue  # not ours (another deployment on the same topic), or long gone
+        end = period_bounds(a.period, region_of(a.region))[1]
+        applied = apply_answer(
+            a, seq=answer.request_seq, granted=answer.granted.amount_minor,
+            granted_total=answer.granted_total.amount_minor, expires_at=answer.expires_at,
+            limited_by=answer.limited_by, retry_after=answer.retry_after, detail=answer.detail, now=now,
+            safety=rules.safety, period_end=end)
+        metrics.ALLOWANCE_ANSWERS.labels(a.region, answer.outcome.value,
+                                         answer.limited_by.value if answer.limited_by else "").inc()
+        if applied and a.granted and a.expired(now):
+            await budget.close(conn, [a], None)  # granted too late to be spent: straight back
+    await budget.ensure(conn, keys)
+    done = await finish_waiting(conn, budget, queues, clock)
+    await budget.write(conn)
+    await enqueue_records(conn, budget.records)
+    budget.count()
+    return done
+
+
+async def finish_waiting(conn: AsyncConnection, budget: Budget, queues: Iterable[Queue], clock: datetime,
+                         chunk: int = 2_000) -> dict[str, int]:
+    """Finish the waiting tickets of ``queues`` in ticket order from the allowances ``budget`` holds (locked):
+    issue what they cover, deny what the ledger said cannot be had, leave the rest waiting (its allowance
+    asks for more when the budget is written). The whole queue, chunk by chunk, until a ticket has to wait.
+    Writes the tickets' rows and ``compensation.issued`` events; the allowances are the caller's to write."""
+    rules = budget.rules
+    queues = set(queues)
+    queued_keys = {(r, rules.period(r, clock)[0], n, c) for r, n, c in queues}
+    for a in budget.by_key.values():
+        if a.key in queued_keys:
+            a.waiting = False  # the queue is worked now, in order: take() queues whoever cannot go yet
+    done = {"issued": 0, "denied": 0, "waiting": 0}
+    while True:
+        waiting = await persistence.lock_waiting(conn, queues, limit=chunk)
+        counted = await _finish(conn, budget, waiting, clock)
+        for k, v in counted.items():
+            done[k] += v
+        if counted["waiting"] or len(waiting) < chunk:
+            return done
+
+
+async def _finish(conn: AsyncConnection, budget: Budget, waiting: list[dict[str, Any]], clock: datetime
+                  ) -> dict[str, int]:
+    rules, now = budget.rules, budget.now
+    issued: list[dict[str, Any]] = []
+    denied: list[dict[str, Any]] = []
+    out: list[Record] = []
+    counts: Counter[tuple[str, str, str, str]] = Counter()
+    kinds: Counter[tuple[str, str, str]] = Counter()
+    amounts: Counter[tuple[str, str]] = Counter()
+    still = 0
+    for c in waiting:
+        a = budget.by_key.get((c["region"], rules.period(c["region"], clock)[0], c["partition"], c["pacing_percent"]))
+        if a is None or a.currency != c["currency"]:
+            still += 1
+            continue
+        tiers = [c["requested_minor"], *c["fallback_minor"]]
+        t = take(a, tiers, now)
+        if t.kind is TakeKind.WAIT:
+            still += 1
+            continue
+        if t.kind is TakeKind.DENY:
+            outcome, detail = _denied(t, a)
+            denied.append({"compensation_id": c["compensation_id"], "ticket_id": c["ticket_id"],
+                           "outcome": outcome.value, "denial_reason": t.reason.value if t.reason else None,
+                           "budget_period": a.period, "detail": detail})
+            counts[(c["region"], c["strategy_id"], outcome.value, "active")] += 1
+            continue
+        shares = [PartyShare(ev.PartyType(s["party"]), s["id"], s["percent"]) for s in c["shares"]]
+        valid_until = _valid_until(c["kind"], c["validity_days"], now)
+        if valid_until is None and c["validity_days"] is None and c["kind"] == ev.CompensationKind.VOUCHER.value:
+            valid_until = c["expires_at"]  # left pending by the saga: the validity it was decided with
+        code, record = _issue(
+            comp_id=c["compensation_id"], ticket_id=c["ticket_id"], order_id=c["order_id"], buyer_id=c["buyer_id"],
+            region=c["region"], strategy_id=c["strategy_id"], strategy_version=c["strategy_version"],
+            reason=c["reason"], kind=c["kind"], amount=t.amount, currency=c["currency"], shares=shares,
+            min_spend_minor=c["min_spend_minor"], valid_until=valid_until, allowance=a, now=now,
+            correlation_id=c["correlation_id"] or c["compensation_id"], causation_id=None, traceparent=None)
+        out.append(record)
+        issued.append({"compensation_id": c["compensation_id"], "ticket_id": c["ticket_id"], "issued_minor": t.amount,
+                       "voucher_code": code, "budget_period": a.period, "allowance_id": a.allowance_id,
+                       "valid_until": valid_until,
+                       "detail": _issued_detail(t.amount, tiers[0], c["currency"], a)})
+        counts[(c["region"], c["strategy_id"], Outcome.ISSUED.value, "active")] += 1
+        kinds[(c["region"], c["strategy_id"], c["kind"])] += 1
+        amounts[(c["region"], c["currency"])] += t.amount
+        metrics.END_TO_END.labels(c["region"]).observe(max(0.0, (now - c["ticket_occurred_at"]).total_seconds()))
+    won = await persistence.mark_issued(conn, issued)
+    lost = [row["compensation_id"] for row in issued if row["compensation_id"] not in won]
+    if lost:  # rows were locked above: nothing else can have settled them
+        raise RuntimeError(f"waiting compensations {lost[:5]} changed under their row locks")
+    await persistence.mark_denied(conn, denied)
+    await enqueue_records(conn, out)
+    _count(counts, kinds, amounts)
+    return {"issued": len(issued), "denied": len(denied), "waiting": still}
+
+
+class GrantHandler:
+    """Applies the ledger's answers to allowance requests and finishes the tickets waiting for them."""
+
+    def __init__(self, rules: Rules) -> None:
+        self.rules = rules
 
     async def __call__(self, conn: AsyncConnection, events: Sequence[Delivered]) -> None:
-        answers: dict[str, tuple[Envelope, ev.BudgetReservationDecided]] = {}
-        for d in events:
-            if isinstance(d.payload, ev.BudgetReservationDecided):
-                answers.setdefault(d.payload.reservation_id, (d.envelope, d.payload))
-        pending = await persistence.lock_pending(conn, list(answers))
-        issued: list[dict[str, Any]] = []
-        denied: list[dict[str, Any]] = []
-        late: list[str] = []
-        out: dict[str, Record] = {}
-        now = datetime.now(UTC)
-        for reservation_id, comp in pending.items():
-            env, answer = answers[reservation_id]
-            if answer.denial_reason is ev.DenialReason.RESERVATION_EXPIRED:
-                # The ledger already voided the hold (a re-sent request answered after expiry + grace):
-                # the same terminal state as a late "reserved", not a budget shortfall.
-                late.append(comp["compensation_id"])
-                continue
-            if answer.outcome is ev.ReservationOutcome.DENIED:
-                paced = answer.denial_reason is ev.DenialReason.PACED
-                denied.append({
-                    "compensation_id": comp["compensation_id"], "ticket_id": comp["ticket_id"],
-                    "outcome": (Outcome.PACED if paced else Outcome.BUDGET_DENIED).value,
-                    "denial_reason": answer.denial_reason.value if answer.denial_reason else None,
-                    "budget_period": answer.budget_period,
-                    "detail": f"ledger denied {answer.budget_period}: "
-                              f"{answer.denial_reason.value if answer.denial_reason else 'denied'}"})
-                continue
-            if comp["expired"]:
-                late.append(comp["compensation_id"])
-                continue
-            row, record = self._issue(comp, env, answer, now)
-            issued.append(row)
-            out[comp["compensation_id"]] = record
-        won = await persistence.mark_issued(conn, issued)
-        denied_ids = await persistence.mark_denied(conn, denied)
-        # An issue that lost (the expiry passed between the read and the update) is late too.
-        late.extend(row["compensation_id"] for row in issued if row["compensation_id"] not in won)
-        expired = await persistence.expire_pending(conn, compensation_ids=late) if late else []
-        # Only the compensations this transaction issued are announced: never one the sweeper expired.
-        await enqueue_records(conn, [out[cid] for cid in out if cid in won])
-        issued = [row for row in issued if row["compensation_id"] in won]
-        denied = [row for row in denied if row["compensation_id"] in denied_ids]
-        count_expired(expired, "late_answer")
-        by_id = {c["compensation_id"]: c for c in pending.values()}
-        decided: Counter[tuple[str, str, str, str]] = Counter()
-        kinds: Counter[tuple[str, str, str]] = Counter()
-        amounts: Counter[tuple[str, str]] = Counter()
-        for row in denied:
-            comp = by_id[row["compensation_id"]]
-            decided[(comp["region"], comp["strategy_id"], row["outcome"], "active")] += 1
-        end_to_end: dict[str, Any] = {}
-        for row in issued:
-            comp = by_id[row["compensation_id"]]
-            decided[(comp["region"], comp["strategy_id"], Outcome.ISSUED.value, "active")] += 1
-            kinds[(comp["region"], comp["strategy_id"], comp["kind"])] += 1
-            amounts[(comp["region"], comp["currency"])] += row["issued_minor"]
-            hist = end_to_end.get(comp["region"])
-            if hist is None:
-                hist = end_to_end[comp["region"]] = metrics.END_TO_END.labels(comp["region"])
-            hist.observe(max(0.0, (now - comp["ticket_occurred_at"]).total_seconds()))
-        for labels, n in decided.items():
-            metrics.DECISIONS.labels(*labels).inc(n)
-        for kind_labels, n in kinds.items():
-            metrics.ISSUED.labels(*kind_labels).inc(n)
-        for amount_labels, minor in amounts.items():
-            metrics.ISSUED_AMOUNT.labels(*amount_labels).inc(minor)
-
-    @staticmethod
-    def _issue(comp: dict[str, Any], env: Envelope, answer: ev.BudgetReservationDecided, now: datetime
-               ) -> tuple[dict[str, Any], Record]:
-        assert answer.reserved_amount is not None
-        amount = Money(answer.reserved_amount.amount_minor, answer.reserved_amount.currency)
-        offered = [comp["requested_minor"], *comp["fallback_minor"]]
-        if amount.currency != comp["currency"] or amount.minor not in offered:
-            raise PermanentError(f"ledger reserved {amount} for {comp['reservation_id']}, which is not one of "
-                                 f"the offered amounts {offered} {comp['currency']}")
-        shares = [PartyShare(ev.PartyType(s["party"]), s["id"], s["percent"]) for s in comp["shares"]]
-        # Parts sum exactly to the amount (largest remainder); the parties were unique in the strategy.
-        liability = [(s.party.value, s.party_id, m.minor) for s, m in split_liability(amount, shares) if m.minor > 0]
-        voucher = comp["kind"] == ev.CompensationKind.VOUCHER.value
-        code = new_voucher_code() if voucher else None
-        min_spend = comp["min_spend_minor"]
-        issued = outgoing.compensation_issued(
-            compensation_id=comp["compensation_id"], reservation_id=comp["reservation_id"],
-            ticket_id=comp["ticket_id"], order_id=comp["order_id"], buyer_id=comp["buyer_id"],
-            strategy_id=comp["strategy_id"], strategy_version=comp["strategy_version"], reason=comp["reason"],
-            kind=comp["kind"], amount_minor=amount.minor, currency=amount.currency, liability=liability,
-            voucher_code=code, min_spend_minor=min_spend if voucher else None,
-            valid_until=comp["expires_at"] if voucher else None)
-        record = outgoing.compensation_issued_record(
-            issued, region=comp["region"], event_id=f"{comp['compensation_id']}.issued", occurred_at=now,
-            produced_at=now, correlation_id=comp["correlation_id"] or env.correlation_id,
-            causation_id=env.event_id, traceparent=env.traceparent)
-        degraded = amount.minor != comp["requested_minor"]
-        detail = f"issued {amount.format()}"
-        if degraded:
-            detail += f" (degraded from {Money(comp['requested_minor'], amount.currency).format()} by the budget)"
-        row = {"compensation_id": comp["compensation_id"], "ticket_id": comp["ticket_id"],
-               "issued_minor": amount.minor, "voucher_code": code, "budget_period": answer.budget_period,
-               "detail": detail}
-        return row, record
+        answers = [d.payload for d in events if isinstance(d.payload, ev.BudgetAllowanceDecided)]
+        if answers:
+            await settle_waiting(conn, self.rules, answers=answers)
 
 
-def count_expired(expired: Sequence[dict[str, Any]], by: str) -> None:
-    """Metrics and a log line for compensations that expired (``persistence.expire_pending`` rows)."""
-    if not expired:
-        return
-    decided: Counter[tuple[str, str]] = Counter()
-    for row in expired:
-        decided[(row["region"], row["strategy_id"])] += 1
-    for (region, strategy), n in decided.items():
-        metrics.DECISIONS.labels(region, strategy, Outcome.RESERVATION_EXPIRED.value, "active").inc(n)
-        metrics.RESERVATIONS_EXPIRED.labels(region, by).inc(n)
-    log.warning("budget reservations expired before an answer was applied; nothing issued",
-                extra={"count": len(expired), "by": by,
-                       "compensation_ids": [r["compensation_id"] for r in expired[:20]]})
+# ------------------------------------------------------------------ closing and the keeper
 
 
-class SagaTimeouts:
-    """The saga's sweeper. Expires pending compensations whose reservation expired (nothing issued, no more
-    re-sends; the ledger voids the unused reservation after that expiry plus its grace), then re-sends
-    reservation requests the ledger has not answered within the timeout (same reservation id, new event id:
-    the ledger answers a repeat from the reservation's current state, denied ``reservation_expired`` once
-    it voided the hold)."""
+async def close_partitions(engine: AsyncEngine, rules: Rules, partitions: Sequence[int], reason: str) -> int:
+    """Close the open allowances of these partitions (revoked, or the consumer stops) and report what each
+    spent. The next owner opens its own; tickets waiting in them wait for it (or for the keeper)."""
+    if not partitions:
+        return 0
+    async with engine.begin() as conn:
+        ids = await persistence.open_of_partitions(conn, partitions)
+        if not ids:
+            return 0
+        budget = await Budget(rules).lock(conn, ids=ids)
+        await budget.close(conn, list(budget.by_id.values()), reason)
+        await enqueue_records(conn, budget.records)
+        budget.count()
+    log.info("budget allowances closed", extra={"count": len(ids), "reason": reason, "partitions": list(partitions)})
+    return len(ids)
 
-    def __init__(self, engine: AsyncEngine, timeout_seconds: float, interval_seconds: float,
-                 batch: int = 500, on_enqueued: Any = None) -> None:
-        self.engine = engine
-        self.timeout = timeout_seconds
-        self.interval = interval_seconds
-        self.batch = batch
-        self.on_enqueued = on_enqueued
-        self.last_expired: list[dict[str, Any]] = []
-        self._task: asyncio.Task[None] | None = None
 
-    async def run_once(self) -> int:
-        """One pass; returns how many requests it re-sent (``last_expired`` holds what it expired)."""
+class AllowanceKeeper(PeriodicTask):
+    """Every replica, every AUTO_COMP_ALLOWANCE_CHECK_SECONDS: close allowances past their ``close_at``
+    (whoever owned them: a killed consumer's come back to the ledger this way), re-send requests the
+    ledger has not answered in time (same request, new event id), finish waiting tickets the handlers left
+    (a safety net), and refresh the waiting gauges. Rows a batch holds are skipped, never waited for."""
+
+    def __init__(self, engine: AsyncEngine, rules: Rules, *, interval: float, grant_timeout: float,
+                 on_enqueued: Any = None) -> None:
+        super().__init__("auto_comp-allowance-keeper", interval, self.run_once)
+        self.engine, self.rules, self.grant_timeout, self.on_enqueued = engine, rules, grant_timeout, on_enqueued
+
+    async def run_once(self) -> dict[str, int]:
+        done = {"closed": 0, "resent": 0, "issued": 0, "denied": 0, "waiting": 0}
         async with self.engine.begin() as conn:
-            self.last_expired = await persistence.expire_pending(conn, limit=self.batch)
-            rows = await persistence.claim_unanswered(conn, self.timeout, self.batch)
-            envelopes = []
-            for r in rows:
-                request = ev.BudgetReservationRequested.model_validate(r["request"])
-                envelopes.append(make_envelope(
-                    "budget.reservation_requested", request, source=SOURCE, region=r["region"],
-                    occurred_at=datetime.now(UTC), event_id=f"{r['reservation_id']}.{r['attempts']}",
-                    correlation_id=r["correlation_id"] or r["reservation_id"]))
-            await enqueue(conn, envelopes)
-            pending, oldest = await persistence.saga_backlog(conn)
-        metrics.SAGA_PENDING.set(pending)
-        metrics.SAGA_OLDEST.set(oldest)
-        count_expired(self.last_expired, "sweeper")
-        if envelopes:
-            metrics.SAGA_RESENDS.inc(len(envelopes))
-            log.warning("re-sent unanswered budget reservations", extra={"count": len(envelopes)})
-            if self.on_enqueued is not None:
-                self.on_enqueued()
-        return len(envelopes)
-
-    async def start(self) -> None:
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(self.interval)
-                try:
-                    await self.run_once()
-                except Exception:
-                    log.exception("saga timeout check failed; retrying next interval")
-
-        self._task = asyncio.create_task(loop(), name="auto_comp-saga-timeouts")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+            due = await persistence.due_to_close(conn)
+            if due:
+                budget = await Budget(self.rules).lock(conn, ids=due)
+                await budget.close(conn, [a for a in budget.by_id.values() if a.expired(budget.now)], None)
+                await enqueue_records(conn, budget.records)
+                budget.count()
+                done["closed"] = len(budget.returned)
+        async with self.engine.begin() as conn:
+            late = await persistence.unanswered(conn, self.grant_timeout)
+            if late:
+                now, rows = await persistence.lock_allowances(conn, ids=late)
+                records = []
+                for a in rows.values():
+                    if a.open and a.in_flight:
+                        a.request_attempts += 1
+                        a.requested_at = now
+                        a.request_now = True
+                        records.append(_request_record(a, now))
+                        metrics.ALLOWANCE_REQUESTS.labels(a.region, "resend").inc()
+                await persistence.save_allowances(conn, [a for a in rows.values() if a.request_now])
+                await enqueue_records(conn, records)
+                done["resent"] = len(records)
+                if records:
+                    log.warning("re-sent unanswered allowance requests", extra={"count": len(records)})
+        async with self.engine.begin() as conn:
+            queues = await persistence.waiting_queues(conn)
+            if queues:
+                done.update(await settle_waiting(conn, self.rules, queues))
+            waiting, oldest = await persistence.waiting_backlog(conn)
+        metrics.WAITING.set(waiting)
+        metrics.WAITING_OLDEST.set(oldest)
+        if any(done[k] for k in ("closed", "resent", "issued", "denied")) and self.on_enqueued is not None:
+            self.on_enqueued()
+        return done

@@ -8,8 +8,8 @@ _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300
 
 DECISIONS = Counter(
     "auto_comp_decisions_total", "Decisions of record by region, strategy and outcome ('none' when no "
-    "strategy applied); shadow strategies count under mode=shadow. A ticket waiting for the budget is "
-    "counted once the ledger answers.", ["region", "strategy", "outcome", "mode"])
+    "strategy applied); shadow strategies count under mode=shadow. A ticket waiting for a budget allowance "
+    "is counted once it is issued or denied.", ["region", "strategy", "outcome", "mode"])
 ISSUED_AMOUNT = Counter(
     "auto_comp_issued_amount_minor_total", "Amount issued, in minor units of the currency.",
     ["region", "currency"])
@@ -31,16 +31,21 @@ RELOAD_FAILED = Gauge(
     "auto_comp_strategy_reload_failed", "1 while the last strategy reload failed (the previous version stays "
     "active); alert on it.")
 RELOADS = Counter("auto_comp_strategy_reloads_total", "Strategy reloads by result.", ["result"])
-SAGA_RESENDS = Counter(
-    "auto_comp_saga_resends_total", "Budget reservation requests sent again after the saga timeout.")
-SAGA_PENDING = Gauge(
-    "auto_comp_saga_pending", "Compensations waiting for the ledger's budget answer.")
-SAGA_OLDEST = Gauge(
-    "auto_comp_saga_oldest_pending_seconds", "Age of the oldest compensation waiting for a budget answer.")
-RESERVATIONS_EXPIRED = Counter(
-    "auto_comp_reservations_expired_total", "Compensations whose budget reservation expired before an answer "
-    "was applied: nothing was issued and the ledger voids the reservation. by=sweeper: no answer in time; "
-    "by=late_answer: the ledger's answer arrived after the expiry.", ["region", "by"])
+ALLOWANCE_REQUESTS = Counter(
+    "auto_comp_allowance_requests_total", "Budget allowance requests sent to the ledger, by why: first (a new "
+    "allowance), ahead (low-water mark or half the lease gone), waiting (tickets wait for it), resend (not "
+    "answered in time).", ["region", "why"])
+ALLOWANCE_ANSWERS = Counter(
+    "auto_comp_allowance_answers_total", "The ledger's answers applied, by outcome and what limited the grant.",
+    ["region", "outcome", "limited_by"])
+ALLOWANCE_RETURNS = Counter(
+    "auto_comp_allowance_returns_total", "Allowances closed and returned to the ledger, by reason (expired, "
+    "period_end, revoked, shutdown).", ["region", "reason"])
+WAITING = Gauge(
+    "auto_comp_waiting_compensations", "Compensations waiting for a budget allowance (decision pending_budget).")
+WAITING_OLDEST = Gauge(
+    "auto_comp_waiting_oldest_seconds", "Age of the oldest compensation waiting for a budget allowance (alert: "
+    "the ledger does not answer).")
 BUYER_ORDERS = Counter(
     "auto_comp_buyer_orders_total", "Buyer orders stored for strategy returns (a re-delivered order is not "
     "counted again).", ["region"])

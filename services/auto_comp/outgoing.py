@@ -17,12 +17,13 @@ from typing import Any
 
 import orjson
 
-from shared.contracts.registry import LATEST
+from shared.contracts import events as ev
+from shared.contracts.registry import LATEST, make_envelope
+from shared.kafka.producer import record_for
 from shared.outbox import Record
 
 SOURCE = "auto_comp"
 
-_REQUESTED = LATEST["budget.reservation_requested"]
 _ISSUED = LATEST["compensation.issued"]
 
 
@@ -35,23 +36,11 @@ def money(minor: int, currency: str) -> dict[str, Any]:
     return {"amount_minor": minor, "currency": currency}
 
 
-def reservation_requested(*, reservation_id: str, compensation_id: str, ticket_id: str, buyer_id: str,
-                          strategy_id: str, strategy_version: int, kind: str, amount_minor: int, currency: str,
-                          fallback_minor: Sequence[int], pacing_allowance_percent: int | None,
-                          expires_at: datetime) -> dict[str, Any]:
-    """``BudgetReservationRequested(...).model_dump(mode="json")``, field for field."""
-    return {
-        "reservation_id": reservation_id, "compensation_id": compensation_id, "ticket_id": ticket_id,
-        "buyer_id": buyer_id, "strategy_id": strategy_id, "strategy_version": strategy_version, "kind": kind,
-        "amount": money(amount_minor, currency), "fallback_amounts": [money(m, currency) for m in fallback_minor],
-        "pacing_allowance_percent": pacing_allowance_percent, "expires_at": json_time(expires_at)}
-
-
 def compensation_issued(*, compensation_id: str, reservation_id: str, ticket_id: str, order_id: str,
                         buyer_id: str, strategy_id: str, strategy_version: int, reason: str, kind: str,
                         amount_minor: int, currency: str, liability: Sequence[tuple[str, str | None, int]],
-                        voucher_code: str | None, min_spend_minor: int | None, valid_until: datetime | None
-                        ) -> dict[str, Any]:
+                        voucher_code: str | None, min_spend_minor: int | None, valid_until: datetime | None,
+                        allowance_id: str | None) -> dict[str, Any]:
     """``CompensationIssued(...).model_dump(mode="json")``; liability is (party type, party id, minor)."""
     return {
         "compensation_id": compensation_id, "reservation_id": reservation_id, "ticket_id": ticket_id,
@@ -61,7 +50,8 @@ def compensation_issued(*, compensation_id: str, reservation_id: str, ticket_id:
         "liability": [{"party": {"type": t, "id": i}, "amount_minor": m} for t, i, m in liability],
         "voucher_code": voucher_code,
         "min_spend": money(min_spend_minor, currency) if min_spend_minor is not None else None,
-        "valid_until": json_time(valid_until) if valid_until is not None else None}
+        "valid_until": json_time(valid_until) if valid_until is not None else None,
+        "allowance_id": allowance_id}
 
 
 def _record(topic: str, event_type: str, version: int, payload: dict[str, Any], *, key: str, region: str,
@@ -81,12 +71,33 @@ def _record(topic: str, event_type: str, version: int, payload: dict[str, Any], 
     return topic, key.encode(), value, headers
 
 
-def reservation_requested_record(payload: dict[str, Any], **envelope: Any) -> Record:
-    """Keyed by buyer, like every buyer-scoped event."""
-    return _record(_REQUESTED.topic.value, _REQUESTED.event_type, _REQUESTED.version, payload,
-                   key=payload["buyer_id"], **envelope)
-
-
 def compensation_issued_record(payload: dict[str, Any], **envelope: Any) -> Record:
     return _record(_ISSUED.topic.value, _ISSUED.event_type, _ISSUED.version, payload,
                    key=payload["buyer_id"], **envelope)
+
+
+def allowance_requested_record(*, allowance_id: str, seq: int, attempt: int, region: str, period: str,
+                               pacing_percent: int, at_least_minor: int, wanted_minor: int, currency: str,
+                               owner: str, occurred_at: datetime) -> Record:
+    """A grant request (a few per second at most: the validated models are cheap enough here). Event id
+    ``<allowance>.<seq>.<attempt>``: a re-send is a new event, the same request for the ledger."""
+    payload = ev.BudgetAllowanceRequested(
+        allowance_id=allowance_id, request_seq=seq, budget_period=period, pacing_allowance_percent=pacing_percent,
+        at_least=ev.NonNegativeMoney(amount_minor=at_least_minor, currency=currency),
+        wanted=ev.PositiveMoney(amount_minor=wanted_minor, currency=currency), owner=owner)
+    return record_for(make_envelope("budget.allowance_requested", payload, source=SOURCE, region=region,
+                                    occurred_at=occurred_at, event_id=f"{allowance_id}.{seq}.{attempt}",
+                                    correlation_id=allowance_id))
+
+
+def allowance_returned_record(*, allowance_id: str, region: str, period: str, currency: str, spent_minor: int,
+                              spent_count: int, reason: str, closed_at: datetime) -> Record:
+    """The return of a closed allowance: exactly what was spent from it. One per allowance (event id
+    ``<allowance>.returned``), so a re-sent return is a duplicate the ledger drops."""
+    payload = ev.BudgetAllowanceReturned(
+        allowance_id=allowance_id, budget_period=period,
+        spent=ev.NonNegativeMoney(amount_minor=spent_minor, currency=currency), spent_count=spent_count,
+        reason=ev.AllowanceCloseReason(reason), closed_at=closed_at)
+    return record_for(make_envelope("budget.allowance_returned", payload, source=SOURCE, region=region,
+                                    occurred_at=closed_at, event_id=f"{allowance_id}.returned",
+                                    correlation_id=allowance_id))

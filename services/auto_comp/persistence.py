@@ -11,7 +11,9 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.auto_comp.domain.allowance import Allowance
 from services.auto_comp.domain.engine import Granted
+from shared.contracts.events import AllowanceLimit
 from shared.money import Money
 
 
@@ -86,7 +88,7 @@ async def taken_orders(conn: AsyncConnection, order_ids: Sequence[str]) -> set[t
 _DECISION_COLS = (
     "ticket_id text, region text, order_id text, buyer_id text, reason text, outcome text, failed_rule text, "
     "detail text, strategy_id text, strategy_version int, config_version text, scenario text, tier text, "
-    "currency text, proposed_minor bigint, compensation_id text, inputs jsonb, event_id text, "
+    "currency text, proposed_minor bigint, issued_minor bigint, compensation_id text, inputs jsonb, event_id text, "
     "ticket_occurred_at timestamptz")
 
 
@@ -114,73 +116,207 @@ async def insert_shadow_decisions(conn: AsyncConnection, rows: list[dict[str, An
 
 
 _COMP_COLS = (
-    "compensation_id text, reservation_id text, ticket_id text, strategy_id text, strategy_version int, "
-    "order_id text, scenario text, buyer_id text, region text, reason text, kind text, currency text, "
-    "status text, requested_minor bigint, fallback_minor bigint[], liability_rule text, shares jsonb, "
-    "min_spend_minor bigint, expires_at timestamptz, request jsonb, correlation_id text, "
-    "ticket_occurred_at timestamptz")
+    "compensation_id text, ticket_id text, strategy_id text, strategy_version int, order_id text, scenario text, "
+    "buyer_id text, region text, reason text, kind text, currency text, status text, requested_minor bigint, "
+    "fallback_minor bigint[], liability_rule text, shares jsonb, min_spend_minor bigint, expires_at timestamptz, "
+    "correlation_id text, ticket_occurred_at timestamptz, allowance_id text, partition int, pacing_percent smallint, "
+    "validity_days int, issued_minor bigint, voucher_code text, budget_period text, settled_at timestamptz")
 
 
 async def insert_compensations(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Issued ones (spent from an allowance in the decision's transaction) and pending ones (waiting for it)."""
     if rows:
         await conn.execute(text(
             f"INSERT INTO compensations ({_names(_COMP_COLS)}) SELECT {_names(_COMP_COLS)} "
             f"FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x({_COMP_COLS})"), {"rows": _json(rows)})
 
 
-# What applying an answer reads (not the stored request document, which only re-sends need).
-_PENDING_COLS = (
-    "compensation_id, reservation_id, ticket_id, strategy_id, strategy_version, order_id, scenario, buyer_id, "
-    "region, reason, kind, currency, status, requested_minor, fallback_minor, liability_rule, shares, "
-    "min_spend_minor, expires_at, correlation_id, attempts, ticket_occurred_at")
+# ------------------------------------------------------------------ allowances (ADR 0008)
+
+_ALLOWANCE_COLS = (
+    "allowance_id, region, period, partition, pacing_percent, currency, owner, close_at, status, granted_minor, "
+    "spent_minor, spent_count, expires_at, request_seq, answered_seq, requested_at, request_attempts, "
+    "request_at_least_minor, request_wanted_minor, limited_by, retry_after, detail, last_grant_minor, "
+    "last_granted_at, spent_at_last_grant_minor")
+
+Key = tuple[str, str, int, int]  # region, period, partition, pacing percent
 
 
-async def lock_pending(conn: AsyncConnection, reservation_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """The still-pending compensations of these reservations, locked (an answer already applied is gone).
+def _allowance(r: Any) -> Allowance:
+    return Allowance(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8] == "open", r[9], r[10], r[11], r[12], r[13],
+                     r[14], r[15], r[16], r[17], r[18], AllowanceLimit(r[19]) if r[19] else None, r[20], r[21],
+                     r[22], r[23], r[24], waiting=bool(r[25]))
 
-    ``expired`` says the reservation's expiry has passed (the database's clock, the one the sweeper uses):
-    such a compensation may no longer be issued, whatever the answer."""
-    if not reservation_ids:
-        return {}
+
+async def lock_allowances(conn: AsyncConnection, *, keys: Iterable[Key] = (), ids: Iterable[str] = ()
+                          ) -> tuple[datetime, dict[str, Allowance]]:
+    """The database's clock, and the open allowances of ``keys`` plus those named by ``ids`` (open or not),
+    locked in id order (the one lock order of every writer: after the buyers', before compensations').
+
+    ``waiting``: tickets of the allowance's key (region, partition, pacing) are pending."""
+    key_list, id_list = sorted(set(keys)), sorted(set(ids))
+    result = await conn.execute(text(
+        f"SELECT {_ALLOWANCE_COLS}, EXISTS (SELECT 1 FROM compensations c WHERE c.status = 'pending' "
+        "AND c.region = a.region AND c.partition = a.partition AND c.pacing_percent = a.pacing_percent), now() "
+        "FROM allowances a WHERE a.allowance_id = ANY(CAST(:ids AS text[])) OR (a.status = 'open' AND "
+        "(a.region, a.period, a.partition, a.pacing_percent) IN (SELECT * FROM unnest(CAST(:r AS text[]), "
+        "CAST(:p AS text[]), CAST(:n AS int[]), CAST(:c AS smallint[])))) ORDER BY a.allowance_id FOR UPDATE OF a"),
+        {"ids": id_list, "r": [k[0] for k in key_list], "p": [k[1] for k in key_list],
+         "n": [k[2] for k in key_list], "c": [k[3] for k in key_list]})
+    rows = result.all()
+    now = rows[0][-1] if rows else (await conn.execute(text("SELECT now()"))).scalar_one()
+    return now, {r[0]: _allowance(r) for r in rows}
+
+
+async def open_allowances(conn: AsyncConnection, new: Sequence[Allowance]) -> list[str]:
+    """Insert new open allowances; returns the ids inserted (none for a key another transaction opened
+    meanwhile: the caller locks again and uses that one)."""
+    if not new:
+        return []
+    result = await conn.execute(text(
+        "INSERT INTO allowances (allowance_id, region, period, partition, pacing_percent, currency, owner, status, "
+        "close_at) SELECT i, r, p, n, c, cur, o, 'open', at FROM unnest(CAST(:i AS text[]), CAST(:r AS text[]), "
+        "CAST(:p AS text[]), CAST(:n AS int[]), CAST(:c AS smallint[]), CAST(:cur AS text[]), CAST(:o AS text[]), "
+        "CAST(:at AS timestamptz[])) AS x(i, r, p, n, c, cur, o, at) ORDER BY i "
+        "ON CONFLICT (region, period, partition, pacing_percent) WHERE status = 'open' DO NOTHING "
+        "RETURNING allowance_id"),
+        {"i": [a.allowance_id for a in new], "r": [a.region for a in new], "p": [a.period for a in new],
+         "n": [a.partition for a in new], "c": [a.pacing_percent for a in new], "cur": [a.currency for a in new],
+         "o": [a.owner for a in new], "at": [a.close_at for a in new]})
+    return list(result.scalars())
+
+
+async def save_allowances(conn: AsyncConnection, allowances: Iterable[Allowance]) -> None:
+    """What a batch did to its (locked) allowances: spends added, requests sent, answers applied.
+
+    The spend is the conditional update of ADR 0008: it only applies to an open allowance whose grant
+    covers it and whose ``close_at`` is still ahead; the caller decided under the row lock, so a refusal
+    means a bug, and the whole transaction (decisions, vouchers, events) is rolled back."""
+    rows = [a for a in allowances if a.spent_now or a.request_now or a.answered_now]
+    if not rows:
+        return
+    params = {
+        "i": [a.allowance_id for a in rows], "d": [a.spent_now for a in rows], "n": [a.count_now for a in rows],
+        "g": [a.granted for a in rows], "ca": [a.close_at for a in rows], "ex": [a.expires_at for a in rows],
+        "rs": [a.request_seq for a in rows], "as": [a.answered_seq for a in rows],
+        "ra": [a.requested_at for a in rows], "rn": [a.request_attempts for a in rows],
+        "al": [a.request_at_least for a in rows], "w": [a.request_wanted for a in rows],
+        "lb": [a.limited_by.value if a.limited_by else None for a in rows], "rt": [a.retry_after for a in rows],
+        "dt": [a.detail for a in rows], "lg": [a.last_grant for a in rows], "lga": [a.last_granted_at for a in rows],
+        "sl": [a.spent_at_last_grant for a in rows]}
+    result = await conn.execute(text(
+        "UPDATE allowances a SET spent_minor = a.spent_minor + u.d, spent_count = a.spent_count + u.n, "
+        "granted_minor = u.g, close_at = u.ca, expires_at = u.ex, request_seq = u.rs, answered_seq = u.ans, "
+        "requested_at = u.ra, request_attempts = u.rn, request_at_least_minor = u.al, request_wanted_minor = u.w, "
+        "limited_by = u.lb, retry_after = u.rt, detail = u.dt, last_grant_minor = u.lg, last_granted_at = u.lga, "
+        "spent_at_last_grant_minor = u.sl FROM unnest(CAST(:i AS text[]), CAST(:d AS bigint[]), CAST(:n AS int[]), "
+        "CAST(:g AS bigint[]), CAST(:ca AS timestamptz[]), CAST(:ex AS timestamptz[]), CAST(:rs AS int[]), "
+        "CAST(:as AS int[]), CAST(:ra AS timestamptz[]), CAST(:rn AS int[]), CAST(:al AS bigint[]), "
+        "CAST(:w AS bigint[]), CAST(:lb AS text[]), CAST(:rt AS timestamptz[]), CAST(:dt AS text[]), "
+        "CAST(:lg AS bigint[]), CAST(:lga AS timestamptz[]), CAST(:sl AS bigint[])) "
+        "AS u(i, d, n, g, ca, ex, rs, ans, ra, rn, al, w, lb, rt, dt, lg, lga, sl) "
+        "WHERE a.allowance_id = u.i AND a.status = 'open' AND u.g >= a.granted_minor "
+        "AND a.spent_minor + u.d <= u.g AND (u.d = 0 OR u.ca > now()) RETURNING a.allowance_id"), params)
+    done = set(result.scalars())
+    refused = [a.allowance_id for a in rows if a.allowance_id not in done]
+    if refused:
+        raise RuntimeError(f"allowance(s) {', '.join(refused)} refused this batch's spend or update (closed, "
+                           f"expired or not covering it): nothing of the batch is written")
+
+
+async def close_allowances(conn: AsyncConnection, ids: Sequence[str], reasons: Sequence[str]
+                           ) -> list[dict[str, Any]]:
+    """Close open allowances: no spend is possible after this (the spend's condition is ``status = 'open'``).
+    Returns what each return event reports: exactly what was spent from it."""
+    if not ids:
+        return []
+    result = await conn.execute(text(
+        "UPDATE allowances a SET status = 'closed', closed_at = now(), close_reason = x.why FROM unnest("
+        "CAST(:i AS text[]), CAST(:w AS text[])) AS x(i, why) WHERE a.allowance_id = x.i AND a.status = 'open' "
+        "RETURNING a.allowance_id, a.region, a.period, a.currency, a.spent_minor, a.spent_count, a.closed_at, "
+        "a.close_reason, a.request_seq"), {"i": list(ids), "w": list(reasons)})
+    return [dict(r) for r in result.mappings()]
+
+
+async def due_to_close(conn: AsyncConnection, limit: int = 500) -> list[str]:
+    """Open allowances past ``close_at`` (expiry less the margin, or the period's end), whoever owned them:
+    skips rows a batch holds (that batch closes them itself if it needs the key)."""
     rows = await conn.execute(text(
-        f"SELECT {_PENDING_COLS}, expires_at <= now() AS expired FROM compensations "
-        "WHERE reservation_id = ANY(CAST(:ids AS text[])) "
-        "AND status = 'pending' ORDER BY reservation_id FOR UPDATE"), {"ids": sorted(set(reservation_ids))})
-    # Keys zipped onto plain tuples: a RowMapping recomputes its keys for each row (about 4% of the
-    # service's CPU under load, for this one statement).
-    keys = tuple(rows.keys())
-    at = keys.index("reservation_id")
-    return {r[at]: dict(zip(keys, r, strict=True)) for r in rows}
+        "SELECT allowance_id FROM allowances WHERE status = 'open' AND close_at <= now() ORDER BY allowance_id "
+        "LIMIT :n FOR UPDATE SKIP LOCKED"), {"n": limit})
+    return list(rows.scalars())
 
 
-# Every transition out of 'pending' below is conditional on the row still being pending (and, for an
-# issue, on its reservation not having expired), in the statement that makes it: whichever of issue,
-# denial and expiry reaches a compensation first wins, and the others change nothing and learn so from
-# what the statement returns. The row locks of ``lock_pending`` make the answer path wait less, but
-# correctness does not depend on a caller having taken them.
-#
-# The answer paths find their rows by primary key. ``status IS NOT DISTINCT FROM 'pending'`` (status is NOT
-# NULL: the same test as ``=``) keeps the partial indexes on pending rows out of reach: with statistics
-# taken before the pending backlog grew, the planner read every pending compensation through one of them
-# and hashed it, once per batch of answers.
+async def open_of_partitions(conn: AsyncConnection, partitions: Sequence[int]) -> list[str]:
+    if not partitions:
+        return []
+    rows = await conn.execute(text(
+        "SELECT allowance_id FROM allowances WHERE status = 'open' AND partition = ANY(CAST(:p AS int[])) "
+        "ORDER BY allowance_id FOR UPDATE"), {"p": list(partitions)})
+    return list(rows.scalars())
+
+
+async def unanswered(conn: AsyncConnection, older_than_seconds: float, limit: int = 500) -> list[str]:
+    """Open allowances whose request has waited longer than the timeout (skipping rows a batch holds)."""
+    rows = await conn.execute(text(
+        "SELECT allowance_id FROM allowances WHERE status = 'open' AND request_seq > answered_seq "
+        "AND requested_at < now() - make_interval(secs => :s) ORDER BY allowance_id LIMIT :n "
+        "FOR UPDATE SKIP LOCKED"), {"s": older_than_seconds, "n": limit})
+    return list(rows.scalars())
+
+
+async def waiting_queues(conn: AsyncConnection, limit: int = 200) -> list[tuple[str, int, int]]:
+    """(region, partition, pacing percent) of every queue of waiting tickets."""
+    rows = await conn.execute(text(
+        "SELECT DISTINCT region, partition, pacing_percent FROM compensations WHERE status = 'pending' "
+        "ORDER BY 1, 2, 3 LIMIT :n"), {"n": limit})
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+_QUEUE_COLS = (
+    "compensation_id, ticket_id, strategy_id, strategy_version, order_id, scenario, buyer_id, region, reason, kind, "
+    "currency, requested_minor, fallback_minor, shares, min_spend_minor, expires_at, validity_days, correlation_id, "
+    "ticket_occurred_at, partition, pacing_percent")
+
+
+async def lock_waiting(conn: AsyncConnection, queues: Iterable[tuple[str, int, int]], *, limit: int = 2_000
+                       ) -> list[dict[str, Any]]:
+    """Waiting compensations of these queues, oldest ticket first, locked (skipping any another transaction
+    settles now)."""
+    q = sorted(set(queues))
+    if not q:
+        return []
+    result = await conn.execute(text(
+        f"SELECT {_QUEUE_COLS} FROM compensations c WHERE c.status = 'pending' AND (c.region, c.partition, "
+        "c.pacing_percent) IN (SELECT * FROM unnest(CAST(:r AS text[]), CAST(:n AS int[]), CAST(:c AS smallint[]))) "
+        "ORDER BY c.ticket_occurred_at, c.ticket_id LIMIT :lim FOR UPDATE SKIP LOCKED"),
+        {"r": [x[0] for x in q], "n": [x[1] for x in q], "c": [x[2] for x in q], "lim": limit})
+    keys = tuple(result.keys())
+    return [dict(zip(keys, r, strict=True)) for r in result]
+
+
+async def waiting_backlog(conn: AsyncConnection) -> tuple[int, float]:
+    row = (await conn.execute(text(
+        "SELECT count(*), coalesce(extract(epoch FROM now() - min(requested_at)), 0) FROM compensations "
+        "WHERE status = 'pending'"))).one()
+    return int(row[0]), float(row[1])
 
 
 async def mark_issued(conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[str]:
-    """rows: compensation_id, ticket_id, issued_minor, voucher_code, budget_period, detail.
-
-    Returns the compensation ids this call issued: still pending and before their expiry. The caller
-    publishes ``compensation.issued`` for those only."""
+    """Waiting compensations issued now. rows: compensation_id, ticket_id, issued_minor, voucher_code,
+    budget_period, allowance_id, valid_until, detail. Returns those still pending, which this call issued."""
     if not rows:
         return set()
-    cols = ("compensation_id text, ticket_id text, issued_minor bigint, voucher_code text, "
-            "budget_period text, detail text")
+    cols = ("compensation_id text, ticket_id text, issued_minor bigint, voucher_code text, budget_period text, "
+            "allowance_id text, valid_until timestamptz, detail text")
     # Both tables in one statement: one round trip and one parse of the batch.
     result = await conn.execute(text(
         f"WITH x AS MATERIALIZED (SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x({cols})), "
         f"c AS (UPDATE compensations c SET status = 'issued', issued_minor = x.issued_minor, "
-        f"voucher_code = x.voucher_code, budget_period = x.budget_period, settled_at = now() "
+        f"voucher_code = x.voucher_code, budget_period = x.budget_period, allowance_id = x.allowance_id, "
+        f"expires_at = x.valid_until, settled_at = now() "
         f"FROM x WHERE c.compensation_id = x.compensation_id AND c.status IS NOT DISTINCT FROM 'pending' "
-        f"AND c.expires_at > now() RETURNING c.compensation_id), "
+        f"RETURNING c.compensation_id), "
         f"d AS (UPDATE decisions d SET outcome = 'issued', issued_minor = x.issued_minor, detail = x.detail, "
         f"failed_rule = NULL, updated_at = now() FROM x JOIN c ON c.compensation_id = x.compensation_id "
         f"WHERE d.ticket_id = x.ticket_id AND d.compensation_id = x.compensation_id) "
@@ -208,63 +344,14 @@ async def mark_denied(conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[
     return set(result.scalars())
 
 
-async def expire_pending(conn: AsyncConnection, *, compensation_ids: Sequence[str] | None = None,
-                         limit: int = 500) -> list[dict[str, Any]]:
-    """Pending compensations whose reservation has expired become ``expired`` (decision
-    ``reservation_expired``); returns those this call expired (compensation_id, ticket_id, region,
-    strategy_id, reservation_id, expires_at).
-
-    ``compensation_ids`` limits it to those (an answer that arrived too late); without it, it is the
-    sweeper's pass over the oldest due ones. Rows another transaction holds (an answer being applied) are
-    skipped: that transaction settles them, and if it does not, the next pass does."""
-    result = await conn.execute(text(
-        "WITH due AS (SELECT compensation_id FROM compensations WHERE status = 'pending' AND expires_at <= now() "
-        "AND (CAST(:ids AS text[]) IS NULL OR compensation_id = ANY(CAST(:ids AS text[]))) "
-        "ORDER BY expires_at LIMIT :n FOR UPDATE SKIP LOCKED), "
-        "c AS (UPDATE compensations c SET status = 'expired', settled_at = now() FROM due "
-        "WHERE c.compensation_id = due.compensation_id AND c.status = 'pending' AND c.expires_at <= now() "
-        "RETURNING c.compensation_id, c.ticket_id, c.region, c.strategy_id, c.reservation_id, c.expires_at), "
-        "d AS (UPDATE decisions d SET outcome = 'reservation_expired', failed_rule = 'budget', "
-        "detail = 'no budget answer before the reservation expired at ' "
-        "|| to_char(c.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "
-        "|| '; nothing issued', updated_at = now() FROM c "
-        "WHERE d.ticket_id = c.ticket_id AND d.compensation_id = c.compensation_id) "
-        "SELECT * FROM c ORDER BY expires_at, compensation_id"),
-        {"ids": None if compensation_ids is None else sorted(set(compensation_ids)),
-         "n": limit if compensation_ids is None else max(1, len(set(compensation_ids)))})
-    return [dict(r) for r in result.mappings()]
-
-
-async def claim_unanswered(conn: AsyncConnection, older_than_seconds: float, limit: int) -> list[dict[str, Any]]:
-    """Pending reservations not answered in time, locked so two replicas never re-send the same one at once;
-    their clock restarts and their attempt count goes up in the same statement. An expired reservation is
-    never re-sent (the sweeper settles it)."""
-    rows = await conn.execute(text(
-        "WITH due AS (SELECT compensation_id FROM compensations WHERE status = 'pending' "
-        "AND last_sent_at < now() - make_interval(secs => :age) AND expires_at > now() "
-        "ORDER BY last_sent_at LIMIT :n FOR UPDATE SKIP LOCKED) "
-        "UPDATE compensations c SET attempts = c.attempts + 1, last_sent_at = now() FROM due "
-        "WHERE c.compensation_id = due.compensation_id AND c.status = 'pending' "
-        "RETURNING c.compensation_id, c.reservation_id, c.region, c.request, c.attempts, c.correlation_id"),
-        {"age": older_than_seconds, "n": limit})
-    return [dict(r) for r in rows.mappings()]
-
-
-async def saga_backlog(conn: AsyncConnection) -> tuple[int, float]:
-    row = (await conn.execute(text(
-        "SELECT count(*), coalesce(extract(epoch FROM now() - min(requested_at)), 0) FROM compensations "
-        "WHERE status = 'pending'"))).one()
-    return int(row[0]), float(row[1])
-
-
 # ------------------------------------------------------------------ reads for the API
 
 
 async def get_decision(conn: AsyncConnection, ticket_id: str) -> dict[str, Any] | None:
     row = (await conn.execute(text(
         "SELECT d.*, c.status AS compensation_status, c.kind, c.voucher_code, c.expires_at AS valid_until, "
-        "c.min_spend_minor, c.shares, c.liability_rule, c.reservation_id, c.denial_reason, c.budget_period, "
-        "c.attempts AS reservation_attempts FROM decisions d LEFT JOIN compensations c "
+        "c.min_spend_minor, c.shares, c.liability_rule, c.reservation_id, c.allowance_id, c.denial_reason, "
+        "c.budget_period FROM decisions d LEFT JOIN compensations c "
         "ON c.compensation_id = d.compensation_id WHERE d.ticket_id = :t"), {"t": ticket_id})).mappings().first()
     if row is None:
         return None

@@ -19,7 +19,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 
 async def _budgets_set(args: argparse.Namespace) -> int:
     from services.ledger import queries
-    from services.ledger.domain.periods import InvalidPeriod, validate_period
+    from shared.periods import InvalidPeriod, validate_period
     from shared.regions import UnknownRegion, region
 
     settings = Settings()

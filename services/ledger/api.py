@@ -16,10 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.ledger import queries
 from services.ledger.domain import journal
 from services.ledger.domain.budget import BudgetState
-from services.ledger.domain.periods import InvalidPeriod, period_bounds, validate_period
 from shared.auth import Authenticator, Principal
 from shared.http import Problem
 from shared.money import Money
+from shared.periods import InvalidPeriod, period_bounds, validate_period
 from shared.regions import Region, UnknownRegion, catalogue
 
 BUDGET_WRITERS = ("finance", "ops_admin")
@@ -63,7 +63,8 @@ def _usage(budget: BudgetState, start: datetime, end: datetime) -> dict[str, Any
     return {
         "region": budget.region, "period": budget.period, "currency": budget.currency,
         "period_start": start, "period_end": end,
-        "limit_minor": limit, "reserved_minor": budget.reserved, "posted_auto_minor": budget.posted_auto,
+        "limit_minor": limit, "allotted_minor": budget.allotted, "reserved_minor": budget.reserved,
+        "posted_auto_minor": budget.posted_auto,
         "posted_manual_minor": budget.posted_manual, "posted_minor": budget.posted_auto + budget.posted_manual,
         "used_minor": budget.used, "remaining_minor": None if limit is None else limit - budget.used,
         "percent_used": percent, "released_minor": budget.released, "breakage_minor": budget.breakage,
@@ -115,6 +116,16 @@ def build_router(engine: AsyncEngine, auth: Authenticator, granularity: str) -> 
         out["overruns"] = overruns
         out["changes"] = [c.__dict__ for c in changes]
         return out
+
+    @router.get("/budgets/{region}/{period}/allowances",
+                summary="Budget allowances of a period: granted, charged, released, reported spent (ADR 0008)")
+    async def get_allowances(region: str, period: str, principal: Principal = Depends(auth),
+                             status: Annotated[Literal["open", "all"], Query()] = "all") -> dict[str, Any]:
+        r = reader(principal, region)
+        _period(period, granularity, r)
+        async with engine.connect() as conn:
+            found = await queries.allowances(conn, r.code, period, open_only=status == "open")
+        return {"region": r.code, "period": period, "currency": r.currency, "allowances": found}
 
     @router.get("/accounts/{account_key}/balance", summary="Balance of one account in a region")
     async def balance(account_key: str, region: Annotated[str, Query(pattern=r"^[A-Z]{2,3}$")],

@@ -64,28 +64,39 @@ class Housekeeper(PeriodicTask):
         async with self.ctx.engine.connect() as conn:
             rows = (await conn.execute(text(
                 "SELECT region, period, limit_minor, reserved_minor, posted_auto_minor, posted_manual_minor, "
-                "breakage_minor FROM budgets WHERE updated_at > now() - interval '62 days'"))).all()
+                "breakage_minor, allotted_minor FROM budgets WHERE updated_at > now() - interval '62 days'"))).all()
             parked = (await conn.execute(text("SELECT count(*) FROM parked_events"))).scalar_one()
+            # Open past their expiry plus the overdue margin: auto_comp (any replica) should have returned them.
+            overdue = (await conn.execute(text(
+                "SELECT region, count(*) FROM allowances WHERE status = 'open' "
+                "AND expires_at + make_interval(secs => :s) < now() GROUP BY region"),
+                {"s": self.settings.allowance_overdue_seconds})).all()
         metrics.PARKED_NOW.set(parked)
-        for region, period, limit, reserved, auto, manual, breakage in rows:
+        for region, period, limit, reserved, auto, manual, breakage, allotted in rows:
             metrics.BUDGET_LIMIT.labels(region, period).set(limit or 0)
             metrics.BUDGET_RESERVED.labels(region, period).set(reserved)
+            metrics.BUDGET_ALLOTTED.labels(region, period).set(allotted)
             metrics.BUDGET_POSTED.labels(region, period, "auto").set(auto)
             metrics.BUDGET_POSTED.labels(region, period, "manual").set(manual)
             metrics.BUDGET_BREAKAGE.labels(region, period).set(breakage)
             if limit:
                 # a gauge ratio for dashboards only; money itself never leaves integer minor units
-                metrics.BUDGET_USED_RATIO.labels(region, period).set((reserved + auto + manual) / limit)
+                metrics.BUDGET_USED_RATIO.labels(region, period).set((allotted + reserved + auto + manual) / limit)
+            metrics.ALLOWANCES_OVERDUE.labels(region).set(0)
+        for region, count in overdue:
+            metrics.ALLOWANCES_OVERDUE.labels(region).set(count)
 
 
 def consumer_groups(settings: Settings) -> dict[str, list[str]]:
     """Consumer group -> topics of a ledger process.
 
-    Two groups: budget requests (latency-sensitive, they lock their budget rows for the batch) never wait
-    behind a batch of charges, and charge batches never hold a budget lock for long (ADR 0005).
+    Two groups: allowance requests and returns (latency-sensitive, they lock their budget rows for the
+    batch; with the retired per-voucher requests, still drained) never wait behind a batch of charges, and
+    charge batches never hold a budget lock for long (ADR 0005, 0008).
     """
-    return {f"{settings.consumer_group}-budget": [Topic.BUDGET_REQUESTS.value],
-            books_group(settings): [t for t in CONSUMES if t != Topic.BUDGET_REQUESTS.value]}
+    budget = [Topic.BUDGET_ALLOWANCES.value, Topic.BUDGET_REQUESTS.value]
+    return {f"{settings.consumer_group}-budget": budget,
+            books_group(settings): [t for t in CONSUMES if t not in budget]}
 
 
 def books_group(settings: Settings) -> str:

@@ -6,13 +6,16 @@ parallel consumers and the housekeeper never deadlock (ADR 0005):
 1. per-compensation advisory locks, sorted (``persistence.lock_compensations``); a compensation's own
    rows (reservation, compensation, its journal keys) are only written under its lock, so where they are
    written in the transaction does not matter;
-2. budget rows, sorted (``persistence.lock_budgets``): up front in locked mode (request batches, sweeper,
-   retries), at the end in delta mode (charge batches);
-3. balance stripes, sorted, always the last statement of the writer (``persistence.save_balances``).
+2. budget rows, sorted (``persistence.lock_budgets``): up front in locked mode (request, allowance request
+   and return batches, sweeper, retries), at the end in delta mode (charge batches);
+3. allowance rows, sorted: right after the budget rows in locked mode, and in delta mode by the guarded
+   update that adds a batch's charges to them (``persistence.add_allowance_charges``), after the budget rows;
+4. balance stripes, sorted, always the last statement of the writer (``persistence.save_balances``).
 
 Budget rows before stripes, whichever the mode: a delta batch that upserted its stripes and then waited
 for the budget row deadlocked with a retry or sweep that held the budget row and waited for the stripe.
-``write_books`` is the one place that takes 2 (in delta mode) and 3, so no path can reorder them.
+``write_books`` is the one place that takes 2 (in delta mode), 3 (in delta mode) and 4, so no path can
+reorder them.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.ledger import metrics, persistence
 from services.ledger.config import Settings
 from services.ledger.domain import journal
+from services.ledger.domain.allowance import GrantPolicy
 from services.ledger.domain.book import Book, Rejected
 from shared.contracts import events as ev
 from shared.contracts.registry import make_envelope
@@ -54,8 +58,8 @@ async def apply_batch(conn: AsyncConnection, events: Sequence[Delivered], settin
                       now: datetime | None = None, group: str | None = None) -> Book:
     now = now or datetime.now(UTC)
     group = group or settings.consumer_group
-    requests = [d for d in events if isinstance(d.payload, ev.BudgetReservationRequested)]
-    others = [d for d in events if not isinstance(d.payload, ev.BudgetReservationRequested)]
+    requests = [d for d in events if isinstance(d.payload, _LOCKED)]
+    others = [d for d in events if not isinstance(d.payload, _LOCKED)]
     cids = {d.payload.compensation_id for d in others}  # type: ignore[attr-defined]
     await persistence.lock_compensations(conn, cids)
     comps = await persistence.load_compensations(conn, cids)
@@ -67,6 +71,8 @@ async def apply_batch(conn: AsyncConnection, events: Sequence[Delivered], settin
             if isinstance(d.payload, ev.BudgetReservationRequested | ev.CompensationIssued)}
     rids |= {c.reservation_id for c in comps.values() if c.reservation_id}
     holds = await persistence.load_holds(conn, rids)
+    allowance_ids = {d.payload.allowance_id for d in events  # type: ignore[union-attr]
+                     if isinstance(d.payload, _ALLOWANCE_EVENTS) and d.payload.allowance_id}
 
     # A batch with budget requests locks its budget rows up front and decides in memory under that one
     # lock. A batch without (charges, redemptions, expiries, corrections) only moves budget counters in
@@ -75,13 +81,26 @@ async def apply_batch(conn: AsyncConnection, events: Sequence[Delivered], settin
     deltas = not requests
     book = Book(now=now, granularity=settings.budget_period, park=settings.park_seconds > 0, deltas=deltas,
                 grace=timedelta(seconds=settings.voucher_grace_seconds), holds=holds, compensations=comps,
-                parked=parked, corrections=corrections)
-    if not deltas:
-        keys = {book.budget_key_for(d.envelope) for d in requests}
+                parked=parked, corrections=corrections, policy=grant_policy(settings))
+    if deltas:
+        # Read, not locked: charges are added to them under the row lock at the very end (write_books).
+        book.allowances.update(await persistence.load_allowances(conn, allowance_ids, lock=False))
+    else:
+        keys = {book.budget_key_for(d.envelope) for d in requests
+                if isinstance(d.payload, ev.BudgetReservationRequested)}
+        keys |= {(d.envelope.region, d.payload.budget_period) for d in requests  # type: ignore[union-attr]
+                 if isinstance(d.payload, ev.BudgetAllowanceRequested | ev.BudgetAllowanceReturned)}
         keys |= {book.budget_key_for(d.envelope) for d in others
                  if isinstance(d.payload, ev.ManualCompensationIssued)}
         keys |= {(h.region, h.period) for h in holds.values()}
+        # Allowances read first, only to learn their budgets; then budgets, then allowances, locked in order.
+        known = await persistence.load_allowances(conn, allowance_ids, lock=False)
+        keys |= {(a.region, a.period) for a in known.values()}
         book.budgets.update(await persistence.lock_budgets(conn, keys))
+        book.allowances.update(await persistence.load_allowances(
+            conn, allowance_ids, lock=True,
+            answers_for=[(d.payload.allowance_id, d.payload.request_seq) for d in requests
+                         if isinstance(d.payload, ev.BudgetAllowanceRequested)]))
 
     for d in events:
         try:
@@ -107,11 +126,30 @@ async def write_books(conn: AsyncConnection, book: Book, *, stripe: int, consume
     if book.deltas and book.budget_steps:
         book.replay(await persistence.lock_budgets(conn, {step.key for step in book.budget_steps}))
     await persistence.save_budget_effects(conn, book)
+    if book.deltas:
+        await persistence.add_allowance_charges(conn, book)
     await persistence.save_balances(conn, balances, stripe)
+
+
+# Events decided on locked budget rows (locked mode): per-voucher requests (retired, still drained) and
+# allowance requests and returns. Everything else only moves budget counters in safe directions (deltas).
+_LOCKED = (ev.BudgetReservationRequested, ev.BudgetAllowanceRequested, ev.BudgetAllowanceReturned)
+_ALLOWANCE_EVENTS = (ev.BudgetAllowanceRequested, ev.BudgetAllowanceReturned, ev.CompensationIssued)
+
+
+def grant_policy(settings: Settings) -> GrantPolicy:
+    return GrantPolicy(lease=timedelta(seconds=settings.allowance_lease_seconds),
+                       share_percent=settings.allowance_share_percent,
+                       period_end_percent=settings.allowance_period_end_percent,
+                       retry=timedelta(seconds=settings.allowance_retry_seconds),
+                       min_lease=timedelta(seconds=settings.allowance_min_seconds))
 
 
 def _outgoing(book: Book) -> list:  # type: ignore[type-arg]
     out = []
+    for cause, answer in book.out.allowance_answers:
+        out.append(make_envelope("budget.allowance_decided", answer, source=SOURCE, occurred_at=book.now,
+                                 **cause.caused()))
     for cause, decision in book.out.decisions:
         out.append(make_envelope("budget.reservation_decided", decision, source=SOURCE, occurred_at=book.now,
                                  **cause.caused()))
@@ -158,6 +196,17 @@ def _count(book: Book) -> None:
     for cause, d in book.out.decisions:
         reason = d.denial_reason.value if d.denial_reason else ""
         metrics.DECISIONS.labels(cause.region, d.outcome.value, reason).inc()
+    for cause, a in book.out.allowance_answers:
+        metrics.ALLOWANCE_ANSWERS.labels(cause.region, a.outcome.value,
+                                         a.limited_by.value if a.limited_by else "").inc()
+    for _, _, _, a in book.out.new_grants:
+        if a.granted.amount_minor:
+            metrics.ALLOWANCE_GRANTED.labels(book.allowances[a.allowance_id].region,
+                                             a.granted.currency).inc(a.granted.amount_minor)
+    for returned in book.out.returned:
+        metrics.ALLOWANCE_RETURNS.labels(returned.region, returned.return_reason or "").inc()
+        if returned.released:
+            metrics.ALLOWANCE_RELEASED.labels(returned.region, returned.currency).inc(returned.released)
     for alert in book.out.alerts:
         if alert.event_type == "budget.exceeded":
             metrics.BUDGET_EXCEEDED.labels(alert.cause.region).inc()

@@ -17,17 +17,37 @@ CHECKS: dict[str, str] = {
                 OR bool_or(e.amount_minor IS NULL)
                 OR EXISTS (SELECT 1 FROM journal_entries x WHERE x.tx_id = t.tx_id
                            GROUP BY x.currency HAVING sum(x.amount_minor) <> 0)) v""",
-    # reserved + posted automatic spend within every budget
+    # automatic spend (reserved + posted) + outstanding allowances within every budget (ADR 0008); manual
+    # compensations, always charged, only shrink what later grants may give
     "budget_overspent": """
         SELECT count(*) FROM budgets WHERE limit_minor IS NOT NULL
-            AND reserved_minor + posted_auto_minor > limit_minor""",
-    # a budget's counters agree with its reservations
+            AND allotted_minor + reserved_minor + posted_auto_minor > limit_minor""",
+    # a budget's counters agree with its reservations and its allowances
     "budget_counters_drift": """
         SELECT count(*) FROM budgets b LEFT JOIN (
             SELECT region, period, sum(amount_minor) FILTER (WHERE status = 'pending') AS pending,
                    sum(posted_minor) AS posted FROM reservations GROUP BY region, period) r
             ON r.region = b.region AND r.period = b.period
-        WHERE b.reserved_minor <> coalesce(r.pending, 0) OR b.posted_auto_minor <> coalesce(r.posted, 0)""",
+        LEFT JOIN (
+            SELECT region, period, sum(granted_minor - released_minor - charged_minor) AS outstanding
+            FROM allowances GROUP BY region, period) a ON a.region = b.region AND a.period = b.period
+        WHERE b.reserved_minor <> coalesce(r.pending, 0) OR b.posted_auto_minor <> coalesce(r.posted, 0)
+           OR b.allotted_minor <> coalesce(a.outstanding, 0)""",
+    # every granted unit is charged, released, held by the open allowance, or reported spent and on its
+    # way: an allowance's charges are exactly the holds opened from it, never beyond its grant or, once
+    # returned, beyond what auto_comp reported spent; what it released is the rest of its grant
+    "allowance_accounting": """
+        SELECT count(*) FROM allowances a LEFT JOIN (
+            SELECT allowance_id, sum(decided_minor) AS charged, count(*) AS n FROM reservations
+            WHERE allowance_id IS NOT NULL GROUP BY allowance_id) h ON h.allowance_id = a.allowance_id
+        WHERE a.charged_minor <> coalesce(h.charged, 0) OR a.charged_count <> coalesce(h.n, 0)
+           OR a.charged_minor + a.released_minor > a.granted_minor
+           OR (a.status = 'returned' AND (a.charged_minor > a.spent_reported_minor
+               OR a.charged_count > a.count_reported
+               OR a.released_minor <> a.granted_minor - a.spent_reported_minor))
+           OR (a.status = 'open' AND a.released_minor <> 0)
+           OR a.granted_minor <> coalesce((SELECT sum(g.granted_minor) FROM allowance_grants g
+                                           WHERE g.allowance_id = a.allowance_id), 0)""",
     # exactly one live (unreversed) charge per issued compensation, none when corrected to zero
     "charges_per_compensation": """
         SELECT count(*) FROM compensations c LEFT JOIN LATERAL (

@@ -16,9 +16,22 @@ DECISIONS = Counter("ledger_budget_decisions_total", "Budget reservation answers
                     ["region", "outcome", "reason"])
 BUDGET_LIMIT = Gauge("ledger_budget_limit_minor", "Budget limit of a region and period.", ["region", "period"])
 BUDGET_RESERVED = Gauge("ledger_budget_reserved_minor", "Pending reservations.", ["region", "period"])
+BUDGET_ALLOTTED = Gauge("ledger_budget_allotted_minor", "Granted to budget allowances, not charged against nor "
+                        "released yet (counts in usage).", ["region", "period"])
+ALLOWANCE_ANSWERS = Counter("ledger_allowance_answers_total", "Allowance requests answered (a repeated request "
+                            "counts again), by outcome and what limited the grant ('' when nothing did).",
+                            ["region", "outcome", "limited_by"])
+ALLOWANCE_GRANTED = Counter("ledger_allowance_granted_minor_total", "Minor units granted to allowances.",
+                            ["region", "currency"])
+ALLOWANCE_RETURNS = Counter("ledger_allowance_returns_total", "Allowances returned by auto_comp, by reason.",
+                            ["region", "reason"])
+ALLOWANCE_RELEASED = Counter("ledger_allowance_released_minor_total", "Minor units of allowances returned "
+                             "unspent.", ["region", "currency"])
+ALLOWANCES_OVERDUE = Gauge("ledger_allowances_overdue", "Allowances still open past their expiry plus "
+                           "LEDGER_ALLOWANCE_OVERDUE_SECONDS: auto_comp has not returned them (alert).", ["region"])
 BUDGET_POSTED = Gauge("ledger_budget_posted_minor", "Posted spend, automatic or manual.",
                       ["region", "period", "origin"])
-BUDGET_USED_RATIO = Gauge("ledger_budget_used_ratio", "(reserved + posted) / limit.", ["region", "period"])
+BUDGET_USED_RATIO = Gauge("ledger_budget_used_ratio", "(allotted + reserved + posted) / limit.", ["region", "period"])
 BUDGET_EXCEEDED = Counter("ledger_budget_exceeded_total",
                           "Manual compensations that left usage above the budget (alert on any increase).",
                           ["region"])

@@ -13,6 +13,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.ledger.domain.allowance import Allowance
 from services.ledger.domain.book import (
     Book,
     Compensation,
@@ -22,9 +23,10 @@ from services.ledger.domain.book import (
     ParkedEvent,
 )
 from services.ledger.domain.budget import BudgetState
+from shared.contracts import events as ev
 from shared.contracts.registry import decode_envelope, encode_envelope
 from shared.db import raw_connection
-from shared.kafka import DeadLetter, Delivered, write_dead_letters
+from shared.kafka import DeadLetter, Delivered, PermanentError, write_dead_letters
 from shared.regions import region as region_of
 
 # Advisory lock class for per-compensation serialisation (two-int form: a key space of its own, apart
@@ -71,19 +73,58 @@ async def lock_budgets(conn: AsyncConnection, keys: Iterable[tuple[str, str]]) -
         "CAST(:p AS text[]), CAST(:c AS text[])) ORDER BY 1, 2 ON CONFLICT DO NOTHING"),
         {"r": regions, "p": periods, "c": currencies})
     rows = (await conn.execute(text(
-        "SELECT b.region, b.period, b.currency, b.limit_minor, b.reserved_minor, b.posted_auto_minor, "
-        "b.posted_manual_minor, b.released_minor, b.breakage_minor, b.thresholds_fired FROM budgets b "
+        f"SELECT {BUDGET_COLUMNS} FROM budgets b "
         "JOIN unnest(CAST(:r AS text[]), CAST(:p AS text[])) AS k(region, period) "
         "ON b.region = k.region AND b.period = k.period ORDER BY b.region, b.period FOR UPDATE OF b"),
         {"r": regions, "p": periods})).all()
-    return {(r[0], r[1]): BudgetState(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], set(r[9]))
-            for r in rows}
+    return {(r[0], r[1]): budget_state(r) for r in rows}
+
+
+BUDGET_COLUMNS = ("b.region, b.period, b.currency, b.limit_minor, b.reserved_minor, b.posted_auto_minor, "
+                  "b.posted_manual_minor, b.released_minor, b.breakage_minor, b.allotted_minor, b.thresholds_fired")
+
+
+def budget_state(r: Sequence[Any]) -> BudgetState:
+    """A row of ``BUDGET_COLUMNS``."""
+    return BudgetState(r[0], r[1], r[2], r[3], reserved=r[4], posted_auto=r[5], posted_manual=r[6], released=r[7],
+                       breakage=r[8], allotted=r[9], thresholds_fired=set(r[10]))
+
+
+_ALLOWANCE_COLUMNS = (
+    "allowance_id, region, period, currency, pacing_percent, owner, status, granted_minor, charged_minor, "
+    "charged_count, released_minor, spent_reported_minor, count_reported, expires_at, last_seq, return_reason, "
+    "returned_at")
+
+
+async def load_allowances(conn: AsyncConnection, allowance_ids: Iterable[str], *, lock: bool,
+                          answers_for: Iterable[tuple[str, int]] = ()) -> dict[str, Allowance]:
+    """The allowances a batch touches, locked in id order (``lock``: request and return batches, after their
+    budget rows) or read as they are (charge batches, which add their charges under the lock at the end),
+    with the answers already given to the (allowance id, request seq) pairs of ``answers_for``."""
+    ids = sorted(set(allowance_ids))
+    if not ids:
+        return {}
+    rows = (await conn.execute(text(
+        f"SELECT {_ALLOWANCE_COLUMNS} FROM allowances WHERE allowance_id = ANY(CAST(:ids AS text[])) "
+        f"ORDER BY allowance_id" + (" FOR UPDATE" if lock else "")), {"ids": ids})).all()
+    out = {r[0]: Allowance(r[0], r[1], r[2], r[3], r[4], r[5], r[6] == "returned", r[7], r[8], r[9], r[10], r[11],
+                           r[12], r[13], r[14], r[15], r[16]) for r in rows}
+    pairs = sorted({(a, s) for a, s in answers_for if a in out})
+    if pairs:
+        answered = (await conn.execute(text(
+            "SELECT g.allowance_id, g.request_seq, g.answer FROM allowance_grants g "
+            "JOIN unnest(CAST(:a AS text[]), CAST(:s AS int[])) AS k(a, s) "
+            "ON g.allowance_id = k.a AND g.request_seq = k.s"),
+            {"a": [p[0] for p in pairs], "s": [p[1] for p in pairs]})).all()
+        for allowance_id, seq, answer in answered:
+            out[allowance_id].answers[seq] = ev.BudgetAllowanceDecided.model_validate(answer)
+    return out
 
 
 _HOLD_COLUMNS = (
     "reservation_id, compensation_id, region, period, currency, kind, ticket_id, buyer_id, status, "
     "requested_minor, decided_minor, amount_minor, expires_at, denial_reason, issued_minor, valid_until, "
-    "posted_minor, released_minor, breakage_minor, closed_by")
+    "posted_minor, released_minor, breakage_minor, closed_by, allowance_id")
 
 
 _HOLD_COLUMN_LIST = [c.strip() for c in _HOLD_COLUMNS.split(",")]
@@ -91,7 +132,7 @@ _HOLD_COLUMN_LIST = [c.strip() for c in _HOLD_COLUMNS.split(",")]
 
 def _hold(r: Sequence[Any]) -> Hold:
     return Hold(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], HoldStatus(r[8]), r[9], r[10], r[11], r[12],
-                r[13], r[14], r[15], r[16], r[17], r[18], r[19])
+                r[13], r[14], r[15], r[16], r[17], r[18], r[19], allowance_id=r[20])
 
 
 async def load_holds(conn: AsyncConnection, reservation_ids: Iterable[str]) -> dict[str, Hold]:
@@ -168,6 +209,8 @@ async def save_books(conn: AsyncConnection, book: Book, *, consumer_group: str) 
     """
     await _save_holds(conn, list(book.holds.values()))
     await _save_compensations(conn, list(book.compensations.values()))
+    if not book.deltas:
+        await _save_allowances(conn, book)
     balances = await _save_journal(conn, book)
     if book.out.corrections:
         c = book.out.corrections
@@ -203,15 +246,16 @@ async def _save_budgets(conn: AsyncConnection, budgets: list[BudgetState]) -> No
     await conn.execute(text(
         "UPDATE budgets b SET reserved_minor = u.reserved, posted_auto_minor = u.posted_auto, "
         "posted_manual_minor = u.posted_manual, released_minor = u.released, breakage_minor = u.breakage, "
-        "thresholds_fired = CAST(u.thresholds AS int[]), updated_at = now() "
+        "allotted_minor = u.allotted, thresholds_fired = CAST(u.thresholds AS int[]), updated_at = now() "
         "FROM unnest(CAST(:r AS text[]), CAST(:p AS text[]), CAST(:res AS bigint[]), CAST(:pa AS bigint[]), "
-        "CAST(:pm AS bigint[]), CAST(:rel AS bigint[]), CAST(:brk AS bigint[]), CAST(:th AS text[])) "
-        "AS u(region, period, reserved, posted_auto, posted_manual, released, breakage, thresholds) "
+        "CAST(:pm AS bigint[]), CAST(:rel AS bigint[]), CAST(:brk AS bigint[]), CAST(:al AS bigint[]), "
+        "CAST(:th AS text[])) "
+        "AS u(region, period, reserved, posted_auto, posted_manual, released, breakage, allotted, thresholds) "
         "WHERE b.region = u.region AND b.period = u.period"),
         {"r": [b.region for b in budgets], "p": [b.period for b in budgets],
          "res": [b.reserved for b in budgets], "pa": [b.posted_auto for b in budgets],
          "pm": [b.posted_manual for b in budgets], "rel": [b.released for b in budgets],
-         "brk": [b.breakage for b in budgets],
+         "brk": [b.breakage for b in budgets], "al": [b.allotted for b in budgets],
          "th": ["{" + ",".join(map(str, sorted(b.thresholds_fired))) + "}" for b in budgets]})
 
 
@@ -221,7 +265,7 @@ _HOLD_ARRAYS = (
     "CAST(:status AS text[]), CAST(:requested AS bigint[]), CAST(:decided AS bigint[]), "
     "CAST(:amount AS bigint[]), CAST(:expires AS timestamptz[]), CAST(:denial AS text[]), "
     "CAST(:issued AS bigint[]), CAST(:valid AS timestamptz[]), CAST(:posted AS bigint[]), "
-    "CAST(:released AS bigint[]), CAST(:breakage AS bigint[]), CAST(:closed AS text[])")
+    "CAST(:released AS bigint[]), CAST(:breakage AS bigint[]), CAST(:closed AS text[]), CAST(:allowance AS text[])")
 
 
 def _hold_params(holds: list[Hold]) -> dict[str, list[Any]]:
@@ -234,7 +278,8 @@ def _hold_params(holds: list[Hold]) -> dict[str, list[Any]]:
             "expires": [h.expires_at for h in holds], "denial": [h.denial_reason for h in holds],
             "issued": [h.issued_amount for h in holds], "valid": [h.valid_until for h in holds],
             "posted": [h.posted for h in holds], "released": [h.released for h in holds],
-            "breakage": [h.breakage for h in holds], "closed": [h.closed_by for h in holds]}
+            "breakage": [h.breakage for h in holds], "closed": [h.closed_by for h in holds],
+            "allowance": [h.allowance_id for h in holds]}
 
 
 async def _save_holds(conn: AsyncConnection, holds: list[Hold]) -> None:
@@ -246,7 +291,8 @@ async def _save_holds(conn: AsyncConnection, holds: list[Hold]) -> None:
         await raw.copy_records_to_table("reservations", columns=[*_HOLD_COLUMN_LIST, "requested_event_id"], records=[
             (h.reservation_id, h.compensation_id, h.region, h.period, h.currency, h.kind, h.ticket_id, h.buyer_id,
              h.status.value, h.requested, h.decided, h.amount, h.expires_at, h.denial_reason, h.issued_amount,
-             h.valid_until, h.posted, h.released, h.breakage, h.closed_by, h.requested_event_id) for h in new])
+             h.valid_until, h.posted, h.released, h.breakage, h.closed_by, h.allowance_id, h.requested_event_id)
+            for h in new])
     changed = [h for h in holds if h.dirty and not h.new]
     if changed:
         await conn.execute(text(
@@ -255,6 +301,73 @@ async def _save_holds(conn: AsyncConnection, holds: list[Hold]) -> None:
             f"released_minor = u.released_minor, breakage_minor = u.breakage_minor, closed_by = u.closed_by, "
             f"updated_at = now() FROM unnest({_HOLD_ARRAYS}) AS u({_HOLD_COLUMNS}) "
             f"WHERE r.reservation_id = u.reservation_id"), _hold_params(changed))
+
+
+async def _save_allowances(conn: AsyncConnection, book: Book) -> None:
+    """Locked mode (the rows are locked, or new): allowances as the book left them, and the answers given."""
+    new = [a for a in book.allowances.values() if a.new]
+    changed = [a for a in book.allowances.values() if a.dirty and not a.new]
+    for rows, sql in ((new, _INSERT_ALLOWANCES), (changed, _UPDATE_ALLOWANCES)):
+        if rows:
+            await conn.execute(text(sql), {
+                "id": [a.allowance_id for a in rows], "region": [a.region for a in rows],
+                "period": [a.period for a in rows], "cur": [a.currency for a in rows],
+                "pace": [a.pacing_percent for a in rows], "owner": [a.owner for a in rows],
+                "status": ["returned" if a.returned else "open" for a in rows],
+                "granted": [a.granted for a in rows], "charged": [a.charged for a in rows],
+                "count": [a.charged_count for a in rows], "released": [a.released for a in rows],
+                "spent": [a.spent_reported for a in rows], "reported": [a.count_reported for a in rows],
+                "expires": [a.expires_at for a in rows], "seq": [a.last_seq for a in rows],
+                "reason": [a.return_reason for a in rows], "returned_at": [a.returned_at for a in rows]})
+    grants = book.out.new_grants
+    if grants:
+        await conn.execute(text(
+            "INSERT INTO allowance_grants (allowance_id, request_seq, request_event_id, outcome, granted_minor, "
+            "answer) SELECT * FROM unnest(CAST(:a AS text[]), CAST(:s AS int[]), CAST(:e AS text[]), "
+            "CAST(:o AS text[]), CAST(:g AS bigint[]), CAST(:j AS jsonb[]))"),
+            {"a": [g[0] for g in grants], "s": [g[1] for g in grants], "e": [g[2] for g in grants],
+             "o": [g[3].outcome.value for g in grants], "g": [g[3].granted.amount_minor for g in grants],
+             "j": [g[3].model_dump_json() for g in grants]})
+
+
+_ALLOWANCE_ARRAYS = (
+    "CAST(:id AS text[]), CAST(:region AS text[]), CAST(:period AS text[]), CAST(:cur AS text[]), "
+    "CAST(:pace AS smallint[]), CAST(:owner AS text[]), CAST(:status AS text[]), CAST(:granted AS bigint[]), "
+    "CAST(:charged AS bigint[]), CAST(:count AS int[]), CAST(:released AS bigint[]), CAST(:spent AS bigint[]), "
+    "CAST(:reported AS int[]), CAST(:expires AS timestamptz[]), CAST(:seq AS int[]), CAST(:reason AS text[]), "
+    "CAST(:returned_at AS timestamptz[])")
+_INSERT_ALLOWANCES = (
+    f"INSERT INTO allowances ({_ALLOWANCE_COLUMNS}) SELECT * FROM unnest({_ALLOWANCE_ARRAYS})")
+_UPDATE_ALLOWANCES = (
+    f"UPDATE allowances a SET status = u.status, granted_minor = u.granted_minor, charged_minor = u.charged_minor, "
+    f"charged_count = u.charged_count, released_minor = u.released_minor, "
+    f"spent_reported_minor = u.spent_reported_minor, count_reported = u.count_reported, expires_at = u.expires_at, "
+    f"last_seq = u.last_seq, return_reason = u.return_reason, returned_at = u.returned_at, updated_at = now() "
+    f"FROM unnest({_ALLOWANCE_ARRAYS}) AS u({_ALLOWANCE_COLUMNS}) WHERE a.allowance_id = u.allowance_id")
+
+
+async def add_allowance_charges(conn: AsyncConnection, book: Book) -> None:
+    """Delta mode: add this batch's charges to their allowances, under the row locks this statement takes
+    (after the budget rows: the lock order of ``handlers``). The book checked them against the rows as it
+    read them; the guard checks again against the rows as they are now (a return may have committed in
+    between), so nothing is ever charged beyond what was granted or reported spent."""
+    charged = sorted((a for a in book.allowances.values() if a.count_delta), key=lambda a: a.allowance_id)
+    if not charged:
+        return
+    ids = [a.allowance_id for a in charged]
+    done = set((await conn.execute(text(
+        "WITH x AS (SELECT * FROM unnest(CAST(:id AS text[]), CAST(:d AS bigint[]), CAST(:n AS int[])) "
+        "AS x(id, d, n) ORDER BY id) "
+        "UPDATE allowances a SET charged_minor = a.charged_minor + x.d, charged_count = a.charged_count + x.n, "
+        "updated_at = now() FROM x WHERE a.allowance_id = x.id "
+        "AND a.charged_minor + x.d <= coalesce(a.spent_reported_minor, a.granted_minor) "
+        "AND a.charged_count + x.n <= coalesce(a.count_reported, a.charged_count + x.n) "
+        "RETURNING a.allowance_id"),
+        {"id": ids, "d": [a.charged_delta for a in charged], "n": [a.count_delta for a in charged]})).scalars())
+    refused = [i for i in ids if i not in done]
+    if refused:
+        raise PermanentError(f"charges would exceed what allowance(s) {', '.join(refused)} granted or were "
+                             f"reported to have spent")
 
 
 async def _save_compensations(conn: AsyncConnection, comps: list[Compensation]) -> None:

@@ -10,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.ledger.domain.budget import BudgetState
+from services.ledger.persistence import BUDGET_COLUMNS, budget_state
 
 
 class LimitBelowCommitted(ValueError):
@@ -33,12 +34,13 @@ async def set_budget(conn: AsyncConnection, *, region: str, period: str, currenc
         "INSERT INTO budgets (region, period, currency) VALUES (:r, :p, :c) ON CONFLICT DO NOTHING"),
         {"r": region, "p": period, "c": currency})
     row = (await conn.execute(text(
-        "SELECT limit_minor, reserved_minor + posted_auto_minor FROM budgets WHERE region = :r AND period = :p "
-        "FOR UPDATE"), {"r": region, "p": period})).one()
+        "SELECT limit_minor, allotted_minor + reserved_minor + posted_auto_minor FROM budgets "
+        "WHERE region = :r AND period = :p FOR UPDATE"), {"r": region, "p": period})).one()
     old, committed = row[0], row[1]
     if limit < committed:
         raise LimitBelowCommitted(
-            f"limit {limit} is below the {committed} already reserved or posted by automatic compensation")
+            f"limit {limit} is below the {committed} already allotted, reserved or posted by automatic "
+            f"compensation")
     await conn.execute(text(
         "UPDATE budgets SET limit_minor = :l, updated_at = now() WHERE region = :r AND period = :p"),
         {"l": limit, "r": region, "p": period})
@@ -53,12 +55,22 @@ async def set_budget(conn: AsyncConnection, *, region: str, period: str, currenc
 
 async def get_budget(conn: AsyncConnection, region: str, period: str) -> BudgetState | None:
     r = (await conn.execute(text(
-        "SELECT region, period, currency, limit_minor, reserved_minor, posted_auto_minor, posted_manual_minor, "
-        "released_minor, breakage_minor, thresholds_fired FROM budgets WHERE region = :r AND period = :p"),
+        f"SELECT {BUDGET_COLUMNS} FROM budgets b WHERE b.region = :r AND b.period = :p"),
         {"r": region, "p": period})).one_or_none()
-    if r is None:
-        return None
-    return BudgetState(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], set(r[9]))
+    return None if r is None else budget_state(r)
+
+
+async def allowances(conn: AsyncConnection, region: str, period: str, *, open_only: bool,
+                     limit: int = 200) -> list[dict[str, Any]]:
+    """The budget's allowances, newest first: what each was granted, charged, released, reported spent."""
+    rows = (await conn.execute(text(
+        "SELECT allowance_id, owner, status, pacing_percent, granted_minor, charged_minor, charged_count, "
+        "released_minor, spent_reported_minor, count_reported, granted_minor - released_minor - charged_minor "
+        "AS outstanding_minor, expires_at, last_seq AS requests, return_reason, returned_at, created_at "
+        "FROM allowances WHERE region = :r AND period = :p AND (NOT :o OR status = 'open') "
+        "ORDER BY created_at DESC, allowance_id LIMIT :n"),
+        {"r": region, "p": period, "o": open_only, "n": limit})).mappings().all()
+    return [dict(r) for r in rows]
 
 
 async def budget_changes(conn: AsyncConnection, region: str, period: str, limit: int = 100) -> list[BudgetChange]:
@@ -110,7 +122,7 @@ async def lineage(conn: AsyncConnection, compensation_id: str) -> dict[str, Any]
     reservations = (await conn.execute(text(
         "SELECT reservation_id, region, period, currency, kind, status, requested_minor, decided_minor, "
         "amount_minor, denial_reason, issued_minor, posted_minor, released_minor, breakage_minor, closed_by, "
-        "expires_at, valid_until, requested_event_id, created_at, updated_at FROM reservations "
+        "expires_at, valid_until, allowance_id, requested_event_id, created_at, updated_at FROM reservations "
         "WHERE compensation_id = :c ORDER BY created_at"), {"c": compensation_id})).mappings().all()
     if comp is None and not reservations:
         return None

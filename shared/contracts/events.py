@@ -200,7 +200,9 @@ class BuyerOrderPlaced(Payload):
 
 
 class BudgetReservationRequested(Payload):
-    """auto_comp asks the ledger to reserve budget for a proposed automatic compensation.
+    """Retired (ADR 0008): auto_comp asked the ledger to reserve budget for each proposed compensation.
+    auto_comp now spends from budget allowances (``budget.allowance_requested``); the ledger still answers
+    these, so requests in flight when a deployment upgrades are drained.
 
     ``amount`` is the preferred amount; ``fallback_amounts`` (descending, each smaller) are lower tiers the
     strategy accepts when the preferred one does not fit. ``pacing_allowance_percent`` set means the ledger
@@ -244,6 +246,8 @@ class DenialReason(enum.StrEnum):
 
 
 class BudgetReservationDecided(Payload):
+    """Retired (ADR 0008): the ledger's answer to ``budget.reservation_requested``."""
+
     reservation_id: Identifier
     compensation_id: Identifier
     ticket_id: Identifier
@@ -263,7 +267,12 @@ class BudgetReservationDecided(Payload):
 
 
 class CompensationIssued(Payload):
-    """auto_comp issued a compensation against a reservation; the ledger charges the liable parties."""
+    """auto_comp issued a compensation; the ledger charges the liable parties and the budget.
+
+    Spent from a budget allowance (``allowance_id`` set; ``reservation_id`` then names the hold the ledger
+    opens for it from the allowance, the compensation id), or, before allowances (ADR 0008), against a
+    per-voucher reservation (``reservation_id``, no ``allowance_id``).
+    """
 
     compensation_id: Identifier
     reservation_id: Identifier
@@ -279,6 +288,9 @@ class CompensationIssued(Payload):
     voucher_code: Identifier | None = None
     min_spend: NonNegativeMoney | None = None
     valid_until: AwareDatetime | None = None
+    allowance_id: Identifier | None = Field(
+        default=None, description="The budget allowance it was spent from (ADR 0008); none for compensations "
+                                  "issued against a per-voucher reservation before allowances.")
 
     @model_validator(mode="after")
     def _consistent(self) -> CompensationIssued:
@@ -322,3 +334,125 @@ class BudgetExceeded(Payload):
     limit: NonNegativeMoney
     used: NonNegativeMoney
     compensation_id: Identifier
+
+
+# ---------------------------------------------------------------- budget allowances (ADR 0008)
+
+BudgetPeriod = Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}(-\d{2})?$")]
+
+
+class BudgetAllowanceRequested(Payload):
+    """auto_comp asks the ledger for budget to spend locally: a new allowance, or more for an open one.
+
+    Idempotent by (``allowance_id``, ``request_seq``): a repeated request is answered from what was decided.
+    ``at_least`` is what tickets waiting for this answer need (0 when asking ahead of need, at the low-water
+    mark or before expiry); ``wanted`` is what auto_comp expects to spend before the grant expires.
+    ``pacing_allowance_percent``: the strategies spending from it cap usage at the budget x elapsed fraction
+    of the period + this percent of the budget (100: not paced).
+    """
+
+    allowance_id: Identifier
+    request_seq: StrictInt = Field(ge=1, description="1 for the first request of an allowance, then +1.")
+    budget_period: BudgetPeriod
+    pacing_allowance_percent: StrictInt = Field(ge=0, le=100)
+    at_least: NonNegativeMoney
+    wanted: PositiveMoney
+    owner: Identifier = Field(description="Who spends it, for operators: consumer group and partition.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BudgetAllowanceRequested:
+        if self.at_least.currency != self.wanted.currency:
+            raise ValueError("at_least and wanted must share a currency")
+        if self.at_least.amount_minor > self.wanted.amount_minor:
+            raise ValueError("at_least cannot exceed wanted")
+        return self
+
+
+class AllowanceOutcome(enum.StrEnum):
+    GRANTED = "granted"
+    DENIED = "denied"
+
+
+class AllowanceLimit(enum.StrEnum):
+    """Why the ledger granted less than ``at_least`` (or nothing)."""
+
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    PACED = "paced"
+    NO_BUDGET = "no_budget"  # no budget set for the region and period
+    PERIOD_ENDED = "period_ended"  # too close to (or past) the period's end to grant anything for it
+    ALLOWANCE_CLOSED = "allowance_closed"  # the allowance was returned already
+
+
+class AllowancePace(Payload):
+    """The budget as the ledger saw it when it answered: what auto_comp explains pacing and degrading with."""
+
+    limit: NonNegativeMoney
+    used: NonNegativeMoney = Field(description="Allotted + reserved + posted (automatic and manual) after "
+                                               "this answer.")
+    pacing_allowance_percent: StrictInt = Field(ge=0, le=100)
+    pace_cap: NonNegativeMoney = Field(description="Usage the pace line allows at the time of the answer: "
+                                                   "limit x elapsed fraction + the percent of the limit, at "
+                                                   "most the limit.")
+    period_start: AwareDatetime
+    period_end: AwareDatetime
+
+
+class BudgetAllowanceDecided(Payload):
+    """The ledger's answer to one ``budget.allowance_requested``: an amount held against the budget at once
+    (allotted), to be spent by auto_comp before ``expires_at``, or a denial."""
+
+    allowance_id: Identifier
+    request_seq: StrictInt = Field(ge=1)
+    budget_period: BudgetPeriod
+    outcome: AllowanceOutcome
+    granted: NonNegativeMoney = Field(description="Granted by this answer (0 when denied).")
+    granted_total: NonNegativeMoney = Field(description="Granted to the allowance so far, this answer included.")
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="With a grant: the allowance may be spent until then (no later than the "
+                                  "period's end).")
+    limited_by: AllowanceLimit | None = Field(default=None, description="Set when less than at_least was granted.")
+    retry_after: AwareDatetime | None = Field(
+        default=None, description="With limited_by: asking again before then gives no more.")
+    pace: AllowancePace | None = Field(default=None, description="None when no budget is set.")
+    detail: Text = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BudgetAllowanceDecided:
+        granted = self.outcome is AllowanceOutcome.GRANTED
+        if granted != (self.granted.amount_minor > 0):
+            raise ValueError("granted is positive exactly when the outcome is granted")
+        if granted != (self.expires_at is not None):
+            raise ValueError("expires_at is set exactly when the outcome is granted")
+        if not granted and self.limited_by is None:
+            raise ValueError("a denial says why (limited_by)")
+        if (self.limited_by is None) != (self.retry_after is None):
+            raise ValueError("retry_after is set exactly when limited_by is")
+        if self.granted.currency != self.granted_total.currency or self.granted.amount_minor > \
+                self.granted_total.amount_minor:
+            raise ValueError("granted_total includes granted, in the same currency")
+        return self
+
+
+class AllowanceCloseReason(enum.StrEnum):
+    EXPIRED = "expired"  # its expiry, less auto_comp's safety margin, passed (closed by any replica)
+    PERIOD_END = "period_end"  # the same, at the end of its budget period
+    SHUTDOWN = "shutdown"  # the consumer that owned its partition stopped
+    REVOKED = "revoked"  # its partition moved to another consumer
+
+
+class BudgetAllowanceReturned(Payload):
+    """auto_comp closed an allowance (nothing more is spent from it) and reports exactly what it spent: the
+    ledger releases the rest. Compensations spent from it may still be on their way to the ledger."""
+
+    allowance_id: Identifier
+    budget_period: BudgetPeriod
+    spent: NonNegativeMoney
+    spent_count: StrictInt = Field(ge=0, description="How many compensations were spent from it.")
+    reason: AllowanceCloseReason
+    closed_at: AwareDatetime
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BudgetAllowanceReturned:
+        if (self.spent_count == 0) != (self.spent.amount_minor == 0):
+            raise ValueError("spent is 0 exactly when spent_count is 0")
+        return self

@@ -87,7 +87,7 @@ def asyncapi() -> dict[str, Any]:
 
 
 def _key_doc(spec: EventSpec) -> str:
-    return "region code" if spec.key.__name__ == "_region" else "buyer_id"
+    return {"_region": "region code", "_allowance": "allowance_id"}.get(spec.key.__name__, "buyer_id")
 
 
 def export(directory: Path = REPO_CONTRACTS) -> list[Path]:

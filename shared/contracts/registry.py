@@ -34,6 +34,12 @@ def _region(env: Envelope, _: Any) -> str:
     return env.region
 
 
+def _allowance(_: Envelope, p: Any) -> str:
+    """Every event of one allowance on one partition, so the ledger sees its requests and its return in
+    the order auto_comp wrote them (ADR 0008)."""
+    return str(p.allowance_id)
+
+
 _SPECS = [
     EventSpec("ticket.opened", 1, ev.TicketOpened, Topic.TICKETS, _buyer,
               "A ticket or order issue (late delivery, lost parcel, damaged item, ...)."),
@@ -48,9 +54,10 @@ _SPECS = [
     EventSpec("buyer.order_placed", 1, ev.BuyerOrderPlaced, Topic.BUYER_ORDERS, _buyer,
               "A later order by a buyer (strategy ROI)."),
     EventSpec("budget.reservation_requested", 1, ev.BudgetReservationRequested, Topic.BUDGET_REQUESTS, _buyer,
-              "auto_comp asks the ledger to reserve budget."),
+              "Retired (ADR 0008): auto_comp asked the ledger to reserve budget per voucher; the ledger still "
+              "answers requests left from before an upgrade."),
     EventSpec("budget.reservation_decided", 1, ev.BudgetReservationDecided, Topic.BUDGET_RESULTS, _buyer,
-              "The ledger reserved or denied a budget request."),
+              "Retired (ADR 0008): the ledger reserved or denied a per-voucher budget request."),
     EventSpec("compensation.issued", 1, ev.CompensationIssued, Topic.COMPENSATIONS_ISSUED, _buyer,
               "auto_comp issued a compensation."),
     EventSpec("audit.correction_issued", 1, ev.AuditCorrectionIssued, Topic.AUDIT_CORRECTIONS, _buyer,
@@ -59,6 +66,12 @@ _SPECS = [
               "Budget usage crossed 50, 80 or 100 percent (once per period each)."),
     EventSpec("budget.exceeded", 1, ev.BudgetExceeded, Topic.BUDGET_ALERTS, _region,
               "Manual compensations pushed usage past the budget."),
+    EventSpec("budget.allowance_requested", 1, ev.BudgetAllowanceRequested, Topic.BUDGET_ALLOWANCES, _allowance,
+              "auto_comp asks the ledger for a budget allowance, or more for an open one (ADR 0008)."),
+    EventSpec("budget.allowance_decided", 1, ev.BudgetAllowanceDecided, Topic.BUDGET_GRANTS, _allowance,
+              "The ledger granted (held against the budget at once) or denied an allowance request."),
+    EventSpec("budget.allowance_returned", 1, ev.BudgetAllowanceReturned, Topic.BUDGET_ALLOWANCES, _allowance,
+              "auto_comp closed an allowance and reports exactly what it spent; the ledger releases the rest."),
 ]
 
 REGISTRY: dict[tuple[str, int], EventSpec] = {(s.event_type, s.version): s for s in _SPECS}

@@ -23,7 +23,7 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, cast
 
@@ -241,6 +241,7 @@ class _Rebalance(ConsumerRebalanceListener):
             pass
         # Advisory only (the next owner seeks to the database's offsets), but lag tooling stays exact.
         await self.runner._flush_kafka_commit()
+        await self.runner._handed_over(revoked, "revoked")
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         await self.runner._seek_to_stored(assigned)
@@ -249,6 +250,11 @@ class _Rebalance(ConsumerRebalanceListener):
 # A fast decoder for a service's hot event types: returns what ``decode_envelope`` would, or raises
 # ContractError for anything it does not handle (the shared decoder then words the dead letter).
 Decoder = Callable[[bytes], tuple[Envelope, Payload]]
+
+# Called when partitions leave this consumer, after the batch in hand has committed: ("revoked") in a
+# rebalance, before the next owner can get them; ("shutdown") when the runner stops, before it leaves the
+# group. For state a service keeps per partition (auto_comp's budget allowances, ADR 0008).
+OnRevoke = Callable[[list[TopicPartition], str], Awaitable[None]]
 
 
 class CollectorPause:
@@ -294,8 +300,10 @@ class ConsumerRunner:
     def __init__(self, *, settings: CommonSettings, engine: AsyncEngine, group_id: str,
                  topics: Sequence[str], handler: BatchHandler, max_attempts: int = 3,
                  max_batch: int | None = None, on_commit: Any = None, restart_backoff: float = 1.0,
-                 stop_timeout: float = 30.0, decoder: Decoder | None = None, pause_gc: bool = False) -> None:
+                 stop_timeout: float = 30.0, decoder: Decoder | None = None, pause_gc: bool = False,
+                 on_revoke: OnRevoke | None = None) -> None:
         self.settings = settings
+        self.on_revoke = on_revoke
         self.decoder = decoder
         self.pause_gc = pause_gc
         self.engine = engine
@@ -352,6 +360,8 @@ class ConsumerRunner:
         self._stopping.set()
         try:
             await self._wait_for_loop()
+            if self._consumer is not None:
+                await self._handed_over(list(self._consumer.assignment()), "shutdown")
         finally:
             # Always: a consumer left open keeps heartbeating and holds its partitions from the next owner.
             try:
@@ -380,6 +390,18 @@ class ConsumerRunner:
         if task.done() and not task.cancelled() and task.exception() is not None:
             log.error("consumer loop had ended with an error", exc_info=task.exception(),
                       extra={"group": self.group_id})
+
+    async def _handed_over(self, partitions: list[TopicPartition], why: str) -> None:
+        """Tell the service (``on_revoke``) that these partitions leave it. Never raises: aiokafka would
+        swallow an error in a rebalance listener, and a shutdown must go on; the service's own recovery
+        (auto_comp's keeper) covers a failed call."""
+        if self.on_revoke is None or not partitions:
+            return
+        try:
+            await self.on_revoke(sorted(partitions), why)
+        except Exception as exc:
+            log.warning("partition hand-over hook failed", exc_info=exc,
+                        extra={"group": self.group_id, "why": why, "error": f"{type(exc).__name__}: {exc}"})
 
     def readiness_problem(self) -> str | None:
         """None when the runner consumes normally; otherwise why it does not (for /readyz)."""

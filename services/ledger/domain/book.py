@@ -1,7 +1,7 @@
 """The book: applies a batch of ledger events to in-memory state loaded for that batch.
 
-The handler loads (and locks) exactly the budgets, reservations, compensations and parked events the
-batch touches, applies every event here in delivery order (deterministic, no I/O), then writes the
+The handler loads (and locks) exactly the budgets, allowances, reservations, compensations and parked
+events the batch touches, applies every event here in delivery order (deterministic, no I/O), then writes the
 result in a handful of statements. Everything a batch decides is therefore a pure function of the
 loaded state and the events, which is what the property tests exercise.
 """
@@ -15,11 +15,12 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from services.ledger.domain import journal
+from services.ledger.domain.allowance import Allowance, GrantPolicy, size_grant
 from services.ledger.domain.budget import BudgetState, crossed_thresholds, decide
-from services.ledger.domain.periods import elapsed_fraction, period_bounds, period_of
 from shared.contracts import events as ev
 from shared.contracts.envelope import Envelope
 from shared.money import Money
+from shared.periods import InvalidPeriod, elapsed_fraction, period_bounds, period_of, validate_period
 from shared.regions import region as region_of
 
 
@@ -59,6 +60,7 @@ class Hold:
     breakage: int = 0
     closed_by: str | None = None
     requested_event_id: str = ""
+    allowance_id: str | None = None  # opened from a budget allowance when its compensation was charged
     new: bool = False
     dirty: bool = False
 
@@ -133,12 +135,18 @@ class BudgetStep(NamedTuple):  # immutable; a named tuple is cheap to build once
     released: int
     breakage: int
     manual: str | None  # compensation id of a manual compensation (may overrun the budget)
+    allotted: int = 0
 
 
 @dataclass
 class Outcome:
     transactions: list[journal.Transaction] = field(default_factory=list)
     decisions: list[tuple[Envelope, ev.BudgetReservationDecided]] = field(default_factory=list)
+    # Answers to allowance requests (a repeated request gets the stored answer again), and the new ones to
+    # store: (allowance id, request seq, request event id, answer).
+    allowance_answers: list[tuple[Envelope, ev.BudgetAllowanceDecided]] = field(default_factory=list)
+    new_grants: list[tuple[str, int, str, ev.BudgetAllowanceDecided]] = field(default_factory=list)
+    returned: list[Allowance] = field(default_factory=list)  # allowances returned by this batch
     alerts: list[Alert] = field(default_factory=list)
     overruns: list[Overrun] = field(default_factory=list)
     corrections: list[CorrectionRecord] = field(default_factory=list)
@@ -157,7 +165,9 @@ class Book:
                  holds: dict[str, Hold] | None = None,
                  compensations: dict[str, Compensation] | None = None,
                  parked: list[ParkedEvent] | None = None,
-                 corrections: dict[str, CorrectionRecord] | None = None) -> None:
+                 corrections: dict[str, CorrectionRecord] | None = None,
+                 allowances: dict[str, Allowance] | None = None,
+                 policy: GrantPolicy | None = None) -> None:
         self.now = now
         self.granularity = granularity
         self.park = park
@@ -171,6 +181,8 @@ class Book:
         for p in parked or []:
             self.parked.setdefault(p.compensation_id, []).append(p)
         self.corrections = corrections if corrections is not None else {}
+        self.allowances = allowances if allowances is not None else {}
+        self.policy = policy or GrantPolicy()
         self.out = Outcome()
         # Delta mode (no budget requests in the batch): budgets hold only this batch's changes; nothing
         # here depends on their absolute values except alerts, which ``replay`` decides later.
@@ -269,11 +281,156 @@ class Book:
         else:
             self._reply(env, hold, ev.DenialReason.RESERVATION_EXPIRED)
 
+    # ------------------------------------------------------------------ budget allowances (ADR 0008)
+
+    def _allowance_request(self, env: Envelope, p: ev.BudgetAllowanceRequested, _: Any) -> None:
+        """Grant (hold against the budget at once) or deny; a repeated request gets its first answer again."""
+        if self.deltas:
+            raise RuntimeError("allowance requests need the budget rows locked (not delta mode)")
+        a = self.allowances.get(p.allowance_id)
+        currency = p.wanted.currency
+        if a is None:
+            a = Allowance(p.allowance_id, env.region, p.budget_period, currency, p.pacing_allowance_percent,
+                          p.owner, new=True)
+            self.allowances[a.allowance_id] = a
+        elif (a.region, a.period, a.currency, a.pacing_percent) != (env.region, p.budget_period, currency,
+                                                                    p.pacing_allowance_percent):
+            raise Rejected(f"allowance {a.allowance_id} is for {a.region} {a.period} {a.currency} paced at "
+                           f"{a.pacing_percent}%, not {env.region} {p.budget_period} {currency} at "
+                           f"{p.pacing_allowance_percent}%")
+        stored = a.answers.get(p.request_seq)
+        if stored is not None:
+            self.out.allowance_answers.append((env, stored))
+            return
+        at_least, wanted = p.at_least.amount_minor, p.wanted.amount_minor
+        budget = self.budgets.get((a.region, a.period))
+        pace = None
+        expires: datetime | None
+        limited: ev.AllowanceLimit | None
+        retry: datetime | None
+        if a.returned:
+            amount, expires, limited, retry = 0, None, ev.AllowanceLimit.ALLOWANCE_CLOSED, self.now + self.policy.retry
+            detail = f"allowance {a.allowance_id} was returned; ask under a new allowance"
+        else:
+            try:
+                validate_period(a.period, self.granularity)
+                start, end = period_bounds(a.period, region_of(a.region))
+            except InvalidPeriod as exc:
+                amount, expires, limited, retry = 0, None, ev.AllowanceLimit.NO_BUDGET, self.now + self.policy.retry
+                detail = str(exc)
+            else:
+                g = size_grant(budget, at_least=at_least, wanted=wanted, pacing_percent=a.pacing_percent,
+                               now=self.now, start=start, end=end, policy=self.policy)
+                amount, expires, limited, retry, detail = g.amount, g.expires_at, g.limited_by, g.retry_after, g.detail
+                if amount:
+                    assert budget is not None
+                    self._adjust(budget, env, allotted=amount)
+                    a.granted += amount
+                    a.expires_at = expires if a.expires_at is None or expires is None else max(a.expires_at, expires)
+                if budget is not None and budget.limit is not None:
+                    pace = ev.AllowancePace(
+                        limit=ev.NonNegativeMoney(amount_minor=budget.limit, currency=currency),
+                        used=ev.NonNegativeMoney(amount_minor=budget.used, currency=currency),
+                        pacing_allowance_percent=a.pacing_percent,
+                        pace_cap=ev.NonNegativeMoney(amount_minor=g.pace_cap, currency=currency),
+                        period_start=start, period_end=end)
+        answer = ev.BudgetAllowanceDecided(
+            allowance_id=a.allowance_id, request_seq=p.request_seq, budget_period=a.period,
+            outcome=ev.AllowanceOutcome.GRANTED if amount else ev.AllowanceOutcome.DENIED,
+            granted=ev.NonNegativeMoney(amount_minor=amount, currency=currency),
+            granted_total=ev.NonNegativeMoney(amount_minor=a.granted, currency=currency),
+            expires_at=a.expires_at if amount else None, limited_by=limited,
+            retry_after=retry if limited is not None else None, pace=pace, detail=detail)
+        a.answers[p.request_seq] = answer
+        a.last_seq, a.dirty = max(a.last_seq, p.request_seq), True
+        self.out.allowance_answers.append((env, answer))
+        self.out.new_grants.append((a.allowance_id, p.request_seq, env.event_id, answer))
+
+    def _allowance_return(self, env: Envelope, p: ev.BudgetAllowanceReturned, _: Any) -> None:
+        """auto_comp spends nothing more from it: release what it did not spend. Charges for what it spent
+        may arrive before or after this; each is held to ``spent_reported`` from now on."""
+        if self.deltas:
+            raise RuntimeError("allowance returns need the budget rows locked (not delta mode)")
+        spent, count = p.spent.amount_minor, p.spent_count
+        a = self.allowances.get(p.allowance_id)
+        if a is None:
+            # No request of it reached the ledger (it never got a grant): nothing to release, but record it
+            # as returned so that a request arriving later is refused rather than granted.
+            if spent:
+                raise Rejected(f"allowance {p.allowance_id} was never granted anything, yet {spent} is reported "
+                               f"spent")
+            a = Allowance(p.allowance_id, env.region, p.budget_period, p.spent.currency, 100, "unknown", new=True)
+            self.allowances[a.allowance_id] = a
+        if a.returned:
+            if (a.spent_reported, a.count_reported) == (spent, count):
+                self.out.ignored.append((env.event_id, "allowance already returned"))
+                return
+            raise Rejected(f"allowance {a.allowance_id} was returned with {a.spent_reported} spent in "
+                           f"{a.count_reported}, not {spent} in {count}")
+        if p.spent.currency != a.currency or p.budget_period != a.period or env.region != a.region:
+            raise Rejected(f"allowance {a.allowance_id} is {a.region} {a.period} {a.currency}")
+        if spent > a.granted:
+            raise Rejected(f"allowance {a.allowance_id}: {spent} reported spent of {a.granted} granted")
+        if spent < a.charged or count < a.charged_count:
+            raise Rejected(f"allowance {a.allowance_id}: {spent} in {count} reported spent, but {a.charged} in "
+                           f"{a.charged_count} already charged")
+        release = a.granted - spent
+        if release:
+            self._adjust(self._budget(a.region, a.period, a.currency), None, allotted=-release, released=release)
+        a.released, a.returned, a.spent_reported, a.count_reported = release, True, spent, count
+        a.return_reason, a.returned_at, a.dirty = p.reason.value, p.closed_at, True
+        self.out.returned.append(a)
+
+    def _issued_from_allowance(self, env: Envelope, p: ev.CompensationIssued) -> None:
+        """Charge a compensation spent from an allowance: allotted -> a hold for the voucher (posted at once
+        for kinds spent when issued), whatever order this and the allowance's return arrive in."""
+        assert p.allowance_id is not None
+        a = self.allowances.get(p.allowance_id)
+        if a is None:
+            raise Rejected(f"unknown allowance {p.allowance_id} for compensation {p.compensation_id}")
+        if a.region != env.region or a.currency != p.amount.currency:
+            raise Rejected(f"allowance {a.allowance_id} is {a.region} {a.currency}, not {env.region} "
+                           f"{p.amount.currency}")
+        amount = p.amount.amount_minor
+        if a.returned and a.count_reported is not None and a.charged_count + 1 > a.count_reported:
+            raise Rejected(f"allowance {a.allowance_id} was returned with {a.count_reported} compensations, all "
+                           f"charged already")
+        if a.charged + amount > a.spendable_cap:
+            what = "reported spent" if a.returned else "granted"
+            raise Rejected(f"charging {amount} would bring allowance {a.allowance_id} to {a.charged + amount}, "
+                           f"beyond the {a.spendable_cap} {what}")
+        if p.reservation_id in self.holds:
+            raise Rejected(f"hold {p.reservation_id} exists already; compensation {p.compensation_id} cannot "
+                           f"open it again")
+        hold = Hold(p.reservation_id, p.compensation_id, a.region, a.period, a.currency, p.kind.value, p.ticket_id,
+                    p.buyer_id, HoldStatus.PENDING, requested=amount, decided=amount, amount=amount,
+                    expires_at=p.valid_until or env.occurred_at, issued_amount=amount, valid_until=p.valid_until,
+                    requested_event_id=env.event_id, allowance_id=a.allowance_id, new=True)
+        self.holds[hold.reservation_id] = hold
+        comp = Compensation(p.compensation_id, env.region, "auto", p.kind.value, amount, a.currency, a.period,
+                            p.buyer_id, hold.reservation_id, env.event_id, env.occurred_at, new=True)
+        self._charge(env.event_id, env.occurred_at, comp, [(s.party.account_key, s.amount_minor)
+                                                          for s in p.liability], amount)
+        budget = self._budget(a.region, a.period, a.currency)
+        self._adjust(budget, env, allotted=-amount, reserved=amount)
+        if p.kind.spent_when_issued:
+            self._post(env, hold, budget, amount, "issued")
+        a.charged += amount
+        a.charged_count += 1
+        a.charged_delta += amount
+        a.count_delta += 1
+        a.dirty = True
+        self.compensations[comp.compensation_id] = comp
+        self._apply_parked(comp.compensation_id)
+
     # ------------------------------------------------------------------ issuing
 
     def _issued(self, env: Envelope, p: ev.CompensationIssued, _: Any) -> None:
         if p.compensation_id in self.compensations:
             self.out.ignored.append((env.event_id, "compensation already charged"))
+            return
+        if p.allowance_id is not None:
+            self._issued_from_allowance(env, p)
             return
         hold = self.holds.get(p.reservation_id)
         if hold is None:
@@ -426,7 +583,8 @@ class Book:
     # ------------------------------------------------------------------ budget effects
 
     def _adjust(self, budget: BudgetState, env: Envelope | None, *, reserved: int = 0, posted_auto: int = 0,
-                posted_manual: int = 0, released: int = 0, breakage: int = 0, manual: str | None = None) -> None:
+                posted_manual: int = 0, released: int = 0, breakage: int = 0, manual: str | None = None,
+                allotted: int = 0) -> None:
         """Every change to a budget goes through here.
 
         Locked mode: the budget is the current row (locked), so alerts are decided at once. Delta mode:
@@ -438,9 +596,10 @@ class Book:
         budget.posted_manual += posted_manual
         budget.released += released
         budget.breakage += breakage
+        budget.allotted += allotted
         budget.dirty = True
         step = BudgetStep((budget.region, budget.period), env, reserved, posted_auto, posted_manual, released,
-                          breakage, manual)
+                          breakage, manual, allotted)
         if self.deltas:
             self.budget_steps.append(step)
         else:
@@ -455,6 +614,7 @@ class Book:
             budget.posted_manual += step.posted_manual
             budget.released += step.released
             budget.breakage += step.breakage
+            budget.allotted += step.allotted
             budget.dirty = True
             self._announce(budget, step)
         self.budgets = current
@@ -621,4 +781,5 @@ _DISPATCH: dict[type, Callable[[Book, Envelope, Any, Any], None]] = {
     ev.BudgetReservationRequested: Book._request, ev.CompensationIssued: Book._issued,
     ev.ManualCompensationIssued: Book._manual, ev.VoucherRedeemed: Book._lifecycle,
     ev.VoucherExpired: Book._lifecycle, ev.VoucherRevoked: Book._lifecycle,
-    ev.AuditCorrectionIssued: Book._correction}
+    ev.AuditCorrectionIssued: Book._correction, ev.BudgetAllowanceRequested: Book._allowance_request,
+    ev.BudgetAllowanceReturned: Book._allowance_return}

@@ -1,9 +1,9 @@
 """Regional budget per period: the hard limit, pacing, and threshold alerts.
 
-Usage is reserved (pending holds) + posted automatic spend + posted manual spend. Pending holds count
-the moment they are made (TigerBeetle's rule; Blnk #181 is the bug of not doing so). Automatic requests
-must fit under the limit with everything already used; manual compensations are never denied and may
-push usage past it.
+Usage is allotted (outstanding budget allowances, ADR 0008) + reserved (pending holds) + posted automatic
+spend + posted manual spend. Allowances and pending holds count the moment they are made (TigerBeetle's
+rule; Blnk #181 is the bug of not doing so). Automatic grants and requests must fit under the limit with
+everything already used; manual compensations are never denied and may push usage past it.
 """
 
 from __future__ import annotations
@@ -26,13 +26,14 @@ class BudgetState:
     posted_manual: int = 0
     released: int = 0
     breakage: int = 0
+    allotted: int = 0  # granted to allowances (ADR 0008), neither charged against nor released yet
     thresholds_fired: set[int] = field(default_factory=set)
     exists: bool = True  # a row is in the database already
     dirty: bool = False
 
     @property
     def used(self) -> int:
-        return self.reserved + self.posted_auto + self.posted_manual
+        return self.allotted + self.reserved + self.posted_auto + self.posted_manual
 
     @property
     def remaining(self) -> int:
@@ -40,7 +41,8 @@ class BudgetState:
 
     @property
     def automatic_committed(self) -> int:
-        return self.reserved + self.posted_auto
+        """Automatic spend (held or posted) plus outstanding allowances: what the hard limit bounds."""
+        return self.allotted + self.reserved + self.posted_auto
 
     def within_hard_limit(self) -> bool:
         return self.limit is None or self.automatic_committed <= self.limit

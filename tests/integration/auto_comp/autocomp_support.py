@@ -1,5 +1,5 @@
-"""Helpers for auto_comp's integration tests: a migrated database, strategy files, ticket and budget-answer
-events, and reads of the decision tables."""
+"""Helpers for auto_comp's integration tests: a migrated database, strategy files, ticket events, the ledger's
+answers to allowance requests (as the ledger would publish them), and reads of the decision tables."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.auto_comp.handlers import Rules
 from shared.contracts import events as ev
 from shared.contracts.envelope import Envelope
 from shared.contracts.registry import make_envelope, validate_payload
@@ -131,29 +132,39 @@ def damaged_ticket(ticket_id: str, buyer: str = "B1", *, affected: int = 4_000, 
     return make_envelope("ticket.opened", payload, source="test", region=region, occurred_at=NOW)
 
 
-def answer(request: dict[str, Any], *, reserved: int | None = None, denial: str | None = None,
-           event_id: str | None = None, region: str = "SG") -> Envelope:
-    """The ledger's answer to a reservation request (as the ledger would publish it)."""
-    money = None if reserved is None else ev.PositiveMoney(amount_minor=reserved,
-                                                           currency=request["amount"]["currency"])
-    payload = ev.BudgetReservationDecided(
-        reservation_id=request["reservation_id"], compensation_id=request["compensation_id"],
-        ticket_id=request["ticket_id"], buyer_id=request["buyer_id"],
-        outcome=ev.ReservationOutcome.RESERVED if reserved is not None else ev.ReservationOutcome.DENIED,
-        denial_reason=ev.DenialReason(denial) if denial else None, reserved_amount=money,
-        budget_period=NOW.strftime("%Y-%m"))
-    return make_envelope("budget.reservation_decided", payload, source="ledger", region=region, occurred_at=NOW,
+RULES = Rules(group="test.tickets")
+
+
+def grant(request: dict[str, Any], granted: int, *, total: int | None = None, expires_in: float = 60.0,
+          limited_by: str | None = None, retry_in: float | None = None, detail: str = "", region: str = "SG",
+          event_id: str | None = None, expires_at: datetime | None = None) -> Envelope:
+    """The ledger's answer to an allowance request (``request``: its payload): ``granted`` now (0: denied),
+    ``total`` granted to the allowance so far (this grant included; default: ``granted``)."""
+    currency = request["wanted"]["currency"]
+    now = datetime.now(UTC)
+    limit = ev.AllowanceLimit(limited_by) if limited_by else None
+    payload = ev.BudgetAllowanceDecided(
+        allowance_id=request["allowance_id"], request_seq=request["request_seq"],
+        budget_period=request["budget_period"],
+        outcome=ev.AllowanceOutcome.GRANTED if granted else ev.AllowanceOutcome.DENIED,
+        granted=ev.NonNegativeMoney(amount_minor=granted, currency=currency),
+        granted_total=ev.NonNegativeMoney(amount_minor=granted if total is None else total, currency=currency),
+        expires_at=(expires_at or now + timedelta(seconds=expires_in)) if granted else None,
+        limited_by=limit, retry_after=now + timedelta(seconds=retry_in if retry_in is not None else 30)
+        if limit else None, detail=detail)
+    return make_envelope("budget.allowance_decided", payload, source="ledger", region=region, occurred_at=now,
                          **({"event_id": event_id} if event_id else {}))
 
 
 def delivered(envelope: Envelope, partition: int = 0) -> Delivered:
+    """As the runner hands it over (tickets of ``partition``: the allowance key's partition)."""
     return Delivered(envelope, validate_payload(envelope), "test.topic", partition, next(_offsets),
                      envelope.event_id.encode(), 0)
 
 
-async def apply(engine: AsyncEngine, handler: Any, envelopes: Sequence[Envelope]) -> None:
+async def apply(engine: AsyncEngine, handler: Any, envelopes: Sequence[Envelope], partition: int = 0) -> None:
     async with engine.begin() as conn:
-        await handler(conn, [delivered(e) for e in envelopes])
+        await handler(conn, [delivered(e, partition) for e in envelopes])
 
 
 async def rows(engine: AsyncEngine, sql: str, **params: Any) -> list[dict[str, Any]]:
@@ -166,16 +177,31 @@ async def scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
         return (await conn.execute(text(sql), params)).scalar()
 
 
-async def requests_for(engine: AsyncEngine, ticket_id: str) -> list[dict[str, Any]]:
-    """Reservation requests waiting in the outbox for this ticket, oldest first."""
+async def outbox_events(engine: AsyncEngine, event_type: str) -> list[dict[str, Any]]:
+    """Envelopes of ``event_type`` waiting in the outbox, oldest first."""
     import orjson
 
     out = []
-    for r in await rows(engine, "SELECT value FROM outbox WHERE topic = 'budget.requests.v1' ORDER BY id"):
+    for r in await rows(engine, "SELECT value FROM outbox ORDER BY id"):
         env = orjson.loads(r["value"])
-        if env["payload"]["ticket_id"] == ticket_id:
+        if env["event_type"] == event_type:
             out.append(env)
     return out
+
+
+async def allowance_requests(engine: AsyncEngine, allowance_id: str | None = None) -> list[dict[str, Any]]:
+    """Allowance requests waiting in the outbox (of one allowance), oldest first."""
+    found = await outbox_events(engine, "budget.allowance_requested")
+    return [e for e in found if allowance_id is None or e["payload"]["allowance_id"] == allowance_id]
+
+
+async def allowance_returns(engine: AsyncEngine) -> list[dict[str, Any]]:
+    return [e["payload"] for e in await outbox_events(engine, "budget.allowance_returned")]
+
+
+async def clear_outbox(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text("DELETE FROM outbox"))
 
 
 async def issued_events(engine: AsyncEngine) -> list[dict[str, Any]]:

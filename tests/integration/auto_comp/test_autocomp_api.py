@@ -9,20 +9,21 @@ import signal
 import httpx
 import pytest
 from autocomp_support import (
+    RULES,
     STRATEGIES,
-    answer,
+    allowance_requests,
     apply,
     autocomp_engine,
     damaged_ticket,
+    grant,
     late_ticket,
-    requests_for,
     write_strategies,
 )
 from prometheus_client import REGISTRY
 
 from services.auto_comp.app import ReloadOnSighup, build_app
 from services.auto_comp.config import Settings
-from services.auto_comp.handlers import BudgetResultHandler, TicketHandler
+from services.auto_comp.handlers import GrantHandler, TicketHandler
 from shared.auth import TokenService
 
 pytestmark = pytest.mark.integration
@@ -35,12 +36,14 @@ async def setup(fresh_database, tmp_path_factory):
     engine = await autocomp_engine(fresh_database)
     app = build_app(settings, manage_lifecycle=False)
     store = app.state.store
-    tickets = TicketHandler(store)
+    tickets = TicketHandler(store, RULES)
     await apply(engine, tickets, [late_ticket("A-1", "B-a", days_late=4), late_ticket("A-2", "B-b", days_late=1),
                                   damaged_ticket("A-3", "B-c"), damaged_ticket("A-gb", "B-g", region="GB",
                                                                                 currency="GBP")])
-    [r] = await requests_for(engine, "A-1")
-    await apply(engine, BudgetResultHandler(), [answer(r["payload"], reserved=r["payload"]["amount"]["amount_minor"])])
+    # A-1 (SG, paced at 10%) waits for its allowance: the ledger grants it
+    for request in await allowance_requests(engine):
+        if request["payload"]["pacing_allowance_percent"] == 10:
+            await apply(engine, GrantHandler(RULES), [grant(request["payload"], 100_000)])
     tokens = TokenService(settings.auth_token_secret.get_secret_value(), settings.auth_token_issuer)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://auto-comp") as client:

@@ -1,17 +1,18 @@
 """auto_comp as deployed: two replicas in one consumer group on the real broker and PostgreSQL. Tickets of
 one buyer spread over every partition (so both replicas decide for that buyer at once), each delivered
-twice; then the ledger's answers arrive over the broker."""
+twice; they wait for their partitions' first allowances, whose grants then arrive over the broker."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import time
+from typing import Any
 
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from autocomp_support import answer, autocomp_engine, late_ticket, rows, scalar, write_strategies
+from autocomp_support import autocomp_engine, grant, late_ticket, rows, scalar, write_strategies
 
 from services.auto_comp.app import build_context
 from services.auto_comp.config import Settings
@@ -21,13 +22,15 @@ from shared.contracts.registry import encode_envelope
 pytestmark = pytest.mark.integration
 
 
-async def produce(bootstrap: str, topic: str, envelopes: list[Envelope], *, random_keys: bool = False) -> None:
+async def produce(bootstrap: str, topic: str, envelopes: list[Envelope], *, random_keys: bool = False,
+                  key: Any = None) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:
         for env in envelopes:
-            key = str(random.random()) if random_keys else env.payload["buyer_id"]
-            await producer.send(topic, encode_envelope(env), key=key.encode())
+            key_of = key or (lambda e: str(random.random()) if random_keys else e.payload["buyer_id"])
+            key_value = key_of(env)
+            await producer.send(topic, encode_envelope(env), key=key_value.encode())
         await producer.flush()
     finally:
         await producer.stop()
@@ -42,13 +45,21 @@ async def wait_for(engine, sql: str, expected: int, timeout: float = 30.0) -> No
     raise AssertionError(f"{sql!r} never reached {expected} (now {await scalar(engine, sql)})")
 
 
-async def test_two_replicas_same_buyer_replayed_then_ledger_answers(fresh_database, kafka_bootstrap, make_topics,
-                                                                  unique_topic_prefix, tmp_path):
-    tickets_topic, results_topic = await make_topics("tickets", "results", partitions=4)
+async def open_requests(engine) -> list[dict]:
+    """The request in flight of every open allowance, as its payload."""
+    found = await rows(engine, "SELECT allowance_id, region, period, pacing_percent, request_seq, currency "
+                               "FROM allowances WHERE status = 'open' AND request_seq > answered_seq")
+    return [{"allowance_id": a["allowance_id"], "request_seq": a["request_seq"], "budget_period": a["period"],
+             "wanted": {"amount_minor": 1, "currency": a["currency"]}} for a in found]
+
+
+async def test_two_replicas_same_buyer_replayed_then_ledger_grants(fresh_database, kafka_bootstrap, make_topics,
+                                                                   unique_topic_prefix, tmp_path):
+    tickets_topic, grants_topic = await make_topics("tickets", "grants", partitions=4)
     engine = await autocomp_engine(fresh_database)
     settings = Settings(database_url=fresh_database, kafka_bootstrap_servers=kafka_bootstrap,
                         strategies_dir=write_strategies(tmp_path / "strategies"), tickets_topic=tickets_topic,
-                        budget_results_topic=results_topic, consumer_group=unique_topic_prefix,
+                        grants_topic=grants_topic, consumer_group=unique_topic_prefix,
                         consumer_poll_timeout_ms=20, consumer_session_timeout_ms=6_000, consumer_max_batch=3)
     replicas = [build_context(settings)[0] for _ in range(2)]
     try:
@@ -65,20 +76,25 @@ async def test_two_replicas_same_buyer_replayed_then_ledger_answers(fresh_databa
                                  "GROUP BY outcome ORDER BY outcome")
         assert {r["outcome"]: r["n"] for r in hot} == {"capped_by_abuse_guard": 10, "pending_budget": 2}
         assert await scalar(engine, "SELECT count(*) FROM compensations") == 8
+        # every partition with waiting tickets has its allowance asked for, once
+        assert await scalar(engine, "SELECT count(*) FROM allowances WHERE status = 'open' "
+                                    "AND request_seq = 1 AND answered_seq = 0") == \
+            await scalar(engine, "SELECT count(DISTINCT partition) FROM compensations WHERE status = 'pending'")
 
-        # The ledger answers (over the broker): reserve all but one, which the budget denies; every answer twice.
-        pending = await rows(engine, "SELECT request FROM compensations ORDER BY compensation_id")
-        answers = [answer(p["request"], reserved=p["request"]["amount"]["amount_minor"]) for p in pending[:-1]]
-        answers.append(answer(pending[-1]["request"], denial="budget_exhausted"))
-        await produce(kafka_bootstrap, results_topic, answers + answers)
-        await wait_for(engine, "SELECT count(*) FROM compensations WHERE status <> 'pending'", 8)
-        await wait_for(engine, "SELECT count(*) FROM decisions WHERE outcome IN ('issued', 'budget_denied')", 8)
-        assert await scalar(engine, "SELECT count(DISTINCT voucher_code) FROM compensations "
-                                    "WHERE status = 'issued'") == 7
+        # The ledger answers over the broker, every answer twice.
+        answers = [grant(r, 100_000) for r in await open_requests(engine)]
+        await produce(kafka_bootstrap, grants_topic, answers + answers, key=lambda e: e.payload["allowance_id"])
+        await wait_for(engine, "SELECT count(*) FROM compensations WHERE status = 'issued'", 8)
+        await wait_for(engine, "SELECT count(*) FROM decisions WHERE outcome = 'issued'", 8)
+        assert await scalar(engine, "SELECT count(DISTINCT voucher_code) FROM compensations") == 8
+        assert await scalar(engine, "SELECT sum(spent_minor) FROM allowances") == \
+            await scalar(engine, "SELECT sum(issued_minor) FROM compensations")
         # the relay published everything it was given
         await wait_for(engine, "SELECT count(*) FROM outbox", 0)
     finally:
         await asyncio.gather(*(ctx.stop() for ctx in replicas))
+        # Stopping returned every allowance: what each spent is in its return event (relayed or waiting).
+        assert await scalar(engine, "SELECT count(*) FROM allowances WHERE status = 'open'") == 0
         await engine.dispose()
 
 
@@ -87,10 +103,10 @@ async def test_issued_event_reaches_the_topic(fresh_database, kafka_bootstrap, m
     """The outbox relay publishes the issued compensation to compensations.issued.v1 for the ledger."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    tickets_topic, results_topic = await make_topics("tickets", "results", partitions=1)
+    tickets_topic, grants_topic = await make_topics("tickets", "grants", partitions=1)
     settings = Settings(database_url=fresh_database, kafka_bootstrap_servers=kafka_bootstrap,
                         strategies_dir=write_strategies(tmp_path / "s"), tickets_topic=tickets_topic,
-                        budget_results_topic=results_topic, consumer_group=unique_topic_prefix + "-2",
+                        grants_topic=grants_topic, consumer_group=unique_topic_prefix + "-2",
                         consumer_poll_timeout_ms=20)
     engine = await autocomp_engine(fresh_database)
     ctx, _ = build_context(settings)
@@ -108,8 +124,10 @@ async def test_issued_event_reaches_the_topic(fresh_database, kafka_bootstrap, m
         await ctx.start()
         await produce(kafka_bootstrap, tickets_topic, [late_ticket(ticket_id, "B-pub")])
         await wait_for(engine, f"SELECT count(*) FROM compensations WHERE ticket_id = '{ticket_id}'", 1)
-        [p] = await rows(engine, "SELECT request FROM compensations WHERE ticket_id = :t", t=ticket_id)
-        await produce(kafka_bootstrap, results_topic, [answer(p["request"], reserved=1_000)])
+        await wait_for(engine, "SELECT count(*) FROM allowances WHERE status = 'open' "
+                               "AND request_seq > answered_seq", 1)
+        [request] = await open_requests(engine)
+        await produce(kafka_bootstrap, grants_topic, [grant(request, 100_000)], key=lambda e: e.payload["allowance_id"])
         deadline = time.monotonic() + 30
         found = None
         while found is None and time.monotonic() < deadline:
@@ -121,6 +139,7 @@ async def test_issued_event_reaches_the_topic(fresh_database, kafka_bootstrap, m
         assert found is not None, "compensation.issued never published"
         assert found["event_type"] == "compensation.issued"
         assert found["payload"]["amount"] == {"amount_minor": 1_000, "currency": "SGD"}
+        assert found["payload"]["allowance_id"] == request["allowance_id"]
     finally:
         await consumer.stop()
         await ctx.stop()

@@ -1,31 +1,34 @@
-"""Decisions and the budget saga against real PostgreSQL, through the real handlers."""
+"""Decisions, issued from budget allowances in the decision's transaction, against real PostgreSQL through the
+real handlers (the ledger's answers are built as the ledger publishes them). Each test spends from its own
+partition's allowance, so tests of the module do not share one."""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from autocomp_support import (
     NOW,
-    answer,
+    RULES,
+    allowance_requests,
     apply,
     damaged_ticket,
+    grant,
     issued_events,
     late_ticket,
-    requests_for,
     rows,
     scalar,
     write_strategies,
 )
 from sqlalchemy import text
 
-from services.auto_comp.handlers import BudgetResultHandler, SagaTimeouts, TicketHandler
+from services.auto_comp.handlers import GrantHandler, TicketHandler
 from services.auto_comp.store import StrategyStore
-from shared.kafka import PermanentError
 
 pytestmark = pytest.mark.integration
 
+GRANTS = GrantHandler(RULES)
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +38,7 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tickets(store):
-    return TicketHandler(store)
-
-
-RESULTS = BudgetResultHandler()
+    return TicketHandler(store, RULES)
 
 
 async def decision(engine, ticket_id):
@@ -46,56 +46,78 @@ async def decision(engine, ticket_id):
     return found[0] if found else None
 
 
-async def test_reserved_issues_a_voucher_once(engine, tickets):
-    await apply(engine, tickets, [late_ticket("T-issue", "B-issue", days_late=4, order=12_345)])
+async def allowance_of(engine, partition: int) -> dict:
+    [row] = await rows(engine, "SELECT * FROM allowances WHERE partition = :p AND status = 'open'", p=partition)
+    return row
+
+
+async def request_of(engine, partition: int) -> dict:
+    """The latest request of the partition's open allowance (its payload)."""
+    a = await allowance_of(engine, partition)
+    return (await allowance_requests(engine, a["allowance_id"]))[-1]["payload"]
+
+
+async def test_first_ticket_waits_for_a_grant_then_later_ones_issue_at_once(engine, tickets):
+    await apply(engine, tickets, [late_ticket("T-issue", "B-issue", days_late=4, order=12_345)], partition=1)
     d = await decision(engine, "T-issue")
     assert d["outcome"] == "pending_budget" and d["strategy_id"] == "sg-late" and d["strategy_version"] == 3
     assert d["proposed_minor"] == 1_235 and d["tier"] == "late_3_5"  # 10% of 123.45 = 12.345 -> 12.35 half up
     assert d["inputs"]["days_late"] == 4
-    [request] = await requests_for(engine, "T-issue")
+    a = await allowance_of(engine, 1)
+    [request] = await allowance_requests(engine, a["allowance_id"])
     p = request["payload"]
-    assert p["amount"] == {"amount_minor": 1_235, "currency": "SGD"} and p["fallback_amounts"] == []
-    assert p["pacing_allowance_percent"] == 10
-    assert request["event_id"] == f"{p['reservation_id']}.1"
+    period = RULES.period("SG", datetime.now(UTC))[0]
+    assert (p["request_seq"], p["budget_period"], p["pacing_allowance_percent"]) == (1, period, 10)
+    assert p["at_least"] == {"amount_minor": 1_235, "currency": "SGD"} and p["wanted"]["amount_minor"] >= 1_235
+    assert request["event_id"] == f"{a['allowance_id']}.1.1" and p["owner"] == "test.tickets:1"
 
-    await apply(engine, RESULTS, [answer(p, reserved=1_235)])
+    await apply(engine, GRANTS, [grant(p, 100_000)])
     d = await decision(engine, "T-issue")
-    assert d["outcome"] == "issued" and d["issued_minor"] == 1_235
+    assert d["outcome"] == "issued" and d["issued_minor"] == 1_235 and a["allowance_id"] in d["detail"]
     [comp] = await rows(engine, "SELECT * FROM compensations WHERE ticket_id = 'T-issue'")
-    assert comp["status"] == "issued" and len(comp["voucher_code"]) == 25
+    assert comp["status"] == "issued" and len(comp["voucher_code"]) == 25 and comp["allowance_id"] == a["allowance_id"]
     [issued] = [e for e in await issued_events(engine) if e["payload"]["ticket_id"] == "T-issue"]
     assert issued["payload"]["voucher_code"] == comp["voucher_code"]
+    assert issued["payload"]["allowance_id"] == a["allowance_id"]
+    assert issued["payload"]["reservation_id"] == comp["compensation_id"]  # the hold the ledger opens for it
     assert issued["payload"]["min_spend"] == {"amount_minor": 2_000, "currency": "SGD"}
     assert issued["payload"]["liability"] == [{"party": {"type": "platform", "id": None}, "amount_minor": 1_235}]
 
+    # Covered by the allowance now: decided and issued in the ticket's own transaction, nothing asked.
+    await apply(engine, tickets, [late_ticket("T-issue-2", "B-issue-2", order=10_000)], partition=1)
+    d2 = await decision(engine, "T-issue-2")
+    assert (d2["outcome"], d2["issued_minor"]) == ("issued", 1_000)
+    assert len(await allowance_requests(engine, a["allowance_id"])) == 1
+    a = await allowance_of(engine, 1)
+    assert (a["granted_minor"], a["spent_minor"], a["spent_count"]) == (100_000, 2_235, 2)
+
     # The same answer again (redelivered, or answering a re-sent request): nothing changes.
-    await apply(engine, RESULTS, [answer(p, reserved=1_235), answer(p, denial="budget_exhausted")])
-    [again] = await rows(engine, "SELECT * FROM compensations WHERE ticket_id = 'T-issue'")
-    assert again["voucher_code"] == comp["voucher_code"] and again["status"] == "issued"
-    assert len([e for e in await issued_events(engine) if e["payload"]["ticket_id"] == "T-issue"]) == 1
+    await apply(engine, GRANTS, [grant(p, 100_000)])
+    again = await allowance_of(engine, 1)
+    assert (again["granted_minor"], again["spent_minor"]) == (100_000, 2_235)
+    assert len([e for e in await issued_events(engine) if e["payload"]["ticket_id"].startswith("T-issue")]) == 2
 
 
 async def test_replayed_ticket_keeps_its_decision(engine, tickets):
     first = late_ticket("T-replay", "B-replay", days_late=7)
-    await apply(engine, tickets, [first])
+    await apply(engine, tickets, [first], partition=2)
     before = await decision(engine, "T-replay")
-    # Same ticket, new event id (re-sent upstream) and the very same event: no second decision or request.
-    await apply(engine, tickets, [late_ticket("T-replay", "B-replay", days_late=7), first])
+    # Same ticket, new event id (re-sent upstream) and the very same event: no second decision or compensation.
+    await apply(engine, tickets, [late_ticket("T-replay", "B-replay", days_late=7), first], partition=2)
     assert await decision(engine, "T-replay") == before
-    assert len(await requests_for(engine, "T-replay")) == 1
     assert await scalar(engine, "SELECT count(*) FROM compensations WHERE ticket_id = 'T-replay'") == 1
+    a = await allowance_of(engine, 2)
+    assert len(await allowance_requests(engine, a["allowance_id"])) == 1
 
 
 async def test_split_liability_and_degraded_tier(engine, tickets):
     due = NOW - timedelta(days=20)
     await apply(engine, tickets, [late_ticket("T-split", "B-split", days_late=8, order=5_005, carrier_id="C1",
-                                              dispatch_due_at=due, shipped_at=due + timedelta(days=1))])
-    [request] = await requests_for(engine, "T-split")
-    p = request["payload"]
-    # 20% of 50.05 = 10.01; the lower tier 10% = 5.005 -> 5.01 half up
-    assert p["amount"]["amount_minor"] == 1_001
-    assert [m["amount_minor"] for m in p["fallback_amounts"]] == [501]
-    await apply(engine, RESULTS, [answer(p, reserved=501)])
+                                              dispatch_due_at=due, shipped_at=due + timedelta(days=1))], partition=3)
+    p = await request_of(engine, 3)
+    assert p["at_least"]["amount_minor"] == 1_001  # 20% of 50.05 = 10.01; the lower tier 10% = 5.005 -> 5.01
+    # The ledger has only 6.00 left: the lower tier fits what it granted.
+    await apply(engine, GRANTS, [grant(p, 600, limited_by="budget_exhausted", detail="budget exhausted")])
     d = await decision(engine, "T-split")
     assert d["outcome"] == "issued" and d["issued_minor"] == 501 and "degraded from 10.01 SGD" in d["detail"]
     [issued] = [e for e in await issued_events(engine) if e["payload"]["ticket_id"] == "T-split"]
@@ -103,31 +125,35 @@ async def test_split_liability_and_degraded_tier(engine, tickets):
     assert shares == [("seller", "S1", 251), ("platform", None, 250)]  # seller late: 50/50, exact sum
 
 
-async def test_denials_become_budget_denied_or_paced(engine, tickets):
-    await apply(engine, tickets, [late_ticket("T-exhausted", "B-den1"), late_ticket("T-paced", "B-den2")])
-    [r1] = await requests_for(engine, "T-exhausted")
-    [r2] = await requests_for(engine, "T-paced")
-    await apply(engine, RESULTS, [answer(r1["payload"], denial="budget_exhausted"),
-                                  answer(r2["payload"], denial="paced")])
+async def test_denials_become_budget_denied_or_paced_without_asking_again_until_retry(engine, tickets):
+    await apply(engine, tickets, [late_ticket("T-exhausted", "B-den1")], partition=4)
+    await apply(engine, tickets, [late_ticket("T-paced", "B-den2")], partition=5)
+    await apply(engine, GRANTS, [grant(await request_of(engine, 4), 0, limited_by="budget_exhausted",
+                                       detail="budget exhausted: usage 50.00 SGD of 50.00 SGD"),
+                                 grant(await request_of(engine, 5), 0, limited_by="paced", detail="paced")])
     d1, d2 = await decision(engine, "T-exhausted"), await decision(engine, "T-paced")
-    assert (d1["outcome"], d1["failed_rule"]) == ("budget_denied", "budget")
-    assert "budget_exhausted" in d1["detail"]
+    assert (d1["outcome"], d1["failed_rule"]) == ("budget_denied", "budget") and "budget exhausted" in d1["detail"]
     assert d2["outcome"] == "paced"
     assert await scalar(engine, "SELECT count(*) FROM compensations WHERE ticket_id IN ('T-exhausted', 'T-paced') "
                                 "AND status = 'denied' AND voucher_code IS NULL") == 2
-
-
-async def test_ledger_reserving_an_amount_never_offered_is_rejected(engine, tickets):
-    await apply(engine, tickets, [late_ticket("T-odd", "B-odd")])
-    [r] = await requests_for(engine, "T-odd")
-    with pytest.raises(PermanentError, match="not one of the offered amounts"):
-        await apply(engine, RESULTS, [answer(r["payload"], reserved=7)])
-    assert (await decision(engine, "T-odd"))["outcome"] == "pending_budget"
+    # While the ledger's answer stands (retry_after ahead), the next ticket is decided without asking.
+    await apply(engine, tickets, [late_ticket("T-exhausted-2", "B-den3")], partition=4)
+    assert (await decision(engine, "T-exhausted-2"))["outcome"] == "budget_denied"
+    a = await allowance_of(engine, 4)
+    assert len(await allowance_requests(engine, a["allowance_id"])) == 1
+    # Once it passed, the ledger is asked again (a return or a raised limit may have freed room).
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE allowances SET retry_after = now() - interval '1 second' "
+                                "WHERE allowance_id = :a"), {"a": a["allowance_id"]})
+    await apply(engine, tickets, [late_ticket("T-exhausted-3", "B-den4")], partition=4)
+    assert (await decision(engine, "T-exhausted-3"))["outcome"] == "pending_budget"
+    requests = await allowance_requests(engine, a["allowance_id"])
+    assert [r["payload"]["request_seq"] for r in requests] == [1, 2]
 
 
 async def test_not_eligible_holdout_free_outcomes_and_shadow(engine, tickets):
     await apply(engine, tickets, [late_ticket("T-short", "B-ne", days_late=2), damaged_ticket("T-dmg", "B-dmg"),
-                                  damaged_ticket("T-gb", "B-gb", region="GB", currency="GBP")])
+                                  damaged_ticket("T-gb", "B-gb", region="GB", currency="GBP")], partition=6)
     short = await decision(engine, "T-short")
     assert (short["outcome"], short["failed_rule"]) == ("not_eligible", "match.thresholds.days_late")
     assert "days_late = 2, needs >= 3" in short["detail"] and short["compensation_id"] is None
@@ -138,30 +164,35 @@ async def test_not_eligible_holdout_free_outcomes_and_shadow(engine, tickets):
                                                                                    "would_issue", 800)
     gb = await decision(engine, "T-gb")
     assert gb["region"] == "GB" and gb["currency"] == "GBP" and gb["proposed_minor"] == 400
+    # One allowance per (region, period, partition, pacing): SG paced at 10% (late) and unpaced (damaged)
+    # never share one, nor do SG and GB.
+    keys = await rows(engine, "SELECT region, pacing_percent FROM allowances WHERE partition = 6 ORDER BY 1, 2")
+    assert [(k["region"], k["pacing_percent"]) for k in keys] == [("GB", 100), ("SG", 100)]
 
 
 async def test_one_compensation_per_order_and_scenario(engine, tickets):
     await apply(engine, tickets, [late_ticket("T-o1", "B-order", order_id="O-shared"),
-                                  late_ticket("T-o2", "B-order", order_id="O-shared")])
+                                  late_ticket("T-o2", "B-order", order_id="O-shared")], partition=7)
     outcomes = sorted([(await decision(engine, t))["outcome"] for t in ("T-o1", "T-o2")])
     assert outcomes == ["not_eligible", "pending_budget"]
     assert (await decision(engine, "T-o2"))["failed_rule"] == "one_per_order_and_scenario"
 
 
-async def test_abuse_guard_counts_pending_and_issued(engine, tickets):
+async def test_abuse_guard_counts_waiting_and_issued(engine, tickets):
     base = NOW - timedelta(days=3)
     await apply(engine, tickets, [late_ticket(f"T-g{i}", "B-guard", occurred_at=base + timedelta(hours=i))
-                                  for i in range(4)])
+                                  for i in range(4)], partition=8)
     outcomes = [(await decision(engine, f"T-g{i}"))["outcome"] for i in range(4)]
     assert outcomes == ["pending_budget", "pending_budget", "capped_by_abuse_guard", "capped_by_abuse_guard"]
-    # a later batch sees the earlier pending ones
-    await apply(engine, tickets, [late_ticket("T-g9", "B-guard", occurred_at=base + timedelta(days=1))])
+    # a later batch sees the waiting ones
+    await apply(engine, tickets, [late_ticket("T-g9", "B-guard", occurred_at=base + timedelta(days=1))], partition=8)
     assert (await decision(engine, "T-g9"))["outcome"] == "capped_by_abuse_guard"
-    # ...but not a denied one: budget denials free the buyer's allowance
-    [r] = await requests_for(engine, "T-g0")
-    await apply(engine, RESULTS, [answer(r["payload"], denial="budget_exhausted")])
-    await apply(engine, tickets, [late_ticket("T-g10", "B-guard", occurred_at=base + timedelta(days=1))])
-    assert (await decision(engine, "T-g10"))["outcome"] == "pending_budget"
+    # ...but not denied ones: budget denials free the buyer's allowance
+    await apply(engine, GRANTS, [grant(await request_of(engine, 8), 0, limited_by="budget_exhausted")])
+    assert [(await decision(engine, f"T-g{i}"))["outcome"] for i in range(2)] == ["budget_denied"] * 2
+    await apply(engine, tickets, [late_ticket("T-g10", "B-guard", occurred_at=base + timedelta(days=1))],
+                partition=8)
+    assert (await decision(engine, "T-g10"))["outcome"] == "budget_denied"  # past the guard, denied by budget
 
 
 async def test_abuse_guard_holds_with_two_concurrent_transactions(engine, tickets):
@@ -171,7 +202,8 @@ async def test_abuse_guard_holds_with_two_concurrent_transactions(engine, ticket
         buyer = f"B-race-{round_}"
         batch_a = [late_ticket(f"T-ra{round_}-{i}", buyer) for i in range(3)]
         batch_b = [late_ticket(f"T-rb{round_}-{i}", buyer) for i in range(3)]
-        await asyncio.gather(apply(engine, tickets, batch_a), apply(engine, tickets, batch_b))
+        await asyncio.gather(apply(engine, tickets, batch_a, partition=9),
+                             apply(engine, tickets, batch_b, partition=10))
         granted = await scalar(engine, "SELECT count(*) FROM compensations WHERE buyer_id = :b "
                                        "AND status <> 'denied'", b=buyer)
         assert granted == 2
@@ -180,33 +212,15 @@ async def test_abuse_guard_holds_with_two_concurrent_transactions(engine, ticket
 
 async def test_same_ticket_in_two_concurrent_batches_is_decided_once(engine, tickets):
     env = late_ticket("T-twice", "B-twice")
-    await asyncio.gather(apply(engine, tickets, [env]), apply(engine, tickets, [late_ticket("T-twice", "B-twice")]))
+    await asyncio.gather(apply(engine, tickets, [env], partition=11),
+                         apply(engine, tickets, [late_ticket("T-twice", "B-twice")], partition=11))
     assert await scalar(engine, "SELECT count(*) FROM compensations WHERE ticket_id = 'T-twice'") == 1
-    assert len(await requests_for(engine, "T-twice")) == 1
+    a = await allowance_of(engine, 11)
+    assert len(await allowance_requests(engine, a["allowance_id"])) == 1
 
 
-async def test_saga_timeout_resends_with_the_same_reservation_id(engine, tickets):
-    await apply(engine, tickets, [late_ticket("T-slow", "B-slow")])
-    saga = SagaTimeouts(engine, timeout_seconds=30, interval_seconds=3600)
-    assert await saga.run_once() == 0  # answered within the timeout: nothing to re-send
-    async with engine.begin() as conn:
-        await conn.execute(text("UPDATE compensations SET last_sent_at = now() - interval '31 seconds' "
-                                "WHERE ticket_id = 'T-slow'"))
-    assert await saga.run_once() == 1
-    first, second = await requests_for(engine, "T-slow")
-    assert first["payload"] == second["payload"]
-    assert first["event_id"] != second["event_id"] and second["event_id"].endswith(".2")
-    assert await saga.run_once() == 0  # clock restarted
-    # whichever copy the ledger answers, the voucher is issued once
-    await apply(engine, RESULTS, [answer(second["payload"], reserved=1_000),
-                                  answer(first["payload"], reserved=1_000)])
-    assert await scalar(engine, "SELECT count(*) FROM compensations WHERE ticket_id = 'T-slow' "
-                                "AND voucher_code IS NOT NULL") == 1
-    assert await scalar(engine, "SELECT attempts FROM compensations WHERE ticket_id = 'T-slow'") == 2
-
-
-async def test_unknown_reservation_answers_are_ignored(engine):
-    stray = {"reservation_id": "res-unknown", "compensation_id": "ac-unknown", "ticket_id": "T-none",
-             "buyer_id": "B-none", "amount": {"amount_minor": 100, "currency": "SGD"}}
-    await apply(engine, RESULTS, [answer(stray, reserved=100)])
-    assert await decision(engine, "T-none") is None
+async def test_unknown_allowance_answers_are_ignored(engine):
+    stray = {"allowance_id": "al-unknown", "request_seq": 1, "budget_period": "2026-11",
+             "wanted": {"amount_minor": 100, "currency": "SGD"}}
+    await apply(engine, GRANTS, [grant(stray, 100)])
+    assert await scalar(engine, "SELECT count(*) FROM allowances WHERE allowance_id = 'al-unknown'") == 0

@@ -6,11 +6,11 @@ from __future__ import annotations
 import gc
 
 import pytest
-from autocomp_support import answer, apply, late_ticket, requests_for, write_strategies
+from autocomp_support import RULES, allowance_requests, apply, grant, late_ticket, write_strategies
 
 from services.auto_comp.app import build_context
 from services.auto_comp.config import Settings
-from services.auto_comp.handlers import BudgetResultHandler, TicketHandler
+from services.auto_comp.handlers import GrantHandler, TicketHandler
 from services.auto_comp.store import StrategyStore
 
 pytestmark = pytest.mark.integration
@@ -18,16 +18,17 @@ pytestmark = pytest.mark.integration
 
 
 async def _decide_and_issue(engine, tickets: TicketHandler, tag: str, n: int) -> None:
-    await apply(engine, tickets, [late_ticket(f"T-{tag}-{i}", f"B-{tag}-{i}") for i in range(n)])
-    answers = []
-    for i in range(n):
-        [request] = await requests_for(engine, f"T-{tag}-{i}")
-        answers.append(answer(request["payload"], reserved=request["payload"]["amount"]["amount_minor"]))
-    await apply(engine, BudgetResultHandler(), answers)
+    """n tickets of a partition of their own: they wait for its first grant, which issues them all."""
+    partition = abs(hash(tag)) % 10_000 + 100
+    await apply(engine, tickets, [late_ticket(f"T-{tag}-{i}", f"B-{tag}-{i}") for i in range(n)], partition=partition)
+    requests = [r for r in await allowance_requests(engine) if r["payload"]["owner"].endswith(f":{partition}")]
+    await apply(engine, GrantHandler(RULES), [grant(r["payload"], 10**9) for r in requests])
+    # and n more, issued from it in the tickets' own transaction
+    await apply(engine, tickets, [late_ticket(f"T-{tag}-b{i}", f"B-{tag}-b{i}") for i in range(n)], partition=partition)
 
 
 async def test_a_batch_leaves_no_cyclic_garbage(engine, tmp_path):
-    tickets = TicketHandler(StrategyStore(write_strategies(tmp_path)))
+    tickets = TicketHandler(StrategyStore(write_strategies(tmp_path)), RULES)
     await _decide_and_issue(engine, tickets, "warm", 5)  # statements compiled and cached once
     was = gc.isenabled()
     gc.disable()
@@ -49,5 +50,5 @@ def test_both_consumers_pause_the_collector(tmp_path):
                         strategies_dir=str(write_strategies(tmp_path)))
     ctx, _ = build_context(settings)
     runners = {r.group_id: r for r in ctx.runners}
-    for group in (f"{settings.consumer_group}.tickets", f"{settings.consumer_group}.budget"):
+    for group in (f"{settings.consumer_group}.tickets", f"{settings.consumer_group}.grants"):
         assert runners[group].pause_gc, group

@@ -21,13 +21,13 @@ async def engine(fresh_database):
     async with engine.begin() as conn:
         # Compensations of other buyers, in the same time window: what a buyer's history must not read.
         await conn.execute(text(
-            "INSERT INTO compensations (compensation_id, reservation_id, ticket_id, strategy_id, strategy_version, "
+            "INSERT INTO compensations (compensation_id, ticket_id, strategy_id, strategy_version, "
             "order_id, scenario, buyer_id, region, reason, kind, currency, status, requested_minor, "
-            "liability_rule, shares, expires_at, request, ticket_occurred_at) "
-            "SELECT 'ac-' || i, 'res-' || i, 'T-' || i, 'us-late', 1, 'O-' || i, 'late_delivery', 'B-' || i, "
+            "liability_rule, shares, expires_at, ticket_occurred_at, partition, pacing_percent) "
+            "SELECT 'ac-' || i, 'T-' || i, 'us-late', 1, 'O-' || i, 'late_delivery', 'B-' || i, "
             "'US', 'late_delivery', 'voucher', 'USD', CASE WHEN i % 2 = 0 THEN 'pending' ELSE 'issued' END, "
-            "500, 'otherwise', '[]', CAST(:at AS timestamptz) + interval '7 days', '{}', "
-            "CAST(:at AS timestamptz) - (i % 100) * interval '1 minute' "
+            "500, 'otherwise', '[]', CAST(:at AS timestamptz) + interval '7 days', "
+            "CAST(:at AS timestamptz) - (i % 100) * interval '1 minute', i % 4, 10 "
             "FROM generate_series(1, :n) AS i"), {"at": NOW, "n": OTHER_BUYERS})
     yield engine
     await engine.dispose()
@@ -75,12 +75,12 @@ async def test_buyer_history_reads_only_the_buyers_rows(engine, nestloop):
 
 
 @pytest.mark.parametrize("settle", ["issue", "deny"])
-async def test_answers_settle_by_primary_key_whatever_the_pending_backlog(engine, settle):
+async def test_waiting_compensations_settle_by_primary_key_whatever_the_backlog(engine, settle):
     async with engine.connect() as conn:
         trans = await conn.begin()
         try:
-            # Statistics taken when nothing was pending, then a backlog of pending compensations: the
-            # state of a service whose reservations wait for the ledger under load.
+            # Statistics taken when nothing was pending, then a backlog of waiting compensations: the
+            # state of a service whose allowance requests wait for the ledger under load.
             await conn.execute(text("UPDATE compensations SET status = 'issued', issued_minor = 500"))
             await conn.execute(text("ANALYZE compensations"))
             await conn.execute(text(
@@ -91,7 +91,8 @@ async def test_answers_settle_by_primary_key_whatever_the_pending_backlog(engine
             if settle == "issue":
                 done = await persistence.mark_issued(explaining, [  # type: ignore[arg-type]
                     {"compensation_id": c, "ticket_id": "T" + c[2:], "issued_minor": 500, "voucher_code": None,
-                     "budget_period": "2026-11", "detail": "issued"} for c in ids])
+                     "budget_period": "2026-11", "allowance_id": "al-1", "valid_until": None, "detail": "issued"}
+                    for c in ids])
             else:
                 done = await persistence.mark_denied(explaining, [  # type: ignore[arg-type]
                     {"compensation_id": c, "ticket_id": "T" + c[2:], "outcome": "budget_denied",
@@ -107,3 +108,25 @@ async def test_answers_settle_by_primary_key_whatever_the_pending_backlog(engine
     assert done == set(ids)
     assert tuple(status) == (OTHER_BUYERS // 2 - 2, 2)
     assert read <= 10 * len(ids), f"read {read} compensation rows to settle {len(ids)}"
+
+
+async def test_the_waiting_check_of_a_batch_reads_no_issued_compensation(engine):
+    """Locking a batch's allowances also asks whether tickets of their keys wait: an index probe into the
+    waiting ones, never a read of the issued ones (every voucher of the service)."""
+    async with engine.connect() as conn:
+        trans = await conn.begin()
+        try:
+            await conn.execute(text("UPDATE compensations SET status = 'issued', issued_minor = 500"))
+            await conn.execute(text(
+                "INSERT INTO allowances (allowance_id, region, period, partition, pacing_percent, currency, owner, "
+                "status, close_at) SELECT 'al-' || p, 'US', '2026-11', p, 10, 'USD', 'plan', 'open', now() "
+                "FROM generate_series(0, 3) AS p"))
+            await conn.execute(text("ANALYZE compensations"))
+            explaining = Explaining(conn)
+            _, found = await persistence.lock_allowances(  # type: ignore[arg-type]
+                explaining, keys=[("US", "2026-11", p, 10) for p in range(4)])
+            read = sum(rows_read(plan, "compensations") for plan in explaining.plans)
+        finally:
+            await trans.rollback()
+    assert len(found) == 4 and not any(a.waiting for a in found.values())
+    assert read == 0, f"read {read} compensation rows to see that none waits"

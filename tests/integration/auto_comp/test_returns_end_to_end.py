@@ -88,7 +88,7 @@ async def service(fresh_database, kafka_bootstrap, topic_factory, tmp_path_facto
     engine = await autocomp_engine(fresh_database)
     settings = Settings(database_url=fresh_database, kafka_bootstrap_servers=kafka_bootstrap,
                         strategies_dir=write_strategies(tmp_path_factory.mktemp("returns-strategies")),
-                        tickets_topic=tickets, budget_results_topic=results, buyer_orders_topic=orders,
+                        tickets_topic=tickets, grants_topic=results, buyer_orders_topic=orders,
                         consumer_group=f"{orders}-group", consumer_poll_timeout_ms=20, return_min_group=3)
     app = build_app(settings, manage_lifecycle=False)
     ctx = app.state.ctx

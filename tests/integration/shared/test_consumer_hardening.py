@@ -451,3 +451,49 @@ async def test_sigterm_finishes_the_batch_in_hand_then_exits(db, settings, produ
     assert "service stopped" in output, output
     assert await logged(engine, [event.event_id]) == [event.event_id]
     assert await _offset_at_least(engine, group, 1)
+
+
+# ---------------------------------------------------------------------------------------------- hand-over
+
+
+async def test_partitions_leaving_a_runner_are_handed_over_after_the_batch_in_hand(db, settings, producer,
+                                                                                   make_topics):
+    """``on_revoke`` (auto_comp's allowances, ADR 0008): called with the revoked partitions when a second
+    member joins, after the batch in hand committed, and with the rest when the runner stops; a failing
+    hook neither stops the rebalance nor the shutdown."""
+    (topic,) = await make_topics("handover", partitions=2)
+    group = f"g-{topic}"
+    engine = db[1]
+    calls: list[tuple[str, list[int], int]] = []  # (why, partitions, events committed at that moment)
+    committed = asyncio.Event()
+
+    async def handler(conn, events):
+        await log_handler("first")(conn, events)
+        committed.set()
+
+    async def on_revoke(partitions, why):
+        calls.append((why, [tp.partition for tp in partitions], await scalar(
+            engine, "SELECT count(*) FROM ticket_log WHERE consumer = 'first'")))
+        raise RuntimeError("a failing hook must not stop anything")
+
+    first = ConsumerRunner(settings=settings, engine=engine, group_id=group, topics=[topic], handler=handler,
+                           on_revoke=on_revoke)
+    second = ConsumerRunner(settings=settings, engine=engine, group_id=group, topics=[topic],
+                            handler=log_handler("second"))
+    await first.start()
+    try:
+        await send(producer, topic, ticket_event(950))
+        await asyncio.wait_for(committed.wait(), 30)
+        await second.start()
+        await eventually(lambda: _assigned(second, 1), 30, "the second member to get a partition")
+        assert calls and calls[0][0] == "revoked" and calls[0][2] == 1  # the committed batch came first
+        assert sorted(calls[0][1]) == [0, 1]  # an eager rebalance revokes everything, then reassigns
+    finally:
+        await first.stop()
+        await second.stop()
+    why, partitions, _ = calls[-1]
+    assert why == "shutdown" and len(partitions) in (1, 2)  # what it held when it stopped
+
+
+async def _assigned(runner: ConsumerRunner, n: int) -> bool:
+    return runner._consumer is not None and len(runner._consumer.assignment()) >= n

@@ -20,54 +20,16 @@ traces = st.sampled_from([None, TRACE])
 regions = st.sampled_from([("SG", "SGD"), ("US", "USD"), ("ID", "IDR")])
 
 
-@st.composite
-def amounts(draw: st.DrawFn) -> tuple[int, list[int]]:
-    """A positive amount and strictly descending positive fallbacks below it (at most 5)."""
-    amount = draw(st.integers(1, 10**12))
-    below = sorted(draw(st.sets(st.integers(1, amount), max_size=5)) - {amount}, reverse=True)
-    return amount, below
-
-
-@given(ids, ids, ids, comp_ids, st.integers(1, 10**6), st.sampled_from(list(ev.CompensationKind)), amounts(), regions,
-       st.one_of(st.none(), st.integers(0, 100)), instants, instants, ids, ids, traces)
-def test_reservation_request_record_equals_the_contract_encoding(
-        ticket_id, buyer_id, strategy_id, comp_id, version, kind, amount_fallbacks, region_currency, pacing,
-        expires, now, correlation_id, causation_id, traceparent):
-    amount, fallbacks = amount_fallbacks
-    region, currency = region_currency
-    reservation_id = f"res-{comp_id}"
-    payload = outgoing.reservation_requested(
-        reservation_id=reservation_id, compensation_id=comp_id, ticket_id=ticket_id, buyer_id=buyer_id,
-        strategy_id=strategy_id, strategy_version=version, kind=kind.value, amount_minor=amount, currency=currency,
-        fallback_minor=fallbacks, pacing_allowance_percent=pacing, expires_at=expires)
-    record = outgoing.reservation_requested_record(
-        payload, region=region, event_id=f"{reservation_id}.1", occurred_at=now, produced_at=now,
-        correlation_id=correlation_id, causation_id=causation_id, traceparent=traceparent)
-    model = ev.BudgetReservationRequested(
-        reservation_id=reservation_id, compensation_id=comp_id, ticket_id=ticket_id, buyer_id=buyer_id,
-        strategy_id=strategy_id, strategy_version=version, kind=kind,
-        amount=ev.PositiveMoney(amount_minor=amount, currency=currency),
-        fallback_amounts=[ev.PositiveMoney(amount_minor=m, currency=currency) for m in fallbacks],
-        pacing_allowance_percent=pacing, expires_at=expires)
-    assert payload == model.model_dump(mode="json")  # also what the compensation row keeps for re-sends
-    envelope = make_envelope("budget.reservation_requested", model, source="auto_comp", region=region,
-                             occurred_at=now, produced_at=now, event_id=f"{reservation_id}.1",
-                             correlation_id=correlation_id, causation_id=causation_id, traceparent=traceparent)
-    assert record == record_for(envelope)
-    decoded, decoded_payload = decode_envelope(record[2])
-    assert decoded == envelope and decoded_payload == model
-
-
 parties = st.lists(st.tuples(st.sampled_from(list(ev.PartyType)), st.integers(0, 10**6)), min_size=1, max_size=3,
                    unique_by=lambda x: x[0])
 
 
 @given(comp_ids, ids, ids, ids, ids, st.integers(1, 10**6), st.sampled_from(list(ev.TicketReason)),
        st.sampled_from(list(ev.CompensationKind)), regions, parties, ids, st.one_of(st.none(), st.integers(0, 10**6)),
-       instants, instants, ids, ids, traces)
+       instants, instants, ids, ids, traces, st.one_of(st.none(), ids))
 def test_compensation_issued_record_equals_the_contract_encoding(
         comp_id, ticket_id, order_id, buyer_id, strategy_id, version, reason, kind, region_currency, shares, party_id,
-        min_spend, valid_until, now, correlation_id, causation_id, traceparent):
+        min_spend, valid_until, now, correlation_id, causation_id, traceparent, allowance_id):
     region, currency = region_currency
     liability = [(p.value, None if p is ev.PartyType.PLATFORM else f"{p.value}-{party_id}", m + 1) for p, m in shares]
     amount = sum(m for _, _, m in liability)
@@ -77,7 +39,8 @@ def test_compensation_issued_record_equals_the_contract_encoding(
         compensation_id=comp_id, reservation_id=f"res-{comp_id}", ticket_id=ticket_id, order_id=order_id,
         buyer_id=buyer_id, strategy_id=strategy_id, strategy_version=version, reason=reason.value, kind=kind.value,
         amount_minor=amount, currency=currency, liability=liability, voucher_code=code,
-        min_spend_minor=min_spend if voucher else None, valid_until=valid_until if voucher else None)
+        min_spend_minor=min_spend if voucher else None, valid_until=valid_until if voucher else None,
+        allowance_id=allowance_id)
     record = outgoing.compensation_issued_record(
         payload, region=region, event_id=f"{comp_id}.issued", occurred_at=now, produced_at=now,
         correlation_id=correlation_id, causation_id=causation_id, traceparent=traceparent)
@@ -90,7 +53,7 @@ def test_compensation_issued_record_equals_the_contract_encoding(
         voucher_code=code,
         min_spend=ev.NonNegativeMoney(amount_minor=min_spend, currency=currency)
         if voucher and min_spend is not None else None,
-        valid_until=valid_until if voucher else None)
+        valid_until=valid_until if voucher else None, allowance_id=allowance_id)
     envelope = make_envelope("compensation.issued", model, source="auto_comp", region=region, occurred_at=now,
                              produced_at=now, event_id=f"{comp_id}.issued", correlation_id=correlation_id,
                              causation_id=causation_id, traceparent=traceparent)
@@ -107,3 +70,25 @@ def test_compensation_ids_are_uuid5(ticket_id, strategy_id):
 
     assert compensation_id_for(ticket_id, strategy_id) == "ac-" + str(uuid.uuid5(_NAMESPACE,
                                                                                f"{ticket_id}\x1f{strategy_id}"))
+
+
+@given(comp_ids, st.integers(1, 10**4), st.integers(1, 50), regions, st.integers(0, 100), st.integers(0, 10**9),
+       st.integers(1, 10**9), instants)
+def test_allowance_records_are_keyed_by_allowance_and_pass_their_contracts(
+        allowance_id, seq, attempt, region_currency, pacing, at_least, extra, now):
+    region, currency = region_currency
+    request = outgoing.allowance_requested_record(
+        allowance_id=allowance_id, seq=seq, attempt=attempt, region=region, period="2026-11", pacing_percent=pacing,
+        at_least_minor=at_least, wanted_minor=at_least + extra, currency=currency, owner="auto_comp.tickets:3",
+        occurred_at=now)
+    returned = outgoing.allowance_returned_record(
+        allowance_id=allowance_id, region=region, period="2026-11", currency=currency, spent_minor=at_least,
+        spent_count=1 if at_least else 0, reason="revoked", closed_at=now)
+    for record, event_type in ((request, "budget.allowance_requested"), (returned, "budget.allowance_returned")):
+        topic, key, value, _ = record
+        # one partition per allowance: the ledger sees its requests and its return in the order written
+        assert topic == "budget.allowances.v1" and key == allowance_id.encode()
+        envelope, payload = decode_envelope(value)
+        assert envelope.event_type == event_type and payload.allowance_id == allowance_id
+    assert decode_envelope(request[2])[0].event_id == f"{allowance_id}.{seq}.{attempt}"
+    assert decode_envelope(returned[2])[0].event_id == f"{allowance_id}.returned"

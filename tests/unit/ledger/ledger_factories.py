@@ -98,3 +98,39 @@ def payload_of(envelope: Envelope) -> ev.Payload:
     from shared.contracts.registry import validate_payload
 
     return validate_payload(envelope)
+
+
+def allowance_request(aid: str, seq: int = 1, *, at_least: int = 0, wanted: int = 10_000, region: str = "SG",
+                      period: str = "2026-11", pacing: int = 100, at: datetime = NOW,
+                      event_id: str | None = None) -> Envelope:
+    p = ev.BudgetAllowanceRequested(
+        allowance_id=aid, request_seq=seq, budget_period=period, pacing_allowance_percent=pacing,
+        at_least=ev.NonNegativeMoney(**money(at_least, region)), wanted=ev.PositiveMoney(**money(wanted, region)),
+        owner="auto_comp.tickets:0")
+    return make_envelope("budget.allowance_requested", p, source="auto_comp", region=region, occurred_at=at,
+                         event_id=event_id or f"{aid}.{seq}.{next(_ids)}")
+
+
+def allowance_return(aid: str, spent: int, count: int, *, region: str = "SG", period: str = "2026-11",
+                     reason: str = "expired", at: datetime = NOW) -> Envelope:
+    p = ev.BudgetAllowanceReturned(
+        allowance_id=aid, budget_period=period, spent=ev.NonNegativeMoney(**money(spent, region)), spent_count=count,
+        reason=ev.AllowanceCloseReason(reason), closed_at=at)
+    return make_envelope("budget.allowance_returned", p, source="auto_comp", region=region, occurred_at=at)
+
+
+def issued_from(aid: str, cid: str, amount: int, *, region: str = "SG", at: datetime = NOW, kind: str = "voucher",
+                shares: list[tuple[ev.LiableParty, int]] | None = None, valid_days: int = 30,
+                buyer: str = "B1") -> Envelope:
+    """compensation.issued spent from an allowance (its hold id is the compensation id, as auto_comp sends)."""
+    shares = shares or [(seller(), amount)]
+    voucher = kind == "voucher"
+    p = ev.CompensationIssued(
+        compensation_id=cid, reservation_id=cid, ticket_id=f"T-{cid}", order_id=f"O-{cid}", buyer_id=buyer,
+        strategy_id="late3", strategy_version=1, reason=ev.TicketReason.LATE_DELIVERY,
+        kind=ev.CompensationKind(kind), amount=ev.PositiveMoney(**money(amount, region)),
+        liability=[ev.LiabilityShare(party=party, amount_minor=a) for party, a in shares],
+        voucher_code=f"V-{cid}" if voucher else None, valid_until=at + timedelta(days=valid_days) if voucher else None,
+        allowance_id=aid)
+    return make_envelope("compensation.issued", p, source="auto_comp", region=region, occurred_at=at,
+                         event_id=f"{cid}.issued")

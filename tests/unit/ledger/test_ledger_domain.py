@@ -23,14 +23,14 @@ from ledger_factories import (
 from services.ledger.domain import journal
 from services.ledger.domain.book import Book, HoldStatus, Rejected
 from services.ledger.domain.budget import BudgetState, crossed_thresholds, decide, pacing_cap
-from services.ledger.domain.periods import (
+from shared.contracts.events import DenialReason
+from shared.periods import (
     InvalidPeriod,
     elapsed_fraction,
     period_bounds,
     period_of,
     validate_period,
 )
-from shared.contracts.events import DenialReason
 from shared.regions import region
 
 

@@ -1,4 +1,7 @@
-"""Budget periods, cut on the region's wall clock: ``2026-11`` (month) or ``2026-11-22`` (day)."""
+"""Budget periods, cut on the region's wall clock: ``2026-11`` (month) or ``2026-11-22`` (day).
+
+Shared: the ledger keeps budgets per period, and auto_comp spends allowances granted per period.
+"""
 
 from __future__ import annotations
 
