@@ -31,12 +31,14 @@ GRACE = 15.0
 
 _FINAL = "SELECT count(*) FROM auto_comp.decisions WHERE outcome <> 'pending_budget' AND ticket_id LIKE $1"
 _ISSUED = "SELECT count(*) FROM auto_comp.decisions WHERE outcome = 'issued' AND ticket_id LIKE $1"
-_CHARGED = ("SELECT count(*) FROM auto_comp.decisions d JOIN ledger.journal_transactions t "
-            "ON t.compensation_id = d.compensation_id AND t.kind = 'charge' WHERE d.ticket_id LIKE $1")
+_CHARGED = ("SELECT count(*) FROM auto_comp.decisions d JOIN ledger.journal_transfers t "
+            "ON t.compensation_id = d.compensation_id AND t.kind = 'charge' AND t.line_no = 1 "
+            "WHERE d.ticket_id LIKE $1")
 _TIMES = ("SELECT d.ticket_id, d.outcome, extract(epoch FROM d.decided_at)::float8 AS decided, "
           "extract(epoch FROM d.updated_at)::float8 AS issued, extract(epoch FROM t.recorded_at)::float8 AS charged "
-          "FROM auto_comp.decisions d LEFT JOIN ledger.journal_transactions t "
-          "ON t.compensation_id = d.compensation_id AND t.kind = 'charge' WHERE d.ticket_id LIKE $1")
+          "FROM auto_comp.decisions d LEFT JOIN ledger.journal_transfers t "
+          "ON t.compensation_id = d.compensation_id AND t.kind = 'charge' AND t.line_no = 1 "
+          "WHERE d.ticket_id LIKE $1")
 
 
 async def _settle(db: Counter, pattern: str, accepted: int, wait: float) -> bool:

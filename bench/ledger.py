@@ -3,10 +3,11 @@
 Per run, on a private database and broker: the US budget is set for the period, N = 2 x BENCH_COUNT manual
 compensations (voucher, 6.00 USD split seller 4.00 / carrier 2.00, one buyer each) are pre-loaded onto
 ``compensations.manual.v1``, then the ledger is started (``serve``). Each compensation becomes a charge
-transaction (3 entries: seller, carrier, payable) and a budget posting (2 entries) against the region's
-budget row and budget account, the compensation row and the consumer's processed-event record. The clock
-runs from the first journal transaction (its ``recorded_at``) until all N compensations are on the books
-(the database clock when the count reaches N); the rate is N over that time.
+transaction (two transfer rows: seller -> payable, carrier -> payable), its part of the batch's one budget
+posting against the region's budget row and budget account (ADR 0009), the compensation row and the
+consumer's processed-event record. The clock runs from the first journal transfer (its ``recorded_at``)
+until all N compensations are on the books (the database clock when the count reaches N); the rate is N
+over that time.
 
 The note also gives CPU time per charge, which depends far less on what else runs on the machine than the
 wall-clock rate: the service process (user + system, from ``/proc``) and the PostgreSQL backends of its
@@ -66,9 +67,9 @@ async def one_run(url: str, external: str | None, partitions: int, n: int,
             end = await db.wait_for("SELECT count(*) FROM ledger.compensations", n, 120 + n / 200, 0.05,
                                     "ledger compensations")
             start = await db.value("SELECT extract(epoch FROM min(recorded_at))::float8 "
-                                   "FROM ledger.journal_transactions")
+                                   "FROM ledger.journal_transfers")
             service1, backends1 = _cpu_seconds(service.pid), await _backend_cpu(db)
-            entries = await db.value("SELECT count(*) FROM ledger.journal_entries")
+            entries = await db.value("SELECT count(*) FROM ledger.journal_transfers")
         if spy is not None:
             spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
             spy.wait(30)
@@ -111,5 +112,6 @@ async def run(settings: Any, url: str, bootstrap: str, args: Any) -> list[Result
         cpu_note = (f"; CPU per charge (median): service {service_us:.0f} us, PostgreSQL backends "
                     f"{backend_us:.0f} us")
     result.note = (f"{n:,} pre-loaded compensations per run drained from the topic by the running service "
-                   f"({entries:,} journal entries per run: charge + budget posting){cpu_note}")
+                   f"({entries:,} journal transfer rows per run: a charge of two lines each, one budget posting "
+                   f"per batch){cpu_note}")
     return [result]

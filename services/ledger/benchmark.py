@@ -3,12 +3,12 @@
 ``python -m services.ledger.benchmark [--charges 100000] [--batch 500] [--writers 1,2,4]`` works in a
 scratch schema ``ledger_bench`` of ``DATABASE_URL`` (dropped and recreated; other schemas untouched).
 
-Each charge is a manual compensation split across a seller and a carrier: a charge transaction (3
-entries), a budget posting (2 entries) against the region's hot budget row and hot accounts (payable,
-expense, budget:<period>, the balances of both parties), the compensation row, and the consumer runner's
-processed-event record. Events are decoded before the clock starts (the runner's decoding is measured
-separately). ``writers`` run in parallel on their own connections and stripes, all in one region and
-period: the hot-account worst case. The raw ceiling is asyncpg COPY of the same number of entry rows.
+Each charge is a manual compensation split across a seller and a carrier: a charge transaction (two
+transfer rows), its part of the batch's one budget posting (ADR 0009) against the region's hot budget row and
+hot accounts (payable, expense, budget:<period>, the balances of both parties), the compensation row, and
+the consumer runner's processed-event record. Events are decoded before the clock starts (the runner's
+decoding is measured separately). ``writers`` run in parallel on their own connections and stripes, all in
+one region and period: the hot-account worst case. The raw ceiling is asyncpg COPY of the same number of transfer rows.
 """
 
 from __future__ import annotations
@@ -104,12 +104,14 @@ async def run_handler(url: str, charges: int, batch: int, writers: int) -> float
 
 
 async def run_copy_ceiling(url: str, charges: int) -> float:
-    """Raw asyncpg COPY of the same number of entry rows (5 per charge) into an unindexed table."""
+    """Raw asyncpg COPY of the same number of transfer rows (2 per charge) into an unindexed table."""
     engine = make_engine(url, SCHEMA, pool_size=1)
-    rows = [(f"t{i}", i % 5 + 1, "SG", f"seller:S{i % 200}", "SGD", 100 + i % 7, AT) for i in range(charges * 5)]
+    rows = [(f"t{i}", i % 2 + 1, "SG", f"seller:S{i % 200}", "compensation_payable", "SGD", 100 + i % 7, AT)
+            for i in range(charges * 2)]
     async with engine.begin() as conn:
         await conn.execute(text("CREATE TEMP TABLE raw_entries (tx_id text, line_no smallint, region text, "
-                                "account_key text, currency text, amount_minor bigint, occurred_at timestamptz)"))
+                                "debit_account text, credit_account text, currency text, amount_minor bigint, "
+                                "occurred_at timestamptz)"))
         raw = await raw_connection(conn)
         started = time.perf_counter()
         for i in range(0, len(rows), 2_500):

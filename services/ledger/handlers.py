@@ -122,6 +122,7 @@ async def write_books(conn: AsyncConnection, book: Book, *, stripe: int, consume
     expensive part, done without any hot lock) and replays its budget steps on them; the stripe upsert
     comes after that in both modes, so the budget row is held for a few statements, not the whole batch.
     """
+    book.finish()  # the batch's posted spend: one posting per budget account
     balances = await persistence.save_books(conn, book, consumer_group=consumer_group)
     if book.deltas and book.budget_steps:
         book.replay(await persistence.lock_budgets(conn, {step.key for step in book.budget_steps}))
@@ -162,7 +163,7 @@ def _outgoing(book: Book) -> list:  # type: ignore[type-arg]
 def _count(book: Book) -> None:
     # Aggregate first: one metric update per label set per batch, not one per entry.
     txs: Counter[journal.TxKind] = Counter()
-    entries: Counter[journal.TxKind] = Counter()
+    lines: Counter[journal.TxKind] = Counter()
     charges: Counter[tuple[str, str]] = Counter()
     charged: Counter[tuple[str, str]] = Counter()
     reversed_: Counter[tuple[str, str]] = Counter()
@@ -171,7 +172,7 @@ def _count(book: Book) -> None:
     for tx in book.out.transactions:
         kind = tx.kind
         txs[kind] += 1
-        entries[kind] += len(tx.entries)
+        lines[kind] += len(tx.entries) - 1  # transfers: each entry paired with the single opposite one
         if kind is posting:
             continue
         for account, amount, currency in tx.entries:
@@ -187,7 +188,7 @@ def _count(book: Book) -> None:
                     reversed_[key] -= amount
     for kind, n in txs.items():
         metrics.TRANSACTIONS.labels(kind.value).inc(n)
-        metrics.ENTRIES.labels(kind.value).inc(entries[kind])
+        metrics.TRANSFERS.labels(kind.value).inc(lines[kind])
     for key, n in charges.items():
         metrics.CHARGES.labels(*key).inc(n)
         metrics.CHARGED_MINOR.labels(*key).inc(charged[key])

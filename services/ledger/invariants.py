@@ -8,15 +8,16 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 CHECKS: dict[str, str] = {
-    # every journal transaction sums to zero per currency and has all its declared lines
+    # every journal transaction balances and is complete: its transfer lines (each balanced by construction,
+    # amount > 0 between two accounts) are numbered 1..line_count and agree on what the transaction is
     "unbalanced_transactions": """
         SELECT count(*) FROM (
-            SELECT t.tx_id FROM journal_transactions t LEFT JOIN journal_entries e ON e.tx_id = t.tx_id
-            GROUP BY t.tx_id, t.entry_count
-            HAVING count(e.tx_id) <> t.entry_count
-                OR bool_or(e.amount_minor IS NULL)
-                OR EXISTS (SELECT 1 FROM journal_entries x WHERE x.tx_id = t.tx_id
-                           GROUP BY x.currency HAVING sum(x.amount_minor) <> 0)) v""",
+            SELECT tx_id FROM journal_transfers GROUP BY tx_id
+            HAVING count(*) <> max(line_count) OR min(line_count) <> max(line_count) OR max(line_no) <> count(*)
+                OR bool_or(amount_minor <= 0 OR debit_account = credit_account)
+                OR count(DISTINCT (kind, region, currency, coalesce(compensation_id, ''), source_event_id,
+                                   coalesce(reverses_tx_id, ''), coalesce(corrects_tx_id, ''),
+                                   coalesce(correction_id, ''), occurred_at)) <> 1) v""",
     # automatic spend (reserved + posted) + outstanding allowances within every budget (ADR 0008); manual
     # compensations, always charged, only shrink what later grants may give
     "budget_overspent": """
@@ -33,6 +34,19 @@ CHECKS: dict[str, str] = {
             FROM allowances GROUP BY region, period) a ON a.region = b.region AND a.period = b.period
         WHERE b.reserved_minor <> coalesce(r.pending, 0) OR b.posted_auto_minor <> coalesce(r.posted, 0)
            OR b.allotted_minor <> coalesce(a.outstanding, 0)""",
+    # a batch posts the budget once per budget account (ADR 0009): every posting is exactly the parts
+    # that name it (manual compensations at issue, holds as posted), and every posted part names one
+    "budget_postings_drift": """
+        SELECT (SELECT count(*) FROM journal_transfers t FULL JOIN (
+                    SELECT posting_tx_id, sum(part) AS total FROM (
+                        SELECT posting_tx_id, amount_minor AS part FROM compensations
+                        WHERE origin = 'manual' AND posting_tx_id IS NOT NULL
+                        UNION ALL
+                        SELECT posting_tx_id, posted_minor FROM reservations WHERE posting_tx_id IS NOT NULL) p
+                    GROUP BY posting_tx_id) s ON s.posting_tx_id = t.tx_id
+                WHERE (t.kind = 'budget_posting' OR t.tx_id IS NULL) AND t.amount_minor IS DISTINCT FROM s.total)
+             + (SELECT count(*) FROM compensations WHERE origin = 'manual' AND posting_tx_id IS NULL)
+             + (SELECT count(*) FROM reservations WHERE posted_minor > 0 AND posting_tx_id IS NULL)""",
     # every granted unit is charged, released, held by the open allowance, or reported spent and on its
     # way: an allowance's charges are exactly the holds opened from it, never beyond its grant or, once
     # returned, beyond what auto_comp reported spent; what it released is the rest of its grant
@@ -51,20 +65,21 @@ CHECKS: dict[str, str] = {
     # exactly one live (unreversed) charge per issued compensation, none when corrected to zero
     "charges_per_compensation": """
         SELECT count(*) FROM compensations c LEFT JOIN LATERAL (
-            SELECT count(*) AS live FROM journal_transactions t
-            WHERE t.compensation_id = c.compensation_id AND t.kind = 'charge'
-              AND NOT EXISTS (SELECT 1 FROM journal_transactions r WHERE r.reverses_tx_id = t.tx_id)) l ON true
+            SELECT count(*) AS live FROM journal_transfers t
+            WHERE t.compensation_id = c.compensation_id AND t.line_no = 1 AND t.kind = 'charge'
+              AND NOT EXISTS (SELECT 1 FROM journal_transfers r WHERE r.reverses_tx_id = t.tx_id
+                              AND r.line_no = 1)) l ON true
         WHERE l.live <> CASE WHEN c.current_amount_minor > 0 THEN 1 ELSE 0 END""",
     # a closed automatic compensation charges its liable parties no more than the buyer received: the
-    # redeemed value, nothing when it expired or was revoked (charge and reversal lines of the parties)
+    # redeemed value, nothing when it expired or was revoked (charges debit the parties, reversals credit them)
     "charged_beyond_received": """
         SELECT count(*) FROM compensations c
         JOIN reservations r ON r.reservation_id = c.reservation_id AND r.status IN ('posted', 'voided')
         JOIN LATERAL (
-            SELECT coalesce(sum(e.amount_minor), 0) AS charged FROM journal_transactions t
-            JOIN journal_entries e ON e.tx_id = t.tx_id
-            WHERE t.compensation_id = c.compensation_id AND t.kind IN ('charge', 'reversal')
-              AND e.account_key <> 'compensation_payable') l ON true
+            SELECT coalesce(sum(CASE WHEN t.kind = 'charge' THEN t.amount_minor ELSE -t.amount_minor END), 0)
+                   AS charged
+            FROM journal_transfers t
+            WHERE t.compensation_id = c.compensation_id AND t.kind IN ('charge', 'reversal')) l ON true
         WHERE c.origin = 'auto' AND l.charged > r.posted_minor""",
     # no reservation left pending past its expiry (never issued) or its voucher's validity, plus grace
     "orphan_reservations": """
@@ -74,7 +89,10 @@ CHECKS: dict[str, str] = {
     # the striped balances agree with the journal
     "balances_drift": """
         SELECT count(*) FROM (
-            SELECT region, account_key, currency, sum(amount_minor) AS total FROM journal_entries
+            SELECT region, account_key, currency, sum(amount) AS total FROM (
+                SELECT region, debit_account AS account_key, currency, amount_minor AS amount FROM journal_transfers
+                UNION ALL
+                SELECT region, credit_account, currency, -amount_minor FROM journal_transfers) x
             GROUP BY 1, 2, 3) j
         FULL JOIN (
             SELECT region, account_key, currency, sum(debits_minor - credits_minor) AS total

@@ -5,7 +5,8 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge
 
 TRANSACTIONS = Counter("ledger_transactions_total", "Journal transactions written, by kind.", ["kind"])
-ENTRIES = Counter("ledger_entries_total", "Journal entries written, by transaction kind.", ["kind"])
+TRANSFERS = Counter("ledger_transfers_total", "Journal transfer rows (debit, credit, amount) written, by "
+                    "transaction kind.", ["kind"])
 CHARGES = Counter("ledger_charges_total", "Liability charge entries, by liable-party type and currency.",
                   ["party_type", "currency"])
 CHARGED_MINOR = Counter("ledger_charged_minor_total", "Minor units charged to liable parties.",

@@ -13,6 +13,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.ledger.domain import journal
 from services.ledger.domain.allowance import Allowance
 from services.ledger.domain.book import (
     Book,
@@ -124,7 +125,7 @@ async def load_allowances(conn: AsyncConnection, allowance_ids: Iterable[str], *
 _HOLD_COLUMNS = (
     "reservation_id, compensation_id, region, period, currency, kind, ticket_id, buyer_id, status, "
     "requested_minor, decided_minor, amount_minor, expires_at, denial_reason, issued_minor, valid_until, "
-    "posted_minor, released_minor, breakage_minor, closed_by, allowance_id")
+    "posted_minor, released_minor, breakage_minor, closed_by, allowance_id, posting_tx_id")
 
 
 _HOLD_COLUMN_LIST = [c.strip() for c in _HOLD_COLUMNS.split(",")]
@@ -132,7 +133,7 @@ _HOLD_COLUMN_LIST = [c.strip() for c in _HOLD_COLUMNS.split(",")]
 
 def _hold(r: Sequence[Any]) -> Hold:
     return Hold(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], HoldStatus(r[8]), r[9], r[10], r[11], r[12],
-                r[13], r[14], r[15], r[16], r[17], r[18], r[19], allowance_id=r[20])
+                r[13], r[14], r[15], r[16], r[17], r[18], r[19], allowance_id=r[20], posting_tx_id=r[21])
 
 
 async def load_holds(conn: AsyncConnection, reservation_ids: Iterable[str]) -> dict[str, Hold]:
@@ -152,10 +153,10 @@ async def load_compensations(conn: AsyncConnection, compensation_ids: Iterable[s
     rows = (await conn.execute(text(
         "SELECT compensation_id, region, origin, kind, amount_minor, currency, period, buyer_id, "
         "reservation_id, issued_event_id, issued_at, charge_seq, current_charge_tx, current_shares, "
-        "current_amount_minor, last_correction_id FROM compensations "
+        "current_amount_minor, last_correction_id, posting_tx_id FROM compensations "
         "WHERE compensation_id = ANY(CAST(:ids AS text[]))"), {"ids": ids})).all()
     return {r[0]: Compensation(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12],
-                               [(k, a) for k, a in r[13]], r[14], r[15]) for r in rows}
+                               [(k, a) for k, a in r[13]], r[14], r[15], r[16]) for r in rows}
 
 
 async def load_corrections(conn: AsyncConnection, compensation_ids: Iterable[str]) -> dict[str, CorrectionRecord]:
@@ -265,7 +266,8 @@ _HOLD_ARRAYS = (
     "CAST(:status AS text[]), CAST(:requested AS bigint[]), CAST(:decided AS bigint[]), "
     "CAST(:amount AS bigint[]), CAST(:expires AS timestamptz[]), CAST(:denial AS text[]), "
     "CAST(:issued AS bigint[]), CAST(:valid AS timestamptz[]), CAST(:posted AS bigint[]), "
-    "CAST(:released AS bigint[]), CAST(:breakage AS bigint[]), CAST(:closed AS text[]), CAST(:allowance AS text[])")
+    "CAST(:released AS bigint[]), CAST(:breakage AS bigint[]), CAST(:closed AS text[]), CAST(:allowance AS text[]), "
+    "CAST(:posting AS text[])")
 
 
 def _hold_params(holds: list[Hold]) -> dict[str, list[Any]]:
@@ -279,7 +281,7 @@ def _hold_params(holds: list[Hold]) -> dict[str, list[Any]]:
             "issued": [h.issued_amount for h in holds], "valid": [h.valid_until for h in holds],
             "posted": [h.posted for h in holds], "released": [h.released for h in holds],
             "breakage": [h.breakage for h in holds], "closed": [h.closed_by for h in holds],
-            "allowance": [h.allowance_id for h in holds]}
+            "allowance": [h.allowance_id for h in holds], "posting": [h.posting_tx_id for h in holds]}
 
 
 async def _save_holds(conn: AsyncConnection, holds: list[Hold]) -> None:
@@ -291,15 +293,15 @@ async def _save_holds(conn: AsyncConnection, holds: list[Hold]) -> None:
         await raw.copy_records_to_table("reservations", columns=[*_HOLD_COLUMN_LIST, "requested_event_id"], records=[
             (h.reservation_id, h.compensation_id, h.region, h.period, h.currency, h.kind, h.ticket_id, h.buyer_id,
              h.status.value, h.requested, h.decided, h.amount, h.expires_at, h.denial_reason, h.issued_amount,
-             h.valid_until, h.posted, h.released, h.breakage, h.closed_by, h.allowance_id, h.requested_event_id)
-            for h in new])
+             h.valid_until, h.posted, h.released, h.breakage, h.closed_by, h.allowance_id, h.posting_tx_id,
+             h.requested_event_id) for h in new])
     changed = [h for h in holds if h.dirty and not h.new]
     if changed:
         await conn.execute(text(
             f"UPDATE reservations r SET status = u.status, amount_minor = u.amount_minor, "
             f"issued_minor = u.issued_minor, valid_until = u.valid_until, posted_minor = u.posted_minor, "
             f"released_minor = u.released_minor, breakage_minor = u.breakage_minor, closed_by = u.closed_by, "
-            f"updated_at = now() FROM unnest({_HOLD_ARRAYS}) AS u({_HOLD_COLUMNS}) "
+            f"posting_tx_id = u.posting_tx_id, updated_at = now() FROM unnest({_HOLD_ARRAYS}) AS u({_HOLD_COLUMNS}) "
             f"WHERE r.reservation_id = u.reservation_id"), _hold_params(changed))
 
 
@@ -380,15 +382,17 @@ async def _save_compensations(conn: AsyncConnection, comps: list[Compensation]) 
                 "at": [c.issued_at for c in rows], "seq": [c.charge_seq for c in rows],
                 "tx": [c.current_charge_tx for c in rows],
                 "shares": [orjson.dumps(c.current_shares).decode() for c in rows],
-                "current": [c.current_amount for c in rows], "corr": [c.last_correction_id for c in rows]}
+                "current": [c.current_amount for c in rows], "corr": [c.last_correction_id for c in rows],
+                "posting": [c.posting_tx_id for c in rows]}
 
     arrays = ("CAST(:cid AS text[]), CAST(:region AS text[]), CAST(:origin AS text[]), CAST(:kind AS text[]), "
               "CAST(:amount AS bigint[]), CAST(:cur AS text[]), CAST(:period AS text[]), CAST(:buyer AS text[]), "
               "CAST(:rid AS text[]), CAST(:event AS text[]), CAST(:at AS timestamptz[]), CAST(:seq AS int[]), "
-              "CAST(:tx AS text[]), CAST(:shares AS jsonb[]), CAST(:current AS bigint[]), CAST(:corr AS text[])")
+              "CAST(:tx AS text[]), CAST(:shares AS jsonb[]), CAST(:current AS bigint[]), CAST(:corr AS text[]), "
+              "CAST(:posting AS text[])")
     columns = ("compensation_id, region, origin, kind, amount_minor, currency, period, buyer_id, reservation_id, "
                "issued_event_id, issued_at, charge_seq, current_charge_tx, current_shares, current_amount_minor, "
-               "last_correction_id")
+               "last_correction_id, posting_tx_id")
     new = [c for c in comps if c.new]
     if new:
         # COPY has no ON CONFLICT: a second charge for the same compensation fails loudly, never slips in.
@@ -396,42 +400,44 @@ async def _save_compensations(conn: AsyncConnection, comps: list[Compensation]) 
         await raw.copy_records_to_table("compensations", columns=[c.strip() for c in columns.split(",")], records=[
             (c.compensation_id, c.region, c.origin, c.kind, c.amount, c.currency, c.period, c.buyer_id,
              c.reservation_id, c.issued_event_id, c.issued_at, c.charge_seq, c.current_charge_tx,
-             orjson.dumps(c.current_shares).decode(), c.current_amount, c.last_correction_id) for c in new])
+             orjson.dumps(c.current_shares).decode(), c.current_amount, c.last_correction_id, c.posting_tx_id)
+            for c in new])
     changed = [c for c in comps if c.dirty and not c.new]
     if changed:
         await conn.execute(text(
             f"UPDATE compensations c SET charge_seq = u.charge_seq, current_charge_tx = u.current_charge_tx, "
             f"current_shares = u.current_shares, current_amount_minor = u.current_amount_minor, "
-            f"last_correction_id = u.last_correction_id, updated_at = now() "
+            f"last_correction_id = u.last_correction_id, posting_tx_id = u.posting_tx_id, updated_at = now() "
             f"FROM unnest({arrays}) AS u({columns}) WHERE c.compensation_id = u.compensation_id"),
             params(changed))
 
 
-_TX_COLUMNS = ["tx_id", "kind", "region", "currency", "compensation_id", "source_event_id", "reverses_tx_id",
-               "corrects_tx_id", "correction_id", "entry_count", "occurred_at"]
-_ENTRY_COLUMNS = ["tx_id", "line_no", "region", "account_key", "currency", "amount_minor", "occurred_at"]
+_TRANSFER_COLUMNS = ["tx_id", "line_no", "line_count", "kind", "region", "currency", "debit_account",
+                     "credit_account", "amount_minor", "compensation_id", "source_event_id", "reverses_tx_id",
+                     "corrects_tx_id", "correction_id", "occurred_at"]
 
 
 async def _save_journal(conn: AsyncConnection, book: Book) -> BalanceDeltas:
+    """The batch's transactions as transfer rows, in one COPY (ADR 0009); returns the balance deltas."""
     txs = book.out.transactions
     if not txs:
         return {}
-    raw = await raw_connection(conn)
-    await raw.copy_records_to_table("journal_transactions", columns=_TX_COLUMNS, records=[
-        (t.tx_id, t.kind.value, t.region, t.entries[0].currency, t.compensation_id, t.source_event_id,
-         t.reverses_tx_id, t.corrects_tx_id, t.correction_id, len(t.entries), t.occurred_at) for t in txs])
-    entries = []
+    rows = []
     balances: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
     for t in txs:
-        for line, e in enumerate(t.entries, start=1):
-            entries.append((t.tx_id, line, t.region, e.account, e.currency, e.amount_minor, t.occurred_at))
-            b = balances[(t.region, e.account, e.currency)]
-            if e.amount_minor > 0:
-                b[0] += e.amount_minor
-            else:
-                b[1] -= e.amount_minor
-            b[2] += 1
-    await raw.copy_records_to_table("journal_entries", columns=_ENTRY_COLUMNS, records=entries)
+        lines = journal.transfers(t)
+        count, currency, kind, region = len(lines), t.entries[0].currency, t.kind.value, t.region
+        for line, (debit, credit, amount) in enumerate(lines, start=1):
+            rows.append((t.tx_id, line, count, kind, region, currency, debit, credit, amount, t.compensation_id,
+                         t.source_event_id, t.reverses_tx_id, t.corrects_tx_id, t.correction_id, t.occurred_at))
+            d = balances[(region, debit, currency)]
+            d[0] += amount
+            d[2] += 1
+            c = balances[(region, credit, currency)]
+            c[1] += amount
+            c[2] += 1
+    raw = await raw_connection(conn)
+    await raw.copy_records_to_table("journal_transfers", columns=_TRANSFER_COLUMNS, records=rows)
     return balances
 
 

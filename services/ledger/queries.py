@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.ledger.domain import journal
 from services.ledger.domain.budget import BudgetState
 from services.ledger.persistence import BUDGET_COLUMNS, budget_state
 
@@ -97,41 +98,73 @@ async def account_balance(conn: AsyncConnection, region: str, account: str) -> d
             "balance_minor": int(r[1]) - int(r[2]), "entries": int(r[3])}
 
 
+# A liable party's lines: charges debit it, reversals of charges credit it (nothing else touches a party
+# account), each through its partial index (ADR 0009).
+_PARTY_LINES = (
+    "SELECT occurred_at, tx_id, line_no, kind, compensation_id, correction_id, reverses_tx_id, corrects_tx_id, "
+    "currency, amount_minor FROM journal_transfers WHERE kind = 'charge' AND region = :r AND debit_account = :a "
+    "AND occurred_at >= :s AND occurred_at < :e "
+    "UNION ALL "
+    "SELECT occurred_at, tx_id, line_no, kind, compensation_id, correction_id, reverses_tx_id, corrects_tx_id, "
+    "currency, -amount_minor FROM journal_transfers WHERE kind = 'reversal' AND region = :r AND credit_account = :a "
+    "AND occurred_at >= :s AND occurred_at < :e")
+
+
 async def statement_lines(conn: AsyncConnection, region: str, account: str, start: datetime,
                           end: datetime) -> tuple[int, list[dict[str, Any]]]:
-    """(opening balance, lines of the period) of an account, by business time (the event's occurred_at)."""
-    opening = (await conn.execute(text(
-        "SELECT coalesce(sum(amount_minor), 0) FROM journal_entries WHERE region = :r AND account_key = :a "
-        "AND occurred_at < :s"), {"r": region, "a": account, "s": start})).scalar_one()
-    rows = (await conn.execute(text(
-        "SELECT e.occurred_at, e.tx_id, t.kind, t.compensation_id, t.correction_id, t.reverses_tx_id, "
-        "t.corrects_tx_id, e.currency, e.amount_minor FROM journal_entries e JOIN journal_transactions t "
-        "ON t.tx_id = e.tx_id WHERE e.region = :r AND e.account_key = :a AND e.occurred_at >= :s "
-        "AND e.occurred_at < :e ORDER BY e.occurred_at, e.tx_id, e.line_no"),
-        {"r": region, "a": account, "s": start, "e": end})).all()
+    """(opening balance, lines of the period) of a liable party's account, by business time (the event's
+    occurred_at): what it was charged (+) and what was reversed (-)."""
+    floor = datetime(1970, 1, 1, tzinfo=start.tzinfo)
+    opening = (await conn.execute(text(f"SELECT coalesce(sum(amount_minor), 0) FROM ({_PARTY_LINES}) x"),
+                                  {"r": region, "a": account, "s": floor, "e": start})).scalar_one()
+    rows = (await conn.execute(text(f"SELECT * FROM ({_PARTY_LINES}) x ORDER BY occurred_at, tx_id, line_no"),
+                               {"r": region, "a": account, "s": start, "e": end})).all()
     keys = ("occurred_at", "tx_id", "kind", "compensation_id", "correction_id", "reverses_tx_id", "corrects_tx_id",
             "currency", "amount_minor")
-    return int(opening), [dict(zip(keys, r, strict=True)) for r in rows]
+    return int(opening), [dict(zip(keys, (r[0], r[1], *r[3:]), strict=True)) for r in rows]
 
 
 async def lineage(conn: AsyncConnection, compensation_id: str) -> dict[str, Any] | None:
     comp = (await conn.execute(text(
         "SELECT compensation_id, region, origin, kind, amount_minor, currency, period, buyer_id, reservation_id, "
-        "issued_event_id, issued_at, current_charge_tx, current_amount_minor, current_shares, last_correction_id "
-        "FROM compensations WHERE compensation_id = :c"), {"c": compensation_id})).mappings().one_or_none()
+        "issued_event_id, issued_at, current_charge_tx, current_amount_minor, current_shares, last_correction_id, "
+        "posting_tx_id FROM compensations WHERE compensation_id = :c"),
+        {"c": compensation_id})).mappings().one_or_none()
     reservations = (await conn.execute(text(
         "SELECT reservation_id, region, period, currency, kind, status, requested_minor, decided_minor, "
         "amount_minor, denial_reason, issued_minor, posted_minor, released_minor, breakage_minor, closed_by, "
-        "expires_at, valid_until, allowance_id, requested_event_id, created_at, updated_at FROM reservations "
-        "WHERE compensation_id = :c ORDER BY created_at"), {"c": compensation_id})).mappings().all()
+        "expires_at, valid_until, allowance_id, posting_tx_id, requested_event_id, created_at, updated_at "
+        "FROM reservations WHERE compensation_id = :c ORDER BY created_at"), {"c": compensation_id})).mappings().all()
     if comp is None and not reservations:
         return None
-    txs = (await conn.execute(text(
-        "SELECT t.tx_id, t.kind, t.source_event_id, t.reverses_tx_id, t.corrects_tx_id, t.correction_id, "
-        "t.occurred_at, t.recorded_at, t.currency, (SELECT json_agg(json_build_object('account', e.account_key, "
-        "'amount_minor', e.amount_minor) ORDER BY e.line_no) FROM journal_entries e WHERE e.tx_id = t.tx_id) "
-        "AS entries FROM journal_transactions t WHERE t.compensation_id = :c ORDER BY t.recorded_at, t.tx_id"),
-        {"c": compensation_id})).mappings().all()
+    # Its own transactions, and the budget postings that carry its posted part (a batch's posting carries
+    # several compensations: ``share_minor`` is this one's part of it).
+    shares: dict[str, int] = {}
+    if comp is not None and comp["posting_tx_id"] and comp["origin"] == "manual":
+        shares[comp["posting_tx_id"]] = comp["amount_minor"]
+    for r in reservations:
+        if r["posting_tx_id"]:
+            shares[r["posting_tx_id"]] = shares.get(r["posting_tx_id"], 0) + r["posted_minor"]
+    lines = (await conn.execute(text(
+        "SELECT tx_id, line_no, kind, source_event_id, reverses_tx_id, corrects_tx_id, correction_id, occurred_at, "
+        "recorded_at, currency, debit_account, credit_account, amount_minor FROM journal_transfers "
+        "WHERE tx_id IN (SELECT tx_id FROM journal_transfers WHERE compensation_id = :c AND line_no = 1) "
+        "OR tx_id = ANY(CAST(:p AS text[])) ORDER BY recorded_at, tx_id, line_no"),
+        {"c": compensation_id, "p": sorted(shares)})).mappings().all()
+    txs: dict[str, dict[str, Any]] = {}
+    for line in lines:
+        tx = txs.get(line["tx_id"])
+        if tx is None:
+            tx = txs[line["tx_id"]] = {k: line[k] for k in (
+                "tx_id", "kind", "source_event_id", "reverses_tx_id", "corrects_tx_id", "correction_id", "occurred_at",
+                "recorded_at", "currency")}
+            tx["transfers"] = []
+            if line["tx_id"] in shares:
+                tx["share_minor"] = shares[line["tx_id"]]
+        tx["transfers"].append(journal.Transfer(line["debit_account"], line["credit_account"], line["amount_minor"]))
+    for tx in txs.values():
+        tx["entries"] = [{"account": a, "amount_minor": m} for a, m in journal.entries_of(tx["transfers"])]
+        tx["transfers"] = [{"debit": t.debit, "credit": t.credit, "amount_minor": t.amount} for t in tx["transfers"]]
     corrections = (await conn.execute(text(
         "SELECT correction_id, corrects_correction_id, reversal_tx_id, charge_tx_id, corrected_amount_minor, "
         "source_event_id, occurred_at FROM corrections WHERE compensation_id = :c ORDER BY recorded_at"),
@@ -142,7 +175,7 @@ async def lineage(conn: AsyncConnection, compensation_id: str) -> dict[str, Any]
     region = comp["region"] if comp is not None else reservations[0]["region"]
     return {"compensation_id": compensation_id, "region": region,
             "compensation": dict(comp) if comp is not None else None,
-            "reservations": [dict(r) for r in reservations], "transactions": [dict(t) for t in txs],
+            "reservations": [dict(r) for r in reservations], "transactions": list(txs.values()),
             "corrections": [dict(c) for c in corrections], "waiting_events": [dict(p) for p in parked]}
 
 

@@ -61,6 +61,7 @@ class Hold:
     closed_by: str | None = None
     requested_event_id: str = ""
     allowance_id: str | None = None  # opened from a budget allowance when its compensation was charged
+    posting_tx_id: str | None = None  # the budget posting that carries its posted part
     new: bool = False
     dirty: bool = False
 
@@ -83,8 +84,19 @@ class Compensation:
     current_shares: list[tuple[str, int]] = field(default_factory=list)
     current_amount: int = 0
     last_correction_id: str | None = None
+    posting_tx_id: str | None = None  # manual compensations: the budget posting that carries it
     new: bool = False
     dirty: bool = False
+
+
+class PostingItem(NamedTuple):
+    """A part of a batch's budget posting: what one compensation posted, and where it is recorded."""
+
+    key: tuple[str, str, str]  # region, period, currency
+    owner: Hold | Compensation
+    amount: int
+    source_event_id: str
+    occurred_at: datetime
 
 
 @dataclass
@@ -188,6 +200,7 @@ class Book:
         # here depends on their absolute values except alerts, which ``replay`` decides later.
         self.deltas = deltas
         self.budget_steps: list[BudgetStep] = []
+        self.postings: list[PostingItem] = []  # posted spend of this batch: one posting per budget at the end
 
     # ------------------------------------------------------------------ dispatch
 
@@ -469,10 +482,7 @@ class Book:
                             p.buyer_id, None, env.event_id, env.occurred_at, new=True)
         self._charge(env.event_id, env.occurred_at, comp, [(s.party.account_key, s.amount_minor)
                                                           for s in p.liability], amount)
-        self.out.transactions.append(journal.budget_posting(
-            tx_id=f"posting:{p.compensation_id}", region=region, currency=currency, period=period,
-            compensation_id=p.compensation_id, source_event_id=env.event_id, occurred_at=env.occurred_at,
-            amount=amount))
+        self.postings.append(PostingItem((region, period, currency), comp, amount, env.event_id, env.occurred_at))
         self._adjust(self._budget(region, period, currency), env, posted_manual=amount, manual=p.compensation_id)
         self.compensations[comp.compensation_id] = comp
         self._apply_parked(comp.compensation_id)
@@ -557,10 +567,9 @@ class Book:
     def _post(self, env: Envelope, hold: Hold, budget: BudgetState, amount: int, why: str) -> None:
         """Post the used part of a pending hold and release the rest."""
         unused = hold.amount - amount
-        self.out.transactions.append(journal.budget_posting(
-            tx_id=f"posting:{hold.reservation_id}", region=hold.region, currency=hold.currency,
-            period=hold.period, compensation_id=hold.compensation_id, source_event_id=env.event_id,
-            occurred_at=env.occurred_at, amount=amount))
+        if amount:
+            self.postings.append(PostingItem((hold.region, hold.period, hold.currency), hold, amount, env.event_id,
+                                             env.occurred_at))
         self._adjust(budget, env, reserved=-hold.amount, posted_auto=amount, released=unused)
         hold.posted, hold.released = amount, hold.released + unused
         hold.status, hold.closed_by, hold.dirty = HoldStatus.POSTED, why, True
@@ -581,6 +590,25 @@ class Book:
         hold.status, hold.closed_by, hold.dirty = HoldStatus.VOIDED, why, True
 
     # ------------------------------------------------------------------ budget effects
+
+    def finish(self) -> None:
+        """Close the batch: its posted spend goes to each budget account in one posting per (region,
+        period, currency), ``posting:<first source event>``, and every compensation or hold that took part
+        keeps that posting's id (its own part is its posted amount). Idempotent."""
+        groups: dict[tuple[str, str, str], list[PostingItem]] = {}
+        for item in self.postings:
+            groups.setdefault(item.key, []).append(item)
+        self.postings = []
+        for (region, period, currency), items in groups.items():
+            tx_id = f"posting:{items[0].source_event_id}"
+            self.out.transactions.append(journal.budget_posting(
+                tx_id=tx_id, region=region, currency=currency, period=period,
+                compensation_id=items[0].owner.compensation_id if len(items) == 1 else None,
+                source_event_id=items[0].source_event_id, occurred_at=max(i.occurred_at for i in items),
+                amount=sum(i.amount for i in items)))
+            for item in items:
+                item.owner.posting_tx_id = tx_id
+                item.owner.dirty = True
 
     def _adjust(self, budget: BudgetState, env: Envelope | None, *, reserved: int = 0, posted_auto: int = 0,
                 posted_manual: int = 0, released: int = 0, breakage: int = 0, manual: str | None = None,

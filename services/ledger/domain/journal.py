@@ -12,8 +12,15 @@ Accounts (per region, in the region's currency):
 Transaction kinds:
 - ``charge``: Dr liable parties (by share) / Cr compensation_payable, when a compensation is issued; again
   (linked to the charge it replaces) after an audit correction or when an automatic voucher closes.
-- ``budget_posting``: Dr compensation_expense / Cr budget:<period>, when spend is posted to the budget.
+- ``budget_posting``: Dr compensation_expense / Cr budget:<period>, when spend is posted to the budget: one
+  per batch, budget period and currency for all the spend the batch posts (the hot budget account is
+  written once per batch); each compensation keeps the id of the posting that carries its part (lineage).
 - ``reversal``: the exact negation of an earlier transaction, pointing at it.
+
+Stored as transfers (ADR 0009): every line of a transaction is one (debit account, credit account, amount)
+row, balanced by construction. A transaction's entries become transfers by pairing each entry with the one
+entry of opposite sign (every kind above has a single credit, or a single debit): a charge split over two
+parties is two transfers (each party -> payable), a budget posting one. ``transfers`` does the pairing.
 
 A compensation has at most one live (unreversed) charge. An automatic voucher is charged at face value
 when issued; when it closes (redeemed, expired, revoked, or lapsed and swept) the live charge is reversed
@@ -127,6 +134,35 @@ class Transaction(_TransactionFields):
             raise UnbalancedTransaction(f"{self.tx_id}: entries do not sum to zero: {unbalanced}")
 
 
+class Transfer(NamedTuple):
+    """One stored line of a transaction: ``amount`` (> 0) from ``debit`` to ``credit``."""
+
+    debit: str
+    credit: str
+    amount: int
+
+
+def transfers(tx: Transaction) -> list[Transfer]:
+    """The transaction's entries as transfers: each entry paired with the single entry of opposite sign."""
+    debits = [e for e in tx.entries if e.amount_minor > 0]
+    credits = [e for e in tx.entries if e.amount_minor < 0]
+    if len(credits) == 1:
+        return [Transfer(d.account, credits[0].account, d.amount_minor) for d in debits]
+    if len(debits) == 1:
+        return [Transfer(debits[0].account, c.account, -c.amount_minor) for c in credits]
+    raise UnbalancedTransaction(f"{tx.tx_id}: several debits and several credits cannot be stored as transfers")
+
+
+def entries_of(lines: list[Transfer]) -> list[tuple[str, int]]:
+    """A transaction's transfers back as its signed entries, one per account, in the order transactions are
+    built: liable parties (or expense) first, payable (or the budget) last."""
+    totals: dict[str, int] = {}
+    for t in lines:
+        totals[t.debit] = totals.get(t.debit, 0) + t.amount
+        totals[t.credit] = totals.get(t.credit, 0) - t.amount
+    return sorted(totals.items(), key=lambda x: x[0] == PAYABLE or x[0].startswith("budget:"))
+
+
 def charge(*, tx_id: str, region: str, currency: str, compensation_id: str, source_event_id: str,
            occurred_at: datetime, shares: Iterable[tuple[str, int]], corrects_tx_id: str | None = None,
            correction_id: str | None = None) -> Transaction:
@@ -140,9 +176,11 @@ def charge(*, tx_id: str, region: str, currency: str, compensation_id: str, sour
                        correction_id=correction_id)
 
 
-def budget_posting(*, tx_id: str, region: str, currency: str, period: str, compensation_id: str,
+def budget_posting(*, tx_id: str, region: str, currency: str, period: str, compensation_id: str | None,
                    source_event_id: str, occurred_at: datetime, amount: int) -> Transaction:
-    return Transaction(tx_id, TxKind.BUDGET_POSTING, region, compensation_id, source_event_id, occurred_at,
+    """Dr expense / Cr the period's budget. ``compensation_id`` is None for a batch's posting of several."""
+    return Transaction(tx_id, TxKind.BUDGET_POSTING, region, compensation_id,  # type: ignore[arg-type]
+                       source_event_id, occurred_at,
                        (Entry(EXPENSE, amount, currency), Entry(budget_account(period), -amount, currency)))
 
 

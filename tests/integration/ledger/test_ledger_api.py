@@ -202,8 +202,17 @@ async def test_lineage_and_breakage(ledger):
     lin = r.json()
     assert lin["reservations"][0]["status"] == "posted" and lin["reservations"][0]["closed_by"] == "redeemed"
     # the redemption posts the budget and brings the charge down to the 12.00 received
-    assert [t["tx_id"] for t in lin["transactions"]] == [
-        "charge:comp-SG-R1:0", "charge:comp-SG-R1:1", "posting:SG-R1", "reversal:charge:comp-SG-R1:0"]
+    ids = [t["tx_id"] for t in lin["transactions"]]
+    posting = lin["reservations"][0]["posting_tx_id"]
+    assert sorted(ids) == sorted(["charge:comp-SG-R1:0", "charge:comp-SG-R1:1", posting,
+                                  "reversal:charge:comp-SG-R1:0"])
+    [posted] = [t for t in lin["transactions"] if t["tx_id"] == posting]
+    assert posted["kind"] == "budget_posting" and posted["share_minor"] == 1_200  # its part of the posting
+    assert posted["entries"][-1]["account"] == "budget:2026-11"
+    [charge] = [t for t in lin["transactions"] if t["tx_id"] == "charge:comp-SG-R1:0"]
+    # each line as stored (a transfer) and the transaction's entries, balanced
+    assert all(x["amount_minor"] > 0 for x in charge["transfers"]) and sum(
+        e["amount_minor"] for e in charge["entries"]) == 0
     assert lin["compensation"]["current_amount_minor"] == 1_200
     lin = (await client.get("/v1/compensations/ID-M2/lineage", headers=token(app))).json()
     assert [c["correction_id"] for c in lin["corrections"]] == ["ID-K1"]
@@ -257,7 +266,7 @@ async def test_cli_budget_set_and_invariants(ledger):
 async def test_metrics_are_exposed(ledger):
     _, client, _ = ledger
     body = (await client.get("/metrics")).text
-    for name in ("ledger_transactions_total", "ledger_entries_total", "ledger_charges_total",
+    for name in ("ledger_transactions_total", "ledger_transfers_total", "ledger_charges_total",
                  "ledger_budget_limit_minor", "ledger_budget_reserved_minor", "ledger_budget_posted_minor",
                  "ledger_budget_used_ratio", "ledger_invariant_violations", "ledger_budget_decisions_total"):
         assert name in body, name

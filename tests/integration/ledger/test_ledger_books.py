@@ -49,95 +49,92 @@ async def test_voucher_flow_writes_balanced_books(engine, settings):
 
 async def test_journal_is_append_only_in_the_database(engine, settings):
     await apply(engine, settings, [manual("IMM1", 500)])
-    for sql in ("UPDATE journal_entries SET amount_minor = 1 WHERE tx_id = 'charge:IMM1:0'",
-                "DELETE FROM journal_entries WHERE tx_id = 'charge:IMM1:0'",
-                "UPDATE journal_transactions SET region = 'US' WHERE tx_id = 'charge:IMM1:0'",
-                "DELETE FROM journal_transactions WHERE tx_id = 'charge:IMM1:0'",
-                "TRUNCATE journal_entries"):
+    for sql in ("UPDATE journal_transfers SET amount_minor = 1 WHERE tx_id = 'charge:IMM1:0'",
+                "DELETE FROM journal_transfers WHERE tx_id = 'charge:IMM1:0'",
+                "UPDATE journal_transfers SET region = 'US' WHERE tx_id = 'charge:IMM1:0'",
+                "TRUNCATE journal_transfers"):
         with pytest.raises(DBAPIError, match="append-only"):
             async with engine.begin() as conn:
                 await conn.execute(text(sql))
 
 
-async def test_database_refuses_unbalanced_or_incomplete_transactions(engine):
-    insert_tx = ("INSERT INTO journal_transactions (tx_id, kind, region, currency, compensation_id, "
-                 "source_event_id, entry_count, occurred_at) VALUES (:t, 'charge', 'SG', 'SGD', 'x', :t, 2, now())")
-    insert_entry = ("INSERT INTO journal_entries (tx_id, line_no, region, account_key, currency, amount_minor, "
-                    "occurred_at) VALUES (:t, :n, 'SG', :a, 'SGD', :m, now())")
-    with pytest.raises(DBAPIError, match="does not balance"):
+_TRANSFER = ("INSERT INTO journal_transfers (tx_id, line_no, line_count, kind, region, currency, debit_account, "
+             "credit_account, amount_minor, compensation_id, source_event_id, reverses_tx_id, occurred_at) VALUES ")
+
+
+async def test_database_refuses_transfers_that_are_not_lines_of_a_sound_transaction(engine):
+    bad = {
+        "transfer_line": "('bad1', 3, 2, 'charge', 'SG', 'SGD', 'platform', 'compensation_payable', 5, 'x', 'bad1', "
+                         "NULL, now())",  # a line beyond the declared count
+        "amount_minor_check": "('bad2', 1, 1, 'charge', 'SG', 'SGD', 'platform', 'compensation_payable', 0, 'x', "
+                              "'bad2', NULL, now())",  # nothing moves
+        "transfer_two_accounts": "('bad3', 1, 1, 'charge', 'SG', 'SGD', 'platform', 'platform', 5, 'x', 'bad3', "
+                                 "NULL, now())",
+        "currency_check": "('bad4', 1, 1, 'charge', 'SG', 'sgd', 'platform', 'compensation_payable', 5, 'x', 'bad4', "
+                          "NULL, now())",
+        "transfer_reversal_link": "('bad5', 1, 1, 'reversal', 'SG', 'SGD', 'compensation_payable', 'platform', 5, "
+                                  "'x', 'bad5', NULL, now())",  # a reversal that reverses nothing
+        "transfer_compensation": "('bad6', 1, 1, 'charge', 'SG', 'SGD', 'platform', 'compensation_payable', 5, NULL, "
+                                 "'bad6', NULL, now())",  # only a batch's budget posting carries no compensation
+    }
+    for constraint, values in bad.items():
+        with pytest.raises(DBAPIError, match=constraint):
+            async with engine.begin() as conn:
+                await conn.execute(text(_TRANSFER + values))
+    with pytest.raises(DBAPIError, match="journal_transfers_source"):  # one transaction per event and kind
         async with engine.begin() as conn:
-            await conn.execute(text(insert_tx), {"t": "bad1"})
             await conn.execute(text(
-                "INSERT INTO journal_entries (tx_id, line_no, region, account_key, currency, amount_minor, "
-                "occurred_at) VALUES ('bad1', 1, 'SG', 'platform', 'SGD', 5, now()), "
-                "('bad1', 2, 'SG', 'compensation_payable', 'SGD', -4, now())"))
-    with pytest.raises(DBAPIError, match="does not balance"):  # one line at a time never adds up
+                _TRANSFER + "('t1', 1, 1, 'charge', 'SG', 'SGD', 'platform', 'compensation_payable', 5, 'x', "
+                "'same-event', NULL, now()), ('t2', 1, 1, 'charge', 'SG', 'SGD', 'platform', "
+                "'compensation_payable', 5, 'y', 'same-event', NULL, now())"))
+    assert await scalar(engine, "SELECT count(*) FROM journal_transfers WHERE tx_id LIKE 'bad%' "
+                                "OR source_event_id = 'same-event'") == 0
+
+
+async def test_incomplete_or_inconsistent_transactions_are_reported_by_the_checker(engine):
+    """What one CHECK cannot see (a missing line, lines that disagree on what the transaction is) the
+    invariant checker does; the test rolls back what it wrote."""
+    from datetime import UTC, datetime
+
+    from services.ledger import invariants
+
+    with pytest.raises(RuntimeError, match="roll back"):
         async with engine.begin() as conn:
-            await conn.execute(text(insert_tx), {"t": "bad2"})
-            await conn.execute(text(insert_entry), {"t": "bad2", "n": 1, "a": "platform", "m": 5})
-    with pytest.raises(DBAPIError, match="incomplete"):  # lines beyond the declared entry count
-        async with engine.begin() as conn:
-            await conn.execute(text(insert_tx), {"t": "bad3"})
-            await conn.execute(text(
-                "INSERT INTO journal_entries (tx_id, line_no, region, account_key, currency, amount_minor, "
-                "occurred_at) VALUES ('bad3', 1, 'SG', 'platform', 'SGD', 5, now()), "
-                "('bad3', 3, 'SG', 'compensation_payable', 'SGD', -5, now())"))
-    with pytest.raises(DBAPIError, match="incomplete"):  # entries of a transaction that does not exist
-        async with engine.begin() as conn:
-            await conn.execute(text(
-                "INSERT INTO journal_entries (tx_id, line_no, region, account_key, currency, amount_minor, "
-                "occurred_at) VALUES ('ghost', 1, 'SG', 'platform', 'SGD', 5, now()), "
-                "('ghost', 2, 'SG', 'compensation_payable', 'SGD', -5, now())"))
-    with pytest.raises(DBAPIError, match="does not balance"):  # balanced in total, not per currency
-        async with engine.begin() as conn:
-            await conn.execute(text(insert_tx), {"t": "bad4"})
-            await conn.execute(text(
-                "INSERT INTO journal_entries (tx_id, line_no, region, account_key, currency, amount_minor, "
-                "occurred_at) VALUES ('bad4', 1, 'SG', 'platform', 'SGD', 5, now()), "
-                "('bad4', 2, 'SG', 'compensation_payable', 'USD', -5, now())"))
-    with pytest.raises(DBAPIError, match="incomplete"):  # balanced, but not in the transaction's currency
-        async with engine.begin() as conn:
-            await conn.execute(text(insert_tx), {"t": "bad5"})
-            await conn.execute(text(
-                "INSERT INTO journal_entries (tx_id, line_no, region, account_key, currency, amount_minor, "
-                "occurred_at) VALUES ('bad5', 1, 'SG', 'platform', 'USD', 5, now()), "
-                "('bad5', 2, 'SG', 'compensation_payable', 'USD', -5, now())"))
-    with pytest.raises(DBAPIError, match="incomplete"):  # fewer lines than declared
-        async with engine.begin() as conn:
-            await conn.execute(text(insert_tx.replace(" 2, now()", " 3, now()")), {"t": "bad6"})
-            await conn.execute(text(
-                "INSERT INTO journal_entries (tx_id, line_no, region, account_key, currency, amount_minor, "
-                "occurred_at) VALUES ('bad6', 1, 'SG', 'platform', 'SGD', 5, now()), "
-                "('bad6', 2, 'SG', 'compensation_payable', 'SGD', -5, now())"))
-    assert await scalar(engine, "SELECT count(*) FROM journal_transactions WHERE tx_id LIKE 'bad%'") == 0
+            before = (await invariants.check(conn, datetime.now(UTC), 86_400))["unbalanced_transactions"]
+            await conn.execute(text(_TRANSFER + "('gap', 1, 2, 'charge', 'SG', 'SGD', 'platform', "
+                                    "'compensation_payable', 5, 'x', 'gap', NULL, now()), ('mixed', 1, 2, 'charge', "
+                                    "'SG', 'SGD', 'platform', 'compensation_payable', 5, 'x', 'mixed', NULL, now()), "
+                                    "('mixed', 2, 2, 'charge', 'SG', 'USD', 'seller:S1', 'compensation_payable', 5, "
+                                    "'x', 'mixed', NULL, now())"))
+            found = (await invariants.check(conn, datetime.now(UTC), 86_400))["unbalanced_transactions"]
+            assert found == before + 2
+            raise RuntimeError("roll back")
 
 
 async def test_database_refuses_a_reversal_of_an_unknown_charge(engine):
     with pytest.raises(DBAPIError, match="links to a transaction that does not exist"):
         async with engine.begin() as conn:
-            await conn.execute(text(
-                "INSERT INTO journal_transactions (tx_id, kind, region, currency, compensation_id, source_event_id, "
-                "reverses_tx_id, entry_count, occurred_at) VALUES ('rev-ghost', 'reversal', 'SG', 'SGD', 'x', "
-                "'rev-ghost', 'charge:never:0', 2, now())"))
+            await conn.execute(text(_TRANSFER + "('rev-ghost', 1, 1, 'reversal', 'SG', 'SGD', 'compensation_payable', "
+                                    "'platform', 5, 'x', 'rev-ghost', 'charge:never:0', now())"))
 
 
 async def test_a_charge_and_its_reversal_may_arrive_in_one_statement(engine):
-    # the link check runs after the statement, so the reversal sees the charge written next to it; the
-    # test rolls back at the end, so the pair stays out of the books the other tests check
+    # the link check runs after each row, within the statement, so the reversal sees the charge written
+    # next to it; the test rolls back at the end, so the pair stays out of the books the other tests check
     with pytest.raises(RuntimeError, match="roll back"):
         async with engine.begin() as conn:
-            await conn.execute(text(
-                "INSERT INTO journal_transactions (tx_id, kind, region, currency, compensation_id, source_event_id, "
-                "reverses_tx_id, entry_count, occurred_at) VALUES ('rev-of-pair', 'reversal', 'SG', 'SGD', 'x', "
-                "'pair-e2', 'charge:pair:0', 2, now()), ('charge:pair:0', 'charge', 'SG', 'SGD', 'x', 'pair-e1', "
-                "NULL, 2, now())"))
-            await conn.execute(text(
-                "INSERT INTO journal_entries (tx_id, line_no, region, account_key, currency, amount_minor, "
-                "occurred_at) VALUES ('charge:pair:0', 1, 'SG', 'platform', 'SGD', 5, now()), "
-                "('charge:pair:0', 2, 'SG', 'compensation_payable', 'SGD', -5, now()), "
-                "('rev-of-pair', 1, 'SG', 'platform', 'SGD', -5, now()), "
-                "('rev-of-pair', 2, 'SG', 'compensation_payable', 'SGD', 5, now())"))
-            assert await conn.scalar(text("SELECT count(*) FROM journal_entries WHERE tx_id LIKE '%pair%'")) == 4
+            await conn.execute(text(_TRANSFER + "('rev-of-pair', 1, 1, 'reversal', 'SG', 'SGD', "
+                                    "'compensation_payable', 'platform', 5, 'x', 'pair-e2', 'charge:pair:0', now()), "
+                                    "('charge:pair:0', 1, 1, 'charge', 'SG', 'SGD', 'platform', "
+                                    "'compensation_payable', 5, 'x', 'pair-e1', NULL, now())"))
+            # and the classic view gives each transaction its two entries back, balanced
+            entries = (await conn.execute(text(
+                "SELECT tx_id, account_key, amount_minor FROM journal_entries WHERE tx_id LIKE '%pair%' "
+                "ORDER BY tx_id, line_no"))).all()
+            assert [tuple(e) for e in entries] == [("charge:pair:0", "platform", 5),
+                                                   ("charge:pair:0", "compensation_payable", -5),
+                                                   ("rev-of-pair", "platform", -5),
+                                                   ("rev-of-pair", "compensation_payable", 5)]
             raise RuntimeError("roll back")
 
 

@@ -41,8 +41,10 @@ def book(limit: int | None = 10_000, region_code: str = "SG", period: str = "202
 
 
 def run(b: Book, *envelopes) -> Book:
+    """Apply the envelopes as one batch, closed as the handler closes it (the budget posted once)."""
     for env in envelopes:
         b.apply(env, payload_of(env))
+    b.finish()
     return b
 
 
@@ -208,17 +210,21 @@ def test_negative_shares_are_refused():
 
 
 def test_voucher_lifecycle_partial_redemption_posts_used_part_and_releases_rest():
-    b = run(book(), request("R1", 1_000), issued("R1", 800), redeemed("comp-R1", 300))
+    redemption = redeemed("comp-R1", 300)
+    b = run(book(), request("R1", 1_000), issued("R1", 800), redemption)
     hold, budget = b.holds["R1"], budget_of(b)
     assert (hold.status, hold.posted, hold.released) == (HoldStatus.POSTED, 300, 700)
     assert (budget.reserved, budget.posted_auto, budget.released) == (0, 300, 700)
     kinds = [(t.kind, t.tx_id) for t in b.out.transactions]
-    # the liable party's charge comes down to what the buyer received: reversed, and charged again at 300
-    assert kinds == [(journal.TxKind.CHARGE, "charge:comp-R1:0"), (journal.TxKind.BUDGET_POSTING, "posting:R1"),
+    # the liable party's charge comes down to what the buyer received: reversed, and charged again at 300;
+    # the budget is posted once for the batch, the hold keeping the posting's id
+    assert kinds == [(journal.TxKind.CHARGE, "charge:comp-R1:0"),
                      (journal.TxKind.REVERSAL, "reversal:charge:comp-R1:0"),
-                     (journal.TxKind.CHARGE, "charge:comp-R1:1")]
-    assert b.out.transactions[3].corrects_tx_id == "charge:comp-R1:0"
-    assert b.out.transactions[3].correction_id is None
+                     (journal.TxKind.CHARGE, "charge:comp-R1:1"),
+                     (journal.TxKind.BUDGET_POSTING, f"posting:{redemption.event_id}")]
+    assert hold.posting_tx_id == f"posting:{redemption.event_id}"
+    assert b.out.transactions[2].corrects_tx_id == "charge:comp-R1:0"
+    assert b.out.transactions[2].correction_id is None
     assert party_net(b, "comp-R1") == {"seller:S1": 300}
     assert b.out.decisions[0][1].reserved_amount.amount_minor == 1_000
 
@@ -408,8 +414,9 @@ def test_correction_of_a_closed_voucher_is_capped_at_the_received_value():
 
 
 def test_correction_to_zero_then_duplicate_correction_ignored():
-    b = run(book(), manual("M1", 1_000), correction("K1", "M1", 0), correction("K1", "M1", 0))
-    assert [t.tx_id for t in b.out.transactions] == ["charge:M1:0", "posting:M1", "reversal:charge:M1:0"]
+    first = manual("M1", 1_000)
+    b = run(book(), first, correction("K1", "M1", 0), correction("K1", "M1", 0))
+    assert [t.tx_id for t in b.out.transactions] == ["charge:M1:0", "reversal:charge:M1:0", f"posting:{first.event_id}"]
     assert b.compensations["M1"].current_charge_tx is None
 
 
@@ -457,3 +464,38 @@ def test_sweeper_voids_stale_reservations():
     lone = run(book(), request("R9", 100), issued("R9", 100, valid_days=1))
     with pytest.raises(RuntimeError, match="not loaded"):  # the handler loads the swept compensations
         Book(now=NOW + timedelta(days=40), budgets=lone.budgets, holds=lone.holds).sweep("R9", timedelta(days=1))
+
+
+def test_a_batch_posts_each_budget_once_and_every_part_keeps_its_posting():
+    envelopes = [manual(f"MB{i}", 100 * (i + 1)) for i in range(4)]
+    b = book(limit=None)
+    b.budgets[("ID", "2026-11")] = BudgetState("ID", "2026-11", "IDR", None)
+    b = run(b, *envelopes, manual("MB-ID", 1_000, region="ID"))
+    postings = [t for t in b.out.transactions if t.kind is journal.TxKind.BUDGET_POSTING]
+    assert [(p.tx_id, p.region, p.compensation_id) for p in postings] == [
+        (f"posting:{envelopes[0].event_id}", "SG", None), (f"posting:{b.compensations['MB-ID'].issued_event_id}",
+                                                            "ID", "MB-ID")]
+    sg = postings[0]
+    assert [(e.account, e.amount_minor) for e in sg.entries] == [("compensation_expense", 1_000),
+                                                                 ("budget:2026-11", -1_000)]
+    assert {c.posting_tx_id for c in b.compensations.values() if c.region == "SG"} == {sg.tx_id}
+    b.finish()  # closing twice posts nothing more
+    assert len([t for t in b.out.transactions if t.kind is journal.TxKind.BUDGET_POSTING]) == 2
+
+
+def test_transactions_are_stored_as_transfers_and_read_back_as_their_entries():
+    charge = journal.charge(tx_id="c", region="SG", currency="SGD", compensation_id="x", source_event_id="e",
+                            occurred_at=NOW, shares=[("seller:S1", 600), ("carrier:C1", 400)])
+    lines = journal.transfers(charge)
+    assert lines == [journal.Transfer("seller:S1", journal.PAYABLE, 600),
+                     journal.Transfer("carrier:C1", journal.PAYABLE, 400)]
+    assert journal.entries_of(lines) == [(e.account, e.amount_minor) for e in charge.entries]
+    back = journal.reversal(charge, tx_id="r", source_event_id="e2", occurred_at=NOW)
+    assert journal.transfers(back) == [journal.Transfer(journal.PAYABLE, "seller:S1", 600),
+                                       journal.Transfer(journal.PAYABLE, "carrier:C1", 400)]
+    assert journal.entries_of(journal.transfers(back)) == [(e.account, e.amount_minor) for e in back.entries]
+    mixed = journal.Transaction("m", journal.TxKind.CHARGE, "SG", "x", "e3", NOW, (
+        journal.Entry("seller:S1", 5, "SGD"), journal.Entry("carrier:C1", 5, "SGD"),
+        journal.Entry(journal.PAYABLE, -7, "SGD"), journal.Entry("platform", -3, "SGD")))
+    with pytest.raises(journal.UnbalancedTransaction, match="several debits and several credits"):
+        journal.transfers(mixed)

@@ -79,6 +79,7 @@ def run(order, batch_sizes, deltas: bool, sweep: bool):
         book = Book(now=NOW, parked=parked, deltas=delta, **({**state, "budgets": {}} if delta else state))
         for env in batch:
             book.apply(env, payload_of(env))  # nothing in these streams is ever rejected
+        book.finish()
         if delta:
             book.replay(state["budgets"])
         transactions += book.out.transactions

@@ -100,6 +100,7 @@ def apply_in_batches(events, batch_sizes, deltas=False):
             for key, delta in book.budgets.items():
                 state["budgets"].setdefault(key, BudgetState(*key, delta.currency, None))
             book.replay(state["budgets"])
+        book.finish()  # the batch's budget postings, as the handler closes it
         transactions += book.out.transactions
         decisions += book.out.decisions
         parked = [p for waiting in book.parked.values() for p in waiting]
