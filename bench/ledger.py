@@ -37,6 +37,18 @@ _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a live service process and the consumer processes it started
+    (CONSUMER_PROCESSES > 1); 0 when it is gone or /proc is missing."""
+    import psutil
+
+    try:
+        children = [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        children = []
+    return _own_cpu_seconds(pid) + sum(_own_cpu_seconds(c) for c in children)
+
+
+def _own_cpu_seconds(pid: int) -> float:
     """User + system CPU of a live process (0 when it is gone or /proc is missing)."""
     try:
         with open(f"/proc/{pid}/stat") as f:

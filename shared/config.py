@@ -54,6 +54,11 @@ class CommonSettings(BaseSettings):
     consumer_kafka_commit_interval_ms: int = Field(
         1_000, ge=0, le=600_000, description="Least time between a consumer's advisory Kafka offset commits "
                                              "(offsets of record are in the database); 0 after every batch.")
+    consumer_prefetch: bool = Field(
+        True, description="Fetch and decode the next batch while the current one is written (at most one ahead).")
+    consumer_processes: int = Field(
+        1, ge=1, le=64, description="Processes that run a service's consumers (serve starts the extra ones, "
+                                    "consumers only; one per core scales a CPU-bound consumer).")
     consumer_session_timeout_ms: int = Field(
         10_000, ge=6_000, le=300_000,
         description="A dead consumer's partitions move after this long (group joins on the embedded broker "

@@ -210,7 +210,10 @@ def run_cli(*, name: str, settings_factory: Callable[[], ServiceSettings],
             argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m services.{name}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run the HTTP API and the consumers")
+    sub.add_parser("serve", help="run the HTTP API and the consumers (and CONSUMER_PROCESSES - 1 consumer-only "
+                                 "processes beside it)")
+    sub.add_parser("consume", help="run the consumers and background work without the HTTP API (what serve "
+                                   "starts for CONSUMER_PROCESSES > 1)")
     sub.add_parser("migrate", help="create/upgrade this service's database schema")
     dead = sub.add_parser("dead-letters", help="list or replay poison messages this service set aside")
     dead_sub = dead.add_subparsers(dest="dead_command", required=True)
@@ -234,8 +237,16 @@ def run_cli(*, name: str, settings_factory: Callable[[], ServiceSettings],
         import uvicorn
 
         app = app_factory(settings)
-        uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-                    timeout_graceful_shutdown=20, lifespan="on")
+        workers = ConsumerProcesses(name, settings.consumer_processes - 1)
+        workers.start()
+        try:
+            uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+                        timeout_graceful_shutdown=20, lifespan="on")
+        finally:
+            workers.stop()
+        return 0
+    if args.command == "consume":
+        asyncio.run(consume_only(app_factory(settings).state.ctx))
         return 0
     if args.command == "migrate":
         asyncio.run(migrate(settings.database_url, schema, migrations_dir))
@@ -248,6 +259,70 @@ def run_cli(*, name: str, settings_factory: Callable[[], ServiceSettings],
     if asyncio.iscoroutine(result):
         result = asyncio.run(result)
     return int(result or 0)
+
+
+class ConsumerProcesses:
+    """The extra consumer-only processes of ``serve`` (``CONSUMER_PROCESSES`` - 1): each runs the service's
+    consumers and background work (``python -m services.<name> consume``) in its own interpreter, so a
+    CPU-bound consumer scales across cores. They join the same consumer groups (Kafka spreads the partitions
+    over every process), contend for the same outbox relay lock (one publishes, the others wake it) and run
+    the same chores, which are safe on any number of replicas. They stop with serve (SIGTERM, the batch in
+    hand finishes) and on their own if serve dies."""
+
+    def __init__(self, name: str, count: int) -> None:
+        self.name, self.count = name, count
+        self.procs: list[Any] = []
+
+    def start(self) -> None:
+        import os
+        import subprocess
+
+        env = {**os.environ, "CONSUMER_PROCESSES": "1", "COMP_PARENT_PID": str(os.getpid())}
+        for _ in range(self.count):
+            self.procs.append(subprocess.Popen(  # noqa: S603 - fixed argv
+                [sys.executable, "-m", f"services.{self.name}", "consume"], env=env, stdin=subprocess.DEVNULL))
+        if self.procs:
+            log.info("consumer processes started", extra={"pids": [p.pid for p in self.procs]})
+
+    def stop(self, timeout: float = 35.0) -> None:
+        import signal
+        import subprocess
+
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        self.procs = []
+
+
+async def consume_only(ctx: ServiceContext) -> None:
+    """Run a service's consumers and background work until SIGTERM/SIGINT, or until the ``serve`` process
+    that started this one (``COMP_PARENT_PID``) is gone."""
+    import os
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    parent = int(os.environ.get("COMP_PARENT_PID", "0"))
+    await ctx.start()
+    try:
+        while not stop.is_set():
+            if parent and os.getppid() != parent:
+                log.warning("serve process gone; stopping the consumers", extra={"parent": parent})
+                break
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
+    finally:
+        await ctx.stop()
 
 
 async def _dead_letters(args: argparse.Namespace, settings: ServiceSettings, schema: str) -> int:

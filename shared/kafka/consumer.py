@@ -15,13 +15,18 @@ Guarantees (see docs/adr/0002-consumer-runner.md):
   and restarted after a backoff from the offsets stored in the database.
 - graceful shutdown: ``stop()`` lets the batch in hand finish and commit before the consumer leaves, and
   always closes the Kafka consumer, whatever happened before.
+- overlap (``CONSUMER_PREFETCH``): the next batch is fetched and decoded while the current one is written,
+  at most one batch ahead; nothing of it counts until it is processed the usual way (offsets and dedup in
+  its own transaction), and records of partitions revoked meanwhile are dropped, never processed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -219,6 +224,17 @@ class _Rec:
     delivered: Delivered | None = None
     error: str | None = None  # set when the record is poison
     attempts: int = 0
+    undecodable: str | None = None  # why it failed to decode: poison whatever happens to its batch
+
+
+@dataclass
+class _Fetched:
+    """One fetch, decoded: the batch in hand, or the next one fetched ahead while it is written."""
+
+    batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    recs: list[_Rec]
+    dropped: set[TopicPartition] = field(default_factory=set)  # revoked since it was fetched
+    paused: bool = False  # holds the cyclic collector's pause from its decoding to the end of its batch
 
 
 @dataclass
@@ -239,12 +255,19 @@ class _Rebalance(ConsumerRebalanceListener):
         # starts exactly after it.
         async with self.runner._processing:
             pass
+        # A batch fetched ahead holds records of these partitions: they are the next owner's now.
+        for fetched in self.runner._ahead:
+            fetched.dropped.update(revoked)
         # Advisory only (the next owner seeks to the database's offsets), but lag tooling stays exact.
         await self.runner._flush_kafka_commit()
         await self.runner._handed_over(revoked, "revoked")
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         await self.runner._seek_to_stored(assigned)
+        if assigned:
+            log.info("partitions assigned", extra={"group": self.runner.group_id, "pid": os.getpid(),
+                                                   "partitions": sorted(f"{tp.topic}[{tp.partition}]"
+                                                                        for tp in assigned)})
 
 
 # A fast decoder for a service's hot event types: returns what ``decode_envelope`` would, or raises
@@ -332,6 +355,8 @@ class ConsumerRunner:
         # Advisory Kafka commits are batched in time: offsets waiting for the next one, and when it is due.
         self._kafka_pending: dict[TopicPartition, int] = {}
         self._kafka_commit_due = 0.0
+        self.prefetch = settings.consumer_prefetch
+        self._ahead: list[_Fetched] = []  # fetched (or being fetched) ahead of the batch in hand: at most one
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -528,45 +553,94 @@ class ConsumerRunner:
         self._recovering_since = None
         self.last_error = None
 
-    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
-        while not self._stopping.is_set():
-            try:
-                batches = await consumer.getmany(timeout_ms=self.settings.consumer_poll_timeout_ms,
-                                                 max_records=self.max_batch)
-            except KafkaError as exc:
-                self.last_error = str(exc)
-                log.warning("poll failed", extra={"group": self.group_id, "error": str(exc)})
-                await asyncio.sleep(1)
-                continue
-            records = [r for recs in batches.values() for r in recs]
-            if not records:
-                self._recovered(idle=True)
-                continue
-            self._batch_in_hand = ", ".join(f"{tp.topic}[{tp.partition}]@{recs[0].offset}-{recs[-1].offset}"
-                                            for tp, recs in batches.items() if recs)
-            async with self._processing:
-                # Records of partitions revoked while we waited for the lock belong to the new owner now.
-                assigned = consumer.assignment()
-                records = [r for r in records if TopicPartition(r.topic, r.partition) in assigned
-                           and r.offset >= self._floor.get(TopicPartition(r.topic, r.partition), 0)]
-                if records:
-                    await self._process_with_retry(records)
-            for r in records:
-                tp = TopicPartition(r.topic, r.partition)
-                self._floor[tp] = max(self._floor.get(tp, 0), r.offset + 1)
-            self._recovered(idle=not records)  # stale records skipped below the floor prove nothing
-            self._batch_in_hand = ""
-            await self._commit_kafka(records)
-            self._update_lag(consumer, records)
+    async def _fetch(self, consumer: AIOKafkaConsumer, fetched: _Fetched) -> _Fetched:
+        """Poll once and decode what came (decoding is CPU the batch in hand's database waits can hide)."""
+        try:
+            fetched.batches = await consumer.getmany(timeout_ms=self.settings.consumer_poll_timeout_ms,
+                                                     max_records=self.max_batch)
+        except KafkaError as exc:
+            self.last_error = str(exc)
+            log.warning("poll failed", extra={"group": self.group_id, "error": str(exc)})
+            await asyncio.sleep(1)
+            return fetched
+        if self.pause_gc and any(fetched.batches.values()):
+            # Its objects live until its batch is done, like the batch in hand's (CollectorPause).
+            COLLECTOR_PAUSE.enter()
+            fetched.paused = True
+        fetched.recs = [self._decode(r) for recs in fetched.batches.values() for r in recs]
+        return fetched
 
-    async def _process_with_retry(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+    def _fetch_ahead(self, consumer: AIOKafkaConsumer) -> asyncio.Task[_Fetched]:
+        fetched = _Fetched({}, [])
+        self._ahead.append(fetched)  # registered before it polls: a revocation meanwhile marks it
+        return asyncio.create_task(self._fetch(consumer, fetched), name=f"prefetch-{self.group_id}")
+
+    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        ahead: asyncio.Task[_Fetched] | None = None
+        try:
+            while not self._stopping.is_set():
+                if ahead is None:
+                    ahead = self._fetch_ahead(consumer)
+                fetched = await ahead
+                ahead = None
+                if not fetched.recs:
+                    self._done_with(fetched)
+                    self._recovered(idle=True)
+                    continue
+                if self.prefetch:
+                    # The next batch is fetched and decoded while this one is written: at most one ahead.
+                    ahead = self._fetch_ahead(consumer)
+                try:
+                    await self._handle(consumer, fetched)
+                finally:
+                    self._done_with(fetched)
+        finally:
+            if ahead is not None:  # stopping or restarting: what was fetched ahead is fetched again later
+                ahead.cancel()
+                with contextlib.suppress(BaseException):
+                    await ahead
+            for fetched in list(self._ahead):
+                self._done_with(fetched)
+
+    def _done_with(self, fetched: _Fetched) -> None:
+        if fetched in self._ahead:
+            self._ahead.remove(fetched)
+        if fetched.paused:
+            fetched.paused = False
+            COLLECTOR_PAUSE.exit()
+
+    async def _handle(self, consumer: AIOKafkaConsumer, fetched: _Fetched) -> None:
+        self._batch_in_hand = ", ".join(f"{tp.topic}[{tp.partition}]@{recs[0].offset}-{recs[-1].offset}"
+                                        for tp, recs in fetched.batches.items() if recs)
+        async with self._processing:
+            # Records of partitions revoked while it waited (fetched ahead, or waiting for the lock) belong
+            # to the new owner now; below the floor they were processed already.
+            assigned = consumer.assignment()
+            if fetched.dropped:
+                gone = sum(1 for r in fetched.recs if TopicPartition(r.record.topic, r.record.partition)
+                           in fetched.dropped)
+                self.stats.extra["revoked_ahead"] = self.stats.extra.get("revoked_ahead", 0) + gone
+            recs = [r for r in fetched.recs if (tp := TopicPartition(r.record.topic, r.record.partition)) in assigned
+                    and tp not in fetched.dropped and r.record.offset >= self._floor.get(tp, 0)]
+            if recs:
+                await self._process_with_retry(recs)
+        records = [r.record for r in recs]
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            self._floor[tp] = max(self._floor.get(tp, 0), r.offset + 1)
+        self._recovered(idle=not records)  # stale records skipped below the floor prove nothing
+        self._batch_in_hand = ""
+        await self._commit_kafka(records)
+        self._update_lag(consumer, records)
+
+    async def _process_with_retry(self, recs: list[_Rec]) -> None:
         backoff = 0.2
         while True:
             try:
                 started = time.perf_counter()
-                await self._process(records)
+                await self._process(recs)
                 CONSUMER_BATCH_SECONDS.labels(self.group_id).observe(time.perf_counter() - started)
-                CONSUMER_BATCH_SIZE.labels(self.group_id).observe(len(records))
+                CONSUMER_BATCH_SIZE.labels(self.group_id).observe(len(recs))
                 self.healthy, self.last_error = True, None
                 if self.on_commit is not None:
                     self.on_commit()
@@ -587,17 +661,18 @@ class ConsumerRunner:
                     pass
                 backoff = min(backoff * 2, 30.0)
 
-    async def _process(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+    async def _process(self, recs: list[_Rec]) -> None:
         if not self.pause_gc:
-            return await self._process_batch(records)
+            return await self._process_batch(recs)
         COLLECTOR_PAUSE.enter()
         try:
-            return await self._process_batch(records)
+            return await self._process_batch(recs)
         finally:
             COLLECTOR_PAUSE.exit()
 
-    async def _process_batch(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
-        recs = [self._decode(r) for r in records]
+    async def _process_batch(self, recs: list[_Rec]) -> None:
+        for rec in recs:  # a retried batch starts afresh: only an undecodable record is poison from the start
+            rec.error, rec.attempts = rec.undecodable, 0
         try:
             async with self.engine.begin() as conn:
                 # The batch's offsets ride on the dedup statement (one round trip less per batch): they
@@ -642,7 +717,7 @@ class ConsumerRunner:
 
     def _decode(self, record: ConsumerRecord[bytes, bytes]) -> _Rec:
         if record.value is None:
-            return _Rec(record, error="empty message value")
+            return _Rec(record, error="empty message value", undecodable="empty message value")
         if self.decoder is not None:
             try:
                 envelope, payload = self.decoder(record.value)
@@ -654,7 +729,8 @@ class ConsumerRunner:
             envelope, payload = decode_envelope(record.value)
         except ContractError as exc:
             detail = "; ".join(f"{f}: {m}" for f, m in exc.errors[:10])
-            return _Rec(record, error=f"contract violation: {exc}" + (f" ({detail})" if detail else ""))
+            why = f"contract violation: {exc}" + (f" ({detail})" if detail else "")
+            return _Rec(record, error=why, undecodable=why)
         return _Rec(record, Delivered(envelope, payload, record.topic, record.partition, record.offset,
                                       record.key, record.timestamp))
 
