@@ -2,18 +2,19 @@
 
 Per run, on a private database and broker: the ledger is started (``serve``) with a budget far above what
 the run spends, and warmed up (an allowance request and a manual compensation through both of its consumer
-groups); then N = BENCH_COUNT / 2 tickets (or BENCH_AUTO_COMP_COUNT) are pre-loaded onto ``tickets.v1``
-(US late deliveries, one buyer each: every ticket matches ``us-late-delivery``, 5% fall in its holdout),
-and auto_comp is started. The clock runs from auto_comp's first recorded decision (the database's
-``decided_at``) until every decision is final and every issued voucher is charged by the ledger: the
-voucher spent from its partition's budget allowance (ADR 0008; the first tickets of each partition wait for
-its first grant) and issued in the decision's transaction, ``compensation.issued`` relayed, and the charge
-on the ledger's books. The rate is N over that time; the note adds the rate of final decisions alone.
+groups); auto_comp is started and warmed up with 200 tickets (its consumer groups joined and every
+partition's allowance granted: a one-off at a service's start); then N = BENCH_COUNT / 2 tickets (or
+BENCH_AUTO_COMP_COUNT) are produced onto ``tickets.v1`` at once (US late deliveries, one buyer each: every
+ticket matches ``us-late-delivery``, 5% fall in its holdout). The clock runs from auto_comp's first
+recorded decision of those (the database's ``decided_at``) until every decision is final and every issued
+voucher is charged by the ledger: the voucher spent from its partition's budget allowance (ADR 0008) and
+issued in the decision's transaction, ``compensation.issued`` relayed, and the charge on the ledger's
+books. The rate is N over that time; the note adds the rate of final decisions alone.
 
 The note also gives CPU time per decision (median of the runs), which depends far less on what else runs on
-the machine than the wall-clock rate: auto_comp's process from the moment it is ready (its imports and
-start-up left out), the ledger's process and the PostgreSQL backends of the run's database, until every
-voucher is charged, over the decisions made in between.
+the machine than the wall-clock rate: auto_comp's and the ledger's processes (with their consumer processes)
+and the PostgreSQL backends of the run's database, from the end of the warm-up until every voucher is
+charged, over the N decisions.
 """
 
 from __future__ import annotations
@@ -72,11 +73,18 @@ async def warm_ledger(stack: Stack) -> None:
         await db.wait_for("SELECT count(*) FROM ledger.compensations", 1, 90, 0.1, "ledger warm-up charge")
 
 
-FINAL = "SELECT count(*) FROM auto_comp.decisions WHERE outcome <> 'pending_budget'"
 
 
-CHARGED = ("SELECT count(*) FROM ledger.compensations WHERE origin = 'auto' "
-           "AND compensation_id IN (SELECT compensation_id FROM auto_comp.compensations WHERE status = 'issued')")
+def _final(tag: str) -> str:
+    return f"SELECT count(*) FROM auto_comp.decisions WHERE outcome <> 'pending_budget' AND ticket_id LIKE 'T-{tag}-%'"
+
+
+def _charged(tag: str) -> str:
+    return ("SELECT count(*) FROM ledger.compensations WHERE origin = 'auto' AND compensation_id IN (SELECT "
+            f"compensation_id FROM auto_comp.compensations WHERE status = 'issued' AND ticket_id LIKE 'T-{tag}-%')")
+
+
+WARM = 200  # tickets through auto_comp before the clock: its consumer groups joined, every partition granted
 
 
 async def one_run(url: str, external: str | None, partitions: int, n: int,
@@ -87,25 +95,30 @@ async def one_run(url: str, external: str | None, partitions: int, n: int,
         ledger = await stack.start("ledger")
         await stack.set_budget("US", BUDGET_MINOR)
         await warm_ledger(stack)
-        await produce(stack.bootstrap, Records("ticket", uuid.uuid4().hex[:8]), 0, n)
-        async with Counter(stack.dsn) as db:
-            ledger0, backends0 = _cpu_seconds(ledger.pid), await _backend_cpu(db)
         service = await stack.start("auto_comp")
         timeout = 120 + n / 100
+        warm = uuid.uuid4().hex[:8]
+        await produce(stack.bootstrap, Records("ticket", warm), 0, WARM)
         async with Counter(stack.dsn) as db:
-            service0, final0 = _cpu_seconds(service.pid), await db.value(FINAL)
-            decided = await db.wait_for(FINAL, n, timeout, 0.1, "final auto_comp decisions")
-            counts = await db.row("SELECT count(*) FILTER (WHERE outcome = 'issued') AS issued, "
-                                  "count(*) FILTER (WHERE outcome = 'holdout') AS holdout, count(*) AS total "
-                                  "FROM auto_comp.decisions")
-            end = await db.wait_for(CHARGED, counts["issued"], timeout, 0.1, "ledger charges of the issued vouchers")
+            await db.wait_for(_final(warm), WARM, timeout, 0.1, "auto_comp warm-up decisions")
+            await db.wait_for(_charged(warm), await db.value(_final(warm).replace("<> 'pending_budget'",
+                                                                                   "= 'issued'")),
+                              timeout, 0.1, "ledger warm-up charges")
+            tag = uuid.uuid4().hex[:8]
+            service0, ledger0, backends0 = _cpu_seconds(service.pid), _cpu_seconds(ledger.pid), await _backend_cpu(db)
+            await produce(stack.bootstrap, Records("ticket", tag), 0, n)
+            decided = await db.wait_for(_final(tag), n, timeout, 0.1, "final auto_comp decisions")
+            counts = await db.row(
+                "SELECT count(*) FILTER (WHERE outcome = 'issued') AS issued, count(*) FILTER (WHERE outcome = "
+                "'holdout') AS holdout, min(extract(epoch FROM decided_at))::float8 AS start FROM "
+                f"auto_comp.decisions WHERE ticket_id LIKE 'T-{tag}-%'")
+            end = await db.wait_for(_charged(tag), counts["issued"], timeout, 0.1, "ledger charges of the vouchers")
             service1, ledger1, backends1 = _cpu_seconds(service.pid), _cpu_seconds(ledger.pid), await _backend_cpu(db)
-            if cpu is not None and n > final0:
-                # Backends that were not there at the start (auto_comp's) count from zero.
+            if cpu is not None:
+                # Backends that were not there at the start count from zero.
                 backend = sum(v - backends0.get(pid, 0.0) for pid, v in backends1.items())
-                cpu.append(((service1 - service0) / (n - final0) * 1e6, (ledger1 - ledger0) / (n - final0) * 1e6,
-                            backend / (n - final0) * 1e6))
-            start = await db.value("SELECT extract(epoch FROM min(decided_at))::float8 FROM auto_comp.decisions")
+                cpu.append(((service1 - service0) / n * 1e6, (ledger1 - ledger0) / n * 1e6, backend / n * 1e6))
+        start = counts["start"]
         return n / (end - start), n / (decided - start), counts["issued"], counts["holdout"]
 
 

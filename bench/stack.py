@@ -30,6 +30,7 @@ from shared.contracts.topics import ALL_TOPICS
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 SECRET = "bench-only-token-secret-" + uuid.uuid4().hex
+DEFAULT_PROCESSES = {"ledger": "2"}  # CONSUMER_PROCESSES per service in the benchmarks
 PORT_VARS = {"intake": "INTAKE_PORT", "auto_comp": "AUTO_COMP_PORT", "ledger": "LEDGER_PORT",
              "audit_sampler": "AUDIT_SAMPLER_PORT"}
 
@@ -149,7 +150,9 @@ class Stack:
             await asyncio.to_thread(self.cli, name, "migrate")
         port = embedded.free_port()
         log = self._dir / f"{name}.log"
-        env = self.env(**{PORT_VARS[name]: str(port), **extra})
+        # One process per core for the CPU-bound ledger consumers (ADR 0010); BENCH_<NAME>_PROCESSES overrides.
+        processes = os.environ.get(f"BENCH_{name.upper()}_PROCESSES", DEFAULT_PROCESSES.get(name, "1"))
+        env = self.env(**{PORT_VARS[name]: str(port), "CONSUMER_PROCESSES": processes, **extra})
         with open(log, "ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", f"services.{name}", "serve"], cwd=ROOT, env=env,

@@ -289,10 +289,12 @@ class TicketHandler:
         evaluated = [(env, t, partition, evaluate_ticket(strategies, t, region_of(env.region), env.occurred_at))
                      for env, t, partition in items]
         clock = datetime.now(UTC)
+        periods = {region: self.rules.period(region, clock)[0] for region in {env.region for env, *_ in items}}
         # The allowances this batch may spend from: of the tickets that pass every rule but the budget on
         # the history as loaded (a superset: one may still be capped by an earlier ticket of the batch).
-        keys = {self._key(env.region, partition, r.live.proposal, clock) for env, t, partition, r in evaluated
-                if self._verdict(r, env, t, history, taken).outcome is Outcome.PENDING_BUDGET}
+        first = [self._verdict(r, env, t, history, taken) for env, t, _, r in evaluated]
+        keys = {self._key(env.region, periods, partition, v.evaluation.proposal) for (env, _, partition, _), v
+                in zip(evaluated, first, strict=True) if v.outcome is Outcome.PENDING_BUDGET}
         budget = await Budget(self.rules).lock(conn, keys=keys)
         await budget.ensure(conn, keys)
         now = budget.now
@@ -311,8 +313,12 @@ class TicketHandler:
         counts: Counter[tuple[str, str, str, str]] = Counter()
         issued_kinds: Counter[tuple[str, str, str]] = Counter()
         issued_amounts: Counter[tuple[str, str]] = Counter()
-        for env, ticket, partition, result in evaluated:
-            verdict = self._verdict(result, env, ticket, history, taken)
+        # Buyers and orders an earlier ticket of the batch compensated: only their verdicts can have changed.
+        touched_buyers: set[tuple[str, str]] = set()
+        touched_orders: set[str] = set()
+        for (env, ticket, partition, result), verdict in zip(evaluated, first, strict=True):
+            if (env.region, ticket.buyer_id) in touched_buyers or ticket.order_id in touched_orders:
+                verdict = self._verdict(result, env, ticket, history, taken)
             # Shadows are judged against the buyer's history before this ticket's own compensation.
             shadows.extend(self._shadows(result.shadows, env, ticket, history, taken))
             decision = self._decision(strategies, verdict, env, ticket)
@@ -322,7 +328,7 @@ class TicketHandler:
                 s = verdict.evaluation.strategy
                 counts[(env.region, s.id if s else "none", decision["outcome"], "active")] += 1
                 continue
-            a = budget.by_key[self._key(env.region, partition, p, clock)]
+            a = budget.by_key[self._key(env.region, periods, partition, p)]
             tiers = [p.amount.minor, *(m.minor for m in p.fallback_amounts)]
             t = take(a, tiers, now)
             comp = self._compensation(p, env, ticket, partition, a)
@@ -337,6 +343,8 @@ class TicketHandler:
                 continue
             history.setdefault((env.region, ticket.buyer_id), []).append(Granted(env.occurred_at, p.amount))
             taken.add((ticket.order_id, p.scenario))
+            touched_buyers.add((env.region, ticket.buyer_id))
+            touched_orders.add(ticket.order_id)
             if t.kind is TakeKind.WAIT:
                 decision["detail"] = f"waiting for budget: {p.amount.format()} from the {a.period} allowance"
                 comps.append(comp)
@@ -375,9 +383,10 @@ class TicketHandler:
         _count(counts, issued_kinds, issued_amounts)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 
-    def _key(self, region: str, partition: int, p: Proposal | None, clock: datetime) -> Key:
+    @staticmethod
+    def _key(region: str, periods: dict[str, str], partition: int, p: Proposal | None) -> Key:
         assert p is not None
-        return region, self.rules.period(region, clock)[0], partition, pacing_of(p)
+        return region, periods[region], partition, pacing_of(p)
 
     @staticmethod
     def _verdict(result: TicketEvaluation, env: Envelope, ticket: ev.TicketOpened,

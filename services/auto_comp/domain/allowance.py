@@ -31,6 +31,9 @@ DENYING = frozenset({AllowanceLimit.BUDGET_EXHAUSTED, AllowanceLimit.PACED, Allo
 
 # A fresh allowance asks for room for this many compensations of the size it needs now.
 FIRST_GRANT_COMPENSATIONS = 20
+# An allowance asks for more while at least this long's spend at its recent rate is left, so that the answer
+# arrives before it runs dry.
+LOW_WATER_TIME = timedelta(seconds=3)
 
 
 @dataclass
@@ -145,8 +148,9 @@ def _spend(a: Allowance, amount: int, degraded: bool) -> Take:
 
 def plan_request(a: Allowance, now: datetime, *, horizon: timedelta) -> bool:
     """Whether to ask the ledger now, and for what (sets ``request_*``): for waiting tickets; ahead of need
-    at the low-water mark (half the last grant, or twice the largest compensation) or with half the lease
-    gone; never while a request is in flight or while the ledger's shortage answer stands."""
+    at the low-water mark (half the last grant, twice the largest compensation, or three seconds of spend at
+    the recent rate, whichever is most) or with half the lease gone; never while a request is in flight or
+    while the ledger's shortage answer stands."""
     if not a.open or a.close_now is not None or a.in_flight:
         return False
     if a.limited_by is not None and a.retry_after is not None and now < a.retry_after:
@@ -155,7 +159,8 @@ def plan_request(a: Allowance, now: datetime, *, horizon: timedelta) -> bool:
     if not a.waiting:
         if not a.usable(now):
             return False  # not granted yet and nothing waits: nothing to ask for
-        low_water = max(a.last_grant // 2, 2 * a.largest)
+        # Ask while a round trip's worth of spend is still left (a few seconds at the recent rate).
+        low_water = max(a.last_grant // 2, 2 * a.largest, expected_spend(a, now, LOW_WATER_TIME))
         lease = a.close_at - a.last_granted_at if a.last_granted_at is not None else timedelta(0)
         if a.remaining >= low_water and a.close_at - now > lease / 2:
             return False
