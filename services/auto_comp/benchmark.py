@@ -32,7 +32,8 @@ from services.auto_comp.config import Settings
 from services.auto_comp.handlers import Rules, TicketHandler
 from services.auto_comp.store import StrategyStore
 from shared.contracts import events as ev
-from shared.contracts.registry import decode_envelope, encode_envelope, make_envelope
+from shared.contracts.codec import decode as decode_envelope
+from shared.contracts.registry import encode_envelope, make_envelope
 from shared.db import make_engine, migrate, raw_connection
 from shared.kafka import Delivered
 

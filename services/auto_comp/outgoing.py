@@ -1,35 +1,28 @@
 """auto_comp's outgoing events as outbox records, built straight from data the handlers already checked.
 
-The batch path used to build each payload model (validation), wrap it in an ``Envelope`` (validation again,
-including every timestamp), then let ``shared.outbox.enqueue`` validate the payload a third time and dump
-it. Every field here comes from a ticket that passed its contract on decode, a strategy the loader
-validated, or amounts the engine computed (positive, in the strategy's currency, which the engine checked
-against the order's), so the JSON is written directly. Unit tests prove the bytes, key, topic and headers
-equal what ``shared.kafka.producer.record_for`` gives for the validated models, and that the documents
-pass their contracts.
+Every field of a ``compensation.issued`` comes from a ticket that passed its contract on decode, a strategy
+the loader validated, or amounts the engine computed (positive, in the strategy's currency, which the
+engine checked against the order's), so its payload is assembled as the model's JSON dump and written by
+the contract's codec (``EventCodec.record``) without building the models (validation) again. Unit tests
+prove the bytes, key, topic and headers equal what ``shared.kafka.producer.record_for`` gives for the
+validated models, and that the documents pass their contracts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-import orjson
-
 from shared.contracts import events as ev
-from shared.contracts.registry import LATEST, make_envelope
+from shared.contracts.codec import codec, json_time
+from shared.contracts.registry import make_envelope
 from shared.kafka.producer import record_for
 from shared.outbox import Record
 
 SOURCE = "auto_comp"
 
-_ISSUED = LATEST["compensation.issued"]
-
-
-def json_time(at: datetime) -> str:
-    """A timestamp written as pydantic writes an aware datetime normalised to UTC (``...Z``)."""
-    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+_ISSUED = codec("compensation.issued")
 
 
 def money(minor: int, currency: str) -> dict[str, Any]:
@@ -54,26 +47,12 @@ def compensation_issued(*, compensation_id: str, reservation_id: str, ticket_id:
         "allowance_id": allowance_id}
 
 
-def _record(topic: str, event_type: str, version: int, payload: dict[str, Any], *, key: str, region: str,
-            event_id: str, occurred_at: datetime, produced_at: datetime, correlation_id: str,
-            causation_id: str | None, traceparent: str | None) -> Record:
-    """The record ``record_for(make_envelope(...))`` gives: envelope fields in the model's order."""
-    value = orjson.dumps({
-        "event_id": event_id, "event_type": event_type, "schema_version": version,
-        "occurred_at": json_time(occurred_at), "produced_at": json_time(produced_at), "source": SOURCE,
-        "region": region, "correlation_id": correlation_id, "causation_id": causation_id,
-        "traceparent": traceparent, "payload": payload})
-    headers = [("event_type", event_type.encode()), ("schema_version", str(version).encode()),
-               ("event_id", event_id.encode()), ("correlation_id", correlation_id.encode()),
-               ("region", region.encode()), ("content-type", b"application/json")]
-    if traceparent:
-        headers.append(("traceparent", traceparent.encode()))
-    return topic, key.encode(), value, headers
-
-
-def compensation_issued_record(payload: dict[str, Any], **envelope: Any) -> Record:
-    return _record(_ISSUED.topic.value, _ISSUED.event_type, _ISSUED.version, payload,
-                   key=payload["buyer_id"], **envelope)
+def compensation_issued_record(payload: dict[str, Any], *, region: str, event_id: str, occurred_at: datetime,
+                               produced_at: datetime, correlation_id: str, causation_id: str | None,
+                               traceparent: str | None) -> Record:
+    return _ISSUED.record(payload, key=payload["buyer_id"], event_id=event_id, occurred_at=occurred_at,
+                          produced_at=produced_at, source=SOURCE, region=region, correlation_id=correlation_id,
+                          causation_id=causation_id, traceparent=traceparent)
 
 
 def allowance_requested_record(*, allowance_id: str, seq: int, attempt: int, region: str, period: str,

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, cast
+from typing import Any
 
-import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.intake.domain.items import payload_of
 from services.intake.domain.keys import ApiKey
 from services.intake.domain.screening import Candidate
-from shared.contracts.envelope import Envelope, new_event_id
-from shared.contracts.registry import LATEST
+from shared.contracts.codec import codec, json_time
+from shared.contracts.envelope import new_event_id
 from shared.db import fetch_one_shot
 from shared.outbox import Record, headers_json
 
@@ -50,49 +49,24 @@ def outbox_records(event_type: str, candidates: Sequence[Candidate], source: str
                    correlation_id: str) -> list[Record]:
     """The Kafka records of accepted items: topic, partition key and headers as the contract defines.
 
-    The items were fully validated already, so envelopes are assembled without validating them again
-    (unit tests prove bytes and headers equal what the toolkit's encoder gives); this halves the batch
-    path's CPU. What is the same for every item of a request is worked out once. An item without a
-    correlation id of its own carries ``correlation_id``, the request's (its ``X-Correlation-Id``, or the
-    one intake gave the request and logged it with).
+    The items were fully validated already, so their records are written by the contract's codec from
+    the items' JSON (``EventCodec.record``) without building the models again; this halves the batch path's
+    CPU. An item without a correlation id of its own carries ``correlation_id``, the request's (its
+    ``X-Correlation-Id``, or the one intake gave the request and logged it with).
     """
-    spec = LATEST[event_type]
-    topic, key_of, version = spec.topic.value, spec.key, spec.version
-    produced = _json_time(produced_at)
-    type_header, version_header = event_type.encode(), str(version).encode()
-    records: list[Record] = []
-    for candidate in candidates:
-        item, data = candidate.item, candidate.data
-        correlation = item.correlation_id or correlation_id
-        fields: dict[str, Any] = {
-            "event_id": item.event_id, "event_type": event_type, "schema_version": version,
-            "occurred_at": data["occurred_at"], "produced_at": produced, "source": source,
-            "region": item.region, "correlation_id": correlation, "causation_id": None,
-            "traceparent": item.traceparent, "payload": payload_of(data)}
-        headers = [("event_type", type_header), ("schema_version", version_header),
-                   ("event_id", item.event_id.encode()), ("correlation_id", correlation.encode()),
-                   ("region", item.region.encode()), ("content-type", b"application/json")]
-        if item.traceparent:
-            headers.append(("traceparent", item.traceparent.encode()))
-        # Key functions read the payload, or the envelope's region for region-keyed events.
-        key = key_of(cast(Envelope, _RegionOnly(item.region)), item)
-        records.append((topic, key.encode(), orjson.dumps(fields), headers))
-    return records
+    encoder = codec(event_type)
+    produced = json_time(produced_at)
+    return [encoder.record(payload_of(c.data), event_id=c.item.event_id, occurred_at=c.data["occurred_at"],
+                           produced_at=produced, source=source, region=c.item.region,
+                           correlation_id=c.item.correlation_id or correlation_id, traceparent=c.item.traceparent,
+                           payload_object=c.item)
+            for c in candidates]
 
 
 def outbox_record(event_type: str, candidate: Candidate, source: str, produced_at: datetime,
                   correlation_id: str | None = None) -> Record:
     """One item's record (see ``outbox_records``)."""
     return outbox_records(event_type, [candidate], source, produced_at, correlation_id or new_event_id())[0]
-
-
-class _RegionOnly(NamedTuple):
-    region: str
-
-
-def _json_time(at: datetime) -> str:
-    """A UTC instant written as pydantic writes it (``...Z``)."""
-    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 async def store_events(engine: AsyncEngine, event_type: str, candidates: Sequence[Candidate],

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from services.ledger import decoding, handlers, invariants, metrics
+from services.ledger import handlers, invariants, metrics
 from services.ledger.api import build_router
 from services.ledger.config import Settings
 from services.ledger.contracts import CONSUMES
@@ -110,10 +110,9 @@ def build_app(settings: Settings, *, topics: Sequence[str] | None = None, housek
         # Charge batches hold no hot lock until their last statements (ADR 0005 point 2), so they can be
         # large; request batches hold their budget rows throughout and keep the common, smaller size.
         batch = settings.books_max_batch if group == books_group(settings) else None
-        # The hot event types decode without the generic money-field walk (services/ledger/decoding.py), and
-        # the cyclic collector rests while a batch is in hand (CollectorPause, ADR 0005).
+        # The cyclic collector rests while a batch is in hand (CollectorPause, ADR 0005).
         ctx.add_consumer(group, group_topics, handlers.LedgerHandler(settings, group), max_batch=batch,
-                         decoder=decoding.decode, pause_gc=True)
+                         pause_gc=True)
     keeper = Housekeeper(ctx, settings)
     if housekeeping:
         ctx.components.append(keeper)

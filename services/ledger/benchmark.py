@@ -24,7 +24,8 @@ from sqlalchemy import text
 from services.ledger.config import Settings
 from services.ledger.handlers import apply_batch
 from shared.contracts import events as ev
-from shared.contracts.registry import decode_envelope, encode_envelope, make_envelope
+from shared.contracts.codec import decode as decode_envelope
+from shared.contracts.registry import encode_envelope, make_envelope
 from shared.db import make_engine, migrate, raw_connection
 from shared.kafka import Delivered
 

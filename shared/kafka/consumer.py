@@ -42,9 +42,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 import shared.outbox as outbox  # module import: shared.outbox imports shared.kafka too
 from shared.config import CommonSettings
+from shared.contracts.codec import decode as decode_envelope
 from shared.contracts.envelope import Envelope
 from shared.contracts.events import Payload
-from shared.contracts.registry import ContractError, decode_envelope
+from shared.contracts.registry import ContractError
 from shared.contracts.topics import Topic
 from shared.logging import correlation_id
 from shared.metrics import (
@@ -270,8 +271,9 @@ class _Rebalance(ConsumerRebalanceListener):
                                                                         for tp in assigned)})
 
 
-# A fast decoder for a service's hot event types: returns what ``decode_envelope`` would, or raises
-# ContractError for anything it does not handle (the shared decoder then words the dead letter).
+# A decoder of a service's own (``decoder=``): returns what the contracts' codec (``shared.contracts.codec``,
+# the default) would, or raises ContractError for anything it does not handle (the codec then words the
+# dead letter). Every service decodes with the codec itself today; the option stays for tests and tools.
 Decoder = Callable[[bytes], tuple[Envelope, Payload]]
 
 # Called when partitions leave this consumer, after the batch in hand has committed: ("revoked") in a

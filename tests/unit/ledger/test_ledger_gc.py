@@ -34,7 +34,7 @@ def test_a_book_is_freed_without_the_cyclic_collector():
             gc.enable()
 
 
-def test_ledger_runners_pause_the_collector_and_decode_fast():
+def test_ledger_runners_pause_the_collector_and_decode_with_the_shared_codec():
     s = Settings(database_url="postgresql+asyncpg://u:p@localhost:1/x")
     runners = build_app(s, housekeeping=False).state.ctx.runners
-    assert runners and all(r.pause_gc and r.decoder is not None for r in runners)
+    assert runners and all(r.pause_gc and r.decoder is None for r in runners)
