@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -19,7 +20,7 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.auth import TokenService
-from shared.config import ServiceSettings
+from shared.config import ServiceSettings, redact_url
 from shared.db import make_engine, migrate, ping, retry_connect
 from shared.http import (
     BodyLimitMiddleware,
@@ -61,7 +62,7 @@ class ServiceContext:
         producer = EventProducer(settings, name)
         relay = OutboxRelay(engine, producer, name, batch_size=settings.outbox_batch_size,
                             poll_interval=settings.outbox_poll_interval_ms / 1000)
-        tokens = TokenService(settings.auth_token_secret.get_secret_value(), settings.auth_token_issuer)
+        tokens = TokenService(settings.require_token_secret(), settings.auth_token_issuer)
         return cls(name, schema, settings, engine, producer, relay, tokens)
 
     def add_consumer(self, group_id: str, topics: Sequence[str], handler: Any, **kw: Any) -> ConsumerRunner:
@@ -221,13 +222,21 @@ def run_cli(*, name: str, settings_factory: Callable[[], ServiceSettings],
     if extra is not None:
         extra(sub)
     args = parser.parse_args(argv)
+    # Only `serve` signs and verifies tokens; migrations, dead letters and the services' own operator
+    # commands (keys, budgets, invariants, validators) run without the token secret.
+    missing = ["  AUTH_TOKEN_SECRET: required, not set"] if (
+        args.command == "serve" and not os.environ.get("AUTH_TOKEN_SECRET")) else []
     try:
         settings = settings_factory()
     except ValidationError as exc:
-        print(f"{name}: invalid configuration:\n{describe_config_errors(exc)}", file=sys.stderr)
+        lines = "\n".join([*missing, describe_config_errors(exc)])
+        print(f"{name}: invalid configuration:\n{lines}", file=sys.stderr)
         return 2
     except (ValueError, OSError) as exc:  # e.g. an unreadable or invalid REGIONS_FILE
         print(f"{name}: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    if missing:
+        print(f"{name}: invalid configuration:\n" + "\n".join(missing), file=sys.stderr)
         return 2
     configure_logging(name, settings.log_level, settings.log_json)
     if args.command == "serve":
@@ -244,9 +253,18 @@ def run_cli(*, name: str, settings_factory: Callable[[], ServiceSettings],
     if args.command == "dead-letters":
         return asyncio.run(_dead_letters(args, settings, schema))
     handler: Command = args.handler
-    result = handler(args)
-    if asyncio.iscoroutine(result):
-        result = asyncio.run(result)
+    try:
+        result = handler(args)
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
+    except OSError as exc:
+        if exc.filename is not None:  # a file the command was given: its own error says it best
+            raise
+        # An operator command against a stack that is not up (refused, no such socket, unknown host,
+        # timeout): one line, not a driver traceback.
+        print(f"{name}: cannot reach PostgreSQL at {redact_url(settings.database_url)} ({exc}); "
+              "is the stack up (`make up`) or DATABASE_URL set?", file=sys.stderr)
+        return 1
     return int(result or 0)
 
 

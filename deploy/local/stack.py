@@ -29,13 +29,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from shared import embedded  # noqa: E402
+from shared.config import redact_url as redact  # noqa: E402
 
 LOCAL = ROOT / ".local"
 LOGS = LOCAL / "logs"
@@ -76,12 +76,6 @@ def available_services() -> list[str]:
     return [n for n in SERVICES if (ROOT / "services" / n / "__main__.py").exists()]
 
 
-def redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    return url
 
 
 def load_state() -> dict[str, Any]:

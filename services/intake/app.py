@@ -65,7 +65,7 @@ def build_app(settings: ServiceSettings, *, manage_lifecycle: bool = True) -> Fa
     app.state.intake = intake
     app.state.api_keys = keys
     app.state.purger = purger
-    tokens = VerifiedTokens(settings.auth_token_secret.get_secret_value(), settings.auth_token_issuer)
+    tokens = VerifiedTokens(settings.require_token_secret(), settings.auth_token_issuer)
     install(app, intake, Access(tokens, keys))
     ctx.components.append(FreezeHeapAfterStartup())  # last: after everything long-lived exists
     app.add_middleware(RequestTimer)

@@ -41,7 +41,7 @@ async def setup(fresh_database, tmp_path_factory):
                                                                                 currency="GBP")])
     [r] = await requests_for(engine, "A-1")
     await apply(engine, BudgetResultHandler(), [answer(r["payload"], reserved=r["payload"]["amount"]["amount_minor"])])
-    tokens = TokenService(settings.auth_token_secret.get_secret_value(), settings.auth_token_issuer)
+    tokens = TokenService(settings.require_token_secret(), settings.auth_token_issuer)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://auto-comp") as client:
         yield client, tokens, folder, store
