@@ -1,4 +1,5 @@
-"""Deployment files stay valid: Prometheus rules (promtool), docker-compose, kustomize, the local Procfile."""
+"""Deployment files stay valid: Prometheus rules and config (promtool), docker-compose, the local Procfile, the
+runbook. The Kubernetes manifests are rendered and validated in test_k8s_overlays.py."""
 
 from __future__ import annotations
 
@@ -75,29 +76,48 @@ def test_local_procfile_runs_the_four_services_without_honchos_port():
         assert "unset PORT" in cmd and f"-m services.{name} serve" in cmd
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
-def test_kustomize_overlay_renders_probes_secrets_and_scrape_annotations():
-    result = run("kubectl", "kustomize", "deploy/k8s/overlays/sg")
-    assert result.returncode == 0, result.stderr
-    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
-    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
-    services = {d["metadata"]["name"] for d in docs if d["kind"] == "Service"}
-    assert set(deployments) == {"intake", "auto-comp", "audit-sampler", "ledger"} == services
-    for name, dep in deployments.items():
-        assert dep["metadata"]["namespace"] == "comp-sg"
-        pod = dep["spec"]["template"]
-        assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
-        assert pod["spec"]["enableServiceLinks"] is False
-        (container,) = pod["spec"]["containers"]
-        assert container["image"].startswith("registry.example.com/compensation-platform:")
-        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-        assert container["resources"]["requests"]["cpu"]
-        refs = container["envFrom"]
-        assert {"secretRef": {"name": "comp-secrets"}} in refs
-        assert any(r.get("configMapRef", {}).get("name", "").startswith("comp-config") for r in refs)
-        module = name.replace("-", "_")
-        assert container["command"] == ["python", "-m", f"services.{module}", "serve"]
-        assert [c["name"] for c in pod["spec"]["initContainers"]] == ["topics", "migrate"]
-        assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(PORTS[module])
-    assert deployments["intake"]["spec"]["replicas"] == 3
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (apt package prometheus)")
+def test_prometheus_config_passes_promtool_check_with_the_rules_beside_it():
+    result = run("promtool", "check", "config", str(PROMETHEUS_CONFIG))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "alerts.yml" in result.stdout + result.stderr
+
+
+def test_docker_compose_runs_prometheus_with_the_alert_rules_loaded():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    prometheus = compose["services"]["prometheus"]
+    assert prometheus["image"].startswith("prom/prometheus:v")
+    flags = dict(arg.removeprefix("--").split("=", 1) for arg in prometheus["command"] if "=" in arg)
+    config_path = Path(flags["config.file"])
+    mounts = {}
+    for volume in prometheus["volumes"]:
+        source, target, *mode = volume.split(":")
+        assert mode == ["ro"], volume
+        mounts[target] = (ROOT / source).resolve()
+    assert mounts[str(config_path)] == PROMETHEUS_CONFIG
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    # rule_files are relative to the config file, in the container as in the repository.
+    for rule_file in config["rule_files"]:
+        assert mounts[str(config_path.parent / rule_file)] == PROMETHEUS_CONFIG.parent / rule_file
+    assert ALERTS.name in config["rule_files"]
+    assert any(p.startswith("127.0.0.1:9090:") for p in prometheus["ports"])
+
+
+def test_prometheus_scrapes_every_service_of_the_compose_stack_and_insights():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    jobs = {job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
+            for job in config["scrape_configs"]}
+    for module, port in {**PORTS, "insights": 8005}.items():
+        assert jobs[module] == [f"{module}:{port}"], module
+    # A service added to docker-compose later is scraped too: a job named after it, targeting its compose name.
+    for name, svc in compose["services"].items():
+        command = svc.get("command")
+        if isinstance(command, list) and command[:2] == ["python", "-m"] and command[-1] == "serve":
+            assert command[2] == f"services.{name}"
+            (target,) = jobs[name]
+            assert target.startswith(f"{name}:"), target
+    assert all(job.get("metrics_path", "/metrics") == "/metrics" for job in config["scrape_configs"])
