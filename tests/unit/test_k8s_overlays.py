@@ -10,6 +10,7 @@ without one these tests fail: they never skip.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -388,3 +389,29 @@ def test_policies_leave_other_pods_of_the_namespace_alone(stack):
             selected |= set(expr["values"])
     assert selected == PLATFORM
 
+
+
+# ---- a new region's overlay, scaffolded from the catalogue ---------------------------------------------
+
+
+def test_new_region_scaffold_renders_a_valid_stack_for_a_region_added_to_the_catalogue(tmp_path):
+    spec = importlib.util.spec_from_file_location("new_region", K8S / "new_region.py")
+    assert spec is not None and spec.loader is not None
+    new_region = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(new_region)
+    k8s = tmp_path / "k8s"
+    shutil.copytree(K8S / "base", k8s / "base")
+    shutil.copytree(K8S / "components", k8s / "components")
+    cat = tmp_path / "regions.yaml"
+    cat.write_text("regions:\n  - {code: KR, name: South Korea, currency: KRW, exponent: 0, timezone: Asia/Seoul}\n")
+    korea = load_catalogue(cat).get("KR")
+    target = new_region.write_overlay(korea, k8s / "overlays")
+    with pytest.raises(FileExistsError):
+        new_region.write_overlay(korea, k8s / "overlays")
+    assert overlay_problems(cat, k8s / "overlays") == []
+    docs = render(str(target))
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSIONS[0], strict=True)
+    assert by_kind(docs, "Namespace").keys() == {"comp-kr"}
+    assert yaml.safe_load(config_map(docs, "auto-comp-strategies")["data"]["kr.yaml"]) == {"strategies": []}
+    assert "KRW" in config_map(docs, "comp-region")["data"]["regions.yaml"]
