@@ -3,9 +3,14 @@ runbook. The Kubernetes manifests are rendered and validated in test_k8s_overlay
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -121,3 +126,100 @@ def test_prometheus_scrapes_every_service_of_the_compose_stack_and_insights():
             (target,) = jobs[name]
             assert target.startswith(f"{name}:"), target
     assert all(job.get("metrics_path", "/metrics") == "/metrics" for job in config["scrape_configs"])
+
+
+# ---- the runbook ----------------------------------------------------------------------------------------
+
+RUNBOOK = ROOT / "deploy" / "RUNBOOK.md"
+CLI_MODULES = {"shared": "shared.__main__", "shared.embedded": "shared.embedded"}
+SHELL_OPERATORS = {"|", "||", "&&", ";", ">", ">>", "<", "2>&1"}
+
+
+def runbook_sections() -> dict[str, list[str]]:
+    """Level-3 headings by the level-2 section they are in."""
+    sections: dict[str, list[str]] = {}
+    current = ""
+    for line in RUNBOOK.read_text().splitlines():
+        if line.startswith("## "):
+            current = line[3:].strip()
+            sections[current] = []
+        elif line.startswith("### "):
+            sections.setdefault(current, []).append(line[4:].strip())
+    return sections
+
+
+def test_every_alert_has_a_runbook_section_and_every_section_an_alert():
+    rules = yaml.safe_load(ALERTS.read_text())
+    alerts = [r["alert"] for g in rules["groups"] for r in g["rules"]]
+    documented = runbook_sections()["Alerts"]
+    assert sorted(set(alerts)) == sorted(documented), "deploy/RUNBOOK.md ## Alerts needs one ### per alert"
+
+
+def runbook_commands() -> list[str]:
+    """Every command in the runbook's code blocks and inline code, continuation lines joined."""
+    text = RUNBOOK.read_text()
+    blocks = re.findall(r"```(?:sh)?\n(.*?)```", text, flags=re.S)
+    inline = re.findall(r"(?<!`)`([^`\n]+)`(?!`)", re.sub(r"```.*?```", "", text, flags=re.S))
+    lines = [ln.strip() for block in blocks for ln in block.replace("\\\n", " ").splitlines()] + inline
+    return [ln for ln in lines if ln and not ln.startswith("#")]
+
+
+class _Parsed(Exception):  # noqa: N818 - a signal, not an error
+    pass
+
+
+def parses(module: str, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the module's own argument parser on argv, stopping before the command does anything."""
+    if module == "shared.contracts":  # two words, no argparse (shared/contracts/export.py main)
+        if argv[:1] not in (["export"], ["check"]) or len(argv) > 2:
+            raise SystemExit(2)
+        return
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self: argparse.ArgumentParser, args: Any = None, namespace: Any = None) -> Any:
+        raise _Parsed(original(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    main = importlib.import_module(CLI_MODULES.get(module, f"{module}.__main__")).main
+    with pytest.raises(_Parsed):
+        main(argv)
+    monkeypatch.undo()
+
+
+def test_every_python_command_in_the_runbook_parses_with_the_cli_it_names(monkeypatch, capsys):
+    checked = 0
+    for line in runbook_commands():
+        if "python -m " not in line:
+            continue
+        tokens = shlex.split(line[line.index("python -m "):])
+        for i, token in enumerate(tokens):
+            if token in SHELL_OPERATORS:
+                tokens = tokens[:i]
+                break
+        module, argv = tokens[2], tokens[3:]
+        if module == "...":  # the intro's "python -m ..." stands for any command
+            continue
+        try:
+            parses(module, argv, monkeypatch)
+        except SystemExit:
+            pytest.fail(f"deploy/RUNBOOK.md: `{' '.join(tokens)}` does not parse: {capsys.readouterr().err}")
+        checked += 1
+    assert checked >= 20  # the runbook's commands were found at all
+
+
+def test_runbook_scripts_make_targets_and_links_exist():
+    text = RUNBOOK.read_text()
+    commands = runbook_commands()
+    for line in commands:
+        for script in re.findall(r"python ((?:deploy|bench)/\S+\.py)", line):
+            assert (ROOT / script).is_file(), script
+        for target in re.findall(r"\bmake (\w[\w-]*)", line):
+            assert re.search(rf"^{target}:", (ROOT / "Makefile").read_text(), flags=re.M), target
+    # In-page links point at headings (GitHub's anchors: lower case, punctuation dropped, spaces -> '-').
+    anchors = {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-")
+               for h in re.findall(r"^#{2,3} (.+)$", text, flags=re.M)}
+    for link in re.findall(r"\]\(#([^)]+)\)", text):
+        assert link in anchors, link
+    for path in re.findall(r"`((?:deploy|docs|services|shared)/[\w./-]+\.(?:ya?ml|md|py))`", text):
+        if "/kr" not in path:  # the region being added in the example
+            assert (ROOT / path).exists(), path
