@@ -164,8 +164,8 @@ def runbook_commands() -> list[str]:
     return [ln for ln in lines if ln and not ln.startswith("#")]
 
 
-class _Parsed(Exception):  # noqa: N818 - a signal, not an error
-    pass
+class _Parsed(Exception):
+    """Raised once the arguments parsed: the command itself never runs."""
 
 
 def parses(module: str, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
