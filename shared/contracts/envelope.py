@@ -1,10 +1,10 @@
-"""The one envelope every event travels in, and the bounds every contract shares (ADR 0006).
+"""The one envelope every event travels in, and the bounds every contract shares (ADR 0006, "Bounds").
 
 What a contract accepts, every consumer can store and process: a timestamp is an RFC 3339 string whose
-year (as written) lies in ``EARLIEST_YEAR..LATEST_YEAR``, so that no consumer's arithmetic on it (a period
-cut in a region's time zone, an expiry plus a grace) leaves the range of Python and PostgreSQL; no string
-holds a NUL (PostgreSQL ``text`` and ``jsonb`` cannot), and one-line strings (ids, sources) hold no
-control character at all.
+instant lies in [1970-01-01T00:00:00Z, 2200-01-01T00:00:00Z), so that no consumer's arithmetic on it (a
+period cut in a region's time zone, an expiry plus a grace) leaves the range of Python and PostgreSQL; no
+string holds a NUL (PostgreSQL ``text`` and ``jsonb`` cannot), and one-line strings (ids, sources) hold
+no control character at all.
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 # The span of instants the platform accepts anywhere (events, query parameters, periods). Far wider than any
 # business fact (orders, deliveries, vouchers valid for years) and far inside what every store and every
-# date computation can hold: a local day, month or period of a year in range, plus or minus days of
-# grace or windows, never leaves years 1..9999.
+# date computation can hold: a local day, month or period in the span, plus or minus days of grace or
+# windows, never leaves years 1..9999.
 EARLIEST_YEAR = 1970
 LATEST_YEAR = 2199
+EARLIEST = datetime(EARLIEST_YEAR, 1, 1, tzinfo=UTC)
+END = datetime(LATEST_YEAR + 1, 1, 1, tzinfo=UTC)  # excluded
 
 # JSON Schema patterns (ECMA 262 and Python alike) of the string rules: NO_NUL for free text, ONE_LINE for
 # ids and names that travel in Kafka headers and logs. Checked by the NoNul and OneLine validators (clearer
@@ -29,37 +31,51 @@ LATEST_YEAR = 2199
 NO_NUL = r"^[^\u0000]*$"
 ONE_LINE = r"^[^\u0000-\u001f\u007f]*$"
 
-_YEAR = r"(?:19[7-9][0-9]|2[01][0-9]{2})"
-_DATE = r"(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
-_TIME = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,9})?"
-_OFFSET = r"(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+_MD = r"(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+_TIME = r"[Tt](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,9})?"
+_HHMM = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]"
+_ANY_OFFSET = rf"(?:[Zz]|[+-]{_HHMM})"
 # RFC 3339 date-time (``T`` or ``t`` between date and time, seconds required, an offset required, leap
-# seconds refused: no store can hold them), year in range. Fractions beyond microseconds are truncated.
-TIMESTAMP_PATTERN = rf"^{_YEAR}-{_DATE}[Tt]{_TIME}{_OFFSET}$"
-_RFC3339_ANY_YEAR = re.compile(rf"[0-9]{{4}}-{_DATE}[Tt]{_TIME}{_OFFSET}")
-DATE_PATTERN = rf"^{_YEAR}-{_DATE}$"
+# seconds refused: no store can hold them; fractions beyond microseconds are truncated), with the instant
+# inside the span. That is the written date in 1970..2199, except that on the span's first day the offset
+# may not be ahead of UTC and on its last day not behind it (either would put the instant outside).
+_INSIDE = (r"(?:(?:197[1-9]|19[89][0-9]|20[0-9]{2}|21[0-8][0-9]|219[0-8])-" + _MD
+           + r"|1970-(?:(?:0[2-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])|01-(?:0[2-9]|[12][0-9]|3[01]))"
+           + r"|2199-(?:(?:0[1-9]|1[01])-(?:0[1-9]|[12][0-9]|3[01])|12-(?:0[1-9]|[12][0-9]|30)))")
+TIMESTAMP_PATTERN = (rf"^(?:{_INSIDE}{_TIME}{_ANY_OFFSET}"
+                     rf"|1970-01-01{_TIME}(?:[Zz]|[+-]00:00|-{_HHMM})"
+                     rf"|2199-12-31{_TIME}(?:[Zz]|[+-]00:00|\+{_HHMM}))$")
+_TIMESTAMP = re.compile(TIMESTAMP_PATTERN)
+_RFC3339 = re.compile(rf"[0-9]{{4}}-{_MD}{_TIME}{_ANY_OFFSET}")
+DATE_PATTERN = rf"^(?:19[7-9][0-9]|2[01][0-9]{{2}})-{_MD}$"
 
 TIMESTAMP_EXAMPLE = "2026-11-22T08:00:00Z"
 _SYNTAX = f"must be an RFC 3339 date-time string with an offset (e.g. {TIMESTAMP_EXAMPLE})"
-_RANGE = f"must lie in the years {EARLIEST_YEAR} to {LATEST_YEAR}"
+_RANGE = ("must lie between 1970-01-01T00:00:00Z and 2199-12-31T23:59:59Z (on those two days, written in UTC "
+          "or with an offset that keeps it inside)")
 
 
 def _rfc3339(value: Any) -> Any:
-    """Strings must be RFC 3339 exactly (no numbers, no naive or date-only forms); Python callers may pass
-    datetimes (their range is checked after parsing)."""
+    """Strings must be RFC 3339 exactly (no numbers, no naive or date-only forms) and inside the span;
+    Python callers may pass datetimes (checked after parsing)."""
     if isinstance(value, datetime):
         return value
-    if isinstance(value, str) and _RFC3339_ANY_YEAR.fullmatch(value):
-        return value
-    raise ValueError(_SYNTAX)
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+        raise ValueError(_SYNTAX)
+    if not _TIMESTAMP.match(value):
+        raise ValueError(_RANGE)
+    return value
 
 
 def _aware_utc(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"timestamp must be timezone-aware (e.g. {TIMESTAMP_EXAMPLE})")
-    if not EARLIEST_YEAR <= value.year <= LATEST_YEAR:
+    if not EARLIEST_YEAR - 1 <= value.year <= LATEST_YEAR + 1:
+        raise ValueError(_RANGE)  # before converting: a year at the ends of datetime's range overflows
+    utc = value.astimezone(UTC)
+    if not EARLIEST <= utc < END:
         raise ValueError(_RANGE)
-    return value.astimezone(UTC)
+    return utc
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -93,7 +109,7 @@ def text_schema(max_length: int, *, min_length: int = 0, one_line: bool = False)
 def check_date(value: date) -> date:
     """A calendar date (query parameter, period) in the platform's span of years; ValueError otherwise."""
     if not EARLIEST_YEAR <= value.year <= LATEST_YEAR:
-        raise ValueError(_RANGE)
+        raise ValueError(f"must lie in the years {EARLIEST_YEAR} to {LATEST_YEAR}")
     return value
 
 

@@ -125,7 +125,8 @@ async def test_invalid_single_events_are_refused_naming_the_field_and_nothing_is
 
 
 async def test_malformed_and_oversized_bodies(service, key):
-    r = await service.client.post("/v1/tickets", content=b"{not json", headers={"X-API-Key": key})
+    r = await service.client.post("/v1/tickets", content=b"{not json",
+                                  headers={"X-API-Key": key, "Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["errors"][0]["field"] == "body"
     big = b'{"items": [' + b",".join([b'"' + b"x" * 1000 + b'"'] * 5000) + b"]}"  # 5 MB
     r = await service.client.post("/v1/tickets/batch", content=big, headers={"X-API-Key": key})

@@ -81,7 +81,7 @@ async def test_budget_api_refuses_bad_input_and_strangers(ledger):
     r = await client.put("/v1/budgets/SG/2026-11", json={**body, "limit_minor": 10.5}, headers=token(app))
     assert r.status_code == 422
     r = await client.put("/v1/budgets/SG/2026-13", json=body, headers=token(app))
-    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "period"
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "path.period"
     r = await client.put("/v1/budgets/XX/2026-11", json=body, headers=token(app, regions=("*",)))
     assert r.status_code == 404
     r = await client.get("/v1/budgets/SG/2026-11", headers={"Authorization": "Bearer forged"})
@@ -187,13 +187,14 @@ async def test_balances_and_unknown_accounts(ledger):
     assert b["balance_minor"] == 3_300 and b["balance"] == "33.00 SGD"
     b = (await client.get("/v1/accounts/budget:2026-11/balance", params={"region": "SG"}, headers=token(app))).json()
     assert b["balance_minor"] == -3_200  # posted automatic spend of the period
-    for key in ("seller:nobody", "wallet:x"):
-        r = await client.get(f"/v1/accounts/{key}/balance", params={"region": "SG"}, headers=token(app))
-        assert r.status_code == 404 and r.json()["errors"][0]["field"] == "account_key"
+    r = await client.get("/v1/accounts/seller:nobody/balance", params={"region": "SG"}, headers=token(app))
+    assert r.status_code == 404 and r.json()["errors"][0]["field"] == "account_key"
+    r = await client.get("/v1/accounts/wallet:x/balance", params={"region": "SG"}, headers=token(app))
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "path.account_key"
     r = await client.get("/v1/accounts/platform/balance", params={"region": "US"}, headers=token(app))
     assert r.status_code == 403
     r = await client.get("/v1/statements/buyer:B1", params={"region": "SG", "period": "2026-11"}, headers=token(app))
-    assert r.status_code == 404
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "path.party"
 
 
 async def test_lineage_and_breakage(ledger):
