@@ -143,7 +143,18 @@ def repair(event_type: str, item: dict[str, Any], data: st.DataObject, now: date
             item[name] = _rfc3339(data.draw(instants), data.draw(offsets))
     if "traceparent" in item:
         item["traceparent"] = data.draw(st.none() | st.just(f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"))
-    if event_type == "ticket.opened" and item["reason"] == "late_delivery":
+    if event_type == "ticket.opened" and data.draw(st.booleans(), label="late delivery"):
+        # Half the tickets are late deliveries of recent orders, in regions with strategies for them, so
+        # the budget saga runs (reservation, answer, issue, charge) with generated amounts and ids.
+        item["region"] = data.draw(st.sampled_from(["GB", "ID", "SG", "US"]), label="strategy region")
+        for money in _money(item):
+            money["currency"] = catalogue().get(item["region"]).currency
+        promised = now - timedelta(days=data.draw(st.integers(1, 40), label="days ago"))
+        delivered = promised + timedelta(days=data.draw(st.integers(0, 20), label="days late"), minutes=1)
+        item.update(reason="late_delivery", occurred_at=_rfc3339(min(delivered, now), 0),
+                    promised_delivery_at=_rfc3339(promised, data.draw(offsets)),
+                    delivered_at=_rfc3339(min(delivered, now), data.draw(offsets)))
+    elif event_type == "ticket.opened" and item["reason"] == "late_delivery":
         for name in ("promised_delivery_at", "delivered_at"):
             if item.get(name) is None:
                 item[name] = _rfc3339(data.draw(instants), data.draw(offsets))
