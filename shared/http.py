@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.logging import correlation_id
 from shared.metrics import HTTP_REQUESTS, HTTP_SECONDS
+from shared.regions import catalogue
 
 PROBLEM_JSON = "application/problem+json"
 CORRELATION_HEADER = "X-Correlation-Id"
@@ -82,8 +83,13 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405 and (documented := _allowed_methods(request)):
+            # Starlette names the methods of the first route on the path only; a path served by several
+            # routes (GET and PUT of one resource) allows all of theirs (RFC 9110).
+            headers = {**(headers or {}), "Allow": ", ".join(documented)}
         return problem_response(exc.status_code, _TITLES.get(exc.status_code, "Error"), str(exc.detail),
-                                headers=getattr(exc, "headers", None), instance=request.url.path)
+                                headers=headers, instance=request.url.path)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -125,6 +131,22 @@ class JsonBodyRoute(APIRoute):
             return await handler(request)
 
         return checked
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods the API document gives the request's path (HEAD with GET): what a 405 must list."""
+    app = request.app
+    table = getattr(app.state, "allowed_methods", None)
+    if table is None:
+        table = app.state.allowed_methods = [
+            (re.compile("^" + re.sub(r"\\{[^/}]+\\}", "[^/]+", re.escape(path)) + "$"),
+             {m.upper() for m in ops} | ({"HEAD"} if "get" in ops else set()))
+            for path, ops in app.openapi().get("paths", {}).items()]
+    methods: set[str] = set()
+    for pattern, allowed in table:
+        if pattern.match(request.url.path):
+            methods |= allowed
+    return sorted(methods)
 
 
 _TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
@@ -328,6 +350,13 @@ def _finish(schema: dict[str, Any], schemes: dict[str, Any], security: list[dict
         models[model.__name__] = found
     for unused in ("HTTPValidationError", "ValidationError"):
         models.pop(unused, None)
+    # Regions are data: a running service's document lists its catalogue's codes wherever a region is
+    # named (a parameter or a body field), and code refuses any other with a 4xx naming it.
+    codes = catalogue().codes()
+    for model in models.values():
+        region = model.get("properties", {}).get("region")
+        if region is not None and region.get("type") == "string":
+            region["enum"] = codes
     parts.setdefault("securitySchemes", {}).update(schemes)
     correlation_param = {
         "name": CORRELATION_HEADER, "in": "header", "required": False,
@@ -356,5 +385,10 @@ def _finish(schema: dict[str, Any], schemes: dict[str, Any], security: list[dict
                     response["content"] = {PROBLEM_JSON: {"schema": PROBLEM_REF}}
                 response.setdefault("headers", {}).update(correlation_out)
             params = op.setdefault("parameters", [])
+            for param in params:
+                if param.get("name") == "region":
+                    for branch in [param["schema"], *param["schema"].get("anyOf", [])]:
+                        if branch.get("type") == "string":
+                            branch["enum"] = codes
             if not any(p.get("name") == CORRELATION_HEADER for p in params):
                 params.append(correlation_param)

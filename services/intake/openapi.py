@@ -55,7 +55,16 @@ def components(max_items: int) -> dict[str, Any]:
     for item in ITEM_MODELS.values():
         models += [item, _batch_model(item, max_items)]
     _, top = models_json_schema([(m, "validation") for m in models], ref_template=REF)
-    return dict(top.get("$defs", {}))
+    found = dict(top.get("$defs", {}))
+    for item in ITEM_MODELS.values():
+        # A batch is judged item by item: an item that does not match the item schema is rejected in the
+        # results (200) and the others still count, so the body schema admits any item and says which
+        # shape is wanted (a 422 is for the batch itself: no items, too many, unknown fields).
+        items = found[f"{item.__name__}Batch"]["properties"]["items"]
+        items["items"] = {"anyOf": [_ref(item.__name__), {}], "description": (
+            f"A {item.__name__} each; anything else is rejected in its result, the other items are judged "
+            "on their own.")}
+    return found
 
 
 def _ref(name: str) -> dict[str, Any]:

@@ -1,7 +1,6 @@
 """HTTP API of the ledger: budgets, balances, statements, lineage, breakage. Every route is authenticated
 and region-scoped; errors are RFC 9457 problem details."""
 
-from __future__ import annotations
 
 import csv
 import io
@@ -16,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.ledger import queries
 from services.ledger.domain import journal
 from services.ledger.domain.budget import BudgetState
-from services.ledger.domain.periods import PERIOD_PATTERN, InvalidPeriod, period_bounds, validate_period
+from services.ledger.domain.periods import InvalidPeriod, period_bounds, validate_period
 from shared.auth import Authenticator, Principal
 from shared.contracts.envelope import NoNul, text_schema
 from shared.http import JsonBodyRoute, Problem, csv_or_json, problems
@@ -34,10 +33,6 @@ ACCOUNT = (r"^(platform|compensation_payable|compensation_expense|(seller|carrie
 PARTY = r"^(platform|(seller|carrier):[A-Za-z0-9._:@\-]{1,128})$"
 RegionPath = Annotated[str, Path(pattern=REGION, description="Region code from the catalogue, e.g. SG.")]
 RegionQuery = Annotated[str, Query(pattern=REGION, description="Region code from the catalogue, e.g. SG.")]
-PeriodPath = Annotated[str, Path(pattern=PERIOD_PATTERN, description="YYYY-MM (or YYYY-MM-DD for daily "
-                                                                       "budgets), years 1970 to 2199.")]
-PeriodQuery = Annotated[str, Query(pattern=PERIOD_PATTERN, description="YYYY-MM (or YYYY-MM-DD for daily "
-                                                                         "budgets), years 1970 to 2199.")]
 
 
 class BudgetLimit(BaseModel):
@@ -93,6 +88,13 @@ def _usage(budget: BudgetState, start: datetime, end: datetime) -> dict[str, Any
 
 def build_router(engine: AsyncEngine, auth: Authenticator, granularity: str) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["ledger"], route_class=JsonBodyRoute)
+    # Periods as this ledger cuts them (LEDGER_BUDGET_PERIOD): months, or days.
+    daily = granularity == "day"
+    form, example = (r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", "2026-11-22") if daily else (r"^[0-9]{4}-[0-9]{2}$", "2026-11")
+    about = f"{'YYYY-MM-DD' if daily else 'YYYY-MM'} in the region's time zone, years 1970 to 2199"
+    PeriodPath = Annotated[str, Path(pattern=form, description=about, examples=[example])]
+    PeriodQuery = Annotated[str, Query(pattern=form, description=about, examples=[example])]
+
     def reader(principal: Principal, region: str) -> Region:
         principal.require_role(*READERS)
         r = _region(region)

@@ -46,7 +46,7 @@ def build_reports_api(ctx: ServiceContext, auth: WorkbenchAuth) -> APIRouter:
 
     router = APIRouter(prefix="/v1/reports", tags=["reports"])
     Caller = Annotated[Principal, Depends(principal)]
-    RegionQ = Annotated[str, Query(pattern=r"^[A-Za-z]{2,3}$", description="Region code, e.g. US")]
+    RegionQ = Annotated[str, Query(pattern=r"^[A-Z]{2,3}$", description="Region code, e.g. US")]
     PeriodQ = Annotated[Literal["day", "week", "month"], Query(
         description="day, week (ISO, Monday first) or month")]
     DateQ = Annotated[str | None, Query(alias="date", pattern=DATE_PATTERN, description=(

@@ -11,7 +11,6 @@ from shared.regions import Region
 # ASCII digits only (``\d`` would take any Unicode digit), and no trailing newline (``$`` would allow one).
 _MONTH = re.compile(r"([0-9]{4})-([0-9]{2})")
 _DAY = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
-PERIOD_PATTERN = r"^[0-9]{4}-[0-9]{2}(-[0-9]{2})?$"
 
 
 class InvalidPeriod(ValueError):
