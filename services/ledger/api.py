@@ -17,7 +17,7 @@ from services.ledger.domain import journal
 from services.ledger.domain.budget import BudgetState
 from services.ledger.domain.periods import InvalidPeriod, period_bounds, validate_period
 from shared.auth import Authenticator, Principal
-from shared.contracts.envelope import NoNul, text_schema
+from shared.contracts.envelope import DATE_PATTERN, MONTH_PATTERN, NoNul, text_schema
 from shared.http import JsonBodyRoute, Problem, csv_or_json, problems
 from shared.money import MAX_BUDGET_MINOR, Money
 from shared.regions import Region, UnknownRegion, catalogue
@@ -90,7 +90,7 @@ def build_router(engine: AsyncEngine, auth: Authenticator, granularity: str) -> 
     router = APIRouter(prefix="/v1", tags=["ledger"], route_class=JsonBodyRoute)
     # Periods as this ledger cuts them (LEDGER_BUDGET_PERIOD): months, or days.
     daily = granularity == "day"
-    form, example = (r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", "2026-11-22") if daily else (r"^[0-9]{4}-[0-9]{2}$", "2026-11")
+    form, example = (DATE_PATTERN, "2026-11-22") if daily else (MONTH_PATTERN, "2026-11")
     about = f"{'YYYY-MM-DD' if daily else 'YYYY-MM'} in the region's time zone, years 1970 to 2199"
     PeriodPath = Annotated[str, Path(pattern=form, description=about, examples=[example])]
     PeriodQuery = Annotated[str, Query(pattern=form, description=about, examples=[example])]

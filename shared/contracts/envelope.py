@@ -48,6 +48,7 @@ TIMESTAMP_PATTERN = (rf"^(?:{_INSIDE}{_TIME}{_ANY_OFFSET}"
 _TIMESTAMP = re.compile(TIMESTAMP_PATTERN)
 _RFC3339 = re.compile(rf"[0-9]{{4}}-{_MD}{_TIME}{_ANY_OFFSET}")
 DATE_PATTERN = rf"^(?:19[7-9][0-9]|2[01][0-9]{{2}})-{_MD}$"
+MONTH_PATTERN = r"^(?:19[7-9][0-9]|2[01][0-9]{2})-(?:0[1-9]|1[0-2])$"
 
 TIMESTAMP_EXAMPLE = "2026-11-22T08:00:00Z"
 _SYNTAX = f"must be an RFC 3339 date-time string with an offset (e.g. {TIMESTAMP_EXAMPLE})"
