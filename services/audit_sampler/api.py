@@ -11,7 +11,8 @@ from services.audit_sampler.domain.verdicts import ATTRIBUTES, Share, VerdictInp
 from shared.auth import Authenticator, Principal
 from shared.contracts.envelope import Identifier, NoNul, OneLine, text_schema
 from shared.contracts.events import ManualCompensationIssued, NonNegativeAmountMinor
-from shared.http import JsonBodyRoute, problems
+from shared.http import JsonBodyRoute, Problem, problems
+from shared.regions import catalogue
 from shared.service import ServiceContext
 
 ItemId = Annotated[int, Path(ge=1, le=2**62)]
@@ -138,6 +139,9 @@ def build_api_router(ctx: ServiceContext) -> APIRouter:
     async def disputes(principal: Caller,
                        region: Annotated[str | None, Query(pattern=r"^[A-Z]{2,3}$")] = None,
                        status: Literal["open", "upheld", "overturned"] | None = "open") -> dict[str, Any]:
+        if region is not None and region not in catalogue():
+            raise Problem(404, "Not Found", f"unknown region {region}",
+                          errors=[{"field": "region", "message": "not in the region catalogue"}])
         return {"disputes": await workflow.list_disputes(engine, principal, region, status)}
 
     @router.post("/disputes/{dispute_id}/resolve", summary="Senior auditor: uphold or overturn a dispute",

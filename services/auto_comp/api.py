@@ -171,6 +171,9 @@ def build_router(engine: AsyncEngine, auth: Authenticator, store: StrategyStore,
                          region: Annotated[str | None, Query(pattern=REGION)] = None) -> dict[str, Any]:
         principal.require_role(*READERS)
         if region is not None:
+            if region not in catalogue():
+                raise Problem(422, "Request validation failed", f"unknown region {region}",
+                              errors=[{"field": "query.region", "message": "not in the region catalogue"}])
             principal.require_region(region)
         current = store.current
         visible = [s for s in current.strategies
