@@ -284,3 +284,13 @@ async def test_dead_letters_carry_the_declared_headers(monkeypatch):
     await write_dead_letters(Conn(), [DeadLetter("g", "tickets.v1", 0, 7, b"k", b"v", [("event_id", b"e")], "bad")])
     (_, _, _, headers), = published
     assert {k for k, _ in headers} - {"event_id"} == set(DEAD_LETTER_HEADERS)
+
+
+def test_the_committed_contracts_are_the_models_export(tmp_path):
+    """``contracts/`` is what the models generate (``python -m shared.contracts export``), so the bounds a
+    producer reads there are the ones enforced."""
+    from shared.contracts.export import REPO_CONTRACTS, export
+
+    for path in export(tmp_path):
+        assert (REPO_CONTRACTS / path.name).read_bytes() == path.read_bytes(), \
+            f"{path.name} is stale: run python -m shared.contracts export"
