@@ -13,9 +13,9 @@ Schema cannot state (region in the catalogue, money in its currency, liability s
 amount, no fact in the future) is accepted; and nothing accepted is dead-lettered or fails in any consumer
 or any consumer of what follows from it.
 
-``ACCEPTED_PROCESSED_EXAMPLES`` (default 10 per event type, about 20 s) sets the length; a longer run, e.g.
+``ACCEPTED_PROCESSED_EXAMPLES`` (default 10 per event type, about 10 s) sets the length; a longer run, e.g.
 ``ACCEPTED_PROCESSED_EXAMPLES=300 .venv/bin/python -m pytest -p no:cacheprovider
-tests/integration/test_accepted_is_processed.py``, is documented in the README.
+tests/integration/test_accepted_is_processed.py`` (about 70 s), is documented in the README.
 """
 
 from __future__ import annotations
