@@ -25,6 +25,7 @@ from shared.db import make_engine, migrate, ping, retry_connect
 from shared.http import (
     BodyLimitMiddleware,
     RequestContextMiddleware,
+    document_api,
     install_problem_handlers,
     problem_response,
 )
@@ -143,8 +144,11 @@ async def _retry(what: str, start: Callable[[], Awaitable[None]], attempts: int)
 
 
 def create_app(ctx: ServiceContext, *, title: str, description: str, version: str = "1.0.0",
-               openapi_tags: list[dict[str, Any]] | None = None, manage_lifecycle: bool = True) -> FastAPI:
-    """A FastAPI app wired with the platform's middlewares and operational endpoints."""
+               openapi_tags: list[dict[str, Any]] | None = None, manage_lifecycle: bool = True,
+               security_schemes: dict[str, Any] | None = None,
+               security: list[dict[str, list[str]]] | None = None) -> FastAPI:
+    """A FastAPI app wired with the platform's middlewares and operational endpoints; its OpenAPI document
+    states problem+json errors and the security of /v1 (bearer tokens unless ``security`` says)."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -160,6 +164,7 @@ def create_app(ctx: ServiceContext, *, title: str, description: str, version: st
                   openapi_tags=openapi_tags)
     app.state.ctx = ctx
     install_problem_handlers(app)
+    document_api(app, security_schemes=security_schemes, security=security)
     app.add_middleware(BodyLimitMiddleware, max_bytes=ctx.settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, service=ctx.name)
 

@@ -14,6 +14,7 @@ from services.audit_sampler.config import Settings
 from services.audit_sampler.domain.policy import PolicyError, PolicySet
 from services.audit_sampler.handlers import ManualCompensationHandler
 from shared.config import ServiceSettings
+from shared.http import BEARER_SCHEME
 from shared.periodic import PeriodicTask
 from shared.service import ServiceContext, create_app
 
@@ -83,7 +84,10 @@ def build_app(settings: ServiceSettings) -> FastAPI:
         ctx, title="audit_sampler",
         description="Samples manual compensations for quality audit; audit queues, verdicts, disputes, "
                     "calibration and corrections for the ledger.",
-        openapi_tags=[{"name": "audit", "description": "Queues, claims, verdicts, disputes, gold items."}])
+        openapi_tags=[{"name": "audit", "description": "Queues, claims, verdicts, disputes, gold items."}],
+        security_schemes={**BEARER_SCHEME, "WorkbenchSession": {
+            "type": "apiKey", "in": "cookie", "name": "audit_workbench_session",
+            "description": "A workbench session (reports only): sign in at /workbench."}})
     app.include_router(build_api_router(ctx))
     try:
         from services.audit_sampler.web import (  # type: ignore[attr-defined,unused-ignore]

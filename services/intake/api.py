@@ -33,7 +33,7 @@ from services.intake.persistence import store_events
 from shared.auth import Principal
 from shared.contracts.envelope import new_event_id
 from shared.db import DATABASE_ERRORS
-from shared.http import Problem
+from shared.http import Problem, require_json_body
 from shared.logging import correlation_id
 from shared.regions import RegionCatalogue
 
@@ -115,6 +115,11 @@ def _json(body: Any, status: int) -> Response:
 
 async def _read_json(request: Request, event_type: str) -> Any:
     body = await request.body()
+    try:
+        require_json_body(request, body)
+    except Problem:
+        REQUESTS_REFUSED.labels(event_type, "media_type").inc()
+        raise
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:

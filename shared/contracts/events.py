@@ -1,7 +1,10 @@
 """Payload models of every event in the platform's flow (schema_version 1).
 
-Conventions: money is ``{"amount_minor": int, "currency": "USD"}`` in the region's currency; timestamps
-are timezone-aware and normalised to UTC; ids are opaque strings; unknown fields are rejected.
+Conventions: money is ``{"amount_minor": int, "currency": "USD"}`` in the region's currency, an amount at
+most ``MAX_AMOUNT_MINOR`` and a total (budget limit, usage) at most ``MAX_TOTAL_MINOR``; timestamps are
+RFC 3339 strings with an offset, years 1970 to 2199, normalised to UTC; ids are opaque strings; free text
+holds no NUL; unknown fields are rejected. Contracts added below inherit these bounds by using the types
+defined here (ADR 0006, "Bounds").
 """
 
 from __future__ import annotations
@@ -11,11 +14,20 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, model_validator
 
-from shared.contracts.envelope import AwareDatetime, Identifier
+from shared.contracts.envelope import AwareDatetime, Identifier, NoNul, OneLine, text_schema
+from shared.money import MAX_AMOUNT_MINOR, MAX_TOTAL_MINOR
 
-Text = Annotated[str, StringConstraints(max_length=2000)]
+Text = Annotated[str, StringConstraints(max_length=2000), NoNul, text_schema(2000)]
 Code = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+Uri = Annotated[str, StringConstraints(min_length=1, max_length=1000), OneLine,
+                text_schema(1000, min_length=1, one_line=True)]
+# Integer minor units of one amount, and of a total (a sum the ledger keeps: limits, usage).
+AmountMinor = Annotated[StrictInt, Field(ge=-MAX_AMOUNT_MINOR, le=MAX_AMOUNT_MINOR)]
+NonNegativeAmountMinor = Annotated[StrictInt, Field(ge=0, le=MAX_AMOUNT_MINOR)]
+TotalMinor = Annotated[StrictInt, Field(ge=0, le=MAX_TOTAL_MINOR)]
+Version = Annotated[StrictInt, Field(ge=1, le=2**31 - 1)]
+BudgetPeriod = Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-[0-9]{2}(-[0-9]{2})?$")]
 
 
 class Payload(BaseModel):
@@ -23,16 +35,25 @@ class Payload(BaseModel):
 
 
 class MoneyAmount(Payload):
-    amount_minor: StrictInt = Field(description="Integer minor units (ISO 4217 exponent of the currency).")
+    amount_minor: AmountMinor = Field(
+        description=f"Integer minor units (ISO 4217 exponent of the currency), at most {MAX_AMOUNT_MINOR:,} "
+                    "either way.")
     currency: Currency
 
 
 class NonNegativeMoney(MoneyAmount):
-    amount_minor: StrictInt = Field(ge=0)
+    amount_minor: NonNegativeAmountMinor
 
 
 class PositiveMoney(MoneyAmount):
-    amount_minor: StrictInt = Field(gt=0)
+    amount_minor: Annotated[StrictInt, Field(gt=0, le=MAX_AMOUNT_MINOR)]
+
+
+class MoneyTotal(MoneyAmount):
+    """A sum the ledger keeps (a budget's limit or usage over a period): larger than any one amount may be,
+    at most what a PostgreSQL bigint holds."""
+
+    amount_minor: TotalMinor
 
 
 class TicketReason(enum.StrEnum):
@@ -86,12 +107,12 @@ class LiableParty(Payload):
 
 class LiabilityShare(Payload):
     party: LiableParty
-    amount_minor: StrictInt = Field(ge=0)
+    amount_minor: NonNegativeAmountMinor
 
 
 class EvidenceRef(Payload):
     kind: Code = Field(description="e.g. photo, tracking_scan, chat_transcript")
-    uri: Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+    uri: Uri
 
 
 def _shares_sum_to(shares: list[LiabilityShare], total: int, what: str) -> None:
@@ -212,7 +233,7 @@ class BudgetReservationRequested(Payload):
     ticket_id: Identifier
     buyer_id: Identifier
     strategy_id: Identifier
-    strategy_version: StrictInt = Field(ge=1)
+    strategy_version: Version
     kind: CompensationKind
     amount: PositiveMoney
     fallback_amounts: list[PositiveMoney] = Field(default_factory=list, max_length=5)
@@ -251,7 +272,7 @@ class BudgetReservationDecided(Payload):
     outcome: ReservationOutcome
     denial_reason: DenialReason | None = None
     reserved_amount: PositiveMoney | None = None
-    budget_period: Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}(-\d{2})?$")]
+    budget_period: BudgetPeriod
 
     @model_validator(mode="after")
     def _consistent(self) -> BudgetReservationDecided:
@@ -271,7 +292,7 @@ class CompensationIssued(Payload):
     order_id: Identifier
     buyer_id: Identifier
     strategy_id: Identifier
-    strategy_version: StrictInt = Field(ge=1)
+    strategy_version: Version
     reason: TicketReason
     kind: CompensationKind
     amount: PositiveMoney
@@ -309,16 +330,16 @@ class AuditCorrectionIssued(Payload):
 
 
 class BudgetThresholdCrossed(Payload):
-    budget_period: str
-    threshold_percent: StrictInt = Field(description="50, 80 or 100")
-    limit: NonNegativeMoney
-    used: NonNegativeMoney
+    budget_period: BudgetPeriod
+    threshold_percent: StrictInt = Field(ge=1, le=100, description="50, 80 or 100")
+    limit: MoneyTotal
+    used: MoneyTotal
 
 
 class BudgetExceeded(Payload):
     """Manual compensations pushed usage past the budget (automatic ones never can)."""
 
-    budget_period: str
-    limit: NonNegativeMoney
-    used: NonNegativeMoney
+    budget_period: BudgetPeriod
+    limit: MoneyTotal
+    used: MoneyTotal
     compensation_id: Identifier

@@ -25,6 +25,7 @@ from services.audit_sampler.domain.reports import (
 from services.audit_sampler.domain.stats import Estimate, hajek_proportion
 from services.audit_sampler.web import queries
 from services.audit_sampler.web.metrics import REPORT_SECONDS
+from shared.contracts.envelope import check_date
 from shared.http import Problem
 from shared.regions import Region, UnknownRegion, catalogue
 
@@ -57,9 +58,10 @@ def parse_report_query(region: str | None, period: str | None, day: str | None) 
     parsed: date | None = None
     if day:
         try:
-            parsed = date.fromisoformat(day)
+            parsed = check_date(date.fromisoformat(day))
         except ValueError:
-            errors.append({"field": "date", "message": "must be a date like 2024-05-31 (the region's local date)"})
+            errors.append({"field": "date", "message": "must be a date like 2024-05-31 (the region's local date), "
+                                                       "years 1970 to 2199"})
     if errors or found is None:
         raise Problem(422, "Invalid report request", "; ".join(f"{e['field']}: {e['message']}" for e in errors),
                       errors=errors)

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.contracts import events as ev
-from shared.contracts.envelope import AwareDatetime, EventId, RegionCode
+from shared.contracts.envelope import W3C_TRACEPARENT, AwareDatetime, EventId, RegionCode, TraceId
 
 ENVELOPE_FIELDS: set[str] = {"event_id", "occurred_at", "region", "correlation_id", "traceparent"}
 
@@ -20,10 +20,12 @@ class ProducerFields(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     event_id: EventId = Field(description="The producer's unique id of this event; retries reuse it.")
-    occurred_at: AwareDatetime = Field(description="When the business fact happened (timezone-aware).")
+    occurred_at: AwareDatetime = Field(description="When the business fact happened: an RFC 3339 string with an "
+                                                   "offset, years 1970 to 2199, at most the clock skew ahead.")
     region: RegionCode = Field(description="Region code from the catalogue; money must be in its currency.")
-    correlation_id: str | None = Field(default=None, min_length=1, max_length=128)
-    traceparent: str | None = Field(default=None, min_length=1, max_length=55,
+    correlation_id: TraceId | None = Field(default=None, description="Ties this event to the producer's "
+                                           "logs; default: the request's X-Correlation-Id.")
+    traceparent: str | None = Field(default=None, max_length=55, pattern=W3C_TRACEPARENT,
                                     description="W3C trace context, passed on to consumers.")
 
 

@@ -470,8 +470,8 @@ class Book:
                                              env.occurred_at))
             self.out.alerts.append(Alert("budget.exceeded", env, ev.BudgetExceeded(
                 budget_period=budget.period,
-                limit=ev.NonNegativeMoney(amount_minor=budget.limit, currency=currency),
-                used=ev.NonNegativeMoney(amount_minor=budget.used, currency=currency),
+                limit=ev.MoneyTotal(amount_minor=budget.limit, currency=currency),
+                used=ev.MoneyTotal(amount_minor=budget.used, currency=currency),
                 compensation_id=step.manual)))
 
     def sweep(self, reservation_id: str, grace: timedelta) -> bool:
@@ -591,8 +591,8 @@ class Book:
             assert budget.limit is not None
             self.out.alerts.append(Alert("budget.threshold_crossed", env, ev.BudgetThresholdCrossed(
                 budget_period=budget.period, threshold_percent=pct,
-                limit=ev.NonNegativeMoney(amount_minor=budget.limit, currency=budget.currency),
-                used=ev.NonNegativeMoney(amount_minor=budget.used, currency=budget.currency))))
+                limit=ev.MoneyTotal(amount_minor=budget.limit, currency=budget.currency),
+                used=ev.MoneyTotal(amount_minor=budget.used, currency=budget.currency))))
             budget.dirty = True
 
 

@@ -99,7 +99,10 @@ async def test_auditors_cannot_do_leads_actions(api):
     item = (await client.post("/v1/queues/US/claim", headers=auditor)).json()
     r = await client.post(f"/v1/items/{item['id']}/reassign", json={"auditor_id": "x"}, headers=auditor)
     assert r.status_code == 403 and r.headers["content-type"] == PROBLEM
-    gold = {"region": "US", "compensation": {}, "expected": ALL_OK}
+    gold = {"region": "US", "expected": ALL_OK, "compensation": {
+        "compensation_id": "g", "ticket_id": "t", "order_id": "o", "buyer_id": "b", "agent_id": "a", "team": "t",
+        "kind": "voucher", "amount": {"amount_minor": 100, "currency": "USD"}, "reason_code": "damaged",
+        "liability": [{"party": {"type": "platform"}, "amount_minor": 100}]}}
     assert (await client.post("/v1/gold-items", json=gold, headers=auditor)).status_code == 403
     assert (await client.post("/v1/verdicts/1/dispute", json={"reason": "x"}, headers=auditor)).status_code == 403
     assert (await client.post("/v1/disputes/1/resolve", json={"outcome": "uphold"},

@@ -434,14 +434,18 @@ async def test_report_parameters_are_validated(service):
         assert (await api.get("/v1/reports/accuracy?region=US")).status_code == 401
         bad = await api.get("/v1/reports/accuracy?region=XX&period=year&date=31-12-2024", headers=headers)
         assert bad.status_code == 422
-        assert {e["field"] for e in bad.json()["errors"]} == {"region", "period", "date"}
+        assert {e["field"] for e in bad.json()["errors"]} == {"query.period", "query.date"}
+        unknown = await api.get("/v1/reports/accuracy?region=XX&date=2024-02-30", headers=headers)
+        assert {e["field"] for e in unknown.json()["errors"]} == {"region", "date"}
+        ancient = await api.get("/v1/reports/accuracy?region=US&date=0001-01-01", headers=headers)
+        assert ancient.status_code == 422 and ancient.json()["errors"][0]["field"] == "query.date"
         fmt = await api.get("/v1/reports/accuracy?region=US&format=xml", headers=headers)
         assert fmt.status_code == 422 and fmt.json()["errors"][0]["field"] == "query.format"
-        missing = await api.get("/v1/reports/calibration", headers=headers)
+        missing = await api.get("/v1/reports/calibration?region=US", headers=headers)
         assert missing.status_code == 403  # finance does not see auditor agreement
         lead = service.state.ctx.tokens.issue("lee", ["lead"], ["US"])
         no_region = await api.get("/v1/reports/calibration", headers={"Authorization": f"Bearer {lead}"})
-        assert no_region.status_code == 422 and no_region.json()["errors"][0]["field"] == "region"
+        assert no_region.status_code == 422 and no_region.json()["errors"][0]["field"] == "query.region"
 
 
 async def test_calibration_and_gold_reach_the_lead_pages(service):
