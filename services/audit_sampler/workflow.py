@@ -49,8 +49,8 @@ from services.audit_sampler.contracts import (
     PartyType,
 )
 from services.audit_sampler.domain import queues as q
-from services.audit_sampler.domain.policy import Policy, PolicySet, QueueRule, SamplingState
-from services.audit_sampler.domain.sampling import next_state, uniform_draw
+from services.audit_sampler.domain.policy import Policy, PolicySet, QueueRule
+from services.audit_sampler.domain.sampling import InspectionLevel, record_audit, replay_levels, uniform_draw
 from services.audit_sampler.domain.verdicts import (
     ATTRIBUTES,
     Share,
@@ -337,8 +337,8 @@ async def _record_agent_result(conn: AsyncConnection, policy: Policy, item: Mapp
     if agent is None:
         return
     results = (*agent.recent_results, passed)[-RESULTS_KEPT:]
-    await db.save_agent_results(conn, item["region"], item["agent_id"], results,
-                                next_state(agent.state, results, policy.switching))
+    level = record_audit(InspectionLevel(agent.state, agent.audits_at_level), results, policy.switching)
+    await db.save_agent_results(conn, item["region"], item["agent_id"], results, level)
 
 
 async def _rebuild_agent_results(conn: AsyncConnection, policy: Policy, verdict: Mapping[str, Any]) -> None:
@@ -348,10 +348,8 @@ async def _rebuild_agent_results(conn: AsyncConnection, policy: Policy, verdict:
     if agent is None:
         return
     results = await db.agent_results_from_verdicts(conn, verdict["region"], verdict["agent_id"], RESULTS_KEPT)
-    state = SamplingState.NORMAL
-    for i in range(1, len(results) + 1):
-        state = next_state(state, results[:i], policy.switching)
-    await db.save_agent_results(conn, verdict["region"], verdict["agent_id"], results, state)
+    await db.save_agent_results(conn, verdict["region"], verdict["agent_id"], results,
+                                replay_levels(results, policy.switching))
 
 
 async def _maybe_calibrate(conn: AsyncConnection, policy: Policy, item: Mapping[str, Any], auditor: str,
