@@ -249,8 +249,14 @@ def build_pages(auth: WorkbenchAuth) -> APIRouter:
         now = datetime.now(UTC)
         mine = item["status"] == "claimed" and item["claimed_by"] == viewer.username and (
             item["lease_expires_at"] is None or item["lease_expires_at"] > now)
-        return render(request, "item.html", status=status, item=item, comp=item["compensation"],
-                      mine=mine, attributes=ATTRIBUTES, categories=sorted(policy.error_categories),
+        shown = errors or []
+
+        def errs(path: str) -> list[str]:
+            """Messages about a field of the verdict form (or inside it: ``corrected_liability.0.party_id``)."""
+            return [e["message"] for e in shown if e["field"] == path or e["field"].startswith(path + ".")]
+
+        return render(request, "item.html", status=status, item=item, comp=item["compensation"], errs=errs,
+                      mine=mine, attributes=ATTRIBUTES, categories=dict(sorted(policy.error_categories.items())),
                       party_types=PARTY_TYPES, errors=errors or [], form=form or {},
                       lease_left=workflow.lease_remaining(item, now),
                       can_reassign=viewer.has_role(*workflow.LEAD_ROLES),
@@ -491,8 +497,10 @@ def _verdict_from_form(form: FormData) -> VerdictInput:
     if errors:
         raise Problem(422, "Invalid verdict", "; ".join(e["message"] for e in errors), errors=errors)
     passed = all(attributes.values())
+    # A category chosen with every answer yes is sent as it is: the workflow refuses the contradiction
+    # (the auditor may have forgotten to answer no), where dropping it would pass the compensation quietly.
     category = (_text(form, "error_category") or "").strip() or None
     note = (_text(form, "note") or "").strip() or None
-    return VerdictInput(attributes=attributes, passed=passed, error_category=None if passed else category,
+    return VerdictInput(attributes=attributes, passed=passed, error_category=category,
                         note=note[:2000] if note else None, corrected_amount_minor=corrected,
                         corrected_liability=tuple(shares) if shares else None)

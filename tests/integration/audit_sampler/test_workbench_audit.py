@@ -261,6 +261,19 @@ async def test_auditor_claims_scores_and_submits(service):
         no_category = await c.post(f"{item_url}/verdict", data={**scores(amount_correct=True), "csrf_token": token,
                                                                 "currency": "USD", "corrected_amount": "12.50"})
         assert no_category.status_code == 422 and "error_category" in no_category.text
+        # a category that contradicts the answers, and an amount typed although the amount was answered
+        # right: refused, each message next to its field, the form kept as typed
+        contradiction = await c.post(f"{item_url}/verdict", data={
+            **scores(kind_correct=True), "csrf_token": token, "currency": "USD", "corrected_amount": "3.00",
+            "error_category": "duplicate"})
+        assert contradiction.status_code == 422
+        assert re.search(r'data-field="error_category">duplicate means not_duplicate is no, but it was answered '
+                         r'yes', contradiction.text)
+        assert re.search(r'data-field="corrected_amount_minor">only when amount_correct is no', contradiction.text)
+        assert 'value="3.00"' in contradiction.text and '<option value="duplicate" selected>' in contradiction.text
+        all_yes = await c.post(f"{item_url}/verdict", data={**scores(), "csrf_token": token, "currency": "USD",
+                                                            "error_category": "duplicate"})
+        assert all_yes.status_code == 422 and "every attribute was answered yes" in all_yes.text
         assert await scalar(service, "SELECT count(*) FROM verdicts WHERE item_id = :i", i=item_id) == 0
         done = await c.post(f"{item_url}/verdict", data={
             **scores(amount_correct=True), "csrf_token": token, "currency": "USD", "corrected_amount": "12.50",
@@ -378,7 +391,7 @@ async def audit_everything(app: FastAPI, region: str, auditor: str) -> None:
     while (item := await workflow.claim_next(engine, who, region)) is not None:
         comp = item["compensation"]
         if comp["reason_code"] == "quality_issue":
-            verdict = VerdictInput({**ALL_OK, "warranted": False}, False, "not_warranted", corrected_amount_minor=0)
+            verdict = VerdictInput({**ALL_OK, "warranted": False}, False, "not_warranted")
         else:
             verdict = VerdictInput(ALL_OK, True)
         await workflow.submit_verdict(engine, who, item["id"], verdict)
