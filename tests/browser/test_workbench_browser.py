@@ -195,3 +195,29 @@ async def test_lead_seeds_a_gold_item_from_the_form(server):
             assert "gold-br-1" in await page.inner_text("#gold-items")
         finally:
             await browser.close()
+
+
+async def test_lead_sees_unaudited_items_as_non_response_not_a_census(server):
+    """The field case: one of three sampled compensations audited (and failed) showed "0.0%, 95% CI
+    0.0%-0.0%" labelled census. After the auditor's verdict above, the lead's accuracy page says what is
+    missing and gives an exact interval."""
+    assert async_playwright is not None
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            await page.goto(f"{server}/workbench/signin")
+            await page.fill("input[name=username]", "lin")
+            await page.fill("input[name=password]", PASSWORD)
+            await page.click("button[type=submit]")
+            await page.wait_for_url("**/workbench/queues")
+            await page.goto(f"{server}/workbench/accuracy?region=US&period=day")
+            estimate = await page.inner_text("#accuracy-estimate")
+            assert "0.0%" in estimate and "95% CI 0.0% - 97.5%" in estimate
+            assert "Clopper-Pearson" in estimate and "1 audited" in estimate and "census" not in estimate
+            note = await page.inner_text("#nonresponse")
+            assert "2 of 3 sampled compensations (66.7%) are not audited yet" in note
+            assert "if every one passed 66.7%" in note
+            await page.screenshot(path=str(ARTIFACTS / "workbench-accuracy.png"), full_page=True)
+        finally:
+            await browser.close()

@@ -61,6 +61,27 @@ async def audited_compensations(conn: AsyncConnection, region: str, start: date,
     return out
 
 
+async def unaudited_samples(conn: AsyncConnection, region: str, start: date, end: date
+                            ) -> list[tuple[date, float]]:
+    """Sampled compensations of local days [start, end) still waiting for their audit (queued or claimed),
+    with the local day and effective inclusion probability: the estimate's non-response."""
+    rows = await conn.execute(text(
+        "SELECT p.local_day, p.effective_probability FROM population p "
+        "JOIN audit_items i ON i.compensation_id = p.compensation_id AND i.item_kind = 'sample' "
+        "AND i.status IN ('queued', 'claimed') "
+        "WHERE p.region = :r AND p.local_day >= :start AND p.local_day < :end AND p.sampled "
+        "AND p.effective_probability > 0"), {"r": region, "start": start, "end": end})
+    return [(r.local_day, min(1.0, float(r.effective_probability))) for r in rows]
+
+
+async def population_by_day(conn: AsyncConnection, region: str, start: date, end: date) -> dict[date, int]:
+    """Manual compensations per local day of [start, end): the population sizes of several periods."""
+    rows = await conn.execute(text(
+        "SELECT local_day, count(*) AS n FROM population WHERE region = :r AND local_day >= :start "
+        "AND local_day < :end GROUP BY local_day"), {"r": region, "start": start, "end": end})
+    return {r.local_day: int(r.n) for r in rows}
+
+
 async def calibration_pairs(conn: AsyncConnection, region: str, period: Period) -> list[CalibrationPair]:
     rows = await conn.execute(text(
         "SELECT c.primary_auditor, c.second_auditor, v1.attributes AS a1, v2.attributes AS a2, "
