@@ -447,6 +447,11 @@ async def dispute(conn: AsyncConnection, dispute_id: int, *, for_update: bool = 
     return None if row is None else dict(row._mapping)
 
 
+async def dispute_of_verdict(conn: AsyncConnection, verdict_id: int) -> dict[str, Any] | None:
+    row = (await conn.execute(text("SELECT * FROM disputes WHERE verdict_id = :v"), {"v": verdict_id})).first()
+    return None if row is None else dict(row._mapping)
+
+
 async def resolve_dispute(conn: AsyncConnection, dispute_id: int, status: str, by: str, note: str | None,
                           reverse_correction_id: str | None, now: datetime) -> dict[str, Any]:
     row = (await conn.execute(text(

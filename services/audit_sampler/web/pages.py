@@ -317,6 +317,10 @@ def build_pages(auth: WorkbenchAuth) -> APIRouter:
                           errors=[{"field": "status", "message": "open, upheld, overturned or all"}])
         rows = await workflow.list_disputes(engine, viewer.principal, region.upper() if region else None,
                                             None if status == "all" else status)
+        for row in rows:
+            # Separation of duties: the buttons only for someone who neither raised it nor gave the verdict.
+            row["may_resolve"] = workflow.may_resolve(viewer.principal, row)
+            row["conflict"] = workflow.resolution_conflict(viewer.principal, row, row["auditor_id"])
         return render(request, "disputes.html", rows=rows, shown=status, message=message,
                       can_resolve=viewer.has_role(*workflow.RESOLVE_ROLES))
 
@@ -331,7 +335,12 @@ def build_pages(auth: WorkbenchAuth) -> APIRouter:
         viewer, form = await posted(request)
         resolved = await workflow.resolve_dispute(engine, viewer.principal, dispute_id,
                                                   _text(form, "outcome") or "", _text(form, "note") or None)
-        return _redirect("/disputes", message=f"Dispute {dispute_id} {resolved['status']}.")
+        reversal = resolved.get("reverse_correction_id")
+        people = (f" Raised by {resolved['raised_by']}, verdict by {resolved['auditor_id']}, resolved by "
+                  f"{resolved['resolved_by']}.")
+        note = f" Reversal {reversal} sent to the ledger." if reversal else ""
+        return _redirect("/disputes", status="all",
+                         message=f"Dispute {dispute_id} {resolved['status']}.{people}{note}")
 
     @router.get("/items")
     async def items(request: Request, region: str | None = None) -> Response:

@@ -215,6 +215,11 @@ async def test_the_audit_flow_over_http(api):
     dispute = r.json()
     listed = (await client.get("/v1/disputes", headers=lead)).json()["disputes"]
     assert dispute["id"] in {d["id"] for d in listed}
+    # whoever raised it, or gave the verdict, may not resolve it, whatever roles they hold
+    for who in (bearer(ctx, "flow-lead", "senior_auditor"), bearer(ctx, "flow-auditor", "senior_auditor")):
+        r = await client.post(f"/v1/disputes/{dispute['id']}/resolve", json={"outcome": "overturn"}, headers=who)
+        assert r.status_code == 403 and r.headers["content-type"] == PROBLEM
+        assert r.json()["errors"][0]["field"] == "dispute_id"
     r = await client.post(f"/v1/disputes/{dispute['id']}/resolve", json={"outcome": "uphold"}, headers=senior)
     assert r.status_code == 200 and r.json()["status"] == "upheld" and r.json()["reverse_correction_id"] is None
     detail = (await client.get(f"/v1/items/{item['id']}", headers=lead)).json()
@@ -229,6 +234,8 @@ async def test_metrics_show_queues_verdicts_and_estimated_accuracy(api):
     body = (await client.get("/metrics")).text
     assert 'audit_queue_depth{queue="normal",region="GB"}' in body
     assert 'audit_queue_oldest_age_seconds{queue="normal",region="GB"}' in body
+    # the AuditQueueOverSla alert compares the age with the queue's SLA: both must be exported
+    assert 'audit_queue_sla_seconds{queue="normal",region="GB"} 259200.0' in body
     assert 'audit_sampled_total{reason="baseline",region="GB"}' in body
     assert 'audit_verdicts_total{item_kind="sample",outcome="fail",region="US"}' in body
     assert 'audit_verdict_attribute_failures_total{attribute="liable_party_correct",region="US"}' in body
