@@ -24,6 +24,7 @@ from services.audit_sampler import workflow
 from services.audit_sampler.domain.verdicts import ATTRIBUTES, PARTY_TYPES, Share, VerdictInput
 from services.audit_sampler.web import charts, queries
 from services.audit_sampler.web.auth import (
+    DEVICE_COOKIE,
     SESSION_COOKIE,
     SIGNIN_CSRF_COOKIE,
     PendingCookie,
@@ -183,7 +184,12 @@ def build_pages(auth: WorkbenchAuth) -> APIRouter:
                           errors=[{"field": "csrf_token", "message": "does not match"}])
         target = _safe_next(_text(form, "next"))
         try:
-            _, cookie = await auth.sign_in(_text(form, "username") or "", _text(form, "password") or "")
+            # The client behind the request: uvicorn takes it from X-Forwarded-For only when the peer is a
+            # trusted proxy (FORWARDED_ALLOW_IPS), so a client cannot pick its own address.
+            _, cookie, device = await auth.sign_in(
+                _text(form, "username") or "", _text(form, "password") or "",
+                client_host=request.client.host if request.client else None,
+                device_cookie=request.cookies.get(DEVICE_COOKIE))
         except SignInFailed as exc:
             token = new_csrf_token()
             failed = render(request, "signin.html", status=401, next=target, csrf=token, error=str(exc),
@@ -193,6 +199,9 @@ def build_pages(auth: WorkbenchAuth) -> APIRouter:
             return failed
         response: Response = RedirectResponse(target, status_code=303)
         set_session_cookie(request, response, cookie)
+        # A known device of the account from now on: a stranger's guesses elsewhere cannot pause it.
+        response.set_cookie(DEVICE_COOKIE, device.value, max_age=device.max_age, httponly=True, samesite="strict",
+                            secure=device.secure, path=PREFIX)
         response.delete_cookie(SIGNIN_CSRF_COOKIE, path=PREFIX)
         return response
 

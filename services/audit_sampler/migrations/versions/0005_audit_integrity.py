@@ -25,7 +25,20 @@ depends_on = None
 def upgrade() -> None:
     op.execute("ALTER TABLE agents ADD COLUMN audits_at_level int NOT NULL DEFAULT 0 "
                "CHECK (audits_at_level >= 0)")
+    op.execute("""CREATE TABLE signin_throttle (
+        scope text NOT NULL CHECK (scope IN ('account_client', 'client', 'account')),
+        key text NOT NULL,
+        window_started_at timestamptz NOT NULL,
+        failures int NOT NULL DEFAULT 0 CHECK (failures >= 0),
+        locked_until timestamptz,
+        PRIMARY KEY (scope, key))""")
+    # The purge deletes rows whose window and lock are both over.
+    op.execute("CREATE INDEX signin_throttle_window ON signin_throttle (window_started_at)")
+    op.execute("ALTER TABLE workbench_users DROP COLUMN failed_sign_ins, DROP COLUMN locked_until")
 
 
 def downgrade() -> None:
+    op.execute("ALTER TABLE workbench_users ADD COLUMN failed_sign_ins int NOT NULL DEFAULT 0, "
+               "ADD COLUMN locked_until timestamptz")
+    op.execute("DROP TABLE IF EXISTS signin_throttle")
     op.execute("ALTER TABLE agents DROP COLUMN IF EXISTS audits_at_level")
