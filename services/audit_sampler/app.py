@@ -53,8 +53,12 @@ async def refresh_gauges(ctx: ServiceContext) -> None:
     async with ctx.engine.connect() as conn:
         queues = await db.queue_stats(conn, None, now)
         quality = await db.quality_gauges(conn, now - timedelta(days=30))
+    policies = workflow.current_runtime().policies
     for row in queues:
         labels = (row["region"], row["queue"])
+        rule = policies.for_region(row["region"]).queue(row["queue"])
+        if rule is not None:  # AuditQueueOverSla compares the oldest item's age with this
+            metrics.QUEUE_SLA_SECONDS.labels(*labels).set(rule.sla_hours * 3600)
         metrics.QUEUE_DEPTH.labels(*labels).set(row["waiting"])
         metrics.QUEUE_CLAIMED.labels(*labels).set(row["claimed"])
         metrics.QUEUE_OLDEST_AGE.labels(*labels).set(float(row["oldest_age_seconds"]))

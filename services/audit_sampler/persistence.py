@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.audit_sampler.domain.policy import SamplingState
+from services.audit_sampler.domain.sampling import InspectionLevel
 
 
 def _json(value: Any) -> str:
@@ -31,6 +32,7 @@ class AgentRow:
     recent_results: tuple[bool, ...]
     week_start: date | None
     sampled_this_week: int
+    audits_at_level: int = 0  # audits recorded since the agent entered ``state`` (switching rules)
 
 
 async def known_compensations(conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
@@ -374,20 +376,20 @@ async def set_verdict_status(conn: AsyncConnection, verdict_id: int, status: str
 async def agent_for_update(conn: AsyncConnection, region: str, agent_id: str) -> AgentRow | None:
     row = (await conn.execute(text(
         "SELECT region, agent_id, first_seen_at, compensations_seen, sampling_state, recent_results, "
-        "week_start, sampled_this_week FROM agents WHERE region = :r AND agent_id = :a FOR UPDATE"),
-        {"r": region, "a": agent_id})).first()
+        "week_start, sampled_this_week, audits_at_level FROM agents WHERE region = :r AND agent_id = :a "
+        "FOR UPDATE"), {"r": region, "a": agent_id})).first()
     if row is None:
         return None
     return AgentRow(row[0], row[1], row[2], int(row[3]), SamplingState(row[4]), tuple(row[5] or ()), row[6],
-                    int(row[7]))
+                    int(row[7]), int(row[8]))
 
 
 async def save_agent_results(conn: AsyncConnection, region: str, agent_id: str, results: Sequence[bool],
-                             state: SamplingState) -> None:
+                             level: InspectionLevel) -> None:
     await conn.execute(text(
-        "UPDATE agents SET recent_results = CAST(:res AS boolean[]), sampling_state = :s, updated_at = now() "
-        "WHERE region = :r AND agent_id = :a"),
-        {"res": list(results), "s": state.value, "r": region, "a": agent_id})
+        "UPDATE agents SET recent_results = CAST(:res AS boolean[]), sampling_state = :s, "
+        "audits_at_level = :n, updated_at = now() WHERE region = :r AND agent_id = :a"),
+        {"res": list(results), "s": level.state.value, "n": level.audits_at_level, "r": region, "a": agent_id})
 
 
 async def agent_results_from_verdicts(conn: AsyncConnection, region: str, agent_id: str, limit: int
@@ -442,6 +444,11 @@ async def insert_dispute(conn: AsyncConnection, verdict_id: int, region: str, ra
 async def dispute(conn: AsyncConnection, dispute_id: int, *, for_update: bool = False) -> dict[str, Any] | None:
     lock = " FOR UPDATE" if for_update else ""
     row = (await conn.execute(text(f"SELECT * FROM disputes WHERE id = :id{lock}"), {"id": dispute_id})).first()
+    return None if row is None else dict(row._mapping)
+
+
+async def dispute_of_verdict(conn: AsyncConnection, verdict_id: int) -> dict[str, Any] | None:
+    row = (await conn.execute(text("SELECT * FROM disputes WHERE verdict_id = :v"), {"v": verdict_id})).first()
     return None if row is None else dict(row._mapping)
 
 

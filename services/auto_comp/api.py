@@ -54,6 +54,24 @@ def _decision(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _status(row: dict[str, Any]) -> str | None:
+    """An issued voucher the promotion system has since closed shows as closed (redeemed, expired, revoked):
+    with the decision's outcome ``issued`` that is what became of it (a reservation that expired before
+    anything was issued is outcome ``reservation_expired``)."""
+    if row["compensation_status"] == "issued" and row.get("voucher_state"):
+        return str(row["voucher_state"])
+    return row["compensation_status"]
+
+
+def _lifecycle(row: dict[str, Any]) -> dict[str, Any] | None:
+    if not row.get("voucher_state"):
+        return None
+    early = row["expired_early_by_seconds"]
+    return {"state": row["voucher_state"], "at": row["voucher_closed_at"], "event_id": row["voucher_event_id"],
+            # Reported expired before its validity ended: applied, and flagged (shared/vouchers.py).
+            "expired_early": early is not None, "expired_early_by_seconds": early}
+
+
 def _cursor(row: dict[str, Any]) -> str:
     raw = orjson.dumps([row["decided_at"].isoformat(), row["ticket_id"]])
     return base64.urlsafe_b64encode(raw).decode()
@@ -127,7 +145,8 @@ def build_router(engine: AsyncEngine, auth: Authenticator, store: StrategyStore,
         out["inputs"] = row["inputs"]
         out["compensation"] = None if row["compensation_id"] is None else {
             "compensation_id": row["compensation_id"], "reservation_id": row["reservation_id"],
-            "status": row["compensation_status"], "kind": row["kind"], "voucher_code": _mask(row["voucher_code"]),
+            "status": _status(row), "voucher_lifecycle": _lifecycle(row),
+            "kind": row["kind"], "voucher_code": _mask(row["voucher_code"]),
             "valid_until": row["valid_until"] if row["kind"] == "voucher" else None,
             "min_spend_minor": row["min_spend_minor"], "liability_rule": row["liability_rule"],
             "liability_percent": row["shares"], "denial_reason": row["denial_reason"],

@@ -264,8 +264,10 @@ async def get_decision(conn: AsyncConnection, ticket_id: str) -> dict[str, Any] 
     row = (await conn.execute(text(
         "SELECT d.*, c.status AS compensation_status, c.kind, c.voucher_code, c.expires_at AS valid_until, "
         "c.min_spend_minor, c.shares, c.liability_rule, c.reservation_id, c.denial_reason, c.budget_period, "
-        "c.attempts AS reservation_attempts FROM decisions d LEFT JOIN compensations c "
-        "ON c.compensation_id = d.compensation_id WHERE d.ticket_id = :t"), {"t": ticket_id})).mappings().first()
+        "c.attempts AS reservation_attempts, v.state AS voucher_state, v.occurred_at AS voucher_closed_at, "
+        "v.event_id AS voucher_event_id, v.expired_early_by_seconds FROM decisions d LEFT JOIN compensations c "
+        "ON c.compensation_id = d.compensation_id LEFT JOIN voucher_lifecycle v "
+        "ON v.compensation_id = d.compensation_id WHERE d.ticket_id = :t"), {"t": ticket_id})).mappings().first()
     if row is None:
         return None
     shadows = (await conn.execute(text(

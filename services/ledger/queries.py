@@ -122,7 +122,11 @@ async def lineage(conn: AsyncConnection, compensation_id: str) -> dict[str, Any]
         {"c": compensation_id})).mappings().all()
     corrections = (await conn.execute(text(
         "SELECT correction_id, corrects_correction_id, reversal_tx_id, charge_tx_id, corrected_amount_minor, "
-        "source_event_id, occurred_at FROM corrections WHERE compensation_id = :c ORDER BY recorded_at"),
+        "source_event_id, occurred_at, auditor_id, dispute_raised_by, disputed_auditor_id FROM corrections "
+        "WHERE compensation_id = :c ORDER BY recorded_at"), {"c": compensation_id})).mappings().all()
+    flags = (await conn.execute(text(
+        "SELECT flag, reservation_id, event_id, correlation_id, valid_until, reported_at, early_by_seconds, "
+        "recorded_at FROM lifecycle_flags WHERE compensation_id = :c ORDER BY recorded_at"),
         {"c": compensation_id})).mappings().all()
     parked = (await conn.execute(text(
         "SELECT event_id, event_type, parked_at FROM parked_events WHERE compensation_id = :c ORDER BY parked_at"),
@@ -131,7 +135,8 @@ async def lineage(conn: AsyncConnection, compensation_id: str) -> dict[str, Any]
     return {"compensation_id": compensation_id, "region": region,
             "compensation": dict(comp) if comp is not None else None,
             "reservations": [dict(r) for r in reservations], "transactions": [dict(t) for t in txs],
-            "corrections": [dict(c) for c in corrections], "waiting_events": [dict(p) for p in parked]}
+            "corrections": [dict(c) for c in corrections], "waiting_events": [dict(p) for p in parked],
+            "flags": [dict(f) for f in flags]}
 
 
 async def breakage_report(conn: AsyncConnection, region: str, period: str) -> list[dict[str, Any]]:

@@ -315,12 +315,19 @@ class AuditCorrectionIssued(Payload):
     corrects_correction_id: Identifier | None = Field(
         default=None, description="Set when this corrects an earlier correction (e.g. a dispute overturn).")
     audit_id: Identifier
-    auditor_id: Identifier
+    auditor_id: Identifier = Field(description="Who decided this correction: the auditor of the verdict, or "
+                                               "for a dispute's resolution the senior auditor who resolved it.")
     buyer_id: Identifier
     error_category: Code
     corrected_amount: NonNegativeMoney
     corrected_liability: list[LiabilityShare] = Field(max_length=10)
     note: Text | None = None
+    dispute_raised_by: Identifier | None = Field(
+        default=None, description="A correction decided on a dispute: who raised the dispute (never the "
+                                  "one who resolved it).")
+    disputed_auditor_id: Identifier | None = Field(
+        default=None, description="A correction decided on a dispute: the auditor whose verdict was disputed "
+                                  "(never the one who resolved it).")
 
     @model_validator(mode="after")
     def _consistent(self) -> AuditCorrectionIssued:

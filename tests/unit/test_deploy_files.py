@@ -43,7 +43,8 @@ def test_alert_rules_cover_the_platform_metrics():
     for metric in ("comp_consumer_lag", "comp_consumer_records_dead_lettered_total", "comp_outbox_oldest_age_seconds",
                    "comp_outbox_backlog", "ledger_budget_used_ratio", "ledger_budget_exceeded_total",
                    "ledger_invariant_violations", "auto_comp_strategy_reload_failed",
-                   "audit_queue_oldest_age_seconds", "audit_queue_sla_seconds", "up =="):
+                   "audit_queue_oldest_age_seconds", "audit_queue_sla_seconds", "ledger_voucher_early_expiries_total",
+                   "up =="):
         assert metric in exprs, metric
     for group in rules["groups"]:
         for rule in group["rules"]:

@@ -180,9 +180,25 @@ async def test_overturned_dispute_reverses_the_correction_once(env, kafka_bootst
     with pytest.raises(Problem) as info:
         await workflow.resolve_dispute(engine, lead, dispute["id"], "overturn", runtime=runtime)
     assert info.value.status == 403
+    # separation of duties: neither the one who raised it nor the auditor of the verdict resolves it, even
+    # holding the senior auditor's role (and whatever the case of their name in a token)
+    both = Principal(subject="LEAD-7", kind="token", roles=frozenset({"lead", "senior_auditor"}),
+                     regions=frozenset({"US"}))
+    own = Principal(subject="aud-7", kind="token", roles=frozenset({"auditor", "senior_auditor"}),
+                    regions=frozenset({"US"}))
+    for who, says in ((both, "you raised this dispute"), (own, "the disputed verdict is yours")):
+        with pytest.raises(Problem) as info:
+            await workflow.resolve_dispute(engine, who, dispute["id"], "overturn", runtime=runtime)
+        assert info.value.status == 403 and info.value.errors[0]["field"] == "dispute_id"
+        assert says in info.value.errors[0]["message"]
+    async with engine.connect() as conn:
+        still = (await conn.execute(text("SELECT status FROM disputes WHERE id = :d"), {"d": dispute["id"]})).scalar()
+    assert still == "open"  # refused attempts change nothing
     resolved = await workflow.resolve_dispute(engine, senior, dispute["id"], "overturn", "evidence was fine",
                                               runtime=runtime)
     assert resolved["status"] == "overturned" and resolved["reverse_correction_id"]
+    assert (resolved["raised_by"], resolved["auditor_id"], resolved["resolved_by"]) == ("lead-7", "aud-7",
+                                                                                      "senior-7")
     with pytest.raises(Problem) as info:
         await workflow.resolve_dispute(engine, senior, dispute["id"], "uphold", runtime=runtime)
     assert info.value.status == 409
@@ -196,11 +212,16 @@ async def test_overturned_dispute_reverses_the_correction_once(env, kafka_bootst
     original, reversal = events
     assert original.corrected_amount.amount_minor == 0 and original.corrected_liability == []
     assert reversal.corrects_correction_id == original.correction_id
+    # the reversal of money names everyone behind it; the original names its auditor only
+    assert (reversal.auditor_id, reversal.dispute_raised_by, reversal.disputed_auditor_id) == (
+        "senior-7", "lead-7", "aud-7")
+    assert (original.auditor_id, original.dispute_raised_by, original.disputed_auditor_id) == ("aud-7", None, None)
     assert reversal.corrected_amount.amount_minor == 1000
     assert sum(s.amount_minor for s in reversal.corrected_liability) == 1000
     assert orjson.loads(orjson.dumps(reversal.model_dump(mode="json")))["compensation_id"] == "dispute-1"
     detail = await workflow.get_item(engine, lead, item["id"])
     assert detail["verdict"]["status"] == "overturned"
+    assert (detail["dispute"]["raised_by"], detail["dispute"]["resolved_by"]) == ("lead-7", "senior-7")
 
 
 async def test_gold_and_pass_verdicts_emit_nothing(env, kafka_bootstrap, make_topics):
