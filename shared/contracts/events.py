@@ -371,6 +371,9 @@ class OrderVolumeReported(Payload):
     gmv: NonNegativeMoney
 
 
+RulePath = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-\[\]]+$")]
+
+
 class DecisionOutcome(enum.StrEnum):
     ISSUED = "issued"
     NOT_ELIGIBLE = "not_eligible"
@@ -395,11 +398,12 @@ class DecisionRecorded(Payload):
     ticket_occurred_at: AwareDatetime
     shadow: bool = Field(description="True for a shadow strategy's would-be decision (never issued).")
     outcome: DecisionOutcome
-    failed_rule: Code | None = Field(default=None, description="The rule that failed, when not issued.")
+    failed_rule: RulePath | None = Field(
+        default=None, description="The strategy rule that failed (e.g. match.reasons, abuse_guard).")
     detail: Text
     strategy_id: Identifier | None = Field(default=None, description="None when no strategy matched.")
     strategy_version: StrictInt | None = Field(default=None, ge=1)
-    tier: Annotated[str, StringConstraints(max_length=64)] | None = None
+    tier: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
     kind: CompensationKind | None = None
     amount: PositiveMoney | None = Field(
         default=None, description="Issued amount (issued), else the proposed one, when there was a proposal.")
@@ -463,6 +467,9 @@ class AuditVerdictRecorded(Payload):
     money_misstated: NonNegativeMoney = Field(description="|right amount - issued amount|.")
     audited_at: AwareDatetime
     within_sla: bool
+    dispute_id: StrictInt | None = Field(
+        default=None, ge=1, description="Set when a senior auditor's dispute resolution overturned the verdict "
+                                        "(this event then replaces it: passed, nothing misstated).")
 
 
 class BudgetLimitSet(Payload):
