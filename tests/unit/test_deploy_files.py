@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("intake", "auto_comp", "audit_sampler", "ledger")
-PORTS = {"intake": 8001, "auto_comp": 8002, "audit_sampler": 8003, "ledger": 8004}
+SERVICES = ("intake", "auto_comp", "audit_sampler", "ledger", "insights")
+PORTS = {"intake": 8001, "auto_comp": 8002, "audit_sampler": 8003, "ledger": 8004, "insights": 8005}
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 
 
@@ -37,7 +37,8 @@ def test_alert_rules_cover_the_platform_metrics():
     for metric in ("comp_consumer_lag", "comp_consumer_records_dead_lettered_total", "comp_outbox_oldest_age_seconds",
                    "comp_outbox_backlog", "ledger_budget_used_ratio", "ledger_budget_exceeded_total",
                    "ledger_invariant_violations", "auto_comp_strategy_reload_failed",
-                   "audit_queue_oldest_age_seconds", "audit_queue_sla_seconds", "up =="):
+                   "audit_queue_oldest_age_seconds", "audit_queue_sla_seconds", "up ==",
+                   "insights_last_compaction_timestamp_seconds", "insights_report_seconds_bucket"):
         assert metric in exprs, metric
     for group in rules["groups"]:
         for rule in group["rules"]:
@@ -82,7 +83,7 @@ def test_kustomize_overlay_renders_probes_secrets_and_scrape_annotations():
     docs = [d for d in yaml.safe_load_all(result.stdout) if d]
     deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
     services = {d["metadata"]["name"] for d in docs if d["kind"] == "Service"}
-    assert set(deployments) == {"intake", "auto-comp", "audit-sampler", "ledger"} == services
+    assert set(deployments) == {"intake", "auto-comp", "audit-sampler", "ledger", "insights"} == services
     for name, dep in deployments.items():
         assert dep["metadata"]["namespace"] == "comp-sg"
         pod = dep["spec"]["template"]
