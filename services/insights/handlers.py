@@ -86,11 +86,12 @@ class RollupHandler:
         verdicts: list[dict[str, Any]] = []
         for d in events:
             p, env = d.payload, d.envelope
-            if isinstance(p, ev.TicketOpened):
+            kind = type(p)  # exact types: isinstance on pydantic models goes through ABC checks, per event
+            if kind is ev.TicketOpened:
                 opened.append(d)
-            elif isinstance(p, ev.CompensationIssued | ev.ManualCompensationIssued):
+            elif kind is ev.CompensationIssued or kind is ev.ManualCompensationIssued:
                 issued.append(d)
-            elif isinstance(p, _LIFECYCLE):
+            elif kind in _LIFECYCLE:
                 lifecycle.append(d)
             elif isinstance(p, ev.BuyerFeedbackGiven):
                 if p.ticket_id is not None:  # about an order only: no ticket cohort to compare it in
@@ -165,7 +166,7 @@ class RollupHandler:
                 continue
             record = existing[tid]
             for d in by_ticket.get(tid, ()):
-                record = self._open(record, d) if isinstance(d.payload, ev.TicketOpened) else self._feedback(record, d)
+                record = self._open(record, d) if type(d.payload) is ev.TicketOpened else self._feedback(record, d)
             after_t[tid] = record
         loaded = await db.lock_compensations(conn, sorted(existing), comp_ids)
         for comp in loaded.values():

@@ -47,12 +47,9 @@ _TICKET_COLS = ("ticket_id, region, known, event_id, occurred_at, reason, seller
 
 
 def _ticket(row: Sequence[Any]) -> TicketRecord:
-    feedback = tuple(Feedback(f[0], f[1], int(f[2]), datetime.fromisoformat(f[3])) for f in orjson.loads(row[10]))
+    feedback = tuple(Feedback(f["feedback_id"], f["kind"], int(f["score"]), datetime.fromisoformat(f["at"]))
+                     for f in orjson.loads(row[10]))
     return TicketRecord(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], feedback)
-
-
-def feedback_json(ticket: TicketRecord) -> str:
-    return orjson.dumps([[f.feedback_id, f.kind, f.score, f.at.isoformat()] for f in ticket.feedback]).decode()
 
 
 async def create_or_lock_tickets(conn: AsyncConnection, new: Sequence[TicketRecord]
@@ -60,21 +57,16 @@ async def create_or_lock_tickets(conn: AsyncConnection, new: Sequence[TicketReco
     """Insert the given records where no row exists yet; lock and return the rows that already existed.
 
     Returns (ids inserted now, id -> existing record). Rows are locked in ticket id order, so two
-    consumers never deadlock on the same tickets; they take turns per ticket, never for a whole table."""
+    consumers never deadlock on the same tickets; they take turns per ticket, never for a whole table.
+    Rows travel as one JSON document (``jsonb_to_recordset``): binding a dozen arrays of a few thousand
+    elements cost the driver more CPU than the statement cost the server."""
     if not new:
         return set(), {}
     raw = await raw_connection(conn)
     ordered = sorted(new, key=lambda t: t.ticket_id)
     inserted = {r[0] for r in await raw.fetch(
-        "INSERT INTO tickets (ticket_id, region, known, event_id, occurred_at, reason, seller_id, carrier_id, "
-        "raised_by, breach_at, feedback) SELECT a, b, c, d, e, f, g, h, i, j, k::jsonb FROM unnest($1::text[], "
-        "$2::text[], $3::boolean[], $4::text[], $5::timestamptz[], $6::text[], $7::text[], $8::text[], $9::text[], "
-        "$10::timestamptz[], $11::text[]) AS t(a, b, c, d, e, f, g, h, i, j, k) "
-        "ON CONFLICT (ticket_id) DO NOTHING RETURNING ticket_id",
-        [t.ticket_id for t in ordered], [t.region for t in ordered], [t.known for t in ordered],
-        [t.event_id for t in ordered], [t.occurred_at for t in ordered], [t.reason for t in ordered],
-        [t.seller_id for t in ordered], [t.carrier_id for t in ordered], [t.raised_by for t in ordered],
-        [t.breach_at for t in ordered], [feedback_json(t) for t in ordered])}
+        f"INSERT INTO tickets ({_TICKET_FIELDS}) SELECT {_TICKET_FIELDS} FROM jsonb_to_recordset($1::jsonb) "
+        f"AS x({_TICKET_TYPES}) ON CONFLICT (ticket_id) DO NOTHING RETURNING ticket_id", _tickets_json(ordered))}
     existing_ids = [t.ticket_id for t in ordered if t.ticket_id not in inserted]
     existing: dict[str, TicketRecord] = {}
     if existing_ids:
@@ -86,21 +78,26 @@ async def create_or_lock_tickets(conn: AsyncConnection, new: Sequence[TicketReco
     return inserted, existing
 
 
+_TICKET_FIELDS = ("ticket_id, region, known, event_id, occurred_at, reason, seller_id, carrier_id, raised_by, "
+                  "breach_at, feedback")
+_TICKET_TYPES = ("ticket_id text, region text, known boolean, event_id text, occurred_at timestamptz, reason text, "
+                 "seller_id text, carrier_id text, raised_by text, breach_at timestamptz, feedback jsonb")
+
+
+def _tickets_json(tickets: Sequence[TicketRecord]) -> str:
+    # orjson writes slotted dataclasses natively: field names are the column names, feedback a list of
+    # {feedback_id, kind, score, at} objects.
+    return orjson.dumps(list(tickets)).decode()
+
+
 async def update_tickets(conn: AsyncConnection, tickets: Sequence[TicketRecord]) -> None:
     if not tickets:
         return
     raw = await raw_connection(conn)
+    sets = ", ".join(f"{c.strip()} = u.{c.strip()}" for c in _TICKET_FIELDS.split(",")[1:])
     await raw.execute(
-        "UPDATE tickets t SET known = u.known, event_id = u.event_id, occurred_at = u.occurred_at, "
-        "reason = u.reason, seller_id = u.seller_id, carrier_id = u.carrier_id, raised_by = u.raised_by, "
-        "breach_at = u.breach_at, feedback = u.feedback::jsonb FROM unnest($1::text[], $2::boolean[], $3::text[], "
-        "$4::timestamptz[], $5::text[], $6::text[], $7::text[], $8::text[], $9::timestamptz[], $10::text[]) "
-        "AS u(ticket_id, known, event_id, occurred_at, reason, seller_id, carrier_id, raised_by, breach_at, "
-        "feedback) WHERE t.ticket_id = u.ticket_id",
-        [t.ticket_id for t in tickets], [t.known for t in tickets], [t.event_id for t in tickets],
-        [t.occurred_at for t in tickets], [t.reason for t in tickets], [t.seller_id for t in tickets],
-        [t.carrier_id for t in tickets], [t.raised_by for t in tickets], [t.breach_at for t in tickets],
-        [feedback_json(t) for t in tickets])
+        f"UPDATE tickets t SET {sets} FROM jsonb_to_recordset($1::jsonb) AS u({_TICKET_TYPES}) "
+        "WHERE t.ticket_id = u.ticket_id", _tickets_json(tickets))
 
 
 _COMP_FIELDS = ("compensation_id", "region", "ticket_id", "event_id", "source", "kind", "strategy_id", "reason",
@@ -130,15 +127,20 @@ async def lock_compensations(conn: AsyncConnection, ticket_ids: Sequence[str], c
     if not ticket_ids and not compensation_ids:
         return {}
     raw = await raw_connection(conn)
+    # Two index lookups (an OR of the two would read the whole table), then the rows locked by primary key.
     rows = await raw.fetch(
-        f"SELECT {_COMP_COLS} FROM compensations WHERE ticket_id = ANY($1::text[]) "
-        "OR compensation_id = ANY($2::text[]) ORDER BY compensation_id FOR UPDATE",
+        f"SELECT {_COMP_COLS} FROM compensations WHERE compensation_id IN ("
+        "SELECT compensation_id FROM compensations WHERE ticket_id = ANY($1::text[]) "
+        "UNION SELECT unnest($2::text[])) ORDER BY compensation_id FOR UPDATE",
         list(ticket_ids), list(compensation_ids))
     return {r[0]: CompensationRecord(*r) for r in rows}
 
 
-def _comp_arrays(comps: Sequence[CompensationRecord]) -> list[list[Any]]:
-    return [[getattr(c, name) for c in comps] for name in _COMP_FIELDS]
+_COMP_RECORD_TYPES = ", ".join(f"{n} {t}" for n, t in zip(_COMP_FIELDS, _COMP_TYPES, strict=True))
+
+
+def _comps_json(comps: Sequence[CompensationRecord]) -> str:
+    return orjson.dumps(list(comps)).decode()  # field names are the column names
 
 
 async def insert_compensations(conn: AsyncConnection, comps: Sequence[CompensationRecord]) -> None:
@@ -146,10 +148,10 @@ async def insert_compensations(conn: AsyncConnection, comps: Sequence[Compensati
         return
     raw = await raw_connection(conn)
     ordered = sorted(comps, key=lambda c: c.compensation_id)
-    casts = ", ".join(f"${i}::{t}[]" for i, t in enumerate(_COMP_TYPES, start=1))
     inserted = await raw.fetch(
-        f"INSERT INTO compensations ({_COMP_COLS}) SELECT * FROM unnest({casts}) "
-        "ON CONFLICT (compensation_id) DO NOTHING RETURNING compensation_id", *_comp_arrays(ordered))
+        f"INSERT INTO compensations ({_COMP_COLS}) SELECT {_COMP_COLS} FROM jsonb_to_recordset($1::jsonb) "
+        f"AS x({_COMP_RECORD_TYPES}) ON CONFLICT (compensation_id) DO NOTHING RETURNING compensation_id",
+        _comps_json(ordered))
     if len(inserted) != len(ordered):
         raise LostRace("compensations")
 
@@ -158,11 +160,10 @@ async def update_compensations(conn: AsyncConnection, comps: Sequence[Compensati
     if not comps:
         return
     raw = await raw_connection(conn)
-    casts = ", ".join(f"${i}::{t}[]" for i, t in enumerate(_COMP_TYPES, start=1))
     sets = ", ".join(f"{name} = u.{name}" for name in _COMP_FIELDS[1:])
     await raw.execute(
-        f"UPDATE compensations c SET {sets} FROM unnest({casts}) AS u({_COMP_COLS}) "
-        "WHERE c.compensation_id = u.compensation_id", *_comp_arrays(comps))
+        f"UPDATE compensations c SET {sets} FROM jsonb_to_recordset($1::jsonb) AS u({_COMP_RECORD_TYPES}) "
+        "WHERE c.compensation_id = u.compensation_id", _comps_json(comps))
 
 
 # ------------------------------------------------------------------ rollup deltas

@@ -15,7 +15,7 @@ ISO week or a month in the region's time zone is a range of whole keys, for any 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from functools import lru_cache
@@ -47,10 +47,22 @@ def _zone(tz: str) -> ZoneInfo:
     return ZoneInfo(tz)
 
 
+_SLOTS: dict[tuple[str, int], tuple[date, int]] = {}
+
+
 def local_slot(at: datetime, tz: str) -> tuple[date, int]:
-    """(local calendar day, local hour) of an aware instant in a time zone."""
-    local = at.astimezone(_zone(tz))
-    return local.date(), local.hour
+    """(local calendar day, local hour) of an aware instant in a time zone.
+
+    Cached per quarter hour (every UTC offset in use is a multiple of 15 minutes, so a quarter hour never
+    straddles a local hour); the cache is cleared when it holds 100,000 slots (about 3 years of one zone)."""
+    key = (tz, int(at.timestamp()) // 900)
+    slot = _SLOTS.get(key)
+    if slot is None:
+        if len(_SLOTS) >= 100_000:
+            _SLOTS.clear()
+        local = at.astimezone(_zone(tz))
+        slot = _SLOTS[key] = (local.date(), local.hour)
+    return slot
 
 
 def period_of(day: date) -> str:
@@ -150,8 +162,9 @@ def merge_ticket_opened(record: TicketRecord, *, event_id: str, occurred_at: dat
     """A ticket's facts; of two ``ticket.opened`` for one ticket id the earliest (time, event id) wins."""
     if record.known and not _earlier(occurred_at, event_id, record.occurred_at, record.event_id):
         return record
-    return replace(record, known=True, event_id=event_id, occurred_at=occurred_at, reason=reason,
-                   seller_id=seller_id, carrier_id=carrier_id or "", raised_by=raised_by or "", breach_at=breach_at)
+    # Positional construction: dataclasses.replace costs ten times as much, once per event.
+    return TicketRecord(record.ticket_id, record.region, True, event_id, occurred_at, reason, seller_id,
+                        carrier_id or "", raised_by or "", breach_at, record.feedback)
 
 
 def merge_feedback(record: TicketRecord, fb: Feedback) -> TicketRecord:
@@ -166,11 +179,12 @@ def merge_issued(record: CompensationRecord, *, event_id: str, ticket_id: str, s
     """A compensation's facts; of two issue events for one id the earliest (time, event id) wins."""
     if record.issued and not _earlier(issued_at, event_id, record.issued_at, record.event_id):
         return record
-    return replace(record, ticket_id=ticket_id, event_id=event_id, source=source, kind=kind,
-                   strategy_id=strategy_id, reason=reason, seller_id=seller_id or "", carrier_id=carrier_id or "",
-                   amount_minor=amount_minor, seller_minor=liability.get("seller", 0),
-                   carrier_minor=liability.get("carrier", 0), platform_minor=liability.get("platform", 0),
-                   issued_at=issued_at)
+    r = record
+    return CompensationRecord(
+        r.compensation_id, r.region, ticket_id, event_id, source, kind, strategy_id, reason, seller_id or "",
+        carrier_id or "", amount_minor, liability.get("seller", 0), liability.get("carrier", 0),
+        liability.get("platform", 0), issued_at, r.redeemed_minor, r.redeemed_at, r.redeemed_event, r.expired_at,
+        r.expired_event, r.revoked_at, r.revoked_event)
 
 
 def merge_lifecycle(record: CompensationRecord, *, event_type: str, event_id: str, at: datetime,
@@ -258,8 +272,12 @@ class Deltas:
         row = bucket.get(key)
         if row is None:
             row = bucket[key] = [0] * len(table.measures)
-        for index, amount in values:
-            row[index] += sign * amount
+        if sign == 1:
+            for index, amount in values:
+                row[index] += amount
+        else:
+            for index, amount in values:
+                row[index] -= amount
 
     def merge(self, other: Deltas, sign: int = 1) -> None:
         for name, rows in other.rows.items():
@@ -290,25 +308,40 @@ def contribute(out: Deltas, ticket: TicketRecord | None, comps: Iterable[Compens
                sign: int = 1) -> None:
     """Add (sign=1) or take away (sign=-1) what a ticket and all its compensations contribute."""
     issued = [c for c in comps if c.issued]
-    known = ticket is not None and ticket.known and ticket.occurred_at is not None
-    if known:
-        assert ticket is not None and ticket.occurred_at is not None
-        tz = tz_of[ticket.region]
-        day, hour = local_slot(ticket.occurred_at, tz)
-        auto = any(c.source == "auto" for c in issued)
-        manual = any(c.source == "manual" for c in issued)
-        compensated = 1 if issued else 0
-        out.add(TICKET_DAILY, (ticket.region, day, ticket.reason, ticket.carrier_id), (
-            (_TD["tickets"], 1), (_TD["compensated"], compensated), (_TD["compensated_auto"], int(auto)),
-            (_TD["compensated_manual"], int(manual)), (_TD["claimed"], int(ticket.raised_by in CLAIM_SOURCES)),
-            (_TD["detected"], int(ticket.raised_by in DETECTED_SOURCES))), sign)
-        out.add(TICKET_HOURLY, (ticket.region, day, hour, ticket.reason, ticket.carrier_id),
-                ((_TH["tickets"], 1), (_TH["compensated"], compensated)), sign)
-        out.add(SELLER_DAILY, (ticket.region, day, ticket.seller_id),
-                ((_SD["tickets"], 1), (_SD["compensated"], compensated)), sign)
-        _feedback(out, ticket, day, min((c.issued_at for c in issued if c.issued_at), default=None), sign)
+    _ticket_part(out, ticket, issued, tz_of, sign)
+    known = _known(ticket)
     for comp in issued:
         _compensation(out, comp, ticket if known else None, tz_of[comp.region], sign)
+
+
+def _known(ticket: TicketRecord | None) -> bool:
+    return ticket is not None and ticket.known and ticket.occurred_at is not None
+
+
+def _facts(issued: Sequence[CompensationRecord]) -> tuple[bool, bool, bool, datetime | None]:
+    """What the ticket's own counts depend on: compensated at all, automatically, by hand, first issue."""
+    return (bool(issued), any(c.source == "auto" for c in issued), any(c.source == "manual" for c in issued),
+            min((c.issued_at for c in issued if c.issued_at), default=None))
+
+
+def _ticket_part(out: Deltas, ticket: TicketRecord | None, issued: Sequence[CompensationRecord],
+                 tz_of: Mapping[str, str], sign: int) -> None:
+    if not _known(ticket):
+        return
+    assert ticket is not None and ticket.occurred_at is not None
+    day, hour = local_slot(ticket.occurred_at, tz_of[ticket.region])
+    compensated_any, auto, manual, first_issued = _facts(issued)
+    compensated = 1 if compensated_any else 0
+    out.add(TICKET_DAILY, (ticket.region, day, ticket.reason, ticket.carrier_id), (
+        (_TD["tickets"], 1), (_TD["compensated"], compensated), (_TD["compensated_auto"], int(auto)),
+        (_TD["compensated_manual"], int(manual)), (_TD["claimed"], int(ticket.raised_by in CLAIM_SOURCES)),
+        (_TD["detected"], int(ticket.raised_by in DETECTED_SOURCES))), sign)
+    out.add(TICKET_HOURLY, (ticket.region, day, hour, ticket.reason, ticket.carrier_id),
+            ((_TH["tickets"], 1), (_TH["compensated"], compensated)), sign)
+    out.add(SELLER_DAILY, (ticket.region, day, ticket.seller_id),
+            ((_SD["tickets"], 1), (_SD["compensated"], compensated)), sign)
+    if ticket.feedback:
+        _feedback(out, ticket, day, first_issued, sign)
 
 
 def _feedback(out: Deltas, ticket: TicketRecord, day: date, first_issued: datetime | None, sign: int) -> None:
@@ -394,6 +427,24 @@ def decision_contribution(out: Deltas, *, region: str, tz: str, ticket_occurred_
 def group_delta(before: tuple[TicketRecord | None, list[CompensationRecord]],
                 after: tuple[TicketRecord | None, list[CompensationRecord]], tz_of: Mapping[str, str],
                 out: Deltas) -> None:
-    """What a change of one ticket's group (the ticket and its compensations) does to the rollups."""
-    contribute(out, after[0], after[1], tz_of, 1)
-    contribute(out, before[0], before[1], tz_of, -1)
+    """What a change of one ticket's group (the ticket and its compensations) does to the rollups: the new
+    contribution minus the old, computed only for the parts that can have changed (the ticket's own counts
+    when the ticket or its compensation facts changed; a compensation's when it or its ticket changed)."""
+    (old_t, old_c), (new_t, new_c) = before, after
+    old_issued = [c for c in old_c if c.issued]
+    new_issued = [c for c in new_c if c.issued]
+    same_ticket = old_t == new_t
+    if not same_ticket or _facts(old_issued) != _facts(new_issued):
+        _ticket_part(out, old_t, old_issued, tz_of, -1)
+        _ticket_part(out, new_t, new_issued, tz_of, 1)
+    old_known, new_known = _known(old_t), _known(new_t)
+    old_by = {c.compensation_id: c for c in old_issued}
+    for comp in new_issued:
+        previous = old_by.pop(comp.compensation_id, None)
+        if same_ticket and previous == comp:
+            continue
+        if previous is not None:
+            _compensation(out, previous, old_t if old_known else None, tz_of[previous.region], -1)
+        _compensation(out, comp, new_t if new_known else None, tz_of[comp.region], 1)
+    for gone in old_by.values():  # a compensation that left this ticket (its issue event was superseded)
+        _compensation(out, gone, old_t if old_known else None, tz_of[gone.region], -1)
