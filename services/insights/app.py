@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from fastapi import FastAPI
 
-from services.insights import metrics
+from services.insights import decoding, metrics
 from services.insights import persistence as db
 from services.insights.api import build_router
 from services.insights.config import Settings
@@ -50,7 +50,7 @@ def build_app(settings: Settings, *, topics: Sequence[str] | None = None, compac
     # A batch's objects are freed by reference counting once it commits (no cycles), so the collector may
     # rest while it is in hand (CollectorPause).
     ctx.add_consumer(settings.consumer_group, list(topics or CONSUMES), RollupHandler(tz_of),
-                     max_batch=settings.max_batch, pause_gc=True)
+                     max_batch=settings.max_batch, pause_gc=True, decoder=decoding.decode)
     keeper = Compactor(ctx, settings.compact_interval_seconds)
     if compactor:
         ctx.components.append(keeper)
