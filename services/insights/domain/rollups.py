@@ -73,7 +73,7 @@ def period_of(day: date) -> str:
 # ------------------------------------------------------------------ records
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # never mutated; not frozen: a frozen __init__ costs a setattr call per field
 class Feedback:
     feedback_id: str
     kind: str  # csat | review
@@ -81,7 +81,7 @@ class Feedback:
     at: datetime
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # never mutated; not frozen: a frozen __init__ costs a setattr call per field
 class TicketRecord:
     """insights' record of a ticket: its facts once ``ticket.opened`` arrived (``known``), and the feedback
     about it. A stub (not known) exists while only its compensations or feedback have arrived."""
@@ -99,7 +99,7 @@ class TicketRecord:
     feedback: tuple[Feedback, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # never mutated; not frozen: a frozen __init__ costs a setattr call per field
 class CompensationRecord:
     """insights' record of a compensation (automatic or manual) and its voucher lifecycle. A stub (no
     ``issued_at``) exists while only lifecycle events have arrived."""
