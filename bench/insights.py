@@ -36,11 +36,14 @@ from bench.events import chunks
 from bench.stack import HOST, SECRET, Counter, Stack
 from services.insights.domain.rollups import (
     AMOUNT_DAILY,
+    AMOUNT_MONTH,
     COMP_DAILY,
+    COMP_DAY,
     DECISION_DAILY,
     FEEDBACK_DAILY,
     SELLER_DAILY,
     TICKET_DAILY,
+    TICKET_DAY,
     TTC_BINS,
     Table,
 )
@@ -124,6 +127,13 @@ def _rows(table: Table, keys: list[tuple[Any, ...]], measure: Any) -> list[tuple
     return [(*k, *measure(k)) for k in keys]
 
 
+def _month_amounts(rows: list[tuple[Any, ...]]) -> dict[tuple[str, int], int]:
+    out: dict[tuple[str, int], int] = {}
+    for _, _, src, amount, n in rows:
+        out[(src, amount)] = out.get((src, amount), 0) + n
+    return out
+
+
 async def fill_rollups(dsn: str, regions: list[str], seed: int = 7) -> dict[str, int]:
     """COPY 50,000,000 events' worth of rollups per region-month into the base tables (US: October too)."""
     rnd = random.Random(seed)
@@ -159,6 +169,16 @@ async def fill_rollups(dsn: str, regions: list[str], seed: int = 7) -> dict[str,
                                   for k in ("csat", "review") for c in ("after_comp", "uncompensated", "before_comp")]),
                 (DECISION_DAILY, [(region, d, s, 1, o, "", "base", False, 2000, 2000 * 500) for d in day_list
                                   for s in strategies for o in ("issued", "not_eligible", "holdout", "paced")]),
+            ]
+            # the report grains: a region's day, a region's day per source, a month of amounts
+            batches += [
+                (TICKET_DAY, [(region, d, *[sum(x) for x in zip(*[r[4:] for r in batches[0][1] if r[1] == d],
+                                                                  strict=True)]) for d in day_list]),
+                (COMP_DAY, [(region, d, src, *[v * (1 if src == "manual" else len(strategies)) * len(reasons)
+                                               * len(carriers) for v in comp_measures])
+                            for d in day_list for src in ("auto", "manual")]),
+                (AMOUNT_MONTH, [(region, f"{first.year:04d}-{first.month:02d}", src, a, n)
+                                for (src, a), n in _month_amounts(batches[2][1]).items()]),
             ]
             for table, rows in batches:
                 await conn.copy_records_to_table(table.name, columns=[*table.key_names, *table.measures],

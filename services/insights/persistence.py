@@ -16,6 +16,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.insights.domain.report import AuditWork
 from services.insights.domain.rollups import (
     BY_NAME,
     TABLES,
@@ -359,18 +360,27 @@ async def budget_limit(conn: AsyncConnection, region: str, period: str) -> int |
                                {"r": region, "p": period})).scalar()
 
 
-async def audit_period(conn: AsyncConnection, region: str, first: date, last: date) -> list[dict[str, Any]]:
-    """Sampled items whose compensation happened in the range (the accuracy estimate's sample)."""
-    rows = await conn.execute(text(
-        "SELECT item_id, compensation_id, probability, evicted, verdict_id, passed, misstated_minor "
-        "FROM audit_items WHERE region = :r AND sampled AND comp_day BETWEEN :a AND :b ORDER BY item_id"),
-        {"r": region, "a": first, "b": last})
-    return [dict(r) for r in rows.mappings()]
+async def audit_period(conn: AsyncConnection, region: str, first: date, last: date) -> dict[str, Any]:
+    """The accuracy estimate's sample: items drawn from the range's manual compensations (by their local
+    day): how many, how many evicted, and the audited ones as parallel arrays (one row back, not thousands)."""
+    row = (await conn.execute(text(
+        "SELECT count(*), count(*) FILTER (WHERE evicted), "
+        "coalesce(array_agg(compensation_id ORDER BY item_id) FILTER (WHERE audited), '{}'), "
+        "coalesce(array_agg(probability ORDER BY item_id) FILTER (WHERE audited), '{}'), "
+        "coalesce(array_agg(passed ORDER BY item_id) FILTER (WHERE audited), '{}'), "
+        "coalesce(array_agg(misstated_minor ORDER BY item_id) FILTER (WHERE audited), '{}') "
+        "FROM (SELECT *, verdict_id IS NOT NULL AND NOT evicted AS audited FROM audit_items "
+        "WHERE region = :r AND sampled AND comp_day BETWEEN :a AND :b) x"),
+        {"r": region, "a": first, "b": last})).one()
+    return {"sampled": int(row[0]), "evicted": int(row[1]), "ids": list(row[2]), "probabilities": list(row[3]),
+            "passed": list(row[4]), "misstated": list(row[5])}
 
 
-async def audit_work(conn: AsyncConnection, region: str, first: date, last: date) -> list[tuple[str, date, bool]]:
-    """(auditor, audit day, within SLA) of the verdicts given in the range."""
-    rows = await conn.execute(text(
-        "SELECT auditor_id, audit_day, within_sla FROM audit_items WHERE region = :r AND verdict_id IS NOT NULL "
-        "AND audit_day BETWEEN :a AND :b"), {"r": region, "a": first, "b": last})
-    return [(r[0], r[1], bool(r[2])) for r in rows]
+async def audit_work(conn: AsyncConnection, region: str, first: date, last: date) -> AuditWork:
+    """The audit team's verdicts given in the range (by local day), counted per auditor in SQL."""
+    rows = (await conn.execute(text(
+        "SELECT auditor_id, count(*), count(*) FILTER (WHERE within_sla), count(DISTINCT audit_day) "
+        "FROM audit_items WHERE region = :r AND verdict_id IS NOT NULL AND audit_day BETWEEN :a AND :b "
+        "GROUP BY auditor_id ORDER BY auditor_id"), {"r": region, "a": first, "b": last})).all()
+    return AuditWork(per_auditor={r[0]: int(r[1]) for r in rows}, within_sla=sum(int(r[2]) for r in rows),
+                     auditor_days=sum(int(r[3]) for r in rows))

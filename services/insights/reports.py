@@ -12,7 +12,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -25,7 +25,6 @@ from services.insights.domain.periods import Period
 from services.insights.domain.report import (
     AuditedItem,
     AuditInputs,
-    AuditWork,
     Sums,
     build_report,
     flatten,
@@ -34,11 +33,13 @@ from services.insights.domain.report import (
 )
 from services.insights.domain.rollups import (
     COMP_DAILY,
+    COMP_DAY,
     COMP_HOURLY,
     DECISION_DAILY,
     FEEDBACK_DAILY,
     SELLER_DAILY,
     TICKET_DAILY,
+    TICKET_DAY,
     TICKET_HOURLY,
 )
 from shared.regions import Region
@@ -58,21 +59,54 @@ async def snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
             await conn.rollback()
 
 
+def _month_split(period: Period) -> tuple[list[str], list[tuple[date, date]]]:
+    """Whole calendar months inside the period, and the day ranges left over at its ends."""
+    months: list[str] = []
+    ranges: list[tuple[date, date]] = []
+    day = period.first
+    while day <= period.last:
+        month_end = (date(day.year + day.month // 12, day.month % 12 + 1, 1) - timedelta(days=1))
+        if day.day == 1 and month_end <= period.last:
+            months.append(f"{day.year:04d}-{day.month:02d}")
+            day = month_end + timedelta(days=1)
+            continue
+        end = min(month_end, period.last)
+        ranges.append((day, end))
+        day = end + timedelta(days=1)
+    return months, ranges
+
+
+async def read_amounts(conn: AsyncConnection, region: str, period: Period) -> dict[str, list[tuple[int, int]]]:
+    """(amount, count) per source over the period: whole months from the monthly amounts, the rest by day."""
+    months, ranges = _month_split(period)
+    parts: list[str] = []
+    params: dict[str, Any] = {"r": region, "months": months}
+    for table in ("amount_month", "amount_month_delta"):
+        parts.append(f"SELECT source, amount_minor, comps FROM {table} WHERE region = :r "
+                     "AND month = ANY(CAST(:months AS text[]))")
+    for i, (a, b) in enumerate(ranges):
+        params[f"a{i}"], params[f"b{i}"] = a, b
+        for table in ("amount_daily", "amount_daily_delta"):
+            parts.append(f"SELECT source, amount_minor, comps FROM {table} WHERE region = :r "
+                         f"AND day BETWEEN :a{i} AND :b{i}")
+    rows = await conn.execute(text(
+        f"SELECT source, amount_minor, sum(comps)::bigint FROM ({' UNION ALL '.join(parts)}) x "
+        "GROUP BY source, amount_minor"), params)
+    amounts: dict[str, list[tuple[int, int]]] = {}
+    for source, amount, n in rows:
+        if n:
+            amounts.setdefault(source, []).append((int(amount), int(n)))
+    return amounts
+
+
 async def read_sums(conn: AsyncConnection, region: str, period: Period) -> Sums:
     a, b = period.first, period.last
     sums = Sums()
-    (row,) = await db.sum_by(conn, TICKET_DAILY.name, (), region=region, first=a, last=b)
-    sums.tickets = dict(zip(TICKET_DAILY.measures, (int(v) for v in row), strict=True))
-    for row in await db.sum_by(conn, COMP_DAILY.name, ("source",), region=region, first=a, last=b):
-        sums.comps[row[0]] = dict(zip(COMP_DAILY.measures, (int(v) for v in row[1:]), strict=True))
-    amounts = await conn.execute(text(
-        "SELECT source, amount_minor, sum(comps)::bigint FROM (SELECT source, amount_minor, comps FROM amount_daily "
-        "WHERE region = :r AND day BETWEEN :a AND :b UNION ALL SELECT source, amount_minor, comps FROM "
-        "amount_daily_delta WHERE region = :r AND day BETWEEN :a AND :b) x GROUP BY source, amount_minor"),
-        {"r": region, "a": a, "b": b})
-    for source, amount, n in amounts:
-        if n:
-            sums.amounts.setdefault(source, []).append((int(amount), int(n)))
+    (row,) = await db.sum_by(conn, TICKET_DAY.name, (), region=region, first=a, last=b)
+    sums.tickets = dict(zip(TICKET_DAY.measures, (int(v) for v in row), strict=True))
+    for row in await db.sum_by(conn, COMP_DAY.name, ("source",), region=region, first=a, last=b):
+        sums.comps[row[0]] = dict(zip(COMP_DAY.measures, (int(v) for v in row[1:]), strict=True))
+    sums.amounts = await read_amounts(conn, region, period)
     sums.orders, sums.gmv_minor, sums.volume_days = await db.order_volume(conn, region, a, b)
     sums.feedback = [(r[0], r[1], r[2], int(r[3]), int(r[4]), int(r[5])) for r in await db.sum_by(
         conn, FEEDBACK_DAILY.name, ("reason", "kind", "cohort"), region=region, first=a, last=b)]
@@ -82,12 +116,12 @@ async def read_sums(conn: AsyncConnection, region: str, period: Period) -> Sums:
 
 
 async def read_audit(conn: AsyncConnection, region: str, period: Period) -> AuditInputs:
-    rows = await db.audit_period(conn, region, period.first, period.last)
-    audit = AuditInputs(sampled=len(rows), evicted=sum(1 for r in rows if r["evicted"]))
-    audit.audited = [AuditedItem(r["compensation_id"], float(r["probability"]), bool(r["passed"]),
-                                 int(r["misstated_minor"] or 0))
-                     for r in rows if r["verdict_id"] is not None and not r["evicted"]]
-    audit.work = [AuditWork(a, d, w) for a, d, w in await db.audit_work(conn, region, period.first, period.last)]
+    sample = await db.audit_period(conn, region, period.first, period.last)
+    audit = AuditInputs(sampled=sample["sampled"], evicted=sample["evicted"])
+    audit.audited = [AuditedItem(cid, float(p), bool(ok), int(m or 0))
+                     for cid, p, ok, m in zip(sample["ids"], sample["probabilities"], sample["passed"],
+                                              sample["misstated"], strict=True)]
+    audit.work = await db.audit_work(conn, region, period.first, period.last)
     return audit
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date
 from fractions import Fraction
 from typing import Any
 
@@ -99,13 +98,17 @@ class AuditedItem:
     misstated_minor: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class AuditWork:
-    """One verdict of the period (by audit day) for the audit team's own efficiency."""
+    """The verdicts given in the period (by local audit day), for the audit team's own efficiency."""
 
-    auditor_id: str
-    day: date
-    within_sla: bool
+    per_auditor: Mapping[str, int] = field(default_factory=dict)  # auditor -> verdicts
+    within_sla: int = 0
+    auditor_days: int = 0  # (auditor, local day) pairs with at least one verdict
+
+    @property
+    def audits(self) -> int:
+        return sum(self.per_auditor.values())
 
 
 @dataclass
@@ -113,7 +116,7 @@ class AuditInputs:
     sampled: int = 0  # sample draws of the period's manual compensations (mandatory included)
     evicted: int = 0
     audited: list[AuditedItem] = field(default_factory=list)
-    work: list[AuditWork] = field(default_factory=list)
+    work: AuditWork = field(default_factory=AuditWork)
 
 
 def comp_totals(sums: Sums, source: str | None = None) -> dict[str, int]:
@@ -201,17 +204,12 @@ def accuracy_section(audit: AuditInputs) -> dict[str, Any]:
     return out
 
 
-def audit_team_section(work: Sequence[AuditWork]) -> dict[str, Any]:
-    auditors = {w.auditor_id for w in work}
-    auditor_days = {(w.auditor_id, w.day) for w in work}
-    within = sum(1 for w in work if w.within_sla)
-    per_auditor: dict[str, int] = {}
-    for w in work:
-        per_auditor[w.auditor_id] = per_auditor.get(w.auditor_id, 0) + 1
-    return {"audits": len(work), "auditors": len(auditors), "auditor_days": len(auditor_days),
-            "audits_per_auditor_day": None if not auditor_days else round(len(work) / len(auditor_days), 4),
-            "within_sla": within, "share_within_sla": ratio(within, len(work)),
-            "by_auditor": [{"auditor_id": a, "audits": n} for a, n in sorted(per_auditor.items())]}
+def audit_team_section(work: AuditWork) -> dict[str, Any]:
+    audits = work.audits
+    return {"audits": audits, "auditors": len(work.per_auditor), "auditor_days": work.auditor_days,
+            "audits_per_auditor_day": None if not work.auditor_days else round(audits / work.auditor_days, 4),
+            "within_sla": work.within_sla, "share_within_sla": ratio(work.within_sla, audits),
+            "by_auditor": [{"auditor_id": a, "audits": n} for a, n in sorted(work.per_auditor.items())]}
 
 
 def build_report(*, region: str, currency: str, exponent: int, timezone: str, period: Period, sums: Sums,

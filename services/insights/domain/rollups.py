@@ -253,8 +253,15 @@ DECISION_DAILY = Table("decision_daily", (("region", "text"), ("day", "date"), (
                                           ("strategy_version", "int"), ("outcome", "text"), ("failed_rule", "text"),
                                           ("tier", "text"), ("shadow", "boolean")), ("decisions", "amount_minor"))
 
+# Coarser grains of the same cells, for reports: a region's day (no dimensions) and a month of amounts. A
+# month report then reads 30 + 60 rows and a few thousand amounts instead of every dimension's cells.
+TICKET_DAY = Table("ticket_day", (("region", "text"), ("day", "date")), TICKET_DAILY.measures)
+COMP_DAY = Table("comp_day", (("region", "text"), ("day", "date"), ("source", "text")), COMP_DAILY.measures)
+AMOUNT_MONTH = Table("amount_month", (("region", "text"), ("month", "text"), ("source", "text"),
+                                      ("amount_minor", "bigint")), ("comps",))
+
 TABLES: tuple[Table, ...] = (TICKET_DAILY, TICKET_HOURLY, COMP_DAILY, COMP_HOURLY, SELLER_DAILY, AMOUNT_DAILY,
-                             FEEDBACK_DAILY, BUDGET_DAILY, DECISION_DAILY)
+                             FEEDBACK_DAILY, BUDGET_DAILY, DECISION_DAILY, TICKET_DAY, COMP_DAY, AMOUNT_MONTH)
 BY_NAME = {t.name: t for t in TABLES}
 
 Key = tuple[object, ...]
@@ -332,10 +339,11 @@ def _ticket_part(out: Deltas, ticket: TicketRecord | None, issued: Sequence[Comp
     day, hour = local_slot(ticket.occurred_at, tz_of[ticket.region])
     compensated_any, auto, manual, first_issued = _facts(issued)
     compensated = 1 if compensated_any else 0
-    out.add(TICKET_DAILY, (ticket.region, day, ticket.reason, ticket.carrier_id), (
-        (_TD["tickets"], 1), (_TD["compensated"], compensated), (_TD["compensated_auto"], int(auto)),
-        (_TD["compensated_manual"], int(manual)), (_TD["claimed"], int(ticket.raised_by in CLAIM_SOURCES)),
-        (_TD["detected"], int(ticket.raised_by in DETECTED_SOURCES))), sign)
+    counts = ((_TD["tickets"], 1), (_TD["compensated"], compensated), (_TD["compensated_auto"], int(auto)),
+              (_TD["compensated_manual"], int(manual)), (_TD["claimed"], int(ticket.raised_by in CLAIM_SOURCES)),
+              (_TD["detected"], int(ticket.raised_by in DETECTED_SOURCES)))
+    out.add(TICKET_DAILY, (ticket.region, day, ticket.reason, ticket.carrier_id), counts, sign)
+    out.add(TICKET_DAY, (ticket.region, day), counts, sign)
     out.add(TICKET_HOURLY, (ticket.region, day, hour, ticket.reason, ticket.carrier_id),
             ((_TH["tickets"], 1), (_TH["compensated"], compensated)), sign)
     out.add(SELLER_DAILY, (ticket.region, day, ticket.seller_id),
@@ -384,6 +392,8 @@ def _compensation(out: Deltas, c: CompensationRecord, ticket: TicketRecord | Non
         values += [(_CD["timed"], 1), (_CD["ttc_seconds"], max(0, int(seconds))),
                    (_CD[_TTC_MEASURES[ttc_bin(seconds)]], 1), (_CD["proactive"], int(proactive))]
     out.add(COMP_DAILY, (c.region, day, reason, carrier, c.source, c.strategy_id), values, sign)
+    out.add(COMP_DAY, (c.region, day, c.source), values, sign)
+    out.add(AMOUNT_MONTH, (c.region, period_of(day), c.source, c.amount_minor), ((_AD["comps"], 1),), sign)
     out.add(COMP_HOURLY, (c.region, day, hour, reason, carrier, c.source, c.strategy_id),
             ((_CH["comps"], 1), (_CH["amount_minor"], c.amount_minor)), sign)
     out.add(SELLER_DAILY, (c.region, day, seller), ((_SD["comps"], 1), (_SD["amount_minor"], c.amount_minor)), sign)

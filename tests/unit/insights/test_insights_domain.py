@@ -108,3 +108,13 @@ def test_burndown_pace_and_projection_are_exact():
     assert out["days"][-1]["pace_minor"] == 30_001 and out["ahead_of_pace_minor"] == -100
     assert burndown(region="SG", currency="SGD", period=period, limit_minor=None, daily={},
                     today=date(2026, 10, 1))["projected_end_minor"] is None
+
+
+def test_report_periods_split_into_whole_months_and_leftover_days():
+    from services.insights.reports import _month_split
+
+    assert _month_split(parse_period("2026-11")) == (["2026-11"], [])
+    assert _month_split(parse_period("2026-W53")) == ([], [(date(2026, 12, 28), date(2026, 12, 31)),
+                                                          (date(2027, 1, 1), date(2027, 1, 3))])
+    months, ranges = _month_split(parse_period(None, "2026-10-15", "2027-01-31"))
+    assert months == ["2026-11", "2026-12", "2027-01"] and ranges == [(date(2026, 10, 15), date(2026, 10, 31))]
