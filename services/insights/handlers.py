@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.insights import metrics
@@ -34,6 +35,7 @@ from services.insights.domain.rollups import (
     merge_ticket_opened,
 )
 from shared.contracts import events as ev
+from shared.db import raw_connection
 from shared.kafka import Delivered
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,12 @@ class RollupHandler:
 
     async def __call__(self, conn: AsyncConnection, events: Sequence[Delivered]) -> None:
         started = time.perf_counter()
+        # The statements below go straight through asyncpg. SQLAlchemy's asyncpg adapter begins its
+        # transaction lazily, at its first statement: a batch whose first statement were one of ours would
+        # run in autocommit and a failed batch would leave half its writes behind. The consumer runner's
+        # deduplication statement always comes first; anyone calling the handler otherwise gets it begun here.
+        if not (await raw_connection(conn)).is_in_transaction():
+            await conn.execute(text("SELECT 1"))
         try:
             await self._apply(conn, events)
         except db.LostRace as exc:
