@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 SECRET = "bench-only-token-secret-" + uuid.uuid4().hex
 PORT_VARS = {"intake": "INTAKE_PORT", "auto_comp": "AUTO_COMP_PORT", "ledger": "LEDGER_PORT",
-             "audit_sampler": "AUDIT_SAMPLER_PORT"}
+             "audit_sampler": "AUDIT_SAMPLER_PORT", "insights": "INSIGHTS_PORT"}
 
 
 def plain_dsn(url: str) -> str:

@@ -10,7 +10,8 @@ logs    follows the logs in .local/logs (and PostgreSQL's).
 
 Environment: DATABASE_URL, KAFKA_BOOTSTRAP_SERVERS (use these instead of the embedded ones),
 AUTH_TOKEN_SECRET (else a random one kept in .local/auth_token_secret), INTAKE_PORT (8001),
-AUTO_COMP_PORT (8002), AUDIT_SAMPLER_PORT (8003), LEDGER_PORT (8004), STACK_KAFKA_PORT (9092),
+AUTO_COMP_PORT (8002), AUDIT_SAMPLER_PORT (8003), LEDGER_PORT (8004), INSIGHTS_PORT (8005),
+STACK_KAFKA_PORT (9092),
 KAFKA_TOPIC_PARTITIONS (4), STACK_HEALTH_TIMEOUT (60 seconds), LOG_LEVEL.
 """
 
@@ -52,6 +53,7 @@ SERVICES: dict[str, tuple[str, int]] = {  # name -> (port variable, default port
     "auto_comp": ("AUTO_COMP_PORT", 8002),
     "audit_sampler": ("AUDIT_SAMPLER_PORT", 8003),
     "ledger": ("LEDGER_PORT", 8004),
+    "insights": ("INSIGHTS_PORT", 8005),
 }
 
 

@@ -151,9 +151,10 @@ async def abort_as_serialization_failure(conn: AsyncConnection) -> None:
         "END $$"))
 
 
-async def insert_sample_items(conn: AsyncConnection, items: Sequence[dict[str, Any]]) -> None:
+async def insert_sample_items(conn: AsyncConnection, items: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Queue sample items; returns compensation id -> item id of those inserted now."""
     if not items:
-        return
+        return {}
     cols = {"region": "text", "queue": "text", "compensation_id": "text", "agent_id": "text", "team": "text",
             "compensation": "jsonb", "risk_score": "float8", "inclusion_probability": "float8",
             "reasons": "text", "mandatory": "boolean", "local_day": "date", "enqueued_at": "timestamptz",
@@ -161,21 +162,26 @@ async def insert_sample_items(conn: AsyncConnection, items: Sequence[dict[str, A
     selects = ", ".join(f"CAST(:{c} AS {t}[])" for c, t in cols.items())
     names = ", ".join(cols)
     values = ", ".join("string_to_array(reasons, ',')" if c == "reasons" else c for c in cols)
-    await conn.execute(text(
+    rows = await conn.execute(text(
         f"INSERT INTO audit_items (item_kind, {names}) SELECT 'sample', {values} "
-        f"FROM unnest({selects}) AS u({names}) ON CONFLICT DO NOTHING"),
+        f"FROM unnest({selects}) AS u({names}) ON CONFLICT DO NOTHING RETURNING compensation_id, id"),
         {c: [_json(i[c]) if c == "compensation" else i[c] for i in items] for c in cols})
+    return {r[0]: int(r[1]) for r in rows}
 
 
-async def evict(conn: AsyncConnection, item_ids: Sequence[int]) -> None:
-    """Drop queued items that lost their place to higher-risk arrivals; their population rows follow."""
+async def evict(conn: AsyncConnection, item_ids: Sequence[int]) -> list[tuple[int, str, str, str]]:
+    """Drop queued items that lost their place to higher-risk arrivals; their population rows follow.
+    Returns (item id, compensation id, buyer id, region) of those dropped."""
     if not item_ids:
-        return
-    await conn.execute(text(
+        return []
+    rows = await conn.execute(text(
         "WITH gone AS (UPDATE audit_items SET status = 'dropped', completed_at = now() "
-        "WHERE id = ANY(CAST(:ids AS bigint[])) AND status = 'queued' RETURNING compensation_id) "
-        "UPDATE population p SET sampled = false, capacity_dropped = true "
-        "FROM gone WHERE p.compensation_id = gone.compensation_id"), {"ids": list(item_ids)})
+        "WHERE id = ANY(CAST(:ids AS bigint[])) AND status = 'queued' "
+        "RETURNING id, compensation_id, compensation->>'buyer_id' AS buyer_id, region), "
+        "p AS (UPDATE population p SET sampled = false, capacity_dropped = true "
+        "FROM gone WHERE p.compensation_id = gone.compensation_id) "
+        "SELECT id, compensation_id, buyer_id, region FROM gone ORDER BY id"), {"ids": list(item_ids)})
+    return [(int(r[0]), r[1], r[2], r[3]) for r in rows]
 
 
 async def record_drops(conn: AsyncConnection, drops: Sequence[dict[str, Any]]) -> None:

@@ -36,7 +36,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.audit_sampler import metrics
+from services.audit_sampler import announce, metrics
 from services.audit_sampler import persistence as db
 from services.audit_sampler.contracts import (
     CORRECTION_EVENT,
@@ -316,6 +316,10 @@ async def submit_verdict(engine: AsyncEngine, principal: Principal, item_id: int
                 corrects=None, now=at, topic=rt.corrections_topic)])
         await db.complete_item(conn, item_id, at)
         if item["item_kind"] == "sample":
+            await enqueue_records(conn, [announce.verdict(
+                verdict_id=verdict_id, item=item, auditor=principal.subject, passed=verdict.passed,
+                attributes=verdict.attributes, error_category=verdict.error_category,
+                corrected_amount_minor=None if correction is None else correction.amount_minor, at=at)])
             await _record_agent_result(conn, policy, item, verdict.passed)
             await _maybe_calibrate(conn, policy, item, principal.subject, at)
         elif item["item_kind"] == "calibration" and item["parent_item_id"]:
@@ -500,6 +504,11 @@ async def resolve_dispute(engine: AsyncEngine, principal: Principal, dispute_id:
                 disputed_auditor=verdict["auditor_id"])])
         status = "upheld" if outcome == "uphold" else "overturned"
         await db.set_verdict_status(conn, verdict["id"], status)
+        if status == "overturned":
+            item = await db.item(conn, verdict["item_id"])
+            assert item is not None
+            await enqueue_records(conn, [announce.overturned(verdict=verdict, item=item, dispute_id=dispute_id,
+                                                             at=at, attributes=ATTRIBUTES)])
         if status == "overturned":
             await _rebuild_agent_results(conn, rt.policies.for_region(current["region"]), verdict)
         resolved = await db.resolve_dispute(conn, dispute_id, status, principal.subject, note, reverse_id, at)

@@ -110,19 +110,24 @@ class TicketHandler:
         comps: list[dict[str, Any]] = []
         requests: list[Record] = []
         now = datetime.now(UTC)
+        recorded: list[Record] = []
         for env, ticket in items:
             verdict, shadow_evaluations = self._evaluate(strategies, env, ticket, history, taken)
             # Shadows are judged against the buyer's history before this ticket's own compensation.
-            shadows.extend(self._shadows(shadow_evaluations, env, ticket, history, taken))
+            ticket_shadows = self._shadows(shadow_evaluations, env, ticket, history, taken)
+            shadows.extend(ticket_shadows)
             decision, comp, request = self._decide(strategies, verdict, env, ticket, history, taken, now)
             decisions.append(decision)
             if comp is not None and request is not None:
                 comps.append(comp)
                 requests.append(request)
+            # Final decisions are announced with them (a pending one when the budget answer settles it).
+            recorded.extend(_decided_at_intake(env, ticket, decision, verdict, ticket_shadows, shadow_evaluations,
+                                               now))
         await persistence.insert_decisions(conn, decisions)
         await persistence.insert_shadow_decisions(conn, shadows)
         await persistence.insert_compensations(conn, comps)
-        await enqueue_records(conn, requests)
+        await enqueue_records(conn, requests + recorded)
         counts: Counter[tuple[str, str, str, str]] = Counter()
         latency: dict[str, Any] = {}
         for (env, _), row in zip(items, decisions, strict=True):
@@ -165,7 +170,8 @@ class TicketHandler:
             "tier": p.tier if p else None, "currency": ticket.order_amount.currency,
             "proposed_minor": p.amount.minor if p else None, "compensation_id": None,
             "inputs": {**e.inputs, "ticket_occurred_at": env.occurred_at.isoformat(),
-                       "liability_rule": p.liability_rule.value if p else None},
+                       "liability_rule": p.liability_rule.value if p else None,
+                       "seller_id": ticket.seller_id, "carrier_id": ticket.carrier_id},
             "event_id": env.event_id, "ticket_occurred_at": env.occurred_at,
         }
         if verdict.outcome is not Outcome.PENDING_BUDGET or p is None:
@@ -269,10 +275,14 @@ class BudgetResultHandler:
         # An issue that lost (the expiry passed between the read and the update) is late too.
         late.extend(row["compensation_id"] for row in issued if row["compensation_id"] not in won)
         expired = await persistence.expire_pending(conn, compensation_ids=late) if late else []
-        # Only the compensations this transaction issued are announced: never one the sweeper expired.
-        await enqueue_records(conn, [out[cid] for cid in out if cid in won])
         issued = [row for row in issued if row["compensation_id"] in won]
         denied = [row for row in denied if row["compensation_id"] in denied_ids]
+        liabilities = {row["compensation_id"]: row["liability"] for row in issued}
+        settled = [row["compensation_id"] for row in issued] + [row["compensation_id"] for row in denied]
+        settled += [row["compensation_id"] for row in expired]
+        # Only the compensations this transaction issued are announced: never one the sweeper expired.
+        await enqueue_records(conn, [out[cid] for cid in out if cid in won]
+                              + await settled_decision_records(conn, settled, liabilities, env_of=answers, now=now))
         count_expired(expired, "late_answer")
         by_id = {c["compensation_id"]: c for c in pending.values()}
         decided: Counter[tuple[str, str, str, str]] = Counter()
@@ -330,8 +340,71 @@ class BudgetResultHandler:
             detail += f" (degraded from {Money(comp['requested_minor'], amount.currency).format()} by the budget)"
         row = {"compensation_id": comp["compensation_id"], "ticket_id": comp["ticket_id"],
                "issued_minor": amount.minor, "voucher_code": code, "budget_period": answer.budget_period,
-               "detail": detail}
+               "detail": detail, "liability": liability}
         return row, record
+
+
+def _decided_at_intake(env: Envelope, ticket: ev.TicketOpened, decision: dict[str, Any], verdict: Verdict,
+                       shadows: Sequence[dict[str, Any]], shadow_evaluations: Sequence[Evaluation], now: datetime
+                       ) -> list[Record]:
+    """``decision.recorded`` for a ticket's live decision when it is already final, and for each shadow."""
+    out: list[Record] = []
+    envelope = {"region": env.region, "occurred_at": now, "produced_at": now, "correlation_id": env.correlation_id,
+                "causation_id": env.event_id, "traceparent": env.traceparent}
+    facts: dict[str, Any] = {"ticket_id": ticket.ticket_id, "order_id": ticket.order_id, "buyer_id": ticket.buyer_id,
+             "seller_id": ticket.seller_id, "carrier_id": ticket.carrier_id, "reason": ticket.reason.value,
+             "ticket_occurred_at": env.occurred_at, "currency": ticket.order_amount.currency}
+    if decision["outcome"] != Outcome.PENDING_BUDGET.value:
+        p = verdict.evaluation.proposal
+        payload = outgoing.decision_recorded(
+            **facts, shadow=False, outcome=decision["outcome"], failed_rule=decision["failed_rule"],
+            detail=decision["detail"], strategy_id=decision["strategy_id"],
+            strategy_version=decision["strategy_version"], tier=decision["tier"],
+            kind=p.kind.value if p else None, amount_minor=decision["proposed_minor"])
+        out.append(outgoing.decision_recorded_record(
+            payload, event_id=outgoing.decision_event_id(ticket.ticket_id, decision["strategy_id"], False),
+            **envelope))
+    for shadow, evaluation in zip(shadows, shadow_evaluations, strict=True):
+        p = evaluation.proposal
+        payload = outgoing.decision_recorded(
+            **facts, shadow=True, outcome=shadow["outcome"], failed_rule=shadow["failed_rule"],
+            detail=shadow["detail"], strategy_id=shadow["strategy_id"], strategy_version=shadow["strategy_version"],
+            tier=shadow["tier"], kind=p.kind.value if p else None, amount_minor=shadow["proposed_minor"])
+        out.append(outgoing.decision_recorded_record(
+            payload, event_id=outgoing.decision_event_id(ticket.ticket_id, shadow["strategy_id"], True),
+            **envelope))
+    return out
+
+
+async def settled_decision_records(conn: AsyncConnection, compensation_ids: Sequence[str],
+                                   liabilities: dict[str, Any], *,
+                                   env_of: dict[str, tuple[Envelope, ev.BudgetReservationDecided]], now: datetime
+                                   ) -> list[Record]:
+    """``decision.recorded`` for pending decisions this transaction settled (issued, denied, paced, expired),
+    read back from the decisions it just updated. ``liabilities``: the issued ones' split."""
+    if not compensation_ids:
+        return []
+    by_reservation = {answer.compensation_id: env for env, answer in env_of.values()}
+    out: list[Record] = []
+    for row in await persistence.settled_decisions(conn, compensation_ids):
+        inputs = row["inputs"] or {}
+        cid = row["compensation_id"]
+        issued = row["outcome"] == Outcome.ISSUED.value
+        payload = outgoing.decision_recorded(
+            ticket_id=row["ticket_id"], order_id=row["order_id"], buyer_id=row["buyer_id"],
+            seller_id=inputs.get("seller_id"), carrier_id=inputs.get("carrier_id"), reason=row["reason"],
+            ticket_occurred_at=row["ticket_occurred_at"], shadow=False, outcome=row["outcome"],
+            failed_rule=row["failed_rule"], detail=row["detail"], strategy_id=row["strategy_id"],
+            strategy_version=row["strategy_version"], tier=row["tier"], kind=row["kind"],
+            amount_minor=row["issued_minor"] if issued else row["proposed_minor"], currency=row["currency"],
+            liability=liabilities.get(cid, ()) if issued else (), compensation_id=cid)
+        cause = by_reservation.get(cid)
+        out.append(outgoing.decision_recorded_record(
+            payload, event_id=outgoing.decision_event_id(row["ticket_id"], row["strategy_id"], False),
+            region=row["region"], occurred_at=now, produced_at=now,
+            correlation_id=row["correlation_id"] or (cause.correlation_id if cause else cid),
+            causation_id=cause.event_id if cause else None, traceparent=cause.traceparent if cause else None))
+    return out
 
 
 def count_expired(expired: Sequence[dict[str, Any]], by: str) -> None:
@@ -379,6 +452,8 @@ class SagaTimeouts:
                     occurred_at=datetime.now(UTC), event_id=f"{r['reservation_id']}.{r['attempts']}",
                     correlation_id=r["correlation_id"] or r["reservation_id"]))
             await enqueue(conn, envelopes)
+            await enqueue_records(conn, await settled_decision_records(
+                conn, [r["compensation_id"] for r in self.last_expired], {}, env_of={}, now=datetime.now(UTC)))
             pending, oldest = await persistence.saga_backlog(conn)
         metrics.SAGA_PENDING.set(pending)
         metrics.SAGA_OLDEST.set(oldest)

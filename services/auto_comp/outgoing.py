@@ -11,6 +11,7 @@ pass their contracts.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +25,7 @@ SOURCE = "auto_comp"
 
 _REQUESTED = LATEST["budget.reservation_requested"]
 _ISSUED = LATEST["compensation.issued"]
+_DECIDED = LATEST["decision.recorded"]
 
 
 def json_time(at: datetime) -> str:
@@ -89,4 +91,34 @@ def reservation_requested_record(payload: dict[str, Any], **envelope: Any) -> Re
 
 def compensation_issued_record(payload: dict[str, Any], **envelope: Any) -> Record:
     return _record(_ISSUED.topic.value, _ISSUED.event_type, _ISSUED.version, payload,
+                   key=payload["buyer_id"], **envelope)
+
+
+def decision_recorded(*, ticket_id: str, order_id: str, buyer_id: str, seller_id: str | None,
+                      carrier_id: str | None, reason: str, ticket_occurred_at: datetime, shadow: bool, outcome: str,
+                      failed_rule: str | None, detail: str, strategy_id: str | None, strategy_version: int | None,
+                      tier: str | None, kind: str | None, amount_minor: int | None, currency: str,
+                      liability: Sequence[tuple[str, str | None, int]] = (), compensation_id: str | None = None
+                      ) -> dict[str, Any]:
+    """``DecisionRecorded(...).model_dump(mode="json")``; liability is (party type, party id, minor)."""
+    return {
+        "ticket_id": ticket_id, "order_id": order_id, "buyer_id": buyer_id, "seller_id": seller_id,
+        "carrier_id": carrier_id, "reason": reason, "ticket_occurred_at": json_time(ticket_occurred_at),
+        "shadow": shadow, "outcome": outcome, "failed_rule": failed_rule, "detail": detail[:2000],
+        "strategy_id": strategy_id, "strategy_version": strategy_version, "tier": tier, "kind": kind,
+        "amount": money(amount_minor, currency) if amount_minor else None,
+        "liability": [{"party": {"type": t, "id": i}, "amount_minor": m} for t, i, m in liability],
+        "compensation_id": compensation_id}
+
+
+def decision_event_id(ticket_id: str, strategy_id: str | None, shadow: bool) -> str:
+    """One final decision per ticket (live) and per ticket and shadow strategy: a replay maps to the same id
+    (hashed: a ticket id may hold characters an event id may not)."""
+    key = f"{ticket_id}\x1f{strategy_id or ''}\x1f{'shadow' if shadow else 'live'}"
+    return "decision-" + hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
+def decision_recorded_record(payload: dict[str, Any], **envelope: Any) -> Record:
+    """Keyed by buyer, like the ticket it decides."""
+    return _record(_DECIDED.topic.value, _DECIDED.event_type, _DECIDED.version, payload,
                    key=payload["buyer_id"], **envelope)

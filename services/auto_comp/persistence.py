@@ -235,6 +235,19 @@ async def expire_pending(conn: AsyncConnection, *, compensation_ids: Sequence[st
     return [dict(r) for r in result.mappings()]
 
 
+async def settled_decisions(conn: AsyncConnection, compensation_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The (final) decisions of these compensations as recorded now, with the compensation's kind and the
+    correlation id of its ticket, for ``decision.recorded``."""
+    rows = await conn.execute(text(
+        "SELECT d.ticket_id, d.region, d.order_id, d.buyer_id, d.reason, d.outcome, d.failed_rule, d.detail, "
+        "d.strategy_id, d.strategy_version, d.tier, d.currency, d.proposed_minor, d.issued_minor, "
+        "d.compensation_id, d.inputs, d.ticket_occurred_at, c.kind, c.correlation_id "
+        "FROM decisions d JOIN compensations c ON c.compensation_id = d.compensation_id "
+        "WHERE d.compensation_id = ANY(CAST(:ids AS text[])) ORDER BY d.ticket_id"),
+        {"ids": sorted(set(compensation_ids))})
+    return [dict(r) for r in rows.mappings()]
+
+
 async def claim_unanswered(conn: AsyncConnection, older_than_seconds: float, limit: int) -> list[dict[str, Any]]:
     """Pending reservations not answered in time, locked so two replicas never re-send the same one at once;
     their clock restarts and their attempt count goes up in the same statement. An expired reservation is

@@ -52,6 +52,8 @@ ROUTES: tuple[Route, ...] = (
     Route("voucher.expired", "/v1/vouchers/expired", "Voucher expired unused"),
     Route("voucher.revoked", "/v1/vouchers/revoked", "Voucher revoked"),
     Route("buyer.order_placed", "/v1/buyer-orders", "Later order by a buyer (strategy ROI)"),
+    Route("buyer.feedback_given", "/v1/buyer-feedback", "A buyer's CSAT answer or review score (1-5)"),
+    Route("order.volume_reported", "/v1/order-volume", "A region's orders and GMV for one local day"),
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -10,6 +11,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.ledger.domain.budget import BudgetState
+from shared.contracts import events as ev
+from shared.contracts.registry import make_envelope
+from shared.outbox import enqueue
 
 
 class LimitBelowCommitted(ValueError):
@@ -42,13 +46,26 @@ async def set_budget(conn: AsyncConnection, *, region: str, period: str, currenc
     await conn.execute(text(
         "UPDATE budgets SET limit_minor = :l, updated_at = now() WHERE region = :r AND period = :p"),
         {"l": limit, "r": region, "p": period})
-    await conn.execute(text(
+    change = (await conn.execute(text(
         "INSERT INTO budget_changes (region, period, currency, old_limit_minor, new_limit_minor, actor, via, reason) "
-        "VALUES (:r, :p, :c, :o, :l, :a, :v, :why)"),
-        {"r": region, "p": period, "c": currency, "o": old, "l": limit, "a": actor, "v": via, "why": reason})
+        "VALUES (:r, :p, :c, :o, :l, :a, :v, :why) RETURNING id, changed_at"),
+        {"r": region, "p": period, "c": currency, "o": old, "l": limit, "a": actor, "v": via, "why": reason})).one()
+    # Announced in the same transaction (outbox): insights draws the burn-down against the limit in force.
+    payload = ev.BudgetLimitSet(
+        budget_period=period, limit=ev.NonNegativeMoney(amount_minor=limit, currency=currency),
+        previous_limit=None if old is None else ev.NonNegativeMoney(amount_minor=old, currency=currency),
+        actor=_identifier(actor), reason=reason or None)
+    await enqueue(conn, [make_envelope("budget.limit_set", payload, source="ledger", region=region,
+                                       occurred_at=change[1], event_id=f"budget-limit-{region}-{period}-{change[0]}")])
     budget = await get_budget(conn, region, period)
     assert budget is not None
     return budget
+
+
+def _identifier(actor: str) -> str:
+    """The actor as an event Identifier (a token subject may hold characters identifiers do not)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._:@\-]", "_", actor)[:128]
+    return cleaned or "unknown"
 
 
 async def get_budget(conn: AsyncConnection, region: str, period: str) -> BudgetState | None:

@@ -10,6 +10,7 @@ defined here (ADR 0006, "Bounds").
 from __future__ import annotations
 
 import enum
+from datetime import date
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, model_validator
@@ -54,6 +55,20 @@ class MoneyTotal(MoneyAmount):
     at most what a PostgreSQL bigint holds."""
 
     amount_minor: TotalMinor
+
+
+class RaisedBy(enum.StrEnum):
+    """Who raised a ticket: the buyer (a claim), logistics or the order system (detected without a claim),
+    or a CS agent on the buyer's behalf (a claim made by contact)."""
+
+    BUYER = "buyer"
+    LOGISTICS = "logistics"
+    ORDER_SYSTEM = "order_system"
+    CS_AGENT = "cs_agent"
+
+    @property
+    def is_claim(self) -> bool:
+        return self in (RaisedBy.BUYER, RaisedBy.CS_AGENT)
 
 
 class TicketReason(enum.StrEnum):
@@ -148,6 +163,9 @@ class TicketOpened(Payload):
     buyer_segment: Code | None = None
     evidence: list[EvidenceRef] = Field(default_factory=list, max_length=50)
     description: Text | None = None
+    raised_by: RaisedBy | None = Field(
+        default=None, description="Who raised it: buyer or cs_agent (a claim), logistics or order_system "
+                                  "(detected with no claim); insights' proactive share needs it.")
 
     @model_validator(mode="after")
     def _consistent(self) -> TicketOpened:
@@ -350,3 +368,143 @@ class BudgetExceeded(Payload):
     limit: MoneyTotal
     used: MoneyTotal
     compensation_id: Identifier
+
+
+# ---------------------------------------------------------------- read-side events (issue 10)
+
+
+class FeedbackKind(enum.StrEnum):
+    CSAT = "csat"  # a satisfaction survey answer
+    REVIEW = "review"  # a review score
+
+
+class BuyerFeedbackGiven(Payload):
+    """A buyer's CSAT answer or review score (1-5) about a ticket or order, from the survey/review system."""
+
+    feedback_id: Identifier
+    ticket_id: Identifier | None = Field(default=None, description="The ticket it is about, when known.")
+    order_id: Identifier
+    buyer_id: Identifier
+    kind: FeedbackKind
+    score: StrictInt = Field(ge=1, le=5, description="1 (worst) to 5 (best).")
+    channel: Code = Field(description="e.g. email_survey, in_app, chat_survey, product_review")
+
+
+class OrderVolumeReported(Payload):
+    """The order system's count of a region's orders and their value (GMV) for one local day; a later
+    report for the same day replaces an earlier one (the latest ``occurred_at`` wins)."""
+
+    day: date = Field(description="The local calendar day in the region's time zone.")
+    orders: StrictInt = Field(ge=0)
+    gmv: NonNegativeMoney
+
+
+RulePath = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-\[\]]+$")]
+
+
+class DecisionOutcome(enum.StrEnum):
+    ISSUED = "issued"
+    NOT_ELIGIBLE = "not_eligible"
+    CAPPED = "capped_by_abuse_guard"
+    HOLDOUT = "holdout"
+    BUDGET_DENIED = "budget_denied"
+    PACED = "paced"
+    RESERVATION_EXPIRED = "reservation_expired"
+    WOULD_ISSUE = "would_issue"  # shadow strategies only
+
+
+class DecisionRecorded(Payload):
+    """auto_comp's final decision on a ticket for one strategy (the live one, or a shadow one), published in
+    the transaction that records it. Not published for a decision still waiting for the budget."""
+
+    ticket_id: Identifier
+    order_id: Identifier
+    buyer_id: Identifier
+    seller_id: Identifier | None = Field(default=None, description="The ticket's seller, when auto_comp has it.")
+    carrier_id: Identifier | None = None
+    reason: TicketReason
+    ticket_occurred_at: AwareDatetime
+    shadow: bool = Field(description="True for a shadow strategy's would-be decision (never issued).")
+    outcome: DecisionOutcome
+    failed_rule: RulePath | None = Field(
+        default=None, description="The strategy rule that failed (e.g. match.reasons, abuse_guard).")
+    detail: Text
+    strategy_id: Identifier | None = Field(default=None, description="None when no strategy matched.")
+    strategy_version: StrictInt | None = Field(default=None, ge=1)
+    tier: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    kind: CompensationKind | None = None
+    amount: PositiveMoney | None = Field(
+        default=None, description="Issued amount (issued), else the proposed one, when there was a proposal.")
+    liability: list[LiabilityShare] = Field(default_factory=list, max_length=10,
+                                            description="The issued amount's split (issued decisions only).")
+    compensation_id: Identifier | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DecisionRecorded:
+        if (self.strategy_id is None) != (self.strategy_version is None):
+            raise ValueError("strategy_id and strategy_version go together")
+        if self.outcome is DecisionOutcome.ISSUED:
+            if self.amount is None or self.compensation_id is None:
+                raise ValueError("an issued decision carries its amount and compensation_id")
+            _shares_sum_to(self.liability, self.amount.amount_minor, "liability")
+        elif self.liability:
+            raise ValueError("liability is set for issued decisions only")
+        if (self.outcome is DecisionOutcome.WOULD_ISSUE) and not self.shadow:
+            raise ValueError("would_issue is a shadow outcome")
+        return self
+
+
+class AuditItemSampled(Payload):
+    """audit_sampler put a manual compensation in an audit queue (a sample draw or a mandatory audit)."""
+
+    item_id: StrictInt = Field(ge=1)
+    compensation_id: Identifier
+    buyer_id: Identifier
+    compensation_occurred_at: AwareDatetime
+    stratum: Code = Field(description="The audit queue the draw belongs to.")
+    inclusion_probability: float = Field(gt=0, le=1)
+    mandatory: bool
+    agent_id: Identifier
+    team: Identifier
+    reason_code: Code
+    amount: PositiveMoney
+    sla_due_at: AwareDatetime
+
+
+class AuditItemEvicted(Payload):
+    """A queued sample item was dropped to keep a queue-day within capacity (never audited)."""
+
+    item_id: StrictInt = Field(ge=1)
+    compensation_id: Identifier
+    buyer_id: Identifier
+
+
+class AuditVerdictRecorded(Payload):
+    """An auditor's verdict on a sampled manual compensation (the latest verdict of an item replaces an
+    earlier one, e.g. after a dispute is upheld)."""
+
+    verdict_id: StrictInt = Field(ge=1)
+    item_id: StrictInt = Field(ge=1)
+    compensation_id: Identifier
+    buyer_id: Identifier
+    auditor_id: Identifier
+    passed: bool
+    attributes: dict[Code, bool] = Field(max_length=20, description="Quality attribute -> passed.")
+    error_category: Code | None = None
+    amount: PositiveMoney = Field(description="The compensation's amount as issued.")
+    money_misstated: NonNegativeMoney = Field(description="|right amount - issued amount|.")
+    audited_at: AwareDatetime
+    within_sla: bool
+    dispute_id: StrictInt | None = Field(
+        default=None, ge=1, description="Set when a senior auditor's dispute resolution overturned the verdict "
+                                        "(this event then replaces it: passed, nothing misstated).")
+
+
+class BudgetLimitSet(Payload):
+    """Finance set or changed a region's budget limit for a period (ledger)."""
+
+    budget_period: Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}(-\d{2})?$")]
+    limit: NonNegativeMoney
+    previous_limit: NonNegativeMoney | None = None
+    actor: Identifier
+    reason: Text | None = None

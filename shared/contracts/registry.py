@@ -59,6 +59,20 @@ _SPECS = [
               "Budget usage crossed 50, 80 or 100 percent (once per period each)."),
     EventSpec("budget.exceeded", 1, ev.BudgetExceeded, Topic.BUDGET_ALERTS, _region,
               "Manual compensations pushed usage past the budget."),
+    EventSpec("buyer.feedback_given", 1, ev.BuyerFeedbackGiven, Topic.BUYER_FEEDBACK, _buyer,
+              "A buyer's CSAT answer or review score (1-5) about a ticket or order."),
+    EventSpec("order.volume_reported", 1, ev.OrderVolumeReported, Topic.ORDER_VOLUME, _region,
+              "A region's orders and GMV for one local day (the latest report of a day wins)."),
+    EventSpec("decision.recorded", 1, ev.DecisionRecorded, Topic.DECISIONS, _buyer,
+              "auto_comp's final decision on a ticket for a live or shadow strategy."),
+    EventSpec("audit.item_sampled", 1, ev.AuditItemSampled, Topic.AUDIT_ACTIVITY, _buyer,
+              "A manual compensation entered an audit queue, with its inclusion probability and stratum."),
+    EventSpec("audit.item_evicted", 1, ev.AuditItemEvicted, Topic.AUDIT_ACTIVITY, _buyer,
+              "A queued audit item was dropped to keep its queue-day within capacity."),
+    EventSpec("audit.verdict_recorded", 1, ev.AuditVerdictRecorded, Topic.AUDIT_ACTIVITY, _buyer,
+              "An auditor's verdict on a sampled manual compensation."),
+    EventSpec("budget.limit_set", 1, ev.BudgetLimitSet, Topic.BUDGET_LIMITS, _region,
+              "A region's budget limit for a period was set or changed."),
 ]
 
 REGISTRY: dict[tuple[str, int], EventSpec] = {(s.event_type, s.version): s for s in _SPECS}

@@ -15,6 +15,11 @@ class Topic(enum.StrEnum):
     COMPENSATIONS_ISSUED = "compensations.issued.v1"  # auto_comp issued vouchers; key: buyer_id
     AUDIT_CORRECTIONS = "audit.corrections.v1"  # audit_sampler corrections for the ledger; key: buyer_id
     BUDGET_ALERTS = "budget.alerts.v1"  # ledger threshold / exceeded events; key: region
+    DECISIONS = "decisions.v1"  # auto_comp's final decisions, live and shadow; key: buyer_id
+    AUDIT_ACTIVITY = "audit.activity.v1"  # audit_sampler sampled items, evictions, verdicts; key: buyer_id
+    BUYER_FEEDBACK = "buyer.feedback.v1"  # CSAT answers and review scores from intake; key: buyer_id
+    ORDER_VOLUME = "orders.volume.v1"  # daily order count and GMV per region from intake; key: region
+    BUDGET_LIMITS = "budget.limits.v1"  # ledger budget limits set or changed; key: region
     DEAD_LETTERS = "deadletters.v1"  # poison messages with the reason; key: source topic
 
 

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("intake", "auto_comp", "audit_sampler", "ledger")
-PORTS = {"intake": 8001, "auto_comp": 8002, "audit_sampler": 8003, "ledger": 8004}
+SERVICES = ("intake", "auto_comp", "audit_sampler", "ledger", "insights")
+PORTS = {"intake": 8001, "auto_comp": 8002, "audit_sampler": 8003, "ledger": 8004, "insights": 8005}
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 
 
@@ -44,7 +44,7 @@ def test_alert_rules_cover_the_platform_metrics():
                    "comp_outbox_backlog", "ledger_budget_used_ratio", "ledger_budget_exceeded_total",
                    "ledger_invariant_violations", "auto_comp_strategy_reload_failed",
                    "audit_queue_oldest_age_seconds", "audit_queue_sla_seconds", "ledger_voucher_early_expiries_total",
-                   "up =="):
+                   "up ==", "insights_last_compaction_timestamp_seconds", "insights_report_seconds_bucket"):
         assert metric in exprs, metric
     for group in rules["groups"]:
         for rule in group["rules"]:
@@ -117,7 +117,7 @@ def test_prometheus_scrapes_every_service_of_the_compose_stack_and_insights():
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     jobs = {job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
             for job in config["scrape_configs"]}
-    for module, port in {**PORTS, "insights": 8005}.items():
+    for module, port in PORTS.items():
         assert jobs[module] == [f"{module}:{port}"], module
     # A service added to docker-compose later is scraped too: a job named after it, targeting its compose name.
     for name, svc in compose["services"].items():

@@ -89,6 +89,21 @@ class BuyerOrderItem(ProducerFields, ev.BuyerOrderPlaced):
     })
 
 
+class BuyerFeedbackItem(ProducerFields, ev.BuyerFeedbackGiven):
+    model_config = _examples({
+        "event_id": "survey-7781", "occurred_at": _AT, "region": "SG",
+        "feedback_id": "CSAT-20931", "ticket_id": "T-100234", "order_id": "O-88812", "buyer_id": "B-4711",
+        "kind": "csat", "score": 4, "channel": "email_survey",
+    })
+
+
+class OrderVolumeItem(ProducerFields, ev.OrderVolumeReported):
+    model_config = _examples({
+        "event_id": "ord-vol-SG-2026-11-19", "occurred_at": _AT, "region": "SG",
+        "day": "2026-11-19", "orders": 182340, "gmv": {"amount_minor": 912345600, "currency": "SGD"},
+    })
+
+
 # event type -> the item model upstream posts for it
 ITEM_MODELS: dict[str, type[ProducerFields]] = {
     "ticket.opened": TicketItem,
@@ -97,6 +112,8 @@ ITEM_MODELS: dict[str, type[ProducerFields]] = {
     "voucher.expired": VoucherExpiredItem,
     "voucher.revoked": VoucherRevokedItem,
     "buyer.order_placed": BuyerOrderItem,
+    "buyer.feedback_given": BuyerFeedbackItem,
+    "order.volume_reported": OrderVolumeItem,
 }
 
 # Payload timestamps that record something that already happened (promised or due dates may be ahead).

@@ -137,8 +137,9 @@ async def test_correction_published_exactly_once_after_a_crash_before_publish(en
     assert proc.returncode == -9, proc.stderr
     assert proc.stdout.strip() == "crash-1"
     assert await read_topic(kafka_bootstrap, topic) == []  # nothing published yet
-    # restart: the relay finds the correction in the outbox; a second restart finds nothing more
-    assert await publish_outbox(url, engine, kafka_bootstrap) == 1
+    # restart: the relay finds the correction in the outbox (beside the read side's announcements of the
+    # sample draw and the verdict); a second restart finds nothing more
+    assert await publish_outbox(url, engine, kafka_bootstrap) == 3
     assert await publish_outbox(url, engine, kafka_bootstrap) == 0
     corrections = await read_topic(kafka_bootstrap, topic)
     assert len(corrections) == 1
@@ -206,6 +207,22 @@ async def test_overturned_dispute_reverses_the_correction_once(env, kafka_bootst
         results = (await conn.execute(text(
             "SELECT recent_results FROM agents WHERE agent_id = 'agent-1' AND region = 'US'"))).scalar()
     assert results[-1] is True  # the overturned failure no longer counts against the agent
+    # the read side (insights) was told of the draw, the verdict and its overturn, in those transactions
+    async with engine.connect() as conn:
+        values = (await conn.execute(text(
+            "SELECT value FROM outbox WHERE topic = 'audit.activity.v1' ORDER BY id"))).scalars().all()
+    told = [decode_envelope(v) for v in values]
+    told = [(e.event_type, p) for e, p in told if p.compensation_id == "dispute-1"]
+    assert [t for t, _ in told] == ["audit.item_sampled", "audit.verdict_recorded", "audit.verdict_recorded"]
+    sampled, failed, overturned = (p for _, p in told)
+    assert sampled.item_id == item["id"] and 0 < sampled.inclusion_probability <= 1 and sampled.agent_id == "agent-1"
+    assert (failed.passed, failed.error_category, failed.money_misstated.amount_minor) == (False, "not_warranted", 1000)
+    assert failed.attributes["warranted"] is False and failed.dispute_id is None
+    assert failed.within_sla is (failed.audited_at <= sampled.sla_due_at)  # queued at NOW, audited at the clock
+    assert (overturned.passed, overturned.dispute_id, overturned.money_misstated.amount_minor) == (
+        True, dispute["id"], 0)
+    assert (overturned.verdict_id, overturned.auditor_id, overturned.audited_at) == (
+        failed.verdict_id, "aud-7", failed.audited_at)
     await publish_outbox(url, engine, kafka_bootstrap)
     events = await read_topic(kafka_bootstrap, topic)
     assert [e.correction_id for e in events] == [verdict["correction_id"], resolved["reverse_correction_id"]]

@@ -210,3 +210,53 @@ async def test_unknown_reservation_answers_are_ignored(engine):
              "buyer_id": "B-none", "amount": {"amount_minor": 100, "currency": "SGD"}}
     await apply(engine, RESULTS, [answer(stray, reserved=100)])
     assert await decision(engine, "T-none") is None
+
+
+async def decisions_recorded(engine, ticket_id):
+    """decision.recorded events in the outbox for a ticket, decoded through the contract."""
+    from shared.contracts.registry import decode_envelope
+
+    found = []
+    for r in await rows(engine, "SELECT key, value FROM outbox WHERE topic = 'decisions.v1' ORDER BY id"):
+        envelope, payload = decode_envelope(r["value"])
+        if payload.ticket_id == ticket_id:
+            assert r["key"] == payload.buyer_id.encode()
+            found.append((envelope, payload))
+    return found
+
+
+async def test_every_final_decision_is_announced_once_in_its_transaction(engine, tickets):
+    await apply(engine, tickets, [late_ticket("T-ann-ne", "B-ann1", days_late=2), damaged_ticket("T-ann-d", "B-ann2"),
+                                  late_ticket("T-ann-i", "B-ann3", days_late=8, order=5_005, carrier_id="C9")])
+    [(_, ne)] = await decisions_recorded(engine, "T-ann-ne")
+    assert (ne.outcome.value, ne.failed_rule, ne.shadow) == ("not_eligible", "match.thresholds.days_late", False)
+    assert (ne.strategy_id, ne.strategy_version, ne.reason.value, ne.seller_id) == ("sg-late", 3, "late_delivery", "S1")
+    # a pending decision is not final: only its shadow (would_issue) is announced for now
+    assert [(p.shadow, p.outcome.value) for _, p in await decisions_recorded(engine, "T-ann-d")] == [
+        (True, "would_issue")]
+    assert await decisions_recorded(engine, "T-ann-i") == []
+    [request] = await requests_for(engine, "T-ann-i")
+    await apply(engine, RESULTS, [answer(request["payload"], reserved=1_001)])
+    [(env, issued)] = await decisions_recorded(engine, "T-ann-i")
+    assert (issued.outcome.value, issued.tier, issued.kind.value) == ("issued", "late_6_plus", "voucher")
+    assert issued.amount is not None and issued.amount.amount_minor == 1_001
+    assert sum(s.amount_minor for s in issued.liability) == 1_001 and issued.compensation_id
+    assert (issued.seller_id, issued.carrier_id) == ("S1", "C9")  # ticket facts kept for the settle-time event
+    assert issued.ticket_occurred_at == NOW and env.causation_id is not None
+    [request_d] = await requests_for(engine, "T-ann-d")
+    await apply(engine, RESULTS, [answer(request_d["payload"], denial="paced")])
+    assert sorted((p.shadow, p.outcome.value) for _, p in await decisions_recorded(engine, "T-ann-d")) == [
+        (False, "paced"), (True, "would_issue")]
+    # redelivered answers announce nothing more
+    await apply(engine, RESULTS, [answer(request["payload"], reserved=1_001)])
+    assert len(await decisions_recorded(engine, "T-ann-i")) == 1
+
+
+async def test_reservations_expired_by_the_sweeper_are_announced(engine, tickets):
+    await apply(engine, tickets, [late_ticket("T-ann-x", "B-ann4")])
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE compensations SET expires_at = now() - interval '1 second' "
+                                "WHERE ticket_id = 'T-ann-x'"))
+    await SagaTimeouts(engine, timeout_seconds=30, interval_seconds=3600).run_once()
+    [(_, expired)] = await decisions_recorded(engine, "T-ann-x")
+    assert (expired.outcome.value, expired.failed_rule) == ("reservation_expired", "budget")

@@ -67,6 +67,29 @@ async def test_set_budgets_through_the_api(ledger):
         assert r.json()["limit_minor"] == limit and r.json()["used_minor"] == 0
 
 
+async def test_budget_limits_are_announced_in_the_same_transaction(ledger):
+    from services.ledger import queries
+    from shared.contracts.registry import decode_envelope
+
+    _, _, settings = ledger
+    engine = await ledger_engine(settings.database_url)
+    try:
+        async with engine.begin() as conn:
+            for limit in (70_000, 80_000):
+                await queries.set_budget(conn, region="SG", period="2027-03", currency="SGD", limit=limit,
+                                         actor="bob finance", via="api", reason="March plan")
+            values = (await conn.execute(text(
+                "SELECT key, value FROM outbox WHERE topic = 'budget.limits.v1' ORDER BY id"))).all()
+            told = [(key, *decode_envelope(value)) for key, value in values]
+            told = [(k, e, p) for k, e, p in told if p.budget_period == "2027-03"]
+            assert [(k, p.limit.amount_minor, p.previous_limit and p.previous_limit.amount_minor)
+                    for k, _, p in told] == [(b"SG", 70_000, None), (b"SG", 80_000, 70_000)]
+            assert {p.actor for _, _, p in told} == {"bob_finance"}  # an Identifier: the space replaced
+            assert len({e.event_id for _, e, _ in told}) == 2
+    finally:
+        await engine.dispose()
+
+
 async def test_budget_api_refuses_bad_input_and_strangers(ledger):
     app, client, _ = ledger
     body = {"limit_minor": 100, "currency": "SGD", "reason": "test"}
