@@ -5,28 +5,31 @@ states the detector, its parameters and the rates measured on synthetic series.
 The detector walks the series forward; each bucket is judged on the buckets before it only:
 
 1. **Seasonal baseline.** The same bucket of the week (same weekday for day buckets, same weekday and
-   hour on the region's wall clock for hour buckets) over the last ``history_weeks`` weeks; its mean after
-   dropping the highest and the lowest week (one odd week, a holiday or a missed spike, does not move it).
+   hour on the region's wall clock for hour buckets) in each of the last ``history_weeks`` weeks, each
+   carried forward by the series' trend (a log-linear fit to the weekly totals, Poisson-weighted), then
+   averaged without the highest and the lowest week (one odd week, a holiday or a missed spike, does not
+   move it).
 2. **Level correction.** The ratio of what the last ``level_window_weeks`` weeks counted to what their own
-   baselines expected, soft-thresholded by ``level_shrink`` standard errors toward 1, so a trend or a level
-   shift moves the baseline within weeks while ordinary noise does not move it at all.
-3. **Poisson-aware band.** The prediction variance is ``phi**2 * expected * (1 + 1/effective_weeks)``:
-   Poisson noise of the bucket plus the baseline's own estimation error, times the over-dispersion
-   ``phi`` (a robust, winsorised standard deviation of the recent standardised residuals, taken as 1
-   unless it is clearly above 1). The band is the quasi-Poisson quantile pair at ``spike_alpha``, so low
-   counts get the right skewed tail rather than a normal one.
+   baselines expected, soft-thresholded by ``level_shrink`` standard errors toward 1, so a level shift
+   moves the baseline within weeks while ordinary noise does not move it at all.
+3. **Count-aware band.** The prediction variance is ``phi**2 * expected * var_factor``: Poisson noise of the
+   bucket plus the baseline's own estimation error (the weeks' mean and the trend's), times the
+   over-dispersion ``phi`` (a winsorised standard deviation of the recent standardised residuals, at
+   least 1). The band is the ``spike_alpha`` quantile pair of the Poisson (phi = 1) or negative binomial
+   count with that mean and variance, so low and over-dispersed counts get their skewed right tail.
 4. **Spike rule.** A bucket above the band's upper edge, by at least ``min_excess``, with an expected
    value of at least ``min_expected`` (the minimum-volume guard), is a *spike*. Its count is winsorised to
    the upper edge in the history later buckets see, so one spike does not lift next week's baseline.
 5. **Shift rule.** A one-sided CUSUM of the standardised residuals (each clipped at ``cusum_clip`` so a
    lone spike cannot trip it) with reference ``cusum_k`` finds sustained rises too small for the spike
-   rule; a bucket where the sum is above ``cusum_h`` is a *shift*. The sum is capped at 1.5 h so it falls
-   back soon after the baseline has adapted.
+   rule: a *shift* is raised when the sum passes ``cusum_h`` and stays raised until it falls below half
+   of it (one episode, not a flicker). The sum is capped at 1.5 h so it falls back soon after the
+   baseline has adapted.
 
 ``spike_alpha`` and ``cusum_h`` follow from the budget: the spike rule may spend ``spike_share`` of
 ``false_alarms_per_13_weeks`` (alpha = share x budget / buckets in 13 weeks) and the shift rule
-``shift_share`` (h from Siegmund's approximation of the in-control run length). Consecutive alerts are
-one episode (``merge_episodes``); the budget counts episodes.
+``shift_share`` (h from Siegmund's approximation of the in-control run length); the rest is slack for
+model error. Consecutive alerts are one episode (``merge_episodes``); the budget counts episodes.
 """
 
 from __future__ import annotations
@@ -507,7 +510,6 @@ def evaluate(series: Sequence[Point], params: DetectorParams, *, start: datetime
     h = params.cusum_h
     cap = 1.5 * h
     level_window = params.level_window_weeks * season
-    refit_every = max(1, season // 7)  # the trend once a day for hour buckets; the scale once a week
 
     clean: list[float] = []  # the history as later buckets see it: spikes winsorised to their band
     prefix = [0.0]  # running sums of clean
@@ -515,7 +517,10 @@ def evaluate(series: Sequence[Point], params: DetectorParams, *, start: datetime
     residuals: deque[float] = deque(maxlen=params.history_weeks * season)
     recent_c = recent_b = 0.0  # sums over the level window, judged buckets only
     in_window: deque[int] = deque()
-    phi, phi_at, trend, cusum = 1.0, -1, _Trend(0.0, math.inf), 0.0
+    # the trend and the scale are refitted once a week (both move slowly)
+    phi, phi_at, trend, cusum, shifting = 1.0, -1, _Trend(0.0, math.inf), 0.0, False
+    growth: list[float] = []
+    growth_at = -1
     out: list[Verdict] = []
     for t in range(n):
         observed = cal.counts[t]
@@ -523,32 +528,34 @@ def evaluate(series: Sequence[Point], params: DetectorParams, *, start: datetime
             i = in_window.popleft()
             recent_c -= clean[i]
             recent_b -= baseline[i]
-        lags: list[tuple[int, int]] = []  # (weeks back, bucket index)
+        lags: list[int] = []  # the same bucket 1, 2, ... weeks back
         i = t
-        for j in range(1, params.history_weeks + 1):
+        for _ in range(params.history_weeks):
             i = cal.week_before[i]
             if i < 0:
                 break
-            lags.append((j, i))
+            lags.append(i)
         if len(lags) < params.min_history_weeks:
             clean.append(float(observed))
             prefix.append(prefix[-1] + observed)
             out.append(Verdict(cal.starts[t], cal.ends[t], observed, None, None, None, NoVerdict.HISTORY, None))
             continue
 
-        if t % refit_every == 0 or math.isinf(trend.spread):
+        if t % season == 0 or growth_at < 0:
             full_weeks = min(len(lags), t // season)
             trend = _trend([prefix[t - (j - 1) * season] - prefix[t - j * season] for j in range(1, full_weeks + 1)])
+            growth = [math.exp(trend.growth * j) for j in range(1, params.history_weeks + 1)]
+            growth_at = t
         if (t % season == 0 or phi_at < 0) and len(residuals) >= _MIN_RESIDUALS:
             phi, phi_at = max(1.0, _robust_scale(residuals)), t
 
         # the same bucket of the week in each baseline week, carried forward by the trend; the highest and
         # the lowest dropped from 6 weeks on
-        samples = sorted((clean[i] * math.exp(trend.growth * j), j) for j, i in lags)
-        kept = samples[1:-1] if len(samples) >= 6 else samples
-        b = sum(v for v, _ in kept) / len(kept)
-        mean_lag = sum(j for _, j in kept) / len(kept)
-        weeks_eff = len(samples) - 1.0 if len(samples) >= 6 else float(len(samples))
+        samples = sorted([clean[i] * g for i, g in zip(lags, growth, strict=False)])
+        m = len(samples)
+        b = (sum(samples) - samples[0] - samples[-1]) / (m - 2) if m >= 6 else sum(samples) / m
+        mean_lag = (m + 1) / 2
+        weeks_eff = m - 1.0 if m >= 6 else float(m)
         # variance of the estimate over the bucket's own (Poisson) variance: the weeks' mean, and the
         # trend's error carried over mean_lag weeks
         var_factor = 1 + 1 / weeks_eff + (b * mean_lag ** 2 / trend.spread if trend.spread < math.inf else 0.0)
@@ -563,7 +570,7 @@ def evaluate(series: Sequence[Point], params: DetectorParams, *, start: datetime
         baseline[t] = b
 
         if expected <= 0 or expected < params.min_expected:
-            cusum = 0.0
+            cusum, shifting = 0.0, False
             clean.append(float(observed))
             prefix.append(prefix[-1] + observed)
             in_window.append(t)
@@ -584,8 +591,11 @@ def evaluate(series: Sequence[Point], params: DetectorParams, *, start: datetime
         if observed > upper and observed - expected >= params.min_excess:
             kind = AlertKind.SPIKE
             kept_value = upper
-        elif cusum > h:
+        elif cusum > h or (shifting and cusum > h / 2):
+            # once raised, a shift stays raised until the sum falls below half the threshold, so a rise
+            # that hovers around h is one episode, not a string of them
             kind = AlertKind.SHIFT
+        shifting = kind is AlertKind.SHIFT or (shifting and kind is AlertKind.SPIKE)
         alert = None
         if kind is not None:
             alert = Alert(kind, cal.starts[t], cal.ends[t], observed, expected, lower, upper, sigma, z, cusum)
