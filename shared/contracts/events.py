@@ -10,12 +10,11 @@ defined here (ADR 0006, "Bounds").
 from __future__ import annotations
 
 import enum
-from datetime import date
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, model_validator
 
-from shared.contracts.envelope import AwareDatetime, Identifier, NoNul, OneLine, text_schema
+from shared.contracts.envelope import AwareDatetime, BoundedDate, Identifier, NoNul, OneLine, text_schema
 from shared.money import MAX_AMOUNT_MINOR, MAX_TOTAL_MINOR
 
 Text = Annotated[str, StringConstraints(max_length=2000), NoNul, text_schema(2000)]
@@ -29,6 +28,15 @@ NonNegativeAmountMinor = Annotated[StrictInt, Field(ge=0, le=MAX_AMOUNT_MINOR)]
 TotalMinor = Annotated[StrictInt, Field(ge=0, le=MAX_TOTAL_MINOR)]
 Version = Annotated[StrictInt, Field(ge=1, le=2**31 - 1)]
 BudgetPeriod = Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-[0-9]{2}(-[0-9]{2})?$")]
+# A database row number another service assigned (an audit item, verdict or dispute): what a bigint holds.
+RowNumber = Annotated[StrictInt, Field(ge=1, le=2**63 - 1)]
+# A count of things (orders of a day): an integer a bigint sum of a century of days still holds.
+Count = Annotated[StrictInt, Field(ge=0, le=MAX_AMOUNT_MINOR)]
+# A sampling design's inclusion probability: the one number that is not money or a count.
+Probability = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+# A short label chosen by people (a strategy tier), one line.
+Label = Annotated[str, StringConstraints(min_length=1, max_length=128), OneLine,
+                  text_schema(128, min_length=1, one_line=True)]
 
 
 class Payload(BaseModel):
@@ -394,8 +402,8 @@ class OrderVolumeReported(Payload):
     """The order system's count of a region's orders and their value (GMV) for one local day; a later
     report for the same day replaces an earlier one (the latest ``occurred_at`` wins)."""
 
-    day: date = Field(description="The local calendar day in the region's time zone.")
-    orders: StrictInt = Field(ge=0)
+    day: BoundedDate = Field(description="The local calendar day in the region's time zone.")
+    orders: Count
     gmv: NonNegativeMoney
 
 
@@ -430,8 +438,8 @@ class DecisionRecorded(Payload):
         default=None, description="The strategy rule that failed (e.g. match.reasons, abuse_guard).")
     detail: Text
     strategy_id: Identifier | None = Field(default=None, description="None when no strategy matched.")
-    strategy_version: StrictInt | None = Field(default=None, ge=1)
-    tier: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    strategy_version: Version | None = None
+    tier: Label | None = None
     kind: CompensationKind | None = None
     amount: PositiveMoney | None = Field(
         default=None, description="Issued amount (issued), else the proposed one, when there was a proposal.")
@@ -457,12 +465,12 @@ class DecisionRecorded(Payload):
 class AuditItemSampled(Payload):
     """audit_sampler put a manual compensation in an audit queue (a sample draw or a mandatory audit)."""
 
-    item_id: StrictInt = Field(ge=1)
+    item_id: RowNumber
     compensation_id: Identifier
     buyer_id: Identifier
     compensation_occurred_at: AwareDatetime
     stratum: Code = Field(description="The audit queue the draw belongs to.")
-    inclusion_probability: float = Field(gt=0, le=1)
+    inclusion_probability: Probability
     mandatory: bool
     agent_id: Identifier
     team: Identifier
@@ -474,7 +482,7 @@ class AuditItemSampled(Payload):
 class AuditItemEvicted(Payload):
     """A queued sample item was dropped to keep a queue-day within capacity (never audited)."""
 
-    item_id: StrictInt = Field(ge=1)
+    item_id: RowNumber
     compensation_id: Identifier
     buyer_id: Identifier
 
@@ -483,8 +491,8 @@ class AuditVerdictRecorded(Payload):
     """An auditor's verdict on a sampled manual compensation (the latest verdict of an item replaces an
     earlier one, e.g. after a dispute is upheld)."""
 
-    verdict_id: StrictInt = Field(ge=1)
-    item_id: StrictInt = Field(ge=1)
+    verdict_id: RowNumber
+    item_id: RowNumber
     compensation_id: Identifier
     buyer_id: Identifier
     auditor_id: Identifier
@@ -495,8 +503,8 @@ class AuditVerdictRecorded(Payload):
     money_misstated: NonNegativeMoney = Field(description="|right amount - issued amount|.")
     audited_at: AwareDatetime
     within_sla: bool
-    dispute_id: StrictInt | None = Field(
-        default=None, ge=1, description="Set when a senior auditor's dispute resolution overturned the verdict "
+    dispute_id: RowNumber | None = Field(
+        default=None, description="Set when a senior auditor's dispute resolution overturned the verdict "
                                         "(this event then replaces it: passed, nothing misstated).")
 
 

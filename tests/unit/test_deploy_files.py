@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("intake", "auto_comp", "audit_sampler", "ledger", "insights")
 PORTS = {"intake": 8001, "auto_comp": 8002, "audit_sampler": 8003, "ledger": 8004, "insights": 8005}
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+GRAFANA = ROOT / "deploy" / "grafana"
 
 
 def run(*cmd: str) -> subprocess.CompletedProcess[str]:
@@ -224,3 +227,128 @@ def test_runbook_scripts_make_targets_and_links_exist():
     for path in re.findall(r"`((?:deploy|docs|services|shared)/[\w./-]+\.(?:ya?ml|md|py))`", text):
         if "/kr" not in path:  # the region being added in the example
             assert (ROOT / path).exists(), path
+
+
+# --- Grafana dashboards and the compose Prometheus --------------------------------------------------------
+
+_DEFINITION = re.compile(r'\b(Counter|Gauge|Histogram|Summary)\(\s*"([a-zA-Z_:][a-zA-Z0-9_:]*)"')
+_PROMQL_WORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan", "group_left", "group_right"}
+
+
+def defined_metrics() -> dict[str, set[str]]:
+    """Metric family -> the series names Prometheus sees, from every prometheus_client definition in code."""
+    families: dict[str, set[str]] = {}
+    for path in sorted([*(ROOT / "shared").rglob("*.py"), *(ROOT / "services").rglob("*.py")]):
+        for kind, name in _DEFINITION.findall(path.read_text()):
+            if kind == "Counter":
+                base = name.removesuffix("_total")
+                families[base] = {f"{base}_total"}
+            elif kind == "Histogram":
+                families[name] = {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+            elif kind == "Summary":
+                families[name] = {name, f"{name}_sum", f"{name}_count"}
+            else:
+                families[name] = {name}
+    return families
+
+
+def promql_metrics(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (functions, aggregations, label names and keywords out)."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    text = re.sub(r"\{[^}]*\}", " ", text)
+    text = re.sub(r"\[[^\]]*\]", " ", text)
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    names = set()
+    for match in re.finditer(r"(?<![\w.$])[a-zA-Z_:][a-zA-Z0-9_:]*", text):
+        if text[match.end():].lstrip().startswith("(") or match.group(0).lower() in _PROMQL_WORDS:
+            continue
+        names.add(match.group(0))
+    return names
+
+
+def dashboards() -> dict[str, dict]:
+    return {path.name: json.loads(path.read_text()) for path in sorted((GRAFANA / "dashboards").glob("*.json"))}
+
+
+def panel_exprs(dashboard: dict) -> list[tuple[str, str]]:
+    return [(panel["title"], target["expr"]) for panel in dashboard["panels"] for target in panel.get("targets", [])]
+
+
+def test_promql_parser_finds_metrics_not_functions_or_labels():
+    expr = ('histogram_quantile(0.99, sum by (service, le) (rate(comp_http_request_duration_seconds_bucket'
+            '{service="intake", route=~"/v1/.*"}[$__rate_interval]))) / on (service) group_left max(up) > bool 0')
+    assert promql_metrics(expr) == {"comp_http_request_duration_seconds_bucket", "up"}
+    assert promql_metrics("time() - max(ledger_invariant_last_run_timestamp_seconds)") == {
+        "ledger_invariant_last_run_timestamp_seconds"}
+
+
+def test_every_dashboard_query_names_a_metric_the_code_defines():
+    known = set().union(*defined_metrics().values()) | {"up"}
+    boards = dashboards()
+    assert boards, "no dashboards"
+    for name, board in boards.items():
+        exprs = panel_exprs(board)
+        assert exprs, name
+        for title, expr in exprs:
+            assert promql_metrics(expr), (name, title, expr)
+            unknown = promql_metrics(expr) - known
+            assert not unknown, f"{name} / {title}: {sorted(unknown)} not defined in shared/ or services/"
+        variables = board["templating"]["list"]
+        for var in variables:
+            assert promql_metrics(var["definition"].removeprefix("label_values(").split(",")[0]) <= known, name
+
+
+def test_dashboards_cover_every_metric_of_the_five_services_and_the_toolkit():
+    used = {m for board in dashboards().values() for _, expr in panel_exprs(board) for m in promql_metrics(expr)}
+    missing = sorted(family for family, names in defined_metrics().items() if not names & used)
+    assert not missing, f"metrics no dashboard shows: {missing}"
+
+
+def test_one_dashboard_per_service_plus_the_overview_all_on_the_provisioned_datasource():
+    boards = dashboards()
+    assert {b["uid"] for b in boards.values()} == {"comp-overview", "comp-intake", "comp-auto-comp",
+                                                   "comp-audit-sampler", "comp-ledger", "comp-insights"}
+    datasources = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yaml").read_text())
+    (source,) = datasources["datasources"]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    for name, board in boards.items():
+        panels = [p for p in board["panels"] if p["type"] != "row"]
+        assert len({p["id"] for p in board["panels"]}) == len(board["panels"]), name
+        for panel in panels:
+            assert panel["datasource"]["uid"] == source["uid"], (name, panel["title"])
+            assert all(t["datasource"]["uid"] == source["uid"] for t in panel["targets"]), (name, panel["title"])
+    overview = " ".join(expr for _, expr in panel_exprs(boards["overview.json"]))
+    for metric in ("comp_http_requests_total", "comp_http_request_duration_seconds_bucket", "comp_consumer_lag",
+                   "comp_outbox_backlog", "comp_consumer_records_dead_lettered_total", "ledger_budget_used_ratio",
+                   "insights_events_consumed_total", "up{"):
+        assert metric in overview, metric
+
+
+def test_dashboards_are_the_generators_output():
+    result = run(sys.executable, str(GRAFANA / "build_dashboards.py"), "--check")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_provisions_grafana_and_prometheus_from_files_that_exist():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    grafana, prometheus = services["grafana"], services["prometheus"]
+    mounts = {}
+    for svc in (grafana, prometheus):
+        for volume in svc["volumes"]:
+            source, target, *_ = volume.split(":")
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), source
+                mounts[target] = ROOT / source
+    assert mounts["/etc/grafana/provisioning"] == GRAFANA / "provisioning"
+    providers = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "compensation-platform.yaml").read_text())
+    (provider,) = providers["providers"]
+    assert mounts[provider["options"]["path"]] == GRAFANA / "dashboards"
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (mounts[str(Path(home).parent)] / Path(home).name).exists()
+    assert "${GRAFANA_ADMIN_PASSWORD:?" in grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert grafana["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert all(port.startswith("127.0.0.1:") for svc in (grafana, prometheus) for port in svc["ports"])
+    assert grafana["depends_on"]["prometheus"] == {"condition": "service_healthy"}
+
+

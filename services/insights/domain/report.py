@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from shared.stats import Z95, proportion_estimate, wilson_interval
 from services.insights.domain.periods import Period
 from services.insights.domain.rollups import COMP_DAILY, TICKET_DAILY, TTC_BINS, TTC_EDGES
+from shared.stats import Z95, proportion_estimate, wilson_interval
 
 P50, P90 = Fraction(1, 2), Fraction(9, 10)
 

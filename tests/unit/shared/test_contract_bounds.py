@@ -202,8 +202,12 @@ def _walk(node: Any, defs: dict[str, Any], path: str) -> list[tuple[str, dict[st
 def _unbounded(path: str, leaf: dict[str, Any]) -> str | None:
     if "const" in leaf or "enum" in leaf:
         return None
-    if leaf["type"] == "number":
-        return f"{path}: a number (money and counts are integers)"
+    if leaf["type"] == "number":  # a probability, say; never money or a count
+        top = leaf.get("maximum", leaf.get("exclusiveMaximum"))
+        bottom = leaf.get("minimum", leaf.get("exclusiveMinimum"))
+        if path.endswith("_minor") or top is None or bottom is None:
+            return f"{path}: a number (money and counts are integers)"
+        return None
     if leaf["type"] == "integer":
         top = leaf.get("maximum", leaf.get("exclusiveMaximum"))
         bottom = leaf.get("minimum", leaf.get("exclusiveMinimum"))
