@@ -14,7 +14,7 @@ BENCH_ARGS ?=
 
 help:
 	@echo "make venv       create $(VENV) and install the project (reinstalls when pyproject.toml changes)"
-	@echo "make up|down|status|logs   local stack: PostgreSQL, Tansu broker, the four services (.local/)"
+	@echo "make up|down|status|logs   local stack: PostgreSQL, Tansu broker, the five services (.local/)"
 	@echo "make test       lint + typecheck + pytest (PYTEST_ARGS='-m \"not integration\"' for unit tests only)"
 	@echo "make lint | typecheck | bench | clean | distclean"
 

@@ -7,7 +7,7 @@ partition's allowance granted: a one-off at a service's start); then N = BENCH_C
 BENCH_AUTO_COMP_COUNT) are produced onto ``tickets.v1`` at once (US late deliveries, one buyer each: every
 ticket matches ``us-late-delivery``, 5% fall in its holdout). The clock runs from auto_comp's first
 recorded decision of those (the database's ``decided_at``) until every decision is final and every issued
-voucher is charged by the ledger: the voucher spent from its partition's budget allowance (ADR 0008) and
+voucher is charged by the ledger: the voucher spent from its partition's budget allowance (ADR 0012) and
 issued in the decision's transaction, ``compensation.issued`` relayed, and the charge on the ledger's
 books. The rate is N over that time; the note adds the rate of final decisions alone.
 

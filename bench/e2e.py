@@ -1,5 +1,5 @@
 """End to end: tickets over HTTP into intake -> tickets.v1 -> auto_comp (decision and voucher in one
-transaction, spent from the partition's budget allowance, ADR 0008) -> compensations.issued.v1 -> ledger
+transaction, spent from the partition's budget allowance, ADR 0012) -> compensations.issued.v1 -> ledger
 (charge posted).
 
 Per run, on a private database and broker: ledger, auto_comp and intake run as ``serve`` subprocesses (the

@@ -4,7 +4,7 @@ Per run, on a private database and broker: the US budget is set for the period, 
 compensations (voucher, 6.00 USD split seller 4.00 / carrier 2.00, one buyer each) are pre-loaded onto
 ``compensations.manual.v1``, then the ledger is started (``serve``). Each compensation becomes a charge
 transaction (two transfer rows: seller -> payable, carrier -> payable), its part of the batch's one budget
-posting against the region's budget row and budget account (ADR 0009), the compensation row and the
+posting against the region's budget row and budget account (ADR 0013), the compensation row and the
 consumer's processed-event record. The clock runs from the first journal transfer (its ``recorded_at``)
 until all N compensations are on the books (the database clock when the count reaches N); the rate is N
 over that time.

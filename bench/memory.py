@@ -6,7 +6,7 @@ On a private database and broker, auto_comp and the ledger run as ``serve`` subp
 generator feeds US late-delivery tickets (one buyer each) straight onto ``tickets.v1``, keeping at most
 BENCH_MEMORY_LAG (20,000) tickets ahead of auto_comp. Each issued ticket makes two consumed events (the
 ticket in auto_comp, the compensation issued in the ledger; budget allowance requests, grants and returns
-add a few per partition and lease, ADR 0008), so "events" here are the records the two services consumed,
+add a few per partition and lease, ADR 0012), so "events" here are the records the two services consumed,
 counted from their stored consumer offsets (fresh topics start at 0). The run ends at BENCH_MEMORY_EVENTS
 (1,000,000) events. Intake is left out: it would take the CPU the two consumers need, and its memory is
 bounded by the request size and its key cache (INTAKE_API_KEY_CACHE_SIZE).

@@ -32,7 +32,7 @@ HOST = "127.0.0.1"
 SECRET = "bench-only-token-secret-" + uuid.uuid4().hex
 DEFAULT_PROCESSES = {"ledger": "2"}  # CONSUMER_PROCESSES per service in the benchmarks
 PORT_VARS = {"intake": "INTAKE_PORT", "auto_comp": "AUTO_COMP_PORT", "ledger": "LEDGER_PORT",
-             "audit_sampler": "AUDIT_SAMPLER_PORT"}
+             "audit_sampler": "AUDIT_SAMPLER_PORT", "insights": "INSIGHTS_PORT"}
 
 
 def plain_dsn(url: str) -> str:
@@ -150,7 +150,7 @@ class Stack:
             await asyncio.to_thread(self.cli, name, "migrate")
         port = embedded.free_port()
         log = self._dir / f"{name}.log"
-        # One process per core for the CPU-bound ledger consumers (ADR 0010); BENCH_<NAME>_PROCESSES overrides.
+        # One process per core for the CPU-bound ledger consumers (ADR 0014); BENCH_<NAME>_PROCESSES overrides.
         processes = os.environ.get(f"BENCH_{name.upper()}_PROCESSES", DEFAULT_PROCESSES.get(name, "1"))
         env = self.env(**{PORT_VARS[name]: str(port), "CONSUMER_PROCESSES": processes, **extra})
         with open(log, "ab") as out:

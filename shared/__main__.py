@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pydantic import ValidationError
+
 from shared.auth import TokenService
-from shared.config import CommonSettings
+from shared.config import CommonSettings, MissingSetting
+from shared.service import describe_config_errors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,8 +25,14 @@ def main(argv: list[str] | None = None) -> int:
     tok.add_argument("--regions", required=True, help="comma-separated region codes, or *")
     tok.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
     args = parser.parse_args(argv)
-    settings = CommonSettings()
-    service = TokenService(settings.auth_token_secret.get_secret_value(), settings.auth_token_issuer)
+    try:
+        settings = CommonSettings()
+        secret = settings.require_token_secret()
+    except (ValidationError, MissingSetting) as exc:
+        detail = describe_config_errors(exc) if isinstance(exc, ValidationError) else f"  {exc}"
+        print(f"shared token: invalid configuration:\n{detail}", file=sys.stderr)
+        return 2
+    service = TokenService(secret, settings.auth_token_issuer)
     roles = [r for r in args.roles.split(",") if r]
     regions = [r for r in args.regions.split(",") if r]
     print(service.issue(args.subject, roles, regions, ttl_seconds=args.ttl))

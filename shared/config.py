@@ -7,12 +7,47 @@ configuration table lists them all.
 
 from __future__ import annotations
 
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres:@/postgres?host=.local/pg"
 # Values that appeared in this repository's history as defaults; anyone can read them.
 PUBLISHED_SECRETS = frozenset({"dev-only-insecure-token-secret-change-me"})
+
+
+class MissingSetting(ValueError):
+    """A variable the command at hand needs is not set (``variable: message``, never a value)."""
+
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(f"{variable}: {message}")
+        self.variable = variable
+
+
+def absolute_socket_dir(url: str) -> str:
+    """``?host=.local/pg`` made absolute against the working directory.
+
+    libpq and asyncpg read a host that starts with ``/`` as a Unix-socket folder and anything else as a
+    host name, so the local stack's relative default would be looked up in DNS. Operator commands run from
+    the repository root, where `make up` keeps the socket."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    changed = [(k, str(Path(v).resolve()) if k == "host" and "/" in v and not v.startswith("/") else v)
+               for k, v in query]
+    if changed == query:
+        return url
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(changed, safe="/"), parts.fragment))
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ``***``, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return url
 
 
 class CommonSettings(BaseSettings):
@@ -34,10 +69,12 @@ class CommonSettings(BaseSettings):
     # only add its length to every hop.
     kafka_linger_ms: int = Field(0, ge=0, le=1_000, description="Producer linger (ms) before sending a batch.")
     kafka_client_id_prefix: str = "comp"
-    # Required, with no default: a public default would let anyone who read this file sign tokens for
-    # every region. `make up` generates one per checkout (.local/auth_token_secret).
-    auth_token_secret: SecretStr = Field(
-        description="HMAC key for signed bearer tokens; shared by all services of a stack; >= 32 characters.")
+    # No default: a public default would let anyone who read this file sign tokens for every region. It is
+    # required by what signs or verifies tokens (`serve`, `python -m shared token`; `require_token_secret`),
+    # not by operator commands that only touch the database or files. `make up` generates one per checkout
+    # (.local/auth_token_secret).
+    auth_token_secret: SecretStr | None = Field(
+        None, description="HMAC key for signed bearer tokens; shared by all services of a stack; >= 32 characters.")
     auth_token_issuer: str = "compensation-platform"  # noqa: S105 - an issuer name, not a secret
     log_level: str = "INFO"
     log_json: bool = True
@@ -69,7 +106,9 @@ class CommonSettings(BaseSettings):
 
     @field_validator("auth_token_secret")
     @classmethod
-    def _strong_secret(cls, value: SecretStr) -> SecretStr:
+    def _strong_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
         secret = value.get_secret_value()
         if len(secret) < 32:
             raise ValueError("AUTH_TOKEN_SECRET must be at least 32 characters (openssl rand -base64 32)")
@@ -84,7 +123,13 @@ class CommonSettings(BaseSettings):
             value = "postgresql+asyncpg://" + value.split("://", 1)[1]
         if not value.startswith("postgresql+asyncpg://"):
             raise ValueError("DATABASE_URL must be a postgresql:// or postgresql+asyncpg:// URL")
-        return value
+        return absolute_socket_dir(value)
+
+    def require_token_secret(self) -> str:
+        """The token secret, for what signs or verifies tokens; a clear error when it is not set."""
+        if self.auth_token_secret is None:
+            raise MissingSetting("AUTH_TOKEN_SECRET", "required, not set")
+        return self.auth_token_secret.get_secret_value()
 
 
 class ServiceSettings(CommonSettings):

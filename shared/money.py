@@ -14,6 +14,15 @@ from fractions import Fraction
 
 from shared.regions import catalogue
 
+# The bounds every contract, API and store shares (ADR 0006, "Bounds"). One amount (a compensation, an order,
+# a discount, a share of a liability) is at most MAX_AMOUNT_MINOR minor units: VND 10^12 is about
+# USD 40 million, far above any single compensation in any currency of the catalogue, and 9.2 million such
+# amounts still sum inside a bigint. A budget's limit for one period is at most MAX_BUDGET_MINOR (a thousand
+# of the largest amounts). Totals the ledger keeps (balances, usage) are bigint: at most MAX_TOTAL_MINOR.
+MAX_AMOUNT_MINOR = 10**12
+MAX_BUDGET_MINOR = 10**15
+MAX_TOTAL_MINOR = 2**63 - 1
+
 
 class Rounding(enum.StrEnum):
     HALF_UP = "half_up"

@@ -8,10 +8,12 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+from shared.contracts.envelope import EARLIEST_YEAR, LATEST_YEAR
 from shared.regions import Region
 
-_MONTH = re.compile(r"^(\d{4})-(\d{2})$")
-_DAY = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
+# ASCII digits only (``\d`` would take any Unicode digit), and no trailing newline (``$`` would allow one).
+_MONTH = re.compile(r"([0-9]{4})-([0-9]{2})")
+_DAY = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
 
 
 class InvalidPeriod(ValueError):
@@ -25,32 +27,38 @@ def period_of(instant: datetime, region: Region, granularity: str = "month") -> 
     return f"{local.year:04d}-{local.month:02d}"
 
 
+def _local_days(period: str) -> tuple[datetime, datetime]:
+    """[first day, day after the last) of a period as naive local midnights; InvalidPeriod when it is not
+    a calendar month or day of the years the platform accepts (ADR 0006)."""
+    m = _MONTH.fullmatch(period) or _DAY.fullmatch(period)
+    if m is None:
+        raise InvalidPeriod(f"{period!r} is not a period: expected YYYY-MM or YYYY-MM-DD")
+    year, month = int(m.group(1)), int(m.group(2))
+    if not EARLIEST_YEAR <= year <= LATEST_YEAR:
+        raise InvalidPeriod(f"{period!r}: the year must be between {EARLIEST_YEAR} and {LATEST_YEAR}")
+    if not 1 <= month <= 12:
+        raise InvalidPeriod(f"{period!r}: month must be 01..12")
+    if m.re is _MONTH:
+        return datetime(year, month, 1), datetime(year + month // 12, month % 12 + 1, 1)
+    try:
+        day = datetime(year, month, int(m.group(3)))
+    except ValueError as exc:
+        raise InvalidPeriod(f"{period!r}: {exc}") from None
+    return day, day + timedelta(days=1)
+
+
 def period_bounds(period: str, region: Region) -> tuple[datetime, datetime]:
     """[start, end) of the period as UTC instants; local midnight may fall on a DST change."""
-    if m := _MONTH.match(period):
-        year, month = int(m.group(1)), int(m.group(2))
-        if not 1 <= month <= 12:
-            raise InvalidPeriod(f"{period!r}: month must be 01..12")
-        start = datetime(year, month, 1, tzinfo=region.tz)
-        end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=region.tz)
-    elif m := _DAY.match(period):
-        try:
-            day = datetime(int(m.group(1)), int(m.group(2)), int(m.group(3)))
-        except ValueError as exc:
-            raise InvalidPeriod(f"{period!r}: {exc}") from None
-        start = day.replace(tzinfo=region.tz)
-        nxt = day + timedelta(days=1)
-        end = nxt.replace(tzinfo=region.tz)
-    else:
-        raise InvalidPeriod(f"{period!r} is not a period: expected YYYY-MM or YYYY-MM-DD")
-    return start.astimezone(UTC), end.astimezone(UTC)
+    start, end = _local_days(period)
+    return start.replace(tzinfo=region.tz).astimezone(UTC), end.replace(tzinfo=region.tz).astimezone(UTC)
 
 
 def validate_period(period: str, granularity: str) -> str:
     pattern = _DAY if granularity == "day" else _MONTH
-    if not pattern.match(period):
+    if not pattern.fullmatch(period):
         raise InvalidPeriod(f"{period!r}: budgets here are per {granularity} "
                             f"({'YYYY-MM-DD' if granularity == 'day' else 'YYYY-MM'})")
+    _local_days(period)
     return period
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -19,11 +20,12 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.auth import TokenService
-from shared.config import ServiceSettings
+from shared.config import ServiceSettings, redact_url
 from shared.db import make_engine, migrate, ping, retry_connect
 from shared.http import (
     BodyLimitMiddleware,
     RequestContextMiddleware,
+    document_api,
     install_problem_handlers,
     problem_response,
 )
@@ -61,7 +63,7 @@ class ServiceContext:
         producer = EventProducer(settings, name)
         relay = OutboxRelay(engine, producer, name, batch_size=settings.outbox_batch_size,
                             poll_interval=settings.outbox_poll_interval_ms / 1000)
-        tokens = TokenService(settings.auth_token_secret.get_secret_value(), settings.auth_token_issuer)
+        tokens = TokenService(settings.require_token_secret(), settings.auth_token_issuer)
         return cls(name, schema, settings, engine, producer, relay, tokens)
 
     def add_consumer(self, group_id: str, topics: Sequence[str], handler: Any, **kw: Any) -> ConsumerRunner:
@@ -142,8 +144,11 @@ async def _retry(what: str, start: Callable[[], Awaitable[None]], attempts: int)
 
 
 def create_app(ctx: ServiceContext, *, title: str, description: str, version: str = "1.0.0",
-               openapi_tags: list[dict[str, Any]] | None = None, manage_lifecycle: bool = True) -> FastAPI:
-    """A FastAPI app wired with the platform's middlewares and operational endpoints."""
+               openapi_tags: list[dict[str, Any]] | None = None, manage_lifecycle: bool = True,
+               security_schemes: dict[str, Any] | None = None,
+               security: list[dict[str, list[str]]] | None = None) -> FastAPI:
+    """A FastAPI app wired with the platform's middlewares and operational endpoints; its OpenAPI document
+    states problem+json errors and the security of /v1 (bearer tokens unless ``security`` says)."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -159,6 +164,7 @@ def create_app(ctx: ServiceContext, *, title: str, description: str, version: st
                   openapi_tags=openapi_tags)
     app.state.ctx = ctx
     install_problem_handlers(app)
+    document_api(app, security_schemes=security_schemes, security=security)
     app.add_middleware(BodyLimitMiddleware, max_bytes=ctx.settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, service=ctx.name)
 
@@ -224,13 +230,21 @@ def run_cli(*, name: str, settings_factory: Callable[[], ServiceSettings],
     if extra is not None:
         extra(sub)
     args = parser.parse_args(argv)
+    # Only `serve` signs and verifies tokens; migrations, dead letters and the services' own operator
+    # commands (keys, budgets, invariants, validators) run without the token secret.
+    missing = ["  AUTH_TOKEN_SECRET: required, not set"] if (
+        args.command == "serve" and not os.environ.get("AUTH_TOKEN_SECRET")) else []
     try:
         settings = settings_factory()
     except ValidationError as exc:
-        print(f"{name}: invalid configuration:\n{describe_config_errors(exc)}", file=sys.stderr)
+        lines = "\n".join([*missing, describe_config_errors(exc)])
+        print(f"{name}: invalid configuration:\n{lines}", file=sys.stderr)
         return 2
     except (ValueError, OSError) as exc:  # e.g. an unreadable or invalid REGIONS_FILE
         print(f"{name}: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    if missing:
+        print(f"{name}: invalid configuration:\n" + "\n".join(missing), file=sys.stderr)
         return 2
     configure_logging(name, settings.log_level, settings.log_json)
     if args.command == "serve":
@@ -255,9 +269,18 @@ def run_cli(*, name: str, settings_factory: Callable[[], ServiceSettings],
     if args.command == "dead-letters":
         return asyncio.run(_dead_letters(args, settings, schema))
     handler: Command = args.handler
-    result = handler(args)
-    if asyncio.iscoroutine(result):
-        result = asyncio.run(result)
+    try:
+        result = handler(args)
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
+    except OSError as exc:
+        if exc.filename is not None:  # a file the command was given: its own error says it best
+            raise
+        # An operator command against a stack that is not up (refused, no such socket, unknown host,
+        # timeout): one line, not a driver traceback.
+        print(f"{name}: cannot reach PostgreSQL at {redact_url(settings.database_url)} ({exc}); "
+              "is the stack up (`make up`) or DATABASE_URL set?", file=sys.stderr)
+        return 1
     return int(result or 0)
 
 

@@ -10,7 +10,8 @@ logs    follows the logs in .local/logs (and PostgreSQL's).
 
 Environment: DATABASE_URL, KAFKA_BOOTSTRAP_SERVERS (use these instead of the embedded ones),
 AUTH_TOKEN_SECRET (else a random one kept in .local/auth_token_secret), INTAKE_PORT (8001),
-AUTO_COMP_PORT (8002), AUDIT_SAMPLER_PORT (8003), LEDGER_PORT (8004), STACK_KAFKA_PORT (9092),
+AUTO_COMP_PORT (8002), AUDIT_SAMPLER_PORT (8003), LEDGER_PORT (8004), INSIGHTS_PORT (8005),
+STACK_KAFKA_PORT (9092),
 KAFKA_TOPIC_PARTITIONS (4), STACK_HEALTH_TIMEOUT (60 seconds), LOG_LEVEL.
 """
 
@@ -29,13 +30,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from shared import embedded  # noqa: E402
+from shared.config import redact_url as redact  # noqa: E402
 
 LOCAL = ROOT / ".local"
 LOGS = LOCAL / "logs"
@@ -52,6 +53,7 @@ SERVICES: dict[str, tuple[str, int]] = {  # name -> (port variable, default port
     "auto_comp": ("AUTO_COMP_PORT", 8002),
     "audit_sampler": ("AUDIT_SAMPLER_PORT", 8003),
     "ledger": ("LEDGER_PORT", 8004),
+    "insights": ("INSIGHTS_PORT", 8005),
 }
 
 
@@ -76,12 +78,6 @@ def available_services() -> list[str]:
     return [n for n in SERVICES if (ROOT / "services" / n / "__main__.py").exists()]
 
 
-def redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    return url
 
 
 def load_state() -> dict[str, Any]:

@@ -4,16 +4,24 @@
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 
 from services.audit_sampler import workflow
 from services.audit_sampler.domain.verdicts import ATTRIBUTES, Share, VerdictInput
 from shared.auth import Authenticator, Principal
+from shared.contracts.envelope import Identifier, NoNul, OneLine, text_schema
+from shared.contracts.events import ManualCompensationIssued, NonNegativeAmountMinor
+from shared.http import JsonBodyRoute, Problem, problems
+from shared.regions import catalogue
 from shared.service import ServiceContext
 
 ItemId = Annotated[int, Path(ge=1, le=2**62)]
 Code = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")]
 RegionCode = Annotated[str, Path(pattern=r"^[A-Z]{2,3}$")]
+Note = Annotated[str, StringConstraints(max_length=2000), NoNul, text_schema(2000)]
+Reason = Annotated[str, StringConstraints(min_length=1, max_length=2000), NoNul, text_schema(2000, min_length=1)]
+UserId = Annotated[str, StringConstraints(min_length=1, max_length=128), OneLine,
+                   text_schema(128, min_length=1, one_line=True)]
 
 
 class _Body(BaseModel):
@@ -22,12 +30,12 @@ class _Body(BaseModel):
 
 class Party(_Body):
     type: Literal["seller", "carrier", "platform"]
-    id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    id: Identifier | None = None
 
 
 class ShareBody(_Body):
     party: Party
-    amount_minor: StrictInt = Field(ge=0)
+    amount_minor: NonNegativeAmountMinor
 
 
 class Attributes(_Body):
@@ -44,9 +52,9 @@ class VerdictBody(_Body):
     attributes: Attributes
     passed: StrictBool = Field(description="True exactly when every attribute is true.")
     error_category: Code | None = None
-    note: Annotated[str, Field(max_length=2000)] | None = None
-    corrected_amount_minor: StrictInt | None = Field(
-        default=None, ge=0, description="Required when amount_correct is false (integer minor units).")
+    note: Note | None = None
+    corrected_amount_minor: NonNegativeAmountMinor | None = Field(
+        default=None, description="Required when amount_correct is false (integer minor units).")
     corrected_liability: list[ShareBody] | None = Field(
         default=None, max_length=10, description="Required when liable_party_correct is false.")
 
@@ -59,38 +67,41 @@ class VerdictBody(_Body):
 
 
 class ReassignBody(_Body):
-    auditor_id: Annotated[str, Field(min_length=1, max_length=128)]
+    auditor_id: UserId
 
 
 class DisputeBody(_Body):
-    reason: Annotated[str, Field(min_length=1, max_length=2000)]
+    reason: Reason
 
 
 class ResolveBody(_Body):
     outcome: Literal["uphold", "overturn"]
-    note: Annotated[str, Field(max_length=2000)] | None = None
+    note: Note | None = None
 
 
 class GoldBody(_Body):
     region: Annotated[str, Field(pattern=r"^[A-Z]{2,3}$")]
     queue: Code | None = None
-    compensation: dict[str, Any] = Field(description="A manual compensation (compensations.manual.v1 payload).")
+    compensation: ManualCompensationIssued = Field(
+        description="A manual compensation (compensations.manual.v1 payload) in the region's currency.")
     expected: Attributes = Field(description="The known answer: how each attribute must be scored.")
 
 
 def build_api_router(ctx: ServiceContext) -> APIRouter:
     auth = Authenticator(ctx.tokens)
     engine = ctx.engine
-    router = APIRouter(prefix="/v1", tags=["audit"])
+    router = APIRouter(prefix="/v1", tags=["audit"], route_class=JsonBodyRoute)
     Caller = Annotated[Principal, Depends(auth)]
 
-    @router.get("/queues", summary="Depth, oldest age and SLA of every queue in the caller's regions")
+    @router.get("/queues", summary="Depth, oldest age and SLA of every queue in the caller's regions",
+                responses=problems(404, described={404: "Unknown region."}))
     async def queues(principal: Caller,
                      region: Annotated[str | None, Query(pattern=r"^[A-Z]{2,3}$")] = None) -> dict[str, Any]:
         return {"queues": await workflow.queue_overview(engine, principal, region)}
 
     @router.post("/queues/{region}/claim", summary="Lease the next item of a region (204 when none waits)",
-                 responses={204: {"description": "nothing waiting"}})
+                 responses={204: {"description": "nothing waiting"},
+                            **problems(404, described={404: "Unknown region, or no such queue in it."})})
     async def claim(principal: Caller, region: RegionCode,
                     queue: Annotated[str | None, Query(pattern=r"^[a-z0-9_]+$")] = None) -> Any:
         item = await workflow.claim_next(engine, principal, region, queue)
@@ -98,40 +109,52 @@ def build_api_router(ctx: ServiceContext) -> APIRouter:
             return Response(status_code=204)
         return item
 
-    @router.get("/items/{item_id}", summary="An audit item with its verdict and the agent's recent history")
+    @router.get("/items/{item_id}", summary="An audit item with its verdict and the agent's recent history",
+                responses=problems(404))
     async def get_item(principal: Caller, item_id: ItemId) -> dict[str, Any]:
         return await workflow.get_item(engine, principal, item_id)
 
-    @router.post("/items/{item_id}/verdict", status_code=201, summary="Score a claimed item")
+    @router.post("/items/{item_id}/verdict", status_code=201, summary="Score a claimed item",
+                 responses=problems(404, 409))
     async def verdict(principal: Caller, item_id: ItemId, body: VerdictBody) -> dict[str, Any]:
         return await workflow.submit_verdict(engine, principal, item_id, body.to_input())
 
-    @router.post("/items/{item_id}/release", summary="Give a claimed item back to its queue")
+    @router.post("/items/{item_id}/release", summary="Give a claimed item back to its queue",
+                 responses=problems(404, 409))
     async def release(principal: Caller, item_id: ItemId) -> dict[str, Any]:
         return await workflow.release_item(engine, principal, item_id)
 
-    @router.post("/items/{item_id}/reassign", summary="Lead: hand an open item to a named auditor")
+    @router.post("/items/{item_id}/reassign", summary="Lead: hand an open item to a named auditor",
+                 responses=problems(404, 409))
     async def reassign(principal: Caller, item_id: ItemId, body: ReassignBody) -> dict[str, Any]:
         return await workflow.reassign_item(engine, principal, item_id, body.auditor_id)
 
-    @router.post("/verdicts/{verdict_id}/dispute", status_code=201, summary="Lead: dispute a failed verdict")
+    @router.post("/verdicts/{verdict_id}/dispute", status_code=201, summary="Lead: dispute a failed verdict",
+                 responses=problems(404, 409))
     async def dispute(principal: Caller, verdict_id: ItemId, body: DisputeBody) -> dict[str, Any]:
         return await workflow.dispute_verdict(engine, principal, verdict_id, body.reason)
 
-    @router.get("/disputes", summary="Disputes in the caller's regions")
+    @router.get("/disputes", summary="Disputes in the caller's regions",
+                responses=problems(404, described={404: "Unknown region."}))
     async def disputes(principal: Caller,
                        region: Annotated[str | None, Query(pattern=r"^[A-Z]{2,3}$")] = None,
                        status: Literal["open", "upheld", "overturned"] | None = "open") -> dict[str, Any]:
+        if region is not None and region not in catalogue():
+            raise Problem(404, "Not Found", f"unknown region {region}",
+                          errors=[{"field": "region", "message": "not in the region catalogue"}])
         return {"disputes": await workflow.list_disputes(engine, principal, region, status)}
 
-    @router.post("/disputes/{dispute_id}/resolve", summary="Senior auditor: uphold or overturn a dispute")
+    @router.post("/disputes/{dispute_id}/resolve", summary="Senior auditor: uphold or overturn a dispute",
+                 responses=problems(404, 409))
     async def resolve(principal: Caller, dispute_id: ItemId, body: ResolveBody) -> dict[str, Any]:
         return await workflow.resolve_dispute(engine, principal, dispute_id, body.outcome, body.note)
 
-    @router.post("/gold-items", status_code=201, summary="Lead: seed a known-answer item into a queue")
+    @router.post("/gold-items", status_code=201, summary="Lead: seed a known-answer item into a queue",
+                 responses=problems(404, described={404: "Unknown region."}))
     async def gold(principal: Caller, body: GoldBody) -> dict[str, Any]:
         return await workflow.seed_gold_item(engine, principal, workflow.GoldItemInput(
-            region=body.region, compensation=body.compensation, expected=body.expected.model_dump(),
+            region=body.region, compensation=body.compensation.model_dump(mode="json"),
+            expected=body.expected.model_dump(),
             queue=body.queue))
 
     assert set(Attributes.model_fields) == set(ATTRIBUTES)

@@ -14,6 +14,7 @@ from services.audit_sampler.config import Settings
 from services.audit_sampler.domain.policy import PolicyError, PolicySet
 from services.audit_sampler.handlers import ManualCompensationHandler
 from shared.config import ServiceSettings
+from shared.http import BEARER_SCHEME
 from shared.periodic import PeriodicTask
 from shared.service import ServiceContext, create_app
 
@@ -52,8 +53,12 @@ async def refresh_gauges(ctx: ServiceContext) -> None:
     async with ctx.engine.connect() as conn:
         queues = await db.queue_stats(conn, None, now)
         quality = await db.quality_gauges(conn, now - timedelta(days=30))
+    policies = workflow.current_runtime().policies
     for row in queues:
         labels = (row["region"], row["queue"])
+        rule = policies.for_region(row["region"]).queue(row["queue"])
+        if rule is not None:  # AuditQueueOverSla compares the oldest item's age with this
+            metrics.QUEUE_SLA_SECONDS.labels(*labels).set(rule.sla_hours * 3600)
         metrics.QUEUE_DEPTH.labels(*labels).set(row["waiting"])
         metrics.QUEUE_CLAIMED.labels(*labels).set(row["claimed"])
         metrics.QUEUE_OLDEST_AGE.labels(*labels).set(float(row["oldest_age_seconds"]))
@@ -83,7 +88,10 @@ def build_app(settings: ServiceSettings) -> FastAPI:
         ctx, title="audit_sampler",
         description="Samples manual compensations for quality audit; audit queues, verdicts, disputes, "
                     "calibration and corrections for the ledger.",
-        openapi_tags=[{"name": "audit", "description": "Queues, claims, verdicts, disputes, gold items."}])
+        openapi_tags=[{"name": "audit", "description": "Queues, claims, verdicts, disputes, gold items."}],
+        security_schemes={**BEARER_SCHEME, "WorkbenchSession": {
+            "type": "apiKey", "in": "cookie", "name": "audit_workbench_session",
+            "description": "A workbench session (reports only): sign in at /workbench."}})
     app.include_router(build_api_router(ctx))
     try:
         from services.audit_sampler.web import (  # type: ignore[attr-defined,unused-ignore]

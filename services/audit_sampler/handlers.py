@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.audit_sampler import metrics
+from services.audit_sampler import announce, metrics
 from services.audit_sampler import persistence as db
 from services.audit_sampler.contracts import ManualCompensationIssued
 from services.audit_sampler.domain import queues as q
@@ -32,6 +32,7 @@ from services.audit_sampler.domain.sampling import (
     week_start,
 )
 from shared.kafka import Delivered, PermanentError
+from shared.outbox import enqueue_records
 from shared.regions import catalogue
 
 log = logging.getLogger(__name__)
@@ -154,8 +155,11 @@ class ManualCompensationHandler:
             log.info("compensations recorded concurrently by another consumer; the batch will be retried",
                      extra={"compensation_ids": lost[:20], "count": len(lost)})
             await db.abort_as_serialization_failure(conn)
-        await db.evict(conn, [item_id for item_id, _ in evicted])
-        await db.insert_sample_items(conn, [self._item(policies, s) for s in kept])
+        gone = await db.evict(conn, [item_id for item_id, _ in evicted])
+        items = [self._item(policies, s) for s in kept]
+        queued = await db.insert_sample_items(conn, items)
+        # The read side (insights) learns of each draw and eviction in this transaction.
+        await enqueue_records(conn, announce.evicted(gone, now) + announce.sampled(items, queued))
         await db.record_drops(conn, [
             {"region": s.comp.region, "queue": s.decision.queue, "local_day": s.day,
              "compensation_id": s.comp.compensation_id, "risk_score": s.decision.risk,

@@ -16,6 +16,8 @@ QUEUE_DEPTH = Gauge("audit_queue_depth", "Items waiting (queued or with an expir
 QUEUE_CLAIMED = Gauge("audit_queue_claimed", "Items under a live lease.", ["region", "queue"])
 QUEUE_OLDEST_AGE = Gauge("audit_queue_oldest_age_seconds", "Age of the oldest waiting item.",
                          ["region", "queue"])
+QUEUE_SLA_SECONDS = Gauge("audit_queue_sla_seconds", "The queue's SLA target in its policy (alerts compare the "
+                          "oldest waiting item's age with it).", ["region", "queue"])
 QUEUE_SLA_BREACHED = Gauge("audit_queue_sla_breached", "Waiting or claimed items past their SLA target.",
                            ["region", "queue"])
 VERDICTS = Counter("audit_verdicts_total", "Verdicts by item kind and outcome.",

@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.audit_sampler.domain.policy import SamplingState
+from services.audit_sampler.domain.sampling import InspectionLevel
 
 
 def _json(value: Any) -> str:
@@ -31,6 +32,7 @@ class AgentRow:
     recent_results: tuple[bool, ...]
     week_start: date | None
     sampled_this_week: int
+    audits_at_level: int = 0  # audits recorded since the agent entered ``state`` (switching rules)
 
 
 async def known_compensations(conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
@@ -149,9 +151,10 @@ async def abort_as_serialization_failure(conn: AsyncConnection) -> None:
         "END $$"))
 
 
-async def insert_sample_items(conn: AsyncConnection, items: Sequence[dict[str, Any]]) -> None:
+async def insert_sample_items(conn: AsyncConnection, items: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Queue sample items; returns compensation id -> item id of those inserted now."""
     if not items:
-        return
+        return {}
     cols = {"region": "text", "queue": "text", "compensation_id": "text", "agent_id": "text", "team": "text",
             "compensation": "jsonb", "risk_score": "float8", "inclusion_probability": "float8",
             "reasons": "text", "mandatory": "boolean", "local_day": "date", "enqueued_at": "timestamptz",
@@ -159,21 +162,26 @@ async def insert_sample_items(conn: AsyncConnection, items: Sequence[dict[str, A
     selects = ", ".join(f"CAST(:{c} AS {t}[])" for c, t in cols.items())
     names = ", ".join(cols)
     values = ", ".join("string_to_array(reasons, ',')" if c == "reasons" else c for c in cols)
-    await conn.execute(text(
+    rows = await conn.execute(text(
         f"INSERT INTO audit_items (item_kind, {names}) SELECT 'sample', {values} "
-        f"FROM unnest({selects}) AS u({names}) ON CONFLICT DO NOTHING"),
+        f"FROM unnest({selects}) AS u({names}) ON CONFLICT DO NOTHING RETURNING compensation_id, id"),
         {c: [_json(i[c]) if c == "compensation" else i[c] for i in items] for c in cols})
+    return {r[0]: int(r[1]) for r in rows}
 
 
-async def evict(conn: AsyncConnection, item_ids: Sequence[int]) -> None:
-    """Drop queued items that lost their place to higher-risk arrivals; their population rows follow."""
+async def evict(conn: AsyncConnection, item_ids: Sequence[int]) -> list[tuple[int, str, str, str]]:
+    """Drop queued items that lost their place to higher-risk arrivals; their population rows follow.
+    Returns (item id, compensation id, buyer id, region) of those dropped."""
     if not item_ids:
-        return
-    await conn.execute(text(
+        return []
+    rows = await conn.execute(text(
         "WITH gone AS (UPDATE audit_items SET status = 'dropped', completed_at = now() "
-        "WHERE id = ANY(CAST(:ids AS bigint[])) AND status = 'queued' RETURNING compensation_id) "
-        "UPDATE population p SET sampled = false, capacity_dropped = true "
-        "FROM gone WHERE p.compensation_id = gone.compensation_id"), {"ids": list(item_ids)})
+        "WHERE id = ANY(CAST(:ids AS bigint[])) AND status = 'queued' "
+        "RETURNING id, compensation_id, compensation->>'buyer_id' AS buyer_id, region), "
+        "p AS (UPDATE population p SET sampled = false, capacity_dropped = true "
+        "FROM gone WHERE p.compensation_id = gone.compensation_id) "
+        "SELECT id, compensation_id, buyer_id, region FROM gone ORDER BY id"), {"ids": list(item_ids)})
+    return [(int(r[0]), r[1], r[2], r[3]) for r in rows]
 
 
 async def record_drops(conn: AsyncConnection, drops: Sequence[dict[str, Any]]) -> None:
@@ -374,20 +382,20 @@ async def set_verdict_status(conn: AsyncConnection, verdict_id: int, status: str
 async def agent_for_update(conn: AsyncConnection, region: str, agent_id: str) -> AgentRow | None:
     row = (await conn.execute(text(
         "SELECT region, agent_id, first_seen_at, compensations_seen, sampling_state, recent_results, "
-        "week_start, sampled_this_week FROM agents WHERE region = :r AND agent_id = :a FOR UPDATE"),
-        {"r": region, "a": agent_id})).first()
+        "week_start, sampled_this_week, audits_at_level FROM agents WHERE region = :r AND agent_id = :a "
+        "FOR UPDATE"), {"r": region, "a": agent_id})).first()
     if row is None:
         return None
     return AgentRow(row[0], row[1], row[2], int(row[3]), SamplingState(row[4]), tuple(row[5] or ()), row[6],
-                    int(row[7]))
+                    int(row[7]), int(row[8]))
 
 
 async def save_agent_results(conn: AsyncConnection, region: str, agent_id: str, results: Sequence[bool],
-                             state: SamplingState) -> None:
+                             level: InspectionLevel) -> None:
     await conn.execute(text(
-        "UPDATE agents SET recent_results = CAST(:res AS boolean[]), sampling_state = :s, updated_at = now() "
-        "WHERE region = :r AND agent_id = :a"),
-        {"res": list(results), "s": state.value, "r": region, "a": agent_id})
+        "UPDATE agents SET recent_results = CAST(:res AS boolean[]), sampling_state = :s, "
+        "audits_at_level = :n, updated_at = now() WHERE region = :r AND agent_id = :a"),
+        {"res": list(results), "s": level.state.value, "n": level.audits_at_level, "r": region, "a": agent_id})
 
 
 async def agent_results_from_verdicts(conn: AsyncConnection, region: str, agent_id: str, limit: int
@@ -442,6 +450,11 @@ async def insert_dispute(conn: AsyncConnection, verdict_id: int, region: str, ra
 async def dispute(conn: AsyncConnection, dispute_id: int, *, for_update: bool = False) -> dict[str, Any] | None:
     lock = " FOR UPDATE" if for_update else ""
     row = (await conn.execute(text(f"SELECT * FROM disputes WHERE id = :id{lock}"), {"id": dispute_id})).first()
+    return None if row is None else dict(row._mapping)
+
+
+async def dispute_of_verdict(conn: AsyncConnection, verdict_id: int) -> dict[str, Any] | None:
+    row = (await conn.execute(text("SELECT * FROM disputes WHERE verdict_id = :v"), {"v": verdict_id})).first()
     return None if row is None else dict(row._mapping)
 
 

@@ -36,7 +36,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.audit_sampler import metrics
+from services.audit_sampler import announce, metrics
 from services.audit_sampler import persistence as db
 from services.audit_sampler.contracts import (
     CORRECTION_EVENT,
@@ -49,8 +49,8 @@ from services.audit_sampler.contracts import (
     PartyType,
 )
 from services.audit_sampler.domain import queues as q
-from services.audit_sampler.domain.policy import Policy, PolicySet, QueueRule, SamplingState
-from services.audit_sampler.domain.sampling import next_state, uniform_draw
+from services.audit_sampler.domain.policy import Policy, PolicySet, QueueRule
+from services.audit_sampler.domain.sampling import InspectionLevel, record_audit, replay_levels, uniform_draw
 from services.audit_sampler.domain.verdicts import (
     ATTRIBUTES,
     Share,
@@ -222,6 +222,8 @@ async def get_item(engine: AsyncEngine, principal: Principal, item_id: int, *, h
             # Auditors see their own work only: browsing others' verdicts would unblind re-audits.
             raise Problem(403, "Forbidden", f"item {item_id} is not claimed or audited by {principal.subject}")
         out["verdict"] = verdict
+        # Who disputed the verdict and who resolved it: a reversal of money names both (and the auditor).
+        out["dispute"] = None if verdict is None else await db.dispute_of_verdict(conn, verdict["id"])
         if item["item_kind"] == "calibration" and supervisor and item["parent_item_id"]:
             out["first_verdict"] = await db.verdict_of_item(conn, item["parent_item_id"])
         history = await db.agent_history(conn, item["region"], item["agent_id"], history_limit)
@@ -245,7 +247,8 @@ def _shares_json(shares: Sequence[Share]) -> list[dict[str, Any]]:
 
 def _correction_event(*, correction_id: str, item: Mapping[str, Any], audit_id: str, auditor: str,
                       category: str, amount_minor: int, shares: Sequence[Share], note: str | None,
-                      corrects: str | None, now: datetime, topic: str) -> tuple[str, bytes, bytes, Any]:
+                      corrects: str | None, now: datetime, topic: str, dispute_raised_by: str | None = None,
+                      disputed_auditor: str | None = None) -> tuple[str, bytes, bytes, Any]:
     comp = item["compensation"]
     currency = comp["amount"]["currency"]
     payload = AuditCorrectionIssued(
@@ -254,7 +257,7 @@ def _correction_event(*, correction_id: str, item: Mapping[str, Any], audit_id: 
         corrected_amount=NonNegativeMoney(amount_minor=amount_minor, currency=currency),
         corrected_liability=[LiabilityShare(party=LiableParty(type=PartyType(s.party_type), id=s.party_id),
                                             amount_minor=s.amount_minor) for s in shares],
-        note=note)
+        note=note, dispute_raised_by=dispute_raised_by, disputed_auditor_id=disputed_auditor)
     # Caused by the manual compensation it corrects, so a trace links the two (gold items have none).
     envelope = make_envelope(CORRECTION_EVENT, payload, source=SOURCE, region=item["region"], occurred_at=now,
                              event_id=correction_id, causation_id=comp.get("event_id"))
@@ -313,6 +316,10 @@ async def submit_verdict(engine: AsyncEngine, principal: Principal, item_id: int
                 corrects=None, now=at, topic=rt.corrections_topic)])
         await db.complete_item(conn, item_id, at)
         if item["item_kind"] == "sample":
+            await enqueue_records(conn, [announce.verdict(
+                verdict_id=verdict_id, item=item, auditor=principal.subject, passed=verdict.passed,
+                attributes=verdict.attributes, error_category=verdict.error_category,
+                corrected_amount_minor=None if correction is None else correction.amount_minor, at=at)])
             await _record_agent_result(conn, policy, item, verdict.passed)
             await _maybe_calibrate(conn, policy, item, principal.subject, at)
         elif item["item_kind"] == "calibration" and item["parent_item_id"]:
@@ -337,8 +344,8 @@ async def _record_agent_result(conn: AsyncConnection, policy: Policy, item: Mapp
     if agent is None:
         return
     results = (*agent.recent_results, passed)[-RESULTS_KEPT:]
-    await db.save_agent_results(conn, item["region"], item["agent_id"], results,
-                                next_state(agent.state, results, policy.switching))
+    level = record_audit(InspectionLevel(agent.state, agent.audits_at_level), results, policy.switching)
+    await db.save_agent_results(conn, item["region"], item["agent_id"], results, level)
 
 
 async def _rebuild_agent_results(conn: AsyncConnection, policy: Policy, verdict: Mapping[str, Any]) -> None:
@@ -348,10 +355,8 @@ async def _rebuild_agent_results(conn: AsyncConnection, policy: Policy, verdict:
     if agent is None:
         return
     results = await db.agent_results_from_verdicts(conn, verdict["region"], verdict["agent_id"], RESULTS_KEPT)
-    state = SamplingState.NORMAL
-    for i in range(1, len(results) + 1):
-        state = next_state(state, results[:i], policy.switching)
-    await db.save_agent_results(conn, verdict["region"], verdict["agent_id"], results, state)
+    await db.save_agent_results(conn, verdict["region"], verdict["agent_id"], results,
+                                replay_levels(results, policy.switching))
 
 
 async def _maybe_calibrate(conn: AsyncConnection, policy: Policy, item: Mapping[str, Any], auditor: str,
@@ -434,10 +439,37 @@ async def dispute_verdict(engine: AsyncEngine, principal: Principal, verdict_id:
     return created
 
 
+def same_person(a: str | None, b: str | None) -> bool:
+    """People are compared by their names case-insensitively: a bearer token's subject and a workbench
+    user name may differ in case for the same person, and separation of duties must err towards refusing."""
+    return a is not None and b is not None and a.casefold() == b.casefold()
+
+
+def resolution_conflict(principal: Principal, dispute: Mapping[str, Any], verdict_auditor: str) -> str | None:
+    """Why this person may not resolve this dispute (separation of duties), or None when they may.
+
+    Four eyes: whoever raised a dispute argues one side and the auditor whose verdict is disputed the
+    other; neither may decide it, so a money reversal always needs a third person."""
+    if same_person(principal.subject, dispute["raised_by"]):
+        return "you raised this dispute; it is resolved by someone who neither raised it nor gave the verdict"
+    if same_person(principal.subject, verdict_auditor):
+        return "the disputed verdict is yours; it is resolved by someone who neither raised the dispute nor " \
+               "gave the verdict"
+    return None
+
+
+def may_resolve(principal: Principal, dispute: Mapping[str, Any]) -> bool:
+    """For pages: whether to offer this person the resolve buttons of a dispute row (with ``auditor_id``)."""
+    return (principal.has_role(*RESOLVE_ROLES) and dispute.get("status") == "open"
+            and resolution_conflict(principal, dispute, dispute["auditor_id"]) is None)
+
+
 async def resolve_dispute(engine: AsyncEngine, principal: Principal, dispute_id: int, outcome: str,
                           note: str | None = None, *, runtime: Runtime | None = None,
                           now: datetime | None = None) -> dict[str, Any]:
-    """A senior auditor upholds or overturns; an overturn reverses the verdict's correction."""
+    """A senior auditor upholds or overturns; an overturn reverses the verdict's correction. The person who
+    raised the dispute and the auditor whose verdict is disputed may not resolve it; a reversal names them
+    both, and the resolver, in the correction event the ledger records."""
     principal.require_role(*RESOLVE_ROLES)
     if outcome not in ("uphold", "overturn"):
         raise Problem(422, "Invalid request", "outcome must be uphold or overturn",
@@ -453,8 +485,11 @@ async def resolve_dispute(engine: AsyncEngine, principal: Principal, dispute_id:
             raise Problem(409, "Conflict", f"dispute {dispute_id} is already {current['status']}")
         verdict = await db.verdict(conn, current["verdict_id"], for_update=True)
         assert verdict is not None
-        if verdict["auditor_id"] == principal.subject:
-            raise Problem(403, "Forbidden", "a senior auditor cannot judge a dispute of their own verdict")
+        conflict = resolution_conflict(principal, current, verdict["auditor_id"])
+        if conflict is not None:
+            metrics.DISPUTES.labels(current["region"], "refused_conflict").inc()
+            raise Problem(403, "Forbidden", f"{principal.subject} may not resolve dispute {dispute_id}: {conflict}",
+                          errors=[{"field": "dispute_id", "message": conflict}])
         reverse_id = None
         if outcome == "overturn" and verdict["correction_id"]:
             item = await db.item(conn, verdict["item_id"])
@@ -465,16 +500,22 @@ async def resolve_dispute(engine: AsyncEngine, principal: Principal, dispute_id:
                 correction_id=reverse_id, item=item, audit_id=f"dispute-{dispute_id}", auditor=principal.subject,
                 category=verdict["error_category"] or "other", amount_minor=int(comp["amount"]["amount_minor"]),
                 shares=_snapshot_shares(comp), note=note, corrects=verdict["correction_id"], now=at,
-                topic=rt.corrections_topic)])
+                topic=rt.corrections_topic, dispute_raised_by=current["raised_by"],
+                disputed_auditor=verdict["auditor_id"])])
         status = "upheld" if outcome == "uphold" else "overturned"
         await db.set_verdict_status(conn, verdict["id"], status)
+        if status == "overturned":
+            item = await db.item(conn, verdict["item_id"])
+            assert item is not None
+            await enqueue_records(conn, [announce.overturned(verdict=verdict, item=item, dispute_id=dispute_id,
+                                                             at=at, attributes=ATTRIBUTES)])
         if status == "overturned":
             await _rebuild_agent_results(conn, rt.policies.for_region(current["region"]), verdict)
         resolved = await db.resolve_dispute(conn, dispute_id, status, principal.subject, note, reverse_id, at)
     metrics.DISPUTES.labels(current["region"], status).inc()
     if reverse_id:
         metrics.CORRECTIONS.labels(current["region"], "reversal").inc()
-    return resolved
+    return {**resolved, "auditor_id": verdict["auditor_id"]}
 
 
 async def list_disputes(engine: AsyncEngine, principal: Principal, region: str | None = None,

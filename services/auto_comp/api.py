@@ -7,7 +7,8 @@ closures' annotations, which string annotations would hide.
 
 import asyncio
 import base64
-from datetime import UTC, date, datetime
+import re
+from datetime import UTC, datetime
 from fractions import Fraction
 from typing import Annotated, Any, Literal
 
@@ -20,12 +21,16 @@ from services.auto_comp.domain.model import Strategy
 from services.auto_comp.domain.returns import GroupTally, compare, decimal_string, local_day_bounds
 from services.auto_comp.store import StrategyStore
 from shared.auth import Authenticator, Principal
-from shared.http import Problem
+from shared.contracts.envelope import AwareDatetime, BoundedDate, check_date
+from shared.http import Problem, problems
 from shared.money import Money, round_fraction
 from shared.regions import UnknownRegion, catalogue
 
 READERS = ("ops_admin", "strategy_manager", "finance", "auditor", "senior_auditor", "lead", "service")
 RELOADERS = ("strategy_manager", "ops_admin")
+REGION = r"^[A-Z]{2,3}$"
+TICKET_ID = r"^[A-Za-z0-9._:@\-]{1,128}$"  # shared.contracts.envelope.Identifier
+STRATEGY_ID = r"^[a-z0-9_\-]{1,100}$"  # as strategy files name them
 OutcomeFilter = Literal["issued", "not_eligible", "capped_by_abuse_guard", "holdout", "budget_denied", "paced",
                         "pending_budget", "reservation_expired"]
 
@@ -49,15 +54,39 @@ def _decision(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _status(row: dict[str, Any]) -> str | None:
+    """An issued voucher the promotion system has since closed shows as closed (redeemed, expired, revoked):
+    with the decision's outcome ``issued`` that is what became of it (a reservation that expired before
+    anything was issued is outcome ``reservation_expired``)."""
+    if row["compensation_status"] == "issued" and row.get("voucher_state"):
+        return str(row["voucher_state"])
+    return row["compensation_status"]
+
+
+def _lifecycle(row: dict[str, Any]) -> dict[str, Any] | None:
+    if not row.get("voucher_state"):
+        return None
+    early = row["expired_early_by_seconds"]
+    return {"state": row["voucher_state"], "at": row["voucher_closed_at"], "event_id": row["voucher_event_id"],
+            # Reported expired before its validity ended: applied, and flagged (shared/vouchers.py).
+            "expired_early": early is not None, "expired_early_by_seconds": early}
+
+
 def _cursor(row: dict[str, Any]) -> str:
     raw = orjson.dumps([row["decided_at"].isoformat(), row["ticket_id"]])
     return base64.urlsafe_b64encode(raw).decode()
 
 
 def _parse_cursor(cursor: str) -> tuple[datetime, str]:
+    """A cursor is handed back by the client, so it is checked like any other input (a forged one could
+    otherwise carry an instant or a ticket id no query can take)."""
     try:
         at, ticket = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return datetime.fromisoformat(at), str(ticket)
+        instant = datetime.fromisoformat(at)
+        if instant.tzinfo is None or not isinstance(ticket, str) or not re.fullmatch(TICKET_ID, ticket):
+            raise ValueError("not a cursor")
+        check_date(instant.date())
+        return instant, ticket
     except (ValueError, TypeError) as exc:
         raise Problem(422, "Request validation failed", "invalid cursor",
                       errors=[{"field": "query.cursor", "message": "not a cursor from a previous page"}]) from exc
@@ -103,8 +132,9 @@ def build_router(engine: AsyncEngine, auth: Authenticator, store: StrategyStore,
     Caller = Annotated[Principal, Depends(auth)]
 
     @router.get("/decisions/{ticket_id}", tags=["decisions"],
-                summary="The decision of record for a ticket, with its inputs, compensation and shadow trials")
-    async def get_decision(principal: Caller, ticket_id: Annotated[str, Path(max_length=128)]) -> dict[str, Any]:
+                summary="The decision of record for a ticket, with its inputs, compensation and shadow trials",
+                responses=problems(404, described={404: "No decision for this ticket."}))
+    async def get_decision(principal: Caller, ticket_id: Annotated[str, Path(pattern=TICKET_ID)]) -> dict[str, Any]:
         principal.require_role(*READERS)
         async with engine.connect() as conn:
             row = await persistence.get_decision(conn, ticket_id)
@@ -115,8 +145,9 @@ def build_router(engine: AsyncEngine, auth: Authenticator, store: StrategyStore,
         out["inputs"] = row["inputs"]
         out["compensation"] = None if row["compensation_id"] is None else {
             "compensation_id": row["compensation_id"], "allowance_id": row["allowance_id"],
-            "reservation_id": row["reservation_id"],  # only compensations decided before allowances (ADR 0008)
-            "status": row["compensation_status"], "kind": row["kind"], "voucher_code": _mask(row["voucher_code"]),
+            "reservation_id": row["reservation_id"],  # only compensations decided before allowances (ADR 0012)
+            "status": _status(row), "voucher_lifecycle": _lifecycle(row),
+            "kind": row["kind"], "voucher_code": _mask(row["voucher_code"]),
             "valid_until": row["valid_until"] if row["kind"] == "voucher" else None,
             "min_spend_minor": row["min_spend_minor"], "liability_rule": row["liability_rule"],
             "liability_percent": row["shares"], "denial_reason": row["denial_reason"],
@@ -127,18 +158,17 @@ def build_router(engine: AsyncEngine, auth: Authenticator, store: StrategyStore,
     @router.get("/decisions", tags=["decisions"], summary="Decisions, newest first, filtered; keyset pages")
     async def list_decisions(
             principal: Caller,
-            region: Annotated[str | None, Query(pattern=r"^[A-Z]{2,3}$")] = None,
+            region: Annotated[str | None, Query(pattern=REGION)] = None,
             outcome: OutcomeFilter | None = None,
-            strategy_id: Annotated[str | None, Query(max_length=100)] = None,
-            since: Annotated[datetime | None, Query(description="decided_at >= since (with offset)")] = None,
-            until: Annotated[datetime | None, Query(description="decided_at < until (with offset)")] = None,
+            strategy_id: Annotated[str | None, Query(pattern=STRATEGY_ID)] = None,
+            since: Annotated[AwareDatetime | None, Query(description="decided_at >= since (RFC 3339, with offset)")]
+            = None,
+            until: Annotated[AwareDatetime | None, Query(description="decided_at < until (RFC 3339, with offset)")]
+            = None,
             limit: Annotated[int, Query(ge=1, le=500)] = 100,
-            cursor: str | None = None) -> dict[str, Any]:
+            cursor: Annotated[str | None, Query(max_length=1000, description="next_cursor of the previous page")]
+            = None) -> dict[str, Any]:
         principal.require_role(*READERS)
-        for name, value in (("since", since), ("until", until)):
-            if value is not None and value.tzinfo is None:
-                raise Problem(422, "Request validation failed", f"{name} needs a UTC offset",
-                              errors=[{"field": f"query.{name}", "message": "timestamp needs a UTC offset"}])
         if region is not None:
             try:
                 catalogue().get(region)
@@ -158,9 +188,12 @@ def build_router(engine: AsyncEngine, auth: Authenticator, store: StrategyStore,
 
     @router.get("/strategies", tags=["strategies"], summary="The strategies in force (in the caller's regions)")
     async def strategies(principal: Caller,
-                         region: Annotated[str | None, Query(pattern=r"^[A-Z]{2,3}$")] = None) -> dict[str, Any]:
+                         region: Annotated[str | None, Query(pattern=REGION)] = None) -> dict[str, Any]:
         principal.require_role(*READERS)
         if region is not None:
+            if region not in catalogue():
+                raise Problem(422, "Request validation failed", f"unknown region {region}",
+                              errors=[{"field": "query.region", "message": "not in the region catalogue"}])
             principal.require_region(region)
         current = store.current
         visible = [s for s in current.strategies
@@ -170,10 +203,10 @@ def build_router(engine: AsyncEngine, auth: Authenticator, store: StrategyStore,
     @router.get("/strategies/{strategy_id}/return", tags=["strategies"],
                 summary="A strategy's return: later orders of treated buyers against its holdout")
     async def strategy_return(
-            principal: Caller, strategy_id: Annotated[str, Path(max_length=100)],
-            region: Annotated[str, Query(pattern=r"^[A-Z]{2,3}$")],
-            start: Annotated[date, Query(alias="from", description="first day (region's time zone)")],
-            end: Annotated[date, Query(alias="to", description="day after the last (region's time zone)")],
+            principal: Caller, strategy_id: Annotated[str, Path(pattern=STRATEGY_ID)],
+            region: Annotated[str, Query(pattern=REGION)],
+            start: Annotated[BoundedDate, Query(alias="from", description="first day (region's time zone)")],
+            end: Annotated[BoundedDate, Query(alias="to", description="day after the last (region's time zone)")],
     ) -> dict[str, Any]:
         principal.require_role(*READERS)
         try:
@@ -213,7 +246,9 @@ def build_router(engine: AsyncEngine, auth: Authenticator, store: StrategyStore,
             "comparison": comparison, "reason": summary.reason}
 
     @router.post("/admin/strategies/reload", tags=["strategies"],
-                 summary="Reload the strategy files; on any error the previous version stays in force")
+                 summary="Reload the strategy files; on any error the previous version stays in force",
+                 responses=problems(described={422: "The strategy files are invalid; the version in force "
+                                                    "stays (``errors`` names file, strategy and field)."}))
     async def reload(principal: Caller) -> dict[str, Any]:
         principal.require_role(*RELOADERS)
         # A reload swaps every region's strategies at once, so it needs a grant for all of them.

@@ -1,5 +1,5 @@
-"""auto_comp's app: ticket, grant and buyer-order consumers, the allowance keeper, order retention, strategy
-reload on SIGHUP, and the HTTP API."""
+"""auto_comp's app: ticket, grant, buyer-order and voucher-lifecycle consumers, the allowance keeper, order
+retention, strategy reload on SIGHUP, and the HTTP API."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from services.auto_comp.config import Settings
 from services.auto_comp.handlers import AllowanceKeeper, GrantHandler, Rules, TicketHandler, close_partitions
 from services.auto_comp.returns import BuyerOrderHandler, OrderRetention
 from services.auto_comp.store import StrategyStore
+from services.auto_comp.vouchers import VoucherLifecycleHandler
 from shared.auth import Authenticator
 from shared.config import ServiceSettings
 from shared.service import ServiceContext, create_app
@@ -69,6 +70,8 @@ def build_context(settings: Settings) -> tuple[ServiceContext, StrategyStore]:
     ctx.components.append(ReloadOnSighup(store))
     # Later orders for strategy returns: a group of its own, so a backlog of orders never delays decisions.
     ctx.add_consumer(f"{settings.consumer_group}-returns", [settings.buyer_orders_topic], BuyerOrderHandler())
+    # What became of each issued voucher, for the decision record: a group of its own, off the hot path.
+    ctx.add_consumer(f"{settings.consumer_group}-vouchers", [settings.vouchers_topic], VoucherLifecycleHandler())
     ctx.components.append(OrderRetention(ctx.engine, settings.return_window_days,
                                          settings.return_retention_margin_days,
                                          settings.return_retention_interval_seconds))

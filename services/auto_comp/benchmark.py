@@ -7,7 +7,7 @@ Per run, with the consumer runner's processed-event record per batch: the budget
 partitions are granted up front (as the ledger would, far above the run's spend), then tickets ->
 ``TicketHandler``: US late deliveries (the seed strategies), one buyer each, so every ticket matches
 ``us-late-delivery``; those outside its 5% holdout are issued from their partition's allowance in the
-decision's transaction, with ``compensation.issued`` in the outbox (ADR 0008).
+decision's transaction, with ``compensation.issued`` in the outbox (ADR 0012).
 Events are decoded before the clock starts (the runner's decoding is measured separately) and frozen out
 of the garbage collector's scans (a consumer holds one batch at a time, not the whole run's events). Rates
 are given by the wall clock and per CPU second of the handler process plus its PostgreSQL backend (the

@@ -45,6 +45,10 @@ class Settings(ServiceSettings):
     tickets_topic: str = Field(Topic.TICKETS.value, validation_alias="AUTO_COMP_TICKETS_TOPIC")
     grants_topic: str = Field(Topic.BUDGET_GRANTS.value, validation_alias="AUTO_COMP_GRANTS_TOPIC")
     buyer_orders_topic: str = Field(Topic.BUYER_ORDERS.value, validation_alias="AUTO_COMP_BUYER_ORDERS_TOPIC")
+    vouchers_topic: str = Field(
+        Topic.VOUCHER_LIFECYCLE.value, validation_alias="AUTO_COMP_VOUCHERS_TOPIC",
+        description="Voucher redemptions, expiries and revocations, shown on the decision of the voucher they "
+                    "close (consumer group <AUTO_COMP_CONSUMER_GROUP>-vouchers).")
     return_window_days: int = Field(
         30, ge=1, le=365, validation_alias="AUTO_COMP_RETURN_WINDOW_DAYS",
         description="A buyer's later orders count toward a strategy's return for this many days after the "

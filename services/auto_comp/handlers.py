@@ -1,5 +1,5 @@
 """auto_comp's batch handlers: tickets -> decisions, issued from budget allowances in the same transaction;
-the ledger's grants; and the allowance keeper (ADR 0008).
+the ledger's grants; and the allowance keeper (ADR 0012).
 
 A ticket is decided and, when it qualifies and its allowance covers it, issued in ONE transaction: the
 allowance row is locked and spent from (a conditional update: open, granted covers it, ``close_at`` ahead),
@@ -92,7 +92,7 @@ def new_voucher_code() -> str:
 
 @dataclass(frozen=True)
 class Rules:
-    """How auto_comp spends allowances (settings, ADR 0008)."""
+    """How auto_comp spends allowances (settings, ADR 0012)."""
 
     group: str  # consumer group of the tickets: allowances are owned per partition of it
     granularity: str = "month"  # budget period, as the ledger's LEDGER_BUDGET_PERIOD
@@ -212,9 +212,10 @@ def _request_record(a: Allowance, now: datetime) -> Record:
 def _issue(*, comp_id: str, ticket_id: str, order_id: str, buyer_id: str, region: str, strategy_id: str,
            strategy_version: int, reason: str, kind: str, amount: int, currency: str, shares: Sequence[PartyShare],
            min_spend_minor: int | None, valid_until: datetime | None, allowance: Allowance, now: datetime,
-           correlation_id: str, causation_id: str | None, traceparent: str | None) -> tuple[str | None, Record]:
-    """The voucher (or other kind) issued now for ``amount``: its code and the ``compensation.issued``
-    record."""
+           correlation_id: str, causation_id: str | None, traceparent: str | None
+           ) -> tuple[str | None, Record, list[tuple[str, str | None, int]]]:
+    """The voucher (or other kind) issued now for ``amount``: its code, the ``compensation.issued`` record
+    and the liability split (party type, party id, minor)."""
     money = Money(amount, currency)
     # Parts sum exactly to the amount (largest remainder); the parties were unique in the strategy.
     liability = [(s.party.value, s.party_id, m.minor) for s, m in split_liability(money, shares) if m.minor > 0]
@@ -229,7 +230,7 @@ def _issue(*, comp_id: str, ticket_id: str, order_id: str, buyer_id: str, region
     record = outgoing.compensation_issued_record(
         issued, region=region, event_id=f"{comp_id}.issued", occurred_at=now, produced_at=now,
         correlation_id=correlation_id, causation_id=causation_id, traceparent=traceparent)
-    return code, record
+    return code, record, liability
 
 
 def _valid_until(kind: str, validity_days: int | None, now: datetime) -> datetime | None:
@@ -307,8 +308,8 @@ class TicketHandler:
         decisions: list[dict[str, Any]] = []
         shadows: list[dict[str, Any]] = []
         comps: list[dict[str, Any]] = []
-        # The outbox records of this batch: every compensation.issued (and, later, one more event per
-        # decision is one more append here, in the same transaction).
+        # The outbox records of this batch, in its transaction: every compensation.issued, and the
+        # decision.recorded of every final decision (live and shadow; a waiting one when it settles).
         out: list[Record] = []
         counts: Counter[tuple[str, str, str, str]] = Counter()
         issued_kinds: Counter[tuple[str, str, str]] = Counter()
@@ -320,13 +321,16 @@ class TicketHandler:
             if (env.region, ticket.buyer_id) in touched_buyers or ticket.order_id in touched_orders:
                 verdict = self._verdict(result, env, ticket, history, taken)
             # Shadows are judged against the buyer's history before this ticket's own compensation.
-            shadows.extend(self._shadows(result.shadows, env, ticket, history, taken))
+            ticket_shadows = self._shadows(result.shadows, env, ticket, history, taken)
+            shadows.extend(ticket_shadows)
+            out.extend(_shadow_records(env, ticket, ticket_shadows, result.shadows, now))
             decision = self._decision(strategies, verdict, env, ticket)
             decisions.append(decision)
             p = verdict.evaluation.proposal
             if verdict.outcome is not Outcome.PENDING_BUDGET or p is None:
                 s = verdict.evaluation.strategy
                 counts[(env.region, s.id if s else "none", decision["outcome"], "active")] += 1
+                out.append(_decision_record(env, ticket, decision, p.kind.value if p else None, (), now))
                 continue
             a = budget.by_key[self._key(env.region, periods, partition, p)]
             tiers = [p.amount.minor, *(m.minor for m in p.fallback_amounts)]
@@ -340,6 +344,7 @@ class TicketHandler:
                 comp["denial_reason"] = t.reason.value if t.reason else None
                 counts[(env.region, p.strategy.id, outcome.value, "active")] += 1
                 comps.append(comp)
+                out.append(_decision_record(env, ticket, decision, p.kind.value, (), now))
                 continue
             history.setdefault((env.region, ticket.buyer_id), []).append(Granted(env.occurred_at, p.amount))
             taken.add((ticket.order_id, p.scenario))
@@ -350,7 +355,7 @@ class TicketHandler:
                 comps.append(comp)
                 continue
             valid_until = _valid_until(p.kind.value, p.validity_days, now)
-            code, record = _issue(
+            code, record, liability = _issue(
                 comp_id=comp["compensation_id"], ticket_id=ticket.ticket_id, order_id=ticket.order_id,
                 buyer_id=ticket.buyer_id, region=env.region, strategy_id=p.strategy.id,
                 strategy_version=p.strategy.version, reason=ticket.reason.value, kind=p.kind.value,
@@ -363,6 +368,7 @@ class TicketHandler:
             comps.append(comp)
             decision.update(outcome=Outcome.ISSUED.value, issued_minor=t.amount,
                             detail=_issued_detail(t.amount, tiers[0], p.amount.currency, a))
+            out.append(_decision_record(env, ticket, decision, p.kind.value, liability, now))
             counts[(env.region, p.strategy.id, Outcome.ISSUED.value, "active")] += 1
             issued_kinds[(env.region, p.strategy.id, p.kind.value)] += 1
             issued_amounts[(env.region, p.amount.currency)] += t.amount
@@ -411,7 +417,8 @@ class TicketHandler:
             "tier": p.tier if p else None, "currency": ticket.order_amount.currency,
             "proposed_minor": p.amount.minor if p else None, "compensation_id": None, "issued_minor": None,
             "inputs": {**e.inputs, "ticket_occurred_at": env.occurred_at.isoformat(),
-                       "liability_rule": p.liability_rule.value if p else None},
+                       "liability_rule": p.liability_rule.value if p else None,
+                       "seller_id": ticket.seller_id, "carrier_id": ticket.carrier_id},
             "event_id": env.event_id, "ticket_occurred_at": env.occurred_at,
         }
 
@@ -460,6 +467,75 @@ def _count(counts: Counter[tuple[str, str, str, str]], kinds: Counter[tuple[str,
         metrics.ISSUED.labels(*kind_labels).inc(n)
     for amount_labels, minor in amounts.items():
         metrics.ISSUED_AMOUNT.labels(*amount_labels).inc(minor)
+
+
+# ------------------------------------------------------------------ decision.recorded
+
+
+def _facts(env: Envelope, ticket: ev.TicketOpened) -> dict[str, Any]:
+    return {"ticket_id": ticket.ticket_id, "order_id": ticket.order_id, "buyer_id": ticket.buyer_id,
+            "seller_id": ticket.seller_id, "carrier_id": ticket.carrier_id, "reason": ticket.reason.value,
+            "ticket_occurred_at": env.occurred_at, "currency": ticket.order_amount.currency}
+
+
+def _decision_record(env: Envelope, ticket: ev.TicketOpened, decision: dict[str, Any], kind: str | None,
+                     liability: Sequence[tuple[str, str | None, int]], now: datetime) -> Record:
+    """``decision.recorded`` of a live decision final in its ticket's own transaction."""
+    issued = decision["outcome"] == Outcome.ISSUED.value
+    payload = outgoing.decision_recorded(
+        **_facts(env, ticket), shadow=False, outcome=decision["outcome"], failed_rule=decision["failed_rule"],
+        detail=decision["detail"], strategy_id=decision["strategy_id"],
+        strategy_version=decision["strategy_version"], tier=decision["tier"], kind=kind,
+        amount_minor=decision["issued_minor"] if issued else decision["proposed_minor"],
+        liability=liability if issued else (), compensation_id=decision["compensation_id"])
+    return outgoing.decision_recorded_record(
+        payload, event_id=outgoing.decision_event_id(ticket.ticket_id, decision["strategy_id"], False),
+        region=env.region, occurred_at=now, produced_at=now, correlation_id=env.correlation_id,
+        causation_id=env.event_id, traceparent=env.traceparent)
+
+
+def _shadow_records(env: Envelope, ticket: ev.TicketOpened, shadows: Sequence[dict[str, Any]],
+                    evaluations: Sequence[Evaluation], now: datetime) -> list[Record]:
+    """``decision.recorded`` of each shadow strategy's would-be decision (never issued)."""
+    out = []
+    for shadow, evaluation in zip(shadows, evaluations, strict=True):
+        p = evaluation.proposal
+        payload = outgoing.decision_recorded(
+            **_facts(env, ticket), shadow=True, outcome=shadow["outcome"], failed_rule=shadow["failed_rule"],
+            detail=shadow["detail"], strategy_id=shadow["strategy_id"], strategy_version=shadow["strategy_version"],
+            tier=shadow["tier"], kind=p.kind.value if p else None, amount_minor=shadow["proposed_minor"])
+        out.append(outgoing.decision_recorded_record(
+            payload, event_id=outgoing.decision_event_id(ticket.ticket_id, shadow["strategy_id"], True),
+            region=env.region, occurred_at=now, produced_at=now, correlation_id=env.correlation_id,
+            causation_id=env.event_id, traceparent=env.traceparent))
+    return out
+
+
+async def settled_decision_records(conn: AsyncConnection, compensation_ids: Sequence[str],
+                                   liabilities: dict[str, list[tuple[str, str | None, int]]], now: datetime
+                                   ) -> list[Record]:
+    """``decision.recorded`` for waiting decisions this transaction settled (issued or denied from their
+    allowance), read back from the decisions it just updated. ``liabilities``: the issued ones' split."""
+    if not compensation_ids:
+        return []
+    out: list[Record] = []
+    for row in await persistence.settled_decisions(conn, compensation_ids):
+        inputs = row["inputs"] or {}
+        cid = row["compensation_id"]
+        issued = row["outcome"] == Outcome.ISSUED.value
+        payload = outgoing.decision_recorded(
+            ticket_id=row["ticket_id"], order_id=row["order_id"], buyer_id=row["buyer_id"],
+            seller_id=inputs.get("seller_id"), carrier_id=inputs.get("carrier_id"), reason=row["reason"],
+            ticket_occurred_at=row["ticket_occurred_at"], shadow=False, outcome=row["outcome"],
+            failed_rule=row["failed_rule"], detail=row["detail"], strategy_id=row["strategy_id"],
+            strategy_version=row["strategy_version"], tier=row["tier"], kind=row["kind"],
+            amount_minor=row["issued_minor"] if issued else row["proposed_minor"], currency=row["currency"],
+            liability=liabilities.get(cid, ()) if issued else (), compensation_id=cid)
+        out.append(outgoing.decision_recorded_record(
+            payload, event_id=outgoing.decision_event_id(row["ticket_id"], row["strategy_id"], False),
+            region=row["region"], occurred_at=now, produced_at=now, correlation_id=row["correlation_id"] or cid,
+            causation_id=None, traceparent=None))
+    return out
 
 
 # ------------------------------------------------------------------ waiting tickets
@@ -529,6 +605,7 @@ async def _finish(conn: AsyncConnection, budget: Budget, waiting: list[dict[str,
     issued: list[dict[str, Any]] = []
     denied: list[dict[str, Any]] = []
     out: list[Record] = []
+    liabilities: dict[str, list[tuple[str, str | None, int]]] = {}
     counts: Counter[tuple[str, str, str, str]] = Counter()
     kinds: Counter[tuple[str, str, str]] = Counter()
     amounts: Counter[tuple[str, str]] = Counter()
@@ -554,13 +631,14 @@ async def _finish(conn: AsyncConnection, budget: Budget, waiting: list[dict[str,
         valid_until = _valid_until(c["kind"], c["validity_days"], now)
         if valid_until is None and c["validity_days"] is None and c["kind"] == ev.CompensationKind.VOUCHER.value:
             valid_until = c["expires_at"]  # left pending by the saga: the validity it was decided with
-        code, record = _issue(
+        code, record, liability = _issue(
             comp_id=c["compensation_id"], ticket_id=c["ticket_id"], order_id=c["order_id"], buyer_id=c["buyer_id"],
             region=c["region"], strategy_id=c["strategy_id"], strategy_version=c["strategy_version"],
             reason=c["reason"], kind=c["kind"], amount=t.amount, currency=c["currency"], shares=shares,
             min_spend_minor=c["min_spend_minor"], valid_until=valid_until, allowance=a, now=now,
             correlation_id=c["correlation_id"] or c["compensation_id"], causation_id=None, traceparent=None)
         out.append(record)
+        liabilities[c["compensation_id"]] = liability
         issued.append({"compensation_id": c["compensation_id"], "ticket_id": c["ticket_id"], "issued_minor": t.amount,
                        "voucher_code": code, "budget_period": a.period, "allowance_id": a.allowance_id,
                        "valid_until": valid_until,
@@ -573,8 +651,11 @@ async def _finish(conn: AsyncConnection, budget: Budget, waiting: list[dict[str,
     lost = [row["compensation_id"] for row in issued if row["compensation_id"] not in won]
     if lost:  # rows were locked above: nothing else can have settled them
         raise RuntimeError(f"waiting compensations {lost[:5]} changed under their row locks")
-    await persistence.mark_denied(conn, denied)
-    await enqueue_records(conn, out)
+    denied_ids = await persistence.mark_denied(conn, denied)
+    # Each decision this settled is announced with it (decision.recorded), read back as recorded now.
+    settled = [row["compensation_id"] for row in issued] + [r["compensation_id"] for r in denied
+                                                             if r["compensation_id"] in denied_ids]
+    await enqueue_records(conn, out + await settled_decision_records(conn, settled, liabilities, now))
     _count(counts, kinds, amounts)
     return {"issued": len(issued), "denied": len(denied), "waiting": still}
 

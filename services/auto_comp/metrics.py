@@ -52,3 +52,10 @@ BUYER_ORDERS = Counter(
 BUYER_ORDERS_PURGED = Counter(
     "auto_comp_buyer_orders_purged_total", "Buyer orders deleted by the retention task (older than the return "
     "window plus the margin).")
+VOUCHER_LIFECYCLE = Counter(
+    "auto_comp_voucher_lifecycle_total", "Issued vouchers closed by the promotion system (redeemed, expired, "
+    "revoked), recorded on their decision once each; early=true: expired before the voucher's validity ended.",
+    ["region", "state", "early"])
+VOUCHER_LIFECYCLE_SKIPPED = Counter(
+    "auto_comp_voucher_lifecycle_skipped_total", "Voucher lifecycle events of compensations auto_comp did not "
+    "issue (manual compensations share the topic), skipped.")

@@ -10,6 +10,7 @@ validated models, and that the documents pass their contracts.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -23,6 +24,7 @@ from shared.outbox import Record
 SOURCE = "auto_comp"
 
 _ISSUED = codec("compensation.issued")
+_DECIDED = codec("decision.recorded")
 
 
 def money(minor: int, currency: str) -> dict[str, Any]:
@@ -80,3 +82,32 @@ def allowance_returned_record(*, allowance_id: str, region: str, period: str, cu
     return record_for(make_envelope("budget.allowance_returned", payload, source=SOURCE, region=region,
                                     occurred_at=closed_at, event_id=f"{allowance_id}.returned",
                                     correlation_id=allowance_id))
+
+
+def decision_recorded(*, ticket_id: str, order_id: str, buyer_id: str, seller_id: str | None,
+                      carrier_id: str | None, reason: str, ticket_occurred_at: datetime, shadow: bool, outcome: str,
+                      failed_rule: str | None, detail: str, strategy_id: str | None, strategy_version: int | None,
+                      tier: str | None, kind: str | None, amount_minor: int | None, currency: str,
+                      liability: Sequence[tuple[str, str | None, int]] = (), compensation_id: str | None = None
+                      ) -> dict[str, Any]:
+    """``DecisionRecorded(...).model_dump(mode="json")``; liability is (party type, party id, minor)."""
+    return {
+        "ticket_id": ticket_id, "order_id": order_id, "buyer_id": buyer_id, "seller_id": seller_id,
+        "carrier_id": carrier_id, "reason": reason, "ticket_occurred_at": json_time(ticket_occurred_at),
+        "shadow": shadow, "outcome": outcome, "failed_rule": failed_rule, "detail": detail[:2000],
+        "strategy_id": strategy_id, "strategy_version": strategy_version, "tier": tier, "kind": kind,
+        "amount": money(amount_minor, currency) if amount_minor else None,
+        "liability": [{"party": {"type": t, "id": i}, "amount_minor": m} for t, i, m in liability],
+        "compensation_id": compensation_id}
+
+
+def decision_event_id(ticket_id: str, strategy_id: str | None, shadow: bool) -> str:
+    """One final decision per ticket (live) and per ticket and shadow strategy: a replay maps to the same id
+    (hashed: a ticket id may hold characters an event id may not)."""
+    key = f"{ticket_id}\x1f{strategy_id or ''}\x1f{'shadow' if shadow else 'live'}"
+    return "decision-" + hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
+def decision_recorded_record(payload: dict[str, Any], **envelope: Any) -> Record:
+    """Keyed by buyer, like the ticket it decides."""
+    return _DECIDED.record(payload, key=payload["buyer_id"], source=SOURCE, **envelope)

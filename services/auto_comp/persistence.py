@@ -131,7 +131,7 @@ async def insert_compensations(conn: AsyncConnection, rows: list[dict[str, Any]]
             f"FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x({_COMP_COLS})"), {"rows": _json(rows)})
 
 
-# ------------------------------------------------------------------ allowances (ADR 0008)
+# ------------------------------------------------------------------ allowances (ADR 0012)
 
 _ALLOWANCE_COLS = (
     "allowance_id, region, period, partition, pacing_percent, currency, owner, close_at, status, granted_minor, "
@@ -189,7 +189,7 @@ async def open_allowances(conn: AsyncConnection, new: Sequence[Allowance]) -> li
 async def save_allowances(conn: AsyncConnection, allowances: Iterable[Allowance]) -> None:
     """What a batch did to its (locked) allowances: spends added, requests sent, answers applied.
 
-    The spend is the conditional update of ADR 0008: it only applies to an open allowance whose grant
+    The spend is the conditional update of ADR 0012: it only applies to an open allowance whose grant
     covers it and whose ``close_at`` is still ahead; the caller decided under the row lock, so a refusal
     means a bug, and the whole transaction (decisions, vouchers, events) is rolled back."""
     rows = [a for a in allowances if a.spent_now or a.request_now or a.answered_now]
@@ -344,6 +344,19 @@ async def mark_denied(conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[
     return set(result.scalars())
 
 
+async def settled_decisions(conn: AsyncConnection, compensation_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The (final) decisions of these compensations as recorded now, with the compensation's kind and the
+    correlation id of its ticket, for ``decision.recorded``."""
+    rows = await conn.execute(text(
+        "SELECT d.ticket_id, d.region, d.order_id, d.buyer_id, d.reason, d.outcome, d.failed_rule, d.detail, "
+        "d.strategy_id, d.strategy_version, d.tier, d.currency, d.proposed_minor, d.issued_minor, "
+        "d.compensation_id, d.inputs, d.ticket_occurred_at, c.kind, c.correlation_id "
+        "FROM decisions d JOIN compensations c ON c.compensation_id = d.compensation_id "
+        "WHERE d.compensation_id = ANY(CAST(:ids AS text[])) ORDER BY d.ticket_id"),
+        {"ids": sorted(set(compensation_ids))})
+    return [dict(r) for r in rows.mappings()]
+
+
 # ------------------------------------------------------------------ reads for the API
 
 
@@ -351,8 +364,10 @@ async def get_decision(conn: AsyncConnection, ticket_id: str) -> dict[str, Any] 
     row = (await conn.execute(text(
         "SELECT d.*, c.status AS compensation_status, c.kind, c.voucher_code, c.expires_at AS valid_until, "
         "c.min_spend_minor, c.shares, c.liability_rule, c.reservation_id, c.allowance_id, c.denial_reason, "
-        "c.budget_period FROM decisions d LEFT JOIN compensations c "
-        "ON c.compensation_id = d.compensation_id WHERE d.ticket_id = :t"), {"t": ticket_id})).mappings().first()
+        "c.budget_period, v.state AS voucher_state, v.occurred_at AS voucher_closed_at, "
+        "v.event_id AS voucher_event_id, v.expired_early_by_seconds FROM decisions d LEFT JOIN compensations c "
+        "ON c.compensation_id = d.compensation_id LEFT JOIN voucher_lifecycle v "
+        "ON v.compensation_id = d.compensation_id WHERE d.ticket_id = :t"), {"t": ticket_id})).mappings().first()
     if row is None:
         return None
     shadows = (await conn.execute(text(

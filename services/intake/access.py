@@ -113,6 +113,10 @@ class Access:
 
         async def dependency(request: Request) -> Principal:
             try:
+                if "x-api-key" in request.headers and "authorization" in request.headers:
+                    # One credential per request: a bad key next to a good token must not pass unnoticed.
+                    raise Problem(401, "Unauthorized", "send either X-API-Key or a bearer token, not both",
+                                  headers={"WWW-Authenticate": 'Bearer realm="compensation-platform"'})
                 principal = await self.authenticator(request)
             except Problem:
                 REQUESTS_REFUSED.labels(event_type, "unauthorized").inc()

@@ -33,7 +33,7 @@ from services.intake.persistence import store_events
 from shared.auth import Principal
 from shared.contracts.envelope import new_event_id
 from shared.db import DATABASE_ERRORS
-from shared.http import Problem
+from shared.http import Problem, require_json_body
 from shared.logging import correlation_id
 from shared.regions import RegionCatalogue
 
@@ -52,6 +52,8 @@ ROUTES: tuple[Route, ...] = (
     Route("voucher.expired", "/v1/vouchers/expired", "Voucher expired unused"),
     Route("voucher.revoked", "/v1/vouchers/revoked", "Voucher revoked"),
     Route("buyer.order_placed", "/v1/buyer-orders", "Later order by a buyer (strategy ROI)"),
+    Route("buyer.feedback_given", "/v1/buyer-feedback", "A buyer's CSAT answer or review score (1-5)"),
+    Route("order.volume_reported", "/v1/order-volume", "A region's orders and GMV for one local day"),
 )
 
 
@@ -115,6 +117,11 @@ def _json(body: Any, status: int) -> Response:
 
 async def _read_json(request: Request, event_type: str) -> Any:
     body = await request.body()
+    try:
+        require_json_body(request, body)
+    except Problem:
+        REQUESTS_REFUSED.labels(event_type, "media_type").inc()
+        raise
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:

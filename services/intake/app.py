@@ -61,11 +61,12 @@ def build_app(settings: ServiceSettings, *, manage_lifecycle: bool = True) -> Fa
                     on_stored=CoalescedWake(ctx.relay.wake, settings.outbox_poll_interval_ms / 1000))
     app = create_app(ctx, title="Compensation platform: intake", description=DESCRIPTION,
                      openapi_tags=[{"name": "events", "description": "Upstream events, single and batch."}],
-                     manage_lifecycle=manage_lifecycle)
+                     manage_lifecycle=manage_lifecycle, security_schemes=SECURITY_SCHEMES,
+                     security=[{"ApiKey": []}, {"Bearer": []}])
     app.state.intake = intake
     app.state.api_keys = keys
     app.state.purger = purger
-    tokens = VerifiedTokens(settings.auth_token_secret.get_secret_value(), settings.auth_token_issuer)
+    tokens = VerifiedTokens(settings.require_token_secret(), settings.auth_token_issuer)
     install(app, intake, Access(tokens, keys))
     ctx.components.append(FreezeHeapAfterStartup())  # last: after everything long-lived exists
     app.add_middleware(RequestTimer)
@@ -79,10 +80,7 @@ def _document(app: FastAPI, max_items: int) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = generate()
-            parts = schema.setdefault("components", {})
-            parts.setdefault("schemas", {}).update(components(max_items))
-            parts["securitySchemes"] = SECURITY_SCHEMES
-            schema["security"] = [{"ApiKey": []}, {"Bearer": []}]
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(components(max_items))
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from shared.contracts.events import (
+    BuyerFeedbackGiven,
     BuyerOrderPlaced,
     ManualCompensationIssued,
+    OrderVolumeReported,
     TicketOpened,
     VoucherExpired,
     VoucherRedeemed,
@@ -20,6 +22,8 @@ ACCEPTED_EVENT_TYPES: tuple[str, ...] = (
     "voucher.expired",
     "voucher.revoked",
     "buyer.order_placed",
+    "buyer.feedback_given",
+    "order.volume_reported",
 )
 
 CONSUMES: tuple[str, ...] = ()
@@ -27,6 +31,7 @@ CONSUMES: tuple[str, ...] = ()
 PRODUCES: dict[str, str] = {t: LATEST[t].topic.value for t in ACCEPTED_EVENT_TYPES}
 
 __all__ = [
-    "ACCEPTED_EVENT_TYPES", "CONSUMES", "PRODUCES", "BuyerOrderPlaced", "ManualCompensationIssued",
-    "TicketOpened", "Topic", "VoucherExpired", "VoucherRedeemed", "VoucherRevoked",
+    "ACCEPTED_EVENT_TYPES", "CONSUMES", "PRODUCES", "BuyerFeedbackGiven", "BuyerOrderPlaced",
+    "ManualCompensationIssued", "OrderVolumeReported", "TicketOpened", "Topic", "VoucherExpired",
+    "VoucherRedeemed", "VoucherRevoked",
 ]

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.json_schema import models_json_schema
 
 from services.intake.domain.items import ITEM_MODELS
+from shared.http import problem_doc
 
 REF = "#/components/schemas/{model}"
 
@@ -39,19 +40,6 @@ class BatchResult(BaseModel):
     results: list[BatchItemResult] = Field(description="One result per item, in request order.")
 
 
-class ProblemDetails(BaseModel):
-    """RFC 9457 problem details."""
-
-    model_config = ConfigDict(extra="allow")
-
-    type: str
-    title: str
-    status: int
-    detail: str | None = None
-    instance: str | None = None
-    errors: list[ItemError] | None = None
-
-
 def _batch_model(item: type[BaseModel], max_items: int) -> type[BaseModel]:
     extra: Any = item.model_config.get("json_schema_extra") or {}
     example = extra.get("examples", [{}])[0]
@@ -63,35 +51,37 @@ def _batch_model(item: type[BaseModel], max_items: int) -> type[BaseModel]:
 
 
 def components(max_items: int) -> dict[str, Any]:
-    models: list[type[BaseModel]] = [SubmitResult, BatchResult, ProblemDetails]
+    models: list[type[BaseModel]] = [SubmitResult, BatchResult]
     for item in ITEM_MODELS.values():
         models += [item, _batch_model(item, max_items)]
     _, top = models_json_schema([(m, "validation") for m in models], ref_template=REF)
-    return dict(top.get("$defs", {}))
+    found = dict(top.get("$defs", {}))
+    for item in ITEM_MODELS.values():
+        # A batch is judged item by item: an item that does not match the item schema is rejected in the
+        # results (200) and the others still count, so the body schema admits any item and says which
+        # shape is wanted (a 422 is for the batch itself: no items, too many, unknown fields).
+        items = found[f"{item.__name__}Batch"]["properties"]["items"]
+        items["items"] = {"anyOf": [_ref(item.__name__), {}], "description": (
+            f"A {item.__name__} each; anything else is rejected in its result, the other items are judged "
+            "on their own.")}
+    return found
 
 
 def _ref(name: str) -> dict[str, Any]:
     return {"$ref": REF.format(model=name)}
 
 
-def _problem(description: str, retry_after: bool = False) -> dict[str, Any]:
-    response: dict[str, Any] = {
-        "description": description, "content": {"application/problem+json": {"schema": _ref("ProblemDetails")}}}
-    if retry_after:
-        response["headers"] = {"Retry-After": {"description": "Seconds to wait before retrying.",
-                                               "schema": {"type": "integer"}}}
-    return response
-
-
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    400: _problem("The body is not JSON."),
-    401: _problem("Missing, invalid or revoked API key or token."),
-    403: _problem("The credential may not send this event type (or, for a single event, to its region)."),
-    413: _problem("The body is larger than the limit."),
-    422: _problem("Invalid body; ``errors`` names each bad field."),
-    429: _problem("The API key's rate limit is exceeded.", retry_after=True),
-    503: _problem("Too many events wait for the broker, or the database is unavailable; nothing was "
-                  "stored.", retry_after=True),
+    400: problem_doc(400, "The body is not JSON, or the X-Correlation-Id header is malformed."),
+    401: problem_doc(401, "Missing, invalid or revoked API key or token."),
+    403: problem_doc(403, "The credential may not send this event type (or, for a single event, to its region)."),
+    413: problem_doc(413, "The body is larger than the limit."),
+    415: problem_doc(415, "The body is not sent as application/json."),
+    422: problem_doc(422, "Invalid body; ``errors`` names each bad field (every timestamp an RFC 3339 string "
+                          "with an offset in the years 1970 to 2199, every amount within its bounds)."),
+    429: problem_doc(429, "The API key's rate limit is exceeded."),
+    503: problem_doc(503, "Too many events wait for the broker, the database is unavailable, or credentials "
+                          "cannot be checked right now; nothing was stored."),
 }
 
 
@@ -107,7 +97,8 @@ def single_operation(event_type: str) -> dict[str, Any]:
                        "content answers `duplicate`; with different content, 409.",
         "responses": {202: {"description": "Accepted or duplicate.",
                             "content": {"application/json": {"schema": _ref("SubmitResult")}}},
-                      409: _problem("The event id was already received with different content."), **_ERRORS},
+                      409: problem_doc(409, "The event id was already received with different content."),
+                      **_ERRORS},
         "openapi_extra": _body(name),
     }
 

@@ -19,6 +19,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 
 async def _budgets_set(args: argparse.Namespace) -> int:
     from services.ledger import queries
+    from shared.money import MAX_BUDGET_MINOR
     from shared.periods import InvalidPeriod, validate_period
     from shared.regions import UnknownRegion, region
 
@@ -29,8 +30,12 @@ async def _budgets_set(args: argparse.Namespace) -> int:
     except (UnknownRegion, InvalidPeriod) as exc:
         print(f"ledger: {exc}", file=sys.stderr)
         return 2
-    if args.limit_minor < 0:
-        print("ledger: --limit-minor must be >= 0 (integer minor units)", file=sys.stderr)
+    if not 0 <= args.limit_minor <= MAX_BUDGET_MINOR:
+        print(f"ledger: --limit-minor must be between 0 and {MAX_BUDGET_MINOR} (integer minor units)",
+              file=sys.stderr)
+        return 2
+    if not 3 <= len(args.reason) <= 500:
+        print("ledger: --reason must be 3 to 500 characters (as through the API)", file=sys.stderr)
         return 2
     if args.currency and args.currency != r.currency:
         print(f"ledger: region {r.code} budgets are in {r.currency}, not {args.currency}", file=sys.stderr)

@@ -1,7 +1,6 @@
 """HTTP API of the ledger: budgets, balances, statements, lineage, breakage. Every route is authenticated
 and region-scoped; errors are RFC 9457 problem details."""
 
-from __future__ import annotations
 
 import csv
 import io
@@ -10,28 +9,42 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ledger import queries
 from services.ledger.domain import journal
 from services.ledger.domain.budget import BudgetState
 from shared.auth import Authenticator, Principal
-from shared.http import Problem
-from shared.money import Money
+from shared.contracts.envelope import DATE_PATTERN, MONTH_PATTERN, NoNul, text_schema
+from shared.http import JsonBodyRoute, Problem, csv_or_json, problems
+from shared.money import MAX_BUDGET_MINOR, Money
 from shared.periods import InvalidPeriod, period_bounds, validate_period
 from shared.regions import Region, UnknownRegion, catalogue
 
 BUDGET_WRITERS = ("finance", "ops_admin")
 READERS = ("ops_admin", "strategy_manager", "finance", "auditor", "senior_auditor", "lead", "service")
 
+REGION = r"^[A-Z]{2,3}$"
+# Ids as the contracts spell them (shared.contracts.envelope.Identifier); accounts as the journal does.
+IDENTIFIER = r"^[A-Za-z0-9._:@\-]{1,128}$"
+ACCOUNT = (r"^(platform|compensation_payable|compensation_expense|(seller|carrier):[A-Za-z0-9._:@\-]{1,128}"
+           r"|budget:[0-9]{4}-[0-9]{2}(-[0-9]{2})?)$")
+PARTY = r"^(platform|(seller|carrier):[A-Za-z0-9._:@\-]{1,128})$"
+RegionPath = Annotated[str, Path(pattern=REGION, description="Region code from the catalogue, e.g. SG.")]
+RegionQuery = Annotated[str, Query(pattern=REGION, description="Region code from the catalogue, e.g. SG.")]
+
 
 class BudgetLimit(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    limit_minor: StrictInt = Field(ge=0, description="Budget in integer minor units of the region's currency.")
+    limit_minor: StrictInt = Field(
+        ge=0, le=MAX_BUDGET_MINOR,
+        description=f"Budget in integer minor units of the region's currency, at most {MAX_BUDGET_MINOR:,} "
+                    "(ADR 0006).")
     currency: str = Field(pattern=r"^[A-Z]{3}$")
-    reason: str = Field(min_length=3, max_length=500, description="Why; kept in the audit trail.")
+    reason: Annotated[str, StringConstraints(min_length=3, max_length=500), NoNul,
+                      text_schema(500, min_length=3)] = Field(description="Why; kept in the audit trail.")
 
 
 def _region(code: str) -> Region:
@@ -42,13 +55,13 @@ def _region(code: str) -> Region:
                       errors=[{"field": "region", "message": f"{code!r} is not in the region catalogue"}]) from None
 
 
-def _period(period: str, granularity: str, region: Region) -> tuple[datetime, datetime]:
+def _period(period: str, granularity: str, region: Region, field: str = "query.period") -> tuple[datetime, datetime]:
     try:
         validate_period(period, granularity)
         return period_bounds(period, region)
     except InvalidPeriod as exc:
         raise Problem(422, "Request validation failed", str(exc),
-                      errors=[{"field": "period", "message": str(exc)}]) from None
+                      errors=[{"field": field, "message": str(exc)}]) from None
 
 
 def _major(minor: int, currency: str) -> str:
@@ -75,20 +88,30 @@ def _usage(budget: BudgetState, start: datetime, end: datetime) -> dict[str, Any
 
 
 def build_router(engine: AsyncEngine, auth: Authenticator, granularity: str) -> APIRouter:
-    router = APIRouter(prefix="/v1", tags=["ledger"])
+    router = APIRouter(prefix="/v1", tags=["ledger"], route_class=JsonBodyRoute)
+    # Periods as this ledger cuts them (LEDGER_BUDGET_PERIOD): months, or days.
+    daily = granularity == "day"
+    form, example = (DATE_PATTERN, "2026-11-22") if daily else (MONTH_PATTERN, "2026-11")
+    about = f"{'YYYY-MM-DD' if daily else 'YYYY-MM'} in the region's time zone, years 1970 to 2199"
+    PeriodPath = Annotated[str, Path(pattern=form, description=about, examples=[example])]
+    PeriodQuery = Annotated[str, Query(pattern=form, description=about, examples=[example])]
+
     def reader(principal: Principal, region: str) -> Region:
         principal.require_role(*READERS)
         r = _region(region)
         principal.require_region(r.code)
         return r
 
-    @router.put("/budgets/{region}/{period}", summary="Set a region's budget for a period (audited)")
-    async def put_budget(body: BudgetLimit, region: Annotated[str, Path()], period: Annotated[str, Path()],
+    @router.put("/budgets/{region}/{period}", summary="Set a region's budget for a period (audited)",
+                responses=problems(404, 422, described={
+                    404: "Unknown region.", 409: "The limit is below what automatic compensation already "
+                                                 "reserved or posted."}))
+    async def put_budget(body: BudgetLimit, region: RegionPath, period: PeriodPath,
                          principal: Principal = Depends(auth)) -> dict[str, Any]:
         principal.require_role(*BUDGET_WRITERS)
         r = _region(region)
         principal.require_region(r.code)
-        start, end = _period(period, granularity, r)
+        start, end = _period(period, granularity, r, "path.period")
         if body.currency != r.currency:
             raise Problem(422, "Request validation failed", f"region {r.code} budgets are in {r.currency}",
                           errors=[{"field": "body.currency", "message": f"must be {r.currency}"}])
@@ -102,10 +125,12 @@ def build_router(engine: AsyncEngine, auth: Authenticator, granularity: str) -> 
                           errors=[{"field": "body.limit_minor", "message": str(exc)}]) from None
         return _usage(budget, start, end)
 
-    @router.get("/budgets/{region}/{period}", summary="Budget usage: limit, reserved, posted, remaining, percent")
-    async def get_budget(region: str, period: str, principal: Principal = Depends(auth)) -> dict[str, Any]:
+    @router.get("/budgets/{region}/{period}", summary="Budget usage: limit, reserved, posted, remaining, percent",
+                responses=problems(404, 422, described={404: "Unknown region, or no budget for the period."}))
+    async def get_budget(region: RegionPath, period: PeriodPath,
+                         principal: Principal = Depends(auth)) -> dict[str, Any]:
         r = reader(principal, region)
-        start, end = _period(period, granularity, r)
+        start, end = _period(period, granularity, r, "path.period")
         async with engine.connect() as conn:
             budget = await queries.get_budget(conn, r.code, period)
             if budget is None:
@@ -118,18 +143,21 @@ def build_router(engine: AsyncEngine, auth: Authenticator, granularity: str) -> 
         return out
 
     @router.get("/budgets/{region}/{period}/allowances",
-                summary="Budget allowances of a period: granted, charged, released, reported spent (ADR 0008)")
-    async def get_allowances(region: str, period: str, principal: Principal = Depends(auth),
+                summary="Budget allowances of a period: granted, charged, released, reported spent (ADR 0012)",
+                responses=problems(404, 422, described={404: "Unknown region."}))
+    async def get_allowances(region: RegionPath, period: PeriodPath, principal: Principal = Depends(auth),
                              status: Annotated[Literal["open", "all"], Query()] = "all") -> dict[str, Any]:
         r = reader(principal, region)
-        _period(period, granularity, r)
+        _period(period, granularity, r, "path.period")
         async with engine.connect() as conn:
             found = await queries.allowances(conn, r.code, period, open_only=status == "open")
         return {"region": r.code, "period": period, "currency": r.currency, "allowances": found}
 
-    @router.get("/accounts/{account_key}/balance", summary="Balance of one account in a region")
-    async def balance(account_key: str, region: Annotated[str, Query(pattern=r"^[A-Z]{2,3}$")],
-                      principal: Principal = Depends(auth)) -> dict[str, Any]:
+    @router.get("/accounts/{account_key}/balance", summary="Balance of one account in a region",
+                responses=problems(404, described={404: "Unknown region, or the account has no entries."}))
+    async def balance(account_key: Annotated[str, Path(pattern=ACCOUNT, description=(
+                          "seller:<id>, carrier:<id>, platform, payable, expense or budget:<period>"))],
+                      region: RegionQuery, principal: Principal = Depends(auth)) -> dict[str, Any]:
         r = reader(principal, region)
         try:
             journal.check_account_key(account_key)
@@ -143,9 +171,12 @@ def build_router(engine: AsyncEngine, auth: Authenticator, granularity: str) -> 
         return {"account_key": account_key, "region": r.code, **found,
                 "balance": _major(found["balance_minor"], found["currency"])}
 
-    @router.get("/statements/{party}", summary="Statement of a liable party for a period (JSON or CSV)")
-    async def statement(party: str, region: Annotated[str, Query(pattern=r"^[A-Z]{2,3}$")],
-                        period: Annotated[str, Query()],
+    @router.get("/statements/{party}", summary="Statement of a liable party for a period (JSON or CSV)",
+                responses={**csv_or_json("The statement: JSON, or CSV with format=csv."),
+                           **problems(404, described={404: "Unknown region."})})
+    async def statement(party: Annotated[str, Path(pattern=PARTY, description="seller:<id>, carrier:<id> or "
+                                                                              "platform")],
+                        region: RegionQuery, period: PeriodQuery,
                         format: Annotated[Literal["json", "csv"], Query()] = "json",
                         principal: Principal = Depends(auth)) -> Any:
         r = reader(principal, region)
@@ -168,8 +199,10 @@ def build_router(engine: AsyncEngine, auth: Authenticator, granularity: str) -> 
                 "closing_balance": _major(closing, r.currency), "lines": lines}
 
     @router.get("/compensations/{compensation_id}/lineage",
-                summary="Request, reservation, charge, redemption and corrections of one compensation")
-    async def get_lineage(compensation_id: str, principal: Principal = Depends(auth)) -> dict[str, Any]:
+                summary="Request, reservation, charge, redemption and corrections of one compensation",
+                responses=problems(404, described={404: "No such compensation in the caller's regions."}))
+    async def get_lineage(compensation_id: Annotated[str, Path(pattern=IDENTIFIER)],
+                          principal: Principal = Depends(auth)) -> dict[str, Any]:
         principal.require_role(*READERS)
         async with engine.connect() as conn:
             found = await queries.lineage(conn, compensation_id)
@@ -178,8 +211,9 @@ def build_router(engine: AsyncEngine, auth: Authenticator, granularity: str) -> 
             raise Problem(404, "Not Found", f"no compensation {compensation_id} in your regions")
         return found
 
-    @router.get("/reports/breakage", summary="Expired and unredeemed voucher value of a period")
-    async def breakage(region: Annotated[str, Query(pattern=r"^[A-Z]{2,3}$")], period: Annotated[str, Query()],
+    @router.get("/reports/breakage", summary="Expired and unredeemed voucher value of a period",
+                responses=problems(404, described={404: "Unknown region."}))
+    async def breakage(region: RegionQuery, period: PeriodQuery,
                        principal: Principal = Depends(auth)) -> dict[str, Any]:
         r = reader(principal, region)
         _period(period, granularity, r)

@@ -92,7 +92,7 @@ def consumer_groups(settings: Settings) -> dict[str, list[str]]:
 
     Two groups: allowance requests and returns (latency-sensitive, they lock their budget rows for the
     batch; with the retired per-voucher requests, still drained) never wait behind a batch of charges, and
-    charge batches never hold a budget lock for long (ADR 0005, 0008).
+    charge batches never hold a budget lock for long (ADR 0005, 0012).
     """
     budget = [Topic.BUDGET_ALLOWANCES.value, Topic.BUDGET_REQUESTS.value]
     return {f"{settings.consumer_group}-budget": budget,

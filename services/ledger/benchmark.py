@@ -4,7 +4,7 @@
 scratch schema ``ledger_bench`` of ``DATABASE_URL`` (dropped and recreated; other schemas untouched).
 
 Each charge is a manual compensation split across a seller and a carrier: a charge transaction (two
-transfer rows), its part of the batch's one budget posting (ADR 0009) against the region's hot budget row and
+transfer rows), its part of the batch's one budget posting (ADR 0013) against the region's hot budget row and
 hot accounts (payable, expense, budget:<period>, the balances of both parties), the compensation row, and
 the consumer runner's processed-event record. Events are decoded before the clock starts (the runner's
 decoding is measured separately). ``writers`` run in parallel on their own connections and stripes, all in

@@ -34,7 +34,7 @@ class Settings(ServiceSettings):
     allowance_lease_seconds: int = Field(
         60, ge=5, le=3600, validation_alias="LEDGER_ALLOWANCE_LEASE_SECONDS",
         description="How long a budget allowance grant may be spent (no later than the period's end); "
-                    "auto_comp asks for more before then while it spends (ADR 0008).")
+                    "auto_comp asks for more before then while it spends (ADR 0012).")
     allowance_share_percent: int = Field(
         10, ge=1, le=100, validation_alias="LEDGER_ALLOWANCE_SHARE_PERCENT",
         description="Beyond what waiting tickets need, a grant takes at most this percent of the room left "

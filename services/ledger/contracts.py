@@ -20,7 +20,7 @@ from shared.contracts.events import (
 from shared.contracts.topics import Topic
 
 CONSUMES: tuple[str, ...] = (
-    Topic.BUDGET_REQUESTS.value,  # retired (ADR 0008): drained, never produced any more
+    Topic.BUDGET_REQUESTS.value,  # retired (ADR 0012): drained, never produced any more
     Topic.BUDGET_ALLOWANCES.value,
     Topic.COMPENSATIONS_ISSUED.value,
     Topic.MANUAL_COMPENSATIONS.value,

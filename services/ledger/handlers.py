@@ -220,6 +220,15 @@ def _count(book: Book) -> None:
         metrics.IGNORED.labels(why).inc()
     for parked, reason in book.out.parked_rejected:
         log.warning("parked event rejected", extra={"event_id": parked.event_id, "reason": reason})
+    for early in book.out.early_expiries:
+        metrics.EARLY_EXPIRIES.labels(early.region).inc()
+        log.warning("voucher reported expired before its validity ended; applied (budget released, charge "
+                    "settled) and flagged on the lineage: check the promotion system's clock and voucher mapping",
+                    extra={"compensation_id": early.compensation_id, "reservation_id": early.reservation_id,
+                           "event_id": early.event_id, "correlation_id": early.correlation_id,
+                           "region": early.region, "valid_until": early.valid_until.isoformat(),
+                           "expired_at": early.expired_at.isoformat(),
+                           "early_by_seconds": int(early.early_by.total_seconds())})
 
 
 # ------------------------------------------------------------------ housekeeping (sweeper)

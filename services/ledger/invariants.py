@@ -18,7 +18,7 @@ CHECKS: dict[str, str] = {
                 OR count(DISTINCT (kind, region, currency, coalesce(compensation_id, ''), source_event_id,
                                    coalesce(reverses_tx_id, ''), coalesce(corrects_tx_id, ''),
                                    coalesce(correction_id, ''), occurred_at)) <> 1) v""",
-    # automatic spend (reserved + posted) + outstanding allowances within every budget (ADR 0008); manual
+    # automatic spend (reserved + posted) + outstanding allowances within every budget (ADR 0012); manual
     # compensations, always charged, only shrink what later grants may give
     "budget_overspent": """
         SELECT count(*) FROM budgets WHERE limit_minor IS NOT NULL
@@ -34,7 +34,7 @@ CHECKS: dict[str, str] = {
             FROM allowances GROUP BY region, period) a ON a.region = b.region AND a.period = b.period
         WHERE b.reserved_minor <> coalesce(r.pending, 0) OR b.posted_auto_minor <> coalesce(r.posted, 0)
            OR b.allotted_minor <> coalesce(a.outstanding, 0)""",
-    # a batch posts the budget once per budget account (ADR 0009): every posting is exactly the parts
+    # a batch posts the budget once per budget account (ADR 0013): every posting is exactly the parts
     # that name it (manual compensations at issue, holds as posted), and every posted part names one
     "budget_postings_drift": """
         SELECT (SELECT count(*) FROM journal_transfers t FULL JOIN (

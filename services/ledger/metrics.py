@@ -43,6 +43,9 @@ PARKED = Counter("ledger_events_parked_total", "Events that arrived before their
 PARKED_NOW = Gauge("ledger_parked_events", "Events waiting for their compensation.")
 IGNORED = Counter("ledger_events_ignored_total", "Business duplicates and late lifecycle events ignored.",
                   ["reason"])
+EARLY_EXPIRIES = Counter("ledger_voucher_early_expiries_total",
+                         "Voucher expiries reported before the voucher's validity ended (applied, flagged on the "
+                         "compensation's lineage): usually an upstream clock or mapping error.", ["region"])
 SWEPT = Counter("ledger_reservations_swept_total", "Reservations voided by the sweeper.", ["why"])
 INVARIANT_VIOLATIONS = Gauge("ledger_invariant_violations", "Violations found by the last invariant check.",
                              ["check"])

@@ -165,7 +165,8 @@ async def load_corrections(conn: AsyncConnection, compensation_ids: Iterable[str
         return {}
     rows = (await conn.execute(text(
         "SELECT correction_id, compensation_id, corrects_correction_id, reversal_tx_id, charge_tx_id, "
-        "corrected_amount_minor, source_event_id, occurred_at FROM corrections "
+        "corrected_amount_minor, source_event_id, occurred_at, auditor_id, dispute_raised_by, "
+        "disputed_auditor_id FROM corrections "
         "WHERE compensation_id = ANY(CAST(:ids AS text[]))"), {"ids": ids})).all()
     return {r[0]: CorrectionRecord(*r) for r in rows}
 
@@ -217,13 +218,30 @@ async def save_books(conn: AsyncConnection, book: Book, *, consumer_group: str) 
         c = book.out.corrections
         await conn.execute(text(
             "INSERT INTO corrections (correction_id, compensation_id, corrects_correction_id, reversal_tx_id, "
-            "charge_tx_id, corrected_amount_minor, source_event_id, occurred_at) SELECT * FROM unnest("
+            "charge_tx_id, corrected_amount_minor, source_event_id, occurred_at, auditor_id, dispute_raised_by, "
+            "disputed_auditor_id) SELECT * FROM unnest("
             "CAST(:a AS text[]), CAST(:b AS text[]), CAST(:c AS text[]), CAST(:d AS text[]), CAST(:e AS text[]), "
-            "CAST(:f AS bigint[]), CAST(:g AS text[]), CAST(:h AS timestamptz[]))"),
+            "CAST(:f AS bigint[]), CAST(:g AS text[]), CAST(:h AS timestamptz[]), CAST(:i AS text[]), "
+            "CAST(:j AS text[]), CAST(:k AS text[]))"),
             {"a": [x.correction_id for x in c], "b": [x.compensation_id for x in c],
              "c": [x.corrects_correction_id for x in c], "d": [x.reversal_tx_id for x in c],
              "e": [x.charge_tx_id for x in c], "f": [x.corrected_amount for x in c],
-             "g": [x.source_event_id for x in c], "h": [x.applied_at for x in c]})
+             "g": [x.source_event_id for x in c], "h": [x.applied_at for x in c],
+             "i": [x.auditor_id for x in c], "j": [x.dispute_raised_by for x in c],
+             "k": [x.disputed_auditor_id for x in c]})
+    if book.out.early_expiries:
+        f = book.out.early_expiries
+        # One flag per compensation (a voucher expires once); a redelivered expiry finds it there.
+        await conn.execute(text(
+            "INSERT INTO lifecycle_flags (compensation_id, flag, region, reservation_id, event_id, "
+            "correlation_id, valid_until, reported_at, early_by_seconds) SELECT * FROM unnest("
+            "CAST(:c AS text[]), CAST(:f AS text[]), CAST(:r AS text[]), CAST(:h AS text[]), CAST(:e AS text[]), "
+            "CAST(:k AS text[]), CAST(:v AS timestamptz[]), CAST(:t AS timestamptz[]), CAST(:s AS bigint[])) "
+            "ON CONFLICT DO NOTHING"),
+            {"c": [x.compensation_id for x in f], "f": ["expired_early"] * len(f), "r": [x.region for x in f],
+             "h": [x.reservation_id for x in f], "e": [x.event_id for x in f],
+             "k": [x.correlation_id for x in f], "v": [x.valid_until for x in f], "t": [x.expired_at for x in f],
+             "s": [int(x.early_by.total_seconds()) for x in f]})
     await _save_parked(conn, book, consumer_group)
     return balances
 
@@ -418,7 +436,7 @@ _TRANSFER_COLUMNS = ["tx_id", "line_no", "line_count", "kind", "region", "curren
 
 
 async def _save_journal(conn: AsyncConnection, book: Book) -> BalanceDeltas:
-    """The batch's transactions as transfer rows, in one COPY (ADR 0009); returns the balance deltas."""
+    """The batch's transactions as transfer rows, in one COPY (ADR 0013); returns the balance deltas."""
     txs = book.out.transactions
     if not txs:
         return {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -12,6 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.ledger.domain import journal
 from services.ledger.domain.budget import BudgetState
 from services.ledger.persistence import BUDGET_COLUMNS, budget_state
+from shared.contracts import events as ev
+from shared.contracts.registry import make_envelope
+from shared.outbox import enqueue
 
 
 class LimitBelowCommitted(ValueError):
@@ -45,13 +49,26 @@ async def set_budget(conn: AsyncConnection, *, region: str, period: str, currenc
     await conn.execute(text(
         "UPDATE budgets SET limit_minor = :l, updated_at = now() WHERE region = :r AND period = :p"),
         {"l": limit, "r": region, "p": period})
-    await conn.execute(text(
+    change = (await conn.execute(text(
         "INSERT INTO budget_changes (region, period, currency, old_limit_minor, new_limit_minor, actor, via, reason) "
-        "VALUES (:r, :p, :c, :o, :l, :a, :v, :why)"),
-        {"r": region, "p": period, "c": currency, "o": old, "l": limit, "a": actor, "v": via, "why": reason})
+        "VALUES (:r, :p, :c, :o, :l, :a, :v, :why) RETURNING id, changed_at"),
+        {"r": region, "p": period, "c": currency, "o": old, "l": limit, "a": actor, "v": via, "why": reason})).one()
+    # Announced in the same transaction (outbox): insights draws the burn-down against the limit in force.
+    payload = ev.BudgetLimitSet(
+        budget_period=period, limit=ev.NonNegativeMoney(amount_minor=limit, currency=currency),
+        previous_limit=None if old is None else ev.NonNegativeMoney(amount_minor=old, currency=currency),
+        actor=_identifier(actor), reason=reason or None)
+    await enqueue(conn, [make_envelope("budget.limit_set", payload, source="ledger", region=region,
+                                       occurred_at=change[1], event_id=f"budget-limit-{region}-{period}-{change[0]}")])
     budget = await get_budget(conn, region, period)
     assert budget is not None
     return budget
+
+
+def _identifier(actor: str) -> str:
+    """The actor as an event Identifier (a token subject may hold characters identifiers do not)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._:@\-]", "_", actor)[:128]
+    return cleaned or "unknown"
 
 
 async def get_budget(conn: AsyncConnection, region: str, period: str) -> BudgetState | None:
@@ -99,7 +116,7 @@ async def account_balance(conn: AsyncConnection, region: str, account: str) -> d
 
 
 # A liable party's lines: charges debit it, reversals of charges credit it (nothing else touches a party
-# account), each through its partial index (ADR 0009).
+# account), each through its partial index (ADR 0013).
 _PARTY_LINES = (
     "SELECT occurred_at, tx_id, line_no, kind, compensation_id, correction_id, reverses_tx_id, corrects_tx_id, "
     "currency, amount_minor FROM journal_transfers WHERE kind = 'charge' AND region = :r AND debit_account = :a "
@@ -167,7 +184,11 @@ async def lineage(conn: AsyncConnection, compensation_id: str) -> dict[str, Any]
         tx["transfers"] = [{"debit": t.debit, "credit": t.credit, "amount_minor": t.amount} for t in tx["transfers"]]
     corrections = (await conn.execute(text(
         "SELECT correction_id, corrects_correction_id, reversal_tx_id, charge_tx_id, corrected_amount_minor, "
-        "source_event_id, occurred_at FROM corrections WHERE compensation_id = :c ORDER BY recorded_at"),
+        "source_event_id, occurred_at, auditor_id, dispute_raised_by, disputed_auditor_id FROM corrections "
+        "WHERE compensation_id = :c ORDER BY recorded_at"), {"c": compensation_id})).mappings().all()
+    flags = (await conn.execute(text(
+        "SELECT flag, reservation_id, event_id, correlation_id, valid_until, reported_at, early_by_seconds, "
+        "recorded_at FROM lifecycle_flags WHERE compensation_id = :c ORDER BY recorded_at"),
         {"c": compensation_id})).mappings().all()
     parked = (await conn.execute(text(
         "SELECT event_id, event_type, parked_at FROM parked_events WHERE compensation_id = :c ORDER BY parked_at"),
@@ -176,7 +197,8 @@ async def lineage(conn: AsyncConnection, compensation_id: str) -> dict[str, Any]
     return {"compensation_id": compensation_id, "region": region,
             "compensation": dict(comp) if comp is not None else None,
             "reservations": [dict(r) for r in reservations], "transactions": list(txs.values()),
-            "corrections": [dict(c) for c in corrections], "waiting_events": [dict(p) for p in parked]}
+            "corrections": [dict(c) for c in corrections], "waiting_events": [dict(p) for p in parked],
+            "flags": [dict(f) for f in flags]}
 
 
 async def breakage_report(conn: AsyncConnection, region: str, period: str) -> list[dict[str, Any]]:

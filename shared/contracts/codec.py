@@ -55,10 +55,10 @@ class _Head(msgspec.Struct):
 
 
 _HEAD = msgspec.json.Decoder(_Head)
-# 20 digits or more outside a string could be an integer beyond 64 bits, which the two JSON parsers read
+# 19 digits or more could be an integer beyond 64 bits (either sign), which the two JSON parsers read
 # differently (see the module doc); such a document (or one whose strings merely hold such a run) takes
 # the registry's path.
-_LONG_NUMBER = re.compile(rb"\d{20}")
+_LONG_NUMBER = re.compile(rb"[0-9]{19}")
 
 # ---------------------------------------------------------------- money fields, worked out once per model
 

@@ -1,7 +1,10 @@
 """Payload models of every event in the platform's flow (schema_version 1).
 
-Conventions: money is ``{"amount_minor": int, "currency": "USD"}`` in the region's currency; timestamps
-are timezone-aware and normalised to UTC; ids are opaque strings; unknown fields are rejected.
+Conventions: money is ``{"amount_minor": int, "currency": "USD"}`` in the region's currency, an amount at
+most ``MAX_AMOUNT_MINOR`` and a total (budget limit, usage) at most ``MAX_TOTAL_MINOR``; timestamps are
+RFC 3339 strings with an offset, years 1970 to 2199, normalised to UTC; ids are opaque strings; free text
+holds no NUL; unknown fields are rejected. Contracts added below inherit these bounds by using the types
+defined here (ADR 0006, "Bounds").
 """
 
 from __future__ import annotations
@@ -11,11 +14,29 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, model_validator
 
-from shared.contracts.envelope import AwareDatetime, Identifier
+from shared.contracts.envelope import AwareDatetime, BoundedDate, Identifier, NoNul, OneLine, text_schema
+from shared.money import MAX_AMOUNT_MINOR, MAX_TOTAL_MINOR
 
-Text = Annotated[str, StringConstraints(max_length=2000)]
+Text = Annotated[str, StringConstraints(max_length=2000), NoNul, text_schema(2000)]
 Code = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+Uri = Annotated[str, StringConstraints(min_length=1, max_length=1000), OneLine,
+                text_schema(1000, min_length=1, one_line=True)]
+# Integer minor units of one amount, and of a total (a sum the ledger keeps: limits, usage).
+AmountMinor = Annotated[StrictInt, Field(ge=-MAX_AMOUNT_MINOR, le=MAX_AMOUNT_MINOR)]
+NonNegativeAmountMinor = Annotated[StrictInt, Field(ge=0, le=MAX_AMOUNT_MINOR)]
+TotalMinor = Annotated[StrictInt, Field(ge=0, le=MAX_TOTAL_MINOR)]
+Version = Annotated[StrictInt, Field(ge=1, le=2**31 - 1)]
+BudgetPeriod = Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-[0-9]{2}(-[0-9]{2})?$")]
+# A database row number another service assigned (an audit item, verdict or dispute): what a bigint holds.
+RowNumber = Annotated[StrictInt, Field(ge=1, le=2**63 - 1)]
+# A count of things (orders of a day): an integer a bigint sum of a century of days still holds.
+Count = Annotated[StrictInt, Field(ge=0, le=MAX_AMOUNT_MINOR)]
+# A sampling design's inclusion probability: the one number that is not money or a count.
+Probability = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+# A short label chosen by people (a strategy tier), one line.
+Label = Annotated[str, StringConstraints(min_length=1, max_length=128), OneLine,
+                  text_schema(128, min_length=1, one_line=True)]
 
 
 class Payload(BaseModel):
@@ -23,16 +44,39 @@ class Payload(BaseModel):
 
 
 class MoneyAmount(Payload):
-    amount_minor: StrictInt = Field(description="Integer minor units (ISO 4217 exponent of the currency).")
+    amount_minor: AmountMinor = Field(
+        description=f"Integer minor units (ISO 4217 exponent of the currency), at most {MAX_AMOUNT_MINOR:,} "
+                    "either way.")
     currency: Currency
 
 
 class NonNegativeMoney(MoneyAmount):
-    amount_minor: StrictInt = Field(ge=0)
+    amount_minor: NonNegativeAmountMinor
 
 
 class PositiveMoney(MoneyAmount):
-    amount_minor: StrictInt = Field(gt=0)
+    amount_minor: Annotated[StrictInt, Field(gt=0, le=MAX_AMOUNT_MINOR)]
+
+
+class MoneyTotal(MoneyAmount):
+    """A sum the ledger keeps (a budget's limit or usage over a period): larger than any one amount may be,
+    at most what a PostgreSQL bigint holds."""
+
+    amount_minor: TotalMinor
+
+
+class RaisedBy(enum.StrEnum):
+    """Who raised a ticket: the buyer (a claim), logistics or the order system (detected without a claim),
+    or a CS agent on the buyer's behalf (a claim made by contact)."""
+
+    BUYER = "buyer"
+    LOGISTICS = "logistics"
+    ORDER_SYSTEM = "order_system"
+    CS_AGENT = "cs_agent"
+
+    @property
+    def is_claim(self) -> bool:
+        return self in (RaisedBy.BUYER, RaisedBy.CS_AGENT)
 
 
 class TicketReason(enum.StrEnum):
@@ -86,12 +130,12 @@ class LiableParty(Payload):
 
 class LiabilityShare(Payload):
     party: LiableParty
-    amount_minor: StrictInt = Field(ge=0)
+    amount_minor: NonNegativeAmountMinor
 
 
 class EvidenceRef(Payload):
     kind: Code = Field(description="e.g. photo, tracking_scan, chat_transcript")
-    uri: Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+    uri: Uri
 
 
 def _shares_sum_to(shares: list[LiabilityShare], total: int, what: str) -> None:
@@ -127,6 +171,9 @@ class TicketOpened(Payload):
     buyer_segment: Code | None = None
     evidence: list[EvidenceRef] = Field(default_factory=list, max_length=50)
     description: Text | None = None
+    raised_by: RaisedBy | None = Field(
+        default=None, description="Who raised it: buyer or cs_agent (a claim), logistics or order_system "
+                                  "(detected with no claim); insights' proactive share needs it.")
 
     @model_validator(mode="after")
     def _consistent(self) -> TicketOpened:
@@ -200,7 +247,7 @@ class BuyerOrderPlaced(Payload):
 
 
 class BudgetReservationRequested(Payload):
-    """Retired (ADR 0008): auto_comp asked the ledger to reserve budget for each proposed compensation.
+    """Retired (ADR 0012): auto_comp asked the ledger to reserve budget for each proposed compensation.
     auto_comp now spends from budget allowances (``budget.allowance_requested``); the ledger still answers
     these, so requests in flight when a deployment upgrades are drained.
 
@@ -214,7 +261,7 @@ class BudgetReservationRequested(Payload):
     ticket_id: Identifier
     buyer_id: Identifier
     strategy_id: Identifier
-    strategy_version: StrictInt = Field(ge=1)
+    strategy_version: Version
     kind: CompensationKind
     amount: PositiveMoney
     fallback_amounts: list[PositiveMoney] = Field(default_factory=list, max_length=5)
@@ -246,7 +293,7 @@ class DenialReason(enum.StrEnum):
 
 
 class BudgetReservationDecided(Payload):
-    """Retired (ADR 0008): the ledger's answer to ``budget.reservation_requested``."""
+    """Retired (ADR 0012): the ledger's answer to ``budget.reservation_requested``."""
 
     reservation_id: Identifier
     compensation_id: Identifier
@@ -255,7 +302,7 @@ class BudgetReservationDecided(Payload):
     outcome: ReservationOutcome
     denial_reason: DenialReason | None = None
     reserved_amount: PositiveMoney | None = None
-    budget_period: Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}(-\d{2})?$")]
+    budget_period: BudgetPeriod
 
     @model_validator(mode="after")
     def _consistent(self) -> BudgetReservationDecided:
@@ -270,7 +317,7 @@ class CompensationIssued(Payload):
     """auto_comp issued a compensation; the ledger charges the liable parties and the budget.
 
     Spent from a budget allowance (``allowance_id`` set; ``reservation_id`` then names the hold the ledger
-    opens for it from the allowance, the compensation id), or, before allowances (ADR 0008), against a
+    opens for it from the allowance, the compensation id), or, before allowances (ADR 0012), against a
     per-voucher reservation (``reservation_id``, no ``allowance_id``).
     """
 
@@ -280,7 +327,7 @@ class CompensationIssued(Payload):
     order_id: Identifier
     buyer_id: Identifier
     strategy_id: Identifier
-    strategy_version: StrictInt = Field(ge=1)
+    strategy_version: Version
     reason: TicketReason
     kind: CompensationKind
     amount: PositiveMoney
@@ -289,7 +336,7 @@ class CompensationIssued(Payload):
     min_spend: NonNegativeMoney | None = None
     valid_until: AwareDatetime | None = None
     allowance_id: Identifier | None = Field(
-        default=None, description="The budget allowance it was spent from (ADR 0008); none for compensations "
+        default=None, description="The budget allowance it was spent from (ADR 0012); none for compensations "
                                   "issued against a per-voucher reservation before allowances.")
 
     @model_validator(mode="after")
@@ -306,12 +353,19 @@ class AuditCorrectionIssued(Payload):
     corrects_correction_id: Identifier | None = Field(
         default=None, description="Set when this corrects an earlier correction (e.g. a dispute overturn).")
     audit_id: Identifier
-    auditor_id: Identifier
+    auditor_id: Identifier = Field(description="Who decided this correction: the auditor of the verdict, or "
+                                               "for a dispute's resolution the senior auditor who resolved it.")
     buyer_id: Identifier
     error_category: Code
     corrected_amount: NonNegativeMoney
     corrected_liability: list[LiabilityShare] = Field(max_length=10)
     note: Text | None = None
+    dispute_raised_by: Identifier | None = Field(
+        default=None, description="A correction decided on a dispute: who raised the dispute (never the "
+                                  "one who resolved it).")
+    disputed_auditor_id: Identifier | None = Field(
+        default=None, description="A correction decided on a dispute: the auditor whose verdict was disputed "
+                                  "(never the one who resolved it).")
 
     @model_validator(mode="after")
     def _consistent(self) -> AuditCorrectionIssued:
@@ -321,24 +375,22 @@ class AuditCorrectionIssued(Payload):
 
 
 class BudgetThresholdCrossed(Payload):
-    budget_period: str
-    threshold_percent: StrictInt = Field(description="50, 80 or 100")
-    limit: NonNegativeMoney
-    used: NonNegativeMoney
+    budget_period: BudgetPeriod
+    threshold_percent: StrictInt = Field(ge=1, le=100, description="50, 80 or 100")
+    limit: MoneyTotal
+    used: MoneyTotal
 
 
 class BudgetExceeded(Payload):
     """Manual compensations pushed usage past the budget (automatic ones never can)."""
 
-    budget_period: str
-    limit: NonNegativeMoney
-    used: NonNegativeMoney
+    budget_period: BudgetPeriod
+    limit: MoneyTotal
+    used: MoneyTotal
     compensation_id: Identifier
 
 
-# ---------------------------------------------------------------- budget allowances (ADR 0008)
-
-BudgetPeriod = Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}(-\d{2})?$")]
+# ---------------------------------------------------------------- budget allowances (ADR 0012)
 
 
 class BudgetAllowanceRequested(Payload):
@@ -352,7 +404,7 @@ class BudgetAllowanceRequested(Payload):
     """
 
     allowance_id: Identifier
-    request_seq: StrictInt = Field(ge=1, description="1 for the first request of an allowance, then +1.")
+    request_seq: RowNumber = Field(description="1 for the first request of an allowance, then +1.")
     budget_period: BudgetPeriod
     pacing_allowance_percent: StrictInt = Field(ge=0, le=100)
     at_least: NonNegativeMoney
@@ -402,7 +454,7 @@ class BudgetAllowanceDecided(Payload):
     (allotted), to be spent by auto_comp before ``expires_at``, or a denial."""
 
     allowance_id: Identifier
-    request_seq: StrictInt = Field(ge=1)
+    request_seq: RowNumber
     budget_period: BudgetPeriod
     outcome: AllowanceOutcome
     granted: NonNegativeMoney = Field(description="Granted by this answer (0 when denied).")
@@ -447,7 +499,7 @@ class BudgetAllowanceReturned(Payload):
     allowance_id: Identifier
     budget_period: BudgetPeriod
     spent: NonNegativeMoney
-    spent_count: StrictInt = Field(ge=0, description="How many compensations were spent from it.")
+    spent_count: Count = Field(description="How many compensations were spent from it.")
     reason: AllowanceCloseReason
     closed_at: AwareDatetime
 
@@ -456,3 +508,143 @@ class BudgetAllowanceReturned(Payload):
         if (self.spent_count == 0) != (self.spent.amount_minor == 0):
             raise ValueError("spent is 0 exactly when spent_count is 0")
         return self
+
+
+# ---------------------------------------------------------------- read-side events (issue 10)
+
+
+class FeedbackKind(enum.StrEnum):
+    CSAT = "csat"  # a satisfaction survey answer
+    REVIEW = "review"  # a review score
+
+
+class BuyerFeedbackGiven(Payload):
+    """A buyer's CSAT answer or review score (1-5) about a ticket or order, from the survey/review system."""
+
+    feedback_id: Identifier
+    ticket_id: Identifier | None = Field(default=None, description="The ticket it is about, when known.")
+    order_id: Identifier
+    buyer_id: Identifier
+    kind: FeedbackKind
+    score: StrictInt = Field(ge=1, le=5, description="1 (worst) to 5 (best).")
+    channel: Code = Field(description="e.g. email_survey, in_app, chat_survey, product_review")
+
+
+class OrderVolumeReported(Payload):
+    """The order system's count of a region's orders and their value (GMV) for one local day; a later
+    report for the same day replaces an earlier one (the latest ``occurred_at`` wins)."""
+
+    day: BoundedDate = Field(description="The local calendar day in the region's time zone.")
+    orders: Count
+    gmv: NonNegativeMoney
+
+
+RulePath = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-\[\]]+$")]
+
+
+class DecisionOutcome(enum.StrEnum):
+    ISSUED = "issued"
+    NOT_ELIGIBLE = "not_eligible"
+    CAPPED = "capped_by_abuse_guard"
+    HOLDOUT = "holdout"
+    BUDGET_DENIED = "budget_denied"
+    PACED = "paced"
+    RESERVATION_EXPIRED = "reservation_expired"
+    WOULD_ISSUE = "would_issue"  # shadow strategies only
+
+
+class DecisionRecorded(Payload):
+    """auto_comp's final decision on a ticket for one strategy (the live one, or a shadow one), published in
+    the transaction that records it. Not published for a decision still waiting for the budget."""
+
+    ticket_id: Identifier
+    order_id: Identifier
+    buyer_id: Identifier
+    seller_id: Identifier | None = Field(default=None, description="The ticket's seller, when auto_comp has it.")
+    carrier_id: Identifier | None = None
+    reason: TicketReason
+    ticket_occurred_at: AwareDatetime
+    shadow: bool = Field(description="True for a shadow strategy's would-be decision (never issued).")
+    outcome: DecisionOutcome
+    failed_rule: RulePath | None = Field(
+        default=None, description="The strategy rule that failed (e.g. match.reasons, abuse_guard).")
+    detail: Text
+    strategy_id: Identifier | None = Field(default=None, description="None when no strategy matched.")
+    strategy_version: Version | None = None
+    tier: Label | None = None
+    kind: CompensationKind | None = None
+    amount: PositiveMoney | None = Field(
+        default=None, description="Issued amount (issued), else the proposed one, when there was a proposal.")
+    liability: list[LiabilityShare] = Field(default_factory=list, max_length=10,
+                                            description="The issued amount's split (issued decisions only).")
+    compensation_id: Identifier | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DecisionRecorded:
+        if (self.strategy_id is None) != (self.strategy_version is None):
+            raise ValueError("strategy_id and strategy_version go together")
+        if self.outcome is DecisionOutcome.ISSUED:
+            if self.amount is None or self.compensation_id is None:
+                raise ValueError("an issued decision carries its amount and compensation_id")
+            _shares_sum_to(self.liability, self.amount.amount_minor, "liability")
+        elif self.liability:
+            raise ValueError("liability is set for issued decisions only")
+        if (self.outcome is DecisionOutcome.WOULD_ISSUE) and not self.shadow:
+            raise ValueError("would_issue is a shadow outcome")
+        return self
+
+
+class AuditItemSampled(Payload):
+    """audit_sampler put a manual compensation in an audit queue (a sample draw or a mandatory audit)."""
+
+    item_id: RowNumber
+    compensation_id: Identifier
+    buyer_id: Identifier
+    compensation_occurred_at: AwareDatetime
+    stratum: Code = Field(description="The audit queue the draw belongs to.")
+    inclusion_probability: Probability
+    mandatory: bool
+    agent_id: Identifier
+    team: Identifier
+    reason_code: Code
+    amount: PositiveMoney
+    sla_due_at: AwareDatetime
+
+
+class AuditItemEvicted(Payload):
+    """A queued sample item was dropped to keep a queue-day within capacity (never audited)."""
+
+    item_id: RowNumber
+    compensation_id: Identifier
+    buyer_id: Identifier
+
+
+class AuditVerdictRecorded(Payload):
+    """An auditor's verdict on a sampled manual compensation (the latest verdict of an item replaces an
+    earlier one, e.g. after a dispute is upheld)."""
+
+    verdict_id: RowNumber
+    item_id: RowNumber
+    compensation_id: Identifier
+    buyer_id: Identifier
+    auditor_id: Identifier
+    passed: bool
+    attributes: dict[Code, bool] = Field(max_length=20, description="Quality attribute -> passed.")
+    error_category: Code | None = None
+    amount: PositiveMoney = Field(description="The compensation's amount as issued.")
+    money_misstated: NonNegativeMoney = Field(description="|right amount - issued amount|.")
+    audited_at: AwareDatetime
+    within_sla: bool
+    dispute_id: RowNumber | None = Field(
+        default=None, description="Set when a senior auditor's dispute resolution overturned the verdict "
+                                        "(this event then replaces it: passed, nothing misstated).")
+
+
+class BudgetLimitSet(Payload):
+    """Finance set or changed a region's budget limit for a period (ledger)."""
+
+    budget_period: Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}(-\d{2})?$")]
+    limit: NonNegativeMoney
+    previous_limit: NonNegativeMoney | None = None
+    actor: Identifier
+    reason: Text | None = None

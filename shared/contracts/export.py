@@ -43,6 +43,51 @@ def event_schema(spec: EventSpec) -> dict[str, Any]:
     return envelope
 
 
+def message_headers(spec: EventSpec) -> dict[str, Any]:
+    """The Kafka headers every producer sends with an event (``shared.kafka.envelope_headers`` and the
+    services' fast paths that write the same bytes): copies of envelope fields, for routing and tracing
+    without decoding the value."""
+    envelope = Envelope.model_json_schema()["properties"]
+    return {
+        "type": "object",
+        "properties": {
+            "event_type": {"type": "string", "const": spec.event_type},
+            "schema_version": {"type": "string", "const": str(spec.version)},
+            "event_id": {k: v for k, v in envelope["event_id"].items() if k != "title"},
+            "correlation_id": {k: v for k, v in envelope["correlation_id"].items() if k != "title"},
+            "region": {k: v for k, v in envelope["region"].items() if k != "title"},
+            "content-type": {"type": "string", "const": "application/json"},
+            "traceparent": {"type": "string", "maxLength": 55,
+                            "description": "W3C trace context; sent only when the event carries one."},
+        },
+        "required": ["event_type", "schema_version", "event_id", "correlation_id", "region", "content-type"],
+    }
+
+
+DEAD_LETTER_HEADERS = {
+    "dlq.error": "Why the record was set aside (at most 4,000 characters).",
+    "dlq.source_topic": "The topic it was read from.",
+    "dlq.source_partition": "Its partition there (decimal).",
+    "dlq.source_offset": "Its offset there (decimal).",
+    "dlq.consumer_group": "The consumer group that could not process it.",
+}
+
+
+def _dead_letter_message() -> dict[str, Any]:
+    return {
+        "name": "dead_letter",
+        "title": "Dead letter",
+        "summary": "A record a consumer could not process: the original bytes as value, the original headers "
+                   "(those of the event, when it had them) plus the dlq.* headers; key = source topic.",
+        "contentType": "application/octet-stream",
+        "headers": {"type": "object",
+                    "properties": {h: {"type": "string", "description": d} for h, d in DEAD_LETTER_HEADERS.items()},
+                    "required": sorted(DEAD_LETTER_HEADERS), "additionalProperties": {"type": "string"}},
+        "payload": {"description": "The original record value, unchanged (may be anything, even not JSON)."},
+        "bindings": {"kafka": {"key": {"type": "string", "description": "source topic"}}},
+    }
+
+
 def asyncapi() -> dict[str, Any]:
     channels: dict[str, Any] = {}
     messages: dict[str, Any] = {}
@@ -54,9 +99,7 @@ def asyncapi() -> dict[str, Any]:
             "title": f"{spec.event_type} v{spec.version}",
             "summary": spec.description,
             "contentType": "application/json",
-            "headers": {"type": "object", "properties": {
-                h: {"type": "string"} for h in
-                ("event_type", "schema_version", "event_id", "correlation_id", "region", "traceparent")}},
+            "headers": message_headers(spec),
             "payload": {"$ref": f"./{schema_name(spec)}"},
             "bindings": {"kafka": {"key": {"type": "string", "description": _key_doc(spec)}}},
         }
@@ -67,11 +110,17 @@ def asyncapi() -> dict[str, Any]:
         operations[f"publish_{channel_id}"] = {
             "action": "send", "channel": {"$ref": f"#/channels/{channel_id}"},
             "messages": [{"$ref": f"#/channels/{channel_id}/messages/{m}"} for m in channel["messages"]]}
-    channels[Topic.DEAD_LETTERS.value.replace(".", "_")] = {
+    dead = Topic.DEAD_LETTERS.value.replace(".", "_")
+    messages["dead_letter"] = _dead_letter_message()
+    channels[dead] = {
         "address": Topic.DEAD_LETTERS.value,
         "description": "Poison messages: original bytes as value, original headers plus dlq.error, "
                        "dlq.source_topic, dlq.source_partition, dlq.source_offset, dlq.consumer_group; "
-                       "key = source topic."}
+                       "key = source topic.",
+        "messages": {"dead_letter": {"$ref": "#/components/messages/dead_letter"}}}
+    operations[f"publish_{dead}"] = {
+        "action": "send", "channel": {"$ref": f"#/channels/{dead}"},
+        "messages": [{"$ref": f"#/channels/{dead}/messages/dead_letter"}]}
     return {
         "asyncapi": "3.0.0",
         "info": {"title": "Compensation platform events", "version": "1.0.0",

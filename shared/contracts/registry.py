@@ -36,7 +36,7 @@ def _region(env: Envelope, _: Any) -> str:
 
 def _allowance(_: Envelope, p: Any) -> str:
     """Every event of one allowance on one partition, so the ledger sees its requests and its return in
-    the order auto_comp wrote them (ADR 0008)."""
+    the order auto_comp wrote them (ADR 0012)."""
     return str(p.allowance_id)
 
 
@@ -54,10 +54,10 @@ _SPECS = [
     EventSpec("buyer.order_placed", 1, ev.BuyerOrderPlaced, Topic.BUYER_ORDERS, _buyer,
               "A later order by a buyer (strategy ROI)."),
     EventSpec("budget.reservation_requested", 1, ev.BudgetReservationRequested, Topic.BUDGET_REQUESTS, _buyer,
-              "Retired (ADR 0008): auto_comp asked the ledger to reserve budget per voucher; the ledger still "
+              "Retired (ADR 0012): auto_comp asked the ledger to reserve budget per voucher; the ledger still "
               "answers requests left from before an upgrade."),
     EventSpec("budget.reservation_decided", 1, ev.BudgetReservationDecided, Topic.BUDGET_RESULTS, _buyer,
-              "Retired (ADR 0008): the ledger reserved or denied a per-voucher budget request."),
+              "Retired (ADR 0012): the ledger reserved or denied a per-voucher budget request."),
     EventSpec("compensation.issued", 1, ev.CompensationIssued, Topic.COMPENSATIONS_ISSUED, _buyer,
               "auto_comp issued a compensation."),
     EventSpec("audit.correction_issued", 1, ev.AuditCorrectionIssued, Topic.AUDIT_CORRECTIONS, _buyer,
@@ -67,11 +67,25 @@ _SPECS = [
     EventSpec("budget.exceeded", 1, ev.BudgetExceeded, Topic.BUDGET_ALERTS, _region,
               "Manual compensations pushed usage past the budget."),
     EventSpec("budget.allowance_requested", 1, ev.BudgetAllowanceRequested, Topic.BUDGET_ALLOWANCES, _allowance,
-              "auto_comp asks the ledger for a budget allowance, or more for an open one (ADR 0008)."),
+              "auto_comp asks the ledger for a budget allowance, or more for an open one (ADR 0012)."),
     EventSpec("budget.allowance_decided", 1, ev.BudgetAllowanceDecided, Topic.BUDGET_GRANTS, _allowance,
               "The ledger granted (held against the budget at once) or denied an allowance request."),
     EventSpec("budget.allowance_returned", 1, ev.BudgetAllowanceReturned, Topic.BUDGET_ALLOWANCES, _allowance,
               "auto_comp closed an allowance and reports exactly what it spent; the ledger releases the rest."),
+    EventSpec("buyer.feedback_given", 1, ev.BuyerFeedbackGiven, Topic.BUYER_FEEDBACK, _buyer,
+              "A buyer's CSAT answer or review score (1-5) about a ticket or order."),
+    EventSpec("order.volume_reported", 1, ev.OrderVolumeReported, Topic.ORDER_VOLUME, _region,
+              "A region's orders and GMV for one local day (the latest report of a day wins)."),
+    EventSpec("decision.recorded", 1, ev.DecisionRecorded, Topic.DECISIONS, _buyer,
+              "auto_comp's final decision on a ticket for a live or shadow strategy."),
+    EventSpec("audit.item_sampled", 1, ev.AuditItemSampled, Topic.AUDIT_ACTIVITY, _buyer,
+              "A manual compensation entered an audit queue, with its inclusion probability and stratum."),
+    EventSpec("audit.item_evicted", 1, ev.AuditItemEvicted, Topic.AUDIT_ACTIVITY, _buyer,
+              "A queued audit item was dropped to keep its queue-day within capacity."),
+    EventSpec("audit.verdict_recorded", 1, ev.AuditVerdictRecorded, Topic.AUDIT_ACTIVITY, _buyer,
+              "An auditor's verdict on a sampled manual compensation."),
+    EventSpec("budget.limit_set", 1, ev.BudgetLimitSet, Topic.BUDGET_LIMITS, _region,
+              "A region's budget limit for a period was set or changed."),
 ]
 
 REGISTRY: dict[tuple[str, int], EventSpec] = {(s.event_type, s.version): s for s in _SPECS}

@@ -10,7 +10,7 @@ class Topic(enum.StrEnum):
     MANUAL_COMPENSATIONS = "compensations.manual.v1"  # CS agents' hand-issued compensations; key: buyer_id
     VOUCHER_LIFECYCLE = "vouchers.lifecycle.v1"  # redeemed / expired / revoked; key: buyer_id
     BUYER_ORDERS = "buyer.orders.v1"  # later orders by a buyer, for strategy ROI; key: buyer_id
-    # Retired (ADR 0008): per-voucher reservations; the ledger still drains requests left from before.
+    # Retired (ADR 0012): per-voucher reservations; the ledger still drains requests left from before.
     BUDGET_REQUESTS = "budget.requests.v1"  # auto_comp -> ledger reservation requests; key: buyer_id
     BUDGET_RESULTS = "budget.results.v1"  # ledger -> auto_comp reserved / denied; key: buyer_id
     BUDGET_ALLOWANCES = "budget.allowances.v1"  # auto_comp -> ledger allowance requests, returns; key: allowance
@@ -18,6 +18,11 @@ class Topic(enum.StrEnum):
     COMPENSATIONS_ISSUED = "compensations.issued.v1"  # auto_comp issued vouchers; key: buyer_id
     AUDIT_CORRECTIONS = "audit.corrections.v1"  # audit_sampler corrections for the ledger; key: buyer_id
     BUDGET_ALERTS = "budget.alerts.v1"  # ledger threshold / exceeded events; key: region
+    DECISIONS = "decisions.v1"  # auto_comp's final decisions, live and shadow; key: buyer_id
+    AUDIT_ACTIVITY = "audit.activity.v1"  # audit_sampler sampled items, evictions, verdicts; key: buyer_id
+    BUYER_FEEDBACK = "buyer.feedback.v1"  # CSAT answers and review scores from intake; key: buyer_id
+    ORDER_VOLUME = "orders.volume.v1"  # daily order count and GMV per region from intake; key: region
+    BUDGET_LIMITS = "budget.limits.v1"  # ledger budget limits set or changed; key: region
     DEAD_LETTERS = "deadletters.v1"  # poison messages with the reason; key: source topic
 
 

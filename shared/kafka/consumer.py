@@ -278,7 +278,7 @@ Decoder = Callable[[bytes], tuple[Envelope, Payload]]
 
 # Called when partitions leave this consumer, after the batch in hand has committed: ("revoked") in a
 # rebalance, before the next owner can get them; ("shutdown") when the runner stops, before it leaves the
-# group. For state a service keeps per partition (auto_comp's budget allowances, ADR 0008).
+# group. For state a service keeps per partition (auto_comp's budget allowances, ADR 0012).
 OnRevoke = Callable[[list[TopicPartition], str], Awaitable[None]]
 
 

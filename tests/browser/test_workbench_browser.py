@@ -34,6 +34,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
+STATE: dict[str, str] = {}  # the running server's broker and corrections topic, for reading what it published
 
 try:
     from playwright.async_api import async_playwright
@@ -111,6 +112,10 @@ async def server(fresh_database, kafka_bootstrap, topic_factory, tmp_path_factor
         async with ctx.engine.begin() as conn:
             await queries.upsert_user(conn, "ada", hash_password(PASSWORD), ["auditor"], ["US"])
             await queries.upsert_user(conn, "lin", hash_password(PASSWORD), ["lead"], ["US"])
+            # a lead who is also a senior auditor (may raise disputes and resolve others'), and a senior auditor
+            await queries.upsert_user(conn, "vic", hash_password(PASSWORD), ["lead", "senior_auditor"], ["US"])
+            await queries.upsert_user(conn, "sam", hash_password(PASSWORD), ["senior_auditor"], ["US"])
+        STATE.update(kafka=kafka_bootstrap, corrections=corrections)
         while not web.started:
             await asyncio.sleep(0.05)
         yield f"http://127.0.0.1:{port}"
@@ -195,3 +200,122 @@ async def test_lead_seeds_a_gold_item_from_the_form(server):
             assert "gold-br-1" in await page.inner_text("#gold-items")
         finally:
             await browser.close()
+
+
+async def test_lead_sees_unaudited_items_as_non_response_not_a_census(server):
+    """The field case: one of three sampled compensations audited (and failed) showed "0.0%, 95% CI
+    0.0%-0.0%" labelled census. After the auditor's verdict above, the lead's accuracy page says what is
+    missing and gives an exact interval."""
+    assert async_playwright is not None
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            await page.goto(f"{server}/workbench/signin")
+            await page.fill("input[name=username]", "lin")
+            await page.fill("input[name=password]", PASSWORD)
+            await page.click("button[type=submit]")
+            await page.wait_for_url("**/workbench/queues")
+            await page.goto(f"{server}/workbench/accuracy?region=US&period=day")
+            estimate = await page.inner_text("#accuracy-estimate")
+            assert "0.0%" in estimate and "95% CI 0.0% - 97.5%" in estimate
+            assert "Clopper-Pearson" in estimate and "1 audited" in estimate and "census" not in estimate
+            note = await page.inner_text("#nonresponse")
+            assert "2 of 3 sampled compensations (66.7%) are not audited yet" in note
+            assert "if every one passed 66.7%" in note
+            await page.screenshot(path=str(ARTIFACTS / "workbench-accuracy.png"), full_page=True)
+        finally:
+            await browser.close()
+
+
+async def sign_in(page, server: str, username: str) -> None:
+    await page.goto(f"{server}/workbench/signin")
+    await page.fill("input[name=username]", username)
+    await page.fill("input[name=password]", PASSWORD)
+    await page.click("button[type=submit]")
+    await page.wait_for_url("**/workbench/queues")
+
+
+async def published_reversal(correction_id: str) -> ev.AuditCorrectionIssued:
+    """Read the corrections topic until the reversal is there (the relay publishes it after the commit)."""
+    from aiokafka import AIOKafkaConsumer
+
+    from shared.contracts.registry import decode_envelope
+
+    consumer = AIOKafkaConsumer(STATE["corrections"], bootstrap_servers=STATE["kafka"],
+                                auto_offset_reset="earliest", group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    _, payload = decode_envelope(record.value)
+                    if payload.correction_id == correction_id:
+                        return payload
+        raise AssertionError(f"{correction_id} was never published")
+    finally:
+        await consumer.stop()
+
+
+async def test_a_dispute_is_resolved_by_a_third_person_and_the_reversal_names_everyone(server):
+    """Separation of duties in the browser: the auditor fails a compensation (money corrected); a lead who
+    is also a senior auditor disputes it and is offered no way to resolve it; another senior auditor
+    overturns it; the reversal sent to the ledger and the pages name all three."""
+    assert async_playwright is not None
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            ada = await (await browser.new_context(viewport={"width": 1280, "height": 900})).new_page()
+            await sign_in(ada, server, "ada")
+            await ada.click("#claim-US")
+            await ada.wait_for_url("**/workbench/items/*")
+            item_url = ada.url
+            for name in ("amount_correct", "kind_correct", "liable_party_correct", "evidence_sufficient",
+                         "policy_compliant", "not_duplicate"):
+                await ada.check(f"input[name=attr_{name}][value=yes]")
+            await ada.check("input[name=attr_warranted][value=no]")
+            await ada.select_option("select[name=error_category]", "not_warranted")
+            await ada.click("#submit-verdict")
+            await ada.wait_for_url("**/workbench/queues?*")
+            assert "sent to the ledger" in await ada.inner_text("#message")
+
+            vic = await (await browser.new_context(viewport={"width": 1280, "height": 900})).new_page()
+            await sign_in(vic, server, "vic")
+            await vic.goto(item_url)
+            await vic.fill("textarea[name=reason]", "the parcel photo was in the chat")
+            await vic.click("text=Open dispute")
+            await vic.wait_for_url("**/workbench/disputes?*")
+            row = vic.locator("#disputes tbody tr").first
+            assert await row.locator(".raised-by").inner_text() == "vic"
+            assert await row.locator(".verdict-by").inner_text() == "ada"
+            # vic holds the senior auditor's role, yet is offered no way to resolve their own dispute
+            assert await row.locator("button[value=overturn]").count() == 0
+            assert "you raised this dispute" in await row.locator(".conflict").inner_text()
+            await vic.screenshot(path=str(ARTIFACTS / "workbench-dispute-raised.png"), full_page=True)
+
+            sam = await (await browser.new_context(viewport={"width": 1280, "height": 900})).new_page()
+            await sign_in(sam, server, "sam")
+            await sam.goto(f"{server}/workbench/disputes")
+            row = sam.locator("#disputes tbody tr").first
+            await row.locator("input[name=note]").fill("photo confirms the damage")
+            await row.locator("button[value=overturn]").click()
+            await sam.wait_for_url("**/workbench/disputes?*")
+            message = await sam.inner_text("#message")
+            assert "overturned. Raised by vic, verdict by ada, resolved by sam." in message
+            assert "Reversal audit-correction-US-" in message and "-reversal sent to the ledger" in message
+            reversal_id = message.split("Reversal ")[1].split(" ")[0]
+            done = sam.locator("#disputes tbody tr").first
+            assert await done.locator(".resolved-by").inner_text() == "sam (photo confirms the damage)"
+            assert await done.locator(".reversal").inner_text() == reversal_id
+
+            await sam.goto(item_url)
+            dispute = await sam.inner_text("#dispute")
+            assert "raised by vic" in dispute and "resolved by sam" in dispute and "verdict by ada" in dispute
+            assert reversal_id in dispute
+            await sam.screenshot(path=str(ARTIFACTS / "workbench-dispute-resolved.png"), full_page=True)
+        finally:
+            await browser.close()
+    reversal = await published_reversal(reversal_id)
+    assert (reversal.auditor_id, reversal.dispute_raised_by, reversal.disputed_auditor_id) == ("sam", "vic", "ada")
+    assert reversal.corrects_correction_id == reversal_id.removesuffix("-reversal")

@@ -1,4 +1,4 @@
-"""Budget allowances end to end with the real ledger (ADR 0008): auto_comp and the ledger run in-process on
+"""Budget allowances end to end with the real ledger (ADR 0012): auto_comp and the ledger run in-process on
 the real broker and PostgreSQL. The first ticket waits for its partition's grant, later ones issue in their
 own transaction; the ledger charges each against the allowance; an exhausted budget denies; stopping
 auto_comp returns its allowances and the ledger releases what was not spent. Then several auto_comp

@@ -1,4 +1,4 @@
-"""Budget allowances across both services' pure rules (ADR 0008): a hypothesis state machine over grants,
+"""Budget allowances across both services' pure rules (ADR 0012): a hypothesis state machine over grants,
 spends, expiries, returns, revocations, kills and duplicated or delayed messages, between auto_comp's
 allowance rules (``services.auto_comp.domain.allowance``) and the ledger's book.
 

@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings
 README = Path(__file__).resolve().parents[2] / "README.md"
 SETTINGS_MODULES = ["shared.config", "services.intake.config", "services.auto_comp.config",
                     "services.audit_sampler.config", "services.audit_sampler.web.settings",
-                    "services.ledger.config"]
+                    "services.ledger.config", "services.insights.config"]
 # Fixed per service in code (SERVICE_NAME), or replaced by each service's <SERVICE>_PORT (PORT).
 NOT_FOR_OPERATORS = {"SERVICE_NAME", "PORT"}
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from services.audit_sampler.domain.verdicts import ATTRIBUTES, CATEGORY_ATTRIBUTES
+
 DEFAULT_POLICY = "default"
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _CODE = re.compile(r"^[a-z0-9_]+$")
@@ -138,7 +140,7 @@ class Policy:
     queues: tuple[QueueRule, ...]  # highest min_risk first
     calibration_share: float
     lease_seconds: int
-    error_categories: frozenset[str]
+    error_categories: Mapping[str, str | None]  # code -> the attribute it means was wrong (None: any)
 
     def queue_for(self, risk: float, mandatory: bool) -> QueueRule:
         if mandatory:
@@ -257,10 +259,7 @@ def parse_policy(data: Any, source: str = "<policy>") -> Policy:
     queues = _parse_queues(r, top.get("queues"))
     calibration = r.number(top, "calibration_share", "", 0.0, lo=0.0, hi=1.0)
     lease = r.integer(top, "lease_seconds", "", 1800, lo=10, hi=86_400)
-    categories_raw = top.get("error_categories", ["wrong_amount", "not_warranted", "wrong_kind",
-                                                  "wrong_liable_party", "missing_evidence", "policy_breach",
-                                                  "duplicate", "other"])
-    categories = r.codes(categories_raw, "error_categories")
+    categories = _parse_categories(r, top.get("error_categories", [*CATEGORY_ATTRIBUTES, "other"]))
     if r.errors:
         raise PolicyError(source, r.errors)
     canonical = yaml.safe_dump(data, sort_keys=True).encode()
@@ -269,6 +268,28 @@ def parse_policy(data: Any, source: str = "<policy>") -> Policy:
                   monetary_interval_minor=interval, boosts=boosts, switching=switching,
                   agent_weekly_minimum=weekly_min, queues=queues, calibration_share=calibration,
                   lease_seconds=lease, error_categories=categories)
+
+
+def _parse_categories(r: _Reader, raw: Any) -> dict[str, str | None]:
+    """A list of codes (the standard ones keep their attribute, others go with any failed attribute), or
+    a mapping of code -> the attribute it means was wrong (null: none in particular)."""
+    if isinstance(raw, list):
+        return {code: CATEGORY_ATTRIBUTES.get(code) for code in r.codes(raw, "error_categories")}
+    if not isinstance(raw, dict) or not raw:
+        r.fail("error_categories", "expected a list of codes or a mapping of code -> attribute")
+        return {}
+    out: dict[str, str | None] = {}
+    for code, attribute in raw.items():
+        where = f"error_categories.{code}"
+        if not isinstance(code, str) or not _CODE.match(code):
+            r.fail(where, "category code must be lower-case letters, digits and _")
+        elif attribute is not None and attribute not in ATTRIBUTES:
+            r.fail(where, f"must be an attribute ({', '.join(ATTRIBUTES)}) or null")
+        elif code in CATEGORY_ATTRIBUTES and attribute not in (None, CATEGORY_ATTRIBUTES[code]):
+            r.fail(where, f"{code} is a standard category: it means {CATEGORY_ATTRIBUTES[code]} is no")
+        else:
+            out[code] = CATEGORY_ATTRIBUTES.get(code) if attribute is None else attribute
+    return out
 
 
 def _parse_boosts(r: _Reader, raw: Any) -> RiskBoosts:

@@ -4,10 +4,13 @@ error rates with Wilson intervals, root causes against the previous period, audi
 Pure: the rows come in as dataclasses (read by ``web/queries.py``), the report goes out as plain dicts
 (JSON) or rows (CSV). Which items count:
 - The accuracy estimate uses audited items of kind ``sample`` whose compensation was issued in the period
-  (the compensation's local day), weighted by ``1 / effective inclusion probability``. Gold and
-  calibration re-audits are not draws from the population and never enter it. Sampled items still waiting
-  in a queue are not yet observed; the Hajek ratio is unchanged by a uniform completion rate, and the
-  report shows sampled and audited counts so a slow queue is visible.
+  (the compensation's local day), weighted by ``1 / effective inclusion probability``, with the estimator
+  of ``shared.stats`` (the one every service reports with). Gold and calibration re-audits are not draws
+  from the population and never enter it. Sampled items still waiting in a queue are non-response: the
+  report counts them, gives their share, treats them as missing at random and shows what the estimate
+  would be if every one of them failed or passed; the interval is exact (Clopper-Pearson, or Korn and
+  Graubard's on the effective sample size), and "census" only when every compensation of the period was
+  audited.
 - A verdict overturned on dispute counts with the lead's decision, not the auditor's.
 - Error rates by agent, team, reason code and attribute are shares of *audited* items (unweighted): they
   describe what the audits found, with Wilson intervals, not population rates.
@@ -28,9 +31,9 @@ from zoneinfo import ZoneInfo
 from services.audit_sampler.domain.stats import (
     Estimate,
     cohens_kappa,
-    hajek_proportion,
-    hajek_total,
     percent_agreement,
+    proportion_estimate,
+    total_estimate,
     wilson_interval,
 )
 from services.audit_sampler.domain.verdicts import ATTRIBUTES
@@ -172,16 +175,43 @@ def _share(value: float) -> float | None:
     return None if value != value else round(value, 6)
 
 
+INTERVAL_METHODS = {
+    "census": "census: every compensation of the period was audited, no sampling error",
+    "clopper_pearson": "exact binomial (Clopper-Pearson) interval on the audited items",
+    "clopper_pearson_effective_n": "exact binomial interval on the effective sample size of the weighted "
+                                   "sample (Korn-Graubard)",
+    "no_sample": "nothing audited: no estimate",
+    "normal": "normal interval on the linearised variance",
+    "error_rate_bound": "no misstatement found: upper bound = exact upper bound of the misstated share "
+                        "times the amount paid",
+    "no_errors_seen": "no misstatement found, and no largest misstatement to bound it by",
+    "not_estimable": "too few audits with a misstatement to estimate its variance",
+}
+
+
+def _nonresponse_json(est: Estimate) -> dict[str, Any] | None:
+    nr = est.nonresponse
+    if nr is None:
+        return None
+    return {"unaudited": nr.unaudited, "sampled": nr.sampled, "share": _share(nr.share),
+            "weighted_share": _share(nr.weighted_share), "treatment": nr.treatment,
+            "if_all_unaudited_failed": None if nr.bounds is None else _share(nr.bounds.low),
+            "if_all_unaudited_passed": None if nr.bounds is None else _share(nr.bounds.high)}
+
+
 def _estimate_json(est: Estimate) -> dict[str, Any]:
     return {"estimate": _share(est.value), "ci95_low": _share(est.interval.low),
-            "ci95_high": _share(est.interval.high), "standard_error": _share(est.standard_error),
-            "effective_sample_size": round(est.effective_sample_size, 2), "interval_method": est.method}
+            "ci95_high": _share(est.interval.high), "confidence": est.confidence,
+            "standard_error": _share(est.standard_error), "audited": est.sample_size,
+            "effective_sample_size": round(est.effective_sample_size, 2), "interval_method": est.method,
+            "interval_method_text": INTERVAL_METHODS.get(est.method, est.method),
+            "nonresponse": _nonresponse_json(est)}
 
 
 def _money_json(est: Estimate) -> dict[str, Any]:
     return {"estimate_minor": _minor(est.value), "ci95_low_minor": _minor(est.interval.low),
             "ci95_high_minor": _minor(est.interval.high), "upper_bound_minor": _minor(est.interval.high),
-            "interval_method": est.method}
+            "interval_method": est.method, "interval_method_text": INTERVAL_METHODS.get(est.method, est.method)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +322,7 @@ class AccuracyReport:
     rates: dict[str, list[RateRow]]
     causes: list[RootCause]
     previous_accuracy: Estimate | None = None
+    unaudited: int = 0  # sampled items of the period still waiting for their audit (non-response)
     generated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def as_json(self) -> dict[str, Any]:
@@ -304,7 +335,7 @@ class AccuracyReport:
                        "end_utc": self.period.end_utc.isoformat()},
             "population": {"compensations": self.population.size, "amount_minor": self.population.amount_minor,
                            "sampled": self.population.sampled, "audited": self.audited,
-                           "dropped_by_capacity": self.population.dropped_by_capacity},
+                           "unaudited": self.unaudited, "dropped_by_capacity": self.population.dropped_by_capacity},
             "accuracy": _estimate_json(self.accuracy),
             "error_rate": _estimate_json(self.error_rate),
             "previous_period_accuracy": None if previous is None else _estimate_json(previous),
@@ -312,10 +343,7 @@ class AccuracyReport:
                           "under_compensation": _money_json(self.under_compensation)},
             "error_rates": {dim: [r.as_json() for r in rows] for dim, rows in self.rates.items()},
             "root_causes": [c.as_json() for c in self.causes],
-            "method": ("Hajek (Horvitz-Thompson ratio) estimate over audited sample items weighted by "
-                       "1/effective inclusion probability; Poisson-sampling variance by linearisation; "
-                       "95% normal interval clamped to [0, 1]. Error rates by dimension: audited items, "
-                       "Wilson 95% intervals."),
+            "method": METHOD,
             "generated_at": self.generated_at.isoformat(),
         }
 
@@ -330,6 +358,12 @@ class AccuracyReport:
 
         est("accuracy", "all", self.accuracy, self.audited)
         est("error_rate", "all", self.error_rate, self.audited)
+        nr = self.accuracy.nonresponse
+        if nr is not None:
+            # the unaudited count in the "errors" column is not an error count: the key says what it is
+            rows.append([*base, "nonresponse", "unaudited_sampled", self.audited, nr.unaudited, _share(nr.share),
+                         None if nr.bounds is None else _share(nr.bounds.low),
+                         None if nr.bounds is None else _share(nr.bounds.high), "", self.currency])
         for name, e in (("over_compensation", self.over_compensation),
                         ("under_compensation", self.under_compensation)):
             rows.append([*base, "misstated", name, self.audited, "", "", _minor(e.interval.low),
@@ -348,19 +382,44 @@ CSV_HEADER = ["region", "period", "period_label", "section", "key", "audited", "
               "ci95_low", "ci95_high", "amount_minor", "currency"]
 
 
+METHOD = ("Hajek (Horvitz-Thompson ratio) estimate over the audited sample items, weighted by 1/effective "
+          "inclusion probability, with the Poisson-sampling variance by linearisation (shared.stats). Sampled "
+          "items not audited yet are non-response: counted, treated as missing at random (the audited items "
+          "stand for them) and bounded (the estimate if every one of them failed or passed). 95% exact "
+          "interval: Clopper-Pearson on the audited items, or with unequal weights on the design-based "
+          "effective sample size (Korn-Graubard); census (no interval) only when every compensation of the "
+          "period was audited. Money misstated: N times the Hajek mean with a normal interval; with no "
+          "misstatement found, the exact upper bound of the misstated share times the amount paid. Error "
+          "rates by dimension: shares of the audited items with Wilson 95% intervals.")
+
+
+def accuracy_estimates(audited: Sequence[AuditedCompensation], unaudited: Sequence[float],
+                       population_size: int | None) -> tuple[Estimate, Estimate]:
+    """(accuracy, error rate) of a period: the shared estimator with its non-response and population."""
+    probs = [i.probability for i in audited]
+    accuracy = proportion_estimate([i.passed for i in audited], probs, unaudited_probs=unaudited,
+                                   population_size=population_size)
+    error = proportion_estimate([not i.passed for i in audited], probs, unaudited_probs=unaudited,
+                                population_size=population_size)
+    return accuracy, error
+
+
 def accuracy_report(*, region: str, currency: str, period: Period, population: PopulationCount,
                     audited: Sequence[AuditedCompensation],
-                    previous_audited: Sequence[AuditedCompensation] = ()) -> AccuracyReport:
+                    previous_audited: Sequence[AuditedCompensation] = (),
+                    unaudited: Sequence[float] = (), previous_unaudited: Sequence[float] = ()) -> AccuracyReport:
+    """``unaudited``: the effective inclusion probabilities of the period's sampled items that have no
+    audit yet (and ``previous_unaudited`` of the previous period's)."""
     items = list(audited)
     probs = [i.probability for i in items]
-    accuracy = hajek_proportion([i.passed for i in items], probs)
-    error = hajek_proportion([not i.passed for i in items], probs)
-    over = hajek_total([i.over_minor for i in items], probs, population.size)
-    under = hajek_total([i.under_minor for i in items], probs, population.size)
-    previous = (hajek_proportion([i.passed for i in previous_audited],
-                                 [i.probability for i in previous_audited]) if previous_audited else None)
+    accuracy, error = accuracy_estimates(items, unaudited, population.size)
+    over = total_estimate([i.over_minor for i in items], probs, population.size, unaudited_probs=unaudited,
+                          value_cap_total=population.amount_minor)
+    under = total_estimate([i.under_minor for i in items], probs, population.size, unaudited_probs=unaudited)
+    previous = (accuracy_estimates(previous_audited, previous_unaudited, None)[0]
+                if previous_audited else None)
     return AccuracyReport(region, currency, period, population, len(items), accuracy, error, over, under,
-                          error_rates(items), root_causes(items, previous_audited), previous)
+                          error_rates(items), root_causes(items, previous_audited), previous, len(unaudited))
 
 
 # ------------------------------------------------------------------ calibration report

@@ -149,11 +149,13 @@ def decide(policy: Policy, comp: ManualCompensation, agent: AgentProfile,
 
 
 def next_state(state: SamplingState, results: Sequence[bool], rules: SwitchingRules) -> SamplingState:
-    """The agent's inspection level after its latest audit (``results`` oldest first, latest last).
+    """The agent's inspection level after its latest audit.
 
-    Like ISO 2859-1's switching rules: normal -> tightened after too many failures in a short window;
-    tightened -> normal after a run of passes; normal -> reduced after a long run of passes; reduced ->
-    normal at the first failures.
+    ``results`` are the audits made *at the current level*, oldest first, the latest last: every rule
+    reads only the run at the level it switches from, as ISO 2859-1 does. Normal -> reduced needs a run of
+    passes *under normal inspection* (passes made while tightened bought the way back to normal and count
+    for nothing more); normal -> tightened counts failures among the audits since normal began;
+    tightened -> normal needs a run of passes under tightened; reduced -> normal a failure under reduced.
     """
     def trailing_passes() -> int:
         count = 0
@@ -174,6 +176,32 @@ def next_state(state: SamplingState, results: Sequence[bool], rules: SwitchingRu
         return SamplingState.NORMAL if trailing_passes() >= rules.tightened_to_normal_passes else state
     failures = sum(1 for ok in results[-rules.to_tightened_window:] if not ok)
     return SamplingState.NORMAL if failures >= rules.reduced_to_normal_failures else state
+
+
+@dataclass(frozen=True)
+class InspectionLevel:
+    """An agent's inspection level and how many audits were recorded since the agent entered it."""
+
+    state: SamplingState = SamplingState.NORMAL
+    audits_at_level: int = 0
+
+
+def record_audit(level: InspectionLevel, results: Sequence[bool], rules: SwitchingRules) -> InspectionLevel:
+    """The level after one more audit. ``results`` is the agent's remembered history, oldest first, with
+    the new audit last; only its last ``audits_at_level + 1`` entries were made at the current level (a
+    history shorter than that is all there is). A switch starts the new level's run at zero audits."""
+    at_level = level.audits_at_level + 1
+    run = results[-at_level:] if at_level <= len(results) else results
+    state = next_state(level.state, run, rules)
+    return InspectionLevel(state, at_level if state is level.state else 0)
+
+
+def replay_levels(results: Sequence[bool], rules: SwitchingRules) -> InspectionLevel:
+    """The level a history of audits (oldest first) leads to from normal inspection, as for a new agent."""
+    level = InspectionLevel()
+    for i in range(1, len(results) + 1):
+        level = record_audit(level, results[:i], rules)
+    return level
 
 
 def week_start(day: date) -> date:

@@ -4,11 +4,18 @@ Only three attributes move money: ``warranted`` (not warranted -> the right amou
 ``amount_correct`` (a corrected amount) and ``liable_party_correct`` (corrected liability shares). The
 others (kind, evidence, policy, duplicate) are quality findings without a ledger effect; an auditor who
 finds a duplicate that should not have been paid scores ``warranted`` false as well.
+
+A verdict must agree with itself (``validate``): the error category names an attribute answered no (no
+"duplicate" when ``not_duplicate`` is yes; a category of the region's own without an attribute, such as
+"other", goes with any failed one); a corrected amount only when ``amount_correct`` is no, corrected
+liable parties only when ``liable_party_correct`` is no, and neither when the compensation was not
+warranted at all (it corrects to 0, charged to nobody). Root causes and error rates are read from these
+fields, so a contradiction would count an error under an attribute the auditor passed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from shared.money import Money
@@ -16,6 +23,12 @@ from shared.money import Money
 ATTRIBUTES: tuple[str, ...] = ("warranted", "amount_correct", "kind_correct", "liable_party_correct",
                                "evidence_sufficient", "policy_compliant", "not_duplicate")
 PARTY_TYPES = ("seller", "carrier", "platform")
+# The standard error categories and the attribute each one means was wrong. A region's policy may add
+# categories of its own (mapped to an attribute, or to none: any failed attribute).
+CATEGORY_ATTRIBUTES: Mapping[str, str] = {
+    "not_warranted": "warranted", "wrong_amount": "amount_correct", "wrong_kind": "kind_correct",
+    "wrong_liable_party": "liable_party_correct", "missing_evidence": "evidence_sufficient",
+    "policy_breach": "policy_compliant", "duplicate": "not_duplicate"}
 
 
 class VerdictError(ValueError):
@@ -53,8 +66,18 @@ class Correction:
     liability: tuple[Share, ...]  # empty when the amount is 0
 
 
-def validate(v: VerdictInput, *, original_amount_minor: int, categories: frozenset[str]) -> None:
+def category_map(categories: Mapping[str, str | None] | Iterable[str]) -> dict[str, str | None]:
+    """Categories as code -> attribute (None: no particular attribute); a plain set of codes takes the
+    standard meaning of the standard codes."""
+    if isinstance(categories, Mapping):
+        return dict(categories)
+    return {c: CATEGORY_ATTRIBUTES.get(c) for c in categories}
+
+
+def validate(v: VerdictInput, *, original_amount_minor: int,
+             categories: Mapping[str, str | None] | Iterable[str]) -> None:
     """Raise VerdictError naming every field that breaks the rules."""
+    meaning = category_map(categories)
     errors: list[tuple[str, str]] = []
     for name in ATTRIBUTES:
         if name not in v.attributes:
@@ -67,38 +90,52 @@ def validate(v: VerdictInput, *, original_amount_minor: int, categories: frozens
     if errors:
         raise VerdictError(errors)
     all_ok = all(v.attributes[name] for name in ATTRIBUTES)
+    failed = [name for name in ATTRIBUTES if not v.attributes[name]]
     if v.passed != all_ok:
         errors.append(("passed", "must be true exactly when every attribute is true"))
-    if v.passed:
+    if all_ok:
         if v.error_category is not None:
-            errors.append(("error_category", "must be empty for a passed audit"))
+            errors.append(("error_category", f"{v.error_category} chosen, but every attribute was answered yes: "
+                                             "answer no to what is wrong, or leave the category empty"))
+    elif v.passed:
+        pass  # the contradiction is ``passed`` itself (reported above); a category would only add noise
     elif v.error_category is None:
         errors.append(("error_category", "required for a failed audit"))
-    elif v.error_category not in categories:
-        errors.append(("error_category", f"unknown category (known: {', '.join(sorted(categories))})"))
+    elif v.error_category not in meaning:
+        errors.append(("error_category", f"unknown category (known: {', '.join(sorted(meaning))})"))
+    elif (attribute := meaning[v.error_category]) is not None and v.attributes.get(attribute, True):
+        fitting = sorted(c for c, a in meaning.items() if a in failed or a is None)
+        errors.append(("error_category", f"{v.error_category} means {attribute} is no, but it was answered yes; "
+                                         f"for the answers given choose one of {', '.join(fitting)}"))
     warranted = v.attributes["warranted"]
     amount_ok = v.attributes["amount_correct"]
     amount = v.corrected_amount_minor
     if amount is not None and (isinstance(amount, bool) or not isinstance(amount, int) or amount < 0):
         errors.append(("corrected_amount_minor", "must be a non-negative integer of minor units"))
+    elif amount is not None and amount_ok:
+        errors.append(("corrected_amount_minor", "only when amount_correct is no (the amount was answered "
+                                                 "correct): leave it empty"))
     elif not warranted:
         if amount not in (None, 0):
-            errors.append(("corrected_amount_minor", "a compensation that was not warranted corrects to 0"))
+            errors.append(("corrected_amount_minor", "a compensation that was not warranted corrects to 0: "
+                                                     "leave it empty"))
     elif not amount_ok:
         if amount is None:
             errors.append(("corrected_amount_minor", "required when the amount is not correct"))
         elif amount == original_amount_minor:
-            errors.append(("corrected_amount_minor", "equals the original amount, yet amount_correct is false"))
+            errors.append(("corrected_amount_minor", "equals the original amount, yet amount_correct is no"))
         elif amount == 0:
-            errors.append(("corrected_amount_minor", "0 means not warranted: score warranted false instead"))
-    elif amount is not None and amount != original_amount_minor:
-        errors.append(("corrected_amount_minor", "only allowed when amount_correct is false"))
+            errors.append(("corrected_amount_minor", "0 means not warranted: answer warranted no instead"))
     liable_ok = v.attributes["liable_party_correct"]
     if v.corrected_liability is not None and liable_ok:
-        errors.append(("corrected_liability", "only allowed when liable_party_correct is false"))
+        errors.append(("corrected_liability", "only when liable_party_correct is no (the liable party was "
+                                              "answered correct): leave it empty"))
+    elif v.corrected_liability is not None and not warranted:
+        errors.append(("corrected_liability", "a compensation that was not warranted is charged to nobody: "
+                                              "leave it empty"))
     if not liable_ok and warranted and v.corrected_liability is None:
         errors.append(("corrected_liability", "required when the liable party is not correct"))
-    if v.corrected_liability is not None and warranted and not errors:
+    if v.corrected_liability is not None and warranted and not liable_ok and not errors:
         target = original_amount_minor if amount_ok else int(amount or 0)
         errors.extend(_share_errors(v.corrected_liability, target))
     if errors:

@@ -10,18 +10,20 @@ holds the CSRF token that every POST must echo in its ``csrf_token`` field.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.audit_sampler.web import queries
-from services.audit_sampler.web.metrics import CSRF_REJECTED, SESSIONS_PURGED, SIGN_INS
+from services.audit_sampler.web import queries, throttle
+from services.audit_sampler.web.metrics import CSRF_REJECTED, SESSIONS_PURGED, SIGN_IN_LOCKS, SIGN_INS
 from services.audit_sampler.web.security import (
     WORKBENCH_ROLES,
     dummy_hash,
     new_csrf_token,
+    new_device_id,
     new_session_id,
     same_token,
     verify_password,
@@ -32,7 +34,11 @@ from shared.http import Problem
 
 SESSION_COOKIE = "audit_workbench_session"
 SIGNIN_CSRF_COOKIE = "audit_workbench_signin"
+DEVICE_COOKIE = "audit_workbench_device"  # this browser signed in to the account before (known device)
 _AUDIENCE = "workbench-session:"
+_DEVICE_AUDIENCE = "workbench-device:"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -122,46 +128,97 @@ class WorkbenchAuth:
                                   audience=_AUDIENCE + session_id)
         return Viewer(self._principal(user), session_id, csrf), PendingCookie(token, ttl, self.settings.cookie_secure)
 
-    async def sign_in(self, username: str, password: str) -> tuple[Viewer, PendingCookie]:
-        """Check the password (scrypt, off the event loop) and open a session, or raise SignInFailed with
-        a message that does not reveal whether the user exists."""
+    def limits(self) -> throttle.Limits:
+        window = timedelta(seconds=self.settings.signin_lockout_seconds)
+        return throttle.Limits(pair=self.settings.signin_max_failures,
+                               client=self.settings.signin_client_max_failures,
+                               account=self.settings.signin_account_max_failures, window=window, lockout=window)
+
+    def known_device(self, cookie: str | None, username: str) -> str | None:
+        """The device id of a known-device cookie issued to this account, or None."""
+        if not cookie:
+            return None
+        try:
+            principal, device = self.tokens.verify_audience(cookie, _DEVICE_AUDIENCE)
+        except Problem:
+            return None
+        return device if principal.subject == username else None
+
+    async def sign_in(self, username: str, password: str, *, client_host: str | None = None,
+                      device_cookie: str | None = None) -> tuple[Viewer, PendingCookie, PendingCookie]:
+        """Check the password (scrypt, off the event loop) and open a session, or raise SignInFailed.
+
+        Returns the viewer, the session cookie and the known-device cookie to set. Throttled by account and
+        client (``throttle``); a wrong password, an unknown or disabled account and a lock get the same
+        answer after the same work (a lookup, the counters, one scrypt), so neither the answer nor its
+        timing tells which accounts exist or are locked."""
         now = datetime.now(UTC)
         username = username.strip().lower()
-        lockout = now + timedelta(seconds=self.settings.signin_lockout_seconds)
+        device = self.known_device(device_cookie, username)
+        client = f"device:{device}" if device else throttle.network_client(client_host)
+        limits = self.limits()
+        keys = throttle.keys(username, client, known_device=device is not None)
         async with self.engine.begin() as conn:
             user = await queries.get_user(conn, username)
-            usable = user is not None and not user.disabled and user.password_hash is not None
-            # The attempt is counted (and the lock checked) before the password is: concurrent guesses
-            # cannot all pass a "not locked yet" read, so at most max_failures are ever checked per lockout.
-            admitted = usable and await queries.take_sign_in_attempt(
-                conn, username, now, self.settings.signin_max_failures, lockout)
-        # Checked even when refused, so the answer's timing does not tell whether the user exists.
-        ok = await asyncio.to_thread(verify_password, password, user.password_hash if user else dummy_hash())
-        if user is None or not usable:
-            SIGN_INS.labels("failed").inc()
-            raise SignInFailed("unknown user name or wrong password")
+            counters = await queries.lock_throttle(conn, keys, now)
+            admitted = throttle.admitted(counters, now)
+            if admitted:
+                # Counted before the password is checked: concurrent guesses cannot all pass "not locked".
+                counted = {k: throttle.count_failure(k[0], c, now, limits) for k, c in counters.items()}
+                await queries.save_throttle(conn, counted)
+                for (scope, _), before in counters.items():
+                    if throttle.newly_locked(before, counted[(scope, _)], now):
+                        SIGN_IN_LOCKS.labels(scope.value).inc()
+                        log.warning("workbench sign-in paused after repeated failures",
+                                    extra={"scope": scope.value, "client": client if scope is not
+                                           throttle.Scope.ACCOUNT else None,
+                                           "account_key": throttle.account_key(username)[:16],
+                                           "until": counted[(scope, _)].locked_until})
+        usable = user is not None and not user.disabled and user.password_hash is not None
+        # Always one scrypt, whatever happened above, so the time taken tells nothing either.
+        ok = await asyncio.to_thread(verify_password, password,
+                                     user.password_hash if usable and user is not None else dummy_hash())
         if not admitted:
-            SIGN_INS.labels("locked").inc()
-            raise SignInFailed("too many failed sign-ins: the account is locked for a while")
-        if not ok:
+            SIGN_INS.labels("throttled").inc()
+            raise SignInFailed(self.failure_message())
+        if not (usable and ok) or user is None:
             SIGN_INS.labels("failed").inc()
-            raise SignInFailed("unknown user name or wrong password")
+            raise SignInFailed(self.failure_message())
         async with self.engine.begin() as conn:
-            await queries.sign_in_succeeded(conn, username, now)
-            opened = await self._open_session(conn, user, now)
+            current = await queries.lock_throttle(conn, keys, now)
+            await queries.save_throttle(conn, {k: throttle.give_back(k[0], c, limits) for k, c in current.items()})
+            await queries.signed_in(conn, username, now)
+            viewer, session = await self._open_session(conn, user, now)
         SIGN_INS.labels("ok").inc()
-        return opened
+        return viewer, session, self._device_cookie(username, device)
+
+    def failure_message(self) -> str:
+        minutes = max(1, self.settings.signin_lockout_seconds // 60)
+        # One message for every failure: which accounts exist, or are locked, is nobody's business here.
+        return (f"Sign-in failed: unknown user name or wrong password, or too many failed attempts from "
+                f"here (sign-in then pauses for up to {minutes} minutes).")
+
+    def _device_cookie(self, username: str, device: str | None) -> PendingCookie:
+        """Marks this browser as a known device of the account (the same id again if it was one already)."""
+        ttl = self.settings.device_cookie_days * 86_400
+        token = self.tokens.issue(username, (), (), ttl_seconds=ttl,
+                                  audience=_DEVICE_AUDIENCE + (device or new_device_id()))
+        return PendingCookie(token, ttl, self.settings.cookie_secure)
 
     async def sign_out(self, viewer: Viewer) -> None:
         async with self.engine.begin() as conn:
             await queries.end_session(conn, viewer.session_id, datetime.now(UTC))
 
 
-async def purge_expired_sessions(engine: AsyncEngine, now: datetime | None = None) -> int:
-    """Delete expired session rows; returns how many. An expired session is already refused at every
-    request (``live_session``), so this only keeps the table from growing with every sign-in."""
+async def purge_expired_sessions(engine: AsyncEngine, now: datetime | None = None,
+                                 throttle_window: timedelta | None = None) -> int:
+    """Delete expired session rows, and sign-in counters whose window and lock are over; returns how many
+    sessions. Both are already without effect (``live_session``, ``throttle``): this keeps the tables small."""
+    at = now or datetime.now(UTC)
+    window = throttle_window or timedelta(seconds=WorkbenchSettings().signin_lockout_seconds)
     async with engine.begin() as conn:
-        purged = await queries.purge_sessions(conn, now or datetime.now(UTC))
+        purged = await queries.purge_sessions(conn, at)
+        await queries.purge_throttle(conn, at, window)
     SESSIONS_PURGED.inc(purged)
     return purged
 

@@ -18,6 +18,7 @@ from services.audit_sampler.web.security import (
     hash_password,
     validate_user,
 )
+from services.audit_sampler.web.throttle import account_key
 from shared.db import make_engine
 
 SCHEMA = "audit_sampler"
@@ -41,6 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     listing = actions.add_parser("list", help="list users with roles, regions and state")
     listing.set_defaults(handler=_list)
+
+    unlock = actions.add_parser("unlock", help="lift the sign-in pauses of an account (after repeated failed "
+                                                "sign-ins from anywhere)")
+    unlock.add_argument("--username", required=True)
+    unlock.set_defaults(handler=_unlock)
 
     disable = actions.add_parser("disable", help="disable a user and end their sessions")
     disable.add_argument("--username", required=True)
@@ -95,12 +101,13 @@ async def _list(args: argparse.Namespace) -> int:
     try:
         async with engine.connect() as conn:
             users = await queries.list_users(conn)
+            locked = await queries.locked_accounts(conn, datetime.now(UTC))
     finally:
         await engine.dispose()
     rows: list[Any] = [("USERNAME", "ROLES", "REGIONS", "STATE")]
     for u in users:
-        state = "disabled" if u.disabled else ("locked" if u.locked_until and u.locked_until > datetime.now(UTC)
-                                               else "active")
+        state = "disabled" if u.disabled else (
+            "paused for unknown devices" if account_key(u.username) in locked else "active")
         rows.append((u.username, ",".join(u.roles), ",".join(u.regions),
                      state + ("" if u.password_hash else " (proxy sign-in)")))
     widths = [max(len(str(r[i])) for r in rows) for i in range(4)]
@@ -120,6 +127,18 @@ async def _disable(args: argparse.Namespace) -> int:
         print(f"no user {args.username}", file=sys.stderr)
         return 1
     print(f"disabled {args.username}; their sessions are ended")
+    return 0
+
+
+async def _unlock(args: argparse.Namespace) -> int:
+    username = args.username.strip().lower()
+    engine = make_engine(_database_url(), SCHEMA, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            cleared = await queries.clear_account_throttle(conn, account_key(username))
+    finally:
+        await engine.dispose()
+    print(f"{username}: {cleared} sign-in counters cleared")
     return 0
 
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 from prometheus_client import Counter, Histogram
 
 SIGN_INS = Counter("audit_workbench_sign_ins_total",
-                   "Workbench sign-in attempts by outcome (ok, failed, locked, trusted_header).", ["outcome"])
+                   "Workbench sign-in attempts by outcome (ok, failed, throttled, trusted_header).", ["outcome"])
+SIGN_IN_LOCKS = Counter("audit_workbench_sign_in_locks_total",
+                        "Sign-in pauses set after repeated failures, by scope: account_client (one account from "
+                        "one client), client (one address over many accounts), account (one account from many "
+                        "addresses: its known devices still sign in).", ["scope"])
 SESSIONS_PURGED = Counter("audit_workbench_sessions_purged_total",
                           "Expired workbench sessions deleted by the periodic purge.")
 CSRF_REJECTED = Counter("audit_workbench_csrf_rejected_total", "Workbench form posts refused for a bad CSRF token.")

@@ -24,6 +24,7 @@ from services.audit_sampler import workflow
 from services.audit_sampler.domain.verdicts import ATTRIBUTES, PARTY_TYPES, Share, VerdictInput
 from services.audit_sampler.web import charts, queries
 from services.audit_sampler.web.auth import (
+    DEVICE_COOKIE,
     SESSION_COOKIE,
     SIGNIN_CSRF_COOKIE,
     PendingCookie,
@@ -183,7 +184,12 @@ def build_pages(auth: WorkbenchAuth) -> APIRouter:
                           errors=[{"field": "csrf_token", "message": "does not match"}])
         target = _safe_next(_text(form, "next"))
         try:
-            _, cookie = await auth.sign_in(_text(form, "username") or "", _text(form, "password") or "")
+            # The client behind the request: uvicorn takes it from X-Forwarded-For only when the peer is a
+            # trusted proxy (FORWARDED_ALLOW_IPS), so a client cannot pick its own address.
+            _, cookie, device = await auth.sign_in(
+                _text(form, "username") or "", _text(form, "password") or "",
+                client_host=request.client.host if request.client else None,
+                device_cookie=request.cookies.get(DEVICE_COOKIE))
         except SignInFailed as exc:
             token = new_csrf_token()
             failed = render(request, "signin.html", status=401, next=target, csrf=token, error=str(exc),
@@ -193,6 +199,9 @@ def build_pages(auth: WorkbenchAuth) -> APIRouter:
             return failed
         response: Response = RedirectResponse(target, status_code=303)
         set_session_cookie(request, response, cookie)
+        # A known device of the account from now on: a stranger's guesses elsewhere cannot pause it.
+        response.set_cookie(DEVICE_COOKIE, device.value, max_age=device.max_age, httponly=True, samesite="strict",
+                            secure=device.secure, path=PREFIX)
         response.delete_cookie(SIGNIN_CSRF_COOKIE, path=PREFIX)
         return response
 
@@ -249,8 +258,14 @@ def build_pages(auth: WorkbenchAuth) -> APIRouter:
         now = datetime.now(UTC)
         mine = item["status"] == "claimed" and item["claimed_by"] == viewer.username and (
             item["lease_expires_at"] is None or item["lease_expires_at"] > now)
-        return render(request, "item.html", status=status, item=item, comp=item["compensation"],
-                      mine=mine, attributes=ATTRIBUTES, categories=sorted(policy.error_categories),
+        shown = errors or []
+
+        def errs(path: str) -> list[str]:
+            """Messages about a field of the verdict form (or inside it: ``corrected_liability.0.party_id``)."""
+            return [e["message"] for e in shown if e["field"] == path or e["field"].startswith(path + ".")]
+
+        return render(request, "item.html", status=status, item=item, comp=item["compensation"], errs=errs,
+                      mine=mine, attributes=ATTRIBUTES, categories=dict(sorted(policy.error_categories.items())),
                       party_types=PARTY_TYPES, errors=errors or [], form=form or {},
                       lease_left=workflow.lease_remaining(item, now),
                       can_reassign=viewer.has_role(*workflow.LEAD_ROLES),
@@ -311,6 +326,10 @@ def build_pages(auth: WorkbenchAuth) -> APIRouter:
                           errors=[{"field": "status", "message": "open, upheld, overturned or all"}])
         rows = await workflow.list_disputes(engine, viewer.principal, region.upper() if region else None,
                                             None if status == "all" else status)
+        for row in rows:
+            # Separation of duties: the buttons only for someone who neither raised it nor gave the verdict.
+            row["may_resolve"] = workflow.may_resolve(viewer.principal, row)
+            row["conflict"] = workflow.resolution_conflict(viewer.principal, row, row["auditor_id"])
         return render(request, "disputes.html", rows=rows, shown=status, message=message,
                       can_resolve=viewer.has_role(*workflow.RESOLVE_ROLES))
 
@@ -325,7 +344,12 @@ def build_pages(auth: WorkbenchAuth) -> APIRouter:
         viewer, form = await posted(request)
         resolved = await workflow.resolve_dispute(engine, viewer.principal, dispute_id,
                                                   _text(form, "outcome") or "", _text(form, "note") or None)
-        return _redirect("/disputes", message=f"Dispute {dispute_id} {resolved['status']}.")
+        reversal = resolved.get("reverse_correction_id")
+        people = (f" Raised by {resolved['raised_by']}, verdict by {resolved['auditor_id']}, resolved by "
+                  f"{resolved['resolved_by']}.")
+        note = f" Reversal {reversal} sent to the ledger." if reversal else ""
+        return _redirect("/disputes", status="all",
+                         message=f"Dispute {dispute_id} {resolved['status']}.{people}{note}")
 
     @router.get("/items")
     async def items(request: Request, region: str | None = None) -> Response:
@@ -491,8 +515,10 @@ def _verdict_from_form(form: FormData) -> VerdictInput:
     if errors:
         raise Problem(422, "Invalid verdict", "; ".join(e["message"] for e in errors), errors=errors)
     passed = all(attributes.values())
+    # A category chosen with every answer yes is sent as it is: the workflow refuses the contradiction
+    # (the auditor may have forgotten to answer no), where dropping it would pass the compensation quietly.
     category = (_text(form, "error_category") or "").strip() or None
     note = (_text(form, "note") or "").strip() or None
-    return VerdictInput(attributes=attributes, passed=passed, error_category=None if passed else category,
+    return VerdictInput(attributes=attributes, passed=passed, error_category=category,
                         note=note[:2000] if note else None, corrected_amount_minor=corrected,
                         corrected_liability=tuple(shares) if shares else None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -21,6 +21,7 @@ from services.audit_sampler.domain.reports import (
     Period,
     PopulationCount,
 )
+from services.audit_sampler.web.throttle import Counter, Key, Scope
 
 # ------------------------------------------------------------------ report inputs
 
@@ -59,6 +60,27 @@ async def audited_compensations(conn: AsyncConnection, region: str, start: date,
             corrected_amount_minor=None if overturned else r.corrected_amount_minor,
             failed_attributes=frozenset() if overturned else frozenset(r.failed))))
     return out
+
+
+async def unaudited_samples(conn: AsyncConnection, region: str, start: date, end: date
+                            ) -> list[tuple[date, float]]:
+    """Sampled compensations of local days [start, end) still waiting for their audit (queued or claimed),
+    with the local day and effective inclusion probability: the estimate's non-response."""
+    rows = await conn.execute(text(
+        "SELECT p.local_day, p.effective_probability FROM population p "
+        "JOIN audit_items i ON i.compensation_id = p.compensation_id AND i.item_kind = 'sample' "
+        "AND i.status IN ('queued', 'claimed') "
+        "WHERE p.region = :r AND p.local_day >= :start AND p.local_day < :end AND p.sampled "
+        "AND p.effective_probability > 0"), {"r": region, "start": start, "end": end})
+    return [(r.local_day, min(1.0, float(r.effective_probability))) for r in rows]
+
+
+async def population_by_day(conn: AsyncConnection, region: str, start: date, end: date) -> dict[date, int]:
+    """Manual compensations per local day of [start, end): the population sizes of several periods."""
+    rows = await conn.execute(text(
+        "SELECT local_day, count(*) AS n FROM population WHERE region = :r AND local_day >= :start "
+        "AND local_day < :end GROUP BY local_day"), {"r": region, "start": start, "end": end})
+    return {r.local_day: int(r.n) for r in rows}
 
 
 async def calibration_pairs(conn: AsyncConnection, region: str, period: Period) -> list[CalibrationPair]:
@@ -165,16 +187,13 @@ class User:
     roles: tuple[str, ...]
     regions: tuple[str, ...]
     disabled: bool
-    failed_sign_ins: int
-    locked_until: datetime | None
 
 
-_USER_COLUMNS = "username, password_hash, roles, regions, disabled, failed_sign_ins, locked_until"
+_USER_COLUMNS = "username, password_hash, roles, regions, disabled"
 
 
 def _user(row: Any) -> User:
-    return User(row.username, row.password_hash, tuple(row.roles), tuple(row.regions), bool(row.disabled),
-                int(row.failed_sign_ins), row.locked_until)
+    return User(row.username, row.password_hash, tuple(row.roles), tuple(row.regions), bool(row.disabled))
 
 
 async def get_user(conn: AsyncConnection, username: str) -> User | None:
@@ -196,7 +215,7 @@ async def upsert_user(conn: AsyncConnection, username: str, password_hash: str |
         "VALUES (:u, :h, CAST(:roles AS text[]), CAST(:regions AS text[])) "
         "ON CONFLICT (username) DO UPDATE SET password_hash = coalesce(EXCLUDED.password_hash, "
         "workbench_users.password_hash), roles = EXCLUDED.roles, regions = EXCLUDED.regions, disabled = false, "
-        "failed_sign_ins = 0, locked_until = NULL, updated_at = now() RETURNING (xmax = 0) AS created"),
+        "updated_at = now() RETURNING (xmax = 0) AS created"),
         {"u": username, "h": password_hash, "roles": list(roles), "regions": list(regions)})).one()
     return bool(row.created)
 
@@ -211,27 +230,57 @@ async def disable_user(conn: AsyncConnection, username: str, now: datetime) -> b
     return updated is not None
 
 
-async def take_sign_in_attempt(conn: AsyncConnection, username: str, now: datetime, max_failures: int,
-                               lockout_until: datetime) -> bool:
-    """Count a password attempt as failed before the password is checked, unless the account is locked;
-    True when the attempt may go on (``sign_in_succeeded`` clears the count if the password was right).
-
-    One conditional statement, so concurrent attempts cannot all read "not locked" and then all guess: the
-    account locks at the ``max_failures``-th attempt and every later one, however concurrent, is refused.
-    """
-    row = (await conn.execute(text(
-        "UPDATE workbench_users SET failed_sign_ins = failed_sign_ins + 1, "
-        "locked_until = CASE WHEN failed_sign_ins + 1 >= :max THEN CAST(:until AS timestamptz) "
-        "ELSE locked_until END WHERE username = :u AND NOT disabled AND password_hash IS NOT NULL "
-        "AND (locked_until IS NULL OR locked_until <= :now) RETURNING username"),
-        {"u": username, "max": max_failures, "until": lockout_until, "now": now})).first()
-    return row is not None
+async def lock_throttle(conn: AsyncConnection, keys: Sequence[Key], now: datetime) -> dict[Key, Counter]:
+    """The sign-in counters of an attempt, created when missing and locked until the transaction ends, in
+    one statement (rows in sorted order, so concurrent attempts queue instead of deadlocking)."""
+    rows = await conn.execute(text(
+        "INSERT INTO signin_throttle AS t (scope, key, window_started_at) "
+        "SELECT s, k, :now FROM unnest(CAST(:scopes AS text[]), CAST(:keys AS text[])) AS u(s, k) ORDER BY s, k "
+        "ON CONFLICT (scope, key) DO UPDATE SET scope = t.scope "
+        "RETURNING scope, key, failures, window_started_at, locked_until"),
+        {"now": now, "scopes": [k[0].value for k in keys], "keys": [k[1] for k in keys]})
+    return {(Scope(r.scope), r.key): Counter(int(r.failures), r.window_started_at, r.locked_until) for r in rows}
 
 
-async def sign_in_succeeded(conn: AsyncConnection, username: str, now: datetime) -> None:
+async def save_throttle(conn: AsyncConnection, counters: Mapping[Key, Counter]) -> None:
+    if not counters:
+        return
+    items = sorted(counters.items())
     await conn.execute(text(
-        "UPDATE workbench_users SET failed_sign_ins = 0, locked_until = NULL, last_sign_in_at = :now "
-        "WHERE username = :u"), {"u": username, "now": now})
+        "UPDATE signin_throttle t SET failures = u.f, window_started_at = u.w, locked_until = u.l "
+        "FROM unnest(CAST(:s AS text[]), CAST(:k AS text[]), CAST(:f AS int[]), CAST(:w AS timestamptz[]), "
+        "CAST(:l AS timestamptz[])) AS u(s, k, f, w, l) WHERE t.scope = u.s AND t.key = u.k"),
+        {"s": [k[0].value for k, _ in items], "k": [k[1] for k, _ in items],
+         "f": [c.failures for _, c in items], "w": [c.window_started_at for _, c in items],
+         "l": [c.locked_until for _, c in items]})
+
+
+async def clear_account_throttle(conn: AsyncConnection, account: str) -> int:
+    """Lift every lock on an account (its own and each of its pairs with a client): ops' ``users unlock``."""
+    result = await conn.execute(text(
+        "DELETE FROM signin_throttle WHERE (scope = 'account' AND key = :a) "
+        "OR (scope = 'account_client' AND key LIKE :prefix)"), {"a": account, "prefix": f"{account}|%"})
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def locked_accounts(conn: AsyncConnection, now: datetime) -> set[str]:
+    """Account keys locked for unknown devices right now (many addresses guessed their password)."""
+    rows = await conn.execute(text(
+        "SELECT key FROM signin_throttle WHERE scope = 'account' AND locked_until > :now"), {"now": now})
+    return {r[0] for r in rows}
+
+
+async def purge_throttle(conn: AsyncConnection, now: datetime, window: timedelta) -> int:
+    """Forget counters whose window and lock are both over (they count nothing any more)."""
+    result = await conn.execute(text(
+        "DELETE FROM signin_throttle WHERE window_started_at < :before "
+        "AND (locked_until IS NULL OR locked_until <= :now)"), {"before": now - window, "now": now})
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def signed_in(conn: AsyncConnection, username: str, now: datetime) -> None:
+    await conn.execute(text("UPDATE workbench_users SET last_sign_in_at = :now WHERE username = :u"),
+                       {"u": username, "now": now})
 
 
 async def create_session(conn: AsyncConnection, session_id: str, username: str, csrf_token: str,

@@ -17,14 +17,16 @@ from services.audit_sampler.domain.reports import (
     CalibrationReport,
     Period,
     PeriodKind,
+    accuracy_estimates,
     accuracy_report,
     calibration_report,
     period_containing,
     recent_periods,
 )
-from services.audit_sampler.domain.stats import Estimate, hajek_proportion
+from services.audit_sampler.domain.stats import Estimate
 from services.audit_sampler.web import queries
 from services.audit_sampler.web.metrics import REPORT_SECONDS
+from shared.contracts.envelope import check_date
 from shared.http import Problem
 from shared.regions import Region, UnknownRegion, catalogue
 
@@ -57,9 +59,10 @@ def parse_report_query(region: str | None, period: str | None, day: str | None) 
     parsed: date | None = None
     if day:
         try:
-            parsed = date.fromisoformat(day)
+            parsed = check_date(date.fromisoformat(day))
         except ValueError:
-            errors.append({"field": "date", "message": "must be a date like 2024-05-31 (the region's local date)"})
+            errors.append({"field": "date", "message": "must be a date like 2024-05-31 (the region's local date), "
+                                                       "years 1970 to 2199"})
     if errors or found is None:
         raise Problem(422, "Invalid report request", "; ".join(f"{e['field']}: {e['message']}" for e in errors),
                       errors=errors)
@@ -75,10 +78,13 @@ async def load_accuracy(engine: AsyncEngine, q: ReportQuery) -> AccuracyReport:
         async with engine.connect() as conn:
             population = await queries.population_count(conn, q.region.code, q.period)
             rows = await queries.audited_compensations(conn, q.region.code, previous.start, q.period.end)
+            waiting = await queries.unaudited_samples(conn, q.region.code, previous.start, q.period.end)
     current = [item for day, item in rows if q.period.contains(day)]
     before = [item for day, item in rows if previous.contains(day)]
     return accuracy_report(region=q.region.code, currency=q.region.currency, period=q.period,
-                           population=population, audited=current, previous_audited=before)
+                           population=population, audited=current, previous_audited=before,
+                           unaudited=[p for day, p in waiting if q.period.contains(day)],
+                           previous_unaudited=[p for day, p in waiting if previous.contains(day)])
 
 
 async def load_calibration(engine: AsyncEngine, q: ReportQuery) -> CalibrationReport:
@@ -93,15 +99,20 @@ async def load_calibration(engine: AsyncEngine, q: ReportQuery) -> CalibrationRe
 
 
 async def accuracy_trend(engine: AsyncEngine, q: ReportQuery, count: int = 8) -> list[tuple[Period, Estimate]]:
-    """The weighted accuracy of the last ``count`` periods, oldest first (one query for all of them)."""
+    """The weighted accuracy of the last ``count`` periods, oldest first (one query of each kind for all of
+    them), by the same estimator as the report: the latest point is the report's own figure."""
     periods = recent_periods(q.period, count)
     with REPORT_SECONDS.labels("trend").time():
         async with engine.connect() as conn:
             rows = await queries.audited_compensations(conn, q.region.code, periods[0].start, periods[-1].end)
+            waiting = await queries.unaudited_samples(conn, q.region.code, periods[0].start, periods[-1].end)
+            sizes = await queries.population_by_day(conn, q.region.code, periods[0].start, periods[-1].end)
     out = []
     for period in periods:
         items = [item for day, item in rows if period.contains(day)]
-        out.append((period, hajek_proportion([i.passed for i in items], [i.probability for i in items])))
+        unaudited = [p for day, p in waiting if period.contains(day)]
+        size = sum(n for day, n in sizes.items() if period.contains(day))
+        out.append((period, accuracy_estimates(items, unaudited, size)[0]))
     return out
 
 

@@ -6,7 +6,7 @@ Callers authenticate with a bearer token, or with a live workbench session (so t
 # No `from __future__ import annotations`: FastAPI must resolve the Annotated aliases defined inside
 # build_reports_api at import time.
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -21,9 +21,12 @@ from services.audit_sampler.web.reporting import (
     to_csv,
 )
 from shared.auth import Authenticator, Principal
-from shared.http import Problem
+from shared.contracts.envelope import DATE_PATTERN
+from shared.http import Problem, csv_or_json, problems
 from shared.service import ServiceContext
 
+# Bearer tokens, or the workbench's session cookie (the dashboard's download links).
+SECURITY: list[dict[str, list[str]]] = [{"Bearer": []}, {"WorkbenchSession": []}]
 REPORT_ROLES = ("lead", "senior_auditor", "ops_admin", "finance", "strategy_manager")
 CALIBRATION_ROLES = ("lead", "senior_auditor", "ops_admin")
 
@@ -43,11 +46,16 @@ def build_reports_api(ctx: ServiceContext, auth: WorkbenchAuth) -> APIRouter:
 
     router = APIRouter(prefix="/v1/reports", tags=["reports"])
     Caller = Annotated[Principal, Depends(principal)]
-    RegionQ = Annotated[str | None, Query(description="Region code, e.g. US")]
-    PeriodQ = Annotated[str | None, Query(description="day, week (ISO, Monday first) or month; default month")]
-    DateQ = Annotated[str | None, Query(alias="date", description="A local date inside the period; default "
-                                                                    "today in the region's time zone")]
-    FormatQ = Annotated[str, Query(alias="format", pattern="^(json|csv)$", description="json or csv")]
+    RegionQ = Annotated[str, Query(pattern=r"^[A-Z]{2,3}$", description="Region code, e.g. US")]
+    PeriodQ = Annotated[Literal["day", "week", "month"], Query(
+        description="day, week (ISO, Monday first) or month")]
+    DateQ = Annotated[str | None, Query(alias="date", pattern=DATE_PATTERN, description=(
+        "A local date inside the period (YYYY-MM-DD, years 1970 to 2199); default today in the region's "
+        "time zone"))]
+    FormatQ = Annotated[Literal["json", "csv"], Query(alias="format", description="json or csv")]
+    answers = {**csv_or_json("The report: JSON, or CSV with format=csv."),
+               **problems(described={422: "Invalid report request; ``errors`` names each bad parameter "
+                                          "(unknown region, period, date)."})}
 
     def scoped(caller: Principal, roles: tuple[str, ...], region: str | None, period: str | None,
                day: str | None) -> ReportQuery:
@@ -62,8 +70,9 @@ def build_reports_api(ctx: ServiceContext, auth: WorkbenchAuth) -> APIRouter:
                             headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
         return JSONResponse(doc)
 
-    @router.get("/accuracy", summary="Compensation accuracy of a region and period")
-    async def accuracy(caller: Caller, region: RegionQ = None, period: PeriodQ = None, day: DateQ = None,
+    @router.get("/accuracy", summary="Compensation accuracy of a region and period", responses=answers,
+                openapi_extra={"security": SECURITY})
+    async def accuracy(caller: Caller, region: RegionQ, period: PeriodQ = "month", day: DateQ = None,
                        fmt: FormatQ = "json") -> Response:
         """Hajek (Horvitz-Thompson) accuracy estimate with its 95% interval, money over- and
         under-compensated with bounds, error rates by agent, team, reason code and attribute (Wilson
@@ -73,8 +82,9 @@ def build_reports_api(ctx: ServiceContext, auth: WorkbenchAuth) -> APIRouter:
         return respond(report.as_json(), CSV_HEADER, report.csv_rows(), fmt,
                        f"accuracy-{q.region.code}-{q.period.label}")
 
-    @router.get("/calibration", summary="Auditor agreement and gold accuracy of a region and period")
-    async def calibration(caller: Caller, region: RegionQ = None, period: PeriodQ = None, day: DateQ = None,
+    @router.get("/calibration", summary="Auditor agreement and gold accuracy of a region and period",
+                responses=answers, openapi_extra={"security": SECURITY})
+    async def calibration(caller: Caller, region: RegionQ, period: PeriodQ = "month", day: DateQ = None,
                           fmt: FormatQ = "json") -> Response:
         """Cohen's kappa and percent agreement per attribute and per auditor over blind double audits,
         and accuracy on gold (known-answer) items for this and the previous periods."""

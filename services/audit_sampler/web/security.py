@@ -77,6 +77,10 @@ def new_session_id() -> str:
     return secrets.token_urlsafe(32)
 
 
+def new_device_id() -> str:
+    return secrets.token_urlsafe(16)
+
+
 def new_csrf_token() -> str:
     return secrets.token_urlsafe(32)
 

@@ -26,7 +26,19 @@ class WorkbenchSettings(BaseSettings):
         description="Header carrying the signed-in user name in trusted-header mode.")
     signin_max_failures: int = Field(
         5, ge=1, le=100, validation_alias="AUDIT_SAMPLER_SIGNIN_MAX_FAILURES",
-        description="Failed sign-ins in a row before the account is locked for the lockout period.")
+        description="Failed sign-ins of one account from one client (browser known to the account, else "
+                    "network address) within the lockout period before that client pauses for that account.")
+    signin_client_max_failures: int = Field(
+        30, ge=1, le=100_000, validation_alias="AUDIT_SAMPLER_SIGNIN_CLIENT_MAX_FAILURES",
+        description="Failed sign-ins from one network address across all accounts within the lockout period "
+                    "before the address pauses (known devices are not affected).")
+    signin_account_max_failures: int = Field(
+        100, ge=1, le=1_000_000, validation_alias="AUDIT_SAMPLER_SIGNIN_ACCOUNT_MAX_FAILURES",
+        description="Failed sign-ins of one account from unknown clients within the lockout period before the "
+                    "account pauses for unknown clients; browsers it signed in from before still sign in.")
     signin_lockout_seconds: int = Field(
         900, ge=1, le=86_400, validation_alias="AUDIT_SAMPLER_SIGNIN_LOCKOUT_SECONDS",
-        description="How long an account stays locked after too many failed sign-ins.")
+        description="The window failures are counted in, and how long a reached limit pauses sign-in.")
+    device_cookie_days: int = Field(
+        90, ge=1, le=730, validation_alias="AUDIT_SAMPLER_DEVICE_COOKIE_DAYS",
+        description="How long a browser stays a known device of the account it signed in to.")

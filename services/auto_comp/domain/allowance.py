@@ -1,4 +1,4 @@
-"""Spending a budget allowance (ADR 0008): the decisions auto_comp makes locally, as pure functions.
+"""Spending a budget allowance (ADR 0012): the decisions auto_comp makes locally, as pure functions.
 
 An allowance belongs to one key: (region, budget period, partition of tickets.v1, pacing percent of the
 strategies that spend it). The consumer that owns the partition spends it; its whole state is a row in

@@ -74,4 +74,10 @@ def item_errors(event_type: str, item: ProducerFields, *, now: datetime, max_ske
     errors.extend(Violation(name, f"lies in the future (more than {int(max_skew.total_seconds())} s ahead)",
                             "clock_skew")
                   for name, value in timestamps if value is not None and value > latest)
+    day = getattr(item, "day", None) if event_type == "order.volume_reported" else None
+    if day is not None and not any(e.field == "region" for e in errors):
+        # A day's volume can only be reported once the day has begun on the region's wall clock.
+        today = regions.get(item.region).local(latest).date()
+        if day > today:
+            errors.append(Violation("day", f"{day} has not begun yet in region {item.region}", "clock_skew"))
     return errors

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.contracts import events as ev
-from shared.contracts.envelope import AwareDatetime, EventId, RegionCode
+from shared.contracts.envelope import W3C_TRACEPARENT, AwareDatetime, EventId, RegionCode, TraceId
 
 ENVELOPE_FIELDS: set[str] = {"event_id", "occurred_at", "region", "correlation_id", "traceparent"}
 
@@ -20,10 +20,12 @@ class ProducerFields(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     event_id: EventId = Field(description="The producer's unique id of this event; retries reuse it.")
-    occurred_at: AwareDatetime = Field(description="When the business fact happened (timezone-aware).")
+    occurred_at: AwareDatetime = Field(description="When the business fact happened: an RFC 3339 string with an "
+                                                   "offset, years 1970 to 2199, at most the clock skew ahead.")
     region: RegionCode = Field(description="Region code from the catalogue; money must be in its currency.")
-    correlation_id: str | None = Field(default=None, min_length=1, max_length=128)
-    traceparent: str | None = Field(default=None, min_length=1, max_length=55,
+    correlation_id: TraceId | None = Field(default=None, description="Ties this event to the producer's "
+                                           "logs; default: the request's X-Correlation-Id.")
+    traceparent: str | None = Field(default=None, max_length=55, pattern=W3C_TRACEPARENT,
                                     description="W3C trace context, passed on to consumers.")
 
 
@@ -87,6 +89,21 @@ class BuyerOrderItem(ProducerFields, ev.BuyerOrderPlaced):
     })
 
 
+class BuyerFeedbackItem(ProducerFields, ev.BuyerFeedbackGiven):
+    model_config = _examples({
+        "event_id": "survey-7781", "occurred_at": _AT, "region": "SG",
+        "feedback_id": "CSAT-20931", "ticket_id": "T-100234", "order_id": "O-88812", "buyer_id": "B-4711",
+        "kind": "csat", "score": 4, "channel": "email_survey",
+    })
+
+
+class OrderVolumeItem(ProducerFields, ev.OrderVolumeReported):
+    model_config = _examples({
+        "event_id": "ord-vol-SG-2026-11-19", "occurred_at": _AT, "region": "SG",
+        "day": "2026-11-19", "orders": 182340, "gmv": {"amount_minor": 912345600, "currency": "SGD"},
+    })
+
+
 # event type -> the item model upstream posts for it
 ITEM_MODELS: dict[str, type[ProducerFields]] = {
     "ticket.opened": TicketItem,
@@ -95,6 +112,8 @@ ITEM_MODELS: dict[str, type[ProducerFields]] = {
     "voucher.expired": VoucherExpiredItem,
     "voucher.revoked": VoucherRevokedItem,
     "buyer.order_placed": BuyerOrderItem,
+    "buyer.feedback_given": BuyerFeedbackItem,
+    "order.volume_reported": OrderVolumeItem,
 }
 
 # Payload timestamps that record something that already happened (promised or due dates may be ahead).

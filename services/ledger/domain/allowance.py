@@ -1,4 +1,4 @@
-"""Budget allowances (ADR 0008): how much the ledger grants auto_comp to spend locally, and until when.
+"""Budget allowances (ADR 0012): how much the ledger grants auto_comp to spend locally, and until when.
 
 A grant is held against the budget at once (``allotted``), so the hard limit counts it the moment it is
 made, whether or not auto_comp spends it: automatic spend + outstanding allowances <= limit. It is sized by
@@ -14,7 +14,7 @@ Sizing, for a request that needs ``at_least`` now and expects to spend ``wanted`
   room is shared by the allowances of every partition;
 - near the end of the period (a grant whose lease would reach into the last two leases), the extra part
   is capped so that all outstanding allowances of the budget stay within ``period_end_percent`` of the
-  limit: unspent allowance stranded at the period's end stays within that percent (ADR 0008);
+  limit: unspent allowance stranded at the period's end stays within that percent (ADR 0012);
 - the expiry is ``now + lease``, no later than the period's end; closer than ``min_lease`` to the end,
   nothing is granted for that period (``period_ended``; auto_comp moves on to the next period).
 Whatever a request does not get is explained by ``limited_by`` and ``retry_after``: when asking again can

@@ -22,6 +22,7 @@ from shared.contracts.envelope import Envelope
 from shared.money import Money
 from shared.periods import InvalidPeriod, elapsed_fraction, period_bounds, period_of, validate_period
 from shared.regions import region as region_of
+from shared.vouchers import expired_early_by
 
 
 class Rejected(Exception):
@@ -109,6 +110,25 @@ class CorrectionRecord:
     corrected_amount: int
     source_event_id: str
     applied_at: datetime
+    # Who decided it (the auditor, or the resolver of a dispute) and, for a dispute's resolution, who raised
+    # the dispute and whose verdict it was: the lineage names everyone behind a money reversal.
+    auditor_id: str | None = None
+    dispute_raised_by: str | None = None
+    disputed_auditor_id: str | None = None
+
+
+@dataclass(frozen=True)
+class EarlyExpiry:
+    """A voucher reported expired before its validity ended (``shared.vouchers``): applied, and flagged."""
+
+    compensation_id: str
+    reservation_id: str
+    region: str
+    event_id: str
+    correlation_id: str
+    valid_until: datetime
+    expired_at: datetime  # the expiry event's occurred_at
+    early_by: timedelta
 
 
 @dataclass
@@ -165,6 +185,7 @@ class Outcome:
     parked_done: list[str] = field(default_factory=list)
     parked_rejected: list[tuple[ParkedEvent, str]] = field(default_factory=list)
     ignored: list[tuple[str, str]] = field(default_factory=list)  # (event id, why) for logs/metrics
+    early_expiries: list[EarlyExpiry] = field(default_factory=list)
 
 
 LIFECYCLE = (ev.VoucherRedeemed, ev.VoucherExpired, ev.VoucherRevoked)
@@ -294,7 +315,7 @@ class Book:
         else:
             self._reply(env, hold, ev.DenialReason.RESERVATION_EXPIRED)
 
-    # ------------------------------------------------------------------ budget allowances (ADR 0008)
+    # ------------------------------------------------------------------ budget allowances (ADR 0012)
 
     def _allowance_request(self, env: Envelope, p: ev.BudgetAllowanceRequested, _: Any) -> None:
         """Grant (hold against the budget at once) or deny; a repeated request gets its first answer again."""
@@ -558,6 +579,15 @@ class Book:
         if isinstance(p, ev.VoucherRedeemed):
             self._post(env, hold, budget, p.discount.amount_minor, "redeemed")
         elif isinstance(p, ev.VoucherExpired):
+            # Applied even when it comes before the voucher's validity ends: the promotion system says the
+            # voucher can no longer be used, so its budget is released (as breakage) and its parties are
+            # charged only what the buyer received. It usually means an upstream clock or mapping error,
+            # so it is flagged (metric, WARNING log, lineage) instead of passing silently.
+            early = expired_early_by(hold.valid_until, env.occurred_at)
+            if early is not None and hold.valid_until is not None:
+                self.out.early_expiries.append(EarlyExpiry(
+                    comp.compensation_id, hold.reservation_id, hold.region, env.event_id, env.correlation_id,
+                    hold.valid_until, env.occurred_at, early))
             self._void(hold, budget, "expired", breakage=True)
         else:
             self._void(hold, budget, "revoked", breakage=False)
@@ -658,8 +688,8 @@ class Book:
                                              env.occurred_at))
             self.out.alerts.append(Alert("budget.exceeded", env, ev.BudgetExceeded(
                 budget_period=budget.period,
-                limit=ev.NonNegativeMoney(amount_minor=budget.limit, currency=currency),
-                used=ev.NonNegativeMoney(amount_minor=budget.used, currency=currency),
+                limit=ev.MoneyTotal(amount_minor=budget.limit, currency=currency),
+                used=ev.MoneyTotal(amount_minor=budget.used, currency=currency),
                 compensation_id=step.manual)))
 
     def sweep(self, reservation_id: str, grace: timedelta) -> bool:
@@ -722,7 +752,8 @@ class Book:
             charge_id = comp.current_charge_tx
         comp.last_correction_id, comp.dirty = p.correction_id, True
         record = CorrectionRecord(p.correction_id, comp.compensation_id, p.corrects_correction_id,
-                                  reversal_id, charge_id, corrected, env.event_id, env.occurred_at)
+                                  reversal_id, charge_id, corrected, env.event_id, env.occurred_at,
+                                  p.auditor_id, p.dispute_raised_by, p.disputed_auditor_id)
         self.corrections[p.correction_id] = record
         self.out.corrections.append(record)
 
@@ -779,8 +810,8 @@ class Book:
             assert budget.limit is not None
             self.out.alerts.append(Alert("budget.threshold_crossed", env, ev.BudgetThresholdCrossed(
                 budget_period=budget.period, threshold_percent=pct,
-                limit=ev.NonNegativeMoney(amount_minor=budget.limit, currency=budget.currency),
-                used=ev.NonNegativeMoney(amount_minor=budget.used, currency=budget.currency))))
+                limit=ev.MoneyTotal(amount_minor=budget.limit, currency=budget.currency),
+                used=ev.MoneyTotal(amount_minor=budget.used, currency=budget.currency))))
             budget.dirty = True
 
 

@@ -1,6 +1,6 @@
 """Regional budget per period: the hard limit, pacing, and threshold alerts.
 
-Usage is allotted (outstanding budget allowances, ADR 0008) + reserved (pending holds) + posted automatic
+Usage is allotted (outstanding budget allowances, ADR 0012) + reserved (pending holds) + posted automatic
 spend + posted manual spend. Allowances and pending holds count the moment they are made (TigerBeetle's
 rule; Blnk #181 is the bug of not doing so). Automatic grants and requests must fit under the limit with
 everything already used; manual compensations are never denied and may push usage past it.
@@ -26,7 +26,7 @@ class BudgetState:
     posted_manual: int = 0
     released: int = 0
     breakage: int = 0
-    allotted: int = 0  # granted to allowances (ADR 0008), neither charged against nor released yet
+    allotted: int = 0  # granted to allowances (ADR 0012), neither charged against nor released yet
     thresholds_fired: set[int] = field(default_factory=set)
     exists: bool = True  # a row is in the database already
     dirty: bool = False

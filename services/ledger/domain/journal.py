@@ -17,7 +17,7 @@ Transaction kinds:
   written once per batch); each compensation keeps the id of the posting that carries its part (lineage).
 - ``reversal``: the exact negation of an earlier transaction, pointing at it.
 
-Stored as transfers (ADR 0009): every line of a transaction is one (debit account, credit account, amount)
+Stored as transfers (ADR 0013): every line of a transaction is one (debit account, credit account, amount)
 row, balanced by construction. A transaction's entries become transfers by pairing each entry with the one
 entry of opposite sign (every kind above has a single credit, or a single debit): a charge split over two
 parties is two transfers (each party -> payable), a budget posting one. ``transfers`` does the pairing.

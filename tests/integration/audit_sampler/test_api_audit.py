@@ -99,7 +99,10 @@ async def test_auditors_cannot_do_leads_actions(api):
     item = (await client.post("/v1/queues/US/claim", headers=auditor)).json()
     r = await client.post(f"/v1/items/{item['id']}/reassign", json={"auditor_id": "x"}, headers=auditor)
     assert r.status_code == 403 and r.headers["content-type"] == PROBLEM
-    gold = {"region": "US", "compensation": {}, "expected": ALL_OK}
+    gold = {"region": "US", "expected": ALL_OK, "compensation": {
+        "compensation_id": "g", "ticket_id": "t", "order_id": "o", "buyer_id": "b", "agent_id": "a", "team": "t",
+        "kind": "voucher", "amount": {"amount_minor": 100, "currency": "USD"}, "reason_code": "damaged",
+        "liability": [{"party": {"type": "platform"}, "amount_minor": 100}]}}
     assert (await client.post("/v1/gold-items", json=gold, headers=auditor)).status_code == 403
     assert (await client.post("/v1/verdicts/1/dispute", json={"reason": "x"}, headers=auditor)).status_code == 403
     assert (await client.post("/v1/disputes/1/resolve", json={"outcome": "uphold"},
@@ -144,6 +147,43 @@ async def test_bad_input_gets_problem_details_naming_the_field(api):
     assert detail["status"] == "claimed" and detail["verdict"] is None
 
 
+async def test_inconsistent_verdicts_get_422_naming_the_field_and_change_nothing(api):
+    client, ctx = api
+    await enqueue(ctx, "inconsistent-1")
+    auditor = bearer(ctx, "consistent-auditor", "auditor")
+    item = (await client.post("/v1/queues/US/claim", headers=auditor)).json()
+    url = f"/v1/items/{item['id']}/verdict"
+    cases = [
+        # the field case: "duplicate" while not_duplicate was answered yes
+        ({"attributes": {**ALL_OK, "kind_correct": False}, "passed": False, "error_category": "duplicate"},
+         "error_category", "duplicate means not_duplicate is no"),
+        # a category with every answer yes
+        ({"attributes": ALL_OK, "passed": True, "error_category": "duplicate"},
+         "error_category", "every attribute was answered yes"),
+        # an amount correction while the amount was answered correct
+        ({"attributes": {**ALL_OK, "evidence_sufficient": False}, "passed": False,
+          "error_category": "missing_evidence", "corrected_amount_minor": 300},
+         "corrected_amount_minor", "only when amount_correct is no"),
+        # liable parties while the liable party was answered correct
+        ({"attributes": {**ALL_OK, "amount_correct": False}, "passed": False, "error_category": "wrong_amount",
+          "corrected_amount_minor": 300,
+          "corrected_liability": [{"party": {"type": "platform"}, "amount_minor": 300}]},
+         "corrected_liability", "only when liable_party_correct is no"),
+    ]
+    for body, field, says in cases:
+        r = await client.post(url, json=body, headers=auditor)
+        assert r.status_code == 422 and r.headers["content-type"] == PROBLEM, r.text
+        problem = r.json()
+        assert [e["field"] for e in problem["errors"]] == [field]
+        assert says in problem["errors"][0]["message"]
+    detail = (await client.get(f"/v1/items/{item['id']}", headers=auditor)).json()
+    assert detail["status"] == "claimed" and detail["verdict"] is None
+    r = await client.post(url, headers=auditor, json={
+        "attributes": {**ALL_OK, "not_duplicate": False, "warranted": False}, "passed": False,
+        "error_category": "duplicate"})
+    assert r.status_code == 201, r.text
+
+
 async def test_the_audit_flow_over_http(api):
     client, ctx = api
     await enqueue(ctx, "flow-1", agent="agent-flow")
@@ -178,6 +218,11 @@ async def test_the_audit_flow_over_http(api):
     dispute = r.json()
     listed = (await client.get("/v1/disputes", headers=lead)).json()["disputes"]
     assert dispute["id"] in {d["id"] for d in listed}
+    # whoever raised it, or gave the verdict, may not resolve it, whatever roles they hold
+    for who in (bearer(ctx, "flow-lead", "senior_auditor"), bearer(ctx, "flow-auditor", "senior_auditor")):
+        r = await client.post(f"/v1/disputes/{dispute['id']}/resolve", json={"outcome": "overturn"}, headers=who)
+        assert r.status_code == 403 and r.headers["content-type"] == PROBLEM
+        assert r.json()["errors"][0]["field"] == "dispute_id"
     r = await client.post(f"/v1/disputes/{dispute['id']}/resolve", json={"outcome": "uphold"}, headers=senior)
     assert r.status_code == 200 and r.json()["status"] == "upheld" and r.json()["reverse_correction_id"] is None
     detail = (await client.get(f"/v1/items/{item['id']}", headers=lead)).json()
@@ -192,6 +237,8 @@ async def test_metrics_show_queues_verdicts_and_estimated_accuracy(api):
     body = (await client.get("/metrics")).text
     assert 'audit_queue_depth{queue="normal",region="GB"}' in body
     assert 'audit_queue_oldest_age_seconds{queue="normal",region="GB"}' in body
+    # the AuditQueueOverSla alert compares the age with the queue's SLA: both must be exported
+    assert 'audit_queue_sla_seconds{queue="normal",region="GB"} 259200.0' in body
     assert 'audit_sampled_total{reason="baseline",region="GB"}' in body
     assert 'audit_verdicts_total{item_kind="sample",outcome="fail",region="US"}' in body
     assert 'audit_verdict_attribute_failures_total{attribute="liable_party_correct",region="US"}' in body

@@ -137,8 +137,9 @@ async def test_correction_published_exactly_once_after_a_crash_before_publish(en
     assert proc.returncode == -9, proc.stderr
     assert proc.stdout.strip() == "crash-1"
     assert await read_topic(kafka_bootstrap, topic) == []  # nothing published yet
-    # restart: the relay finds the correction in the outbox; a second restart finds nothing more
-    assert await publish_outbox(url, engine, kafka_bootstrap) == 1
+    # restart: the relay finds the correction in the outbox (beside the read side's announcements of the
+    # sample draw and the verdict); a second restart finds nothing more
+    assert await publish_outbox(url, engine, kafka_bootstrap) == 3
     assert await publish_outbox(url, engine, kafka_bootstrap) == 0
     corrections = await read_topic(kafka_bootstrap, topic)
     assert len(corrections) == 1
@@ -180,9 +181,25 @@ async def test_overturned_dispute_reverses_the_correction_once(env, kafka_bootst
     with pytest.raises(Problem) as info:
         await workflow.resolve_dispute(engine, lead, dispute["id"], "overturn", runtime=runtime)
     assert info.value.status == 403
+    # separation of duties: neither the one who raised it nor the auditor of the verdict resolves it, even
+    # holding the senior auditor's role (and whatever the case of their name in a token)
+    both = Principal(subject="LEAD-7", kind="token", roles=frozenset({"lead", "senior_auditor"}),
+                     regions=frozenset({"US"}))
+    own = Principal(subject="aud-7", kind="token", roles=frozenset({"auditor", "senior_auditor"}),
+                    regions=frozenset({"US"}))
+    for who, says in ((both, "you raised this dispute"), (own, "the disputed verdict is yours")):
+        with pytest.raises(Problem) as info:
+            await workflow.resolve_dispute(engine, who, dispute["id"], "overturn", runtime=runtime)
+        assert info.value.status == 403 and info.value.errors[0]["field"] == "dispute_id"
+        assert says in info.value.errors[0]["message"]
+    async with engine.connect() as conn:
+        still = (await conn.execute(text("SELECT status FROM disputes WHERE id = :d"), {"d": dispute["id"]})).scalar()
+    assert still == "open"  # refused attempts change nothing
     resolved = await workflow.resolve_dispute(engine, senior, dispute["id"], "overturn", "evidence was fine",
                                               runtime=runtime)
     assert resolved["status"] == "overturned" and resolved["reverse_correction_id"]
+    assert (resolved["raised_by"], resolved["auditor_id"], resolved["resolved_by"]) == ("lead-7", "aud-7",
+                                                                                      "senior-7")
     with pytest.raises(Problem) as info:
         await workflow.resolve_dispute(engine, senior, dispute["id"], "uphold", runtime=runtime)
     assert info.value.status == 409
@@ -190,17 +207,38 @@ async def test_overturned_dispute_reverses_the_correction_once(env, kafka_bootst
         results = (await conn.execute(text(
             "SELECT recent_results FROM agents WHERE agent_id = 'agent-1' AND region = 'US'"))).scalar()
     assert results[-1] is True  # the overturned failure no longer counts against the agent
+    # the read side (insights) was told of the draw, the verdict and its overturn, in those transactions
+    async with engine.connect() as conn:
+        values = (await conn.execute(text(
+            "SELECT value FROM outbox WHERE topic = 'audit.activity.v1' ORDER BY id"))).scalars().all()
+    told = [decode_envelope(v) for v in values]
+    told = [(e.event_type, p) for e, p in told if p.compensation_id == "dispute-1"]
+    assert [t for t, _ in told] == ["audit.item_sampled", "audit.verdict_recorded", "audit.verdict_recorded"]
+    sampled, failed, overturned = (p for _, p in told)
+    assert sampled.item_id == item["id"] and 0 < sampled.inclusion_probability <= 1 and sampled.agent_id == "agent-1"
+    assert (failed.passed, failed.error_category, failed.money_misstated.amount_minor) == (False, "not_warranted", 1000)
+    assert failed.attributes["warranted"] is False and failed.dispute_id is None
+    assert failed.within_sla is (failed.audited_at <= sampled.sla_due_at)  # queued at NOW, audited at the clock
+    assert (overturned.passed, overturned.dispute_id, overturned.money_misstated.amount_minor) == (
+        True, dispute["id"], 0)
+    assert (overturned.verdict_id, overturned.auditor_id, overturned.audited_at) == (
+        failed.verdict_id, "aud-7", failed.audited_at)
     await publish_outbox(url, engine, kafka_bootstrap)
     events = await read_topic(kafka_bootstrap, topic)
     assert [e.correction_id for e in events] == [verdict["correction_id"], resolved["reverse_correction_id"]]
     original, reversal = events
     assert original.corrected_amount.amount_minor == 0 and original.corrected_liability == []
     assert reversal.corrects_correction_id == original.correction_id
+    # the reversal of money names everyone behind it; the original names its auditor only
+    assert (reversal.auditor_id, reversal.dispute_raised_by, reversal.disputed_auditor_id) == (
+        "senior-7", "lead-7", "aud-7")
+    assert (original.auditor_id, original.dispute_raised_by, original.disputed_auditor_id) == ("aud-7", None, None)
     assert reversal.corrected_amount.amount_minor == 1000
     assert sum(s.amount_minor for s in reversal.corrected_liability) == 1000
     assert orjson.loads(orjson.dumps(reversal.model_dump(mode="json")))["compensation_id"] == "dispute-1"
     detail = await workflow.get_item(engine, lead, item["id"])
     assert detail["verdict"]["status"] == "overturned"
+    assert (detail["dispute"]["raised_by"], detail["dispute"]["resolved_by"]) == ("lead-7", "senior-7")
 
 
 async def test_gold_and_pass_verdicts_emit_nothing(env, kafka_bootstrap, make_topics):

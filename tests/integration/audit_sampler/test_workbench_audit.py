@@ -25,7 +25,7 @@ from services.audit_sampler.app import build_app
 from services.audit_sampler.config import Settings
 from services.audit_sampler.domain.verdicts import ATTRIBUTES, VerdictInput
 from services.audit_sampler.web import build_web_router, queries
-from services.audit_sampler.web.auth import SESSION_COOKIE
+from services.audit_sampler.web.auth import DEVICE_COOKIE, SESSION_COOKIE
 from services.audit_sampler.web.security import hash_password
 from services.audit_sampler.web.settings import WorkbenchSettings
 from shared.auth import Principal
@@ -183,14 +183,40 @@ async def test_pages_need_a_session_and_sign_in_is_checked(service):
         assert 'audit_workbench_sign_ins_total{outcome="failed"}' in metrics
 
 
-async def test_account_locks_after_repeated_failures(service):
+def without_token(html: str) -> str:
+    return re.sub(r'name="csrf_token" value="[^"]+"', "", html)
+
+
+async def test_sign_in_pauses_by_account_and_client_and_answers_alike(service):
+    """Five wrong passwords from one address pause that address for the account: the right password then
+    gets the very answer a wrong one and an unknown account get. The owner elsewhere, or in the browser
+    they signed in with before, is not paused by it."""
     async with service.state.ctx.engine.begin() as conn:
         await queries.upsert_user(conn, "lou", hash_password(PASSWORD), ["auditor"], ["US"])
-    async with client(service) as c:
-        for _ in range(5):
-            assert (await sign_in(c, "lou", "wrong password here")).status_code == 401
-        locked = await sign_in(c, "lou")
-        assert locked.status_code == 401 and "locked" in locked.text
+    async with client(service) as owner:
+        ok = await sign_in(owner, "lou")
+        assert ok.status_code == 303
+        device = next(h for h in ok.headers.get_list("set-cookie") if h.startswith(f"{DEVICE_COOKIE}="))
+        assert "HttpOnly" in device and "SameSite=strict" in device and "Path=/workbench" in device
+        known_browser = owner.cookies.get(DEVICE_COOKIE)
+    async with client(service) as stranger:  # another browser at the same address
+        answers = [await sign_in(stranger, "lou", "wrong password here") for _ in range(5)]
+        paused = await sign_in(stranger, "lou")
+        unknown = await sign_in(stranger, "nobody-at-all", "wrong password here")
+        for answer in (*answers, paused, unknown):
+            assert answer.status_code == 401
+            assert without_token(answer.text) == without_token(answers[0].text)
+        assert "unknown user name or wrong password" in paused.text
+    other_place = httpx.AsyncClient(transport=httpx.ASGITransport(app=service, client=("10.9.8.7", 5000)),
+                                    base_url="http://testserver", follow_redirects=False)
+    async with other_place:
+        assert (await sign_in(other_place, "lou")).status_code == 303
+    async with client(service) as back_home:  # the paused address, but the browser lou signed in with
+        back_home.cookies.set(DEVICE_COOKIE, known_browser or "", path="/workbench")
+        assert (await sign_in(back_home, "lou")).status_code == 303
+    metrics = (await client(service).get("/metrics")).text
+    assert 'audit_workbench_sign_in_locks_total{scope="account_client"}' in metrics
+    assert 'audit_workbench_sign_ins_total{outcome="throttled"}' in metrics
 
 
 async def test_sign_out_expiry_and_disabling_end_sessions(service):
@@ -261,6 +287,19 @@ async def test_auditor_claims_scores_and_submits(service):
         no_category = await c.post(f"{item_url}/verdict", data={**scores(amount_correct=True), "csrf_token": token,
                                                                 "currency": "USD", "corrected_amount": "12.50"})
         assert no_category.status_code == 422 and "error_category" in no_category.text
+        # a category that contradicts the answers, and an amount typed although the amount was answered
+        # right: refused, each message next to its field, the form kept as typed
+        contradiction = await c.post(f"{item_url}/verdict", data={
+            **scores(kind_correct=True), "csrf_token": token, "currency": "USD", "corrected_amount": "3.00",
+            "error_category": "duplicate"})
+        assert contradiction.status_code == 422
+        assert re.search(r'data-field="error_category">duplicate means not_duplicate is no, but it was answered '
+                         r'yes', contradiction.text)
+        assert re.search(r'data-field="corrected_amount_minor">only when amount_correct is no', contradiction.text)
+        assert 'value="3.00"' in contradiction.text and '<option value="duplicate" selected>' in contradiction.text
+        all_yes = await c.post(f"{item_url}/verdict", data={**scores(), "csrf_token": token, "currency": "USD",
+                                                            "error_category": "duplicate"})
+        assert all_yes.status_code == 422 and "every attribute was answered yes" in all_yes.text
         assert await scalar(service, "SELECT count(*) FROM verdicts WHERE item_id = :i", i=item_id) == 0
         done = await c.post(f"{item_url}/verdict", data={
             **scores(amount_correct=True), "csrf_token": token, "currency": "USD", "corrected_amount": "12.50",
@@ -378,7 +417,7 @@ async def audit_everything(app: FastAPI, region: str, auditor: str) -> None:
     while (item := await workflow.claim_next(engine, who, region)) is not None:
         comp = item["compensation"]
         if comp["reason_code"] == "quality_issue":
-            verdict = VerdictInput({**ALL_OK, "warranted": False}, False, "not_warranted", corrected_amount_minor=0)
+            verdict = VerdictInput({**ALL_OK, "warranted": False}, False, "not_warranted")
         else:
             verdict = VerdictInput(ALL_OK, True)
         await workflow.submit_verdict(engine, who, item["id"], verdict)
@@ -434,14 +473,18 @@ async def test_report_parameters_are_validated(service):
         assert (await api.get("/v1/reports/accuracy?region=US")).status_code == 401
         bad = await api.get("/v1/reports/accuracy?region=XX&period=year&date=31-12-2024", headers=headers)
         assert bad.status_code == 422
-        assert {e["field"] for e in bad.json()["errors"]} == {"region", "period", "date"}
+        assert {e["field"] for e in bad.json()["errors"]} == {"query.period", "query.date"}
+        unknown = await api.get("/v1/reports/accuracy?region=XX&date=2024-02-30", headers=headers)
+        assert {e["field"] for e in unknown.json()["errors"]} == {"region", "date"}
+        ancient = await api.get("/v1/reports/accuracy?region=US&date=0001-01-01", headers=headers)
+        assert ancient.status_code == 422 and ancient.json()["errors"][0]["field"] == "query.date"
         fmt = await api.get("/v1/reports/accuracy?region=US&format=xml", headers=headers)
         assert fmt.status_code == 422 and fmt.json()["errors"][0]["field"] == "query.format"
-        missing = await api.get("/v1/reports/calibration", headers=headers)
+        missing = await api.get("/v1/reports/calibration?region=US", headers=headers)
         assert missing.status_code == 403  # finance does not see auditor agreement
         lead = service.state.ctx.tokens.issue("lee", ["lead"], ["US"])
         no_region = await api.get("/v1/reports/calibration", headers={"Authorization": f"Bearer {lead}"})
-        assert no_region.status_code == 422 and no_region.json()["errors"][0]["field"] == "region"
+        assert no_region.status_code == 422 and no_region.json()["errors"][0]["field"] == "query.region"
 
 
 async def test_calibration_and_gold_reach_the_lead_pages(service):
@@ -522,6 +565,8 @@ async def test_users_cli(service):
     assert code == 0 and re.search(r"zoe\s+auditor,lead\s+GB,US\s+active", out)
     async with client(service) as c:
         assert (await sign_in(c, "zoe", "a long enough password")).status_code == 303
+    code, out, _ = await cli(url, "users", "unlock", "--username", "Zoe")
+    assert code == 0 and "zoe:" in out and "sign-in counters cleared" in out
     code, out, _ = await cli(url, "users", "disable", "--username", "zoe")
     assert code == 0 and "disabled zoe" in out
     async with client(service) as c:

@@ -71,7 +71,9 @@ def test_verdict_form_parses_major_units_exactly():
     assert v.passed is False and v.corrected_amount_minor == 1250
     assert v.corrected_liability is not None and v.corrected_liability[0].amount_minor == 1250
     clean = _verdict_from_form(_form(error_category="wrong_amount"))
-    assert clean.passed and clean.error_category is None  # a passed verdict has no category
+    # every answer yes with a category chosen: sent as chosen, for the workflow to refuse the contradiction
+    # (test_workbench_audit); dropping it would quietly pass a compensation the auditor meant to fail
+    assert clean.passed and clean.error_category == "wrong_amount"
 
 
 @pytest.mark.parametrize("fields, field", [

@@ -1,4 +1,4 @@
-"""Budget allowances' life in auto_comp against real PostgreSQL (ADR 0008): closing at expiry and at the
+"""Budget allowances' life in auto_comp against real PostgreSQL (ADR 0012): closing at expiry and at the
 period's end, on revocation and by any replica's keeper, with the exact spend reported; a grant arriving
 too late; a request the ledger does not answer; tickets left waiting, from the saga too. Each test uses its
 own partition's allowance."""

@@ -44,7 +44,7 @@ async def setup(fresh_database, tmp_path_factory):
     for request in await allowance_requests(engine):
         if request["payload"]["pacing_allowance_percent"] == 10:
             await apply(engine, GrantHandler(RULES), [grant(request["payload"], 100_000)])
-    tokens = TokenService(settings.auth_token_secret.get_secret_value(), settings.auth_token_issuer)
+    tokens = TokenService(settings.require_token_secret(), settings.auth_token_issuer)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://auto-comp") as client:
         yield client, tokens, folder, store
@@ -106,7 +106,7 @@ async def test_list_filters_and_scoping(setup):
     assert [d["ticket_id"] for d in r.json()["items"]] == ["A-2"]
     r = await client.get("/v1/decisions", params={"strategy_id": "sg-damaged"}, headers=sg)
     assert [d["ticket_id"] for d in r.json()["items"]] == ["A-3"]
-    r = await client.get("/v1/decisions", params={"since": "2999-01-01T00:00:00Z"}, headers=sg)
+    r = await client.get("/v1/decisions", params={"since": "2199-01-01T00:00:00Z"}, headers=sg)
     assert r.json()["items"] == []
     assert (await client.get("/v1/decisions", params={"region": "GB"}, headers=sg)).status_code == 403
     all_regions = bearer(tokens, regions=("*",))

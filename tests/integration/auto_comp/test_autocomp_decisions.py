@@ -224,3 +224,48 @@ async def test_unknown_allowance_answers_are_ignored(engine):
              "wanted": {"amount_minor": 100, "currency": "SGD"}}
     await apply(engine, GRANTS, [grant(stray, 100)])
     assert await scalar(engine, "SELECT count(*) FROM allowances WHERE allowance_id = 'al-unknown'") == 0
+
+
+async def decisions_recorded(engine, ticket_id):
+    """decision.recorded events in the outbox for a ticket, decoded through the contract."""
+    from shared.contracts.registry import decode_envelope
+
+    found = []
+    for r in await rows(engine, "SELECT key, value FROM outbox WHERE topic = 'decisions.v1' ORDER BY id"):
+        envelope, payload = decode_envelope(r["value"])
+        if payload.ticket_id == ticket_id:
+            assert r["key"] == payload.buyer_id.encode()
+            found.append((envelope, payload))
+    return found
+
+
+async def test_every_final_decision_is_announced_once_in_its_transaction(engine, tickets):
+    await apply(engine, tickets, [late_ticket("T-ann-ne", "B-ann1", days_late=2), damaged_ticket("T-ann-d", "B-ann2"),
+                                  late_ticket("T-ann-i", "B-ann3", days_late=8, order=5_005, carrier_id="C9")],
+                partition=11)
+    [(_, ne)] = await decisions_recorded(engine, "T-ann-ne")
+    assert (ne.outcome.value, ne.failed_rule, ne.shadow) == ("not_eligible", "match.thresholds.days_late", False)
+    assert (ne.strategy_id, ne.strategy_version, ne.reason.value, ne.seller_id) == ("sg-late", 3, "late_delivery", "S1")
+    # a decision waiting for its allowance is not final: only its shadow (would_issue) is announced for now
+    assert [(p.shadow, p.outcome.value) for _, p in await decisions_recorded(engine, "T-ann-d")] == [
+        (True, "would_issue")]
+    assert await decisions_recorded(engine, "T-ann-i") == []
+    requests = {r["payload"]["pacing_allowance_percent"]: r["payload"] for r in await allowance_requests(engine)
+                if r["payload"]["owner"] == "test.tickets:11"}
+    await apply(engine, GRANTS, [grant(requests[10], 100_000)])  # the late-delivery strategy's (paced) allowance
+    [(env, issued)] = await decisions_recorded(engine, "T-ann-i")
+    assert (issued.outcome.value, issued.tier, issued.kind.value) == ("issued", "late_6_plus", "voucher")
+    assert issued.amount is not None and issued.amount.amount_minor == 1_001
+    assert sum(s.amount_minor for s in issued.liability) == 1_001 and issued.compensation_id
+    assert (issued.seller_id, issued.carrier_id) == ("S1", "C9")  # ticket facts kept for the settle-time event
+    assert issued.ticket_occurred_at == NOW and env.correlation_id
+    await apply(engine, GRANTS, [grant(requests[100], 0, limited_by="paced", detail="paced")])
+    assert sorted((p.shadow, p.outcome.value) for _, p in await decisions_recorded(engine, "T-ann-d")) == [
+        (False, "paced"), (True, "would_issue")]
+    # redelivered answers announce nothing more
+    await apply(engine, GRANTS, [grant(requests[10], 100_000)])
+    assert len(await decisions_recorded(engine, "T-ann-i")) == 1
+    # a ticket issued at once from the granted allowance is announced in its own transaction, with its split
+    await apply(engine, tickets, [late_ticket("T-ann-now", "B-ann5", days_late=8, order=5_005)], partition=11)
+    [(_, now_issued)] = await decisions_recorded(engine, "T-ann-now")
+    assert now_issued.outcome.value == "issued" and sum(s.amount_minor for s in now_issued.liability) == 1_001

@@ -92,7 +92,7 @@ async def service(fresh_database, kafka_bootstrap, topic_factory, tmp_path_facto
                         consumer_group=f"{orders}-group", consumer_poll_timeout_ms=20, return_min_group=3)
     app = build_app(settings, manage_lifecycle=False)
     ctx = app.state.ctx
-    tokens = TokenService(settings.auth_token_secret.get_secret_value(), settings.auth_token_issuer)
+    tokens = TokenService(settings.require_token_secret(), settings.auth_token_issuer)
     # Decisions of every buyer but T3 exist before the orders arrive.
     for i in range(1, 5):
         if i != 3:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 from sqlalchemy import text
 
@@ -49,7 +50,10 @@ async def watch(kafka_bootstrap):
 
 
 def item(event_type: str, **overrides):
-    return sample(event_type, event_id=new_id(event_type.split(".")[0]), buyer_id=new_id("buyer"), **overrides)
+    base = sample(event_type)
+    if "buyer_id" in base:  # buyer-scoped events get a buyer of their own (region-keyed ones have none)
+        overrides.setdefault("buyer_id", new_id("buyer"))
+    return sample(event_type, event_id=new_id(event_type.split(".")[0]), **overrides)
 
 
 async def test_every_event_type_arrives_on_its_topic_with_the_contract_key_and_headers(service, key, watch):
@@ -70,14 +74,14 @@ async def test_every_event_type_arrives_on_its_topic_with_the_contract_key_and_h
         assert len(arrived[event_id]) == 1, f"{event_type} {event_id} arrived {len(arrived[event_id])} times"
         a = arrived[event_id][0]
         assert a.topic == LATEST[event_type].topic.value
-        assert a.key == it["buyer_id"].encode()
+        assert a.key == (it["buyer_id"] if "buyer_id" in it else "SG").encode()  # region-keyed: order volume
         assert a.headers["event_type"] == event_type.encode()
         assert a.headers["event_id"] == event_id.encode()
         assert a.headers["region"] == b"SG"
         assert a.headers["schema_version"] == str(LATEST[event_type].version).encode()
         envelope, payload = decode_envelope(__import__("orjson").dumps(a.envelope))
         assert envelope.source == "order-system" and envelope.region == "SG"
-        assert payload.buyer_id == it["buyer_id"]  # type: ignore[attr-defined]
+        assert getattr(payload, "buyer_id", None) == it.get("buyer_id")
         if it.get("correlation_id"):
             assert envelope.correlation_id == "corr-1" and a.headers["correlation_id"] == b"corr-1"
 
@@ -124,8 +128,75 @@ async def test_invalid_single_events_are_refused_naming_the_field_and_nothing_is
     assert await received_ids(service.engine, [bad["event_id"]]) == set()
 
 
+# Issue 11: inputs that were accepted and then dead-lettered downstream, or answered 500, each get a clear
+# 422 naming the field now, on every event route, single and per item in a batch.
+BEYOND_BOUNDS = [
+    ("compensation.manual_issued", {"amount": {"amount_minor": 2**63, "currency": "SGD"},
+                                    "liability": [{"party": {"type": "seller", "id": "S-310"},
+                                                   "amount_minor": 2**63}]}, "amount.amount_minor"),
+    ("compensation.manual_issued", {"amount": {"amount_minor": 10**12 + 1, "currency": "SGD"},
+                                    "liability": [{"party": {"type": "seller", "id": "S-310"},
+                                                   "amount_minor": 10**12 + 1}]}, "amount.amount_minor"),
+    ("compensation.manual_issued", {"note": "refund\x00"}, "note"),
+    ("compensation.manual_issued", {"evidence": [{"kind": "photo", "uri": "https://x/\x00"}]}, "evidence.0.uri"),
+    ("ticket.opened", {"description": "late\x00"}, "description"),
+    ("ticket.opened", {"order_amount": {"amount_minor": -(2**63), "currency": "SGD"}}, "order_amount.amount_minor"),
+    ("voucher.redeemed", {"discount": {"amount_minor": 2**64, "currency": "SGD"}}, "discount.amount_minor"),
+    ("buyer.order_placed", {"correlation_id": "a\x00b"}, "correlation_id"),
+    ("buyer.order_placed", {"traceparent": "not a trace"}, "traceparent"),
+    *[(event_type, {"occurred_at": when}, "occurred_at") for event_type in sorted(PATHS)
+      for when in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:00-01:00", 1763631000, "1763631000",
+                   "2026-11-20", "2026-11-20 09:30:00Z", "1969-12-31T23:59:59Z")],
+    ("ticket.opened", {"promised_delivery_at": "9999-12-31T23:59:00-01:00"}, "promised_delivery_at"),
+    ("compensation.manual_issued", {"valid_until": "2199-12-31T23:59:59-00:01"}, "valid_until"),
+]
+
+
+@pytest.mark.parametrize("event_type, change, field", BEYOND_BOUNDS)
+async def test_what_no_consumer_could_store_is_refused_at_the_edge(service, key, event_type, change, field):
+    bad = item(event_type, **change)
+    r = await service.client.post(PATHS[event_type], json=bad, headers={"X-API-Key": key})
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert f"body.{field}" in [e["field"] for e in r.json()["errors"]], r.text
+    good = item(event_type)
+    r = await service.client.post(PATHS[event_type] + "/batch", json={"items": [bad, good]},
+                                  headers={"X-API-Key": key})
+    assert r.status_code == 200, r.text
+    first, second = r.json()["results"]
+    assert first["status"] == "rejected" and field in [e["field"] for e in first["errors"]]
+    assert second["status"] == "accepted"  # one bad item never fails the batch
+    assert await received_ids(service.engine, [bad["event_id"], good["event_id"]]) == {good["event_id"]}
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
+                                          "application/xml"])
+async def test_a_body_not_sent_as_json_gets_415_and_nothing_is_stored(service, key, content_type):
+    it = item("buyer.order_placed")
+    headers = {"X-API-Key": key, **({"Content-Type": content_type} if content_type else {})}
+    for path, body in (("/v1/buyer-orders", it), ("/v1/buyer-orders/batch", {"items": [it]})):
+        r = await service.client.post(path, content=orjson.dumps(body), headers=headers)
+        assert r.status_code == 415, r.text
+        assert r.headers["content-type"] == "application/problem+json"
+        assert r.json()["errors"][0]["field"] == "header.Content-Type"
+    assert await received_ids(service.engine, [it["event_id"]]) == set()
+    r = await service.client.post("/v1/buyer-orders", content=orjson.dumps(it),
+                                  headers={"X-API-Key": key, "Content-Type": "application/json; charset=utf-8"})
+    assert r.status_code == 202
+
+
+async def test_a_malformed_correlation_header_is_refused(service, key):
+    it = item("buyer.order_placed")
+    for value in ("x" * 129, "two words", "caf\u00e9"):
+        r = await service.client.post("/v1/buyer-orders", json=it,
+                                      headers={"X-API-Key": key, "X-Correlation-Id": value.encode()})
+        assert r.status_code == 400 and r.json()["errors"][0]["field"] == "header.X-Correlation-Id"
+    assert await received_ids(service.engine, [it["event_id"]]) == set()
+
+
 async def test_malformed_and_oversized_bodies(service, key):
-    r = await service.client.post("/v1/tickets", content=b"{not json", headers={"X-API-Key": key})
+    r = await service.client.post("/v1/tickets", content=b"{not json",
+                                  headers={"X-API-Key": key, "Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["errors"][0]["field"] == "body"
     big = b'{"items": [' + b",".join([b'"' + b"x" * 1000 + b'"'] * 5000) + b"]}"  # 5 MB
     r = await service.client.post("/v1/tickets/batch", content=big, headers={"X-API-Key": key})

@@ -1,4 +1,4 @@
-"""Budget allowances through the ledger's real handler and PostgreSQL (ADR 0008): grants held at once, charges
+"""Budget allowances through the ledger's real handler and PostgreSQL (ADR 0012): grants held at once, charges
 from either consumer group in any order with the return, the database's own guards, the invariant checker."""
 
 from __future__ import annotations

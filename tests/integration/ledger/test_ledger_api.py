@@ -20,6 +20,7 @@ from sqlalchemy import text
 from services.ledger.app import build_app
 from services.ledger.config import Settings
 from shared.db import migrate
+from shared.money import MAX_BUDGET_MINOR
 from tests.unit.ledger.ledger_factories import (
     PLATFORM,
     carrier,
@@ -66,6 +67,29 @@ async def test_set_budgets_through_the_api(ledger):
         assert r.json()["limit_minor"] == limit and r.json()["used_minor"] == 0
 
 
+async def test_budget_limits_are_announced_in_the_same_transaction(ledger):
+    from services.ledger import queries
+    from shared.contracts.registry import decode_envelope
+
+    _, _, settings = ledger
+    engine = await ledger_engine(settings.database_url)
+    try:
+        async with engine.begin() as conn:
+            for limit in (70_000, 80_000):
+                await queries.set_budget(conn, region="SG", period="2027-03", currency="SGD", limit=limit,
+                                         actor="bob finance", via="api", reason="March plan")
+            values = (await conn.execute(text(
+                "SELECT key, value FROM outbox WHERE topic = 'budget.limits.v1' ORDER BY id"))).all()
+            told = [(key, *decode_envelope(value)) for key, value in values]
+            told = [(k, e, p) for k, e, p in told if p.budget_period == "2027-03"]
+            assert [(k, p.limit.amount_minor, p.previous_limit and p.previous_limit.amount_minor)
+                    for k, _, p in told] == [(b"SG", 70_000, None), (b"SG", 80_000, 70_000)]
+            assert {p.actor for _, _, p in told} == {"bob_finance"}  # an Identifier: the space replaced
+            assert len({e.event_id for _, e, _ in told}) == 2
+    finally:
+        await engine.dispose()
+
+
 async def test_budget_api_refuses_bad_input_and_strangers(ledger):
     app, client, _ = ledger
     body = {"limit_minor": 100, "currency": "SGD", "reason": "test"}
@@ -81,11 +105,37 @@ async def test_budget_api_refuses_bad_input_and_strangers(ledger):
     r = await client.put("/v1/budgets/SG/2026-11", json={**body, "limit_minor": 10.5}, headers=token(app))
     assert r.status_code == 422
     r = await client.put("/v1/budgets/SG/2026-13", json=body, headers=token(app))
-    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "period"
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "path.period"
     r = await client.put("/v1/budgets/XX/2026-11", json=body, headers=token(app, regions=("*",)))
     assert r.status_code == 404
     r = await client.get("/v1/budgets/SG/2026-11", headers={"Authorization": "Bearer forged"})
     assert r.status_code == 401
+
+
+async def test_budget_limits_and_periods_are_bounded(ledger):
+    """Issue 11: a limit of 10**30 answered 500; a period of year 1 or 9999 too. Every store and every sum
+    holds a limit up to MAX_BUDGET_MINOR (ADR 0006); beyond it, and outside the span of years, a 422 naming
+    the field, and nothing changes."""
+    app, client, _ = ledger
+    body = {"currency": "SGD", "reason": "bounds"}
+    for limit in (10**30, 2**63, MAX_BUDGET_MINOR + 1):
+        r = await client.put("/v1/budgets/SG/2030-01", json={**body, "limit_minor": limit}, headers=token(app))
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] == "body.limit_minor", r.text
+        assert r.headers["content-type"] == "application/problem+json"
+    for period in ("0001-01", "9999-12", "1969-12", "2200-01", "2030-02-30"):
+        r = await client.put(f"/v1/budgets/SG/{period}", json={**body, "limit_minor": 1}, headers=token(app))
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] == "path.period", (period, r.text)
+        r = await client.get("/v1/reports/breakage", params={"region": "SG", "period": period}, headers=token(app))
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] == "query.period", (period, r.text)
+    r = await client.put("/v1/budgets/SG/2030-01", json={**body, "limit_minor": 1, "reason": "why\x00"},
+                         headers=token(app))
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "body.reason"
+    r = await client.put("/v1/budgets/SG/2030-01", content=b'{"limit_minor": 1, "currency": "SGD", "reason": "abc"}',
+                         headers={**token(app), "Content-Type": "text/plain"})
+    assert r.status_code == 415
+    assert (await client.get("/v1/budgets/SG/2030-01", headers=token(app))).status_code == 404  # nothing set
+    r = await client.put("/v1/budgets/SG/2199-12", json={**body, "limit_minor": MAX_BUDGET_MINOR}, headers=token(app))
+    assert r.status_code == 200 and r.json()["limit_minor"] == MAX_BUDGET_MINOR
 
 
 async def test_seed_books(ledger):
@@ -187,13 +237,14 @@ async def test_balances_and_unknown_accounts(ledger):
     assert b["balance_minor"] == 3_300 and b["balance"] == "33.00 SGD"
     b = (await client.get("/v1/accounts/budget:2026-11/balance", params={"region": "SG"}, headers=token(app))).json()
     assert b["balance_minor"] == -3_200  # posted automatic spend of the period
-    for key in ("seller:nobody", "wallet:x"):
-        r = await client.get(f"/v1/accounts/{key}/balance", params={"region": "SG"}, headers=token(app))
-        assert r.status_code == 404 and r.json()["errors"][0]["field"] == "account_key"
+    r = await client.get("/v1/accounts/seller:nobody/balance", params={"region": "SG"}, headers=token(app))
+    assert r.status_code == 404 and r.json()["errors"][0]["field"] == "account_key"
+    r = await client.get("/v1/accounts/wallet:x/balance", params={"region": "SG"}, headers=token(app))
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "path.account_key"
     r = await client.get("/v1/accounts/platform/balance", params={"region": "US"}, headers=token(app))
     assert r.status_code == 403
     r = await client.get("/v1/statements/buyer:B1", params={"region": "SG", "period": "2026-11"}, headers=token(app))
-    assert r.status_code == 404
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "path.party"
 
 
 async def test_lineage_and_breakage(ledger):
@@ -242,9 +293,12 @@ async def test_cli_budget_set_and_invariants(ledger):
                            "90000", "--actor", "bob", "--reason", "december plan"], env=env, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    bad = subprocess.run([*cmd, "budgets", "set", "--region", "SG", "--period", "2026-12", "--limit-minor", "-5",
-                          "--actor", "bob"], env=env, capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "limit-minor" in bad.stderr
+    for limit, period in (("-5", "2026-12"), (str(10**30), "2026-12"), (str(MAX_BUDGET_MINOR + 1), "2026-12"),
+                          ("100", "0001-01"), ("100", "9999-12")):
+        bad = subprocess.run([*cmd, "budgets", "set", "--region", "SG", "--period", period, "--limit-minor", limit,
+                              "--actor", "bob"], env=env, capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and ("limit-minor" in bad.stderr or period in bad.stderr), bad.stderr
+        assert "Traceback" not in bad.stderr
     engine = await ledger_engine(settings.database_url)
     try:
         changes = await rows(engine, "SELECT actor, via, new_limit_minor FROM budget_changes "

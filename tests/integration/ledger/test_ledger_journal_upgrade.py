@@ -1,4 +1,4 @@
-"""The journal's upgrade to transfers (migration 0006, ADR 0009): books written in the entry form before it
+"""The journal's upgrade to transfers (migration 0006, ADR 0013): books written in the entry form before it
 read the same after it: every transaction as its transfer lines, statements, balances, postings linked to
 their compensations, and no invariant violated."""
 

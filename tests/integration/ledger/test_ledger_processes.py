@@ -1,4 +1,4 @@
-"""One process per core (CONSUMER_PROCESSES, ADR 0010): ``serve`` starts consumer-only processes beside
+"""One process per core (CONSUMER_PROCESSES, ADR 0014): ``serve`` starts consumer-only processes beside
 itself; they share the consumer groups (Kafka spreads the partitions), the books stay exactly right, and
 they stop with serve or when serve dies. The ledger as a real process on a private broker."""
 

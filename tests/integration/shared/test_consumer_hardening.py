@@ -458,7 +458,7 @@ async def test_sigterm_finishes_the_batch_in_hand_then_exits(db, settings, produ
 
 async def test_partitions_leaving_a_runner_are_handed_over_after_the_batch_in_hand(db, settings, producer,
                                                                                    make_topics):
-    """``on_revoke`` (auto_comp's allowances, ADR 0008): called with the revoked partitions when a second
+    """``on_revoke`` (auto_comp's allowances, ADR 0012): called with the revoked partitions when a second
     member joins, after the batch in hand committed, and with the rest when the runner stops; a failing
     hook neither stops the rebalance nor the shutdown."""
     (topic,) = await make_topics("handover", partitions=2)

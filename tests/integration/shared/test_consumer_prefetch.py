@@ -1,4 +1,4 @@
-"""The runner overlaps work (CONSUMER_PREFETCH, ADR 0010): the next batch is fetched and decoded while the
+"""The runner overlaps work (CONSUMER_PREFETCH, ADR 0014): the next batch is fetched and decoded while the
 current one is written, at most one ahead; a rebalance drops what was fetched ahead for revoked partitions;
 offsets and deduplication are unchanged. Against the real broker and PostgreSQL."""
 

@@ -127,7 +127,9 @@ def test_accuracy_report_json_and_csv():
     assert doc["accuracy"]["estimate"] == pytest.approx(0.5)  # weights 2, 2, 4: 4/8
     assert doc["error_rate"]["estimate"] == pytest.approx(0.5)
     assert doc["population"] == {"compensations": 8, "amount_minor": 8000, "sampled": 4, "audited": 3,
-                                 "dropped_by_capacity": 0}
+                                 "unaudited": 0, "dropped_by_capacity": 0}
+    assert doc["accuracy"]["interval_method"] == "clopper_pearson_effective_n"
+    assert doc["accuracy"]["nonresponse"]["unaudited"] == 0
     # over-compensation: weighted mean 4*1000/8 = 500 per item, times 8 items
     assert doc["misstated"]["over_compensation"]["estimate_minor"] == 4000
     assert doc["misstated"]["under_compensation"]["estimate_minor"] == 0
@@ -142,6 +144,37 @@ def test_accuracy_report_json_and_csv():
     assert all(len(r) == len(CSV_HEADER) for r in rows)
     assert any(r["section"] == "error_rate_by_agent" and r["key"] == "a1" for r in rows)
     assert next(r for r in rows if r["section"] == "accuracy")["value"] == "0.5"
+
+
+def test_one_audited_of_three_sampled_is_reported_as_non_response_not_as_a_census():
+    """The field case: "0.0%, 95% CI 0.0%-0.0%" labelled census from 1 audited (failed) of 3 sampled."""
+    period = period_containing("day", date(2024, 5, 10), "UTC")
+    failed = item("c1", p=1.0, passed=False, failed={"warranted"}, category="not_warranted")
+    report = accuracy_report(region="US", currency="USD", period=period,
+                             population=PopulationCount(size=3, sampled=3, amount_minor=3000),
+                             audited=[failed], unaudited=[1.0, 1.0])
+    doc = json.loads(json.dumps(report.as_json()))
+    accuracy = doc["accuracy"]
+    assert accuracy["estimate"] == 0.0
+    assert accuracy["interval_method"] == "clopper_pearson" and accuracy["interval_method"] != "census"
+    assert (accuracy["ci95_low"], accuracy["ci95_high"]) == (0.0, 0.975)
+    assert "Clopper-Pearson" in accuracy["interval_method_text"]
+    assert accuracy["nonresponse"] == {"unaudited": 2, "sampled": 3, "share": 0.666667, "weighted_share": 0.666667,
+                                       "treatment": "missing_at_random", "if_all_unaudited_failed": 0.0,
+                                       "if_all_unaudited_passed": 0.666667}
+    assert doc["population"]["unaudited"] == 2
+    assert "non-response" in doc["method"]
+    # the money misstated is no census either: one audit cannot estimate a variance
+    assert doc["misstated"]["over_compensation"]["interval_method"] == "not_estimable"
+    assert doc["misstated"]["over_compensation"]["upper_bound_minor"] is None
+    rows = report.csv_rows()
+    nonresponse = next(r for r in rows if r[3] == "nonresponse")
+    assert nonresponse[4:9] == ["unaudited_sampled", 1, 2, 0.666667, 0.0]
+    # all three audited: now the period is known exactly
+    done = accuracy_report(region="US", currency="USD", period=period,
+                           population=PopulationCount(size=3, sampled=3, amount_minor=3000),
+                           audited=[failed, item("c2", p=1.0), item("c3", p=1.0)])
+    assert done.as_json()["accuracy"]["interval_method"] == "census"
 
 
 def test_accuracy_report_without_audits_says_so():

@@ -13,9 +13,12 @@ from services.audit_sampler.domain.policy import SamplingState, SwitchingRules, 
 from services.audit_sampler.domain.queues import Candidate, effective_probability, fill_queue_day
 from services.audit_sampler.domain.sampling import (
     AgentProfile,
+    InspectionLevel,
     ManualCompensation,
     decide,
     next_state,
+    record_audit,
+    replay_levels,
     uniform_draw,
     week_start,
 )
@@ -198,6 +201,87 @@ def test_switching_rules():
     assert next_state(r, (True,) * 12, RULES) is r
     assert next_state(r, (True,) * 12 + (False,), RULES) is n
     assert next_state(n, (), RULES) is n
+
+
+class _Agent:
+    """An agent's remembered history and level, fed one audit at a time as the workflow records them."""
+
+    def __init__(self, rules=RULES):
+        self.rules, self.history, self.level = rules, [], InspectionLevel()
+
+    def audit(self, results):
+        seen = []
+        for ok in results:
+            self.history.append(ok)
+            self.level = record_audit(self.level, self.history, self.rules)
+            seen.append(self.level.state)
+        return seen
+
+
+def test_passes_under_tightened_do_not_count_toward_reduced():
+    """The field case: tightened -> normal -> reduced after one audit under normal. With the run length of
+    tightened -> normal as long as normal -> reduced, ten passes under tightened bought the way back to
+    normal and, counted again, reduced inspection one audit later. ISO 2859-1 starts the run at normal."""
+    t, n, r = SamplingState.TIGHTENED, SamplingState.NORMAL, SamplingState.REDUCED
+    agent = _Agent(SwitchingRules(tightened_to_normal_passes=10, to_reduced_passes=10))
+    seen = agent.audit([False, False] + [True] * 10)
+    assert seen[1] is t and seen[-1] is n and agent.level == InspectionLevel(n, 0)
+    agent.audit([True])
+    assert agent.level == InspectionLevel(n, 1)  # was: reduced
+    agent.audit([True] * 8)
+    assert agent.level == InspectionLevel(n, 9)
+    agent.audit([True])
+    assert agent.level == InspectionLevel(r, 0)  # the tenth pass under normal
+
+
+def test_default_rules_need_ten_passes_under_normal_after_tightened():
+    n, t, r = SamplingState.NORMAL, SamplingState.TIGHTENED, SamplingState.REDUCED
+    seen = _Agent().audit([False, False] + [True] * 5 + [True] * 10)
+    assert seen[:2] == [n, t]
+    assert seen[2:7] == [t, t, t, t, n]  # five passes under tightened: back to normal
+    assert seen[7:16] == [n] * 9  # nine passes under normal are not enough (the old rule said reduced at 5)
+    assert seen[16] is r
+
+
+def test_failures_before_normal_began_do_not_tighten_again():
+    """Two failures, then the run back to normal; one more failure (1 of the audits since normal began) does
+    not send the agent back to tightened, although 2 of its last 5 audits failed overall."""
+    n, t = SamplingState.NORMAL, SamplingState.TIGHTENED
+    agent = _Agent(SwitchingRules(tightened_to_normal_passes=3))
+    agent.audit([False, False, True, True, True])
+    assert agent.level.state is n
+    agent.audit([False])
+    assert agent.level == InspectionLevel(n, 1)
+    agent.audit([False])
+    assert agent.level.state is t  # two failures under normal
+
+
+def test_reduced_goes_back_to_normal_on_a_failure_and_starts_a_new_run():
+    n, r = SamplingState.NORMAL, SamplingState.REDUCED
+    agent = _Agent()
+    agent.audit([True] * 10)
+    assert agent.level == InspectionLevel(r, 0)
+    agent.audit([True] * 7)
+    assert agent.level == InspectionLevel(r, 7)
+    agent.audit([False])
+    assert agent.level == InspectionLevel(n, 0)
+    agent.audit([True] * 9)
+    assert agent.level == InspectionLevel(n, 9)  # the passes under reduced do not shorten the new run
+    agent.audit([True])
+    assert agent.level.state is r
+
+
+def test_a_level_run_longer_than_the_remembered_history_uses_all_of_it():
+    level = record_audit(InspectionLevel(SamplingState.NORMAL, 500), (True,) * 10, RULES)
+    assert level.state is SamplingState.REDUCED
+
+
+@given(st.lists(st.booleans(), max_size=60))
+def test_replay_is_the_same_as_recording_one_audit_at_a_time(results):
+    agent = _Agent()
+    agent.audit(results)
+    assert replay_levels(results, RULES) == agent.level
+    assert 0 <= agent.level.audits_at_level <= len(results)
 
 
 def test_week_start_is_monday():

@@ -7,12 +7,14 @@ from hypothesis import strategies as st
 
 from services.audit_sampler.domain.stats import (
     StatsError,
+    clopper_pearson,
     cohens_kappa,
     hajek_proportion,
     hajek_total,
     horvitz_thompson_total,
     kish_effective_size,
     percent_agreement,
+    proportion_estimate,
     wilson_interval,
 )
 
@@ -50,24 +52,29 @@ def test_hajek_proportion_and_linearised_variance_by_hand():
     est = hajek_proportion([True, False, True], [0.5, 0.5, 0.25])
     assert est.value == pytest.approx(0.75)
     assert est.standard_error == pytest.approx(math.sqrt(2 / 64))
-    assert est.method == "normal"
-    assert est.interval.low == pytest.approx(0.75 - 1.959964 * math.sqrt(2 / 64), rel=1e-6)
-    assert est.interval.high == 1.0  # clamped to the range of a proportion
+    # unequal weights: Korn-Graubard's exact interval on n* = p(1 - p) / var = 6, capped at the 3 audited
+    assert est.method == "clopper_pearson_effective_n"
+    assert est.effective_sample_size == pytest.approx(3)
+    assert est.interval == clopper_pearson(0.75 * 3, 3)
 
 
-def test_census_has_no_sampling_error():
-    est = hajek_proportion([True, False, True, True], [1, 1, 1, 1])
+def test_census_has_no_sampling_error_only_when_the_whole_known_population_was_audited():
+    est = proportion_estimate([True, False, True, True], [1, 1, 1, 1], population_size=4)
     assert est.value == 0.75
     assert (est.interval.low, est.interval.high) == (0.75, 0.75)
     assert est.method == "census"
+    # the same four mandatory audits of a population of five (or of an unknown one) are a sample
+    for partial in (proportion_estimate([True, False, True, True], [1, 1, 1, 1], population_size=5),
+                    hajek_proportion([True, False, True, True], [1, 1, 1, 1])):
+        assert partial.method == "clopper_pearson" and partial.interval == clopper_pearson(3, 4)
 
 
 def test_clean_sample_does_not_claim_certainty():
     est = hajek_proportion([True] * 12, [0.1] * 12)
     assert est.value == 1.0
-    assert est.method == "wilson_effective_n"
+    assert est.method == "clopper_pearson"
     assert est.interval.high == 1.0
-    assert est.interval.low < 0.8  # Wilson with n = 12 at p = 1 gives about 0.757
+    assert est.interval.low == pytest.approx(0.025 ** (1 / 12))  # about 0.735 with 12 clean audits
 
 
 def test_hajek_total_scales_the_weighted_mean_to_the_known_population():

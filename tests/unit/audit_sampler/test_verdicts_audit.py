@@ -115,6 +115,104 @@ def test_invalid_verdicts_name_the_field(verdict, field):
     assert field in fields(verdict)
 
 
+STANDARD = frozenset({"wrong_amount", "not_warranted", "wrong_kind", "wrong_liable_party", "missing_evidence",
+                      "policy_breach", "duplicate", "other"})
+
+
+def only(v: VerdictInput) -> list[tuple[str, str]]:
+    """The errors of a verdict that breaks exactly one consistency rule."""
+    with pytest.raises(VerdictError) as info:
+        validate(v, original_amount_minor=1000, categories=STANDARD)
+    return info.value.errors
+
+
+@pytest.mark.parametrize(("category", "attribute"), [
+    ("duplicate", "not_duplicate"), ("not_warranted", "warranted"), ("wrong_amount", "amount_correct"),
+    ("wrong_kind", "kind_correct"), ("wrong_liable_party", "liable_party_correct"),
+    ("missing_evidence", "evidence_sufficient"), ("policy_breach", "policy_compliant")])
+def test_a_category_must_name_an_attribute_answered_no(category, attribute):
+    """The field case: "duplicate" with not_duplicate answered yes. The verdict failed on something else
+    (the kind), so the category must be that one's (or "other")."""
+    errors = only(VerdictInput(attrs(kind_correct=False) if attribute != "kind_correct"
+                               else attrs(policy_compliant=False), False, category))
+    assert [f for f, _ in errors] == ["error_category"]
+    message = errors[0][1]
+    assert f"{attribute} is no, but it was answered yes" in message
+    assert "other" in message  # what would fit instead
+    # with the attribute answered no it is accepted
+    check_all = attrs(**{attribute: False})
+    validate(VerdictInput(check_all, False, category,
+                          corrected_amount_minor=500 if attribute == "amount_correct" else None,
+                          corrected_liability=(Share("platform", None, 1000),)
+                          if attribute == "liable_party_correct" else None),
+             original_amount_minor=1000, categories=STANDARD)
+
+
+def test_other_and_custom_categories_go_with_any_failed_attribute():
+    validate(VerdictInput(attrs(not_duplicate=False), False, "other"), original_amount_minor=1000,
+             categories=STANDARD)
+    custom = {"fraud_suspected": None, "wrong_voucher_rules": "policy_compliant", "duplicate": "not_duplicate"}
+    validate(VerdictInput(attrs(kind_correct=False), False, "fraud_suspected"), original_amount_minor=1000,
+             categories=custom)
+    with pytest.raises(VerdictError) as info:
+        validate(VerdictInput(attrs(kind_correct=False), False, "wrong_voucher_rules"),
+                 original_amount_minor=1000, categories=custom)
+    assert info.value.errors[0][0] == "error_category"
+    assert "fraud_suspected" in info.value.errors[0][1]  # the one that fits is suggested
+
+
+def test_a_category_with_every_answer_yes_is_refused_not_dropped():
+    errors = only(VerdictInput(ALL_OK, True, "duplicate"))
+    assert errors == [("error_category", "duplicate chosen, but every attribute was answered yes: answer no to "
+                                         "what is wrong, or leave the category empty")]
+
+
+@pytest.mark.parametrize(("verdict", "field", "says"), [
+    # an amount correction only when amount_correct is no (even one equal to the original)
+    (VerdictInput(attrs(evidence_sufficient=False), False, "missing_evidence", corrected_amount_minor=1000),
+     "corrected_amount_minor", "only when amount_correct is no"),
+    (VerdictInput(attrs(evidence_sufficient=False), False, "missing_evidence", corrected_amount_minor=400),
+     "corrected_amount_minor", "only when amount_correct is no"),
+    (VerdictInput(attrs(warranted=False), False, "not_warranted", corrected_amount_minor=0),
+     "corrected_amount_minor", "only when amount_correct is no"),
+    (VerdictInput(attrs(warranted=False, amount_correct=False), False, "not_warranted", corrected_amount_minor=5),
+     "corrected_amount_minor", "not warranted corrects to 0"),
+    # liable parties only when liable_party_correct is no, and never for a compensation not warranted
+    (VerdictInput(attrs(amount_correct=False), False, "wrong_amount", corrected_amount_minor=500,
+                  corrected_liability=(Share("platform", None, 500),)),
+     "corrected_liability", "only when liable_party_correct is no"),
+    (VerdictInput(attrs(warranted=False, liable_party_correct=False), False, "not_warranted",
+                  corrected_liability=(Share("platform", None, 1000),)),
+     "corrected_liability", "charged to nobody"),
+])
+def test_corrections_only_where_the_answer_is_no(verdict, field, says):
+    errors = only(verdict)
+    assert [f for f, _ in errors] == [field]
+    assert says in errors[0][1]
+
+
+def test_not_warranted_with_an_amount_answered_wrong_may_leave_the_amount_empty_or_zero():
+    for amount in (None, 0):
+        c = correct(VerdictInput(attrs(warranted=False, amount_correct=False), False, "not_warranted",
+                                 corrected_amount_minor=amount))
+        assert c is not None and c.amount_minor == 0 and c.liability == ()
+
+
+def test_policy_files_map_categories_to_attributes():
+    from services.audit_sampler.domain.policy import PolicyError, parse_policy
+
+    base = {"region": "US", "seed": "unit-test-seed-1", "baseline_rate": 0.1}
+    assert parse_policy(base).error_categories["duplicate"] == "not_duplicate"
+    assert parse_policy(base).error_categories["other"] is None
+    listed = parse_policy({**base, "error_categories": ["duplicate", "fraud_suspected"]}).error_categories
+    assert listed == {"duplicate": "not_duplicate", "fraud_suspected": None}
+    mapped = parse_policy({**base, "error_categories": {"duplicate": None, "voucher_rules": "policy_compliant"}})
+    assert mapped.error_categories == {"duplicate": "not_duplicate", "voucher_rules": "policy_compliant"}
+    with pytest.raises(PolicyError) as info:
+        parse_policy({**base, "error_categories": {"duplicate": "warranted", "x": "vibes"}})
+    assert {p for p, _ in info.value.errors} == {"error_categories.duplicate", "error_categories.x"}
+
+
 @given(amount=st.integers(1, 10**12), weights=st.lists(st.integers(0, 10**9), min_size=1, max_size=8))
 def test_rescale_always_sums_exactly(amount, weights):
     if sum(weights) == 0:

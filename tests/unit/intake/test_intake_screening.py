@@ -141,3 +141,20 @@ def test_repeat_of_a_conflicting_item_matching_the_record_is_a_duplicate():
     record_fp = screened.repeats[0].fingerprint
     outcomes = settle(screened, {"e9": record_fp})
     assert [o.status for o in outcomes] == [Status.CONFLICT, Status.DUPLICATE]
+
+
+def test_order_volume_of_a_day_not_begun_in_the_region_is_rejected():
+    # NOW is 16:00 on 2026-11-22 in Singapore: that day may be reported, the next may not.
+    today = sample("order.volume_reported", occurred_at=NOW.isoformat(), day="2026-11-22")
+    assert run("order.volume_reported", [today])[1][0].status is Status.ACCEPTED
+    (outcome,) = run("order.volume_reported", [sample("order.volume_reported", occurred_at=NOW.isoformat(),
+                                                      day="2026-11-23")])[1]
+    assert [(e.field, e.reason) for e in outcome.errors] == [("day", "clock_skew")]
+
+
+def test_feedback_scores_are_one_to_five():
+    for score, ok in ((1, True), (5, True), (0, False), (6, False)):
+        (outcome,) = run("buyer.feedback_given", [sample("buyer.feedback_given", score=score)])[1]
+        assert (outcome.status is Status.ACCEPTED) is ok, score
+        if not ok:
+            assert [e.field for e in outcome.errors] == ["score"]

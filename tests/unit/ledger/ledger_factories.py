@@ -84,13 +84,15 @@ def revoked(cid: str, *, region: str = "SG", at: datetime = NOW, buyer: str = "B
 
 def correction(corr_id: str, cid: str, amount: int, *, region: str = "SG", at: datetime = NOW,
                shares: list[tuple[ev.LiableParty, int]] | None = None, corrects: str | None = None,
-               buyer: str = "B1") -> Envelope:
+               buyer: str = "B1", auditor: str = "aud1", raised_by: str | None = None,
+               disputed_auditor: str | None = None) -> Envelope:
     shares = shares if shares is not None else ([(carrier(), amount)] if amount else [])
     p = ev.AuditCorrectionIssued(
         correction_id=corr_id, compensation_id=cid, corrects_correction_id=corrects, audit_id=f"A-{corr_id}",
-        auditor_id="aud1", buyer_id=buyer, error_category="wrong_liable_party",
+        auditor_id=auditor, buyer_id=buyer, error_category="wrong_liable_party",
         corrected_amount=ev.NonNegativeMoney(**money(amount, region)),
-        corrected_liability=[ev.LiabilityShare(party=party, amount_minor=a) for party, a in shares])
+        corrected_liability=[ev.LiabilityShare(party=party, amount_minor=a) for party, a in shares],
+        dispute_raised_by=raised_by, disputed_auditor_id=disputed_auditor)
     return make_envelope("audit.correction_issued", p, source="audit_sampler", region=region, occurred_at=at)
 
 

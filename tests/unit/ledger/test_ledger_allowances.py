@@ -1,4 +1,4 @@
-"""Budget allowances in the ledger's book (ADR 0008): grant sizing, charges against an allowance in any order
+"""Budget allowances in the ledger's book (ADR 0012): grant sizing, charges against an allowance in any order
 with its return, duplicates, and what is refused."""
 
 from __future__ import annotations

@@ -254,6 +254,41 @@ def test_expiry_voids_and_counts_breakage_revocation_does_not():
     assert b.compensations["comp-R1"].current_charge_tx is None
 
 
+def test_an_expiry_before_the_validity_ends_is_applied_and_flagged():
+    """Seen: an expiry applied weeks early with no trace. It still releases the budget (the promotion system
+    says the voucher can no longer be used) and settles the charge, and it is flagged with its ids."""
+    early_at = NOW + timedelta(days=9)  # the voucher is valid for 30 days from NOW
+    b = run(book(), request("R1", 500), issued("R1", 500), expired("comp-R1", at=early_at))
+    assert budget_of(b).breakage == 500 and budget_of(b).reserved == 0
+    assert b.holds["R1"].status is HoldStatus.VOIDED and party_net(b, "comp-R1") == {"seller:S1": 0}
+    [flag] = b.out.early_expiries
+    assert (flag.compensation_id, flag.reservation_id, flag.region) == ("comp-R1", "R1", "SG")
+    assert flag.valid_until == NOW + timedelta(days=30) and flag.expired_at == early_at
+    assert flag.early_by == timedelta(days=21)
+    assert flag.event_id and flag.correlation_id
+
+
+def test_an_expiry_on_time_or_within_the_clock_tolerance_is_not_flagged():
+    valid_until = NOW + timedelta(days=30)
+    b = run(book(), request("R1", 500), issued("R1", 500), expired("comp-R1", at=valid_until),
+            request("R2", 500), issued("R2", 500), expired("comp-R2", at=valid_until - timedelta(minutes=4)),
+            request("R3", 500), issued("R3", 500), expired("comp-R3", at=valid_until - timedelta(minutes=6)))
+    assert [f.compensation_id for f in b.out.early_expiries] == ["comp-R3"]
+    # a redelivered early expiry of a closed voucher changes nothing and is not flagged again
+    again = run(book(holds=b.holds, compensations=b.compensations), expired("comp-R3", at=NOW))
+    assert not again.out.early_expiries and not again.out.transactions
+
+
+def test_corrections_keep_the_people_behind_them():
+    b = run(book(), manual("M1", 1_000),
+            correction("K1", "M1", 800, shares=[(carrier(), 800)], auditor="ada"),
+            correction("K1-reversal", "M1", 1_000, shares=[(seller(), 1_000)], corrects="K1", auditor="sam",
+                       raised_by="lin", disputed_auditor="ada"))
+    first, reversal = b.out.corrections
+    assert (first.auditor_id, first.dispute_raised_by, first.disputed_auditor_id) == ("ada", None, None)
+    assert (reversal.auditor_id, reversal.dispute_raised_by, reversal.disputed_auditor_id) == ("sam", "lin", "ada")
+
+
 def test_resent_request_gets_the_same_answer_not_a_second_reservation():
     b = run(book(limit=1_000), request("R1", 800), request("R1", 800), request("R2", 800),
             request("R2", 800))

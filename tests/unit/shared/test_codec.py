@@ -74,8 +74,8 @@ def _pace() -> ev.AllowancePace:
 
 
 def _others() -> list[Envelope]:
-    limit = ev.NonNegativeMoney(amount_minor=1000, currency=SG)
-    used = ev.NonNegativeMoney(amount_minor=800, currency=SG)
+    limit = ev.MoneyTotal(amount_minor=1000, currency=SG)
+    used = ev.MoneyTotal(amount_minor=800, currency=SG)
     payloads: list[tuple[str, ev.Payload]] = [
         ("buyer.order_placed", ev.BuyerOrderPlaced(order_id="O2", buyer_id="B1",
                                                    amount=ev.PositiveMoney(amount_minor=700, currency=SG))),
@@ -91,6 +91,30 @@ def _others() -> list[Envelope]:
             granted=ev.NonNegativeMoney(amount_minor=500, currency=SG),
             granted_total=ev.NonNegativeMoney(amount_minor=900, currency=SG), expires_at=NOW + timedelta(minutes=5),
             pace=_pace(), detail="granted")),
+        ("decision.recorded", ev.DecisionRecorded(
+            ticket_id="T1", order_id="O1", buyer_id="B1", seller_id="S1", reason=ev.TicketReason.DAMAGED,
+            ticket_occurred_at=NOW, shadow=False, outcome=ev.DecisionOutcome.ISSUED, detail="issued",
+            strategy_id="s", strategy_version=1, tier="t1", kind=ev.CompensationKind.VOUCHER,
+            amount=ev.PositiveMoney(amount_minor=300, currency=SG),
+            liability=[ev.LiabilityShare(party=ev.LiableParty(type=ev.PartyType.SELLER, id="S1"), amount_minor=200),
+                       ev.LiabilityShare(party=ev.LiableParty(type=ev.PartyType.PLATFORM), amount_minor=100)],
+            compensation_id="C1")),
+        ("buyer.feedback_given", ev.BuyerFeedbackGiven(feedback_id="F", ticket_id="T1", order_id="O1", buyer_id="B1",
+                                                       kind=ev.FeedbackKind.CSAT, score=4, channel="survey")),
+        ("order.volume_reported", ev.OrderVolumeReported(day=NOW.date(), orders=1_200,
+                                                         gmv=ev.NonNegativeMoney(amount_minor=10**7, currency=SG))),
+        ("audit.item_sampled", ev.AuditItemSampled(
+            item_id=7, compensation_id="M1", buyer_id="B1", compensation_occurred_at=NOW, stratum="cs_voucher",
+            inclusion_probability=0.25, mandatory=False, agent_id="A1", team="cs", reason_code="late",
+            amount=ev.PositiveMoney(amount_minor=500, currency=SG), sla_due_at=NOW + timedelta(days=2))),
+        ("audit.item_evicted", ev.AuditItemEvicted(item_id=7, compensation_id="M1", buyer_id="B1")),
+        ("audit.verdict_recorded", ev.AuditVerdictRecorded(
+            verdict_id=3, item_id=7, compensation_id="M1", buyer_id="B1", auditor_id="au1", passed=False,
+            attributes={"evidence_ok": True, "amount_ok": False}, error_category="amount_too_high",
+            amount=ev.PositiveMoney(amount_minor=500, currency=SG),
+            money_misstated=ev.NonNegativeMoney(amount_minor=200, currency=SG), audited_at=NOW, within_sla=True)),
+        ("budget.limit_set", ev.BudgetLimitSet(budget_period="2026-11",
+                                               limit=ev.NonNegativeMoney(amount_minor=10, currency=SG), actor="a")),
     ]
     return [make_envelope(t, p, source="ledger", region="SG", occurred_at=NOW, produced_at=NOW) for t, p in payloads]
 
@@ -234,7 +258,9 @@ def test_broken_documents_decode_as_the_registry(sample, data, value, drop, extr
 
 
 @pytest.mark.parametrize("text", [
-    b'"amount_minor":123456789012345678901', b'"amount_minor":1e3', b'"amount_minor":500.0',
+    b'"amount_minor":123456789012345678901', b'"amount_minor":-9999999999999999999',
+    b'"amount_minor":18446744073709551615', b'"amount_minor":-9223372036854775809', b'"amount_minor":1e3',
+    b'"amount_minor":500.0',
     b'"amount_minor":NaN', b'"amount_minor":-0', b'"amount_minor":"500"', b'"amount_minor":true'])
 def test_numbers_the_parsers_read_differently_decode_as_the_registry(text):
     raw = encode_envelope(redeemed("C1", 250))

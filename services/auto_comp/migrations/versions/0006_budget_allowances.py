@@ -1,4 +1,4 @@
-"""Budget allowances (ADR 0008): auto_comp decides and issues in one transaction, spending budget the ledger
+"""Budget allowances (ADR 0012): auto_comp decides and issues in one transaction, spending budget the ledger
 allotted to it, instead of a reservation round trip per voucher.
 
 - ``allowances``: one row per allowance (region, budget period, partition of tickets.v1, pacing percent):
@@ -20,7 +20,7 @@ Revises: 0004
 from alembic import op
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

@@ -1,4 +1,4 @@
-"""Budget allowances (ADR 0008): auto_comp spends budget the ledger allotted to it, instead of a reservation
+"""Budget allowances (ADR 0012): auto_comp spends budget the ledger allotted to it, instead of a reservation
 round trip per voucher.
 
 - ``budgets.allotted_minor``: granted to allowances and neither charged against nor released yet. It counts
@@ -19,7 +19,7 @@ Revises: 0003
 from alembic import op
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

@@ -1,4 +1,4 @@
-"""A leaner journal (ADR 0009): transactions stored as transfer rows, the budget posted once per batch.
+"""A leaner journal (ADR 0013): transactions stored as transfer rows, the budget posted once per batch.
 
 - ``journal_transfers``: one row per line of a transaction: (debit account, credit account, amount > 0),
   balanced by construction, with the transaction's kind, links and lineage on every line. A charge split

@@ -1,0 +1,63 @@
+"""The insights service: one consumer group over every business topic, the rollup compactor, the HTTP API.
+
+``build_app(settings)`` also runs in-process (httpx ASGI transport + lifespan, or ``app.state.ctx``
+start/stop), as the integration tests do.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from fastapi import FastAPI
+
+from services.insights import metrics
+from services.insights import persistence as db
+from services.insights.api import build_router
+from services.insights.config import Settings
+from services.insights.contracts import CONSUMES
+from services.insights.domain.rollups import TABLES
+from services.insights.handlers import RollupHandler
+from shared.auth import Authenticator
+from shared.periodic import PeriodicTask
+from shared.regions import catalogue
+from shared.service import ServiceContext, create_app
+
+
+class Compactor(PeriodicTask):
+    """Folds the consumers' appended rollup deltas into the rollups, one table per transaction. Safe on
+    every replica: a table another replica is compacting is skipped (advisory lock tried, never awaited)."""
+
+    def __init__(self, ctx: ServiceContext, interval: float) -> None:
+        super().__init__("insights-compactor", interval, self.run_once)
+        self.ctx = ctx
+
+    async def run_once(self) -> int:
+        folded = 0
+        for table in TABLES:
+            async with self.ctx.engine.begin() as conn:
+                folded += await db.compact(conn, table)
+        async with self.ctx.engine.connect() as conn:
+            metrics.DELTA_BACKLOG.set(await db.delta_backlog(conn))
+        metrics.COMPACTED_ROWS.inc(folded)
+        metrics.LAST_COMPACTION.set(time.time())
+        return folded
+
+
+def build_app(settings: Settings, *, topics: Sequence[str] | None = None, compactor: bool = True) -> FastAPI:
+    ctx = ServiceContext.create("insights", "insights", settings)
+    tz_of = {code: catalogue().get(code).timezone for code in catalogue().codes()}
+    # A batch's objects are freed by reference counting once it commits (no cycles), so the collector may
+    # rest while it is in hand (CollectorPause).
+    ctx.add_consumer(settings.consumer_group, list(topics or CONSUMES), RollupHandler(tz_of),
+                     max_batch=settings.max_batch, pause_gc=True)
+    keeper = Compactor(ctx, settings.compact_interval_seconds)
+    if compactor:
+        ctx.components.append(keeper)
+    app = create_app(ctx, title="Insights", description=(
+        "The read side for the people who steer compensation: periodic reports per region (compensation "
+        "rate, auto share, cost, time to compensate, proactive share, vouchers, accuracy, buyer feedback, "
+        "audit team), root-cause breakdowns, count series for spike detection, budget burn-down."))
+    app.state.compactor = keeper
+    app.include_router(build_router(ctx.engine, Authenticator(ctx.tokens)))
+    return app

@@ -1,0 +1,460 @@
+"""Rollups: what each ticket and compensation adds to the report buckets, as a pure function of its record.
+
+A report reads buckets, never events. Every bucket cell is defined as the sum, over insights' record of
+tickets and compensations, of what each record contributes (``contributions``). A record is the
+order-independent merge of the events about it (``merge_*``: the same set of events gives the same record
+in any order, duplicates included), so every cell equals a recomputation from the raw events. When an event
+changes a record, the consumer writes the record's new contribution minus its old one (``delta``): a
+compensation that arrives before its ticket is first counted in the bucket of its own time and moves to
+the bucket of its ticket's time when the ticket arrives (ADR 0011).
+
+Buckets are keyed by the region's local calendar day (and local hour for the hourly series), so a day, an
+ISO week or a month in the region's time zone is a range of whole keys, for any UTC offset.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+# ------------------------------------------------------------------ time
+
+# Time to compensate: fixed bin upper edges in seconds (the last bin is open). A percentile read from the
+# rollups is the upper edge of the bin holding the ceil(p * n)-th smallest value (docs/metrics.md), so the
+# same rule applied to the raw durations gives exactly the same number.
+TTC_EDGES: tuple[int, ...] = (60, 300, 900, 1800, 3600, 7200, 14400, 28800, 43200, 86400, 172800, 259200,
+                              432000, 604800, 1209600, 2592000)
+TTC_BINS = len(TTC_EDGES) + 1  # + the open bin above 30 days
+
+PROACTIVE_WINDOW = timedelta(hours=24)
+BREACH_REASONS = frozenset({"late_delivery", "not_received", "lost_in_transit"})
+CLAIM_SOURCES = frozenset({"buyer", "cs_agent"})
+DETECTED_SOURCES = frozenset({"logistics", "order_system"})
+VOUCHER_KINDS = frozenset({"voucher", "coupon"})
+
+
+def ttc_bin(seconds: float) -> int:
+    """Index of the bin of a duration (negative durations count as 0: issued at the ticket's own time)."""
+    return bisect.bisect_left(TTC_EDGES, max(0.0, seconds))
+
+
+@lru_cache(maxsize=64)
+def _zone(tz: str) -> ZoneInfo:
+    return ZoneInfo(tz)
+
+
+_SLOTS: dict[tuple[str, int], tuple[date, int]] = {}
+
+
+def local_slot(at: datetime, tz: str) -> tuple[date, int]:
+    """(local calendar day, local hour) of an aware instant in a time zone.
+
+    Cached per quarter hour (every UTC offset in use is a multiple of 15 minutes, so a quarter hour never
+    straddles a local hour); the cache is cleared when it holds 100,000 slots (about 3 years of one zone)."""
+    key = (tz, int(at.timestamp()) // 900)
+    slot = _SLOTS.get(key)
+    if slot is None:
+        if len(_SLOTS) >= 100_000:
+            _SLOTS.clear()
+        local = at.astimezone(_zone(tz))
+        slot = _SLOTS[key] = (local.date(), local.hour)
+    return slot
+
+
+def period_of(day: date) -> str:
+    """The budget period (calendar month) of a local day."""
+    return f"{day.year:04d}-{day.month:02d}"
+
+
+# ------------------------------------------------------------------ records
+
+
+@dataclass(slots=True)  # never mutated; not frozen: a frozen __init__ costs a setattr call per field
+class Feedback:
+    feedback_id: str
+    kind: str  # csat | review
+    score: int
+    at: datetime
+
+
+@dataclass(slots=True)  # never mutated; not frozen: a frozen __init__ costs a setattr call per field
+class TicketRecord:
+    """insights' record of a ticket: its facts once ``ticket.opened`` arrived (``known``), and the feedback
+    about it. A stub (not known) exists while only its compensations or feedback have arrived."""
+
+    ticket_id: str
+    region: str
+    known: bool = False
+    event_id: str = ""  # the ticket.opened that set the facts (the earliest wins: order-independent)
+    occurred_at: datetime | None = None
+    reason: str = ""
+    seller_id: str = ""
+    carrier_id: str = ""  # "" when the ticket has no carrier
+    raised_by: str = ""  # "" when the producer did not say
+    breach_at: datetime | None = None
+    feedback: tuple[Feedback, ...] = ()
+
+
+@dataclass(slots=True)  # never mutated; not frozen: a frozen __init__ costs a setattr call per field
+class CompensationRecord:
+    """insights' record of a compensation (automatic or manual) and its voucher lifecycle. A stub (no
+    ``issued_at``) exists while only lifecycle events have arrived."""
+
+    compensation_id: str
+    region: str
+    ticket_id: str | None = None
+    event_id: str = ""
+    source: str = ""  # auto | manual
+    kind: str = ""  # voucher, coupon, store_credit, partial_refund, full_refund
+    strategy_id: str = ""  # "" for manual compensations
+    reason: str = ""  # the compensation's own reason (used only while its ticket is unknown)
+    seller_id: str = ""
+    carrier_id: str = ""
+    amount_minor: int = 0
+    seller_minor: int = 0
+    carrier_minor: int = 0
+    platform_minor: int = 0
+    issued_at: datetime | None = None
+    redeemed_minor: int | None = None
+    redeemed_at: datetime | None = None
+    redeemed_event: str = ""
+    expired_at: datetime | None = None
+    expired_event: str = ""
+    revoked_at: datetime | None = None
+    revoked_event: str = ""
+
+    @property
+    def issued(self) -> bool:
+        return self.issued_at is not None
+
+    @property
+    def is_voucher(self) -> bool:
+        return self.kind in VOUCHER_KINDS
+
+    @property
+    def lifecycle(self) -> str:
+        """redeemed > expired > revoked > open: the voucher's end, whatever order its events came in."""
+        if self.redeemed_at is not None:
+            return "redeemed"
+        if self.expired_at is not None:
+            return "expired"
+        if self.revoked_at is not None:
+            return "revoked"
+        return "open"
+
+
+def _earlier(at: datetime | None, event_id: str, other_at: datetime | None, other_id: str) -> bool:
+    """True when (at, event_id) sorts before (other_at, other_id); None sorts last."""
+    if other_at is None:
+        return at is not None
+    if at is None:
+        return False
+    return (at, event_id) < (other_at, other_id)
+
+
+def merge_ticket_opened(record: TicketRecord, *, event_id: str, occurred_at: datetime, reason: str,
+                        seller_id: str, carrier_id: str | None, raised_by: str | None,
+                        breach_at: datetime) -> TicketRecord:
+    """A ticket's facts; of two ``ticket.opened`` for one ticket id the earliest (time, event id) wins."""
+    if record.known and not _earlier(occurred_at, event_id, record.occurred_at, record.event_id):
+        return record
+    # Positional construction: dataclasses.replace costs ten times as much, once per event.
+    return TicketRecord(record.ticket_id, record.region, True, event_id, occurred_at, reason, seller_id,
+                        carrier_id or "", raised_by or "", breach_at, record.feedback)
+
+
+def merge_feedback(record: TicketRecord, fb: Feedback) -> TicketRecord:
+    if any(f.feedback_id == fb.feedback_id for f in record.feedback):
+        return record
+    return replace(record, feedback=tuple(sorted((*record.feedback, fb), key=lambda f: (f.at, f.feedback_id))))
+
+
+def merge_issued(record: CompensationRecord, *, event_id: str, ticket_id: str, source: str, kind: str,
+                 strategy_id: str, reason: str, seller_id: str | None, carrier_id: str | None, amount_minor: int,
+                 liability: Mapping[str, int], issued_at: datetime) -> CompensationRecord:
+    """A compensation's facts; of two issue events for one id the earliest (time, event id) wins."""
+    if record.issued and not _earlier(issued_at, event_id, record.issued_at, record.event_id):
+        return record
+    r = record
+    return CompensationRecord(
+        r.compensation_id, r.region, ticket_id, event_id, source, kind, strategy_id, reason, seller_id or "",
+        carrier_id or "", amount_minor, liability.get("seller", 0), liability.get("carrier", 0),
+        liability.get("platform", 0), issued_at, r.redeemed_minor, r.redeemed_at, r.redeemed_event, r.expired_at,
+        r.expired_event, r.revoked_at, r.revoked_event)
+
+
+def merge_lifecycle(record: CompensationRecord, *, event_type: str, event_id: str, at: datetime,
+                    discount_minor: int | None = None) -> CompensationRecord:
+    """Redeemed, expired, revoked: the earliest of each kind wins."""
+    if event_type == "voucher.redeemed":
+        if _earlier(at, event_id, record.redeemed_at, record.redeemed_event):
+            return replace(record, redeemed_at=at, redeemed_event=event_id, redeemed_minor=discount_minor)
+    elif event_type == "voucher.expired":
+        if _earlier(at, event_id, record.expired_at, record.expired_event):
+            return replace(record, expired_at=at, expired_event=event_id)
+    elif event_type == "voucher.revoked" and _earlier(at, event_id, record.revoked_at, record.revoked_event):
+        return replace(record, revoked_at=at, revoked_event=event_id)
+    return record
+
+
+def breach_time(reason: str, occurred_at: datetime, promised_delivery_at: datetime | None,
+                dispatch_due_at: datetime | None) -> datetime:
+    """When the promise was broken: the promised delivery for delivery failures, the dispatch deadline for a
+    seller cancellation, else when the ticket was raised (docs/metrics.md, proactive share)."""
+    if reason in BREACH_REASONS and promised_delivery_at is not None:
+        return promised_delivery_at
+    if reason == "seller_cancelled" and dispatch_due_at is not None:
+        return dispatch_due_at
+    return occurred_at
+
+
+# ------------------------------------------------------------------ rollup tables
+
+@dataclass(frozen=True)
+class Table:
+    """A rollup table: its key columns (with SQL types) and its additive measures (bigint)."""
+
+    name: str
+    keys: tuple[tuple[str, str], ...]
+    measures: tuple[str, ...]
+
+    @property
+    def key_names(self) -> tuple[str, ...]:
+        return tuple(k for k, _ in self.keys)
+
+
+_TTC_MEASURES = tuple(f"ttc_{i:02d}" for i in range(TTC_BINS))
+
+TICKET_DAILY = Table("ticket_daily", (("region", "text"), ("day", "date"), ("reason", "text"), ("carrier", "text")),
+                     ("tickets", "compensated", "compensated_auto", "compensated_manual", "claimed", "detected"))
+TICKET_HOURLY = Table("ticket_hourly", (("region", "text"), ("day", "date"), ("hour", "smallint"),
+                                        ("reason", "text"), ("carrier", "text")), ("tickets", "compensated"))
+COMP_DAILY = Table("comp_daily", (("region", "text"), ("day", "date"), ("reason", "text"), ("carrier", "text"),
+                                  ("source", "text"), ("strategy", "text")),
+                   ("comps", "amount_minor", "seller_minor", "carrier_minor", "platform_minor", "vouchers",
+                    "voucher_minor", "redeemed", "redeemed_minor", "expired", "expired_minor", "revoked",
+                    "proactive", "timed", "ttc_seconds", *_TTC_MEASURES))
+COMP_HOURLY = Table("comp_hourly", (("region", "text"), ("day", "date"), ("hour", "smallint"), ("reason", "text"),
+                                    ("carrier", "text"), ("source", "text"), ("strategy", "text")),
+                    ("comps", "amount_minor"))
+SELLER_DAILY = Table("seller_daily", (("region", "text"), ("day", "date"), ("seller", "text")),
+                     ("tickets", "compensated", "comps", "amount_minor"))
+AMOUNT_DAILY = Table("amount_daily", (("region", "text"), ("day", "date"), ("source", "text"),
+                                      ("amount_minor", "bigint")), ("comps",))
+FEEDBACK_DAILY = Table("feedback_daily", (("region", "text"), ("day", "date"), ("reason", "text"), ("kind", "text"),
+                                          ("cohort", "text")), ("responses", "score_sum", "score_squares"))
+BUDGET_DAILY = Table("budget_daily", (("region", "text"), ("period", "text"), ("day", "date"), ("source", "text")),
+                     ("committed_minor", "released_minor"))
+DECISION_DAILY = Table("decision_daily", (("region", "text"), ("day", "date"), ("strategy", "text"),
+                                          ("strategy_version", "int"), ("outcome", "text"), ("failed_rule", "text"),
+                                          ("tier", "text"), ("shadow", "boolean")), ("decisions", "amount_minor"))
+
+# Coarser grains of the same cells, for reports: a region's day (no dimensions) and a month of amounts. A
+# month report then reads 30 + 60 rows and a few thousand amounts instead of every dimension's cells.
+TICKET_DAY = Table("ticket_day", (("region", "text"), ("day", "date")), TICKET_DAILY.measures)
+COMP_DAY = Table("comp_day", (("region", "text"), ("day", "date"), ("source", "text")), COMP_DAILY.measures)
+AMOUNT_MONTH = Table("amount_month", (("region", "text"), ("month", "text"), ("source", "text"),
+                                      ("amount_minor", "bigint")), ("comps",))
+
+TABLES: tuple[Table, ...] = (TICKET_DAILY, TICKET_HOURLY, COMP_DAILY, COMP_HOURLY, SELLER_DAILY, AMOUNT_DAILY,
+                             FEEDBACK_DAILY, BUDGET_DAILY, DECISION_DAILY, TICKET_DAY, COMP_DAY, AMOUNT_MONTH)
+BY_NAME = {t.name: t for t in TABLES}
+
+Key = tuple[object, ...]
+
+
+@dataclass
+class Deltas:
+    """Pending additions per table and key (measure vectors); zero vectors are dropped on output."""
+
+    rows: dict[str, dict[Key, list[int]]] = field(default_factory=lambda: {t.name: {} for t in TABLES})
+
+    def add(self, table: Table, key: Key, values: Iterable[tuple[int, int]], sign: int = 1) -> None:
+        """``values``: (measure index, amount) pairs."""
+        bucket = self.rows[table.name]
+        row = bucket.get(key)
+        if row is None:
+            row = bucket[key] = [0] * len(table.measures)
+        if sign == 1:
+            for index, amount in values:
+                row[index] += amount
+        else:
+            for index, amount in values:
+                row[index] -= amount
+
+    def merge(self, other: Deltas, sign: int = 1) -> None:
+        for name, rows in other.rows.items():
+            table = BY_NAME[name]
+            for key, values in rows.items():
+                self.add(table, key, enumerate(values), sign)
+
+    def nonzero(self, table: Table) -> list[tuple[Key, list[int]]]:
+        return [(k, v) for k, v in self.rows[table.name].items() if any(v)]
+
+    def is_empty(self) -> bool:
+        return not any(any(v) for rows in self.rows.values() for v in rows.values())
+
+
+def _index(table: Table) -> dict[str, int]:
+    return {m: i for i, m in enumerate(table.measures)}
+
+
+_TD, _TH, _CD, _CH = _index(TICKET_DAILY), _index(TICKET_HOURLY), _index(COMP_DAILY), _index(COMP_HOURLY)
+_SD, _AD, _FD, _BD = _index(SELLER_DAILY), _index(AMOUNT_DAILY), _index(FEEDBACK_DAILY), _index(BUDGET_DAILY)
+_DD = _index(DECISION_DAILY)
+
+
+# ------------------------------------------------------------------ contributions
+
+
+def contribute(out: Deltas, ticket: TicketRecord | None, comps: Iterable[CompensationRecord], tz_of: Mapping[str, str],
+               sign: int = 1) -> None:
+    """Add (sign=1) or take away (sign=-1) what a ticket and all its compensations contribute."""
+    issued = [c for c in comps if c.issued]
+    _ticket_part(out, ticket, issued, tz_of, sign)
+    known = _known(ticket)
+    for comp in issued:
+        _compensation(out, comp, ticket if known else None, tz_of[comp.region], sign)
+
+
+def _known(ticket: TicketRecord | None) -> bool:
+    return ticket is not None and ticket.known and ticket.occurred_at is not None
+
+
+def _facts(issued: Sequence[CompensationRecord]) -> tuple[bool, bool, bool, datetime | None]:
+    """What the ticket's own counts depend on: compensated at all, automatically, by hand, first issue."""
+    return (bool(issued), any(c.source == "auto" for c in issued), any(c.source == "manual" for c in issued),
+            min((c.issued_at for c in issued if c.issued_at), default=None))
+
+
+def _ticket_part(out: Deltas, ticket: TicketRecord | None, issued: Sequence[CompensationRecord],
+                 tz_of: Mapping[str, str], sign: int) -> None:
+    if not _known(ticket):
+        return
+    assert ticket is not None and ticket.occurred_at is not None
+    day, hour = local_slot(ticket.occurred_at, tz_of[ticket.region])
+    compensated_any, auto, manual, first_issued = _facts(issued)
+    compensated = 1 if compensated_any else 0
+    counts = ((_TD["tickets"], 1), (_TD["compensated"], compensated), (_TD["compensated_auto"], int(auto)),
+              (_TD["compensated_manual"], int(manual)), (_TD["claimed"], int(ticket.raised_by in CLAIM_SOURCES)),
+              (_TD["detected"], int(ticket.raised_by in DETECTED_SOURCES)))
+    out.add(TICKET_DAILY, (ticket.region, day, ticket.reason, ticket.carrier_id), counts, sign)
+    out.add(TICKET_DAY, (ticket.region, day), counts, sign)
+    out.add(TICKET_HOURLY, (ticket.region, day, hour, ticket.reason, ticket.carrier_id),
+            ((_TH["tickets"], 1), (_TH["compensated"], compensated)), sign)
+    out.add(SELLER_DAILY, (ticket.region, day, ticket.seller_id),
+            ((_SD["tickets"], 1), (_SD["compensated"], compensated)), sign)
+    if ticket.feedback:
+        _feedback(out, ticket, day, first_issued, sign)
+
+
+def _feedback(out: Deltas, ticket: TicketRecord, day: date, first_issued: datetime | None, sign: int) -> None:
+    """One response per ticket and kind: for a compensated ticket the first answer given at or after its
+    first compensation (cohort after_comp; an answer given only before it counts as before_comp), for an
+    uncompensated ticket its first answer (cohort uncompensated)."""
+    for kind in {f.kind for f in ticket.feedback}:
+        answers = [f for f in ticket.feedback if f.kind == kind]  # sorted by (time, id)
+        if first_issued is None:
+            chosen, cohort = answers[0], "uncompensated"
+        else:
+            after = [f for f in answers if f.at >= first_issued]
+            chosen, cohort = (after[0], "after_comp") if after else (answers[0], "before_comp")
+        out.add(FEEDBACK_DAILY, (ticket.region, day, ticket.reason, kind, cohort), (
+            (_FD["responses"], 1), (_FD["score_sum"], chosen.score), (_FD["score_squares"], chosen.score ** 2)), sign)
+
+
+def _compensation(out: Deltas, c: CompensationRecord, ticket: TicketRecord | None, tz: str, sign: int) -> None:
+    assert c.issued_at is not None
+    if ticket is not None:
+        assert ticket.occurred_at is not None
+        day, hour = local_slot(ticket.occurred_at, tz)
+        reason, carrier, seller = ticket.reason, ticket.carrier_id, ticket.seller_id
+    else:  # its ticket is not known (yet): the compensation's own time and facts
+        day, hour = local_slot(c.issued_at, tz)
+        reason, carrier, seller = c.reason, c.carrier_id, c.seller_id
+    life = c.lifecycle if c.is_voucher else "open"
+    values: list[tuple[int, int]] = [
+        (_CD["comps"], 1), (_CD["amount_minor"], c.amount_minor), (_CD["seller_minor"], c.seller_minor),
+        (_CD["carrier_minor"], c.carrier_minor), (_CD["platform_minor"], c.platform_minor),
+        (_CD["vouchers"], int(c.is_voucher)), (_CD["voucher_minor"], c.amount_minor if c.is_voucher else 0),
+        (_CD["redeemed"], int(life == "redeemed")),
+        (_CD["redeemed_minor"], (c.redeemed_minor or 0) if life == "redeemed" else 0),
+        (_CD["expired"], int(life == "expired")), (_CD["expired_minor"], c.amount_minor if life == "expired" else 0),
+        (_CD["revoked"], int(life == "revoked"))]
+    if ticket is not None:
+        assert ticket.occurred_at is not None and ticket.breach_at is not None
+        seconds = (c.issued_at - ticket.occurred_at).total_seconds()
+        proactive = ticket.raised_by in DETECTED_SOURCES and c.issued_at - ticket.breach_at <= PROACTIVE_WINDOW
+        values += [(_CD["timed"], 1), (_CD["ttc_seconds"], max(0, int(seconds))),
+                   (_CD[_TTC_MEASURES[ttc_bin(seconds)]], 1), (_CD["proactive"], int(proactive))]
+    out.add(COMP_DAILY, (c.region, day, reason, carrier, c.source, c.strategy_id), values, sign)
+    out.add(COMP_DAY, (c.region, day, c.source), values, sign)
+    out.add(AMOUNT_MONTH, (c.region, period_of(day), c.source, c.amount_minor), ((_AD["comps"], 1),), sign)
+    out.add(COMP_HOURLY, (c.region, day, hour, reason, carrier, c.source, c.strategy_id),
+            ((_CH["comps"], 1), (_CH["amount_minor"], c.amount_minor)), sign)
+    out.add(SELLER_DAILY, (c.region, day, seller), ((_SD["comps"], 1), (_SD["amount_minor"], c.amount_minor)), sign)
+    out.add(AMOUNT_DAILY, (c.region, day, c.source, c.amount_minor), ((_AD["comps"], 1),), sign)
+    _budget(out, c, tz, sign)
+
+
+def _budget(out: Deltas, c: CompensationRecord, tz: str, sign: int) -> None:
+    """Budget usage as the ledger keeps it: the face value is committed when issued (an automatic voucher's
+    reservation, a manual compensation's posting); an automatic voucher's unused value is released when it
+    is redeemed for less, expires or is revoked. Both are dated by when they happen, within the budget
+    period of the issue."""
+    assert c.issued_at is not None
+    issue_day, _ = local_slot(c.issued_at, tz)
+    period = period_of(issue_day)
+    out.add(BUDGET_DAILY, (c.region, period, issue_day, c.source), ((_BD["committed_minor"], c.amount_minor),), sign)
+    if c.source != "auto" or not c.is_voucher:
+        return
+    life = c.lifecycle
+    released, at = 0, None
+    if life == "redeemed":
+        released, at = max(0, c.amount_minor - (c.redeemed_minor or 0)), c.redeemed_at
+    elif life == "expired":
+        released, at = c.amount_minor, c.expired_at
+    elif life == "revoked":
+        released, at = c.amount_minor, c.revoked_at
+    if released and at is not None:
+        day, _ = local_slot(at, tz)
+        out.add(BUDGET_DAILY, (c.region, period, day, c.source), ((_BD["released_minor"], released),), sign)
+
+
+def decision_contribution(out: Deltas, *, region: str, tz: str, ticket_occurred_at: datetime, strategy_id: str | None,
+                          strategy_version: int | None, outcome: str, failed_rule: str | None, tier: str | None,
+                          shadow: bool, amount_minor: int | None) -> None:
+    """A final decision of auto_comp, in the bucket of its ticket's local day (decisions are immutable)."""
+    day, _ = local_slot(ticket_occurred_at, tz)
+    out.add(DECISION_DAILY, (region, day, strategy_id or "", strategy_version or 0, outcome, failed_rule or "",
+                             tier or "", shadow), ((_DD["decisions"], 1), (_DD["amount_minor"], amount_minor or 0)))
+
+
+def group_delta(before: tuple[TicketRecord | None, list[CompensationRecord]],
+                after: tuple[TicketRecord | None, list[CompensationRecord]], tz_of: Mapping[str, str],
+                out: Deltas) -> None:
+    """What a change of one ticket's group (the ticket and its compensations) does to the rollups: the new
+    contribution minus the old, computed only for the parts that can have changed (the ticket's own counts
+    when the ticket or its compensation facts changed; a compensation's when it or its ticket changed)."""
+    (old_t, old_c), (new_t, new_c) = before, after
+    old_issued = [c for c in old_c if c.issued]
+    new_issued = [c for c in new_c if c.issued]
+    same_ticket = old_t == new_t
+    if not same_ticket or _facts(old_issued) != _facts(new_issued):
+        _ticket_part(out, old_t, old_issued, tz_of, -1)
+        _ticket_part(out, new_t, new_issued, tz_of, 1)
+    old_known, new_known = _known(old_t), _known(new_t)
+    old_by = {c.compensation_id: c for c in old_issued}
+    for comp in new_issued:
+        previous = old_by.pop(comp.compensation_id, None)
+        if same_ticket and previous == comp:
+            continue
+        if previous is not None:
+            _compensation(out, previous, old_t if old_known else None, tz_of[previous.region], -1)
+        _compensation(out, comp, new_t if new_known else None, tz_of[comp.region], 1)
+    for gone in old_by.values():  # a compensation that left this ticket (its issue event was superseded)
+        _compensation(out, gone, old_t if old_known else None, tz_of[gone.region], -1)

@@ -1,0 +1,28 @@
+"""insights' Prometheus metrics (prefix ``insights_``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS = Counter("insights_events_consumed_total", "Events applied to the records and rollups, by event type.",
+                 ["event_type"])
+NEWEST_EVENT = Gauge("insights_newest_event_timestamp_seconds",
+                     "occurred_at of the newest event applied, per topic (its age is the rollups' lag behind "
+                     "the business).", ["topic"])
+BATCH_SECONDS = Histogram("insights_batch_seconds", "Time to apply one consumer batch (records and deltas).",
+                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+DELTA_ROWS = Counter("insights_delta_rows_written_total", "Pre-aggregated rollup delta rows appended.")
+COMPACTED_ROWS = Counter("insights_compacted_rows_total", "Rollup rows written by the compactor.")
+DELTA_BACKLOG = Gauge("insights_delta_rows_pending", "Delta rows not yet folded into the rollups.")
+LAST_COMPACTION = Gauge("insights_last_compaction_timestamp_seconds", "When the compactor last finished a pass.")
+REPORT_SECONDS = Histogram("insights_report_seconds", "Time to answer a read (report, breakdown, series, burndown).",
+                           ["kind"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2.5, 5))
+
+_newest: dict[str, float] = {}
+
+
+def note_newest(topic: str, at: float) -> None:
+    """Only ever moves forward: a late event does not make the rollups look older than they are."""
+    if at > _newest.get(topic, 0.0):
+        _newest[topic] = at
+        NEWEST_EVENT.labels(topic).set(at)
