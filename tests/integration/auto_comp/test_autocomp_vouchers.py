@@ -7,12 +7,22 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from autocomp_support import NOW, answer, apply, autocomp_engine, late_ticket, requests_for, rows, write_strategies
+from autocomp_support import (
+    NOW,
+    RULES,
+    allowance_requests,
+    apply,
+    autocomp_engine,
+    grant,
+    late_ticket,
+    rows,
+    write_strategies,
+)
 from prometheus_client import REGISTRY
 
 from services.auto_comp.app import build_app
 from services.auto_comp.config import Settings
-from services.auto_comp.handlers import BudgetResultHandler, TicketHandler
+from services.auto_comp.handlers import GrantHandler, TicketHandler
 from services.auto_comp.vouchers import VoucherLifecycleHandler
 from shared.auth import TokenService
 from shared.contracts import events as ev
@@ -41,12 +51,11 @@ async def setup(fresh_database, tmp_path_factory):
     settings = Settings(database_url=fresh_database, strategies_dir=folder)
     engine = await autocomp_engine(fresh_database)
     app = build_app(settings, manage_lifecycle=False)
-    tickets = TicketHandler(app.state.store)
+    tickets = TicketHandler(app.state.store, RULES)
     await apply(engine, tickets, [late_ticket(t, f"B-{t}", days_late=4) for t in ("V-1", "V-2", "V-3")])
-    for ticket in ("V-1", "V-2", "V-3"):
-        [r] = await requests_for(engine, ticket)
-        reserved = r["payload"]["amount"]["amount_minor"]
-        await apply(engine, BudgetResultHandler(), [answer(r["payload"], reserved=reserved)])
+    # The tickets wait for their partition's first allowance: the ledger grants it, and they are issued.
+    [request] = await allowance_requests(engine)
+    await apply(engine, GrantHandler(RULES), [grant(request["payload"], 100_000)])
     ids = {r["ticket_id"]: r["compensation_id"] for r in await rows(
         engine, "SELECT ticket_id, compensation_id FROM compensations")}
     tokens = TokenService(settings.auth_token_secret.get_secret_value(), settings.auth_token_issuer)
