@@ -47,10 +47,10 @@ async def warm_ledger(stack: Stack) -> None:
     period = period_of(now, region("US"))
     request = ev.BudgetAllowanceRequested(
         allowance_id=f"al-warm-{tag}", request_seq=1, budget_period=period, pacing_allowance_percent=100,
-        at_least=ev.NonNegativeMoney(amount_minor=0, currency="USD"),
-        wanted=ev.PositiveMoney(amount_minor=100, currency="USD"), owner="bench:warm-up")
+        at_least=ev.MoneyTotal(amount_minor=0, currency="USD"),
+        wanted=ev.MoneyTotal(amount_minor=100, currency="USD"), owner="bench:warm-up")
     returned = ev.BudgetAllowanceReturned(
-        allowance_id=f"al-warm-{tag}", budget_period=period, spent=ev.NonNegativeMoney(amount_minor=0, currency="USD"),
+        allowance_id=f"al-warm-{tag}", budget_period=period, spent=ev.MoneyTotal(amount_minor=0, currency="USD"),
         spent_count=0, reason=ev.AllowanceCloseReason.SHUTDOWN, closed_at=now)
     manual = ev.ManualCompensationIssued(
         compensation_id=f"MC-warm-{tag}", ticket_id=f"T-warm-{tag}", order_id=f"O-warm-{tag}",

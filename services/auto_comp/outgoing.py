@@ -64,8 +64,8 @@ def allowance_requested_record(*, allowance_id: str, seq: int, attempt: int, reg
     ``<allowance>.<seq>.<attempt>``: a re-send is a new event, the same request for the ledger."""
     payload = ev.BudgetAllowanceRequested(
         allowance_id=allowance_id, request_seq=seq, budget_period=period, pacing_allowance_percent=pacing_percent,
-        at_least=ev.NonNegativeMoney(amount_minor=at_least_minor, currency=currency),
-        wanted=ev.PositiveMoney(amount_minor=wanted_minor, currency=currency), owner=owner)
+        at_least=ev.MoneyTotal(amount_minor=at_least_minor, currency=currency),
+        wanted=ev.MoneyTotal(amount_minor=wanted_minor, currency=currency), owner=owner)
     return record_for(make_envelope("budget.allowance_requested", payload, source=SOURCE, region=region,
                                     occurred_at=occurred_at, event_id=f"{allowance_id}.{seq}.{attempt}",
                                     correlation_id=allowance_id))
@@ -77,7 +77,7 @@ def allowance_returned_record(*, allowance_id: str, region: str, period: str, cu
     ``<allowance>.returned``), so a re-sent return is a duplicate the ledger drops."""
     payload = ev.BudgetAllowanceReturned(
         allowance_id=allowance_id, budget_period=period,
-        spent=ev.NonNegativeMoney(amount_minor=spent_minor, currency=currency), spent_count=spent_count,
+        spent=ev.MoneyTotal(amount_minor=spent_minor, currency=currency), spent_count=spent_count,
         reason=ev.AllowanceCloseReason(reason), closed_at=closed_at)
     return record_for(make_envelope("budget.allowance_returned", payload, source=SOURCE, region=region,
                                     occurred_at=closed_at, event_id=f"{allowance_id}.returned",

@@ -55,8 +55,8 @@ async def set_budget(conn: AsyncConnection, *, region: str, period: str, currenc
         {"r": region, "p": period, "c": currency, "o": old, "l": limit, "a": actor, "v": via, "why": reason})).one()
     # Announced in the same transaction (outbox): insights draws the burn-down against the limit in force.
     payload = ev.BudgetLimitSet(
-        budget_period=period, limit=ev.NonNegativeMoney(amount_minor=limit, currency=currency),
-        previous_limit=None if old is None else ev.NonNegativeMoney(amount_minor=old, currency=currency),
+        budget_period=period, limit=ev.MoneyTotal(amount_minor=limit, currency=currency),
+        previous_limit=None if old is None else ev.MoneyTotal(amount_minor=old, currency=currency),
         actor=_identifier(actor), reason=reason or None)
     await enqueue(conn, [make_envelope("budget.limit_set", payload, source="ledger", region=region,
                                        occurred_at=change[1], event_id=f"budget-limit-{region}-{period}-{change[0]}")])

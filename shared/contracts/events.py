@@ -407,8 +407,8 @@ class BudgetAllowanceRequested(Payload):
     request_seq: RowNumber = Field(description="1 for the first request of an allowance, then +1.")
     budget_period: BudgetPeriod
     pacing_allowance_percent: StrictInt = Field(ge=0, le=100)
-    at_least: NonNegativeMoney
-    wanted: PositiveMoney
+    at_least: MoneyTotal
+    wanted: MoneyTotal
     owner: Identifier = Field(description="Who spends it, for operators: consumer group and partition.")
 
     @model_validator(mode="after")
@@ -417,6 +417,8 @@ class BudgetAllowanceRequested(Payload):
             raise ValueError("at_least and wanted must share a currency")
         if self.at_least.amount_minor > self.wanted.amount_minor:
             raise ValueError("at_least cannot exceed wanted")
+        if self.wanted.amount_minor <= 0:
+            raise ValueError("wanted must be positive")
         return self
 
 
@@ -438,11 +440,11 @@ class AllowanceLimit(enum.StrEnum):
 class AllowancePace(Payload):
     """The budget as the ledger saw it when it answered: what auto_comp explains pacing and degrading with."""
 
-    limit: NonNegativeMoney
-    used: NonNegativeMoney = Field(description="Allotted + reserved + posted (automatic and manual) after "
+    limit: MoneyTotal
+    used: MoneyTotal = Field(description="Allotted + reserved + posted (automatic and manual) after "
                                                "this answer.")
     pacing_allowance_percent: StrictInt = Field(ge=0, le=100)
-    pace_cap: NonNegativeMoney = Field(description="Usage the pace line allows at the time of the answer: "
+    pace_cap: MoneyTotal = Field(description="Usage the pace line allows at the time of the answer: "
                                                    "limit x elapsed fraction + the percent of the limit, at "
                                                    "most the limit.")
     period_start: AwareDatetime
@@ -457,8 +459,8 @@ class BudgetAllowanceDecided(Payload):
     request_seq: RowNumber
     budget_period: BudgetPeriod
     outcome: AllowanceOutcome
-    granted: NonNegativeMoney = Field(description="Granted by this answer (0 when denied).")
-    granted_total: NonNegativeMoney = Field(description="Granted to the allowance so far, this answer included.")
+    granted: MoneyTotal = Field(description="Granted by this answer (0 when denied).")
+    granted_total: MoneyTotal = Field(description="Granted to the allowance so far, this answer included.")
     expires_at: AwareDatetime | None = Field(
         default=None, description="With a grant: the allowance may be spent until then (no later than the "
                                   "period's end).")
@@ -498,7 +500,7 @@ class BudgetAllowanceReturned(Payload):
 
     allowance_id: Identifier
     budget_period: BudgetPeriod
-    spent: NonNegativeMoney
+    spent: MoneyTotal
     spent_count: Count = Field(description="How many compensations were spent from it.")
     reason: AllowanceCloseReason
     closed_at: AwareDatetime
@@ -644,7 +646,7 @@ class BudgetLimitSet(Payload):
     """Finance set or changed a region's budget limit for a period (ledger)."""
 
     budget_period: Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}(-\d{2})?$")]
-    limit: NonNegativeMoney
-    previous_limit: NonNegativeMoney | None = None
+    limit: MoneyTotal = Field(description="A budget limit may exceed any one amount (up to MAX_BUDGET_MINOR).")
+    previous_limit: MoneyTotal | None = None
     actor: Identifier
     reason: Text | None = None

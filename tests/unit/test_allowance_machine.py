@@ -83,7 +83,7 @@ class AllowanceMachine(RuleBasedStateMachine):
             del self.owned[a.partition]
         returned = ev.BudgetAllowanceReturned(
             allowance_id=a.allowance_id, budget_period=PERIOD,
-            spent=ev.NonNegativeMoney(amount_minor=a.spent, currency="SGD"), spent_count=a.count,
+            spent=ev.MoneyTotal(amount_minor=a.spent, currency="SGD"), spent_count=a.count,
             reason=ev.AllowanceCloseReason(reason), closed_at=self.now)
         self.to_ledger.setdefault(a.allowance_id, []).append(_env("budget.allowance_returned", returned, self.now))
 
@@ -93,8 +93,8 @@ class AllowanceMachine(RuleBasedStateMachine):
                                                                       ev.BudgetAllowanceRequested(
                 allowance_id=a.allowance_id, request_seq=a.request_seq, budget_period=PERIOD,
                 pacing_allowance_percent=a.pacing_percent,
-                at_least=ev.NonNegativeMoney(amount_minor=a.request_at_least, currency="SGD"),
-                wanted=ev.PositiveMoney(amount_minor=a.request_wanted, currency="SGD"), owner=a.owner), self.now))
+                at_least=ev.MoneyTotal(amount_minor=a.request_at_least, currency="SGD"),
+                wanted=ev.MoneyTotal(amount_minor=a.request_wanted, currency="SGD"), owner=a.owner), self.now))
         # a batch's own counters end with its transaction
         a.spent_now = a.count_now = a.shortfall = a.largest = 0
         a.request_now = a.answered_now = a.waiting = False

@@ -363,16 +363,16 @@ class Book:
                     a.expires_at = expires if a.expires_at is None or expires is None else max(a.expires_at, expires)
                 if budget is not None and budget.limit is not None:
                     pace = ev.AllowancePace(
-                        limit=ev.NonNegativeMoney(amount_minor=budget.limit, currency=currency),
-                        used=ev.NonNegativeMoney(amount_minor=budget.used, currency=currency),
+                        limit=ev.MoneyTotal(amount_minor=budget.limit, currency=currency),
+                        used=ev.MoneyTotal(amount_minor=budget.used, currency=currency),
                         pacing_allowance_percent=a.pacing_percent,
-                        pace_cap=ev.NonNegativeMoney(amount_minor=g.pace_cap, currency=currency),
+                        pace_cap=ev.MoneyTotal(amount_minor=g.pace_cap, currency=currency),
                         period_start=start, period_end=end)
         answer = ev.BudgetAllowanceDecided(
             allowance_id=a.allowance_id, request_seq=p.request_seq, budget_period=a.period,
             outcome=ev.AllowanceOutcome.GRANTED if amount else ev.AllowanceOutcome.DENIED,
-            granted=ev.NonNegativeMoney(amount_minor=amount, currency=currency),
-            granted_total=ev.NonNegativeMoney(amount_minor=a.granted, currency=currency),
+            granted=ev.MoneyTotal(amount_minor=amount, currency=currency),
+            granted_total=ev.MoneyTotal(amount_minor=a.granted, currency=currency),
             expires_at=a.expires_at if amount else None, limited_by=limited,
             retry_after=retry if limited is not None else None, pace=pace, detail=detail)
         a.answers[p.request_seq] = answer

@@ -147,8 +147,8 @@ def grant(request: dict[str, Any], granted: int, *, total: int | None = None, ex
         allowance_id=request["allowance_id"], request_seq=request["request_seq"],
         budget_period=request["budget_period"],
         outcome=ev.AllowanceOutcome.GRANTED if granted else ev.AllowanceOutcome.DENIED,
-        granted=ev.NonNegativeMoney(amount_minor=granted, currency=currency),
-        granted_total=ev.NonNegativeMoney(amount_minor=granted if total is None else total, currency=currency),
+        granted=ev.MoneyTotal(amount_minor=granted, currency=currency),
+        granted_total=ev.MoneyTotal(amount_minor=granted if total is None else total, currency=currency),
         expires_at=(expires_at or now + timedelta(seconds=expires_in)) if granted else None,
         limited_by=limit, retry_after=now + timedelta(seconds=retry_in if retry_in is not None else 30)
         if limit else None, detail=detail)

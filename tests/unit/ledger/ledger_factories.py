@@ -107,7 +107,7 @@ def allowance_request(aid: str, seq: int = 1, *, at_least: int = 0, wanted: int 
                       event_id: str | None = None) -> Envelope:
     p = ev.BudgetAllowanceRequested(
         allowance_id=aid, request_seq=seq, budget_period=period, pacing_allowance_percent=pacing,
-        at_least=ev.NonNegativeMoney(**money(at_least, region)), wanted=ev.PositiveMoney(**money(wanted, region)),
+        at_least=ev.MoneyTotal(**money(at_least, region)), wanted=ev.MoneyTotal(**money(wanted, region)),
         owner="auto_comp.tickets:0")
     return make_envelope("budget.allowance_requested", p, source="auto_comp", region=region, occurred_at=at,
                          event_id=event_id or f"{aid}.{seq}.{next(_ids)}")
@@ -116,7 +116,7 @@ def allowance_request(aid: str, seq: int = 1, *, at_least: int = 0, wanted: int 
 def allowance_return(aid: str, spent: int, count: int, *, region: str = "SG", period: str = "2026-11",
                      reason: str = "expired", at: datetime = NOW) -> Envelope:
     p = ev.BudgetAllowanceReturned(
-        allowance_id=aid, budget_period=period, spent=ev.NonNegativeMoney(**money(spent, region)), spent_count=count,
+        allowance_id=aid, budget_period=period, spent=ev.MoneyTotal(**money(spent, region)), spent_count=count,
         reason=ev.AllowanceCloseReason(reason), closed_at=at)
     return make_envelope("budget.allowance_returned", p, source="auto_comp", region=region, occurred_at=at)
 

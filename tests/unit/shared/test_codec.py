@@ -66,9 +66,9 @@ def _ticket() -> Envelope:
 
 
 def _pace() -> ev.AllowancePace:
-    return ev.AllowancePace(limit=ev.NonNegativeMoney(amount_minor=10**6, currency=SG),
-                            used=ev.NonNegativeMoney(amount_minor=10**5, currency=SG), pacing_allowance_percent=10,
-                            pace_cap=ev.NonNegativeMoney(amount_minor=3 * 10**5, currency=SG),
+    return ev.AllowancePace(limit=ev.MoneyTotal(amount_minor=10**6, currency=SG),
+                            used=ev.MoneyTotal(amount_minor=10**5, currency=SG), pacing_allowance_percent=10,
+                            pace_cap=ev.MoneyTotal(amount_minor=3 * 10**5, currency=SG),
                             period_start=datetime(2026, 11, 1, tzinfo=UTC),
                             period_end=datetime(2026, 12, 1, tzinfo=UTC))
 
@@ -88,8 +88,8 @@ def _others() -> list[Envelope]:
         ("budget.exceeded", ev.BudgetExceeded(budget_period="2026-11", limit=limit, used=used, compensation_id="C9")),
         ("budget.allowance_decided", ev.BudgetAllowanceDecided(
             allowance_id="A1", request_seq=2, budget_period="2026-11", outcome=ev.AllowanceOutcome.GRANTED,
-            granted=ev.NonNegativeMoney(amount_minor=500, currency=SG),
-            granted_total=ev.NonNegativeMoney(amount_minor=900, currency=SG), expires_at=NOW + timedelta(minutes=5),
+            granted=ev.MoneyTotal(amount_minor=500, currency=SG),
+            granted_total=ev.MoneyTotal(amount_minor=900, currency=SG), expires_at=NOW + timedelta(minutes=5),
             pace=_pace(), detail="granted")),
         ("decision.recorded", ev.DecisionRecorded(
             ticket_id="T1", order_id="O1", buyer_id="B1", seller_id="S1", reason=ev.TicketReason.DAMAGED,
@@ -114,7 +114,7 @@ def _others() -> list[Envelope]:
             amount=ev.PositiveMoney(amount_minor=500, currency=SG),
             money_misstated=ev.NonNegativeMoney(amount_minor=200, currency=SG), audited_at=NOW, within_sla=True)),
         ("budget.limit_set", ev.BudgetLimitSet(budget_period="2026-11",
-                                               limit=ev.NonNegativeMoney(amount_minor=10, currency=SG), actor="a")),
+                                               limit=ev.MoneyTotal(amount_minor=10**15, currency=SG), actor="a")),
     ]
     return [make_envelope(t, p, source="ledger", region="SG", occurred_at=NOW, produced_at=NOW) for t, p in payloads]
 
