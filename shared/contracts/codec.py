@@ -1,21 +1,16 @@
 """The one codec of the event contracts: one decoder and one encoder per contract, for every service.
 
-Decoding (``decode``), per (event_type, schema_version): the record's type is read first (msgspec reads
-two fields of the document and skips the rest), then the whole document is validated in one pass by
-pydantic-core's JSON parser against an envelope whose ``payload`` is the contract's payload model (the
-contract's *typed envelope*). The models are the contracts (the published JSON Schemas are generated from
-them), so what this accepts and rejects is exactly what they accept and reject: their bounds, patterns and
-cross-field rules are not copied anywhere. The money-currency rule of the region is checked by reading the
-money fields each model is known to have (worked out once per model from its fields, nested models and
-lists included), instead of walking every field of every payload. A decoded envelope's ``payload`` is the
-validated payload model (the same object as the payload returned beside it) rather than a dict.
+Decoding (``decode``), per (event_type, schema_version): the document is parsed once (orjson, the registry's
+parser), its envelope and payload validated by the contract's models, and the money-currency rule of the
+region checked by reading the money fields each model is known to have (worked out once per model from its
+field types, nested models and lists included) instead of walking every field of every payload. The models
+are the contracts (the published JSON Schemas are generated from them), so what this accepts and rejects is
+exactly what they accept and reject: their bounds, patterns and cross-field rules are not copied anywhere.
 
 Anything this path does not accept goes to the registry's validating decoder (``registry.decode_envelope``),
 which words the error: a bad record gives the same ``ContractError`` as before, field paths and messages
-included. JSON text the two parsers read differently never takes the fast path: an integer too large for
-64 bits (the registry's parser, orjson, reads it as a float, which a strict integer field refuses;
-pydantic-core would read an integer). Tests prove that for valid and broken documents of every contract
-``decode`` gives exactly what ``registry.decode_envelope`` gives.
+included. Tests prove that for valid and broken documents of every contract ``decode`` gives exactly what
+``registry.decode_envelope`` gives.
 
 Encoding: ``encode`` writes a validated envelope (models in hand); ``record`` writes the outbox record
 (topic, key, value, headers) of data a service has already checked (intake's validated items, auto_comp's
@@ -26,15 +21,13 @@ as pydantic writes them (UTC, ``Z``). Tests prove its bytes, key and headers equ
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, cast
 
-import msgspec
 import orjson
-from pydantic import BaseModel, ValidationError, create_model
+from pydantic import BaseModel, ValidationError
 
 from shared.contracts import events as ev
 from shared.contracts import registry
@@ -46,19 +39,6 @@ from shared.regions import UnknownRegion, catalogue
 # the Kafka toolkit, whose runner decodes with this module).
 Record = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]
 
-
-class _Head(msgspec.Struct):
-    """The two fields that name a record's contract; msgspec skips the rest of the document."""
-
-    event_type: str
-    schema_version: int
-
-
-_HEAD = msgspec.json.Decoder(_Head)
-# 19 digits or more could be an integer beyond 64 bits (either sign), which the two JSON parsers read
-# differently (see the module doc); such a document (or one whose strings merely hold such a run) takes
-# the registry's path.
-_LONG_NUMBER = re.compile(rb"[0-9]{19}")
 
 # ---------------------------------------------------------------- money fields, worked out once per model
 
@@ -160,22 +140,18 @@ class EventCodec:
     """The decoder and the encoder of one contract."""
 
     spec: EventSpec
-    typed: type[Envelope]  # the envelope with ``payload`` validated as the contract's model
     money: MoneyPlan
 
-    def decode(self, raw: bytes) -> tuple[Envelope, ev.Payload] | None:
-        """The validated envelope and payload, or None when the registry's decoder must decide (it words
-        the error of a bad record)."""
+    def decode(self, data: dict[str, Any]) -> tuple[Envelope, ev.Payload] | None:
+        """The validated envelope and payload of a parsed document, or None when the registry's decoder must
+        decide (it words the error of a bad record)."""
         try:
-            envelope = self.typed.model_validate_json(raw)
+            envelope = Envelope.model_validate(data)
+            payload = self.spec.model.model_validate(envelope.payload)
         except ValidationError:
             return None
-        payload = cast(ev.Payload, envelope.payload)
-        if self.money:
-            currency = _currency(envelope.region)
-            if currency is None or not currency_matches(self.money, payload, currency):
-                return None
-        elif _currency(envelope.region) is None:
+        currency = _currency(envelope.region)
+        if currency is None or (self.money and not currency_matches(self.money, payload, currency)):
             return None
         return envelope, payload
 
@@ -223,10 +199,7 @@ def headers(spec: EventSpec, event_id: str, correlation_id: str, region: str, tr
 
 
 def _codec(spec: EventSpec) -> EventCodec:
-    name = "".join(part.title() for part in spec.event_type.replace(".", "_").split("_"))
-    typed = create_model(f"{name}V{spec.version}Envelope", __base__=Envelope,
-                         payload=(spec.model, ...))  # type: ignore[call-overload]
-    return EventCodec(spec, typed, money_plan(spec.model))
+    return EventCodec(spec, money_plan(spec.model))
 
 
 CODECS: dict[tuple[str, int], EventCodec] = {key: _codec(spec) for key, spec in REGISTRY.items()}
@@ -242,13 +215,14 @@ def codec(event_type: str, version: int | None = None) -> EventCodec:
 def decode(raw: bytes) -> tuple[Envelope, ev.Payload]:
     """Decode and validate a record's value; raises ContractError (never anything else) on bad input."""
     try:
-        head = _HEAD.decode(raw)
-    except (msgspec.DecodeError, TypeError):
-        head = None
-    if head is not None and not _LONG_NUMBER.search(raw):
-        found = CODECS.get((head.event_type, head.schema_version))
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        key = (data.get("event_type"), data.get("schema_version"))
+        found = CODECS.get(key) if isinstance(key[0], str) and type(key[1]) is int else None  # type: ignore[arg-type]
         if found is not None:
-            decoded = found.decode(raw)
+            decoded = found.decode(data)
             if decoded is not None:
                 return decoded
     return registry.decode_envelope(raw)
