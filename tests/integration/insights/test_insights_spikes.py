@@ -9,6 +9,7 @@ The root-cause API splits a compensation-rate change into mix and rate exactly, 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import csv
 import io
@@ -232,7 +233,8 @@ async def _root_cause_fixture(engine) -> None:  # type: ignore[no-untyped-def]
     await apply(engine, comps)
 
 
-async def test_root_causes_and_spikes_api_scoped_and_validated(engine, fresh_database, monkeypatch):
+async def test_root_causes_and_spikes_api_scoped_and_validated(engine, fresh_database, monkeypatch, tmp_path):
+    from services.insights.__main__ import _root_causes
     from services.insights.app import build_app
     from shared.auth import TokenService
 
@@ -269,6 +271,12 @@ async def test_root_causes_and_spikes_api_scoped_and_validated(engine, fresh_dat
         total = next(r for r in table if r["section"] == "compensation_rate:total")
         assert (total["mix_exact"], total["rate_exact"], total["total_exact"]) == ("-1/10", "0", "-1/10")
         assert [r["key"] for r in table if r["section"] == "mover"] == ["MY-C1"]
+        # the CLI writes the same CSV
+        out = tmp_path / "rc.csv"
+        assert await _root_causes(argparse.Namespace(
+            region="MY", dimension="carrier", period="2026-09-02", start=None, end=None, top=5, measure="count",
+            format=None, output=str(out))) == 0
+        assert out.read_text() == as_csv.text
 
         spikes = await client.get("/v1/spikes/SG", headers=h)
         assert spikes.status_code == 200, spikes.text
