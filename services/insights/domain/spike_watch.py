@@ -11,7 +11,7 @@ import hashlib
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -99,7 +99,7 @@ def episodes_view(rows: Sequence[Mapping[str, Any]], timezone: str, today: date,
             out.append({
                 "dimension": dimension, "key": key, "kind": episode.kind.value, "open": is_open,
                 "first_day": episode.start.astimezone(tz).date().isoformat(),
-                "last_day": (episode.end.astimezone(tz) - timedelta(hours=12)).date().isoformat(),
+                "last_day": episode.alerts[-1].bucket_start.astimezone(tz).date().isoformat(),
                 "days": len(episode.alerts), "observed": episode.observed, "expected": round(episode.expected, 3),
                 "peak": {"day": peak.bucket_start.astimezone(tz).date().isoformat(), "observed": peak.observed,
                          "expected": round(peak.expected, 3), "upper": round(peak.upper, 3), "z": round(peak.z, 3)},
