@@ -364,7 +364,8 @@ INSIGHTS = Dashboard(
               description="Each one an insight.spike_detected event, published once."),
             p("Series judged per round",
               (f"max by (region, dimension) (insights_spike_series_judged{REGION})", "{{region}} {{dimension}}"),
-              description="Series over the volume guard's pre-filter; the rest are too small to alert on."),
+              description="Series over the volume guard's pre-filter whose last days are new or changed; the "
+                          "others were judged before on the same counts."),
             p("Detector round time p95 and since the last round",
               (f"histogram_quantile(0.95, sum by (le) (rate(insights_spike_round_seconds_bucket{RATE})))",
                "round p95"),

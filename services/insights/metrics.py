@@ -33,8 +33,9 @@ SPIKE_EPISODES_OPEN = Gauge("insights_spike_episodes_open",
                             "Spike episodes whose last alert is on the region's last complete local day.",
                             ["region", "dimension"])
 SPIKE_SERIES_JUDGED = Gauge("insights_spike_series_judged",
-                            "Series the last detector round judged (over the volume pre-filter), per region and "
-                            "dimension.", ["region", "dimension"])
+                            "Series the last detector round judged, per region and dimension: those over the "
+                            "volume pre-filter whose judged days are new or counted differently since this replica "
+                            "last judged them.", ["region", "dimension"])
 SPIKE_ROUND_SECONDS = Histogram("insights_spike_round_seconds", "Time of one spike detector round (every region).",
                                 buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
 LAST_SPIKE_ROUND = Gauge("insights_spike_last_round_timestamp_seconds",

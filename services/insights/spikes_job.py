@@ -3,8 +3,9 @@
 A round, for each region and each dimension (reason, carrier, seller):
 
 1. picks the series worth judging (tickets over the last 4 weeks at least the volume guard's floor,
-   ``spike_watch.candidate_floor``) and reads their day buckets (``INSIGHTS_SPIKE_HISTORY_WEEKS``) from the
-   rollups, cut at the region's midnight;
+   ``spike_watch.candidate_floor``), skips those whose judged days this replica already judged on the same
+   counts (the detector would find the same alerts: it is deterministic and causal), and reads the day
+   buckets (``INSIGHTS_SPIKE_HISTORY_WEEKS``) of the rest from the rollups, cut at the region's midnight;
 2. runs the documented detector (``domain/spikes.py``, ``DetectorParams(timezone=region)``) up to the
    start of the current local day, in a worker thread (it is CPU work), and keeps the alerts of the last
    ``INSIGHTS_SPIKE_LOOKBACK_DAYS`` complete days (older days were judged by earlier rounds);
@@ -113,6 +114,8 @@ class SpikeWatch(PeriodicTask):
         self.history_weeks = settings.spike_history_weeks
         self.regions = list(regions) if regions is not None else None
         self.on_commit = on_commit
+        # (region, dimension, key) -> (last complete day, its counts over the judged days) when last judged
+        self._judged: dict[tuple[str, str, str], tuple[date, tuple[tuple[date, int], ...]]] = {}
 
     def _regions(self) -> list[Region]:
         cat = catalogue()
@@ -148,20 +151,30 @@ class SpikeWatch(PeriodicTask):
         end = local_midnight(today, region.timezone)
         since = local_midnight(today - timedelta(days=self.lookback_days), region.timezone)
         yesterday = today - timedelta(days=1)
+        since_day = today - timedelta(days=self.lookback_days)
         async with self.engine.connect() as conn:
             keys = await db.spike_candidates(conn, region.code, dimension,
                                              today - timedelta(days=CANDIDATE_WINDOW_DAYS), yesterday,
                                              candidate_floor(params))
-            series = await db.spike_series(conn, region.code, dimension, keys,
+            # A series whose judged days are the same and counted the same as when this replica last judged
+            # it gives the same alerts (already stored): skip the detector's CPU work for it.
+            window = await db.spike_series(conn, region.code, dimension, keys, since_day, yesterday)
+            prints = {k: (yesterday, tuple(window.get(k, ()))) for k in keys}
+            changed = [k for k in keys if self._judged.get((region.code, dimension, k)) != prints[k]]
+            series = await db.spike_series(conn, region.code, dimension, changed,
                                            today - timedelta(weeks=self.history_weeks), yesterday)
         metrics.SPIKE_SERIES_JUDGED.labels(region.code, dimension).set(len(series))
         result.judged += len(series)
-        if not series:
-            return
-        found = await asyncio.to_thread(judge, series, params, end, since)
-        result.found += len(found)
-        if not found:
-            return
+        if series:
+            found = await asyncio.to_thread(judge, series, params, end, since)
+            result.found += len(found)
+            if found:
+                await self._store(region, dimension, found, params, now, result)
+        for k in changed:  # only once stored: a failed round judges them again
+            self._judged[(region.code, dimension, k)] = prints[k]
+
+    async def _store(self, region: Region, dimension: str, found: list[Found], params: DetectorParams,
+                     now: datetime, result: RoundResult) -> None:
         rows: list[dict[str, Any]] = []
         envelopes: dict[str, Envelope] = {}
         async with self.engine.connect() as conn:

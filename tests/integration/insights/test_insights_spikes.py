@@ -126,9 +126,16 @@ async def test_a_spike_is_stored_once_published_once_and_counted(engine, fresh_d
 
     outbox = await _scalar(engine, "SELECT count(*) FROM outbox WHERE topic = :t", t=Topic.INSIGHT_SPIKES.value)
     assert outbox == 2
-    # a later round over the same rollups finds the same alerts and publishes nothing more
-    again = await first.run_once(NOW + timedelta(minutes=15))
+    # a later round over the same rollups (a replica that has not judged them yet) finds the same alerts and
+    # publishes nothing more; a replica that judged the same counts before skips the detector's work
+    again = await SpikeWatch(engine, settings, regions=["SG"]).run_once(NOW + timedelta(minutes=15))
     assert again is not None and again.found == 2 and again.new == 0
+    judged_before = max(results, key=lambda r: r.judged if r else -1)
+    assert judged_before is not None and judged_before.judged >= 3
+    for watch in (first, second):
+        if watch._judged:
+            skipped = await watch.run_once(NOW + timedelta(minutes=30))
+            assert skipped is not None and skipped.judged == 0
     assert await _scalar(engine, "SELECT count(*) FROM outbox WHERE topic = :t", t=Topic.INSIGHT_SPIKES.value) == 2
     assert await _scalar(engine, "SELECT count(*) FROM spike_alerts WHERE region = 'SG'") == 2
 
