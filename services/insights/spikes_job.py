@@ -108,7 +108,9 @@ def judge(series: dict[str, list[tuple[date, int]]], params: DetectorParams, end
 class SpikeWatch(PeriodicTask):
     def __init__(self, engine: AsyncEngine, settings: Settings, *, regions: Sequence[str] | None = None,
                  on_commit: Callable[[], None] | None = None) -> None:
-        super().__init__("insights-spikes", settings.spike_interval_seconds, self.run_once)
+        # The first round waits one interval: a starting replica first catches up with the topics (a round
+        # on stale rollups would judge yesterday on a partial count), and startup stays light.
+        super().__init__("insights-spikes", settings.spike_interval_seconds, self.run_once, run_first=False)
         self.engine = engine
         self.lookback_days = settings.spike_lookback_days
         self.history_weeks = settings.spike_history_weeks
