@@ -9,8 +9,9 @@ pre-aggregated rows to; a reader sums both, in one statement, so it never sees a
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 from sqlalchemy import text
@@ -449,18 +450,22 @@ async def tickets_by_day_and(conn: AsyncConnection, region: str, dimension: str,
 async def seller_tickets_by_reason(conn: AsyncConnection, region: str, seller: str, timezone: str,
                                    days: Sequence[date]) -> dict[date, dict[str, int]]:
     """For one seller series: its tickets per reason on each of ``days`` (local), from insights' ticket
-    records (the seller rollup keeps no reason). Reads the region's tickets of those days by the
-    (region, occurred_at) index."""
+    records (the seller rollup keeps no reason). One index range of (region, occurred_at) per day, so only
+    those days' tickets of the region are read, not the weeks between them."""
     out: dict[date, dict[str, int]] = {d: {} for d in days}
     if not days:
         return out
+    tz = ZoneInfo(timezone)
+    params: dict[str, Any] = {"r": region, "s": seller}
+    ranges = []
+    for i, day in enumerate(days):
+        params[f"a{i}"] = datetime.combine(day, time(0), tz)
+        params[f"b{i}"] = datetime.combine(day + timedelta(days=1), time(0), tz)
+        ranges.append(f"SELECT CAST(:d{i} AS date) AS day, reason FROM tickets WHERE region = :r AND known "
+                      f"AND seller_id = :s AND occurred_at >= :a{i} AND occurred_at < :b{i}")
+        params[f"d{i}"] = day
     rows = await conn.execute(text(
-        "SELECT (occurred_at AT TIME ZONE :tz)::date AS day, reason, count(*) FROM tickets "
-        "WHERE region = :r AND known AND seller_id = :s AND occurred_at >= :a AND occurred_at < :b "
-        "AND (occurred_at AT TIME ZONE :tz)::date = ANY(CAST(:days AS date[])) GROUP BY 1, 2"),
-        {"tz": timezone, "r": region, "s": seller, "days": list(days),
-         "a": datetime.combine(min(days), datetime.min.time(), UTC) - timedelta(days=1),
-         "b": datetime.combine(max(days), datetime.min.time(), UTC) + timedelta(days=2)})
+        f"SELECT day, reason, count(*) FROM ({' UNION ALL '.join(ranges)}) x GROUP BY day, reason"), params)
     for day, reason, n in rows:
         out[day][reason or NO_VALUE] = int(n)
     return out
