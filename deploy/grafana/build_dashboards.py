@@ -371,8 +371,27 @@ INSIGHTS = Dashboard(
               (f"histogram_quantile(0.99, sum by (le) (rate(insights_report_seconds_bucket{RATE})))", "p99"),
               unit="s", description="The bar: a month report for one region under 200 ms p95."),
         )),
+        Row("Spike detection", (
+            p("Open spike episodes by region and dimension",
+              (f"max by (region, dimension) (insights_spike_episodes_open{REGION})", "{{region}} {{dimension}}"),
+              description="Episodes whose last alert is on the last complete local day (InsightsSpikeOpen); "
+                          "GET /v1/spikes/{region}?status=open lists them with contributors."),
+            p("Spike alerts stored and published",
+              (f"sum by (region, dimension, kind) (increase(insights_spikes_detected_total{REGION}[1h]))",
+               "{{region}} {{dimension}} {{kind}}"),
+              description="Each one an insight.spike_detected event, published once."),
+            p("Series judged per round",
+              (f"max by (region, dimension) (insights_spike_series_judged{REGION})", "{{region}} {{dimension}}"),
+              description="Series over the volume guard's pre-filter whose last days are new or changed; the "
+                          "others were judged before on the same counts."),
+            p("Detector round time p95 and since the last round",
+              (f"histogram_quantile(0.95, sum by (le) (rate(insights_spike_round_seconds_bucket{RATE})))",
+               "round p95"),
+              ("time() - max(insights_spike_last_round_timestamp_seconds)", "since the last round"), unit="s",
+              description="InsightsSpikeDetectorStale fires when no round finished for an hour."),
+        )),
         *toolkit_rows("insights"),
-    ))
+    ), region_variable="insights_spike_episodes_open")
 
 DASHBOARDS = (OVERVIEW, INTAKE, AUTO_COMP, AUDIT, LEDGER, INSIGHTS)
 

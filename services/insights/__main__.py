@@ -1,4 +1,4 @@
-"""``python -m services.insights serve | migrate | dead-letters ... | report ...``."""
+"""``python -m services.insights serve | migrate | dead-letters ... | report ... | root-causes ...``."""
 
 from __future__ import annotations
 
@@ -51,6 +51,41 @@ async def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _root_causes(args: argparse.Namespace) -> int:
+    """Write a region's root causes for a period (top movers, mix/rate split) to a file (JSON or CSV)."""
+    from services.insights import reports
+    from services.insights.domain.movers import Measure
+    from services.insights.domain.periods import PeriodError, parse_period
+    from shared.regions import UnknownRegion, region
+
+    settings = Settings()
+    try:
+        r = region(args.region)
+        period = parse_period(args.period, args.start, args.end)
+    except UnknownRegion as exc:
+        print(f"insights: {exc}", file=sys.stderr)
+        return 2
+    except PeriodError as exc:
+        print(f"insights: {exc.field}: {exc}", file=sys.stderr)
+        return 2
+    fmt = args.format or ("csv" if args.output and args.output.endswith(".csv") else "json")
+    engine = make_engine(settings.database_url, "insights", pool_size=1)
+    try:
+        result = await reports.root_causes(engine, r, args.dimension, period, top=args.top,
+                                           measure=Measure(args.measure))
+    finally:
+        await engine.dispose()
+    body = reports.root_causes_csv(result).encode() if fmt == "csv" else orjson.dumps(
+        result, option=orjson.OPT_INDENT_2, default=str) + b"\n"
+    output = args.output or f"insights-root-causes-{r.code}-{args.dimension}-{period.label.replace('..', '_')}.{fmt}"
+    if output == "-":
+        sys.stdout.buffer.write(body)
+    else:
+        await asyncio.to_thread(Path(output).write_bytes, body)
+        print(f"insights: wrote {output}", file=sys.stderr)
+    return 0
+
+
 def _extra(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rep = sub.add_parser("report", help="write a region's report for a day, ISO week, month or range to a file")
     rep.add_argument("--region", required=True)
@@ -60,6 +95,17 @@ def _extra(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rep.add_argument("--format", choices=("json", "csv"), default=None, help="default: from the file name, else json")
     rep.add_argument("--output", "-o", default=None, help="file to write ('-' for stdout)")
     rep.set_defaults(handler=_report)
+    rc = sub.add_parser("root-causes", help="write a region's top movers and mix/rate split for a period to a file")
+    rc.add_argument("--region", required=True)
+    rc.add_argument("--dimension", required=True, choices=("reason", "carrier", "seller", "strategy"))
+    rc.add_argument("--period", default=None, help="YYYY-MM-DD, YYYY-Www or YYYY-MM (local to the region)")
+    rc.add_argument("--from", dest="start", default=None, help="custom range: first local day")
+    rc.add_argument("--to", dest="end", default=None, help="custom range: last local day (inclusive)")
+    rc.add_argument("--top", type=int, default=5, choices=range(1, 101), metavar="1..100", help="movers listed")
+    rc.add_argument("--measure", choices=("count", "amount"), default="count", help="rank movers by tickets or amount")
+    rc.add_argument("--format", choices=("json", "csv"), default=None, help="default: from the file name, else json")
+    rc.add_argument("--output", "-o", default=None, help="file to write ('-' for stdout)")
+    rc.set_defaults(handler=_root_causes)
 
 
 def main(argv: list[str] | None = None) -> int:

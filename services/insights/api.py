@@ -14,9 +14,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.insights import reports
+from services.insights.domain.movers import Measure
 from services.insights.domain.periods import Period, PeriodError, parse_period
 from shared.auth import Authenticator, Principal
-from shared.http import Problem
+from shared.http import Problem, csv_or_json, problems
 from shared.regions import Region, UnknownRegion, catalogue
 
 READERS = ("ops_admin", "strategy_manager", "finance", "auditor", "senior_auditor", "lead", "service")
@@ -79,6 +80,57 @@ def build_router(engine: AsyncEngine, auth: Authenticator) -> APIRouter:
             raise _bad("dimension", f"unknown dimension {dimension!r}; one of {', '.join(reports.DIMENSIONS)}")
         p = period_for(period, start, end)
         return _json(await reports.breakdown(engine, r, dimension, p, limit))
+
+    @api.get("/root-causes/{region}", summary="Top movers against the previous period and the rate change split "
+                                              "into mix and rate effects (JSON or CSV)",
+             responses={**csv_or_json("Movers and mix/rate decompositions"), **problems(404)})
+    async def get_root_causes(region: Annotated[str, Path()],
+                              dimension: Annotated[str, Query(description="reason, carrier, seller or strategy")],
+                              period: PeriodQuery = None, start: FromQuery = None, end: ToQuery = None,
+                              top: Annotated[int, Query(ge=1, le=100, description="Movers listed")] = 5,
+                              measure: Annotated[str, Query(description="Movers ranked by tickets (count) or "
+                                                                        "compensated amount (amount)")] = "count",
+                              format: Annotated[str, Query(description="json or csv")] = "json",
+            principal: Principal = Depends(auth)) -> Response:
+        r = region_for(principal, region)
+        if dimension not in reports.DIMENSIONS:
+            raise _bad("dimension", f"unknown dimension {dimension!r}; one of {', '.join(reports.DIMENSIONS)}")
+        if measure not in ("count", "amount"):
+            raise _bad("measure", f"measure must be count or amount, not {measure!r}")
+        if format not in ("json", "csv"):
+            raise _bad("format", f"format must be json or csv, not {format!r}")
+        p = period_for(period, start, end)
+        result = await reports.root_causes(engine, r, dimension, p, top=top, measure=Measure(measure))
+        if format == "csv":
+            name = f"insights-root-causes-{r.code}-{dimension}-{p.label.replace('..', '_')}.csv"
+            return Response(reports.root_causes_csv(result), media_type="text/csv; charset=utf-8",
+                            headers={"Content-Disposition": f'attachment; filename="{name}"'})
+        return _json(result)
+
+    @api.get("/spikes/{region}", summary="Spike alerts of a region merged into episodes, with expected value, "
+                                         "band and top contributors",
+             responses={**csv_or_json("Episodes and their alerts"), **problems(404)})
+    async def get_spikes(region: Annotated[str, Path()],
+                         status: Annotated[Literal["open", "recent"], Query(
+                             description="open: episodes whose last alert is on the last complete local day; "
+                                         "recent: every episode with an alert in the last `days` days")] = "recent",
+                         days: Annotated[int, Query(ge=1, le=400, description="Local days looked back")] = 28,
+                         dimension: Annotated[str | None, Query(description="reason, carrier or seller")] = None,
+                         key: Annotated[str | None, Query(max_length=128)] = None,
+                         format: Annotated[str, Query(description="json or csv")] = "json",
+            principal: Principal = Depends(auth)) -> Response:
+        r = region_for(principal, region)
+        if dimension is not None and dimension not in reports.SERIES_DIMENSIONS:
+            raise _bad("dimension", f"unknown dimension {dimension!r}; one of "
+                                    f"{', '.join(reports.SERIES_DIMENSIONS)}")
+        if format not in ("json", "csv"):
+            raise _bad("format", f"format must be json or csv, not {format!r}")
+        result = await reports.spikes(engine, r, datetime.now(UTC), days=days, dimension=dimension, key=key,
+                                      open_only=status == "open")
+        if format == "csv":
+            return Response(reports.spikes_csv(result), media_type="text/csv; charset=utf-8", headers={
+                "Content-Disposition": f'attachment; filename="insights-spikes-{r.code}.csv"'})
+        return _json(result)
 
     @api.get("/series/{region}", summary="Count series per dimension key (daily or hourly): spike detection input")
     async def get_series(region: Annotated[str, Path()],

@@ -18,6 +18,7 @@ from services.insights.config import Settings
 from services.insights.contracts import CONSUMES
 from services.insights.domain.rollups import TABLES
 from services.insights.handlers import RollupHandler
+from services.insights.spikes_job import SpikeWatch
 from shared.auth import Authenticator
 from shared.periodic import PeriodicTask
 from shared.regions import catalogue
@@ -59,5 +60,9 @@ def build_app(settings: Settings, *, topics: Sequence[str] | None = None, compac
         "rate, auto share, cost, time to compensate, proactive share, vouchers, accuracy, buyer feedback, "
         "audit team), root-cause breakdowns, count series for spike detection, budget burn-down."))
     app.state.compactor = keeper
+    # Spike detection over the day series: stores alerts once and publishes each through the outbox.
+    app.state.spike_watch = spike_watch = SpikeWatch(ctx.engine, settings, on_commit=ctx.relay.wake)
+    if compactor:
+        ctx.components.append(spike_watch)
     app.include_router(build_router(ctx.engine, Authenticator(ctx.tokens)))
     return app

@@ -1,4 +1,4 @@
-"""What insights consumes (it produces nothing but dead letters): every business topic."""
+"""What insights consumes (every business topic) and produces (its spike alerts, besides dead letters)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from shared.contracts.events import (
     DecisionRecorded,
     ManualCompensationIssued,
     OrderVolumeReported,
+    SpikeDetected,
     TicketOpened,
     VoucherExpired,
     VoucherRedeemed,
@@ -31,10 +32,10 @@ CONSUMES: tuple[str, ...] = (
     Topic.BUDGET_LIMITS.value,
 )
 
-PRODUCES: dict[str, str] = {}
+PRODUCES: dict[str, str] = {"insight.spike_detected": Topic.INSIGHT_SPIKES.value}
 
 __all__ = [
     "CONSUMES", "PRODUCES", "AuditItemEvicted", "AuditItemSampled", "AuditVerdictRecorded", "BudgetLimitSet",
     "BuyerFeedbackGiven", "CompensationIssued", "DecisionRecorded", "ManualCompensationIssued",
-    "OrderVolumeReported", "TicketOpened", "VoucherExpired", "VoucherRedeemed", "VoucherRevoked",
+    "OrderVolumeReported", "SpikeDetected", "TicketOpened", "VoucherExpired", "VoucherRedeemed", "VoucherRevoked",
 ]

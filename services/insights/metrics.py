@@ -26,3 +26,17 @@ def note_newest(topic: str, at: float) -> None:
     if at > _newest.get(topic, 0.0):
         _newest[topic] = at
         NEWEST_EVENT.labels(topic).set(at)
+SPIKES = Counter("insights_spikes_detected_total",
+                 "Spike alerts stored (each published once as insight.spike_detected), by region, dimension "
+                 "(reason, carrier, seller) and kind (spike, shift).", ["region", "dimension", "kind"])
+SPIKE_EPISODES_OPEN = Gauge("insights_spike_episodes_open",
+                            "Spike episodes whose last alert is on the region's last complete local day.",
+                            ["region", "dimension"])
+SPIKE_SERIES_JUDGED = Gauge("insights_spike_series_judged",
+                            "Series the last detector round judged, per region and dimension: those over the "
+                            "volume pre-filter whose judged days are new or counted differently since this replica "
+                            "last judged them.", ["region", "dimension"])
+SPIKE_ROUND_SECONDS = Histogram("insights_spike_round_seconds", "Time of one spike detector round (every region).",
+                                buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+LAST_SPIKE_ROUND = Gauge("insights_spike_last_round_timestamp_seconds",
+                         "When the spike detector last finished a round (on the replica holding the round's lock).")

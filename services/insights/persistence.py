@@ -9,8 +9,9 @@ pre-aggregated rows to; a reader sums both, in one statement, so it never sees a
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import date, datetime
+from datetime import date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 from sqlalchemy import text
@@ -26,6 +27,7 @@ from services.insights.domain.rollups import (
     Table,
     TicketRecord,
 )
+from services.insights.domain.spike_watch import NO_VALUE
 from shared.db import raw_connection
 
 # ------------------------------------------------------------------ records
@@ -387,3 +389,116 @@ async def audit_work(conn: AsyncConnection, region: str, first: date, last: date
         "GROUP BY auditor_id ORDER BY auditor_id"), {"r": region, "a": first, "b": last})).all()
     return AuditWork(per_auditor={r[0]: int(r[1]) for r in rows}, within_sla=sum(int(r[2]) for r in rows),
                      auditor_days=sum(int(r[3]) for r in rows))
+
+
+# ------------------------------------------------------------------ spike detection
+
+# Where each spike dimension's daily ticket counts are kept: (rollup, key column).
+SPIKE_SOURCES = {"reason": ("ticket_daily", "reason"), "carrier": ("ticket_daily", "carrier"),
+                 "seller": ("seller_daily", "seller")}
+
+
+async def spike_candidates(conn: AsyncConnection, region: str, dimension: str, first: date, last: date,
+                           min_total: int) -> list[str]:
+    """Keys of a dimension with at least ``min_total`` tickets over [first, last] (the volume guard's cheap
+    pre-filter: a series below it cannot have a weekday whose expected count passes the guard). The empty
+    key (no carrier, no seller) is not a series."""
+    table, column = SPIKE_SOURCES[dimension]
+    where = f"region = :r AND day BETWEEN :a AND :b AND {column} <> ''"
+    rows = await conn.execute(text(
+        f"SELECT {column} FROM {_both(BY_NAME[table], f'{column}, tickets', where)} AS x "
+        f"GROUP BY {column} HAVING sum(tickets) >= :n ORDER BY {column}"),
+        {"r": region, "a": first, "b": last, "n": min_total})
+    return [r[0] for r in rows]
+
+
+async def spike_series(conn: AsyncConnection, region: str, dimension: str, keys: Sequence[str], first: date,
+                       last: date) -> dict[str, list[tuple[date, int]]]:
+    """key -> (local day, tickets) for the days with tickets, in day order."""
+    if not keys:
+        return {}
+    table, column = SPIKE_SOURCES[dimension]
+    where = f"region = :r AND day BETWEEN :a AND :b AND {column} = ANY(CAST(:keys AS text[]))"
+    rows = await conn.execute(text(
+        f"SELECT {column}, day, sum(tickets)::bigint FROM {_both(BY_NAME[table], f'{column}, day, tickets', where)} "
+        f"AS x GROUP BY {column}, day HAVING sum(tickets) > 0 ORDER BY {column}, day"),
+        {"r": region, "a": first, "b": last, "keys": list(keys)})
+    out: dict[str, list[tuple[date, int]]] = {}
+    for key, day, n in rows:
+        out.setdefault(key, []).append((day, int(n)))
+    return out
+
+
+async def tickets_by_day_and(conn: AsyncConnection, region: str, dimension: str, key: str, other: str,
+                             days: Sequence[date]) -> dict[date, dict[str, int]]:
+    """For one reason or carrier series: tickets per value of the ``other`` dimension (carrier or reason)
+    on each of ``days`` (a spike's day and its baseline days), from the daily rollup."""
+    if dimension not in ("reason", "carrier") or other not in ("reason", "carrier") or other == dimension:
+        raise ValueError(f"no breakdown of {dimension} by {other} in ticket_daily")
+    where = f"region = :r AND {dimension} = :k AND day = ANY(CAST(:days AS date[]))"
+    source = _both(BY_NAME["ticket_daily"], f"day, {other}, tickets", where)
+    rows = await conn.execute(text(
+        f"SELECT day, {other}, sum(tickets)::bigint FROM {source} AS x GROUP BY day, {other}"),
+        {"r": region, "k": key, "days": list(days)})
+    out: dict[date, dict[str, int]] = {d: {} for d in days}
+    for day, value, n in rows:
+        if n:
+            out[day][value or NO_VALUE] = int(n)
+    return out
+
+
+async def seller_tickets_by_reason(conn: AsyncConnection, region: str, seller: str, timezone: str,
+                                   days: Sequence[date]) -> dict[date, dict[str, int]]:
+    """For one seller series: its tickets per reason on each of ``days`` (local), from insights' ticket
+    records (the seller rollup keeps no reason). One index range of (region, occurred_at) per day, so only
+    those days' tickets of the region are read, not the weeks between them."""
+    out: dict[date, dict[str, int]] = {d: {} for d in days}
+    if not days:
+        return out
+    tz = ZoneInfo(timezone)
+    params: dict[str, Any] = {"r": region, "s": seller}
+    ranges = []
+    for i, day in enumerate(days):
+        params[f"a{i}"] = datetime.combine(day, time(0), tz)
+        params[f"b{i}"] = datetime.combine(day + timedelta(days=1), time(0), tz)
+        ranges.append(f"SELECT CAST(:d{i} AS date) AS day, reason FROM tickets WHERE region = :r AND known "
+                      f"AND seller_id = :s AND occurred_at >= :a{i} AND occurred_at < :b{i}")
+        params[f"d{i}"] = day
+    rows = await conn.execute(text(
+        f"SELECT day, reason, count(*) FROM ({' UNION ALL '.join(ranges)}) x GROUP BY day, reason"), params)
+    for day, reason, n in rows:
+        out[day][reason or NO_VALUE] = int(n)
+    return out
+
+
+SPIKE_COLUMNS = ("region", "dimension", "series_key", "bucket_start", "kind", "alert_id", "day", "bucket_end",
+                 "observed", "expected", "lower_edge", "upper_edge", "sigma", "z", "cusum", "contributors",
+                 "event_id")
+_SPIKE_TYPES = ("text", "text", "text", "timestamptz", "text", "text", "date", "timestamptz", "bigint", "float8",
+                "float8", "float8", "float8", "float8", "float8", "jsonb", "text")
+
+
+async def insert_spike_alerts(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> set[str]:
+    """Store alerts; an alert already stored (same series, bucket and kind) is left as it is. Returns the
+    alert ids this statement inserted: only those are new, and only their events may be published."""
+    if not rows:
+        return set()
+    raw = await raw_connection(conn)
+    casts = ", ".join(f"${i}::{'text' if t == 'jsonb' else t}[]" for i, t in enumerate(_SPIKE_TYPES, start=1))
+    values = ", ".join(f"u.{c}::jsonb" if c == "contributors" else f"u.{c}" for c in SPIKE_COLUMNS)
+    inserted = await raw.fetch(
+        f"INSERT INTO spike_alerts ({', '.join(SPIKE_COLUMNS)}) SELECT {values} FROM unnest({casts}) "
+        f"AS u({', '.join(SPIKE_COLUMNS)}) ON CONFLICT DO NOTHING RETURNING alert_id",
+        *[[orjson.dumps(r[c]).decode() if c == "contributors" else r[c] for r in rows] for c in SPIKE_COLUMNS])
+    return {r[0] for r in inserted}
+
+
+async def spike_alerts(conn: AsyncConnection, region: str, first: date, last: date,
+                       dimension: str | None = None, key: str | None = None) -> list[dict[str, Any]]:
+    """Stored alerts of a region whose local day lies in [first, last], oldest first."""
+    rows = await conn.execute(text(
+        f"SELECT {', '.join(SPIKE_COLUMNS)}, detected_at FROM spike_alerts WHERE region = :r "
+        "AND day BETWEEN :a AND :b AND (CAST(:d AS text) IS NULL OR dimension = :d) "
+        "AND (CAST(:k AS text) IS NULL OR series_key = :k) ORDER BY dimension, series_key, bucket_start, kind"),
+        {"r": region, "a": first, "b": last, "d": dimension, "k": key})
+    return [dict(r) for r in rows.mappings()]

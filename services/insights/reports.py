@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.insights import metrics
 from services.insights import persistence as db
 from services.insights.domain.burndown import burndown
+from services.insights.domain.movers import Measure
 from services.insights.domain.periods import Period
 from services.insights.domain.report import (
     AuditedItem,
@@ -42,6 +43,8 @@ from services.insights.domain.rollups import (
     TICKET_DAY,
     TICKET_HOURLY,
 )
+from services.insights.domain.root_causes import explain_change
+from services.insights.domain.spike_watch import episodes_view
 from shared.regions import Region
 
 # Dimensions of the root-cause breakdown and the series, and where each is kept.
@@ -219,6 +222,83 @@ async def breakdown(engine: AsyncEngine, region: Region, dimension: str, period:
             "total": total, "previous_total": total_prev, "keys": len(rows), "rows": rows[:limit]}
 
 
+async def root_causes(engine: AsyncEngine, region: Region, dimension: str, period: Period, *, top: int = 5,
+                      measure: Measure = Measure.COUNT) -> dict[str, Any]:
+    """Top movers of a dimension against the previous period (each with its share of the total change) and
+    the change of the compensation rate and of the cost per ticket split exactly into mix and rate effects
+    per dimension value (Kitagawa; ``domain/movers.py``). Read in one snapshot, like every report."""
+    started = time.perf_counter()
+    previous = period.previous()
+    async with snapshot(engine) as conn:
+        now_rows = await _dimension_rows(conn, region.code, dimension, period)
+        prev_rows = await _dimension_rows(conn, region.code, dimension, previous)
+    result = explain_change(prev_rows, now_rows, top=top, measure=measure)
+    metrics.REPORT_SECONDS.labels("root_causes").observe(time.perf_counter() - started)
+    return {"region": region.code, "currency": region.currency, "exponent": region.exponent,
+            "dimension": dimension,
+            "period": {"label": period.label, "from": period.first.isoformat(), "to": period.last.isoformat()},
+            "previous_period": {"label": previous.label, "from": previous.first.isoformat(),
+                                "to": previous.last.isoformat()},
+            **result, "generated_at": datetime.now(UTC).isoformat()}
+
+
+ROOT_CAUSE_CSV_COLUMNS = (
+    "region", "currency", "dimension", "period", "previous_period", "section", "key", "presence",
+    "previous_tickets", "current_tickets", "ticket_change", "previous_amount_minor", "current_amount_minor",
+    "amount_change_minor", "ticket_contribution", "amount_contribution", "previous_ratio", "current_ratio",
+    "mix", "rate", "total", "mix_exact", "rate_exact", "total_exact")
+
+
+def root_causes_csv(result: dict[str, Any]) -> str:
+    """One row per mover (section ``mover``, then ``others`` and ``total``) and per segment of each ratio's
+    decomposition (section = the ratio's name, then its ``<ratio>:total`` row); empty cells where a column
+    does not apply. Exact fractions beside the rounded decimals, so the parts can be checked to sum."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(ROOT_CAUSE_CSV_COLUMNS)
+    head = [result["region"], result["currency"], result["dimension"], result["period"]["label"],
+            result["previous_period"]["label"]]
+
+    def row(section: str, cells: dict[str, Any]) -> None:
+        writer.writerow([*head, section, *("" if cells.get(c) is None else cells[c]
+                                          for c in ROOT_CAUSE_CSV_COLUMNS[6:])])
+
+    movers = result["movers"]
+    for m in movers["top"]:
+        row("mover", _mover_cells(m))
+    if movers["others"] is not None:
+        row("others", {"key": f"({movers['others']['values']} others)", **_mover_cells(movers["others"])})
+    row("total", {"previous_tickets": movers["previous_total"]["tickets"],
+                  "current_tickets": movers["current_total"]["tickets"], "ticket_change": movers["ticket_change"],
+                  "previous_amount_minor": movers["previous_total"]["amount_minor"],
+                  "current_amount_minor": movers["current_total"]["amount_minor"],
+                  "amount_change_minor": movers["amount_change_minor"]})
+    for name, d in result["ratios"].items():
+        if "undefined" in d:
+            row(name, {"key": "(undefined)", "presence": d["undefined"]})
+            continue
+        for seg in d["segments"]:
+            row(name, {"key": seg["key"], "presence": seg["presence"],
+                       "previous_tickets": seg["previous"]["denominator"],
+                       "current_tickets": seg["current"]["denominator"],
+                       "previous_ratio": seg["previous_ratio"], "current_ratio": seg["current_ratio"],
+                       "mix": seg["mix"], "rate": seg["rate"], "total": seg["total"],
+                       "mix_exact": seg["exact"]["mix"], "rate_exact": seg["exact"]["rate"],
+                       "total_exact": seg["exact"]["total"]})
+        row(f"{name}:total", {"previous_ratio": d["previous"], "current_ratio": d["current"], "mix": d["mix"],
+                              "rate": d["rate"], "total": d["change"], "mix_exact": d["exact"]["mix"],
+                              "rate_exact": d["exact"]["rate"], "total_exact": d["exact"]["change"]})
+    return out.getvalue()
+
+
+def _mover_cells(m: dict[str, Any]) -> dict[str, Any]:
+    return {"key": m.get("key"), "presence": m.get("presence"), "previous_tickets": m["previous"]["tickets"],
+            "current_tickets": m["current"]["tickets"], "ticket_change": m["ticket_change"],
+            "previous_amount_minor": m["previous"]["amount_minor"],
+            "current_amount_minor": m["current"]["amount_minor"], "amount_change_minor": m["amount_change_minor"],
+            "ticket_contribution": m["ticket_contribution"], "amount_contribution": m["amount_contribution"]}
+
+
 # ------------------------------------------------------------------ series (spike detection's input)
 
 
@@ -266,6 +346,43 @@ async def series(engine: AsyncEngine, region: Region, dimension: str, granularit
             "timezone": region.timezone, "from": period.first.isoformat(), "to": period.last.isoformat(),
             "series": [{"key": k, "points": [{"slot": s, **v} for s, v in sorted(pts.items())]}
                        for k, pts in sorted(points.items())]}
+
+
+# ------------------------------------------------------------------ spikes (stored by spikes_job)
+
+
+async def spikes(engine: AsyncEngine, region: Region, now: datetime, *, days: int = 28, dimension: str | None = None,
+                 key: str | None = None, open_only: bool = False) -> dict[str, Any]:
+    """The region's stored spike alerts of the last ``days`` complete local days, merged into episodes
+    (newest first), each with its alerts' expected value, band and top contributors."""
+    started = time.perf_counter()
+    today = region.local(now).date()
+    first = today - timedelta(days=days)
+    async with snapshot(engine) as conn:
+        rows = await db.spike_alerts(conn, region.code, first, today - timedelta(days=1), dimension, key)
+    episodes = episodes_view(rows, region.timezone, today, open_only=open_only)
+    metrics.REPORT_SECONDS.labels("spikes").observe(time.perf_counter() - started)
+    return {"region": region.code, "timezone": region.timezone, "from": first.isoformat(),
+            "to": (today - timedelta(days=1)).isoformat(), "status": "open" if open_only else "recent",
+            "open_episodes": sum(1 for e in episodes if e["open"]), "episodes": episodes}
+
+
+SPIKE_CSV_COLUMNS = ("region", "dimension", "key", "episode_first_day", "episode_last_day", "open", "day", "kind",
+                     "observed", "expected", "lower", "upper", "z", "contributors", "alert_id")
+
+
+def spikes_csv(result: dict[str, Any]) -> str:
+    """One row per alert, with its episode; contributors as ``key:observed/expected`` joined by ``;``."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(SPIKE_CSV_COLUMNS)
+    for e in result["episodes"]:
+        for a in e["alerts"]:
+            contributors = ";".join(f"{c['key']}:{c['observed']}/{c['expected']:.3f}" for c in a["contributors"])
+            writer.writerow([result["region"], e["dimension"], e["key"], e["first_day"], e["last_day"],
+                             "true" if e["open"] else "false", a["day"], a["kind"], a["observed"], a["expected"],
+                             a["lower"], a["upper"], a["z"], contributors, a["alert_id"]])
+    return out.getvalue()
 
 
 # ------------------------------------------------------------------ burn-down

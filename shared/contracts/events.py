@@ -650,3 +650,55 @@ class BudgetLimitSet(Payload):
     previous_limit: MoneyTotal | None = None
     actor: Identifier
     reason: Text | None = None
+
+
+# ---------------------------------------------------------------- insights' own events (issue 10, point 5)
+
+# An expected count or a band edge of a count series (a mean, so fractional): at most what a count holds.
+CountEstimate = Annotated[float, Field(ge=0, le=MAX_AMOUNT_MINOR, allow_inf_nan=False)]
+# A standardised residual ((observed - expected) / sd) or a share that may pass 1: finite and bounded.
+Score = Annotated[float, Field(ge=-1e9, le=1e9, allow_inf_nan=False)]
+
+
+class SpikeDimension(enum.StrEnum):
+    REASON = "reason"
+    CARRIER = "carrier"
+    SELLER = "seller"
+
+
+class SpikeKind(enum.StrEnum):
+    SPIKE = "spike"  # one day above the band
+    SHIFT = "shift"  # a sustained rise found by the CUSUM
+
+
+class SpikeContributor(Payload):
+    """A value of another dimension that carries part of the excess (e.g. a carrier behind a reason's
+    spike): its count on the day against its mean on the same weekday of the baseline weeks."""
+
+    dimension: SpikeDimension
+    key: Identifier
+    observed: Count
+    expected: CountEstimate
+    share: Score | None = Field(default=None, description="Of the day's net excess over every value; null "
+                                                          "when there is no net excess.")
+
+
+class SpikeDetected(Payload):
+    """insights found ticket counts of one series (a region's reason, carrier or seller) above the
+    seasonal band of its detector on one local day (docs/insights-detection.md). Published once per
+    (series, day, kind), in the transaction that stores the alert."""
+
+    alert_id: Identifier = Field(description="Stable id of (region, dimension, key, day, kind).")
+    dimension: SpikeDimension
+    key: Identifier = Field(description="The reason code, carrier id or seller id of the series.")
+    kind: SpikeKind
+    day: BoundedDate = Field(description="The local day (the region's time zone) the alert is about.")
+    bucket_start: AwareDatetime
+    bucket_end: AwareDatetime
+    observed: Count = Field(description="Tickets opened on the day in the series.")
+    expected: CountEstimate
+    lower: CountEstimate = Field(description="Lower edge of the band (counts inside it are ordinary).")
+    upper: CountEstimate = Field(description="Upper edge of the band.")
+    z: Score = Field(description="(observed - expected) / the prediction's standard deviation.")
+    episode_start: AwareDatetime = Field(description="Start of the episode (consecutive alert days) it belongs to.")
+    contributors: list[SpikeContributor] = Field(default_factory=list, max_length=10)

@@ -86,6 +86,8 @@ _SPECS = [
               "An auditor's verdict on a sampled manual compensation."),
     EventSpec("budget.limit_set", 1, ev.BudgetLimitSet, Topic.BUDGET_LIMITS, _region,
               "A region's budget limit for a period was set or changed."),
+    EventSpec("insight.spike_detected", 1, ev.SpikeDetected, Topic.INSIGHT_SPIKES, _region,
+              "insights found a region's tickets of one reason, carrier or seller above their seasonal band."),
 ]
 
 REGISTRY: dict[tuple[str, int], EventSpec] = {(s.event_type, s.version): s for s in _SPECS}

@@ -23,6 +23,7 @@ class Topic(enum.StrEnum):
     BUYER_FEEDBACK = "buyer.feedback.v1"  # CSAT answers and review scores from intake; key: buyer_id
     ORDER_VOLUME = "orders.volume.v1"  # daily order count and GMV per region from intake; key: region
     BUDGET_LIMITS = "budget.limits.v1"  # ledger budget limits set or changed; key: region
+    INSIGHT_SPIKES = "insights.spikes.v1"  # insights' spike alerts per region and series; key: region
     DEAD_LETTERS = "deadletters.v1"  # poison messages with the reason; key: source topic
 
 
