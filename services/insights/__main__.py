@@ -60,6 +60,9 @@ def _extra(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rep.add_argument("--format", choices=("json", "csv"), default=None, help="default: from the file name, else json")
     rep.add_argument("--output", "-o", default=None, help="file to write ('-' for stdout)")
     rep.set_defaults(handler=_report)
+    from services.insights.web import cli as users_cli
+
+    users_cli.register(sub)  # users create|list|unlock|disable: who signs in to /dashboard
 
 
 def main(argv: list[str] | None = None) -> int:

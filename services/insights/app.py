@@ -18,6 +18,7 @@ from services.insights.config import Settings
 from services.insights.contracts import CONSUMES
 from services.insights.domain.rollups import TABLES
 from services.insights.handlers import RollupHandler
+from services.insights.web import mount_dashboard
 from shared.auth import Authenticator
 from shared.periodic import PeriodicTask
 from shared.regions import catalogue
@@ -60,4 +61,5 @@ def build_app(settings: Settings, *, topics: Sequence[str] | None = None, compac
         "audit team), root-cause breakdowns, count series for spike detection, budget burn-down."))
     app.state.compactor = keeper
     app.include_router(build_router(ctx.engine, Authenticator(ctx.tokens)))
+    mount_dashboard(app, ctx, settings)  # /dashboard: the ops pages (services/insights/web)
     return app
