@@ -40,19 +40,14 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
         raise ValueError("tick range must be finite")
     if hi < lo:
         lo, hi = hi, lo
-    if hi == lo:
-        hi = lo + (abs(lo) or 1.0)
+    if hi - lo < 1e-9 * max(1.0, abs(lo)):  # one value (or float noise): a range around it
+        hi = lo + max(abs(lo), 1.0)
     raw = (hi - lo) / max(count, 1)
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
-    first = math.floor(lo / step) * step
-    ticks = []
-    value = first
-    while True:
-        ticks.append(round(value, 12))
-        if value >= hi - step * 1e-9:
-            break
-        value += step
+    first = math.floor(lo / step)
+    last = math.ceil(hi / step)
+    ticks = [k * step for k in range(first, max(last, first + 1) + 1)]
     return ticks
 
 

@@ -44,7 +44,3 @@ def duration(seconds: float | None) -> str:
     if s < 2 * 86_400:
         return f"{s / 3600:.1f} h"
     return f"{s / 86_400:.1f} d"
-
-
-def hours_tick(seconds: float) -> str:
-    return f"{seconds / 3600:.3g} h"

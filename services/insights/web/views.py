@@ -121,12 +121,16 @@ async def overview(engine: AsyncEngine, region: Region, period: Period, trend_pe
                                lows=[c[0] if c else None for c in ci], highs=[c[1] if c else None for c in ci])],
         title="Estimated accuracy of manual compensations, with 95% intervals", fmt=lambda v: fmt.pct(v),
         y_max=1.0, empty="no audits in these periods")
+    def hours(path: str) -> list[float | None]:
+        return [None if s is None else s / 3600 for s in pick(path)]
+
     ttc_chart = charts.line_chart(
-        labels, [charts.Series("auto p50", pick("compensations.auto.time_to_compensate.p50_seconds"), "s1"),
-                 charts.Series("manual p50", pick("compensations.manual.time_to_compensate.p50_seconds"), "s2"),
-                 charts.Series("manual p90", pick("compensations.manual.time_to_compensate.p90_seconds"), "s2",
+        labels, [charts.Series("auto p50", hours("compensations.auto.time_to_compensate.p50_seconds"), "s1"),
+                 charts.Series("manual p50", hours("compensations.manual.time_to_compensate.p50_seconds"), "s2"),
+                 charts.Series("manual p90", hours("compensations.manual.time_to_compensate.p90_seconds"), "s2",
                                dashed=True)],
-        title="Time to compensate (ticket occurred to compensation issued)", fmt=fmt.hours_tick, y_min=0.0,
+        title="Time to compensate in hours (ticket occurred to compensation issued)",
+        fmt=lambda h: f"{h:g} h", y_min=0.0,
         empty="no compensation with a known ticket")
 
     v, c, a = now["volume"], now["compensations"], now["accuracy"]
