@@ -353,6 +353,17 @@ INSIGHTS = Dashboard(
               (f"histogram_quantile(0.99, sum by (le) (rate(insights_report_seconds_bucket{RATE})))", "p99"),
               unit="s", description="The bar: a month report for one region under 200 ms p95."),
         )),
+        Row("Dashboard pages", (
+            p("Sign-ins by outcome", (f"sum by (outcome) (rate(insights_dashboard_sign_ins_total{RATE}))",
+                                      "{{outcome}}"), unit="rps"),
+            p("Sign-in pauses by scope",
+              (f"sum by (scope) (increase(insights_dashboard_sign_in_locks_total{RATE}))", "{{scope}}"),
+              description="scope=account: one dashboard account guessed from many addresses."),
+            p("CSRF rejections and sessions purged",
+              (f"sum(rate(insights_dashboard_csrf_rejected_total{RATE}))", "csrf rejected"),
+              (f"sum(rate(insights_dashboard_sessions_purged_total{RATE}))", "sessions purged"), unit="rps"),
+            p("Page data time p99", (q99("insights_dashboard_page_seconds", "page"), "{{page}}"), unit="s"),
+        )),
         *toolkit_rows("insights"),
     ))
 
