@@ -390,6 +390,17 @@ INSIGHTS = Dashboard(
               ("time() - max(insights_spike_last_round_timestamp_seconds)", "since the last round"), unit="s",
               description="InsightsSpikeDetectorStale fires when no round finished for an hour."),
         )),
+        Row("Dashboard pages", (
+            p("Sign-ins by outcome", (f"sum by (outcome) (rate(insights_dashboard_sign_ins_total{RATE}))",
+                                      "{{outcome}}"), unit="rps"),
+            p("Sign-in pauses by scope",
+              (f"sum by (scope) (increase(insights_dashboard_sign_in_locks_total{RATE}))", "{{scope}}"),
+              description="scope=account: one dashboard account guessed from many addresses."),
+            p("CSRF rejections and sessions purged",
+              (f"sum(rate(insights_dashboard_csrf_rejected_total{RATE}))", "csrf rejected"),
+              (f"sum(rate(insights_dashboard_sessions_purged_total{RATE}))", "sessions purged"), unit="rps"),
+            p("Page data time p99", (q99("insights_dashboard_page_seconds", "page"), "{{page}}"), unit="s"),
+        )),
         *toolkit_rows("insights"),
     ), region_variable="insights_spike_episodes_open")
 

@@ -19,6 +19,7 @@ from services.insights.contracts import CONSUMES
 from services.insights.domain.rollups import TABLES
 from services.insights.handlers import RollupHandler
 from services.insights.spikes_job import SpikeWatch
+from services.insights.web import mount_dashboard
 from shared.auth import Authenticator
 from shared.periodic import PeriodicTask
 from shared.regions import catalogue
@@ -65,4 +66,5 @@ def build_app(settings: Settings, *, topics: Sequence[str] | None = None, compac
     if compactor:
         ctx.components.append(spike_watch)
     app.include_router(build_router(ctx.engine, Authenticator(ctx.tokens)))
+    mount_dashboard(app, ctx, settings)  # /dashboard: the ops pages (services/insights/web)
     return app

@@ -31,3 +31,44 @@ class Settings(ServiceSettings):
         65, ge=5, le=120, validation_alias="INSIGHTS_SPIKE_HISTORY_WEEKS",
         description="Weeks of day buckets read per series: 52 for the seasonal baseline and 13 for the "
                     "scale and the CUSUM to settle (docs/insights-detection.md).")
+    # ---------------------------------------------------------------- dashboard pages (/dashboard)
+    # The same sign-in as the audit workbench (shared.web), on insights' own users, sessions and counters.
+    session_ttl_seconds: int = Field(
+        8 * 3600, ge=60, le=7 * 86_400, validation_alias="INSIGHTS_SESSION_TTL_SECONDS",
+        description="A dashboard session ends this long after sign-in.")
+    cookie_secure: bool = Field(
+        False, validation_alias="INSIGHTS_COOKIE_SECURE",
+        description="Mark the dashboard's cookies Secure (HTTPS only); set true whenever it is served over HTTPS.")
+    trusted_header_auth: bool = Field(
+        False, validation_alias="INSIGHTS_TRUSTED_HEADER_AUTH",
+        description="Trust the user name in INSIGHTS_TRUSTED_USER_HEADER (set by an identity proxy) instead of "
+                    "passwords. Only behind a proxy that sets that header and strips it from clients; roles and "
+                    "regions still come from the dashboard users table.")
+    trusted_user_header: str = Field(
+        "X-Forwarded-User", validation_alias="INSIGHTS_TRUSTED_USER_HEADER",
+        description="Header carrying the signed-in user name in trusted-header mode.")
+    signin_max_failures: int = Field(
+        5, ge=1, le=100, validation_alias="INSIGHTS_SIGNIN_MAX_FAILURES",
+        description="Failed sign-ins of one account from one client within the lockout period before that "
+                    "client pauses for that account.")
+    signin_client_max_failures: int = Field(
+        30, ge=1, le=100_000, validation_alias="INSIGHTS_SIGNIN_CLIENT_MAX_FAILURES",
+        description="Failed sign-ins from one network address across all accounts within the lockout period "
+                    "before the address pauses (known devices are not affected).")
+    signin_account_max_failures: int = Field(
+        100, ge=1, le=1_000_000, validation_alias="INSIGHTS_SIGNIN_ACCOUNT_MAX_FAILURES",
+        description="Failed sign-ins of one account from unknown clients within the lockout period before the "
+                    "account pauses for unknown clients; browsers it signed in from before still sign in.")
+    signin_lockout_seconds: int = Field(
+        900, ge=1, le=86_400, validation_alias="INSIGHTS_SIGNIN_LOCKOUT_SECONDS",
+        description="The window failures are counted in, and how long a reached limit pauses sign-in.")
+    device_cookie_days: int = Field(
+        90, ge=1, le=730, validation_alias="INSIGHTS_DEVICE_COOKIE_DAYS",
+        description="How long a browser stays a known device of the account it signed in to.")
+    session_purge_seconds: float = Field(
+        3600.0, gt=0, le=86_400, validation_alias="INSIGHTS_SESSION_PURGE_SECONDS",
+        description="How often expired dashboard sessions and spent sign-in counters are deleted.")
+    dashboard_trend_periods: int = Field(
+        6, ge=2, le=24, validation_alias="INSIGHTS_DASHBOARD_TREND_PERIODS",
+        description="Periods the overview's trend charts show: the chosen period and the ones before it, of "
+                    "the same kind (months, ISO weeks, days, or ranges of the same length).")

@@ -7,33 +7,21 @@ operation becomes an HTML error page with the same status (403 outside the viewe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 from starlette.datastructures import FormData
 
 from services.audit_sampler import workflow
 from services.audit_sampler.domain.verdicts import ATTRIBUTES, PARTY_TYPES, Share, VerdictInput
 from services.audit_sampler.web import charts, queries
-from services.audit_sampler.web.auth import (
-    DEVICE_COOKIE,
-    SESSION_COOKIE,
-    SIGNIN_CSRF_COOKIE,
-    PendingCookie,
-    SignInFailed,
-    SignInRequired,
-    Viewer,
-    WorkbenchAuth,
-    check_csrf,
-)
+from services.audit_sampler.web.auth import SignInRequired, Viewer, WorkbenchAuth, check_csrf
 from services.audit_sampler.web.forms import GOLD_ROWS, gold_from_form, parse_amount, without_covered
 from services.audit_sampler.web.reporting import (
     accuracy_trend,
@@ -41,11 +29,12 @@ from services.audit_sampler.web.reporting import (
     load_calibration,
     parse_report_query,
 )
-from services.audit_sampler.web.security import LEAD_ROLES, new_csrf_token, same_token
+from services.audit_sampler.web.security import LEAD_ROLES
 from shared.contracts.events import CompensationKind
-from shared.http import Problem, field_errors
+from shared.http import Problem
 from shared.money import Money
 from shared.regions import UnknownRegion, catalogue
+from shared.web.pages import add_sign_in_routes, page_route, safe_next, secure
 
 STYLESHEET = Path(__file__).with_name("static").joinpath("workbench.css").read_text(encoding="utf-8")
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
@@ -86,43 +75,10 @@ TEMPLATES.env.globals.update(money=money, pct=pct, safe_link=safe_link, ATTRIBUT
                              PREFIX=PREFIX)
 
 
-class PageRoute(APIRoute):
-    """Turns sign-in redirects and problems into HTML, and sets the session cookie a request opened."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        original = super().get_route_handler()
-
-        async def handler(request: Request) -> Response:
-            try:
-                response = await original(request)
-            except SignInRequired:
-                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-                return RedirectResponse(f"{PREFIX}/signin?next={quote(target)}", status_code=303)
-            except Problem as exc:
-                response = error_page(request, exc.status, exc.title, exc.detail, exc.errors)
-            except RequestValidationError as exc:
-                response = error_page(request, 422, "Invalid request", None, field_errors(exc.errors()))
-            pending: PendingCookie | None = getattr(request.state, "pending_cookie", None)
-            if pending is not None:
-                set_session_cookie(request, response, pending)
-            return response
-
-        return handler
-
-
-def set_session_cookie(request: Request, response: Response, cookie: PendingCookie) -> None:
-    response.set_cookie(SESSION_COOKIE, cookie.value, max_age=cookie.max_age, httponly=True, samesite="lax",
-                        secure=cookie.secure, path="/")
-
-
 def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
     viewer: Viewer | None = getattr(request.state, "viewer", None)
     response = TEMPLATES.TemplateResponse(request, template, {"viewer": viewer, **context}, status_code=status)
-    # Pages show audit data: never cache them, never frame them.
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Content-Security-Policy"] = (
-        "default-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'")
+    secure(response)  # pages show audit data: never cached, never framed, no foreign assets
     return response
 
 
@@ -137,14 +93,11 @@ def _redirect(path: str, **params: Any) -> RedirectResponse:
 
 
 def _safe_next(target: str | None) -> str:
-    # Only a path of this workbench: never an absolute or scheme-relative URL (open redirect).
-    if target and target.startswith(PREFIX + "/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return f"{PREFIX}/queues"
+    return safe_next(target, PREFIX, f"{PREFIX}/queues")
 
 
 def build_pages(auth: WorkbenchAuth) -> APIRouter:
-    router = APIRouter(prefix=PREFIX, route_class=PageRoute, include_in_schema=False)
+    router = APIRouter(prefix=PREFIX, route_class=page_route(auth, PREFIX, error_page), include_in_schema=False)
     engine = auth.engine
 
     async def viewer_of(request: Request) -> Viewer:
@@ -164,54 +117,9 @@ def build_pages(auth: WorkbenchAuth) -> APIRouter:
     async def stylesheet() -> Response:
         return Response(STYLESHEET, media_type="text/css", headers={"Cache-Control": "max-age=3600"})
 
-    # -------------------------------------------------------------- sign-in
+    # -------------------------------------------------------------- sign-in (shared.web.pages)
 
-    @router.get("/signin")
-    async def signin_page(request: Request, next: str | None = None) -> Response:
-        token = new_csrf_token()
-        response = render(request, "signin.html", next=_safe_next(next), csrf=token, error=None,
-                          trusted=auth.settings.trusted_header_auth)
-        response.set_cookie(SIGNIN_CSRF_COOKIE, token, max_age=1800, httponly=True, samesite="strict",
-                            secure=auth.settings.cookie_secure, path=PREFIX)
-        return response
-
-    @router.post("/signin")
-    async def signin(request: Request) -> Response:
-        form = await request.form()
-        # No session yet: a double-submit token (cookie + field) stops a forged sign-in into our account.
-        if not same_token(_text(form, "csrf_token"), request.cookies.get(SIGNIN_CSRF_COOKIE)):
-            raise Problem(403, "Forbidden", "the sign-in form expired; reload it and try again",
-                          errors=[{"field": "csrf_token", "message": "does not match"}])
-        target = _safe_next(_text(form, "next"))
-        try:
-            # The client behind the request: uvicorn takes it from X-Forwarded-For only when the peer is a
-            # trusted proxy (FORWARDED_ALLOW_IPS), so a client cannot pick its own address.
-            _, cookie, device = await auth.sign_in(
-                _text(form, "username") or "", _text(form, "password") or "",
-                client_host=request.client.host if request.client else None,
-                device_cookie=request.cookies.get(DEVICE_COOKIE))
-        except SignInFailed as exc:
-            token = new_csrf_token()
-            failed = render(request, "signin.html", status=401, next=target, csrf=token, error=str(exc),
-                              trusted=False)
-            failed.set_cookie(SIGNIN_CSRF_COOKIE, token, max_age=1800, httponly=True, samesite="strict",
-                              secure=auth.settings.cookie_secure, path=PREFIX)
-            return failed
-        response: Response = RedirectResponse(target, status_code=303)
-        set_session_cookie(request, response, cookie)
-        # A known device of the account from now on: a stranger's guesses elsewhere cannot pause it.
-        response.set_cookie(DEVICE_COOKIE, device.value, max_age=device.max_age, httponly=True, samesite="strict",
-                            secure=device.secure, path=PREFIX)
-        response.delete_cookie(SIGNIN_CSRF_COOKIE, path=PREFIX)
-        return response
-
-    @router.post("/signout")
-    async def signout(request: Request) -> Response:
-        viewer, _ = await posted(request)
-        await auth.sign_out(viewer)
-        response = _redirect("/signin")
-        response.delete_cookie(SESSION_COOKIE, path="/")
-        return response
+    add_sign_in_routes(router, auth, render, prefix=PREFIX, home=f"{PREFIX}/queues")
 
     # -------------------------------------------------------------- auditors
 

@@ -1,14 +1,14 @@
 """Read-only SQL for reports and the workbench, plus the workbench's own users and sessions.
 
 Reads the audit core's tables (population, verdicts, verdict_attributes, calibration_pairs, disputes)
-without writing them; writes only workbench_users and workbench_sessions.
+without writing them; writes only workbench_users, workbench_sessions and signin_throttle (through the
+shared sign-in store).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -21,7 +21,9 @@ from services.audit_sampler.domain.reports import (
     Period,
     PopulationCount,
 )
-from services.audit_sampler.web.throttle import Counter, Key, Scope
+from shared.web.store import Session as Session  # re-exported: the workbench's callers name them here
+from shared.web.store import SignInStore, Tables
+from shared.web.store import User as User
 
 # ------------------------------------------------------------------ report inputs
 
@@ -179,142 +181,22 @@ async def gold_items(conn: AsyncConnection, regions: Sequence[str] | None, limit
 
 # ------------------------------------------------------------------ users and sessions
 
+# The sign-in tables and their SQL are shared with the insights dashboard (shared.web.store); the workbench
+# keeps its own tables in its own schema.
+WORKBENCH_TABLES = Tables(users="workbench_users", sessions="workbench_sessions", throttle="signin_throttle")
+STORE = SignInStore(WORKBENCH_TABLES)
 
-@dataclass(frozen=True)
-class User:
-    username: str
-    password_hash: str | None
-    roles: tuple[str, ...]
-    regions: tuple[str, ...]
-    disabled: bool
-
-
-_USER_COLUMNS = "username, password_hash, roles, regions, disabled"
-
-
-def _user(row: Any) -> User:
-    return User(row.username, row.password_hash, tuple(row.roles), tuple(row.regions), bool(row.disabled))
-
-
-async def get_user(conn: AsyncConnection, username: str) -> User | None:
-    row = (await conn.execute(text(f"SELECT {_USER_COLUMNS} FROM workbench_users WHERE username = :u"),
-                              {"u": username})).first()
-    return None if row is None else _user(row)
-
-
-async def list_users(conn: AsyncConnection) -> list[User]:
-    rows = await conn.execute(text(f"SELECT {_USER_COLUMNS} FROM workbench_users ORDER BY username"))
-    return [_user(r) for r in rows]
-
-
-async def upsert_user(conn: AsyncConnection, username: str, password_hash: str | None, roles: Sequence[str],
-                      regions: Sequence[str]) -> bool:
-    """Create the user or replace its roles, regions and (when given) password; True if created."""
-    row = (await conn.execute(text(
-        "INSERT INTO workbench_users (username, password_hash, roles, regions) "
-        "VALUES (:u, :h, CAST(:roles AS text[]), CAST(:regions AS text[])) "
-        "ON CONFLICT (username) DO UPDATE SET password_hash = coalesce(EXCLUDED.password_hash, "
-        "workbench_users.password_hash), roles = EXCLUDED.roles, regions = EXCLUDED.regions, disabled = false, "
-        "updated_at = now() RETURNING (xmax = 0) AS created"),
-        {"u": username, "h": password_hash, "roles": list(roles), "regions": list(regions)})).one()
-    return bool(row.created)
-
-
-async def disable_user(conn: AsyncConnection, username: str, now: datetime) -> bool:
-    updated = (await conn.execute(text(
-        "UPDATE workbench_users SET disabled = true, updated_at = :now WHERE username = :u RETURNING username"),
-        {"u": username, "now": now})).first()
-    await conn.execute(text(
-        "UPDATE workbench_sessions SET ended_at = :now WHERE username = :u AND ended_at IS NULL"),
-        {"u": username, "now": now})
-    return updated is not None
-
-
-async def lock_throttle(conn: AsyncConnection, keys: Sequence[Key], now: datetime) -> dict[Key, Counter]:
-    """The sign-in counters of an attempt, created when missing and locked until the transaction ends, in
-    one statement (rows in sorted order, so concurrent attempts queue instead of deadlocking)."""
-    rows = await conn.execute(text(
-        "INSERT INTO signin_throttle AS t (scope, key, window_started_at) "
-        "SELECT s, k, :now FROM unnest(CAST(:scopes AS text[]), CAST(:keys AS text[])) AS u(s, k) ORDER BY s, k "
-        "ON CONFLICT (scope, key) DO UPDATE SET scope = t.scope "
-        "RETURNING scope, key, failures, window_started_at, locked_until"),
-        {"now": now, "scopes": [k[0].value for k in keys], "keys": [k[1] for k in keys]})
-    return {(Scope(r.scope), r.key): Counter(int(r.failures), r.window_started_at, r.locked_until) for r in rows}
-
-
-async def save_throttle(conn: AsyncConnection, counters: Mapping[Key, Counter]) -> None:
-    if not counters:
-        return
-    items = sorted(counters.items())
-    await conn.execute(text(
-        "UPDATE signin_throttle t SET failures = u.f, window_started_at = u.w, locked_until = u.l "
-        "FROM unnest(CAST(:s AS text[]), CAST(:k AS text[]), CAST(:f AS int[]), CAST(:w AS timestamptz[]), "
-        "CAST(:l AS timestamptz[])) AS u(s, k, f, w, l) WHERE t.scope = u.s AND t.key = u.k"),
-        {"s": [k[0].value for k, _ in items], "k": [k[1] for k, _ in items],
-         "f": [c.failures for _, c in items], "w": [c.window_started_at for _, c in items],
-         "l": [c.locked_until for _, c in items]})
-
-
-async def clear_account_throttle(conn: AsyncConnection, account: str) -> int:
-    """Lift every lock on an account (its own and each of its pairs with a client): ops' ``users unlock``."""
-    result = await conn.execute(text(
-        "DELETE FROM signin_throttle WHERE (scope = 'account' AND key = :a) "
-        "OR (scope = 'account_client' AND key LIKE :prefix)"), {"a": account, "prefix": f"{account}|%"})
-    return int(getattr(result, "rowcount", 0) or 0)
-
-
-async def locked_accounts(conn: AsyncConnection, now: datetime) -> set[str]:
-    """Account keys locked for unknown devices right now (many addresses guessed their password)."""
-    rows = await conn.execute(text(
-        "SELECT key FROM signin_throttle WHERE scope = 'account' AND locked_until > :now"), {"now": now})
-    return {r[0] for r in rows}
-
-
-async def purge_throttle(conn: AsyncConnection, now: datetime, window: timedelta) -> int:
-    """Forget counters whose window and lock are both over (they count nothing any more)."""
-    result = await conn.execute(text(
-        "DELETE FROM signin_throttle WHERE window_started_at < :before "
-        "AND (locked_until IS NULL OR locked_until <= :now)"), {"before": now - window, "now": now})
-    return int(getattr(result, "rowcount", 0) or 0)
-
-
-async def signed_in(conn: AsyncConnection, username: str, now: datetime) -> None:
-    await conn.execute(text("UPDATE workbench_users SET last_sign_in_at = :now WHERE username = :u"),
-                       {"u": username, "now": now})
-
-
-async def create_session(conn: AsyncConnection, session_id: str, username: str, csrf_token: str,
-                         now: datetime, expires_at: datetime) -> None:
-    await conn.execute(text(
-        "INSERT INTO workbench_sessions (id, username, csrf_token, created_at, expires_at) "
-        "VALUES (:id, :u, :csrf, :now, :exp)"),
-        {"id": session_id, "u": username, "csrf": csrf_token, "now": now, "exp": expires_at})
-
-
-@dataclass(frozen=True)
-class Session:
-    id: str
-    csrf_token: str
-    expires_at: datetime
-    user: User
-
-
-async def live_session(conn: AsyncConnection, session_id: str, now: datetime) -> Session | None:
-    """The session if it has not ended or expired and its user is still enabled."""
-    row = (await conn.execute(text(
-        f"SELECT s.id, s.csrf_token, s.expires_at, {', '.join('u.' + c for c in _USER_COLUMNS.split(', '))} "
-        "FROM workbench_sessions s JOIN workbench_users u ON u.username = s.username "
-        "WHERE s.id = :id AND s.ended_at IS NULL AND s.expires_at > :now AND NOT u.disabled"),
-        {"id": session_id, "now": now})).first()
-    return None if row is None else Session(row.id, row.csrf_token, row.expires_at, _user(row))
-
-
-async def end_session(conn: AsyncConnection, session_id: str, now: datetime) -> None:
-    await conn.execute(text("UPDATE workbench_sessions SET ended_at = :now WHERE id = :id AND ended_at IS NULL"),
-                       {"id": session_id, "now": now})
-
-
-async def purge_sessions(conn: AsyncConnection, before: datetime) -> int:
-    """Delete sessions that expired before ``before`` (signed-out ones too, once past their expiry)."""
-    result = await conn.execute(text("DELETE FROM workbench_sessions WHERE expires_at < :t"), {"t": before})
-    return int(getattr(result, "rowcount", 0) or 0)
+get_user = STORE.get_user
+list_users = STORE.list_users
+upsert_user = STORE.upsert_user
+disable_user = STORE.disable_user
+signed_in = STORE.signed_in
+lock_throttle = STORE.lock_throttle
+save_throttle = STORE.save_throttle
+clear_account_throttle = STORE.clear_account_throttle
+locked_accounts = STORE.locked_accounts
+purge_throttle = STORE.purge_throttle
+create_session = STORE.create_session
+live_session = STORE.live_session
+end_session = STORE.end_session
+purge_sessions = STORE.purge_sessions

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from services.audit_sampler.web import auth as auth_module
 from services.audit_sampler.web import queries
 from services.audit_sampler.web.auth import SignInFailed, WorkbenchAuth
 from services.audit_sampler.web.security import hash_password
@@ -20,6 +19,7 @@ from services.audit_sampler.web.settings import WorkbenchSettings
 from services.audit_sampler.web.throttle import account_key
 from shared.auth import TokenService
 from shared.db import make_engine, migrate
+from shared.web import auth as auth_module  # the shared sign-in runs the one scrypt
 
 pytestmark = pytest.mark.integration
 
