@@ -157,7 +157,8 @@ def check_issue(*, request_id: str | None, request: ApprovedRequest | None, buye
         notes.append(f"request {request.request_id} is {request.status.replace('_', ' ')}, not approved")
     elif request.approved_amount_minor is not None and amount_minor > request.approved_amount_minor:
         mismatches.append("above_approved")
-        notes.append(f"issued {amount_minor} {currency}, approved {request.approved_amount_minor}")
+        notes.append(f"issued {amount_minor} {currency}, request {request.request_id} approved "
+                     f"{request.approved_amount_minor}")
     return IssueCheck(tuple(mismatches), "; ".join(notes))
 
 
