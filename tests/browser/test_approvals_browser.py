@@ -108,7 +108,8 @@ async def server(fresh_database, kafka_bootstrap, topic_factory, tmp_path_factor
         async with ctx.engine.begin() as conn:
             await queries.upsert_user(conn, "lin", hash_password(PASSWORD), ["lead"], ["SG"])
             await queries.upsert_user(conn, "sam", hash_password(PASSWORD), ["senior_auditor"], ["SG"])
-        STATE["engine"] = ctx.engine
+            await queries.upsert_user(conn, "ada", hash_password(PASSWORD), ["auditor"], ["SG"])
+        STATE.update(engine=ctx.engine, settings=settings, manual_topic=manual_topic)
         while not web.started:
             await asyncio.sleep(0.05)
         yield f"http://127.0.0.1:{port}"
@@ -209,5 +210,56 @@ async def test_a_senior_auditor_decides_the_escalated_request(server):
             await page.wait_for_url("**/workbench/approvals?*")
             assert await status_of("RQ-sg-3") == ("approved", 4500, "sam")
             assert "buyer history checked" in await page.inner_text("#recent-decisions")
+        finally:
+            await browser.close()
+
+
+def _issued(cid: str, request_id: str, amount: int) -> bytes:
+    now = datetime.now(UTC)
+    payload = ev.ManualCompensationIssued(
+        compensation_id=cid, ticket_id=f"T-{request_id}", order_id=f"O-{request_id}", buyer_id=f"B-{request_id}",
+        agent_id="agent-3", team="tier1", kind=ev.CompensationKind.VOUCHER,
+        amount=ev.PositiveMoney(amount_minor=amount, currency="SGD"), reason_code="late_delivery",
+        request_id=request_id, note="issued as approved",
+        liability=[ev.LiabilityShare(party=ev.LiableParty(type=ev.PartyType.CARRIER, id="C-ninja"),
+                                     amount_minor=amount)])
+    return encode_envelope(make_envelope("compensation.manual_issued", payload, source="cs-tool", region="SG",
+                                         occurred_at=now))
+
+
+async def test_the_auditor_scores_a_flagged_issue_with_the_case_and_the_trail_on_the_page(server):
+    """RQ-sg-1 was approved at 40.00; the agent issued 45.00: flagged at once, an audit item with the finding,
+    the case (from the request) and the approval trail on the auditor's page."""
+    assert async_playwright is not None
+    producer = EventProducer(STATE["settings"], "browser-test")
+    await producer.start()
+    try:
+        await producer.send(STATE["manual_topic"], _issued("MC-sg-1", "RQ-sg-1", 4500), b"B-RQ-sg-1")
+        await producer.producer.flush()
+    finally:
+        await producer.stop()
+    deadline = time.monotonic() + 60
+    while True:
+        async with STATE["engine"].connect() as conn:
+            if (await conn.execute(text("SELECT count(*) FROM audit_items WHERE compensation_id = 'MC-sg-1' "
+                                        "AND finding IS NOT NULL"))).scalar():
+                break
+        assert time.monotonic() < deadline, "the issued compensation was never flagged"
+        await asyncio.sleep(0.2)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            await sign_in(page, server, "ada")
+            await page.click("#claim-SG")
+            await page.wait_for_url("**/workbench/items/*")
+            assert "issued 45.00 SGD, request RQ-sg-1 approved 40.00 SGD" in await page.inner_text("#finding")
+            case = await page.inner_text("#case")
+            assert "late_delivery" in case and "C-ninja" in case and "UTC" in await page.inner_text("#issued-at")
+            assert "90.00 SGD" in await page.inner_text("#order-amount")  # from the request's case
+            assert "40.00 SGD by lin" in await page.inner_text("#approved-amount")
+            assert "a week late on a gift" in await page.inner_text("#approval-trail")
+            assert "Why sampled" not in await page.inner_text("main")  # still blind to sampling reasons
+            await page.screenshot(path=str(ARTIFACTS / "workbench-flagged-item.png"), full_page=True)
         finally:
             await browser.close()

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from shared.money import MAX_AMOUNT_MINOR
+from shared.money import MAX_AMOUNT_MINOR, Money
 from shared.regions import UnknownRegion, catalogue
 
 _CODE = re.compile(r"^[a-z0-9_]+$")
@@ -139,12 +139,17 @@ class IssueCheck:
 def check_issue(*, request_id: str | None, request: ApprovedRequest | None, buyer_id: str, amount_minor: int,
                 currency: str, limits: AuthorityLimits | None) -> IssueCheck:
     """What an issued manual compensation does wrong against its request (empty: nothing). A referenced
-    request not known yet is not judged here: the caller waits for it."""
+    request not known yet is not judged here: the caller waits for it. The finding is written for people
+    (major units), as the audit item shows it."""
+
+    def show(minor: int) -> str:
+        return Money(minor, currency).format()
+
     if request_id is None:
         required = limits.request_required_above_minor if limits is not None else None
         if required is not None and amount_minor > required:
-            return IssueCheck(("no_request",), f"issued {amount_minor} {currency} without a request; the region "
-                                               f"requires an approved request above {required}")
+            return IssueCheck(("no_request",), f"issued {show(amount_minor)} without a request; the region requires "
+                                               f"an approved request above {show(required)}")
         return IssueCheck((), "")
     assert request is not None
     mismatches: list[str] = []
@@ -157,8 +162,8 @@ def check_issue(*, request_id: str | None, request: ApprovedRequest | None, buye
         notes.append(f"request {request.request_id} is {request.status.replace('_', ' ')}, not approved")
     elif request.approved_amount_minor is not None and amount_minor > request.approved_amount_minor:
         mismatches.append("above_approved")
-        notes.append(f"issued {amount_minor} {currency}, request {request.request_id} approved "
-                     f"{request.approved_amount_minor}")
+        notes.append(f"issued {show(amount_minor)}, request {request.request_id} approved "
+                     f"{show(request.approved_amount_minor)}")
     return IssueCheck(tuple(mismatches), "; ".join(notes))
 
 

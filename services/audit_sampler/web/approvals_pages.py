@@ -19,11 +19,26 @@ from starlette.datastructures import FormData
 from services.audit_sampler import approvals
 from services.audit_sampler.web.auth import SignInRequired, Viewer, WorkbenchAuth, check_csrf
 from services.audit_sampler.web.forms import parse_amount
-from services.audit_sampler.web.pages import PREFIX, PageRoute, _redirect, render
+from services.audit_sampler.web.pages import PREFIX, TEMPLATES, PageRoute, _redirect, render
 from shared.http import Problem
 from shared.regions import catalogue
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@\-]{1,128}$")
+
+
+def when(value: Any) -> str:
+    """An instant from an event (RFC 3339 text) or a row (datetime), as the workbench shows times: UTC."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return "-"
+
+
+TEMPLATES.env.filters["when"] = when
 
 
 def _text(form: FormData, name: str) -> str | None:

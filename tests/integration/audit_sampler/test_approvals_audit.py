@@ -268,7 +268,7 @@ async def flagged_item(engine, compensation_id: str):
 
 
 @pytest.mark.parametrize(("kind", "amount", "buyer", "request_id", "finding"), [
-    ("above_approved", 2001, "B-RQ-m1", "RQ-m1", "approved 2000"),
+    ("above_approved", 2001, "B-RQ-m1", "RQ-m1", "issued 20.01 SGD, request RQ-m1 approved 20.00 SGD"),
     ("other_buyer", 2000, "B-someone-else", "RQ-m1", "was for buyer B-RQ-m1"),
     ("no_request", 1001, "B-x", None, "without a request"),
     ("not_approved", 900, "B-RQ-m2", "RQ-m2", "awaiting approval"),
@@ -307,3 +307,34 @@ async def test_an_issue_before_its_request_arrives_is_judged_when_it_does(engine
                                     "WHERE compensation_id = 'MC-early'")
     assert tuple(population) == (True, True, 1.0)
     assert len(await outbox_events(engine, "compensation.issue_flagged", "MC-early")) == 1
+
+
+async def test_the_auditor_sees_the_whole_case_and_the_trail_but_not_why_it_was_sampled(engine, limits, policies):
+    from services.audit_sampler import workflow
+
+    await consume_requests(engine, limits, policies, [request("RQ-case", 5000, agent="A-case")])
+    lead = person("lee-case", "lead")
+    await approvals.decide(engine, lead, "RQ-case", approve=True, reason="carrier lost it twice", amount_minor=4000,
+                           now=NOW + timedelta(hours=1))
+    await consume_manual(engine, limits, policies, [manual("MC-case", 4500, request_id="RQ-case", buyer="B-RQ-case",
+                                                           at=NOW + timedelta(hours=2))])
+    auditor = Principal(subject="ada", kind="token", roles=frozenset({"auditor"}), regions=frozenset({"SG"}))
+    claimed = None
+    for _ in range(20):  # the flagged item, among other tests' flagged items in SG
+        claimed = await workflow.claim_next(engine, auditor, "SG", runtime=workflow.Runtime(policies))
+        if claimed is None or claimed["compensation_id"] == "MC-case":
+            break
+        await workflow.release_item(engine, auditor, claimed["id"])
+        async with engine.begin() as conn:  # set it aside for this test
+            await conn.execute(text("UPDATE audit_items SET status = 'done' WHERE id = :i"), {"i": claimed["id"]})
+    assert claimed is not None and claimed["compensation_id"] == "MC-case"
+    item = await workflow.get_item(engine, auditor, claimed["id"])
+    assert item["case"]["ticket_reason"] == "late_delivery" and item["case"]["carrier_id"] == "C-ninja"
+    assert item["case"]["promised_delivery_at"] and item["case"]["delivered_at"]
+    assert item["compensation"]["occurred_at"].startswith("2026-11-18T05:00")  # when it was issued
+    assert item["request"]["approved_amount_minor"] == 4000 and item["request"]["decided_by"] == "lee-case"
+    assert [s["action"] for s in item["approval_trail"]] == ["requested", "queued", "approved"]
+    assert "issued 45.00 SGD, request RQ-case approved 40.00 SGD" in item["finding"]
+    assert item["issue_check"]["mismatches"] == ["above_approved"]
+    # Blind: nothing says why the item was sampled.
+    assert "reasons" not in item and "risk_score" not in item and "mandatory" not in item

@@ -175,6 +175,7 @@ def test_without_a_request_only_above_the_required_amount_is_flagged():
                        limits=limits).mismatches == ()
     check = check_issue(request_id=None, request=None, buyer_id="B", amount_minor=1001, currency="SGD",
                         limits=limits)
-    assert check.mismatches == ("no_request",) and "above 1000" in check.finding
+    assert check.mismatches == ("no_request",) and "issued 10.01 SGD" in check.finding
+    assert "above 10.00 SGD" in check.finding
     assert not check_issue(request_id=None, request=None, buyer_id="B", amount_minor=10 ** 9, currency="SGD",
                            limits=None).flagged
