@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 from fastapi import FastAPI
 
+from services.audit_sampler import actions, approvals, metrics, workflow
 from services.audit_sampler import approval_store as requests_db
-from services.audit_sampler import approvals, metrics, workflow
 from services.audit_sampler import persistence as db
 from services.audit_sampler.api import build_api_router
 from services.audit_sampler.config import Settings
@@ -135,6 +135,12 @@ def build_app(settings: ServiceSettings) -> FastAPI:
         await approvals.escalate_overdue(ctx.engine, datetime.now(UTC))
 
     ctx.components.append(PeriodicTask("approval-escalation", settings.escalation_check_seconds, escalate))
+
+    async def publish_effects() -> None:
+        await actions.publish_effects(ctx.engine, datetime.now(UTC))
+
+    ctx.components.append(PeriodicTask("corrective-action-effects", settings.escalation_check_seconds,
+                                       publish_effects))
     ctx.components.append(PeriodicTask("audit-gauges", settings.metrics_refresh_seconds,
                                     lambda: refresh_gauges(ctx)))
     ctx.readiness.append(reloader.sampling_policies)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from services.audit_sampler.web.actions_pages import build_action_pages
 from services.audit_sampler.web.approvals_pages import build_approval_pages
 from services.audit_sampler.web.auth import WorkbenchAuth, purge_expired_sessions
 from services.audit_sampler.web.pages import build_pages
@@ -25,6 +26,7 @@ def build_web_router(ctx: ServiceContext, settings: WorkbenchSettings | None = N
     router = APIRouter()
     router.include_router(build_pages(auth))
     router.include_router(build_approval_pages(auth))
+    router.include_router(build_action_pages(auth))
     return router
 
 

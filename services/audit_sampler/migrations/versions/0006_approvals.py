@@ -89,10 +89,14 @@ DDL = [
         due_on date NOT NULL,
         status text NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'in_progress', 'done', 'cancelled')),
         note text,
+        window_days int NOT NULL DEFAULT 28 CHECK (window_days BETWEEN 1 AND 366),
         opened_by text NOT NULL,
         opened_at timestamptz NOT NULL,
         updated_at timestamptz NOT NULL,
-        done_at timestamptz)""",
+        done_at timestamptz,
+        effect_published_at timestamptz)""",
+    "CREATE INDEX corrective_actions_to_measure ON corrective_actions (done_at) "
+    "WHERE status = 'done' AND effect_published_at IS NULL",
     "CREATE INDEX corrective_actions_open ON corrective_actions (region, due_on) "
     "WHERE status IN ('open', 'in_progress')",
 ]
