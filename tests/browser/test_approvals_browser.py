@@ -263,3 +263,36 @@ async def test_the_auditor_scores_a_flagged_issue_with_the_case_and_the_trail_on
             await page.screenshot(path=str(ARTIFACTS / "workbench-flagged-item.png"), full_page=True)
         finally:
             await browser.close()
+
+
+async def test_a_lead_opens_a_corrective_action_from_the_flagged_item(server):
+    assert async_playwright is not None
+    async with STATE["engine"].connect() as conn:
+        item_id = (await conn.execute(text("SELECT id FROM audit_items WHERE compensation_id = 'MC-sg-1'"))).scalar()
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            await sign_in(page, server, "lin")
+            await page.goto(f"{server}/workbench/items/{item_id}")
+            await page.click("#open-corrective-action")
+            await page.wait_for_url("**/workbench/actions?*")
+            assert await page.input_value("input[name=target_id]") == "agent-3"  # prefilled from the item
+            assert await page.input_value("input[name=source_ref]") == f"item {item_id}"
+            await page.select_option("select[name=kind]", "coaching")
+            await page.click("#open-action-button")  # no due date: refused, naming the field
+            assert "due_on" in await page.inner_text("#errors")
+            due = (datetime.now(UTC) + timedelta(days=14)).date().isoformat()
+            await page.fill("input[name=due_on]", due)
+            await page.click("#open-action-button")
+            await page.wait_for_url("**/workbench/actions/*")
+            assert "opened" in await page.inner_text("#message")
+            assert "not measurable yet" in await page.inner_text("#effect-reading")
+            await page.select_option("select[name=status]", "in_progress")
+            await page.click("#save-action")
+            await page.wait_for_url("**/workbench/actions/*")
+            assert await page.inner_text("#action-status") == "in progress"
+            await page.click("text=Actions")
+            assert "agent-3" in await page.inner_text("#open-actions")
+        finally:
+            await browser.close()
