@@ -160,6 +160,10 @@ def repair(event_type: str, item: dict[str, Any], data: st.DataObject, now: date
                 item[name] = _rfc3339(data.draw(instants), data.draw(offsets))
     if event_type == "compensation.manual_issued":
         item["liability"] = _liability(item["liability"], item["amount"]["amount_minor"], data)
+    if event_type == "order.volume_reported":
+        # A day's volume may be reported once the day has begun on the region's wall clock (UTC+14 at most).
+        first = datetime.fromisoformat(item["occurred_at"]).astimezone(UTC).date() - timedelta(days=1)
+        item["day"] = (first - timedelta(days=data.draw(st.integers(0, 3 * 365), label="day"))).isoformat()
     if event_type == "compensation.requested":
         if item.get("proposed_liability"):
             item["proposed_liability"] = _liability(item["proposed_liability"], item["amount"]["amount_minor"], data)
