@@ -195,7 +195,24 @@ def wilson_interval(successes: int, trials: float, z: float = Z95) -> Interval:
     z2 = z * z
     centre = (p + z2 / (2 * trials)) / (1 + z2 / trials)
     half = z * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials)) / (1 + z2 / trials)
-    return Interval(max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half)))
+    # The exact bounds at 0 and all successes are 0 and 1; rounding must not move them.
+    low = 0.0 if successes == 0 else max(0.0, min(p, centre - half))
+    high = 1.0 if successes >= trials else min(1.0, max(p, centre + half))
+    return Interval(low, high)
+
+
+def newcombe_interval(x1: int, n1: float, x2: int, n2: float, z: float = Z95) -> Interval:
+    """Newcombe's hybrid score interval for the difference of two proportions p1 - p2 (x1 of n1 against x2
+    of n2), built from the two Wilson intervals (Newcombe 1998, method 10). Used for a strategy's return
+    (treated vs holdout) and a corrective action's effect (after vs before)."""
+    if n1 <= 0 or n2 <= 0:
+        raise StatsError("a difference of proportions needs at least one trial on each side")
+    p1, p2 = x1 / n1, x2 / n2
+    w1, w2 = wilson_interval(x1, n1, z), wilson_interval(x2, n2, z)
+    d = p1 - p2
+    low = d - math.sqrt((p1 - w1.low) ** 2 + (w2.high - p2) ** 2)
+    high = d + math.sqrt((w1.high - p1) ** 2 + (p2 - w2.low) ** 2)
+    return Interval(max(-1.0, low), min(1.0, high))
 
 
 def kish_effective_size(probs: Sequence[float]) -> float:

@@ -270,6 +270,30 @@ AUDIT = Dashboard(
             p("Policy reloads", (f"sum by (result) (rate(audit_policy_reloads_total{RATE}))", "{{result}}"),
               unit="rps"),
         )),
+        Row("Approvals and corrective actions", (
+            p("Requests by outcome", (f"sum by (outcome) (rate(audit_requests_total{REGION}{RATE}))", "{{outcome}}"),
+              unit="rps", description="auto_approved: within the authority limits; queued: above them."),
+            p("Approval rate by team",
+              (f"sum by (team) (rate(audit_requests_total{{region=~\"$region\",outcome=~\"auto_approved|approved\"}}"
+               f"{RATE})) / sum by (team) (rate(audit_requests_total{{region=~\"$region\",outcome=~\"auto_approved|"
+               f"approved|rejected\"}}{RATE}))", "{{team}}"), unit="percentunit"),
+            p("Time to decide p90", (
+                f"histogram_quantile(0.9, sum by (le, region) (rate(audit_request_decision_seconds_bucket{REGION}"
+                f"{RATE})))", "{{region}}"), unit="s"),
+            p("Escalations and overrides",
+              (f"sum by (by) (rate(audit_request_escalations_total{REGION}{RATE}))", "escalated by {{by}}"),
+              (f"sum by (reason) (rate(audit_request_overrides_total{REGION}{RATE}))", "override {{reason}}"),
+              unit="rps"),
+            p("Waiting for an approver", (f"sum by (state) (audit_requests_waiting{REGION})", "{{state}}"),
+              (f"sum(audit_requests_overdue{REGION})", "overdue (CompensationApprovalsOverdue)")),
+            p("Issued against approval", (f"sum by (mismatch) (increase(audit_issue_mismatches_total{REGION}{RATE}))",
+                                         "{{mismatch}}"),
+              description="ManualCompensationsIssuedAgainstApproval at 5 an hour of one kind."),
+            p("Corrective actions", (f"sum(audit_corrective_actions_open{REGION})", "open"),
+              (f"sum(audit_corrective_actions_overdue{REGION})", "overdue")),
+            p("Authority limits reloads", (f"sum by (result) (rate(audit_limits_reloads_total{RATE}))", "{{result}}"),
+              unit="rps"),
+        )),
         Row("Workbench", (
             p("Sign-ins by outcome", (f"sum by (outcome) (rate(audit_workbench_sign_ins_total{RATE}))",
                                       "{{outcome}}"), unit="rps"),

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from services.audit_sampler.app import build_app
 from services.audit_sampler.config import Settings
+from services.audit_sampler.domain.authority import LimitsError, load_limits_file
 from services.audit_sampler.domain.policy import PolicyError, load_policy_file
 from shared.config import ServiceSettings
 from shared.service import run_cli
@@ -30,7 +31,25 @@ def validate_policies(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def validate_limits(args: argparse.Namespace) -> int:
+    failed = 0
+    for path in args.files:
+        try:
+            limits = load_limits_file(path)
+        except LimitsError as exc:
+            print(exc, file=sys.stderr)
+            failed += 1
+        else:
+            print(f"{path}: ok (region {limits.region}, {len(limits.rules)} rules, version {limits.version})")
+    return 1 if failed else 0
+
+
 def extra(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    limits = sub.add_parser("limits", help="agent authority limit files")
+    limits_sub = limits.add_subparsers(dest="limits_command", required=True)
+    check = limits_sub.add_parser("validate", help="check authority limit YAML files; exit 1 if any is invalid")
+    check.add_argument("files", nargs="+", type=Path)
+    check.set_defaults(handler=validate_limits)
     policy = sub.add_parser("policy", help="sampling policy files")
     policy_sub = policy.add_subparsers(dest="policy_command", required=True)
     validate = policy_sub.add_parser("validate", help="check policy YAML files; exit 1 if any is invalid")
@@ -47,7 +66,7 @@ def build_or_explain(settings: ServiceSettings) -> FastAPI:
     """The app, or a readable exit when a policy file is broken (no traceback for an operator's typo)."""
     try:
         return build_app(settings)
-    except PolicyError as exc:
+    except (PolicyError, LimitsError) as exc:
         print(f"audit_sampler: cannot start: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
 

@@ -29,6 +29,9 @@ def _record(event_type: str, payload: ev.Payload, *, region: str, at: datetime, 
     return envelope_topic(event_type), key, value, headers
 
 
+record = _record  # for the approval stage's and corrective actions' events
+
+
 def envelope_topic(event_type: str) -> str:
     from shared.contracts.registry import LATEST
 

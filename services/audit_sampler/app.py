@@ -7,10 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 from fastapi import FastAPI
 
-from services.audit_sampler import metrics, workflow
+from services.audit_sampler import actions, approvals, metrics, workflow
+from services.audit_sampler import approval_store as requests_db
 from services.audit_sampler import persistence as db
 from services.audit_sampler.api import build_api_router
 from services.audit_sampler.config import Settings
+from services.audit_sampler.domain.authority import LimitsError, LimitsSet
 from services.audit_sampler.domain.policy import PolicyError, PolicySet
 from services.audit_sampler.handlers import ManualCompensationHandler
 from shared.config import ServiceSettings
@@ -48,11 +50,50 @@ class PolicyReloader:
             raise RuntimeError(self.last_error.splitlines()[0])
 
 
+class LimitsReloader:
+    """Re-reads changed authority limit files; a bad file keeps the limits in force and fails readiness."""
+
+    def __init__(self, limits: LimitsSet) -> None:
+        self.limits = limits
+        self.last_error: str | None = None
+
+    async def reload(self) -> None:
+        try:
+            changed = self.limits.reload()
+            self.last_error = None
+            if changed:
+                metrics.LIMITS_RELOADS.labels("changed").inc()
+                log.info("authority limits reloaded", extra={
+                    "versions": {r: lim.version for r, lim in self.limits.limits.items()}})
+        except LimitsError as exc:
+            self.last_error = str(exc)
+            metrics.LIMITS_RELOADS.labels("invalid").inc()
+            log.error("authority limits reload failed; previous limits stay in force", extra={"error": str(exc)})
+
+    async def authority_limits(self) -> None:
+        """Readiness check."""
+        if self.last_error:
+            raise RuntimeError(self.last_error.splitlines()[0])
+
+
 async def refresh_gauges(ctx: ServiceContext) -> None:
     now = datetime.now(UTC)
     async with ctx.engine.connect() as conn:
         queues = await db.queue_stats(conn, None, now)
         quality = await db.quality_gauges(conn, now - timedelta(days=30))
+        waiting = await requests_db.waiting_gauges(conn, now)
+        actions = await requests_db.action_gauges(conn, now)
+    metrics.REQUESTS_WAITING.clear()
+    metrics.REQUESTS_OVERDUE.clear()
+    for row in waiting:
+        metrics.REQUESTS_WAITING.labels(row["region"], "awaiting_approval").set(row["awaiting"])
+        metrics.REQUESTS_WAITING.labels(row["region"], "escalated").set(row["escalated"])
+        metrics.REQUESTS_OVERDUE.labels(row["region"]).set(row["overdue"])
+    metrics.ACTIONS_OPEN.clear()
+    metrics.ACTIONS_OVERDUE.clear()
+    for row in actions:
+        metrics.ACTIONS_OPEN.labels(row["region"]).set(row["open"])
+        metrics.ACTIONS_OVERDUE.labels(row["region"]).set(row["overdue"])
     policies = workflow.current_runtime().policies
     for row in queues:
         labels = (row["region"], row["queue"])
@@ -77,10 +118,29 @@ def build_app(settings: ServiceSettings) -> FastAPI:
     policies = PolicySet.load(settings.policy_dir)
     runtime = workflow.Runtime(policies, settings.corrections_topic)
     workflow.configure(runtime)
-    handler = ManualCompensationHandler(lambda: runtime.policies, lambda: datetime.now(UTC))
+    limits = LimitsSet.load(settings.limits_dir)
+    approvals.configure(limits, policies)
+    clock = lambda: datetime.now(UTC)  # noqa: E731
+    handler = ManualCompensationHandler(lambda: runtime.policies, clock, lambda: limits)
     ctx.add_consumer(settings.consumer_group, [settings.manual_topic], handler)
+    ctx.add_consumer(settings.requests_consumer_group, [settings.requests_topic],
+                     approvals.RequestHandler(lambda: limits, lambda: runtime.policies, clock))
     reloader = PolicyReloader(policies)
     ctx.components.append(PeriodicTask("policy-reload", settings.policy_reload_seconds, reloader.reload))
+    limits_reloader = LimitsReloader(limits)
+    ctx.components.append(PeriodicTask("limits-reload", settings.policy_reload_seconds, limits_reloader.reload))
+    ctx.readiness.append(limits_reloader.authority_limits)
+
+    async def escalate() -> None:
+        await approvals.escalate_overdue(ctx.engine, datetime.now(UTC))
+
+    ctx.components.append(PeriodicTask("approval-escalation", settings.escalation_check_seconds, escalate))
+
+    async def publish_effects() -> None:
+        await actions.publish_effects(ctx.engine, datetime.now(UTC))
+
+    ctx.components.append(PeriodicTask("corrective-action-effects", settings.escalation_check_seconds,
+                                       publish_effects))
     ctx.components.append(PeriodicTask("audit-gauges", settings.metrics_refresh_seconds,
                                     lambda: refresh_gauges(ctx)))
     ctx.readiness.append(reloader.sampling_policies)

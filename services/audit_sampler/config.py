@@ -10,6 +10,7 @@ from shared.config import ServiceSettings
 from shared.contracts.topics import Topic
 
 DEFAULT_POLICY_DIR = str(Path(__file__).with_name("policies"))
+DEFAULT_LIMITS_DIR = str(Path(__file__).with_name("authority"))
 
 
 class Settings(ServiceSettings):
@@ -38,3 +39,16 @@ class Settings(ServiceSettings):
         3600.0, gt=0, le=86_400, validation_alias="AUDIT_SAMPLER_SESSION_PURGE_SECONDS",
         description="How often expired workbench sessions are deleted (they stop working at expiry "
                     "whatever this is; the purge only keeps the table from growing).")
+    limits_dir: str = Field(
+        DEFAULT_LIMITS_DIR, validation_alias="AUDIT_SAMPLER_LIMITS_DIR",
+        description="Folder of agent authority limit YAML files (one per region; a region without one "
+                    "delegates no authority: every request waits for an approver).")
+    requests_topic: str = Field(
+        Topic.COMPENSATION_REQUESTS.value, validation_alias="AUDIT_SAMPLER_REQUESTS_TOPIC",
+        description="Topic of compensation requests to judge against the authority limits.")
+    requests_consumer_group: str = Field(
+        "audit_sampler_requests", validation_alias="AUDIT_SAMPLER_REQUESTS_CONSUMER_GROUP",
+        description="Kafka consumer group of the compensation-request consumer.")
+    escalation_check_seconds: float = Field(
+        60.0, gt=0, le=3600, validation_alias="AUDIT_SAMPLER_ESCALATION_CHECK_SECONDS",
+        description="How often requests past their approval SLA are escalated to senior auditors.")

@@ -13,16 +13,18 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.audit_sampler import announce, metrics
+from services.audit_sampler import announce, approvals, metrics
+from services.audit_sampler import approval_store as requests_db
 from services.audit_sampler import persistence as db
 from services.audit_sampler.contracts import ManualCompensationIssued
 from services.audit_sampler.domain import queues as q
+from services.audit_sampler.domain.authority import IssueCheck, LimitsSet
 from services.audit_sampler.domain.policy import PolicySet, SamplingState
 from services.audit_sampler.domain.sampling import (
     AgentProfile,
@@ -67,9 +69,14 @@ class _Sampled:
 
 
 class ManualCompensationHandler:
-    def __init__(self, policies: Callable[[], PolicySet], clock: Callable[[], datetime]) -> None:
+    """``limits`` given: each compensation is also checked against its request (issued vs approved); a
+    mismatch makes it a mandatory audit item with the finding filled in, a metric and an event."""
+
+    def __init__(self, policies: Callable[[], PolicySet], clock: Callable[[], datetime],
+                 limits: Callable[[], LimitsSet] | None = None) -> None:
         self._policies = policies
         self._clock = clock
+        self._limits = limits
 
     async def __call__(self, conn: AsyncConnection, events: Sequence[Delivered]) -> None:
         comps: list[tuple[Delivered, ManualCompensationIssued]] = []
@@ -96,6 +103,11 @@ class ManualCompensationHandler:
                                  row.week_start, row.sampled_this_week)
         population: list[dict[str, Any]] = []
         sampled: list[_Sampled] = []
+        limits = self._limits() if self._limits is not None else None
+        requests = {} if limits is None else await requests_db.requests_by_id(
+            conn, sorted({p.request_id for _, p in ordered if p.request_id}))
+        checks: list[dict[str, Any]] = []
+        flagged: dict[str, tuple[dict[str, Any], IssueCheck]] = {}
         for d, p in ordered:
             region = catalogue().get(d.envelope.region)
             policy = policies.for_region(region.code)
@@ -114,6 +126,24 @@ class ManualCompensationHandler:
             profile = AgentProfile(first_seen_at=agent.first_seen_at, compensations_before=agent.seen,
                                    recent_results=agent.results, state=agent.state, sampled_this_week=sampled_week)
             decision = decide(policy, comp, profile, buyers.get((region.code, p.buyer_id)))
+            if limits is not None:
+                as_json = {**p.model_dump(mode="json"), "region": region.code, "occurred_at": occurred.isoformat(),
+                           "event_id": d.envelope.event_id}
+                check = approvals.judge_issue(as_json, region.code, requests, limits)
+                checks.append({"compensation_id": p.compensation_id, "request_id": p.request_id,
+                               "region": region.code,
+                               "status": "awaiting_request" if check is None else (
+                                   "flagged" if check.flagged else "ok"),
+                               "mismatches": [] if check is None else list(check.mismatches),
+                               "finding": check.finding if check is not None and check.flagged else None,
+                               # Kept while the check waits for its request: it is judged when that arrives.
+                               "compensation": as_json if check is None else None})
+                if check is not None and check.flagged:
+                    # Flagged at once: audited with certainty, in the first queue, the finding on the item.
+                    flagged[p.compensation_id] = (as_json, check)
+                    decision = replace(decision, sampled=True, mandatory=True, probability=1.0,
+                                       reasons=(*decision.reasons, "issue_check"),
+                                       queue=policy.queue_for(decision.risk, True).name)
             # Later events of the batch see this one, exactly as if they had arrived in separate batches.
             agent.seen += 1
             agent.added_seen += 1
@@ -157,9 +187,21 @@ class ManualCompensationHandler:
             await db.abort_as_serialization_failure(conn)
         gone = await db.evict(conn, [item_id for item_id, _ in evicted])
         items = [self._item(policies, s) for s in kept]
+        for item in items:
+            if item["compensation_id"] in flagged:
+                item["finding"] = flagged[item["compensation_id"]][1].finding
         queued = await db.insert_sample_items(conn, items)
-        # The read side (insights) learns of each draw and eviction in this transaction.
-        await enqueue_records(conn, announce.evicted(gone, now) + announce.sampled(items, queued))
+        await requests_db.record_checks(conn, checks)
+        flags = []
+        for cid, (as_json, check) in flagged.items():
+            request = requests.get(as_json.get("request_id") or "")
+            flags.append(approvals.flagged_record(as_json, check, region=as_json["region"], item_id=queued.get(cid),
+                                                  approved_minor=request["approved_amount_minor"] if request else None,
+                                                  at=now))
+            approvals.count_flag(as_json["region"], as_json, check)
+        # The read side (insights) learns of each draw and eviction in this transaction; the CS tools and
+        # insights of each flagged issue.
+        await enqueue_records(conn, announce.evicted(gone, now) + announce.sampled(items, queued) + flags)
         await db.record_drops(conn, [
             {"region": s.comp.region, "queue": s.decision.queue, "local_day": s.day,
              "compensation_id": s.comp.compensation_id, "risk_score": s.decision.risk,

@@ -158,10 +158,11 @@ async def insert_sample_items(conn: AsyncConnection, items: Sequence[dict[str, A
     cols = {"region": "text", "queue": "text", "compensation_id": "text", "agent_id": "text", "team": "text",
             "compensation": "jsonb", "risk_score": "float8", "inclusion_probability": "float8",
             "reasons": "text", "mandatory": "boolean", "local_day": "date", "enqueued_at": "timestamptz",
-            "sla_due_at": "timestamptz"}
+            "sla_due_at": "timestamptz", "finding": "text"}
     selects = ", ".join(f"CAST(:{c} AS {t}[])" for c, t in cols.items())
     names = ", ".join(cols)
     values = ", ".join("string_to_array(reasons, ',')" if c == "reasons" else c for c in cols)
+    items = [{**i, "finding": i.get("finding")} for i in items]
     rows = await conn.execute(text(
         f"INSERT INTO audit_items (item_kind, {names}) SELECT 'sample', {values} "
         f"FROM unnest({selects}) AS u({names}) ON CONFLICT DO NOTHING RETURNING compensation_id, id"),
@@ -246,7 +247,7 @@ ITEM_COLUMNS = (
     "id, region, queue, item_kind, compensation_id, parent_item_id, agent_id, team, compensation, "
     "risk_score, inclusion_probability, reasons, mandatory, local_day, status, enqueued_at, sla_due_at, "
     "claimed_by, lease_expires_at, assigned_to, excluded_auditor, claims, gold_expected, created_by, "
-    "completed_at")
+    "completed_at, finding")
 
 
 def item_dict(row: Any) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.audit_sampler import announce, metrics
+from services.audit_sampler import approval_store as requests_db
 from services.audit_sampler import persistence as db
 from services.audit_sampler.contracts import (
     CORRECTION_EVENT,
@@ -233,7 +234,23 @@ async def get_item(engine: AsyncEngine, principal: Principal, item_id: int, *, h
         agent = await db.load_agents(conn, [(item["region"], item["agent_id"])])
         row = agent.get((item["region"], item["agent_id"]))
         out["agent_state"] = row.state.value if row else None
+        out.update(await _case_of(conn, item))
     return out
+
+
+async def _case_of(conn: AsyncConnection, item: Mapping[str, Any]) -> dict[str, Any]:
+    """What an auditor scores against beyond the compensation itself: the ticket's facts (the snapshot on
+    the compensation, else the one on its request), the request and its approval trail, and the
+    issued-vs-approved check. Facts of the case, not sampling reasons: shown to auditors too."""
+    comp = item["compensation"]
+    request_id = comp.get("request_id")
+    request = await requests_db.request(conn, request_id) if request_id else None
+    case = comp.get("case") or (request["request"].get("case") if request else None) or {}
+    return {"case": case,
+            "order_amount": comp.get("order_amount") or (request["request"].get("order_amount") if request else None),
+            "request": None if request is None else {k: v for k, v in request.items() if k != "request"},
+            "approval_trail": await requests_db.trail(conn, request_id) if request else [],
+            "issue_check": await requests_db.issue_check(conn, item["compensation_id"])}
 
 
 def _snapshot_shares(compensation: Mapping[str, Any]) -> list[Share]:

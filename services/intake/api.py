@@ -54,7 +54,11 @@ ROUTES: tuple[Route, ...] = (
     Route("buyer.order_placed", "/v1/buyer-orders", "Later order by a buyer (strategy ROI)"),
     Route("buyer.feedback_given", "/v1/buyer-feedback", "A buyer's CSAT answer or review score (1-5)"),
     Route("order.volume_reported", "/v1/order-volume", "A region's orders and GMV for one local day"),
+    Route("compensation.requested", "/v1/compensation-requests",
+          "A CS agent's compensation request with the case; judged against the authority limits"),
 )
+# Event types whose answer repeats the business id the producer chose (the CS tool issues against it).
+ANSWER_IDS: dict[str, str] = {"compensation.requested": "request_id"}
 
 
 class Intake:
@@ -136,9 +140,15 @@ def _errors(outcome: Outcome, prefix: str = "") -> list[dict[str, str]]:
              "message": v.message} for v in outcome.errors]
 
 
-def _single_answer(outcome: Outcome) -> Response:
+def _answer_id(item: Any, event_type: str) -> dict[str, Any]:
+    """``{"request_id": ...}`` for an accepted compensation request (read from the validated item's body)."""
+    name = ANSWER_IDS.get(event_type)
+    return {name: item[name]} if name is not None and isinstance(item, dict) else {}
+
+
+def _single_answer(outcome: Outcome, ids: dict[str, Any] | None = None) -> Response:
     if outcome.status in (Status.ACCEPTED, Status.DUPLICATE):
-        return _json({"event_id": outcome.event_id, "status": outcome.status.value}, 202)
+        return _json({"event_id": outcome.event_id, "status": outcome.status.value, **(ids or {})}, 202)
     if outcome.status is Status.CONFLICT:
         raise Problem(409, "Conflict", f"event id {outcome.event_id} was already received with different "
                       "content", errors=_errors(outcome, "body."))
@@ -148,11 +158,13 @@ def _single_answer(outcome: Outcome) -> Response:
     raise Problem(422, "Request validation failed", detail, errors=_errors(outcome, "body."))
 
 
-def _batch_answer(outcomes: list[Outcome]) -> Response:
+def _batch_answer(outcomes: list[Outcome], items: list[Any], event_type: str) -> Response:
     tally = Counter(o.status for o in outcomes)
     results = []
     for o in outcomes:
         result: dict[str, Any] = {"index": o.index, "event_id": o.event_id, "status": o.status.value}
+        if o.status in (Status.ACCEPTED, Status.DUPLICATE):
+            result.update(_answer_id(items[o.index], event_type))
         if o.errors:
             result["errors"] = _errors(o)
         results.append(result)
@@ -203,7 +215,7 @@ def _add_routes(api: APIRouter, route: Route, intake: Intake, access: Access) ->
         intake.admit(event_type)
         body = await _read_json(request, event_type)
         (outcome,) = await intake.submit(event_type, [body], principal)
-        return _single_answer(outcome)
+        return _single_answer(outcome, _answer_id(body, event_type))
 
     async def batch(request: Request) -> Response:
         principal = await authorize(request)
@@ -211,7 +223,7 @@ def _add_routes(api: APIRouter, route: Route, intake: Intake, access: Access) ->
         items = _batch_items(await _read_json(request, event_type), intake.max_batch_items, event_type)
         BATCH_ITEMS.labels(event_type).observe(len(items))
         outcomes = await intake.submit(event_type, items, principal)
-        return _batch_answer(outcomes)
+        return _batch_answer(outcomes, items, event_type)
 
     name = event_type.replace(".", "_")
     api.add_api_route(route.path, single, methods=["POST"], status_code=202, name=f"submit_{name}",

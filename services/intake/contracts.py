@@ -5,6 +5,7 @@ from __future__ import annotations
 from shared.contracts.events import (
     BuyerFeedbackGiven,
     BuyerOrderPlaced,
+    CompensationRequested,
     ManualCompensationIssued,
     OrderVolumeReported,
     TicketOpened,
@@ -24,6 +25,7 @@ ACCEPTED_EVENT_TYPES: tuple[str, ...] = (
     "buyer.order_placed",
     "buyer.feedback_given",
     "order.volume_reported",
+    "compensation.requested",
 )
 
 CONSUMES: tuple[str, ...] = ()
@@ -32,6 +34,6 @@ PRODUCES: dict[str, str] = {t: LATEST[t].topic.value for t in ACCEPTED_EVENT_TYP
 
 __all__ = [
     "ACCEPTED_EVENT_TYPES", "CONSUMES", "PRODUCES", "BuyerFeedbackGiven", "BuyerOrderPlaced",
-    "ManualCompensationIssued", "OrderVolumeReported", "TicketOpened", "Topic", "VoucherExpired",
-    "VoucherRedeemed", "VoucherRevoked",
+    "CompensationRequested", "ManualCompensationIssued", "OrderVolumeReported", "TicketOpened", "Topic",
+    "VoucherExpired", "VoucherRedeemed", "VoucherRevoked",
 ]

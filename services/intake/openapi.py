@@ -18,6 +18,8 @@ class SubmitResult(BaseModel):
     status: Literal["accepted", "duplicate"] = Field(
         description="accepted: stored now and queued for the broker; duplicate: the same event was "
                     "already accepted earlier (nothing new happens).")
+    request_id: str | None = Field(default=None, description="Compensation requests only: the request's id, "
+                                   "to issue against once approved.")
 
 
 class ItemError(BaseModel):
@@ -29,6 +31,7 @@ class BatchItemResult(BaseModel):
     index: int = Field(description="Position of the item in the request.")
     event_id: str | None
     status: Literal["accepted", "duplicate", "rejected", "conflict"]
+    request_id: str | None = Field(default=None, description="Accepted compensation requests only.")
     errors: list[ItemError] | None = Field(
         default=None, description="Why the item was rejected (fields relative to the item).")
 

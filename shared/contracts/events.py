@@ -185,6 +185,54 @@ class TicketOpened(Payload):
         return self
 
 
+class CaseSnapshot(Payload):
+    """The ticket's facts as the CS tool showed them when the agent acted: what an auditor scores the
+    compensation against (warranted, amount, liable party) without leaving the item page. The order amount
+    is a top-level field of the event that carries the snapshot (money stays where consumers check it)."""
+
+    ticket_reason: TicketReason | None = None
+    ticket_opened_at: AwareDatetime | None = None
+    order_placed_at: AwareDatetime | None = None
+    promised_delivery_at: AwareDatetime | None = None
+    delivered_at: AwareDatetime | None = None
+    seller_id: Identifier | None = None
+    carrier_id: Identifier | None = None
+    tracking_status: Code | None = Field(default=None, description="e.g. delivered, in_transit, lost")
+    buyer_claim: Text | None = Field(default=None, description="What the buyer said, as the ticket records it.")
+
+
+class CompensationRequested(Payload):
+    """A CS agent asks to compensate a buyer (issue 14): judged against the region's authority limits,
+    approved at once within them, else queued for a lead or senior auditor. Nothing is issued by this event:
+    the CS tool issues after an approval, referencing ``request_id`` on the manual compensation."""
+
+    request_id: Identifier = Field(description="The CS tool's id of this request; the answer repeats it.")
+    ticket_id: Identifier
+    order_id: Identifier
+    buyer_id: Identifier
+    seller_id: Identifier | None = None
+    agent_id: Identifier
+    team: Identifier
+    agent_tier: Code | None = Field(default=None, description="The agent's authority tier (e.g. tier1).")
+    kind: CompensationKind
+    amount: PositiveMoney
+    order_amount: PositiveMoney | None = None
+    reason_code: Code
+    proposed_liability: list[LiabilityShare] = Field(default_factory=list, max_length=10,
+                                                     description="The agent's proposed liable parties.")
+    evidence: list[EvidenceRef] = Field(default_factory=list, max_length=50)
+    note: Text | None = Field(default=None, description="The agent's note to the approver.")
+    case: CaseSnapshot
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CompensationRequested:
+        if self.proposed_liability:
+            _shares_sum_to(self.proposed_liability, self.amount.amount_minor, "proposed_liability")
+        if self.order_amount is not None and self.order_amount.currency != self.amount.currency:
+            raise ValueError("order_amount and amount must share a currency")
+        return self
+
+
 class ManualCompensationIssued(Payload):
     """A compensation a CS agent gave by hand; always charged, sampled for audit."""
 
@@ -205,6 +253,10 @@ class ManualCompensationIssued(Payload):
     valid_until: AwareDatetime | None = Field(default=None, description="Expiry, for vouchers and coupons.")
     evidence: list[EvidenceRef] = Field(default_factory=list, max_length=50)
     note: Text | None = None
+    request_id: Identifier | None = Field(
+        default=None, description="The approved compensation request this issues (issue 14); checked against "
+                                  "it: amount, buyer and approval.")
+    case: CaseSnapshot | None = Field(default=None, description="The ticket's facts when the agent issued.")
 
     @model_validator(mode="after")
     def _consistent(self) -> ManualCompensationIssued:
@@ -702,3 +754,135 @@ class SpikeDetected(Payload):
     z: Score = Field(description="(observed - expected) / the prediction's standard deviation.")
     episode_start: AwareDatetime = Field(description="Start of the episode (consecutive alert days) it belongs to.")
     contributors: list[SpikeContributor] = Field(default_factory=list, max_length=10)
+
+
+# ---------------------------------------------------------------- approval stage (issue 14)
+
+
+class RequestOutcome(enum.StrEnum):
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    AWAITING_APPROVAL = "awaiting_approval"  # above the authority limits: in the approval queue
+    ESCALATED = "escalated"  # still awaiting, now with a senior auditor (overdue or escalated by a lead)
+
+
+class CompensationRequestDecided(Payload):
+    """What became of a compensation request, for the CS tools (may the agent issue?) and insights (stage
+    metrics). One event per step: queued, escalated, approved or rejected; ``reason`` is always given."""
+
+    request_id: Identifier
+    ticket_id: Identifier
+    order_id: Identifier
+    buyer_id: Identifier
+    agent_id: Identifier
+    team: Identifier
+    reason_code: Code
+    kind: CompensationKind
+    requested_amount: PositiveMoney
+    approved_amount: PositiveMoney | None = Field(default=None, description="Set when approved.")
+    outcome: RequestOutcome
+    automatic: bool = Field(description="True when the authority limits decided (no person).")
+    decided_by: Identifier = Field(description="The approver, or authority_limits for an automatic step.")
+    reason: Text = Field(description="Why: the limit exceeded, the rule applied, or the approver's reason.")
+    exceeded: list[Code] = Field(default_factory=list, max_length=8,
+                                 description="Limits the request was above (max_single, daily_total_per_agent, "
+                                             "buyer_window_total, no_rule).")
+    rule: Label | None = Field(default=None, description="The authority rule that applied.")
+    limits_version: Label | None = None
+    requested_at: AwareDatetime
+    decided_at: AwareDatetime
+    due_at: AwareDatetime | None = Field(default=None, description="While awaiting: when the SLA ends.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CompensationRequestDecided:
+        if (self.outcome is RequestOutcome.APPROVED) != (self.approved_amount is not None):
+            raise ValueError("approved_amount is set exactly when the outcome is approved")
+        if self.approved_amount is not None and (
+                self.approved_amount.currency != self.requested_amount.currency
+                or self.approved_amount.amount_minor > self.requested_amount.amount_minor):
+            raise ValueError("approved_amount is at most the requested amount, in its currency")
+        return self
+
+
+class IssueMismatch(enum.StrEnum):
+    ABOVE_APPROVED = "above_approved"  # issued more than the request's approved amount
+    OTHER_BUYER = "other_buyer"  # issued to a buyer the request was not for
+    NO_REQUEST = "no_request"  # no request where the region's limits require one
+    NOT_APPROVED = "not_approved"  # the referenced request was rejected or still awaits approval
+
+
+class CompensationIssueFlagged(Payload):
+    """A manual compensation does not match what was approved: flagged at once with an audit item."""
+
+    compensation_id: Identifier
+    request_id: Identifier | None = None
+    ticket_id: Identifier
+    buyer_id: Identifier
+    agent_id: Identifier
+    team: Identifier
+    reason_code: Code
+    issued_amount: PositiveMoney
+    approved_amount: PositiveMoney | None = None
+    mismatches: list[IssueMismatch] = Field(min_length=1, max_length=4)
+    finding: Text = Field(description="The finding as the audit item states it.")
+    item_id: RowNumber | None = Field(default=None, description="The audit item opened for it.")
+    issued_at: AwareDatetime
+
+
+class ActionStatus(enum.StrEnum):
+    OPEN = "open"
+    IN_PROGRESS = "in_progress"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+
+class ActionTargetType(enum.StrEnum):
+    AGENT = "agent"
+    TEAM = "team"
+    SELLER = "seller"
+    CARRIER = "carrier"
+    GUIDELINE = "guideline"  # a reason code's guideline
+
+
+class ActionSource(enum.StrEnum):
+    FINDING = "finding"  # an audit finding (an item)
+    PATTERN = "pattern"  # a failed-verdict pattern
+    ROOT_CAUSE = "root_cause"
+    SPIKE = "spike"
+
+
+# A difference of two rates: between -1 and 1.
+RateDifference = Annotated[float, Field(ge=-1, le=1, allow_inf_nan=False)]
+
+
+class ActionEffect(Payload):
+    """The target's error rate in a window before the action vs after it, with a 95% interval of the
+    difference (after - before); None bounds while a window has no audits."""
+
+    window_days: StrictInt = Field(ge=1, le=366)
+    before_audits: Count
+    before_errors: Count
+    after_audits: Count
+    after_errors: Count
+    difference: RateDifference | None = None
+    difference_low: RateDifference | None = None
+    difference_high: RateDifference | None = None
+
+
+class CorrectiveActionRecorded(Payload):
+    """A corrective action opened or changed (status, owner, due date) or its effect measured."""
+
+    action_id: RowNumber
+    source: ActionSource
+    source_ref: Label | None = Field(default=None, description="The item, pattern, root cause or spike.")
+    target_type: ActionTargetType
+    target_id: Identifier
+    kind: Code = Field(description="coaching, guideline_change, seller_warning, carrier_claim, ...")
+    owner: Identifier
+    due_on: BoundedDate
+    status: ActionStatus
+    opened_by: Identifier
+    opened_at: AwareDatetime
+    updated_at: AwareDatetime
+    note: Text | None = None
+    effect: ActionEffect | None = None

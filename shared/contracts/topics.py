@@ -24,6 +24,9 @@ class Topic(enum.StrEnum):
     ORDER_VOLUME = "orders.volume.v1"  # daily order count and GMV per region from intake; key: region
     BUDGET_LIMITS = "budget.limits.v1"  # ledger budget limits set or changed; key: region
     INSIGHT_SPIKES = "insights.spikes.v1"  # insights' spike alerts per region and series; key: region
+    COMPENSATION_REQUESTS = "compensations.requests.v1"  # CS agents' requests from intake; key: buyer_id
+    COMPENSATION_APPROVALS = "compensations.approvals.v1"  # request decisions, issue flags; key: buyer_id
+    AUDIT_ACTIONS = "audit.actions.v1"  # corrective actions and their effect; key: region
     DEAD_LETTERS = "deadletters.v1"  # poison messages with the reason; key: source topic
 
 

@@ -164,6 +164,12 @@ def repair(event_type: str, item: dict[str, Any], data: st.DataObject, now: date
         # Intake refuses a day that has not begun in the region: a day before yesterday (UTC) has begun
         # everywhere.
         item["day"] = (now - timedelta(days=data.draw(st.integers(2, 900), label="days ago"))).date().isoformat()
+    if event_type == "compensation.requested":
+        if item.get("proposed_liability"):
+            item["proposed_liability"] = _liability(item["proposed_liability"], item["amount"]["amount_minor"], data)
+        for name in ("ticket_opened_at", "order_placed_at", "delivered_at"):
+            if item["case"].get(name) is not None:
+                item["case"][name] = _rfc3339(data.draw(instants), data.draw(offsets))
     return item
 
 
@@ -340,6 +346,13 @@ def _extreme(event_type: str) -> dict[str, Any]:
         item.update(note="n" * 2000, valid_until="2199-12-31T23:59:59.999999+12:00",
                     liability=[{"party": {"type": "seller", "id": "S" * 128}, "amount_minor": MAX_AMOUNT_MINOR}],
                     evidence=[{"kind": "photo", "uri": "https://cs.example/" + "u" * 980}] * 50)
+    if event_type == "compensation.requested":
+        item.update(note="n" * 2000, request_id="R" * 128,
+                    proposed_liability=[{"party": {"type": "carrier", "id": "C" * 128},
+                                         "amount_minor": MAX_AMOUNT_MINOR}],
+                    evidence=[{"kind": "photo", "uri": "https://cs.example/" + "u" * 980}] * 50)
+        item["case"].update(buyer_claim="b" * 2000, order_placed_at="1970-01-01T00:00:00-14:00",
+                            promised_delivery_at="2199-12-31T23:59:59+14:00")
     if event_type == "ticket.opened":
         item.update(description="d" * 2000, dispatch_due_at="2199-12-31T23:59:59+14:00",
                     order_placed_at="1970-01-01T00:00:00-14:00")

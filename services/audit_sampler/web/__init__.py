@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from services.audit_sampler.web.actions_pages import build_action_pages
+from services.audit_sampler.web.approvals_pages import build_approval_pages
 from services.audit_sampler.web.auth import WorkbenchAuth, purge_expired_sessions
 from services.audit_sampler.web.pages import build_pages
 from services.audit_sampler.web.reports_api import build_reports_api
@@ -20,7 +22,12 @@ def workbench_auth(ctx: ServiceContext, settings: WorkbenchSettings | None = Non
 
 
 def build_web_router(ctx: ServiceContext, settings: WorkbenchSettings | None = None) -> APIRouter:
-    return build_pages(workbench_auth(ctx, settings))
+    auth = workbench_auth(ctx, settings)
+    router = APIRouter()
+    router.include_router(build_pages(auth))
+    router.include_router(build_approval_pages(auth))
+    router.include_router(build_action_pages(auth))
+    return router
 
 
 def build_reports_router(ctx: ServiceContext, settings: WorkbenchSettings | None = None) -> APIRouter:

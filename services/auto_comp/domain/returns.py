@@ -18,6 +18,8 @@ from datetime import date, datetime, time
 from fractions import Fraction
 from zoneinfo import ZoneInfo
 
+from shared import stats
+
 Z_95 = 1.959963984540054  # the 97.5th percentile of the standard normal distribution
 METHOD = "newcombe_hybrid_score"
 
@@ -67,31 +69,19 @@ class ReturnSummary:
 
 
 def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
-    """Wilson's score interval for a binomial proportion (no continuity correction)."""
+    """Wilson's score interval for a binomial proportion (no continuity correction): ``shared.stats``."""
     if n <= 0:
         raise ValueError("a proportion needs at least one trial")
     if not 0 <= successes <= n:
         raise ValueError(f"successes {successes} outside 0..{n}")
-    p = successes / n
-    z2 = z * z
-    denominator = 1 + z2 / n
-    centre = (p + z2 / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denominator
-    # The exact bounds at 0 and n are 0 and 1; rounding must not push them out of [0, 1].
-    low = 0.0 if successes == 0 else max(0.0, centre - half)
-    high = 1.0 if successes == n else min(1.0, centre + half)
-    return low, high
+    interval = stats.wilson_interval(successes, n, z)
+    return interval.low, interval.high
 
 
 def newcombe_interval(x1: int, n1: int, x2: int, n2: int, z: float = Z_95) -> tuple[float, float]:
-    """Newcombe's hybrid score interval for p1 - p2 (x1 of n1 against x2 of n2)."""
-    p1, p2 = x1 / n1, x2 / n2
-    l1, u1 = wilson_interval(x1, n1, z)
-    l2, u2 = wilson_interval(x2, n2, z)
-    d = p1 - p2
-    low = d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
-    high = d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
-    return max(-1.0, low), min(1.0, high)
+    """Newcombe's hybrid score interval for p1 - p2 (x1 of n1 against x2 of n2): ``shared.stats``."""
+    interval = stats.newcombe_interval(x1, n1, x2, n2, z)
+    return interval.low, interval.high
 
 
 def compare(treated: GroupTally, control: GroupTally, *, min_group: int) -> ReturnSummary:

@@ -70,7 +70,7 @@ def item_errors(event_type: str, item: ProducerFields, *, now: datetime, max_ske
                       for path, money in money_of(item) if money.currency != currency)
     latest = now + max_skew
     timestamps = [("occurred_at", item.occurred_at)]
-    timestamps += [(name, getattr(item, name)) for name in PAST_TIMESTAMPS.get(event_type, ())]
+    timestamps += [(name, _at_path(item, name)) for name in PAST_TIMESTAMPS.get(event_type, ())]
     errors.extend(Violation(name, f"lies in the future (more than {int(max_skew.total_seconds())} s ahead)",
                             "clock_skew")
                   for name, value in timestamps if value is not None and value > latest)
@@ -81,3 +81,13 @@ def item_errors(event_type: str, item: ProducerFields, *, now: datetime, max_ske
         if day > today:
             errors.append(Violation("day", f"{day} has not begun yet in region {item.region}", "clock_skew"))
     return errors
+
+
+def _at_path(item: Any, path: str) -> Any:
+    """``case.delivered_at`` -> item.case.delivered_at (None when a step is absent)."""
+    value = item
+    for step in path.split("."):
+        value = getattr(value, step, None)
+        if value is None:
+            return None
+    return value

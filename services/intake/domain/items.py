@@ -59,6 +59,22 @@ class ManualCompensationItem(ProducerFields, ev.ManualCompensationIssued):
     })
 
 
+class CompensationRequestItem(ProducerFields, ev.CompensationRequested):
+    model_config = _examples({
+        "event_id": "cs-tool-req-7710", "occurred_at": _AT, "region": "SG",
+        "request_id": "RQ-7710", "ticket_id": "T-100234", "order_id": "O-88812", "buyer_id": "B-4711",
+        "seller_id": "S-310", "agent_id": "A-77", "team": "sg-tier1", "agent_tier": "tier1", "kind": "voucher",
+        "amount": {"amount_minor": 1500, "currency": "SGD"},
+        "order_amount": {"amount_minor": 4590, "currency": "SGD"}, "reason_code": "late_delivery",
+        "proposed_liability": [{"party": {"type": "carrier", "id": "C-ninja"}, "amount_minor": 1500}],
+        "evidence": [{"kind": "tracking_scan", "uri": "https://tracking.example/ninja/TRK998"}],
+        "note": "Parcel four days late; buyer missed an event.",
+        "case": {"ticket_reason": "late_delivery", "ticket_opened_at": "2026-11-19T18:00:00Z",
+                 "promised_delivery_at": "2026-11-15T10:00:00Z", "delivered_at": "2026-11-19T16:20:00Z",
+                 "carrier_id": "C-ninja", "tracking_status": "delivered"},
+    })
+
+
 class VoucherRedeemedItem(ProducerFields, ev.VoucherRedeemed):
     model_config = _examples({
         "event_id": "promo-red-0001", "occurred_at": _AT, "region": "SG",
@@ -108,6 +124,7 @@ class OrderVolumeItem(ProducerFields, ev.OrderVolumeReported):
 ITEM_MODELS: dict[str, type[ProducerFields]] = {
     "ticket.opened": TicketItem,
     "compensation.manual_issued": ManualCompensationItem,
+    "compensation.requested": CompensationRequestItem,
     "voucher.redeemed": VoucherRedeemedItem,
     "voucher.expired": VoucherExpiredItem,
     "voucher.revoked": VoucherRevokedItem,
@@ -119,6 +136,7 @@ ITEM_MODELS: dict[str, type[ProducerFields]] = {
 # Payload timestamps that record something that already happened (promised or due dates may be ahead).
 PAST_TIMESTAMPS: dict[str, tuple[str, ...]] = {
     "ticket.opened": ("order_placed_at", "shipped_at", "delivered_at"),
+    "compensation.requested": ("case.ticket_opened_at", "case.order_placed_at", "case.delivered_at"),
 }
 
 

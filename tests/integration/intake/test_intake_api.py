@@ -62,7 +62,8 @@ async def test_every_event_type_arrives_on_its_topic_with_the_contract_key_and_h
         single = item(event_type, correlation_id="corr-1")
         r = await service.client.post(path, json=single, headers={"X-API-Key": key})
         assert r.status_code == 202, r.text
-        assert r.json() == {"event_id": single["event_id"], "status": "accepted"}
+        answer_id = {"request_id": single["request_id"]} if event_type == "compensation.requested" else {}
+        assert r.json() == {"event_id": single["event_id"], "status": "accepted", **answer_id}
         batch = [item(event_type), item(event_type)]
         r = await service.client.post(path + "/batch", json={"items": batch}, headers={"X-API-Key": key})
         assert r.status_code == 200, r.text
@@ -359,3 +360,36 @@ async def test_event_ids_past_the_retention_are_forgotten(service, key):
                                 "WHERE event_id = :e"), {"e": old["event_id"]})
     assert await service.app.state.purger.purge() == 1
     assert await received_ids(service.engine, [old["event_id"], recent["event_id"]]) == {recent["event_id"]}
+
+
+async def test_a_compensation_request_answers_its_request_id_and_is_idempotent(service, key, watch):
+    it = item("compensation.requested", request_id=new_id("RQ"))
+    headers = {"X-API-Key": key}
+    first = await service.client.post("/v1/compensation-requests", json=it, headers=headers)
+    again = await service.client.post("/v1/compensation-requests", json=it, headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert first.json() == {"event_id": it["event_id"], "status": "accepted", "request_id": it["request_id"]}
+    assert again.json()["status"] == "duplicate" and again.json()["request_id"] == it["request_id"]
+    batch = await service.client.post("/v1/compensation-requests/batch", headers=headers, json={"items": [
+        item("compensation.requested", request_id="RQ-b1"),
+        item("compensation.requested", request_id="RQ-b2", amount={"amount_minor": 1, "currency": "USD"})]})
+    results = batch.json()["results"]
+    assert results[0]["request_id"] == "RQ-b1" and results[1]["status"] == "rejected"
+    assert "request_id" not in results[1]
+    arrived = await watch.until([it["event_id"]], timeout=20, settle=1.0)
+    (record,) = arrived[it["event_id"]]
+    assert record.envelope["payload"]["case"]["carrier_id"] == "C-ninja"
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"proposed_liability": [{"party": {"type": "platform"}, "amount_minor": 1}]}, "body"),
+    ({"case": {"delivered_at": "2199-01-01T00:00:00Z"}}, "body.case.delivered_at"),
+    ({"case": {"ticket_reason": "bored"}}, "body.case.ticket_reason"),
+    ({"order_amount": {"amount_minor": 100, "currency": "USD"}}, "body"),  # not the amount's currency
+    ({"amount": {"amount_minor": 1500, "currency": "USD"}, "order_amount": None}, "body.amount.currency"),
+])
+async def test_a_bad_compensation_request_is_refused_naming_the_field(service, key, change, field):
+    it = {**item("compensation.requested"), **change}
+    r = await service.client.post("/v1/compensation-requests", json=it, headers={"X-API-Key": key})
+    assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json")
+    assert any(e["field"] == field for e in r.json()["errors"]), r.json()["errors"]

@@ -1,0 +1,184 @@
+"""Corrective actions (issue 14): leads open them from a finding, a pattern, a root cause or a spike, track
+owner, due date and status, and see each one's effect: the target's audited error rate before vs after
+(``domain.actions``). Every change is published (``audit.corrective_action_recorded``) for insights, and
+once an action is done and its after window has passed, its measured effect is published too
+(``publish_effects``, a periodic chore).
+
+The error rate counts sample audits of compensations *issued* in each window (the compensation's time, not
+the audit's: an action changes how compensations are given); an overturned verdict counts as a pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.audit_sampler import announce
+from services.audit_sampler.domain import actions as domain
+from shared.auth import Principal
+from shared.contracts import events as ev
+from shared.http import Problem
+from shared.outbox import Record, enqueue_records
+from shared.regions import catalogue
+
+LEAD_ROLES = ("lead", "ops_admin")
+VIEW_ROLES = ("lead", "senior_auditor", "ops_admin")
+COLUMNS = ("id, region, source, source_ref, target_type, target_id, kind, owner, due_on, status, note, window_days, "
+           "opened_by, opened_at, updated_at, done_at, effect_published_at")
+# The audited compensations of a target, by its type (items carry the compensation as issued).
+_TARGET = {
+    "agent": "i.agent_id",
+    "team": "i.team",
+    "seller": "i.compensation->>'seller_id'",
+    "carrier": "coalesce(i.compensation->>'carrier_id', i.compensation->'case'->>'carrier_id')",
+    "guideline": "i.compensation->>'reason_code'",
+}
+
+
+def _record(row: Mapping[str, Any], at: datetime, effect: domain.Effect | None = None) -> Record:
+    payload = ev.CorrectiveActionRecorded(
+        action_id=row["id"], source=ev.ActionSource(row["source"]), source_ref=row["source_ref"],
+        target_type=ev.ActionTargetType(row["target_type"]), target_id=row["target_id"], kind=row["kind"],
+        owner=row["owner"], due_on=row["due_on"], status=ev.ActionStatus(row["status"]), opened_by=row["opened_by"],
+        opened_at=row["opened_at"], updated_at=row["updated_at"], note=row["note"],
+        effect=None if effect is None else ev.ActionEffect(
+            window_days=effect.window_days, before_audits=effect.before_audits, before_errors=effect.before_errors,
+            after_audits=effect.after_audits, after_errors=effect.after_errors, difference=effect.difference,
+            difference_low=effect.low, difference_high=effect.high))
+    step = "effect" if effect is not None else f"{int(at.timestamp() * 1_000_000)}"
+    return announce.record("audit.corrective_action_recorded", payload, region=row["region"], at=at,
+                           event_id=f"audit-action-{row['region']}-{row['id']}-{step}")
+
+
+async def _row(conn: AsyncConnection, action_id: int, *, for_update: bool = False) -> dict[str, Any] | None:
+    lock = " FOR UPDATE" if for_update else ""
+    found = (await conn.execute(text(f"SELECT {COLUMNS} FROM corrective_actions WHERE id = :id{lock}"),
+                                {"id": action_id})).first()
+    return None if found is None else dict(found._mapping)
+
+
+async def open_action(engine: AsyncEngine, principal: Principal, action: domain.ActionInput, *, opened_by: str,
+                      now: datetime) -> dict[str, Any]:
+    principal.require_role(*LEAD_ROLES)
+    if action.region not in catalogue():
+        raise Problem(422, "Invalid request", f"unknown region {action.region}",
+                      errors=[{"field": "region", "message": "not in the region catalogue"}])
+    principal.require_region(action.region)
+    today = catalogue().get(action.region).local(now).date()
+    errors = domain.action_errors(action, today)
+    if errors:
+        raise Problem(422, "Invalid corrective action", "; ".join(f"{e['field']}: {e['message']}" for e in errors),
+                      errors=errors)
+    async with engine.begin() as conn:
+        row = dict((await conn.execute(text(
+            "INSERT INTO corrective_actions (region, source, source_ref, target_type, target_id, kind, owner, due_on, "
+            "note, window_days, opened_by, opened_at, updated_at) VALUES (:region, :source, :source_ref, "
+            ":target_type, :target_id, :kind, :owner, :due_on, :note, :window_days, :opened_by, :now, :now) "
+            f"RETURNING {COLUMNS}"),
+            {"region": action.region, "source": action.source, "source_ref": action.source_ref,
+             "target_type": action.target_type, "target_id": action.target_id, "kind": action.kind,
+             "owner": action.owner, "due_on": action.due_on, "note": action.note, "window_days": action.window_days,
+             "opened_by": opened_by, "now": now})).one()._mapping)
+        await enqueue_records(conn, [_record(row, now)])
+    return row
+
+
+async def update_action(engine: AsyncEngine, principal: Principal, action_id: int, *, status: str | None = None,
+                        owner: str | None = None, due_on: date | None = None, note: str | None = None,
+                        now: datetime) -> dict[str, Any]:
+    principal.require_role(*LEAD_ROLES)
+    async with engine.begin() as conn:
+        row = await _row(conn, action_id, for_update=True)
+        if row is None:
+            raise Problem(404, "Not Found", f"corrective action {action_id} does not exist")
+        principal.require_region(row["region"])
+        errors: list[dict[str, str]] = []
+        if status is not None and (why := domain.transition_error(row["status"], status)):
+            errors.append({"field": "status", "message": why})
+        probe = domain.ActionInput(row["region"], row["source"], row["source_ref"], row["target_type"],
+                                   row["target_id"], row["kind"], owner or row["owner"], due_on or row["due_on"],
+                                   row["window_days"], note)
+        today = catalogue().get(row["region"]).local(now).date()
+        errors += [e for e in domain.action_errors(probe, today) if e["field"] in ("owner", "note")
+                   or (e["field"] == "due_on" and due_on is not None)]
+        if errors:
+            raise Problem(422, "Invalid change", "; ".join(f"{e['field']}: {e['message']}" for e in errors),
+                          errors=errors)
+        new_status = status or row["status"]
+        done_at = now if new_status == "done" and row["status"] != "done" else row["done_at"]
+        updated = dict((await conn.execute(text(
+            "UPDATE corrective_actions SET status = :status, owner = :owner, due_on = :due_on, "
+            "note = coalesce(:note, note), done_at = :done_at, updated_at = :now WHERE id = :id "
+            f"RETURNING {COLUMNS}"),
+            {"status": new_status, "owner": owner or row["owner"], "due_on": due_on or row["due_on"],
+             "note": note, "done_at": done_at, "now": now, "id": action_id})).one()._mapping)
+        await enqueue_records(conn, [_record(updated, now)])
+    return updated
+
+
+async def list_actions(engine: AsyncEngine, principal: Principal, region: str | None, *, now: datetime
+                       ) -> list[dict[str, Any]]:
+    """Open and in-progress actions of the viewer's regions, overdue first."""
+    principal.require_role(*VIEW_ROLES)
+    if region:
+        principal.require_region(region)
+    regions = [region] if region else (None if "*" in principal.regions else sorted(principal.regions))
+    async with engine.connect() as conn:
+        rows = await conn.execute(text(
+            f"SELECT {COLUMNS} FROM corrective_actions WHERE status IN ('open', 'in_progress') "
+            "AND (CAST(:regions AS text[]) IS NULL OR region = ANY(CAST(:regions AS text[]))) "
+            "ORDER BY due_on, id LIMIT 500"), {"regions": regions})
+        out = [dict(r._mapping) for r in rows]
+    for row in out:
+        row["overdue"] = row["due_on"] < catalogue().get(row["region"]).local(now).date()
+    out.sort(key=lambda r: (not r["overdue"], r["due_on"], r["id"]))
+    return out
+
+
+async def measure(conn: AsyncConnection, row: Mapping[str, Any], now: datetime) -> domain.Effect:
+    w = domain.windows(opened_at=row["opened_at"], done_at=row["done_at"], window_days=row["window_days"], now=now)
+    target = _TARGET[row["target_type"]]
+    counts = (await conn.execute(text(
+        "SELECT count(*) FILTER (WHERE t.at >= :b0 AND t.at < :b1), "
+        "count(*) FILTER (WHERE t.at >= :b0 AND t.at < :b1 AND t.failed), "
+        "count(*) FILTER (WHERE t.at >= :a0 AND t.at < :a1), "
+        "count(*) FILTER (WHERE t.at >= :a0 AND t.at < :a1 AND t.failed) "
+        "FROM (SELECT CAST(i.compensation->>'occurred_at' AS timestamptz) AS at, "
+        "NOT v.passed AND v.status <> 'overturned' AS failed "
+        "FROM verdicts v JOIN audit_items i ON i.id = v.item_id "
+        f"WHERE v.item_kind = 'sample' AND i.region = :region AND {target} = :target) AS t"),
+        {"b0": w.before_start, "b1": w.before_end, "a0": w.after_start, "a1": w.after_end,
+         "region": row["region"], "target": row["target_id"]})).one()
+    return domain.effect(before_audits=int(counts[0]), before_errors=int(counts[1]), after_audits=int(counts[2]),
+                         after_errors=int(counts[3]), window_days=row["window_days"], complete=w.complete)
+
+
+async def get_action(engine: AsyncEngine, principal: Principal, action_id: int, *, now: datetime
+                     ) -> tuple[dict[str, Any], domain.Effect]:
+    principal.require_role(*VIEW_ROLES)
+    async with engine.connect() as conn:
+        row = await _row(conn, action_id)
+        if row is None:
+            raise Problem(404, "Not Found", f"corrective action {action_id} does not exist")
+        principal.require_region(row["region"])
+        return row, await measure(conn, row, now)
+
+
+async def publish_effects(engine: AsyncEngine, now: datetime, *, limit: int = 200) -> int:
+    """Publish the measured effect of done actions whose after window has passed (once each)."""
+    async with engine.begin() as conn:
+        rows = [dict(r._mapping) for r in await conn.execute(text(
+            f"SELECT {COLUMNS} FROM corrective_actions WHERE status = 'done' AND effect_published_at IS NULL "
+            "AND done_at + make_interval(days => window_days) <= :now ORDER BY done_at LIMIT :limit "
+            "FOR UPDATE SKIP LOCKED"), {"now": now, "limit": limit})]
+        records = [_record(row, now, await measure(conn, row, now)) for row in rows]
+        await enqueue_records(conn, records)
+        if rows:
+            await conn.execute(text("UPDATE corrective_actions SET effect_published_at = :now "
+                                    "WHERE id = ANY(CAST(:ids AS bigint[]))"),
+                               {"now": now, "ids": [r["id"] for r in rows]})
+    return len(rows)
