@@ -256,7 +256,7 @@ def run_cli(*, name: str, settings_factory: Callable[[], ServiceSettings],
     if missing:
         print(f"{name}: invalid configuration:\n" + "\n".join(missing), file=sys.stderr)
         return 2
-    configure_logging(name, settings.log_level, settings.log_json)
+    configure_logging(name, settings.log_level, settings.log_json, settings.log_events_percent)
     if args.command == "serve":
         import uvicorn
 

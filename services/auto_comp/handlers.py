@@ -46,11 +46,17 @@ from shared.contracts import events as ev
 from shared.contracts.envelope import Envelope
 from shared.contracts.registry import make_envelope
 from shared.kafka import Delivered, PermanentError
+from shared.logging import log_event
 from shared.money import Money
 from shared.outbox import Record, enqueue, enqueue_records
 from shared.regions import region as region_of
 
 log = logging.getLogger(__name__)
+
+
+def _cid(answers: dict[str, tuple[Envelope, Any]], comp: dict[str, Any]) -> str:
+    """The correlation id of the ticket a budget answer settles (the ledger answers under the request's)."""
+    return answers[comp["reservation_id"]][0].correlation_id
 
 SOURCE = outgoing.SOURCE
 _NAMESPACE = uuid.UUID("6f1c3f5e-2a7b-4b8e-9d0c-5a1e7c3b9f42")
@@ -138,6 +144,10 @@ class TicketHandler:
             if hist is None:
                 hist = latency[env.region] = metrics.DECISION_LATENCY.labels(env.region)
             hist.observe(max(0.0, (now - env.produced_at).total_seconds()))
+            log_event(log, "ticket decided", env.correlation_id, ticket_id=row["ticket_id"], region=env.region,
+                      reason=row["reason"], outcome=row["outcome"], strategy_id=row["strategy_id"],
+                      failed_rule=row["failed_rule"], proposed_minor=row["proposed_minor"],
+                      currency=row["currency"], compensation_id=row["compensation_id"])
         for s in shadows:
             counts[(s["region"], s["strategy_id"], s["outcome"], "shadow")] += 1
         for labels, n in counts.items():
@@ -291,10 +301,16 @@ class BudgetResultHandler:
         for row in denied:
             comp = by_id[row["compensation_id"]]
             decided[(comp["region"], comp["strategy_id"], row["outcome"], "active")] += 1
+            log_event(log, "compensation denied by the budget", _cid(answers, comp), ticket_id=comp["ticket_id"],
+                      compensation_id=comp["compensation_id"], region=comp["region"], outcome=row["outcome"],
+                      denial_reason=row["denial_reason"], budget_period=row["budget_period"])
         end_to_end: dict[str, Any] = {}
         for row in issued:
             comp = by_id[row["compensation_id"]]
             decided[(comp["region"], comp["strategy_id"], Outcome.ISSUED.value, "active")] += 1
+            log_event(log, "compensation issued", _cid(answers, comp), ticket_id=comp["ticket_id"],
+                      compensation_id=comp["compensation_id"], region=comp["region"], kind=comp["kind"],
+                      issued_minor=row["issued_minor"], currency=comp["currency"])
             kinds[(comp["region"], comp["strategy_id"], comp["kind"])] += 1
             amounts[(comp["region"], comp["currency"])] += row["issued_minor"]
             hist = end_to_end.get(comp["region"])

@@ -32,6 +32,7 @@ from services.ledger.domain.book import Book, Rejected
 from shared.contracts import events as ev
 from shared.contracts.registry import make_envelope
 from shared.kafka import Delivered, PermanentError
+from shared.logging import log_event
 from shared.outbox import enqueue
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,10 @@ def _count(book: Book) -> None:
     for cause, d in book.out.decisions:
         reason = d.denial_reason.value if d.denial_reason else ""
         metrics.DECISIONS.labels(cause.region, d.outcome.value, reason).inc()
+        log_event(log, "budget answered", cause.correlation_id, reservation_id=d.reservation_id,
+                  compensation_id=d.compensation_id, ticket_id=d.ticket_id, region=cause.region,
+                  outcome=d.outcome.value, denial_reason=reason or None, budget_period=d.budget_period,
+                  reserved_minor=d.reserved_amount.amount_minor if d.reserved_amount else None)
     for alert in book.out.alerts:
         if alert.event_type == "budget.exceeded":
             metrics.BUDGET_EXCEEDED.labels(alert.cause.region).inc()

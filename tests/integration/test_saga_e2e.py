@@ -5,6 +5,7 @@ denied, and no voucher."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,6 +50,7 @@ strategies:
 
 
 def ticket(ticket_id: str, buyer: str, order: int, carrier: str | None = None) -> bytes:
+    """A late-delivery ticket whose correlation id is ``corr-<ticket_id>``."""
     now = datetime.now(UTC)
     promised = now - timedelta(days=6)
     payload = ev.TicketOpened(
@@ -56,7 +58,8 @@ def ticket(ticket_id: str, buyer: str, order: int, carrier: str | None = None) -
         reason=ev.TicketReason.LATE_DELIVERY, order_amount=ev.PositiveMoney(amount_minor=order, currency="THB"),
         dispatch_due_at=promised - timedelta(days=3), shipped_at=promised - timedelta(days=4),
         promised_delivery_at=promised, delivered_at=promised + timedelta(days=4))
-    return encode_envelope(make_envelope("ticket.opened", payload, source="e2e", region="TH", occurred_at=now))
+    return encode_envelope(make_envelope("ticket.opened", payload, source="e2e", region="TH", occurred_at=now,
+                                         correlation_id=f"corr-{ticket_id}"))
 
 
 async def start_at_topic_end(engine, group: str, topics: list[str], bootstrap: str) -> None:
@@ -90,7 +93,7 @@ async def wait_for(engine, sql: str, expected, timeout: float = 40.0, **params) 
 
 
 async def test_reserved_issued_charged_then_budget_exhausted_denied(fresh_database, kafka_bootstrap, make_topics,
-                                                                    unique_topic_prefix, tmp_path):
+                                                                    unique_topic_prefix, tmp_path, caplog):
     await migrate(fresh_database, "auto_comp", ROOT / "services" / "auto_comp" / "migrations")
     await migrate(fresh_database, "ledger", ROOT / "services" / "ledger" / "migrations")
     (tickets_topic,) = await make_topics("tickets", partitions=2)
@@ -115,6 +118,7 @@ async def test_reserved_issued_charged_then_budget_exhausted_denied(fresh_databa
                                 "VALUES ('TH', :p, 'THB', 15000)"), {"p": period})
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
     await producer.start()
+    caplog.set_level(logging.INFO)
     try:
         await asyncio.gather(auto_ctx.start(), ledger_ctx.start())
         await producer.send_and_wait(tickets_topic, ticket("E2E-1", "B-e2e-1", 100_000, carrier="C-e2e"),
@@ -136,6 +140,19 @@ async def test_reserved_issued_charged_then_budget_exhausted_denied(fresh_databa
         assert await _scalar(ledger_db, "SELECT status FROM reservations WHERE ticket_id = 'E2E-2'") == "denied"
         assert await _scalar(ledger_db, "SELECT reserved_minor + posted_auto_minor FROM budgets "
                                         "WHERE region = 'TH' AND period = :p", p=period) <= 15_000
+
+        # An operator follows each ticket through both services by its correlation id (issue 13, make logs).
+        def followed(cid: str) -> list[tuple[str, str | None]]:
+            return [(r.getMessage(), r.__dict__.get("outcome") or r.__dict__.get("kind"))
+                    for r in caplog.records if r.levelno == logging.INFO and r.__dict__.get("correlation_id") == cid]
+
+        assert followed("corr-E2E-1") == [("ticket decided", "pending_budget"), ("budget answered", "reserved"),
+                                          ("compensation issued", "voucher")]
+        assert followed("corr-E2E-2") == [("ticket decided", "pending_budget"), ("budget answered", "denied"),
+                                          ("compensation denied by the budget", "budget_denied")]
+        denial = [r for r in caplog.records if r.getMessage() == "budget answered"
+                  and r.__dict__.get("correlation_id") == "corr-E2E-2"]
+        assert denial[0].denial_reason and denial[0].ticket_id == "E2E-2"
     finally:
         await producer.stop()
         await asyncio.gather(auto_ctx.stop(), ledger_ctx.stop())
