@@ -126,6 +126,8 @@ class Stack:
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "AUTH_TOKEN_SECRET": SECRET,
             "LOG_LEVEL": os.environ.get("BENCH_SERVICE_LOG_LEVEL", "INFO"),
+            # Results stay comparable with runs from before the event lines existed (issue 13).
+            "LOG_EVENTS_PERCENT": os.environ.get("BENCH_LOG_EVENTS_PERCENT", "0"),
             "KAFKA_TOPIC_PARTITIONS": str(self.partitions),
             "CONSUMER_SESSION_TIMEOUT_MS": "6000",
             "PYTHONUNBUFFERED": "1",

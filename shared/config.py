@@ -78,6 +78,10 @@ class CommonSettings(BaseSettings):
     auth_token_issuer: str = "compensation-platform"  # noqa: S105 - an issuer name, not a secret
     log_level: str = "INFO"
     log_json: bool = True
+    log_events_percent: float = Field(
+        100.0, ge=0, le=100,
+        description="Percent of correlation ids whose requests, decisions and denials are logged at INFO, "
+                    "chosen by a hash of the id so one ticket's lines are all in or all out in every service.")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="HTTP request body limit (413 above it).")
     outbox_poll_interval_ms: int = Field(20, ge=1, le=10_000)
     outbox_batch_size: int = Field(500, ge=1, le=10_000)

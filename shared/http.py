@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.logging import correlation_id
+from shared.logging import correlation_id, log_event
 from shared.metrics import HTTP_REQUESTS, HTTP_SECONDS
 from shared.regions import catalogue
 
@@ -26,6 +27,8 @@ CORRELATION_HEADER = "X-Correlation-Id"
 # and the answer, so visible ASCII only, at most 128 characters; empty means none.
 CORRELATION_ID_PATTERN = r"^[!-~]{0,128}$"
 _CORRELATION_ID = re.compile(CORRELATION_ID_PATTERN)
+_log = logging.getLogger("shared.http")
+_PROBES = frozenset({"/healthz", "/readyz", "/metrics"})  # polled every few seconds: not worth a line each
 
 
 class Problem(Exception):
@@ -246,7 +249,11 @@ class RequestContextMiddleware:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
             HTTP_REQUESTS.labels(self.service, scope["method"], path, str(status)).inc()
-            HTTP_SECONDS.labels(self.service, scope["method"], path).observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            HTTP_SECONDS.labels(self.service, scope["method"], path).observe(elapsed)
+            if path not in _PROBES:
+                log_event(_log, "http request", cid, method=scope["method"], path=path, status=status,
+                          duration_ms=round(elapsed * 1000, 1))
             correlation_id.reset(token)
 
 

@@ -55,6 +55,9 @@ class ServiceContext:
     runners: list[ConsumerRunner] = field(default_factory=list)
     components: list[Component] = field(default_factory=list)  # started after runners, stopped first
     readiness: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Degraded but still serving correctly (e.g. auto_comp's failed strategy reload: the last good set stays
+    # in force): named in /readyz's "warnings" without making the service not ready. Each returns None when fine.
+    warnings: list[Callable[[], str | None]] = field(default_factory=list)
     started: bool = False
 
     @classmethod
@@ -129,6 +132,14 @@ class ServiceContext:
                 checks[getattr(check, "__name__", "check")] = f"failing: {exc}"
         return checks
 
+    def current_warnings(self) -> dict[str, str]:
+        found = {}
+        for warning in self.warnings:
+            text = warning()
+            if text:
+                found[getattr(warning, "__name__", "warning")] = text
+        return found
+
 
 async def _retry(what: str, start: Callable[[], Awaitable[None]], attempts: int) -> None:
     last: Exception | None = None
@@ -175,9 +186,11 @@ def create_app(ctx: ServiceContext, *, title: str, description: str, version: st
     @app.get("/readyz", tags=["operations"], include_in_schema=False)
     async def readyz() -> Response:
         checks = await ctx.check_ready()
+        warnings = {"warnings": found} if (found := ctx.current_warnings()) else {}
         if all(v == "ok" for v in checks.values()):
-            return Response(content=_json({"status": "ready", "checks": checks}), media_type="application/json")
-        return problem_response(503, "Service Unavailable", "not ready", checks=checks)
+            return Response(content=_json({"status": "ready", "checks": checks, **warnings}),
+                            media_type="application/json")
+        return problem_response(503, "Service Unavailable", "not ready", checks=checks, **warnings)
 
     @app.get("/metrics", tags=["operations"], include_in_schema=False)
     async def metrics() -> Response:
@@ -246,7 +259,7 @@ def run_cli(*, name: str, settings_factory: Callable[[], ServiceSettings],
     if missing:
         print(f"{name}: invalid configuration:\n" + "\n".join(missing), file=sys.stderr)
         return 2
-    configure_logging(name, settings.log_level, settings.log_json)
+    configure_logging(name, settings.log_level, settings.log_json, settings.log_events_percent)
     if args.command == "serve":
         import uvicorn
 

@@ -324,7 +324,11 @@ LEDGER = Dashboard(
             p("Events parked or ignored", (f"sum by (event_type) (rate(ledger_events_parked_total{RATE}))",
                                            "parked {{event_type}}"),
               (f"sum by (reason) (rate(ledger_events_ignored_total{RATE}))", "ignored {{reason}}"),
-              ("max(ledger_parked_events)", "waiting now")),
+              (f"max by (region) (ledger_parked_events{REGION})", "waiting now {{region}}")),
+            p("Oldest event waiting for its compensation",
+              (f"max by (region) (ledger_parked_oldest_age_seconds{REGION})", "{{region}}"),
+              ("max(ledger_park_window_seconds)", "dead-lettered at"), unit="s",
+              description="Parked events are dead-lettered when they reach the park window (alert at half)."),
             p("Voucher expiries reported early", (f"sum by (region) (increase(ledger_voucher_early_expiries_total"
                                                   f"{REGION}{RATE}))", "{{region}}"),
               description="Applied and flagged on the lineage; usually an upstream clock or mapping error."),

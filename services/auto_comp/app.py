@@ -68,6 +68,7 @@ def build_context(settings: Settings) -> tuple[ServiceContext, StrategyStore]:
                                           grant_timeout=settings.grant_timeout_seconds,
                                           on_enqueued=ctx.relay.wake))
     ctx.components.append(ReloadOnSighup(store))
+    ctx.warnings.append(store.strategies)
     # Later orders for strategy returns: a group of its own, so a backlog of orders never delays decisions.
     ctx.add_consumer(f"{settings.consumer_group}-returns", [settings.buyer_orders_topic], BuyerOrderHandler())
     # What became of each issued voucher, for the decision record: a group of its own, off the hot path.

@@ -56,6 +56,7 @@ from services.auto_comp.store import StrategyStore
 from shared.contracts import events as ev
 from shared.contracts.envelope import Envelope
 from shared.kafka import Delivered
+from shared.logging import log_event
 from shared.money import Money
 from shared.outbox import Record, enqueue_records
 from shared.periodic import PeriodicTask
@@ -63,6 +64,11 @@ from shared.periods import period_bounds, period_of
 from shared.regions import region as region_of
 
 log = logging.getLogger(__name__)
+
+
+def _cid(answers: dict[str, tuple[Envelope, Any]], comp: dict[str, Any]) -> str:
+    """The correlation id of the ticket a budget answer settles (the ledger answers under the request's)."""
+    return answers[comp["reservation_id"]][0].correlation_id
 
 SOURCE = outgoing.SOURCE
 _NAMESPACE = uuid.UUID("6f1c3f5e-2a7b-4b8e-9d0c-5a1e7c3b9f42")
@@ -378,6 +384,12 @@ class TicketHandler:
         await persistence.insert_compensations(conn, comps)
         await enqueue_records(conn, [*out, *budget.records])
         budget.count()
+        # One INFO line per decision (sampled by correlation id, LOG_EVENTS_PERCENT): `make logs` follows a ticket.
+        for (env, _, _, _), decision in zip(evaluated, decisions, strict=True):
+            log_event(log, "ticket decided", env.correlation_id, ticket_id=decision["ticket_id"], region=env.region,
+                      outcome=decision["outcome"], strategy_id=decision.get("strategy_id"),
+                      failed_rule=decision.get("failed_rule"), issued_minor=decision.get("issued_minor"),
+                      compensation_id=decision.get("compensation_id"))
         latency: dict[str, Any] = {}
         for env, _, _, _ in evaluated:
             hist = latency.get(env.region)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from services.auto_comp import metrics
@@ -22,12 +23,20 @@ class ReloadResult:
     errors: tuple[StrategyError, ...] = ()
 
 
+@dataclass(frozen=True)
+class ReloadFailure:
+    at: datetime
+    serving_version: str
+    errors: tuple[StrategyError, ...]
+
+
 class StrategyStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._current = load_strategies(self.path)  # a service never starts on a broken set
         self._publish(self._current, None)
+        self.last_failure: ReloadFailure | None = None  # cleared by the next good reload
         metrics.RELOAD_FAILED.set(0)
 
     @property
@@ -43,10 +52,12 @@ class StrategyStore:
             except StrategyLoadError as exc:
                 metrics.RELOAD_FAILED.set(1)
                 metrics.RELOADS.labels("failed").inc()
+                self.last_failure = ReloadFailure(datetime.now(UTC), previous.version, tuple(exc.errors))
                 log.error("strategy reload failed; keeping the previous version",
                           extra={"version": previous.version, "errors": [str(e) for e in exc.errors]})
                 return ReloadResult(False, previous.version, previous.version, tuple(exc.errors))
             self._current = loaded
+            self.last_failure = None
             self._publish(loaded, previous)
             metrics.RELOAD_FAILED.set(0)
             metrics.RELOADS.labels("ok").inc()
@@ -67,3 +78,18 @@ class StrategyStore:
         metrics.CONFIG_INFO.labels(new.version).set(1)
         for s in new.strategies:
             metrics.STRATEGY_VERSION.labels(s.id, s.mode.value).set(s.version)
+
+    def strategies(self) -> str | None:
+        """/readyz warning while the last reload failed (None when the files in force are the files on disk).
+
+        Still ready: every replica reads the same files, so not-ready would take them all out of service
+        at once for a problem that leaves decisions correct (the last good set stays in force); the
+        StrategyReloadFailed alert pages instead (README, Operations).
+        """
+        failure = self.last_failure
+        if failure is None:
+            return None
+        errors = "; ".join(str(e) for e in failure.errors[:5])
+        more = f" (and {len(failure.errors) - 5} more)" if len(failure.errors) > 5 else ""
+        return (f"reload at {failure.at.isoformat(timespec='seconds')} failed, still serving version "
+                f"{failure.serving_version}: {errors}{more}")

@@ -7,6 +7,7 @@ The OpenAPI document still describes every body precisely (see ``openapi.py``).
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -34,8 +35,10 @@ from shared.auth import Principal
 from shared.contracts.envelope import new_event_id
 from shared.db import DATABASE_ERRORS
 from shared.http import Problem, require_json_body
-from shared.logging import correlation_id
+from shared.logging import correlation_id, log_event
 from shared.regions import RegionCatalogue
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,13 @@ class Intake:
                     self.on_stored()
         outcomes = settle(screened, stored)
         _count(event_type, outcomes)
+        # One line per item, under the correlation id its event carries on (its own, or the request's), so
+        # an operator follows a ticket from here through auto_comp and the ledger (LOG_EVENTS_PERCENT).
+        own = {c.item.event_id: c.item.correlation_id for c in screened.candidates if c.item.correlation_id}
+        request_cid = correlation_id.get()
+        for o in outcomes:
+            log_event(_log, "event received", own.get(o.event_id or "") or request_cid, event_type=event_type,
+                      event_id=o.event_id, status=o.status.value, region=o.region, reason=o.reason or None)
         return outcomes
 
 

@@ -1,4 +1,4 @@
-"""``python -m services.ledger serve | migrate | budgets set ... | check-invariants``."""
+"""``python -m services.ledger serve | migrate | budgets set ... | check-invariants | parked``."""
 
 from __future__ import annotations
 
@@ -71,6 +71,29 @@ async def _check_invariants(_: argparse.Namespace) -> int:
     return 1 if total else 0
 
 
+async def _parked(args: argparse.Namespace) -> int:
+    from services.ledger import queries
+    from shared.regions import UnknownRegion, region
+
+    settings = Settings()
+    regions = None
+    if args.region:
+        try:
+            regions = [region(args.region).code]
+        except UnknownRegion as exc:
+            print(f"ledger: {exc}", file=sys.stderr)
+            return 2
+    engine = make_engine(settings.database_url, "ledger", pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            rows = await queries.parked_events(conn, regions, settings.park_seconds, limit=args.limit)
+    finally:
+        await engine.dispose()
+    for row in rows:
+        print(json.dumps(row, default=str))
+    return 0
+
+
 def _extra(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     budgets = sub.add_parser("budgets", help="budget administration")
     bsub = budgets.add_subparsers(dest="budgets_command", required=True)
@@ -84,6 +107,11 @@ def _extra(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     setp.set_defaults(handler=_budgets_set)
     inv = sub.add_parser("check-invariants", help="verify the books; exit 1 on any violation")
     inv.set_defaults(handler=_check_invariants)
+    parked = sub.add_parser("parked", help="list events waiting for their compensation, oldest first (one JSON "
+                                           "line each, with when they will be dead-lettered)")
+    parked.add_argument("--region", default=None, help="only this region")
+    parked.add_argument("--limit", type=int, default=100)
+    parked.set_defaults(handler=_parked)
 
 
 def main(argv: list[str] | None = None) -> int:

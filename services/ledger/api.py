@@ -87,7 +87,7 @@ def _usage(budget: BudgetState, start: datetime, end: datetime) -> dict[str, Any
     }
 
 
-def build_router(engine: AsyncEngine, auth: Authenticator, granularity: str) -> APIRouter:
+def build_router(engine: AsyncEngine, auth: Authenticator, granularity: str, park_seconds: int = 3600) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["ledger"], route_class=JsonBodyRoute)
     # Periods as this ledger cuts them (LEDGER_BUDGET_PERIOD): months, or days.
     daily = granularity == "day"
@@ -197,6 +197,18 @@ def build_router(engine: AsyncEngine, auth: Authenticator, granularity: str) -> 
                 "period_start": start, "period_end": end, "opening_balance_minor": opening,
                 "charged_minor": charged, "reversed_minor": reversed_, "closing_balance_minor": closing,
                 "closing_balance": _major(closing, r.currency), "lines": lines}
+
+    @router.get("/parked-events", summary="Events waiting for their compensation (oldest first)",
+                responses=problems(404, described={404: "Unknown region."}))
+    async def list_parked(region: RegionQuery,
+                          limit: Annotated[int, Query(ge=1, le=1000, description="At most this many.")] = 100,
+                          principal: Principal = Depends(auth)) -> dict[str, Any]:
+        """Redemptions, expiries, revocations and corrections that arrived before the compensation they
+        belong to. They are applied as soon as it arrives and dead-lettered at ``dead_letter_at``."""
+        r = reader(principal, region)
+        async with engine.connect() as conn:
+            items = await queries.parked_events(conn, [r.code], park_seconds, limit=limit)
+        return {"region": r.code, "park_window_seconds": park_seconds, "count": len(items), "items": items}
 
     @router.get("/compensations/{compensation_id}/lineage",
                 summary="Request, reservation, charge, redemption and corrections of one compensation",

@@ -38,6 +38,7 @@ class Housekeeper(PeriodicTask):
         self.stripe = random.randrange(settings.balance_stripes)
         self._last_invariants = 0.0
         self.last_violations: dict[str, int] = {}
+        self._parked_regions: set[str] = set()
 
     async def run_once(self, *, invariants_now: bool = False) -> None:
         engine, s, now = self.ctx.engine, self.settings, datetime.now(UTC)
@@ -65,13 +66,22 @@ class Housekeeper(PeriodicTask):
             rows = (await conn.execute(text(
                 "SELECT region, period, limit_minor, reserved_minor, posted_auto_minor, posted_manual_minor, "
                 "breakage_minor, allotted_minor FROM budgets WHERE updated_at > now() - interval '62 days'"))).all()
-            parked = (await conn.execute(text("SELECT count(*) FROM parked_events"))).scalar_one()
+            parked = (await conn.execute(text(
+                "SELECT region, count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(parked_at)), 0) "
+                "FROM parked_events GROUP BY region"))).all()
             # Open past their expiry plus the overdue margin: auto_comp (any replica) should have returned them.
             overdue = (await conn.execute(text(
                 "SELECT region, count(*) FROM allowances WHERE status = 'open' "
                 "AND expires_at + make_interval(secs => :s) < now() GROUP BY region"),
                 {"s": self.settings.allowance_overdue_seconds})).all()
-        metrics.PARKED_NOW.set(parked)
+        metrics.PARK_WINDOW.set(self.settings.park_seconds)
+        waiting = {region: (count, float(age)) for region, count, age in parked}
+        # Regions that had waiting events and have none now read 0, not their last value.
+        for region in set(self._parked_regions) | set(waiting):
+            count, age = waiting.get(region, (0, 0.0))
+            metrics.PARKED_NOW.labels(region).set(count)
+            metrics.PARKED_OLDEST_AGE.labels(region).set(age)
+        self._parked_regions = set(waiting) | set(self._parked_regions)
         for region, period, limit, reserved, auto, manual, breakage, allotted in rows:
             metrics.BUDGET_LIMIT.labels(region, period).set(limit or 0)
             metrics.BUDGET_RESERVED.labels(region, period).set(reserved)
@@ -120,5 +130,6 @@ def build_app(settings: Settings, *, topics: Sequence[str] | None = None, housek
         "Double-entry book of record of every compensation: liable-party charges, regional budgets "
         "(reserve, post, void), statements, lineage, breakage."))
     app.state.housekeeper = keeper
-    app.include_router(build_router(ctx.engine, Authenticator(ctx.tokens), settings.budget_period))
+    app.include_router(build_router(ctx.engine, Authenticator(ctx.tokens), settings.budget_period,
+                                   settings.park_seconds))
     return app

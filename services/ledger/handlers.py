@@ -216,6 +216,13 @@ def _count(book: Book) -> None:
             metrics.THRESHOLDS.labels(alert.cause.region, pct).inc()
     for parked in book.new_parked():
         metrics.PARKED.labels(parked.envelope.event_type).inc()
+        # An operator sees each waiting event by its ids the moment it starts waiting, not only when it is
+        # dead-lettered a park window later (issue 13): list them with `parked` or GET /v1/parked-events.
+        log.warning("event parked: its compensation has not arrived yet; applied when it does, dead-lettered "
+                    "after the park window", extra={
+                        "event_id": parked.event_id, "compensation_id": parked.compensation_id,
+                        "event_type": parked.envelope.event_type, "region": parked.envelope.region,
+                        "correlation_id": parked.envelope.correlation_id})
     for _, why in book.out.ignored:
         metrics.IGNORED.labels(why).inc()
     for parked, reason in book.out.parked_rejected:

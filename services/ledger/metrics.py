@@ -40,7 +40,13 @@ THRESHOLDS = Counter("ledger_budget_threshold_crossed_total", "Threshold events 
                      ["region", "threshold"])
 BUDGET_BREAKAGE = Gauge("ledger_budget_breakage_minor", "Expired voucher value of a period.", ["region", "period"])
 PARKED = Counter("ledger_events_parked_total", "Events that arrived before their compensation.", ["event_type"])
-PARKED_NOW = Gauge("ledger_parked_events", "Events waiting for their compensation.")
+PARKED_NOW = Gauge("ledger_parked_events", "Events waiting for their compensation, by region.", ["region"])
+PARKED_OLDEST_AGE = Gauge("ledger_parked_oldest_age_seconds",
+                          "Age of the oldest event waiting for its compensation, by region (0 when none).",
+                          ["region"])
+PARK_WINDOW = Gauge("ledger_park_window_seconds",
+                    "How long an event may wait for its compensation before it is dead-lettered "
+                    "(LEDGER_PARK_SECONDS; 0: events are dead-lettered at once, never parked).")
 IGNORED = Counter("ledger_events_ignored_total", "Business duplicates and late lifecycle events ignored.",
                   ["reason"])
 EARLY_EXPIRIES = Counter("ledger_voucher_early_expiries_total",

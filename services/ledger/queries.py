@@ -201,6 +201,23 @@ async def lineage(conn: AsyncConnection, compensation_id: str) -> dict[str, Any]
             "flags": [dict(f) for f in flags]}
 
 
+async def parked_events(conn: AsyncConnection, regions: list[str] | None, park_seconds: int, *,
+                        limit: int = 100) -> list[dict[str, Any]]:
+    """Events waiting for their compensation, oldest first; ``regions`` None means every region.
+
+    ``dead_letter_at`` is when the housekeeper dead-letters the event if its compensation still has not
+    arrived (LEDGER_PARK_SECONDS after it was parked).
+    """
+    rows = (await conn.execute(text(
+        'SELECT event_id, compensation_id, event_type, region, topic, partition, "offset", consumer_group, '
+        "parked_at, parked_at + make_interval(secs => :s) AS dead_letter_at, "
+        "EXTRACT(EPOCH FROM now() - parked_at)::bigint AS age_seconds FROM parked_events "
+        "WHERE CAST(:r AS text[]) IS NULL OR region = ANY(CAST(:r AS text[])) "
+        "ORDER BY parked_at, event_id LIMIT :n"),
+        {"s": park_seconds, "r": regions, "n": limit})).mappings().all()
+    return [dict(r) for r in rows]
+
+
 async def breakage_report(conn: AsyncConnection, region: str, period: str) -> list[dict[str, Any]]:
     rows = (await conn.execute(text(
         "SELECT kind, count(*) FILTER (WHERE breakage_minor > 0) AS expired, "

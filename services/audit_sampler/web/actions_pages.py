@@ -16,9 +16,10 @@ from starlette.datastructures import FormData
 from services.audit_sampler import actions
 from services.audit_sampler.domain import actions as domain
 from services.audit_sampler.web.auth import SignInRequired, Viewer, WorkbenchAuth, check_csrf
-from services.audit_sampler.web.pages import PREFIX, PageRoute, _redirect, render
+from services.audit_sampler.web.pages import PREFIX, _redirect, error_page, render
 from shared.http import Problem
 from shared.regions import catalogue
+from shared.web.pages import page_route
 
 
 def _text(form: FormData, name: str) -> str | None:
@@ -37,7 +38,7 @@ def _date(raw: str | None, errors: list[dict[str, str]]) -> date | None:
 
 
 def build_action_pages(auth: WorkbenchAuth) -> APIRouter:
-    router = APIRouter(prefix=PREFIX, route_class=PageRoute, include_in_schema=False)
+    router = APIRouter(prefix=PREFIX, route_class=page_route(auth, PREFIX, error_page), include_in_schema=False)
     engine = auth.engine
 
     async def viewer_of(request: Request) -> Viewer:

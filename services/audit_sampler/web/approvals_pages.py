@@ -19,9 +19,10 @@ from starlette.datastructures import FormData
 from services.audit_sampler import approvals
 from services.audit_sampler.web.auth import SignInRequired, Viewer, WorkbenchAuth, check_csrf
 from services.audit_sampler.web.forms import parse_amount
-from services.audit_sampler.web.pages import PREFIX, TEMPLATES, PageRoute, _redirect, render
+from services.audit_sampler.web.pages import PREFIX, TEMPLATES, _redirect, error_page, render
 from shared.http import Problem
 from shared.regions import catalogue
+from shared.web.pages import page_route
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@\-]{1,128}$")
 
@@ -53,7 +54,7 @@ def _checked_id(request_id: str) -> str:
 
 
 def build_approval_pages(auth: WorkbenchAuth) -> APIRouter:
-    router = APIRouter(prefix=PREFIX, route_class=PageRoute, include_in_schema=False)
+    router = APIRouter(prefix=PREFIX, route_class=page_route(auth, PREFIX, error_page), include_in_schema=False)
     engine = auth.engine
 
     async def viewer_of(request: Request) -> Viewer:

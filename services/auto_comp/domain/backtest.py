@@ -11,7 +11,7 @@ from datetime import datetime
 from fractions import Fraction
 from typing import Any
 
-from services.auto_comp.domain.engine import Granted, Outcome, evaluate_ticket, settle
+from services.auto_comp.domain.engine import Granted, Outcome, evaluate_ticket, settle, split_liability
 from services.auto_comp.domain.model import StrategySet
 from shared.contracts.events import TicketOpened
 from shared.money import Money, round_fraction
@@ -50,6 +50,10 @@ class RegionReport:
     by_scenario: dict[str, Bucket] = field(default_factory=lambda: defaultdict(Bucket))
     by_tier: dict[str, Bucket] = field(default_factory=lambda: defaultdict(Bucket))
     by_period: dict[str, Bucket] = field(default_factory=lambda: defaultdict(Bucket))
+    # Who would be charged: by the liability rule that applied (its hand-off fallback included, the same
+    # engine call as live decisions), and the minor units each party type would carry.
+    by_liability_rule: dict[str, Bucket] = field(default_factory=lambda: defaultdict(Bucket))
+    by_liable_party: Counter[str] = field(default_factory=Counter)
     shadow: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     shadow_total_minor: Counter[str] = field(default_factory=Counter)
 
@@ -75,6 +79,9 @@ class RegionReport:
             "not_eligible_by_rule": dict(sorted(self.not_eligible.items())),
             "by_scenario": buckets(self.by_scenario), "by_tier": buckets(self.by_tier),
             "budget_by_period": buckets(self.by_period),
+            "by_liability_rule": buckets(self.by_liability_rule),
+            "by_liable_party": {k: {"total_minor": v, "total": fmt(v)}
+                                for k, v in sorted(self.by_liable_party.items())},
             "shadow": {sid: {**dict(sorted(c.items())), "would_issue_total_minor": self.shadow_total_minor[sid]}
                        for sid, c in sorted(self.shadow.items())},
         }
@@ -115,6 +122,9 @@ def run_backtest(strategies: StrategySet, tickets: Iterable[HistoricalTicket]) -
             report.by_tier[f"{p.strategy.id}/{p.tier or 'single'}"].add(p.amount.minor)
             period = reg.local(h.occurred_at).strftime("%Y-%m")
             report.by_period[period].add(p.amount.minor)
+            report.by_liability_rule[p.liability_rule.value].add(p.amount.minor)
+            for share, part in split_liability(p.amount, p.shares):
+                report.by_liable_party[share.party.value] += part.minor
             history[(reg.code, t.buyer_id)].append(Granted(h.occurred_at, p.amount))
             orders.add((reg.code, t.order_id, p.scenario))
         elif verdict.outcome is Outcome.CAPPED:

@@ -17,8 +17,10 @@ from typing import Any
 from services.auto_comp.domain.model import (
     AbuseGuard,
     Basis,
+    EvidenceFallback,
     Formula,
     LiabilityCondition,
+    LiabilityRule,
     Measure,
     Mode,
     Strategy,
@@ -69,16 +71,33 @@ def measures(ticket: TicketOpened, region: Region, occurred_at: datetime) -> dic
     }
 
 
-def seller_dispatched_late(ticket: TicketOpened, occurred_at: datetime) -> bool:
-    if ticket.dispatch_due_at is None:
-        return False
-    return (ticket.shipped_at or occurred_at) > ticket.dispatch_due_at
+def dispatched_late(ticket: TicketOpened, handed_over_at: datetime) -> bool:
+    """Handed to the carrier after the dispatch deadline (no deadline: never late)."""
+    return ticket.dispatch_due_at is not None and handed_over_at > ticket.dispatch_due_at
 
 
-def carrier_delayed(ticket: TicketOpened, occurred_at: datetime) -> bool:
-    """The carrier had the parcel and the seller handed it over on time."""
-    return (ticket.carrier_id is not None and ticket.shipped_at is not None
-            and not seller_dispatched_late(ticket, occurred_at))
+def condition_holds(rule: LiabilityRule, ticket: TicketOpened, occurred_at: datetime) -> bool:
+    """Whether a liability rule's condition holds for the ticket.
+
+    Both conditions are judged on the carrier hand-off time (``shipped_at``). When the ticket lacks it, the
+    rule's own ``if_handoff_missing`` decides (the loader requires one): the next rule, the rule applies, or
+    the hand-off is taken as the ticket's time (not handed over when the buyer complained).
+    """
+    when = rule.when
+    if when is LiabilityCondition.OTHERWISE:
+        return True
+    handed_over_at = ticket.shipped_at
+    if handed_over_at is None:
+        fallback = rule.if_handoff_missing
+        if fallback is EvidenceFallback.APPLIES:
+            return True
+        if fallback is not EvidenceFallback.TICKET_TIME:
+            return False  # next_rule
+        handed_over_at = occurred_at
+    if when is LiabilityCondition.SELLER_LATE_DISPATCH:
+        return dispatched_late(ticket, handed_over_at)
+    # carrier_delay: a carrier had the parcel and the seller handed it over on time
+    return ticket.carrier_id is not None and not dispatched_late(ticket, handed_over_at)
 
 
 # ------------------------------------------------------------------ amounts
@@ -148,9 +167,7 @@ def liability_for(strategy: Strategy, ticket: TicketOpened, occurred_at: datetim
                   ) -> tuple[LiabilityCondition, tuple[PartyShare, ...]]:
     for rule in strategy.liability:  # conditions are checked only as far as the first rule that holds
         when = rule.when
-        if when is LiabilityCondition.SELLER_LATE_DISPATCH and not seller_dispatched_late(ticket, occurred_at):
-            continue
-        if when is LiabilityCondition.CARRIER_DELAY and not carrier_delayed(ticket, occurred_at):
+        if not condition_holds(rule, ticket, occurred_at):
             continue
         if ticket.carrier_id is None and any(s.party is PartyType.CARRIER for s in rule.shares):
             continue  # no carrier to charge: the next rule decides

@@ -23,6 +23,7 @@ from services.auto_comp.domain.model import (
     Basis,
     Budget,
     Compensation,
+    EvidenceFallback,
     Formula,
     LiabilityCondition,
     LiabilityRule,
@@ -331,8 +332,20 @@ def _liability(r: _Reader, raw: list[Any]) -> tuple[LiabilityRule, ...]:
         w = f"liability[{i}]"
         try:
             item = _mapping(item)
-            r.unknown(item, w, ("when", "shares"))
+            r.unknown(item, w, ("when", "shares", "if_handoff_missing"))
             when = r.field(item, w, "when", _enum(LiabilityCondition))
+            fallback = None
+            if when is LiabilityCondition.OTHERWISE:
+                if "if_handoff_missing" in item:
+                    r.error(f"{w}.if_handoff_missing", "'otherwise' needs no evidence: remove it")
+            else:
+                # Whom to charge when the ticket lacks the carrier hand-off time is a policy choice the
+                # strategy states, never a silent default (issue 13).
+                if item.get("if_handoff_missing") is None:
+                    r.error(f"{w}.if_handoff_missing", "is required: next_rule, applies or ticket_time (whom "
+                                                       "to charge when the ticket lacks the carrier hand-off time)")
+                    raise _Bad(w)
+                fallback = r.field(item, w, "if_handoff_missing", _enum(EvidenceFallback))
             shares: list[Share] = []
             for j, s in enumerate(r.field(item, w, "shares", _list)):
                 sw = f"{w}.shares[{j}]"
@@ -347,7 +360,7 @@ def _liability(r: _Reader, raw: list[Any]) -> tuple[LiabilityRule, ...]:
             if when is LiabilityCondition.SELLER_LATE_DISPATCH and any(
                     s.party is PartyType.CARRIER for s in shares):
                 r.error(f"{w}.shares", "a carrier cannot be charged for the seller's late dispatch")
-            rules.append(LiabilityRule(when, tuple(shares)))
+            rules.append(LiabilityRule(when, tuple(shares), fallback))
         except ValueError as exc:
             r.error(w, str(exc))
         except _Bad:

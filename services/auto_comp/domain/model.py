@@ -36,6 +36,15 @@ class LiabilityCondition(enum.StrEnum):
     OTHERWISE = "otherwise"
 
 
+class EvidenceFallback(enum.StrEnum):
+    """What a conditional liability rule does when the ticket lacks the carrier hand-off time (``shipped_at``),
+    the evidence both conditions are judged on. Stated in every such rule: no silent default (issue 13)."""
+
+    NEXT_RULE = "next_rule"  # the condition does not hold: the next rule decides
+    APPLIES = "applies"  # the condition holds: charge as this rule says
+    TICKET_TIME = "ticket_time"  # not handed over by the ticket: judge the hand-off as the ticket's time
+
+
 @dataclass(frozen=True, slots=True)
 class Range:
     """Inclusive bounds; None means unbounded on that side."""
@@ -101,6 +110,7 @@ class Share:
 class LiabilityRule:
     when: LiabilityCondition
     shares: tuple[Share, ...]
+    if_handoff_missing: EvidenceFallback | None = None  # required for every condition but ``otherwise``
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,8 +44,9 @@ strategies:
         - {name: late_6_plus, from: 6, amount: {percent: 20, floor: "5.00", cap: "30.00"}}
       voucher: {validity_days: 30, min_spend: "20.00"}
     liability:
-      - {when: seller_late_dispatch, shares: [{party: seller, percent: 50}, {party: platform, percent: 50}]}
-      - {when: carrier_delay, shares: [{party: carrier, percent: 100}]}
+      - {when: seller_late_dispatch, if_handoff_missing: ticket_time,
+         shares: [{party: seller, percent: 50}, {party: platform, percent: 50}]}
+      - {when: carrier_delay, if_handoff_missing: next_rule, shares: [{party: carrier, percent: 100}]}
       - {when: otherwise, shares: [{party: platform, percent: 100}]}
     abuse_guard: {window_days: 30, max_count: 2}
     budget: {pacing_allowance_percent: 10, degrade_to_lower_tier: true}

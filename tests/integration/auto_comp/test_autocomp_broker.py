@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from autocomp_support import autocomp_engine, grant, late_ticket, rows, scalar, write_strategies
+from autocomp_support import STRATEGIES, autocomp_engine, grant, late_ticket, rows, scalar, write_strategies
 
 from services.auto_comp.app import build_context
 from services.auto_comp.config import Settings
@@ -144,3 +144,42 @@ async def test_issued_event_reaches_the_topic(fresh_database, kafka_bootstrap, m
         await consumer.stop()
         await ctx.stop()
         await engine.dispose()
+
+
+async def test_readyz_names_a_failed_strategy_reload_and_stays_ready(fresh_database, kafka_bootstrap, make_topics,
+                                                                      unique_topic_prefix, tmp_path):
+    """Issue 13: /readyz covers the strategy files. A failed reload keeps the last good set in force, so the
+    service stays ready (every replica reads the same files: not-ready would take them all out at once) and
+    /readyz names the file, the error and the version still serving, until a good reload clears it."""
+    import httpx
+
+    from services.auto_comp.app import build_app
+
+    tickets_topic, results_topic = await make_topics("tickets", "results", partitions=1)
+    folder = write_strategies(tmp_path / "s")
+    settings = Settings(database_url=fresh_database, kafka_bootstrap_servers=kafka_bootstrap,
+                        strategies_dir=folder, tickets_topic=tickets_topic, budget_results_topic=results_topic,
+                        consumer_group=unique_topic_prefix + "-ready", consumer_poll_timeout_ms=20)
+    app = build_app(settings)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://auto-comp") as client:
+            async def readyz() -> httpx.Response:
+                for _ in range(600):  # until the consumers have joined: a positive signal, bounded
+                    r = await client.get("/readyz")
+                    if r.status_code == 200:
+                        return r
+                    await asyncio.sleep(0.1)
+                raise AssertionError(r.text)
+
+            assert "warnings" not in (await readyz()).json()
+            serving = app.state.store.current.version
+            (folder / "strategies.yaml").write_text(STRATEGIES.replace("version: 3", "version: zero"))
+            assert not app.state.store.reload().ok
+            body = (await readyz()).json()
+            assert body["status"] == "ready"
+            warning = body["warnings"]["strategies"]
+            assert "strategies.yaml" in warning and "sg-late" in warning and "version" in warning
+            assert f"still serving version {serving}" in warning
+            (folder / "strategies.yaml").write_text(STRATEGIES)
+            assert app.state.store.reload().ok
+            assert "warnings" not in (await readyz()).json()

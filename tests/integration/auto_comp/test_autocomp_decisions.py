@@ -269,3 +269,31 @@ async def test_every_final_decision_is_announced_once_in_its_transaction(engine,
     await apply(engine, tickets, [late_ticket("T-ann-now", "B-ann5", days_late=8, order=5_005)], partition=11)
     [(_, now_issued)] = await decisions_recorded(engine, "T-ann-now")
     assert now_issued.outcome.value == "issued" and sum(s.amount_minor for s in now_issued.liability) == 1_001
+
+
+async def test_backtest_charges_the_same_parties_as_live_decisions_when_the_handoff_is_missing(engine, store,
+                                                                                                tickets):
+    """Issue 13: the liability fallback for a missing carrier hand-off time is one engine call, so a backtest
+    over the same tickets attributes them to the same rules as the live service did."""
+    from collections import Counter
+
+    from services.auto_comp.domain.backtest import HistoricalTicket, run_backtest
+    from shared.contracts.registry import validate_payload
+
+    due = NOW - timedelta(days=20)
+    evidence = [  # (carrier, shipped_at): late, on time, unknown with and without a carrier
+        ("C1", due + timedelta(days=2)), ("C1", due - timedelta(days=1)), ("C1", None), (None, None),
+        (None, due - timedelta(days=1))]
+    envelopes = [late_ticket(f"HO-{i}", f"B-ho-{i}", days_late=5, carrier_id=carrier, dispatch_due_at=due,
+                             shipped_at=shipped) for i, (carrier, shipped) in enumerate(evidence)]
+    await apply(engine, tickets, envelopes)
+    live = await rows(engine, "SELECT inputs->>'liability_rule' AS rule, proposed_minor FROM decisions "
+                              "WHERE ticket_id LIKE 'HO-%' AND outcome IN ('pending_budget', 'issued')")
+    assert len(live) == len(evidence)  # all compensated: the comparison covers every case
+    report = {r.region: r for r in run_backtest(store.current, [
+        HistoricalTicket(e.region, e.occurred_at, validate_payload(e)) for e in envelopes])}["SG"]
+    assert {rule: (b.count, b.total_minor) for rule, b in report.by_liability_rule.items()} == {
+        rule: (n, sum(r["proposed_minor"] for r in live if r["rule"] == rule))
+        for rule, n in Counter(r["rule"] for r in live).items()}
+    # the support strategy states ticket_time for the seller and next_rule for the carrier
+    assert Counter(r["rule"] for r in live) == {"seller_late_dispatch": 3, "carrier_delay": 1, "otherwise": 1}

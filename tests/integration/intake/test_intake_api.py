@@ -87,6 +87,29 @@ async def test_every_event_type_arrives_on_its_topic_with_the_contract_key_and_h
             assert envelope.correlation_id == "corr-1" and a.headers["correlation_id"] == b"corr-1"
 
 
+async def test_requests_and_received_events_are_logged_under_their_correlation_ids(service, key, caplog):
+    """`make logs` follows a ticket (issue 13): the request line and each item's line at INFO, under the
+    correlation id the event carries on (its own, else the request's); probes are not logged."""
+    import logging
+
+    own = item("ticket.opened", correlation_id="log-item-corr")
+    plain = item("ticket.opened")
+    with caplog.at_level(logging.INFO):
+        r = await service.client.post("/v1/tickets/batch", json={"items": [own, plain, plain]},
+                                      headers={"X-API-Key": key, "X-Correlation-Id": "log-req-corr"})
+        assert r.status_code == 200, r.text
+        assert (await service.client.get("/healthz")).status_code == 200
+    lines = [(rec.getMessage(), rec.__dict__) for rec in caplog.records if rec.levelno == logging.INFO]
+    requests = [x for m, x in lines if m == "http request"]
+    assert [(x["method"], x["path"], x["status"], x["correlation_id"]) for x in requests] == [
+        ("POST", "/v1/tickets/batch", 200, "log-req-corr")]
+    received = [(x["event_id"], x["correlation_id"], x["status"], x["event_type"]) for m, x in lines
+                if m == "event received"]
+    assert received == [(own["event_id"], "log-item-corr", "accepted", "ticket.opened"),
+                        (plain["event_id"], "log-req-corr", "accepted", "ticket.opened"),
+                        (plain["event_id"], "log-req-corr", "duplicate", "ticket.opened")]
+
+
 async def test_events_without_their_own_correlation_id_carry_the_requests(service, key, watch):
     own = item("ticket.opened", correlation_id="item-corr")
     plain = [item("ticket.opened"), item("ticket.opened")]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import subprocess
 import sys
@@ -325,3 +326,62 @@ async def test_metrics_are_exposed(ledger):
                  "ledger_budget_used_ratio", "ledger_invariant_violations", "ledger_budget_decisions_total"):
         assert name in body, name
     assert 'ledger_invariant_violations{check="budget_overspent"} 0.0' in body
+
+
+async def test_events_waiting_for_their_compensation_are_visible(ledger, caplog):
+    """Issue 13 part 4: a parked event is logged at WARNING with its ids, counted per region with its oldest
+    age, listed by the API (region-scoped) and the CLI, and leaves every view once its compensation arrives."""
+    import logging
+
+    app, client, settings = ledger
+    with caplog.at_level(logging.WARNING, logger="services.ledger.handlers"):
+        await apply(app.state.ctx.engine, settings, [correction("K-WAIT-SG", "MAN-WAIT-SG", 100),
+                                                     correction("K-WAIT-ID", "MAN-WAIT-ID", 100, region="ID")])
+    parked_logs = [r for r in caplog.records if r.getMessage().startswith("event parked")]
+    assert {(r.levelno, r.compensation_id, r.region, r.event_type) for r in parked_logs} == {
+        (logging.WARNING, "MAN-WAIT-SG", "SG", "audit.correction_issued"),
+        (logging.WARNING, "MAN-WAIT-ID", "ID", "audit.correction_issued")}
+    assert all(r.event_id and r.correlation_id for r in parked_logs)
+
+    await app.state.housekeeper.refresh_gauges()
+    body = (await client.get("/metrics")).text
+    assert 'ledger_parked_events{region="SG"} 1.0' in body and 'ledger_parked_events{region="ID"} 1.0' in body
+    assert 'ledger_parked_oldest_age_seconds{region="SG"}' in body
+    assert f"ledger_park_window_seconds {float(settings.park_seconds)}" in body
+
+    r = await client.get("/v1/parked-events", params={"region": "SG"}, headers=token(app, roles=("ops_admin",)))
+    assert r.status_code == 200, r.text
+    listed = r.json()
+    assert listed["count"] == 1 and listed["park_window_seconds"] == settings.park_seconds
+    item = listed["items"][0]
+    assert (item["compensation_id"], item["event_type"], item["region"]) == ("MAN-WAIT-SG", "audit.correction_issued",
+                                                                             "SG")
+    parked_at, dead_at = datetime.fromisoformat(item["parked_at"]), datetime.fromisoformat(item["dead_letter_at"])
+    assert (dead_at - parked_at).total_seconds() == settings.park_seconds and item["age_seconds"] >= 0
+
+    # region-scoped, authenticated, bad input named
+    only_id = token(app, roles=("ops_admin",), regions=("ID",))
+    assert (await client.get("/v1/parked-events", params={"region": "SG"}, headers=only_id)).status_code == 403
+    assert (await client.get("/v1/parked-events", params={"region": "SG"})).status_code == 401
+    assert (await client.get("/v1/parked-events", params={"region": "ZZ"}, headers=token(app))).status_code == 404
+    bad = await client.get("/v1/parked-events", params={"region": "SG", "limit": 0}, headers=token(app))
+    assert bad.status_code == 422 and "limit" in bad.text
+
+    env = {**os.environ, "DATABASE_URL": settings.database_url, "LOG_JSON": "false"}
+    cli = subprocess.run([sys.executable, "-m", "services.ledger", "parked", "--region", "ID"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0, cli.stderr
+    lines = [json.loads(line) for line in cli.stdout.splitlines()]
+    assert [(x["compensation_id"], x["region"]) for x in lines] == [("MAN-WAIT-ID", "ID")]
+    unknown = subprocess.run([sys.executable, "-m", "services.ledger", "parked", "--region", "ZZ"], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
+
+    # the compensation arrives: the waiting correction is applied, and nothing is listed or counted any more
+    await apply(app.state.ctx.engine, settings, [manual("MAN-WAIT-SG", 500), manual("MAN-WAIT-ID", 500, region="ID")])
+    r = await client.get("/v1/parked-events", params={"region": "SG"}, headers=token(app))
+    assert r.json()["count"] == 0
+    await app.state.housekeeper.refresh_gauges()
+    body = (await client.get("/metrics")).text
+    assert 'ledger_parked_events{region="SG"} 0.0' in body
+    assert 'ledger_parked_oldest_age_seconds{region="SG"} 0.0' in body

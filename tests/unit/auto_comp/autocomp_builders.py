@@ -29,8 +29,9 @@ BASE: dict[str, Any] = {
     "compensation": {"kind": "voucher", "amount": {"percent": 10, "floor": "2.00", "cap": "15.00"},
                      "voucher": {"validity_days": 30, "min_spend": "20.00"}},
     "liability": [
-        {"when": "seller_late_dispatch", "shares": [{"party": "seller", "percent": 100}]},
-        {"when": "carrier_delay", "shares": [{"party": "carrier", "percent": 100}]},
+        {"when": "seller_late_dispatch", "if_handoff_missing": "ticket_time",
+         "shares": [{"party": "seller", "percent": 100}]},
+        {"when": "carrier_delay", "if_handoff_missing": "next_rule", "shares": [{"party": "carrier", "percent": 100}]},
         {"when": "otherwise", "shares": [{"party": "platform", "percent": 100}]},
     ],
 }

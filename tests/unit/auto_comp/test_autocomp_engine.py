@@ -429,3 +429,54 @@ def test_integer_rounding_agrees_with_the_money_toolkit(numerator, denominator, 
     from shared.money import round_fraction
 
     assert round_ratio(numerator, denominator, rounding) == round_fraction(Fraction(numerator, denominator), rounding)
+
+
+# ------------------------------------------------------------------ liability without the hand-off time (issue 13)
+
+
+def _with_fallbacks(tmp_path, seller: str, carrier: str):
+    return load_one(tmp_path, liability=[
+        {"when": "seller_late_dispatch", "if_handoff_missing": seller,
+         "shares": [{"party": "seller", "percent": 100}]},
+        {"when": "carrier_delay", "if_handoff_missing": carrier,
+         "shares": [{"party": "carrier", "percent": 100}]},
+        {"when": "otherwise", "shares": [{"party": "platform", "percent": 100}]}])
+
+
+@pytest.mark.parametrize(("seller", "carrier", "expected"), [
+    ("next_rule", "next_rule", "otherwise"),  # unknown: the platform carries it, nobody is blamed
+    ("ticket_time", "next_rule", "seller_late_dispatch"),  # no hand-off by the complaint, past the deadline
+    ("applies", "next_rule", "seller_late_dispatch"),
+    ("next_rule", "applies", "carrier_delay"),
+    ("next_rule", "ticket_time", "otherwise"),  # handed over "at the ticket": after the deadline, not the carrier
+])
+def test_missing_handoff_time_follows_the_rules_stated_fallback(tmp_path, seller, carrier, expected):
+    s = _with_fallbacks(tmp_path, seller, carrier)
+    t = ticket(carrier_id="C1", dispatch_due_at=T0 - timedelta(days=14), shipped_at=None)
+    p = run(s, t).proposal
+    assert p is not None and p.liability_rule.value == expected
+
+
+@pytest.mark.parametrize(("seller", "carrier"), [("next_rule", "next_rule"), ("applies", "applies"),
+                                                 ("ticket_time", "ticket_time")])
+def test_a_known_handoff_time_ignores_the_fallback(tmp_path, seller, carrier):
+    s = _with_fallbacks(tmp_path, seller, carrier)
+    late = ticket(carrier_id="C1", dispatch_due_at=T0 - timedelta(days=14), shipped_at=T0 - timedelta(days=12))
+    on_time = ticket(carrier_id="C1", dispatch_due_at=T0 - timedelta(days=14), shipped_at=T0 - timedelta(days=15))
+    assert run(s, late).proposal.liability_rule.value == "seller_late_dispatch"
+    assert run(s, on_time).proposal.liability_rule.value == "carrier_delay"
+
+
+def test_shipped_late_delivery_strategies_do_not_blame_the_seller_for_an_unknown_handoff():
+    """The seeds state their fallback; a delivered parcel with no hand-off time is not a late seller."""
+    from pathlib import Path
+
+    from services.auto_comp.domain.loader import load_strategies
+
+    seeds = load_strategies(Path(__file__).resolve().parents[3] / "services" / "auto_comp" / "strategies")
+    for strategy in seeds.strategies:
+        for rule in strategy.liability:
+            if rule.when.value != "otherwise":
+                assert rule.if_handoff_missing is not None, (strategy.id, rule.when)
+            if strategy.scenario == "late_delivery" and rule.when.value == "seller_late_dispatch":
+                assert rule.if_handoff_missing.value == "next_rule", strategy.id

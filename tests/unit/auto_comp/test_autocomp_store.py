@@ -37,3 +37,17 @@ def test_a_service_never_starts_on_a_broken_set(tmp_path):
     write(tmp_path, strategy_dict(enabled="sometimes"))
     with pytest.raises(StrategyLoadError, match="enabled: must be true or false"):
         StrategyStore(tmp_path)
+
+
+def test_a_failed_reload_is_named_for_readyz_until_a_good_one(tmp_path):
+    """/readyz's strategies warning: which file and what is wrong, and the version still in force."""
+    write(tmp_path, strategy_dict(version=1))
+    store = StrategyStore(tmp_path)
+    assert store.strategies() is None
+    write(tmp_path, strategy_dict(version=2), strategy_dict(id="other", priority="high"))
+    assert not store.reload().ok
+    warning = store.strategies()
+    assert warning is not None and f"still serving version {store.current.version}" in warning
+    assert ".yaml" in warning and "other" in warning and "priority" in warning
+    write(tmp_path, strategy_dict(version=2))
+    assert store.reload().ok and store.strategies() is None
