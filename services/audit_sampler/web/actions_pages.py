@@ -15,11 +15,10 @@ from starlette.datastructures import FormData
 
 from services.audit_sampler import actions
 from services.audit_sampler.domain import actions as domain
-from services.audit_sampler.web.auth import SignInRequired, Viewer, WorkbenchAuth, check_csrf
-from services.audit_sampler.web.pages import PREFIX, _redirect, error_page, render
+from services.audit_sampler.web.auth import Viewer, WorkbenchAuth
+from services.audit_sampler.web.pages import _redirect, page_access, render, workbench_router
 from shared.http import Problem
 from shared.regions import catalogue
-from shared.web.pages import page_route
 
 
 def _text(form: FormData, name: str) -> str | None:
@@ -38,21 +37,9 @@ def _date(raw: str | None, errors: list[dict[str, str]]) -> date | None:
 
 
 def build_action_pages(auth: WorkbenchAuth) -> APIRouter:
-    router = APIRouter(prefix=PREFIX, route_class=page_route(auth, PREFIX, error_page), include_in_schema=False)
+    router = workbench_router(auth)
     engine = auth.engine
-
-    async def viewer_of(request: Request) -> Viewer:
-        viewer = await auth.viewer(request)
-        if viewer is None:
-            raise SignInRequired
-        request.state.viewer = viewer
-        return viewer
-
-    async def posted(request: Request) -> tuple[Viewer, FormData]:
-        viewer = await viewer_of(request)
-        form = await request.form()
-        check_csrf(viewer, _text(form, "csrf_token"))
-        return viewer, form
+    viewer_of, posted = page_access(auth)
 
     async def _list_view(request: Request, viewer: Viewer, *, status: int = 200, message: str | None = None,
                          form: dict[str, Any] | None = None, errors: list[dict[str, Any]] | None = None) -> Response:

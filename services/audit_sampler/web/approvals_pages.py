@@ -17,12 +17,11 @@ from fastapi.responses import Response
 from starlette.datastructures import FormData
 
 from services.audit_sampler import approvals
-from services.audit_sampler.web.auth import SignInRequired, Viewer, WorkbenchAuth, check_csrf
+from services.audit_sampler.web.auth import Viewer, WorkbenchAuth
 from services.audit_sampler.web.forms import parse_amount
-from services.audit_sampler.web.pages import PREFIX, TEMPLATES, _redirect, error_page, render
+from services.audit_sampler.web.pages import TEMPLATES, _redirect, page_access, render, workbench_router
 from shared.http import Problem
 from shared.regions import catalogue
-from shared.web.pages import page_route
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@\-]{1,128}$")
 
@@ -54,21 +53,9 @@ def _checked_id(request_id: str) -> str:
 
 
 def build_approval_pages(auth: WorkbenchAuth) -> APIRouter:
-    router = APIRouter(prefix=PREFIX, route_class=page_route(auth, PREFIX, error_page), include_in_schema=False)
+    router = workbench_router(auth)
     engine = auth.engine
-
-    async def viewer_of(request: Request) -> Viewer:
-        viewer = await auth.viewer(request)
-        if viewer is None:
-            raise SignInRequired
-        request.state.viewer = viewer
-        return viewer
-
-    async def posted(request: Request) -> tuple[Viewer, FormData]:
-        viewer = await viewer_of(request)
-        form = await request.form()
-        check_csrf(viewer, _text(form, "csrf_token"))
-        return viewer, form
+    viewer_of, posted = page_access(auth)
 
     @router.get("/approvals")
     async def queue(request: Request, region: str | None = None, message: str | None = None) -> Response:

@@ -7,7 +7,7 @@ operation becomes an HTML error page with the same status (403 outside the viewe
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -96,9 +96,14 @@ def _safe_next(target: str | None) -> str:
     return safe_next(target, PREFIX, f"{PREFIX}/queues")
 
 
-def build_pages(auth: WorkbenchAuth) -> APIRouter:
-    router = APIRouter(prefix=PREFIX, route_class=page_route(auth, PREFIX, error_page), include_in_schema=False)
-    engine = auth.engine
+def workbench_router(auth: WorkbenchAuth) -> APIRouter:
+    """A router of workbench pages: signed-out visitors go to the sign-in page, errors render as pages."""
+    return APIRouter(prefix=PREFIX, route_class=page_route(auth, PREFIX, error_page), include_in_schema=False)
+
+
+def page_access(auth: WorkbenchAuth) -> tuple[Callable[[Request], Awaitable[Viewer]],
+                                               Callable[[Request], Awaitable[tuple[Viewer, FormData]]]]:
+    """(viewer_of, posted): the signed-in viewer of a page, and of a posted form with its CSRF token checked."""
 
     async def viewer_of(request: Request) -> Viewer:
         viewer = await auth.viewer(request)
@@ -111,7 +116,21 @@ def build_pages(auth: WorkbenchAuth) -> APIRouter:
         viewer = await viewer_of(request)
         form = await request.form()
         check_csrf(viewer, _text(form, "csrf_token"))
+        # Text with a NUL cannot be stored or published (ADR 0006, "Bounds"): refused here, naming the field,
+        # before any workflow sees it, as intake and the JSON APIs refuse it.
+        errors = [{"field": name, "message": "must not contain a NUL character (U+0000)"}
+                  for name, value in form.multi_items() if isinstance(value, str) and "\x00" in value]
+        if errors:
+            raise Problem(422, "Invalid form", errors[0]["message"], errors=errors)
         return viewer, form
+
+    return viewer_of, posted
+
+
+def build_pages(auth: WorkbenchAuth) -> APIRouter:
+    router = workbench_router(auth)
+    engine = auth.engine
+    viewer_of, posted = page_access(auth)
 
     @router.get("/static/workbench.css")
     async def stylesheet() -> Response:

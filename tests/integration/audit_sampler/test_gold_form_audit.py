@@ -153,6 +153,10 @@ async def test_bad_input_is_shown_by_field_and_writes_nothing(app):
         # a region outside the catalogue is a field error, not a crash
         nowhere = await c.post("/workbench/gold", data=good_form(token, region="XX"))
         assert nowhere.status_code == 422 and "<code>region</code>" in nowhere.text
+        # a NUL in free text is refused by name before anything is written (issue 11: accepted means stored)
+        nul = await c.post("/workbench/gold", data=good_form(token, compensation_id="gold-form-nul",
+                                                             note="late\x00parcel"))
+        assert nul.status_code == 422 and "<code>note</code>" in nul.text and "NUL" in nul.text
     assert await gold_rows(app) == before
 
 
