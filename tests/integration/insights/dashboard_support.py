@@ -108,7 +108,7 @@ def events() -> list[Delivered]:
             out.append(_delivered("compensation.issued", _auto(f"ID-NOV-A{i}", tid, "IDR", 125_000), "ID",
                                   _at(day, 9, tz) + timedelta(minutes=20)))
     out.append(_delivered("budget.limit_set", ev.BudgetLimitSet(
-        budget_period="2026-11", limit=ev.NonNegativeMoney(amount_minor=1_500_000, currency="IDR"), actor="fin"),
+        budget_period="2026-11", limit=ev.MoneyTotal(amount_minor=1_500_000, currency="IDR"), actor="fin"),
         "ID", _at(date(2026, 10, 30), 9, tz)))
     # Audits of three November manual compensations: two verdicts (one failed), one still waiting.
     for n in range(3):
