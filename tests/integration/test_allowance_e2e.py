@@ -45,7 +45,7 @@ strategies:
       amount: {percent: 10, floor: "20.00", cap: "150.00"}
       voucher: {validity_days: 30, min_spend: "200.00"}
     liability:
-      - {when: carrier_delay, shares: [{party: carrier, percent: 100}]}
+      - {when: carrier_delay, if_handoff_missing: next_rule, shares: [{party: carrier, percent: 100}]}
       - {when: otherwise, shares: [{party: seller, percent: 50}, {party: platform, percent: 50}]}
 """
 

@@ -115,6 +115,34 @@ def _others() -> list[Envelope]:
             money_misstated=ev.NonNegativeMoney(amount_minor=200, currency=SG), audited_at=NOW, within_sla=True)),
         ("budget.limit_set", ev.BudgetLimitSet(budget_period="2026-11",
                                                limit=ev.MoneyTotal(amount_minor=10**15, currency=SG), actor="a")),
+        ("compensation.requested", ev.CompensationRequested(
+            request_id="Q1", ticket_id="T1", order_id="O1", buyer_id="B1", agent_id="A1", team="cs",
+            kind=ev.CompensationKind.VOUCHER, amount=ev.PositiveMoney(amount_minor=400, currency=SG),
+            reason_code="late", note="buyer waited ✓",
+            case=ev.CaseSnapshot(ticket_reason=ev.TicketReason.LATE_DELIVERY, delivered_at=NOW, carrier_id="C1"))),
+        ("compensation.request_decided", ev.CompensationRequestDecided(
+            request_id="Q1", ticket_id="T1", order_id="O1", buyer_id="B1", agent_id="A1", team="cs",
+            reason_code="late", kind=ev.CompensationKind.VOUCHER,
+            requested_amount=ev.PositiveMoney(amount_minor=400, currency=SG),
+            approved_amount=ev.PositiveMoney(amount_minor=300, currency=SG), outcome=ev.RequestOutcome.APPROVED,
+            automatic=False, decided_by="lead1", reason="within policy after review", rule="sg-default",
+            requested_at=NOW, decided_at=NOW)),
+        ("compensation.issue_flagged", ev.CompensationIssueFlagged(
+            compensation_id="M1", request_id="Q1", ticket_id="T1", buyer_id="B1", agent_id="A1", team="cs",
+            reason_code="late", issued_amount=ev.PositiveMoney(amount_minor=500, currency=SG),
+            approved_amount=ev.PositiveMoney(amount_minor=300, currency=SG),
+            mismatches=[ev.IssueMismatch.ABOVE_APPROVED], finding="issued 5.00 above the approved 3.00", item_id=9,
+            issued_at=NOW)),
+        ("audit.corrective_action_recorded", ev.CorrectiveActionRecorded(
+            action_id=4, source=ev.ActionSource.FINDING, source_ref="item 9", target_type=ev.ActionTargetType.AGENT,
+            target_id="A1", kind="coaching", owner="lead1", due_on=NOW.date(), status=ev.ActionStatus.OPEN,
+            opened_by="lead1", opened_at=NOW, updated_at=NOW)),
+        ("insight.spike_detected", ev.SpikeDetected(
+            alert_id="SG-reason-late-2026", dimension=ev.SpikeDimension.REASON, key="late_delivery",
+            kind=ev.SpikeKind.SPIKE, day=NOW.date(), bucket_start=NOW, bucket_end=NOW + timedelta(days=1),
+            observed=70, expected=20.5, lower=10.25, upper=33.0, z=5.5, episode_start=NOW,
+            contributors=[ev.SpikeContributor(dimension=ev.SpikeDimension.CARRIER, key="C1", observed=50,
+                                              expected=12.0, share=0.77)])),
     ]
     return [make_envelope(t, p, source="ledger", region="SG", occurred_at=NOW, produced_at=NOW) for t, p in payloads]
 
