@@ -313,6 +313,10 @@ def print_urls(state: dict[str, Any]) -> None:
         print(f"  {name:<14} {base}   docs {base}/docs   metrics {base}/metrics   health {base}/healthz")
     if "audit_sampler" in ports:
         print(f"  {'workbench':<14} http://{HOST}:{ports['audit_sampler']}/workbench")
+    if "insights" in ports:
+        # No dev user here: who may read the dashboard is a decision (README: `services.insights users create`).
+        print(f"  {'dashboard':<14} http://{HOST}:{ports['insights']}/dashboard  "
+              "(sign-in: python -m services.insights users create ...)")
     kind = "embedded Tansu, memory only" if state.get("broker_ours") else "external"
     print(f"  {'kafka':<14} {state.get('bootstrap')} ({kind})")
     kind = "embedded, data in .local/pg" if state.get("pg_ours") else "external"
