@@ -7,6 +7,7 @@ import asyncio
 import gc
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -18,9 +19,10 @@ from shared.service import run_cli
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
-async def _report(args: argparse.Namespace) -> int:
-    """Write a region's report for a period to a file (JSON or CSV), read from the rollups."""
-    from services.insights import reports
+async def _write_for_period(args: argparse.Namespace, stem: str, compute: Any, to_csv: Any) -> int:
+    """The file commands' common path: region and period from the arguments (exit 2 naming what is wrong),
+    ``compute(engine, region, period)`` over the rollups, written as JSON or CSV to a file or stdout (by
+    default ``{stem}-{period}.{format}``, ``{region}`` in the stem replaced by the region's code)."""
     from services.insights.domain.periods import PeriodError, parse_period
     from shared.regions import UnknownRegion, region
 
@@ -37,53 +39,38 @@ async def _report(args: argparse.Namespace) -> int:
     fmt = args.format or ("csv" if args.output and args.output.endswith(".csv") else "json")
     engine = make_engine(settings.database_url, "insights", pool_size=1)
     try:
-        result = await reports.report(engine, r, period)
+        result = await compute(engine, r, period)
     finally:
         await engine.dispose()
-    body = reports.report_csv(result).encode() if fmt == "csv" else orjson.dumps(
+    body = to_csv(result).encode() if fmt == "csv" else orjson.dumps(
         result, option=orjson.OPT_INDENT_2, default=str) + b"\n"
-    output = args.output or f"insights-{r.code}-{period.label.replace('..', '_')}.{fmt}"
+    output = args.output or f"{stem.format(region=r.code)}-{period.label.replace('..', '_')}.{fmt}"
     if output == "-":
         sys.stdout.buffer.write(body)
     else:
         await asyncio.to_thread(Path(output).write_bytes, body)
         print(f"insights: wrote {output}", file=sys.stderr)
     return 0
+
+
+async def _report(args: argparse.Namespace) -> int:
+    """Write a region's report for a period to a file (JSON or CSV), read from the rollups."""
+    from services.insights import reports
+
+    return await _write_for_period(args, "insights-{region}", reports.report, reports.report_csv)
 
 
 async def _root_causes(args: argparse.Namespace) -> int:
     """Write a region's root causes for a period (top movers, mix/rate split) to a file (JSON or CSV)."""
     from services.insights import reports
     from services.insights.domain.movers import Measure
-    from services.insights.domain.periods import PeriodError, parse_period
-    from shared.regions import UnknownRegion, region
 
-    settings = Settings()
-    try:
-        r = region(args.region)
-        period = parse_period(args.period, args.start, args.end)
-    except UnknownRegion as exc:
-        print(f"insights: {exc}", file=sys.stderr)
-        return 2
-    except PeriodError as exc:
-        print(f"insights: {exc.field}: {exc}", file=sys.stderr)
-        return 2
-    fmt = args.format or ("csv" if args.output and args.output.endswith(".csv") else "json")
-    engine = make_engine(settings.database_url, "insights", pool_size=1)
-    try:
-        result = await reports.root_causes(engine, r, args.dimension, period, top=args.top,
-                                           measure=Measure(args.measure))
-    finally:
-        await engine.dispose()
-    body = reports.root_causes_csv(result).encode() if fmt == "csv" else orjson.dumps(
-        result, option=orjson.OPT_INDENT_2, default=str) + b"\n"
-    output = args.output or f"insights-root-causes-{r.code}-{args.dimension}-{period.label.replace('..', '_')}.{fmt}"
-    if output == "-":
-        sys.stdout.buffer.write(body)
-    else:
-        await asyncio.to_thread(Path(output).write_bytes, body)
-        print(f"insights: wrote {output}", file=sys.stderr)
-    return 0
+    async def compute(engine: Any, r: Any, period: Any) -> Any:
+        return await reports.root_causes(engine, r, args.dimension, period, top=args.top,
+                                         measure=Measure(args.measure))
+
+    return await _write_for_period(args, "insights-root-causes-{region}-" + args.dimension, compute,
+                                   reports.root_causes_csv)
 
 
 def _extra(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import csv
 import io
+import json
 import time
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
@@ -284,6 +285,16 @@ async def test_root_causes_and_spikes_api_scoped_and_validated(engine, fresh_dat
             region="MY", dimension="carrier", period="2026-09-02", start=None, end=None, top=5, measure="count",
             format=None, output=str(out))) == 0
         assert out.read_text() == as_csv.text
+        # both file commands name their default file after the region and period, and refuse a bad region
+        from services.insights.__main__ import _report
+        monkeypatch.chdir(tmp_path)
+        common = {"period": "2026-09-02", "start": None, "end": None, "format": None, "output": None}
+        assert await _report(argparse.Namespace(region="MY", **common)) == 0
+        assert json.loads((tmp_path / "insights-MY-2026-09-02.json").read_text())["region"] == "MY"
+        assert await _root_causes(argparse.Namespace(region="MY", dimension="carrier", top=5, measure="count",
+                                                     **common)) == 0
+        assert (tmp_path / "insights-root-causes-MY-carrier-2026-09-02.json").is_file()
+        assert await _report(argparse.Namespace(region="XX", **common)) == 2
 
         spikes = await client.get("/v1/spikes/SG", headers=h)
         assert spikes.status_code == 200, spikes.text
