@@ -12,6 +12,7 @@ from services.audit_sampler.app import build_app
 from services.audit_sampler.config import Settings
 from services.audit_sampler.domain.authority import LimitsError, load_limits_file
 from services.audit_sampler.domain.policy import PolicyError, load_policy_file
+from services.audit_sampler.web import cli as users_cli
 from shared.config import ServiceSettings
 from shared.service import run_cli
 
@@ -55,10 +56,6 @@ def extra(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     validate = policy_sub.add_parser("validate", help="check policy YAML files; exit 1 if any is invalid")
     validate.add_argument("files", nargs="+", type=Path)
     validate.set_defaults(handler=validate_policies)
-    try:
-        from services.audit_sampler.web import cli as users_cli  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:  # the workbench package is optional in a stripped-down build
-        return
     users_cli.register(sub)
 
 

@@ -7,14 +7,20 @@ from datetime import UTC, datetime, timedelta
 
 from fastapi import FastAPI
 
-from services.audit_sampler import actions, approvals, metrics, workflow
-from services.audit_sampler import approval_store as requests_db
+from services.audit_sampler import metrics
 from services.audit_sampler import persistence as db
 from services.audit_sampler.api import build_api_router
 from services.audit_sampler.config import Settings
 from services.audit_sampler.domain.authority import LimitsError, LimitsSet
 from services.audit_sampler.domain.policy import PolicyError, PolicySet
-from services.audit_sampler.handlers import ManualCompensationHandler
+from services.audit_sampler.handlers import ManualCompensationHandler, RequestHandler
+from services.audit_sampler.operations import approvals, corrective_actions
+from services.audit_sampler.operations.runtime import Runtime
+from services.audit_sampler.persistence import approvals as requests_db
+
+# The workbench is part of the service, not an option: a broken import of it must stop start-up here rather
+# than leave a service that answers the JSON API while its pages are silently missing and readiness is green.
+from services.audit_sampler.web import build_reports_router, build_web_router, session_purge_task
 from shared.config import ServiceSettings
 from shared.http import BEARER_SCHEME
 from shared.periodic import PeriodicTask
@@ -76,7 +82,7 @@ class LimitsReloader:
             raise RuntimeError(self.last_error.splitlines()[0])
 
 
-async def refresh_gauges(ctx: ServiceContext) -> None:
+async def refresh_gauges(ctx: ServiceContext, policies: PolicySet) -> None:
     now = datetime.now(UTC)
     async with ctx.engine.connect() as conn:
         queues = await db.queue_stats(conn, None, now)
@@ -94,7 +100,6 @@ async def refresh_gauges(ctx: ServiceContext) -> None:
     for row in actions:
         metrics.ACTIONS_OPEN.labels(row["region"]).set(row["open"])
         metrics.ACTIONS_OVERDUE.labels(row["region"]).set(row["overdue"])
-    policies = workflow.current_runtime().policies
     for row in queues:
         labels = (row["region"], row["queue"])
         rule = policies.for_region(row["region"]).queue(row["queue"])
@@ -116,15 +121,14 @@ def build_app(settings: ServiceSettings) -> FastAPI:
     assert isinstance(settings, Settings)
     ctx = ServiceContext.create("audit_sampler", "audit_sampler", settings)
     policies = PolicySet.load(settings.policy_dir)
-    runtime = workflow.Runtime(policies, settings.corrections_topic)
-    workflow.configure(runtime)
     limits = LimitsSet.load(settings.limits_dir)
-    approvals.configure(limits, policies)
+    # One runtime for the API, the pages and the chores; the reloaders change its policies and limits in place.
+    runtime = Runtime(policies, settings.corrections_topic, limits)
     clock = lambda: datetime.now(UTC)  # noqa: E731
     handler = ManualCompensationHandler(lambda: runtime.policies, clock, lambda: limits)
     ctx.add_consumer(settings.consumer_group, [settings.manual_topic], handler)
     ctx.add_consumer(settings.requests_consumer_group, [settings.requests_topic],
-                     approvals.RequestHandler(lambda: limits, lambda: runtime.policies, clock))
+                     RequestHandler(lambda: limits, lambda: runtime.policies, clock))
     reloader = PolicyReloader(policies)
     ctx.components.append(PeriodicTask("policy-reload", settings.policy_reload_seconds, reloader.reload))
     limits_reloader = LimitsReloader(limits)
@@ -132,17 +136,17 @@ def build_app(settings: ServiceSettings) -> FastAPI:
     ctx.readiness.append(limits_reloader.authority_limits)
 
     async def escalate() -> None:
-        await approvals.escalate_overdue(ctx.engine, datetime.now(UTC))
+        await approvals.escalate_overdue(ctx.engine, datetime.now(UTC), runtime=runtime)
 
     ctx.components.append(PeriodicTask("approval-escalation", settings.escalation_check_seconds, escalate))
 
     async def publish_effects() -> None:
-        await actions.publish_effects(ctx.engine, datetime.now(UTC))
+        await corrective_actions.publish_effects(ctx.engine, datetime.now(UTC))
 
     ctx.components.append(PeriodicTask("corrective-action-effects", settings.escalation_check_seconds,
                                        publish_effects))
     ctx.components.append(PeriodicTask("audit-gauges", settings.metrics_refresh_seconds,
-                                    lambda: refresh_gauges(ctx)))
+                                    lambda: refresh_gauges(ctx, runtime.policies)))
     ctx.readiness.append(reloader.sampling_policies)
     app = create_app(
         ctx, title="audit_sampler",
@@ -152,18 +156,10 @@ def build_app(settings: ServiceSettings) -> FastAPI:
         security_schemes={**BEARER_SCHEME, "WorkbenchSession": {
             "type": "apiKey", "in": "cookie", "name": "audit_workbench_session",
             "description": "A workbench session (reports only): sign in at /workbench."}})
-    app.include_router(build_api_router(ctx))
-    try:
-        from services.audit_sampler.web import (  # type: ignore[attr-defined,unused-ignore]
-            build_reports_router,
-            build_web_router,
-            session_purge_task,
-        )
-    except ImportError:  # the workbench package is optional in a stripped-down build
-        log.warning("workbench web UI not installed; serving the JSON API only")
-    else:
-        app.include_router(build_web_router(ctx))
-        app.include_router(build_reports_router(ctx))
-        # Sessions live in the workbench's table, so their purge comes with the workbench package.
-        ctx.components.append(session_purge_task(ctx, settings.session_purge_seconds))
+    app.state.audit_runtime = runtime  # the policies and limits this app serves (tests and tools read them here)
+    app.include_router(build_api_router(ctx, runtime))
+    app.include_router(build_web_router(ctx, runtime))
+    app.include_router(build_reports_router(ctx))
+    # Sessions live in the workbench's table, so their purge comes with the workbench.
+    ctx.components.append(session_purge_task(ctx, settings.session_purge_seconds))
     return app

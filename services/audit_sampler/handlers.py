@@ -19,10 +19,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.audit_sampler import announce, approvals, metrics
-from services.audit_sampler import approval_store as requests_db
+from services.audit_sampler import metrics
 from services.audit_sampler import persistence as db
 from services.audit_sampler.contracts import ManualCompensationIssued
+from services.audit_sampler.domain import authority
 from services.audit_sampler.domain import queues as q
 from services.audit_sampler.domain.authority import IssueCheck, LimitsSet
 from services.audit_sampler.domain.policy import PolicySet, SamplingState
@@ -33,6 +33,10 @@ from services.audit_sampler.domain.sampling import (
     decide,
     week_start,
 )
+from services.audit_sampler.operations import announce, approvals
+from services.audit_sampler.persistence import approvals as requests_db
+from shared.contracts import events as ev
+from shared.contracts.events import CompensationRequested
 from shared.kafka import Delivered, PermanentError
 from shared.outbox import enqueue_records
 from shared.regions import catalogue
@@ -306,3 +310,113 @@ class ManualCompensationHandler:
         for _, (group, *_rest) in evicted:
             metrics.CAPACITY_DROPPED.labels(group[0], group[1]).inc()
 
+
+@dataclass
+class _Fresh:
+    delivered: Delivered
+    payload: CompensationRequested
+    region: str
+    day: Any
+
+
+class RequestHandler:
+    """Consumer of ``compensation.requested``: judge against the region's authority limits, record, approve
+    at once within them or queue for an approver, publish the decision (``operations.approvals``)."""
+
+    def __init__(self, limits: Callable[[], LimitsSet], policies: Callable[[], PolicySet],
+                 clock: Callable[[], datetime]) -> None:
+        self._limits = limits
+        self._policies = policies
+        self._clock = clock
+
+    async def __call__(self, conn: AsyncConnection, events: Sequence[Delivered]) -> None:
+        incoming: list[tuple[Delivered, CompensationRequested]] = []
+        for d in events:
+            if not isinstance(d.payload, CompensationRequested):
+                raise PermanentError(f"unexpected event {d.envelope.event_type} on the requests topic")
+            incoming.append((d, d.payload))
+        known = await requests_db.known_requests(conn, [p.request_id for _, p in incoming])
+        fresh: dict[str, _Fresh] = {}
+        for d, p in incoming:
+            if p.request_id not in known and p.request_id not in fresh:
+                region = catalogue().get(d.envelope.region)
+                fresh[p.request_id] = _Fresh(d, p, region.code, q.local_day(region, d.envelope.occurred_at))
+        if not fresh:
+            return
+        limits_set = self._limits()
+        now = self._clock()
+        ordered = sorted(fresh.values(), key=lambda f: (f.delivered.envelope.occurred_at, f.payload.request_id))
+        windows = {}
+        for f in ordered:
+            limits = limits_set.for_region(f.region)
+            windows[f.payload.request_id] = limits.window(f.day) if limits else (f.day, f.day)
+        await requests_db.lock_keys(
+            conn, [requests_db.agent_day_key(f.region, f.payload.agent_id, f.day) for f in ordered]
+            + [requests_db.buyer_key(f.region, f.payload.buyer_id) for f in ordered])
+        agent_totals = await requests_db.agent_day_totals(
+            conn, sorted({(f.region, f.payload.agent_id, f.day) for f in ordered}))
+        buyer_totals = await requests_db.buyer_window_totals(
+            conn, sorted({(f.region, f.payload.buyer_id, *windows[f.payload.request_id]) for f in ordered}))
+        # Approvals earlier in this batch count for later requests, as if they had come one by one.
+        batch_approved: list[tuple[str, str, str, Any, int]] = []  # region, agent, buyer, day, amount
+        rows: list[dict[str, Any]] = []
+        for f in ordered:
+            p = f.payload
+            limits = limits_set.for_region(f.region)
+            first, last = windows[p.request_id]
+            agent_total = agent_totals.get((f.region, p.agent_id, f.day), 0) + sum(
+                a for r, ag, _, d, a in batch_approved if (r, ag, d) == (f.region, p.agent_id, f.day))
+            buyer_total = buyer_totals.get((f.region, p.buyer_id, first, last), 0) + sum(
+                a for r, _, b, d, a in batch_approved if r == f.region and b == p.buyer_id and first <= d <= last)
+            judgement = authority.judge(limits, team=p.team, tier=p.agent_tier, reason=p.reason_code,
+                              amount_minor=p.amount.amount_minor, agent_day_total_minor=agent_total,
+                              buyer_window_total_minor=buyer_total)
+            requested_at = f.delivered.envelope.occurred_at
+            sla_hours = limits.approval_sla_hours if limits else 4
+            if judgement.within:
+                batch_approved.append((f.region, p.agent_id, p.buyer_id, f.day, p.amount.amount_minor))
+            rows.append({
+                "request_id": p.request_id, "event_id": f.delivered.envelope.event_id, "region": f.region,
+                "agent_id": p.agent_id, "team": p.team, "agent_tier": p.agent_tier, "buyer_id": p.buyer_id,
+                "order_id": p.order_id, "ticket_id": p.ticket_id, "reason_code": p.reason_code,
+                "kind": p.kind.value, "currency": p.amount.currency, "amount_minor": p.amount.amount_minor,
+                "request": p.model_dump(mode="json"), "requested_at": requested_at, "local_day": f.day,
+                "status": "approved" if judgement.within else "awaiting_approval", "automatic": judgement.within,
+                "approved_amount_minor": p.amount.amount_minor if judgement.within else None,
+                "rule": judgement.rule, "limits_version": limits.version if limits else None,
+                "exceeded": list(judgement.exceeded), "judgement": judgement.detail,
+                # The SLA runs from when the request reached the queue, not from the agent's clock.
+                "due_at": None if judgement.within else authority.due(max(now, requested_at), sla_hours),
+                "decided_by": approvals.SYSTEM if judgement.within else None,
+                "decision_reason": judgement.detail if judgement.within else None,
+                "decided_at": now if judgement.within else None})
+        inserted = await requests_db.insert_requests(conn, rows)
+        if len(inserted) < len(rows):
+            # Another consumer recorded some of these requests after our read (a replay under a new event id
+            # on another partition): its approvals are not in our totals. Run the batch again.
+            log.info("compensation requests recorded concurrently; the batch will be retried",
+                     extra={"count": len(rows) - len(inserted)})
+            await db.abort_as_serialization_failure(conn)
+        steps = []
+        for row in rows:
+            steps.append({"request_id": row["request_id"], "action": "requested", "actor": row["agent_id"],
+                          "reason": row["request"].get("note") or "-", "amount_minor": row["amount_minor"],
+                          "at": row["requested_at"]})
+            steps.append({"request_id": row["request_id"], "action": "auto_approved" if row["automatic"] else "queued",
+                          "actor": approvals.SYSTEM, "reason": row["judgement"],
+                          "amount_minor": row["approved_amount_minor"], "at": now})
+        ids = await requests_db.add_trail(conn, steps)
+        records = []
+        for i, row in enumerate(rows):
+            outcome = ev.RequestOutcome.APPROVED if row["automatic"] else ev.RequestOutcome.AWAITING_APPROVAL
+            records.append(approvals.decided_record(row, trail_id=ids[2 * i + 1], outcome=outcome,
+                                                    actor=approvals.SYSTEM, automatic=True, reason=row["judgement"],
+                                                    at=now, due_at=row["due_at"]))
+        await enqueue_records(conn, records)
+        await approvals.settle_awaiting_checks(conn, self._policies(), limits_set, [r["request_id"] for r in rows], now)
+        for row in rows:
+            labels = (row["region"], row["team"], row["reason_code"])
+            metrics.REQUESTS.labels(*labels, "auto_approved" if row["automatic"] else "queued").inc()
+            if row["automatic"]:
+                metrics.REQUEST_DECISION_SECONDS.labels(row["region"]).observe(
+                    max(0.0, (now - row["requested_at"]).total_seconds()))

@@ -18,7 +18,7 @@ from sqlalchemy import text
 
 from services.audit_sampler.app import build_app
 from services.audit_sampler.config import Settings
-from services.audit_sampler.web import queries
+from services.audit_sampler.persistence import workbench as queries
 from services.audit_sampler.web.security import hash_password
 from shared.contracts import events as ev
 from shared.contracts.registry import encode_envelope, make_envelope

@@ -1,12 +1,13 @@
 """The audit workbench (server-rendered pages under /workbench) and the reports API (/v1/reports).
 
-``build_web_router(ctx)`` and ``build_reports_router(ctx)`` are mounted by the service app. Sessions live
-in the database, so the two routers need no shared state beyond the service context."""
+``build_web_router(ctx, runtime)`` and ``build_reports_router(ctx)`` are mounted by the service app. Sessions
+live in the database, so the routers need no shared state beyond the service context and the audit runtime."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
+from services.audit_sampler.operations.runtime import Runtime
 from services.audit_sampler.web.actions_pages import build_action_pages
 from services.audit_sampler.web.approvals_pages import build_approval_pages
 from services.audit_sampler.web.auth import WorkbenchAuth, purge_expired_sessions
@@ -21,11 +22,12 @@ def workbench_auth(ctx: ServiceContext, settings: WorkbenchSettings | None = Non
     return WorkbenchAuth(ctx.engine, ctx.tokens, settings or WorkbenchSettings())
 
 
-def build_web_router(ctx: ServiceContext, settings: WorkbenchSettings | None = None) -> APIRouter:
+def build_web_router(ctx: ServiceContext, runtime: Runtime, settings: WorkbenchSettings | None = None
+                     ) -> APIRouter:
     auth = workbench_auth(ctx, settings)
     router = APIRouter()
-    router.include_router(build_pages(auth))
-    router.include_router(build_approval_pages(auth))
+    router.include_router(build_pages(auth, runtime))
+    router.include_router(build_approval_pages(auth, runtime))
     router.include_router(build_action_pages(auth))
     return router
 

@@ -13,8 +13,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.datastructures import FormData
 
-from services.audit_sampler import actions
 from services.audit_sampler.domain import actions as domain
+from services.audit_sampler.operations import corrective_actions as actions
+from services.audit_sampler.operations.errors import AuditError
+from services.audit_sampler.problems import as_problem
 from services.audit_sampler.web.auth import Viewer, WorkbenchAuth
 from services.audit_sampler.web.pages import _redirect, page_access, render, workbench_router
 from shared.http import Problem
@@ -76,7 +78,8 @@ def build_action_pages(auth: WorkbenchAuth) -> APIRouter:
                 raise Problem(422, "Invalid corrective action", errors[0]["message"], errors=errors)
             row = await actions.open_action(engine, viewer.principal, action, opened_by=viewer.username,
                                             now=datetime.now(UTC))
-        except Problem as exc:
+        except (Problem, AuditError) as caught:
+            exc = as_problem(caught)
             if exc.status != 422:
                 raise
             return await _list_view(request, viewer, status=422, form=dict(form), errors=exc.errors or [])
@@ -108,7 +111,8 @@ def build_action_pages(auth: WorkbenchAuth) -> APIRouter:
             await actions.update_action(engine, viewer.principal, action_id, status=_text(form, "status") or None,
                                         owner=_text(form, "owner") or None, due_on=due_on,
                                         note=_text(form, "note") or None, now=datetime.now(UTC))
-        except Problem as exc:
+        except (Problem, AuditError) as caught:
+            exc = as_problem(caught)
             if exc.status != 422:
                 raise
             return await _detail(request, viewer, action_id, status=422, errors=exc.errors or [])

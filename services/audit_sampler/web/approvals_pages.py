@@ -16,7 +16,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.datastructures import FormData
 
-from services.audit_sampler import approvals
+from services.audit_sampler.operations import approvals
+from services.audit_sampler.operations.errors import AuditError
+from services.audit_sampler.operations.runtime import Runtime
+from services.audit_sampler.problems import as_problem
 from services.audit_sampler.web.auth import Viewer, WorkbenchAuth
 from services.audit_sampler.web.forms import parse_amount
 from services.audit_sampler.web.pages import TEMPLATES, _redirect, page_access, render, workbench_router
@@ -52,7 +55,7 @@ def _checked_id(request_id: str) -> str:
     return request_id
 
 
-def build_approval_pages(auth: WorkbenchAuth) -> APIRouter:
+def build_approval_pages(auth: WorkbenchAuth, runtime: Runtime) -> APIRouter:
     router = workbench_router(auth)
     engine = auth.engine
     viewer_of, posted = page_access(auth)
@@ -98,7 +101,8 @@ def build_approval_pages(auth: WorkbenchAuth) -> APIRouter:
                 raise Problem(422, "Invalid request", errors[0]["message"], errors=errors)
             saved = await approvals.decide(engine, viewer.principal, request_id, approve=decision == "approve",
                                            reason=_text(form, "reason"), amount_minor=amount, now=datetime.now(UTC))
-        except Problem as exc:
+        except (Problem, AuditError) as caught:
+            exc = as_problem(caught)
             if exc.status != 422:
                 raise
             return await _request_view(request, viewer, request_id, status=422,
@@ -110,8 +114,9 @@ def build_approval_pages(auth: WorkbenchAuth) -> APIRouter:
         viewer, form = await posted(request)
         try:
             await approvals.escalate(engine, viewer.principal, _checked_id(request_id),
-                                     reason=_text(form, "reason"), now=datetime.now(UTC))
-        except Problem as exc:
+                                     reason=_text(form, "reason"), runtime=runtime, now=datetime.now(UTC))
+        except (Problem, AuditError) as caught:
+            exc = as_problem(caught)
             if exc.status != 422:
                 raise
             return await _request_view(request, viewer, request_id, status=422, errors=exc.errors or [])

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.audit_sampler.web import queries
+from services.audit_sampler.persistence import workbench as queries
 from services.audit_sampler.web.metrics import CSRF_REJECTED, SESSIONS_PURGED, SIGN_IN_LOCKS, SIGN_INS
 from services.audit_sampler.web.security import WORKBENCH_ROLES
 from services.audit_sampler.web.settings import WorkbenchSettings

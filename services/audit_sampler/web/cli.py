@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from services.audit_sampler.web import queries
+from services.audit_sampler.persistence import workbench as queries
 from services.audit_sampler.web.security import WORKBENCH_ROLES
 from shared.web.cli import UsersCli
 from shared.web.cli import register as register_users

@@ -1,7 +1,7 @@
 """Workbench form fields -> the inputs of the audit operations. No I/O.
 
 Forms only translate (major-unit amounts, yes/no answers, local times); every rule about what is valid
-stays in ``services.audit_sampler.workflow`` and the event contracts, which the pages call. Error fields
+stays in ``services.audit_sampler.operations`` and the event contracts, which the pages call. Error fields
 use the JSON API's paths (``compensation.amount``, ``expected.warranted``), so one error list serves both.
 """
 
@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from services.audit_sampler.domain.verdicts import ATTRIBUTES
-from services.audit_sampler.workflow import GoldItemInput
+from services.audit_sampler.operations.gold import GoldItemInput
 from shared.money import Money
 from shared.regions import Region
 

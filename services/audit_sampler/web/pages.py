@@ -1,8 +1,9 @@
 """Workbench pages under /workbench: server-rendered HTML over the same audit operations as the JSON API
-(``services.audit_sampler.workflow``), so the rules (roles, regions, leases, blind audits) live in one place.
+(``services.audit_sampler.operations``), so the rules (roles, regions, leases, blind audits) live in one place.
 
-Every page needs a live session; every POST checks the session's CSRF token. A ``Problem`` raised by an
-operation becomes an HTML error page with the same status (403 outside the viewer's regions or roles).
+Every page needs a live session; every POST checks the session's CSRF token. A refusal of an operation
+(``operations.errors``, mapped by ``problems.py``) or a ``Problem`` of the page itself becomes an HTML error
+page with the same status (403 outside the viewer's regions or roles); a 422 is shown next to its form.
 """
 
 from __future__ import annotations
@@ -18,9 +19,16 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.datastructures import FormData
 
-from services.audit_sampler import workflow
 from services.audit_sampler.domain.verdicts import ATTRIBUTES, PARTY_TYPES, Share, VerdictInput
-from services.audit_sampler.web import charts, queries
+from services.audit_sampler.operations import claims, verdicts
+from services.audit_sampler.operations import disputes as disputes_ops
+from services.audit_sampler.operations import gold as gold_ops
+from services.audit_sampler.operations.access import AUDIT_ROLES, LEAD_ROLES, RESOLVE_ROLES
+from services.audit_sampler.operations.errors import AuditError
+from services.audit_sampler.operations.runtime import Runtime
+from services.audit_sampler.persistence import workbench as queries
+from services.audit_sampler.problems import AuditErrorRoute, as_problem
+from services.audit_sampler.web import charts
 from services.audit_sampler.web.auth import SignInRequired, Viewer, WorkbenchAuth, check_csrf
 from services.audit_sampler.web.forms import GOLD_ROWS, gold_from_form, parse_amount, without_covered
 from services.audit_sampler.web.reporting import (
@@ -29,7 +37,6 @@ from services.audit_sampler.web.reporting import (
     load_calibration,
     parse_report_query,
 )
-from services.audit_sampler.web.security import LEAD_ROLES
 from shared.contracts.events import CompensationKind
 from shared.http import Problem
 from shared.money import Money
@@ -98,7 +105,10 @@ def _safe_next(target: str | None) -> str:
 
 def workbench_router(auth: WorkbenchAuth) -> APIRouter:
     """A router of workbench pages: signed-out visitors go to the sign-in page, errors render as pages."""
-    return APIRouter(prefix=PREFIX, route_class=page_route(auth, PREFIX, error_page), include_in_schema=False)
+    # The page route renders a Problem as the error page; the audit mix-in below it turns an operation's
+    # refusal into that Problem first.
+    route = type("WorkbenchRoute", (page_route(auth, PREFIX, error_page), AuditErrorRoute), {})
+    return APIRouter(prefix=PREFIX, route_class=route, include_in_schema=False)
 
 
 def page_access(auth: WorkbenchAuth) -> tuple[Callable[[Request], Awaitable[Viewer]],
@@ -127,7 +137,7 @@ def page_access(auth: WorkbenchAuth) -> tuple[Callable[[Request], Awaitable[View
     return viewer_of, posted
 
 
-def build_pages(auth: WorkbenchAuth) -> APIRouter:
+def build_pages(auth: WorkbenchAuth, runtime: Runtime) -> APIRouter:
     router = workbench_router(auth)
     engine = auth.engine
     viewer_of, posted = page_access(auth)
@@ -153,10 +163,10 @@ def build_pages(auth: WorkbenchAuth) -> APIRouter:
     async def queues(request: Request, region: str | None = None, message: str | None = None) -> Response:
         viewer = await viewer_of(request)
         region = region.upper() if region else None
-        rows = await workflow.queue_overview(engine, viewer.principal, region)
+        rows = await claims.queue_overview(engine, viewer.principal, region, runtime=runtime)
         regions = viewer.principal.allowed_regions(catalogue().codes())
         return render(request, "queues.html", rows=rows, regions=regions, selected=region, message=message,
-                      can_claim=viewer.has_role(*workflow.AUDIT_ROLES))
+                      can_claim=viewer.has_role(*AUDIT_ROLES))
 
     @router.post("/claim")
     async def claim(request: Request) -> Response:
@@ -166,7 +176,7 @@ def build_pages(auth: WorkbenchAuth) -> APIRouter:
         if not region:
             raise Problem(422, "Invalid request", "choose a region", errors=[{"field": "region",
                                                                              "message": "required"}])
-        item = await workflow.claim_next(engine, viewer.principal, region, queue)
+        item = await claims.claim_next(engine, viewer.principal, region, queue, runtime=runtime)
         if item is None:
             return _redirect("/queues", region=region, message=f"Nothing waiting in {queue or 'any queue'} "
                                                                 f"for {region}.")
@@ -180,8 +190,8 @@ def build_pages(auth: WorkbenchAuth) -> APIRouter:
     async def _item_view(request: Request, viewer: Viewer, item_id: int, *, status: int = 200,
                          errors: list[dict[str, Any]] | None = None, form: Mapping[str, Any] | None = None
                          ) -> Response:
-        item = await workflow.get_item(engine, viewer.principal, item_id)
-        policy = workflow.current_runtime().policies.for_region(item["region"])
+        item = await claims.get_item(engine, viewer.principal, item_id)
+        policy = runtime.policies.for_region(item["region"])
         now = datetime.now(UTC)
         mine = item["status"] == "claimed" and item["claimed_by"] == viewer.username and (
             item["lease_expires_at"] is None or item["lease_expires_at"] > now)
@@ -194,8 +204,8 @@ def build_pages(auth: WorkbenchAuth) -> APIRouter:
         return render(request, "item.html", status=status, item=item, comp=item["compensation"], errs=errs,
                       mine=mine, attributes=ATTRIBUTES, categories=dict(sorted(policy.error_categories.items())),
                       party_types=PARTY_TYPES, errors=errors or [], form=form or {},
-                      lease_left=workflow.lease_remaining(item, now),
-                      can_reassign=viewer.has_role(*workflow.LEAD_ROLES),
+                      lease_left=claims.lease_remaining(item, now),
+                      can_reassign=viewer.has_role(*LEAD_ROLES),
                       can_dispute=viewer.has_role("lead"))
 
     @router.post("/items/{item_id}/verdict")
@@ -203,8 +213,9 @@ def build_pages(auth: WorkbenchAuth) -> APIRouter:
         viewer, form = await posted(request)
         try:
             verdict = _verdict_from_form(form)
-            saved = await workflow.submit_verdict(engine, viewer.principal, item_id, verdict)
-        except Problem as exc:
+            saved = await verdicts.submit_verdict(engine, viewer.principal, item_id, verdict, runtime=runtime)
+        except (Problem, AuditError) as caught:
+            exc = as_problem(caught)
             if exc.status != 422:
                 raise
             return await _item_view(request, viewer, item_id, status=422, errors=exc.errors or [
@@ -217,14 +228,14 @@ def build_pages(auth: WorkbenchAuth) -> APIRouter:
     @router.post("/items/{item_id}/release")
     async def release(request: Request, item_id: int) -> Response:
         viewer, _ = await posted(request)
-        item = await workflow.release_item(engine, viewer.principal, item_id)
+        item = await claims.release_item(engine, viewer.principal, item_id)
         return _redirect("/queues", region=item["region"], message=f"Item {item_id} is back in its queue.")
 
     @router.post("/items/{item_id}/reassign")
     async def reassign(request: Request, item_id: int) -> Response:
         viewer, form = await posted(request)
         auditor = (_text(form, "auditor_id") or "").strip().lower()
-        await workflow.reassign_item(engine, viewer.principal, item_id, auditor)
+        await claims.reassign_item(engine, viewer.principal, item_id, auditor, runtime=runtime)
         return _redirect(f"/items/{item_id}")
 
     @router.get("/me")
@@ -251,26 +262,27 @@ def build_pages(auth: WorkbenchAuth) -> APIRouter:
         if status not in ("open", "upheld", "overturned", "all"):
             raise Problem(422, "Invalid request", "status must be open, upheld, overturned or all",
                           errors=[{"field": "status", "message": "open, upheld, overturned or all"}])
-        rows = await workflow.list_disputes(engine, viewer.principal, region.upper() if region else None,
+        rows = await disputes_ops.list_disputes(engine, viewer.principal, region.upper() if region else None,
                                             None if status == "all" else status)
         for row in rows:
             # Separation of duties: the buttons only for someone who neither raised it nor gave the verdict.
-            row["may_resolve"] = workflow.may_resolve(viewer.principal, row)
-            row["conflict"] = workflow.resolution_conflict(viewer.principal, row, row["auditor_id"])
+            row["may_resolve"] = disputes_ops.may_resolve(viewer.principal, row)
+            row["conflict"] = disputes_ops.resolution_conflict(viewer.principal, row, row["auditor_id"])
         return render(request, "disputes.html", rows=rows, shown=status, message=message,
-                      can_resolve=viewer.has_role(*workflow.RESOLVE_ROLES))
+                      can_resolve=viewer.has_role(*RESOLVE_ROLES))
 
     @router.post("/verdicts/{verdict_id}/dispute")
     async def raise_dispute(request: Request, verdict_id: int) -> Response:
         viewer, form = await posted(request)
-        created = await workflow.dispute_verdict(engine, viewer.principal, verdict_id, _text(form, "reason") or "")
+        created = await disputes_ops.dispute_verdict(engine, viewer.principal, verdict_id, _text(form, "reason") or "")
         return _redirect("/disputes", message=f"Dispute {created['id']} opened.")
 
     @router.post("/disputes/{dispute_id}/resolve")
     async def resolve(request: Request, dispute_id: int) -> Response:
         viewer, form = await posted(request)
-        resolved = await workflow.resolve_dispute(engine, viewer.principal, dispute_id,
-                                                  _text(form, "outcome") or "", _text(form, "note") or None)
+        resolved = await disputes_ops.resolve_dispute(engine, viewer.principal, dispute_id,
+                                                  _text(form, "outcome") or "", _text(form, "note") or None,
+                                                  runtime=runtime)
         reversal = resolved.get("reverse_correction_id")
         people = (f" Raised by {resolved['raised_by']}, verdict by {resolved['auditor_id']}, resolved by "
                   f"{resolved['resolved_by']}.")
@@ -348,7 +360,7 @@ def build_pages(auth: WorkbenchAuth) -> APIRouter:
                          errors: list[dict[str, Any]] | None = None, form: Mapping[str, Any] | None = None
                          ) -> Response:
         codes = viewer.principal.allowed_regions(catalogue().codes())
-        policies = workflow.current_runtime().policies
+        policies = runtime.policies
         regions = [{"code": c, "currency": catalogue().get(c).currency,
                     "queues": [r.name for r in policies.for_region(c).queues]} for c in codes]
         async with engine.connect() as conn:
@@ -366,13 +378,13 @@ def build_pages(auth: WorkbenchAuth) -> APIRouter:
     @router.get("/gold")
     async def gold_page(request: Request, region: str | None = None, message: str | None = None) -> Response:
         viewer = await viewer_of(request)
-        viewer.principal.require_role(*workflow.LEAD_ROLES)
+        viewer.principal.require_role(*LEAD_ROLES)
         return await _gold_view(request, viewer, message=message, form={"region": (region or "").upper()})
 
     @router.post("/gold")
     async def seed_gold(request: Request) -> Response:
         viewer, form = await posted(request)
-        viewer.principal.require_role(*workflow.LEAD_ROLES)
+        viewer.principal.require_role(*LEAD_ROLES)
         code = (_text(form, "region") or "").strip().upper()
         try:
             region = catalogue().get(code)
@@ -384,11 +396,12 @@ def build_pages(auth: WorkbenchAuth) -> APIRouter:
         parsed = gold_from_form(form, region)
         # Unreadable fields and the workflow's own verdict on the rest, together: nothing is written
         # while either has something to say, and the lead sees every mistake at once.
-        errors = parsed.errors + without_covered(workflow.gold_item_errors(parsed.gold), parsed.errors)
+        errors = parsed.errors + without_covered(gold_ops.gold_item_errors(parsed.gold, runtime=runtime), parsed.errors)
         if not errors:
             try:
-                item = await workflow.seed_gold_item(engine, viewer.principal, parsed.gold)
-            except Problem as exc:
+                item = await gold_ops.seed_gold_item(engine, viewer.principal, parsed.gold, runtime=runtime)
+            except AuditError as caught:
+                exc = as_problem(caught)
                 if exc.status != 422:
                     raise
                 errors = exc.errors or [{"field": "gold", "message": exc.detail or exc.title}]

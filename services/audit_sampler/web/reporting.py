@@ -24,7 +24,7 @@ from services.audit_sampler.domain.reports import (
     recent_periods,
 )
 from services.audit_sampler.domain.stats import Estimate
-from services.audit_sampler.web import queries
+from services.audit_sampler.persistence import workbench as queries
 from services.audit_sampler.web.metrics import REPORT_SECONDS
 from shared.contracts.envelope import check_date
 from shared.http import Problem

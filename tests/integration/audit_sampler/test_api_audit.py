@@ -12,6 +12,7 @@ import yaml
 
 from services.audit_sampler.app import build_app, refresh_gauges
 from services.audit_sampler.config import Settings
+from services.audit_sampler.domain.policy import PolicySet
 from services.audit_sampler.handlers import ManualCompensationHandler
 from shared.contracts import events as ev
 from shared.contracts.registry import make_envelope, validate_payload
@@ -61,9 +62,7 @@ async def enqueue(ctx, cid: str, region: str = "US", agent: str = "agent-1") -> 
 
 
 def _policies(ctx):
-    from services.audit_sampler import workflow
-
-    return workflow.current_runtime().policies
+    return PolicySet.load(ctx.settings.policy_dir)
 
 
 async def test_requests_without_valid_credentials_get_401(api):
@@ -233,7 +232,7 @@ async def test_the_audit_flow_over_http(api):
 async def test_metrics_show_queues_verdicts_and_estimated_accuracy(api):
     client, ctx = api
     await enqueue(ctx, "metrics-1", region="GB")
-    await refresh_gauges(ctx)
+    await refresh_gauges(ctx, _policies(ctx))
     body = (await client.get("/metrics")).text
     assert 'audit_queue_depth{queue="normal",region="GB"}' in body
     assert 'audit_queue_oldest_age_seconds{queue="normal",region="GB"}' in body

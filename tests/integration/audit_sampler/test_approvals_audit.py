@@ -15,16 +15,18 @@ import pytest
 import yaml
 from sqlalchemy import text
 
-from services.audit_sampler import approvals
 from services.audit_sampler.domain.authority import LimitsSet
 from services.audit_sampler.domain.policy import PolicySet
-from services.audit_sampler.handlers import ManualCompensationHandler
+from services.audit_sampler.handlers import ManualCompensationHandler, RequestHandler
+from services.audit_sampler.operations import approvals, claims
+from services.audit_sampler.operations.errors import AuditError
+from services.audit_sampler.operations.runtime import Runtime
+from services.audit_sampler.problems import problem_for
 from shared.auth import Principal
 from shared.contracts import events as ev
 from shared.contracts.envelope import Envelope
 from shared.contracts.registry import make_envelope, validate_payload
 from shared.db import make_engine, migrate
-from shared.http import Problem
 from shared.kafka import Delivered
 from shared.outbox import decode_headers
 
@@ -65,9 +67,7 @@ def limits(tmp_path_factory, policies) -> LimitsSet:
         "region": "ID", "currency": "IDR", "rules": [
             {"name": "agents", "max_single": 150000, "daily_total_per_agent": 300000,
              "buyer_window_total": 10 ** 7}]}))
-    loaded = LimitsSet.load(folder)
-    approvals.configure(loaded, policies)
-    return loaded
+    return LimitsSet.load(folder)
 
 
 def request(rid: str, amount: int, *, at: datetime = NOW, agent: str = "A-1", buyer: str | None = None,
@@ -101,7 +101,7 @@ def delivered(envelopes: list[Envelope], partition: int = 0) -> list[Delivered]:
 
 
 async def consume_requests(engine, limits, policies, envelopes, partition: int = 0, now: datetime = NOW) -> None:
-    handler = approvals.RequestHandler(lambda: limits, lambda: policies, lambda: now)
+    handler = RequestHandler(lambda: limits, lambda: policies, lambda: now)
     async with engine.begin() as conn:
         await handler(conn, delivered(envelopes, partition))
 
@@ -207,29 +207,29 @@ async def test_approvers_decide_with_reasons_within_their_grants(engine, limits,
         request("RQ-d1", 5000), request("RQ-d2", 5000), request("RQ-d3", 5000, region="GB"),
         request("RQ-d4", 5000, agent="lee-sg")])
     lead = person("lee-sg", "lead")
-    with pytest.raises(Problem) as info:
+    with pytest.raises(AuditError) as info:
         await approvals.decide(engine, lead, "RQ-d1", approve=True, reason="  ", now=NOW)
-    assert info.value.status == 422 and info.value.errors[0]["field"] == "reason"
-    with pytest.raises(Problem) as info:  # a lead of SG cannot approve a GB request
+    assert problem_for(info.value).status == 422 and info.value.errors[0]["field"] == "reason"
+    with pytest.raises(AuditError) as info:  # a lead of SG cannot approve a GB request
         await approvals.decide(engine, lead, "RQ-d3", approve=True, reason="ok", now=NOW)
-    assert info.value.status == 403
-    with pytest.raises(Problem) as info:  # nor their own
+    assert problem_for(info.value).status == 403
+    with pytest.raises(AuditError) as info:  # nor their own
         await approvals.decide(engine, lead, "RQ-d4", approve=True, reason="ok", now=NOW)
-    assert info.value.status == 403
-    with pytest.raises(Problem) as info:  # an auditor is no approver
+    assert problem_for(info.value).status == 403
+    with pytest.raises(AuditError) as info:  # an auditor is no approver
         await approvals.decide(engine, person("aud", "auditor"), "RQ-d1", approve=True, reason="ok", now=NOW)
-    assert info.value.status == 403
-    with pytest.raises(Problem) as info:
+    assert problem_for(info.value).status == 403
+    with pytest.raises(AuditError) as info:
         await approvals.decide(engine, lead, "RQ-d1", approve=True, reason="too much", amount_minor=5001, now=NOW)
-    assert info.value.status == 422 and info.value.errors[0]["field"] == "amount"
+    assert problem_for(info.value).status == 422 and info.value.errors[0]["field"] == "amount"
 
     later = NOW + timedelta(minutes=30)
     await approvals.decide(engine, lead, "RQ-d1", approve=True, reason="damaged twice; goodwill",
                            amount_minor=4000, now=later)
     await approvals.decide(engine, lead, "RQ-d2", approve=False, reason="order already refunded", now=later)
-    with pytest.raises(Problem) as info:  # decided once
+    with pytest.raises(AuditError) as info:  # decided once
         await approvals.decide(engine, lead, "RQ-d2", approve=True, reason="changed my mind", now=later)
-    assert info.value.status == 409
+    assert problem_for(info.value).status == 409
     decided = await approvals.get_request(engine, lead, "RQ-d1")
     assert decided["status"] == "approved" and decided["approved_amount_minor"] == 4000
     assert [(s["action"], s["actor"]) for s in decided["trail"]] == [
@@ -244,18 +244,22 @@ async def test_approvers_decide_with_reasons_within_their_grants(engine, limits,
 async def test_overdue_requests_escalate_and_then_only_senior_auditors_decide(engine, limits, policies):
     await consume_requests(engine, limits, policies, [request("RQ-e1", 9000), request("RQ-e2", 9000)])
     lead, senior = person("lee", "lead"), person("sam", "senior_auditor")
-    await approvals.escalate(engine, lead, "RQ-e2", reason="unusual amount for the reason", now=NOW)
-    await approvals.escalate_overdue(engine, NOW + timedelta(hours=3, minutes=59))
+    await approvals.escalate(engine, lead, "RQ-e2", reason="unusual amount for the reason",
+                             runtime=Runtime(policies, limits=limits), now=NOW)
+    await approvals.escalate_overdue(engine, NOW + timedelta(hours=3, minutes=59),
+                                     runtime=Runtime(policies, limits=limits))
     assert (await approvals.get_request(engine, lead, "RQ-e1"))["status"] == "awaiting_approval"
-    assert await approvals.escalate_overdue(engine, NOW + timedelta(hours=4)) >= 1  # RQ-e1 at its SLA
+    runtime = Runtime(policies, limits=limits)
+    at_sla = await approvals.escalate_overdue(engine, NOW + timedelta(hours=4), runtime=runtime)
+    assert at_sla >= 1  # RQ-e1 at its SLA
     e1 = await approvals.get_request(engine, lead, "RQ-e1")
     e2 = await approvals.get_request(engine, lead, "RQ-e2")
     assert [s["action"] for s in e2["trail"]] == ["requested", "queued", "escalated"]  # once, by the lead
     assert e1["status"] == "escalated" and e1["due_at"] == NOW + timedelta(hours=12)
     assert e1["trail"][-1]["actor"] == "approval_sla"
-    with pytest.raises(Problem) as info:
+    with pytest.raises(AuditError) as info:
         await approvals.decide(engine, lead, "RQ-e1", approve=True, reason="fine", now=NOW + timedelta(hours=5))
-    assert info.value.status == 403
+    assert problem_for(info.value).status == 403
     await approvals.decide(engine, senior, "RQ-e1", approve=True, reason="fine", now=NOW + timedelta(hours=5))
     outcomes = [e["outcome"] for e in await outbox_events(engine, "compensation.request_decided", "RQ-e1")]
     assert outcomes == ["awaiting_approval", "escalated", "approved"]
@@ -310,8 +314,6 @@ async def test_an_issue_before_its_request_arrives_is_judged_when_it_does(engine
 
 
 async def test_the_auditor_sees_the_whole_case_and_the_trail_but_not_why_it_was_sampled(engine, limits, policies):
-    from services.audit_sampler import workflow
-
     await consume_requests(engine, limits, policies, [request("RQ-case", 5000, agent="A-case")])
     lead = person("lee-case", "lead")
     await approvals.decide(engine, lead, "RQ-case", approve=True, reason="carrier lost it twice", amount_minor=4000,
@@ -321,14 +323,14 @@ async def test_the_auditor_sees_the_whole_case_and_the_trail_but_not_why_it_was_
     auditor = Principal(subject="ada", kind="token", roles=frozenset({"auditor"}), regions=frozenset({"SG"}))
     claimed = None
     for _ in range(20):  # the flagged item, among other tests' flagged items in SG
-        claimed = await workflow.claim_next(engine, auditor, "SG", runtime=workflow.Runtime(policies))
+        claimed = await claims.claim_next(engine, auditor, "SG", runtime=Runtime(policies))
         if claimed is None or claimed["compensation_id"] == "MC-case":
             break
-        await workflow.release_item(engine, auditor, claimed["id"])
+        await claims.release_item(engine, auditor, claimed["id"])
         async with engine.begin() as conn:  # set it aside for this test
             await conn.execute(text("UPDATE audit_items SET status = 'done' WHERE id = :i"), {"i": claimed["id"]})
     assert claimed is not None and claimed["compensation_id"] == "MC-case"
-    item = await workflow.get_item(engine, auditor, claimed["id"])
+    item = await claims.get_item(engine, auditor, claimed["id"])
     assert item["case"]["ticket_reason"] == "late_delivery" and item["case"]["carrier_id"] == "C-ninja"
     assert item["case"]["promised_delivery_at"] and item["case"]["delivered_at"]
     assert item["compensation"]["occurred_at"].startswith("2026-11-18T05:00")  # when it was issued

@@ -10,15 +10,17 @@ import pytest
 import yaml
 from sqlalchemy import text
 
-from services.audit_sampler import workflow
 from services.audit_sampler.domain.policy import PolicySet
 from services.audit_sampler.domain.verdicts import ATTRIBUTES, VerdictInput
 from services.audit_sampler.handlers import ManualCompensationHandler
+from services.audit_sampler.operations import claims, verdicts
+from services.audit_sampler.operations.errors import AuditError
+from services.audit_sampler.operations.runtime import Runtime
+from services.audit_sampler.problems import problem_for
 from shared.auth import Principal
 from shared.contracts import events as ev
 from shared.contracts.registry import make_envelope, validate_payload
 from shared.db import make_engine, migrate
-from shared.http import Problem
 from shared.kafka import Delivered
 
 pytestmark = pytest.mark.integration
@@ -41,7 +43,7 @@ async def env(fresh_database, tmp_path_factory):
     base = {"seed": "claims-seed-0001", "baseline_rate": 1.0, "lease_seconds": 600, "agent_weekly_minimum": 0}
     (folder / "default.yaml").write_text(yaml.safe_dump({**base, "region": "default"}))
     policies = PolicySet.load(folder)
-    runtime = workflow.Runtime(policies)
+    runtime = Runtime(policies)
     handler = ManualCompensationHandler(lambda: policies, lambda: NOW)
     yield engine, runtime, handler
     await engine.dispose()
@@ -71,9 +73,9 @@ async def test_twenty_concurrent_claimers_never_share_an_item(env):
 
     async def claim_all(p: Principal) -> list[int]:
         got = []
-        while (item := await workflow.claim_next(engine, p, "US", runtime=runtime, now=NOW)) is not None:
+        while (item := await claims.claim_next(engine, p, "US", runtime=runtime, now=NOW)) is not None:
             got.append(item["id"])
-            await workflow.submit_verdict(engine, p, item["id"], VerdictInput(ALL_OK, True), runtime=runtime,
+            await verdicts.submit_verdict(engine, p, item["id"], VerdictInput(ALL_OK, True), runtime=runtime,
                                           now=NOW)
         return got
 
@@ -86,29 +88,29 @@ async def test_a_claim_is_exclusive_and_a_lapsed_lease_returns_the_item(env):
     engine, runtime, _ = env
     await enqueue(env, "lease", 1, region="GB")
     alice, bob = auditor("alice", regions=("GB",)), auditor("bob", regions=("GB",))
-    item = await workflow.claim_next(engine, alice, "GB", runtime=runtime, now=NOW)
+    item = await claims.claim_next(engine, alice, "GB", runtime=runtime, now=NOW)
     assert item is not None and item["claimed_by"] == "alice"
     assert item["item_kind"] == "audit"  # auditors never see whether an item is gold or a re-audit
     # claiming again gives alice the item she already holds; bob finds nothing
-    assert (await workflow.claim_next(engine, alice, "GB", runtime=runtime, now=NOW))["id"] == item["id"]
-    assert await workflow.claim_next(engine, bob, "GB", runtime=runtime, now=NOW + timedelta(seconds=599)) is None
+    assert (await claims.claim_next(engine, alice, "GB", runtime=runtime, now=NOW))["id"] == item["id"]
+    assert await claims.claim_next(engine, bob, "GB", runtime=runtime, now=NOW + timedelta(seconds=599)) is None
     # claiming again renews alice's lease
-    renewed = await workflow.claim_next(engine, alice, "GB", runtime=runtime, now=NOW + timedelta(seconds=100))
+    renewed = await claims.claim_next(engine, alice, "GB", runtime=runtime, now=NOW + timedelta(seconds=100))
     assert renewed["id"] == item["id"] and renewed["lease_expires_at"] == NOW + timedelta(seconds=700)
-    assert await workflow.claim_next(engine, bob, "GB", runtime=runtime, now=NOW + timedelta(seconds=650)) is None
+    assert await claims.claim_next(engine, bob, "GB", runtime=runtime, now=NOW + timedelta(seconds=650)) is None
     # the lease lapses: the item returns to the queue and bob gets it
     later = NOW + timedelta(seconds=701)
-    overview = {q["queue"]: q for q in await workflow.queue_overview(engine, bob, "GB", runtime=runtime,
+    overview = {q["queue"]: q for q in await claims.queue_overview(engine, bob, "GB", runtime=runtime,
                                                                       now=later)}
     assert overview["normal"]["waiting"] == 1 and overview["normal"]["claimed"] == 0
     assert overview["high"]["waiting"] == 0  # empty queues are listed too
-    taken = await workflow.claim_next(engine, bob, "GB", runtime=runtime, now=later)
+    taken = await claims.claim_next(engine, bob, "GB", runtime=runtime, now=later)
     assert taken is not None and taken["id"] == item["id"] and taken["claimed_by"] == "bob"
     # alice's stale lease no longer lets her release it
-    with pytest.raises(Problem) as info:
-        await workflow.release_item(engine, alice, item["id"])
-    assert info.value.status == 403
-    released = await workflow.release_item(engine, bob, item["id"])
+    with pytest.raises(AuditError) as info:
+        await claims.release_item(engine, alice, item["id"])
+    assert problem_for(info.value).status == 403
+    released = await claims.release_item(engine, bob, item["id"])
     assert released["status"] == "queued" and released["claimed_by"] is None
 
 
@@ -117,67 +119,67 @@ async def test_leads_reassign_and_auditors_cannot(env):
     await enqueue(env, "reassign", 1, agent="agent-9")
     lead = auditor("lead-1", "lead")
     carol, dave = auditor("carol"), auditor("dave")
-    item = await workflow.claim_next(engine, carol, "US", runtime=runtime, now=NOW + timedelta(days=1))
+    item = await claims.claim_next(engine, carol, "US", runtime=runtime, now=NOW + timedelta(days=1))
     assert item is not None
-    with pytest.raises(Problem) as info:
-        await workflow.reassign_item(engine, carol, item["id"], "dave", runtime=runtime)
-    assert info.value.status == 403
-    moved = await workflow.reassign_item(engine, lead, item["id"], "dave", runtime=runtime, now=NOW)
+    with pytest.raises(AuditError) as info:
+        await claims.reassign_item(engine, carol, item["id"], "dave", runtime=runtime)
+    assert problem_for(info.value).status == 403
+    moved = await claims.reassign_item(engine, lead, item["id"], "dave", runtime=runtime, now=NOW)
     assert moved["claimed_by"] == "dave" and moved["assigned_to"] == "dave"
     assert moved["item_kind"] == "sample"  # a lead sees what kind of item it is
     # reserved for dave: even after the lease lapses, nobody else gets it
     late = NOW + timedelta(days=2)
-    await workflow.release_item(engine, lead, item["id"])
-    with pytest.raises(Problem) as info:
-        await workflow.reassign_item(engine, lead, item["id"], "agent-9", runtime=runtime)
-    assert info.value.status == 409  # an agent never audits their own compensation
-    await workflow.reassign_item(engine, lead, item["id"], "dave", runtime=runtime, now=NOW)
-    other = await workflow.claim_next(engine, carol, "US", runtime=runtime, now=late)
+    await claims.release_item(engine, lead, item["id"])
+    with pytest.raises(AuditError) as info:
+        await claims.reassign_item(engine, lead, item["id"], "agent-9", runtime=runtime)
+    assert problem_for(info.value).status == 409  # an agent never audits their own compensation
+    await claims.reassign_item(engine, lead, item["id"], "dave", runtime=runtime, now=NOW)
+    other = await claims.claim_next(engine, carol, "US", runtime=runtime, now=late)
     assert other is None or other["id"] != item["id"]
-    mine = await workflow.claim_next(engine, dave, "US", runtime=runtime, now=late)
+    mine = await claims.claim_next(engine, dave, "US", runtime=runtime, now=late)
     assert mine is not None and mine["id"] == item["id"] and mine["claimed_by"] == "dave"
 
 
 async def test_claims_outside_granted_regions_or_roles_are_refused(env):
     engine, runtime, _ = env
-    with pytest.raises(Problem) as info:
-        await workflow.claim_next(engine, auditor("us-only"), "GB", runtime=runtime)
-    assert info.value.status == 403
-    with pytest.raises(Problem) as info:
-        await workflow.claim_next(engine, auditor("fin", "finance"), "US", runtime=runtime)
-    assert info.value.status == 403
-    with pytest.raises(Problem) as info:
-        await workflow.claim_next(engine, auditor("x", regions=("*",)), "ZZ", runtime=runtime)
-    assert info.value.status == 404
+    with pytest.raises(AuditError) as info:
+        await claims.claim_next(engine, auditor("us-only"), "GB", runtime=runtime)
+    assert problem_for(info.value).status == 403
+    with pytest.raises(AuditError) as info:
+        await claims.claim_next(engine, auditor("fin", "finance"), "US", runtime=runtime)
+    assert problem_for(info.value).status == 403
+    with pytest.raises(AuditError) as info:
+        await claims.claim_next(engine, auditor("x", regions=("*",)), "ZZ", runtime=runtime)
+    assert problem_for(info.value).status == 404
 
 
 async def test_blind_re_audit_pairs_verdicts_and_agent_results_switch_sampling(env, tmp_path):
     engine, _, _ = env
     base = {"seed": "claims-seed-0001", "baseline_rate": 1.0, "agent_weekly_minimum": 0, "calibration_share": 1.0}
     (tmp_path / "default.yaml").write_text(yaml.safe_dump({**base, "region": "default"}))
-    runtime = workflow.Runtime(PolicySet.load(tmp_path))
+    runtime = Runtime(PolicySet.load(tmp_path))
     await enqueue(env, "calib", 2, region="SG", agent="agent-calib")
     first, second = auditor("first", regions=("SG",)), auditor("second", regions=("SG",))
     failed = {**ALL_OK, "evidence_sufficient": False}
     originals = []
     for _ in range(2):
-        item = await workflow.claim_next(engine, first, "SG", runtime=runtime, now=NOW)
+        item = await claims.claim_next(engine, first, "SG", runtime=runtime, now=NOW)
         assert item is not None and item["compensation_id"].startswith("calib")
-        originals.append(await workflow.submit_verdict(engine, first, item["id"], VerdictInput(
+        originals.append(await verdicts.submit_verdict(engine, first, item["id"], VerdictInput(
             failed, False, "missing_evidence"), runtime=runtime))
     # the re-audits exist, but never for the auditor who gave the first verdict
-    assert await workflow.claim_next(engine, first, "SG", runtime=runtime, now=NOW) is None
+    assert await claims.claim_next(engine, first, "SG", runtime=runtime, now=NOW) is None
     for _ in range(2):
-        again = await workflow.claim_next(engine, second, "SG", runtime=runtime, now=NOW)
+        again = await claims.claim_next(engine, second, "SG", runtime=runtime, now=NOW)
         assert again is not None and again["item_kind"] == "audit" and "parent_item_id" not in again
         # blind: neither the item page nor the agent's history shows the first verdict
-        seen_by_second = await workflow.get_item(engine, second, again["id"])
+        seen_by_second = await claims.get_item(engine, second, again["id"])
         assert seen_by_second["verdict"] is None
         assert again["compensation_id"] not in {h["compensation_id"] for h in seen_by_second["agent_history"]}
-        with pytest.raises(Problem) as info:
-            await workflow.get_item(engine, first, again["id"])
-        assert info.value.status == 403
-        await workflow.submit_verdict(engine, second, again["id"], VerdictInput(ALL_OK, True), runtime=runtime)
+        with pytest.raises(AuditError) as info:
+            await claims.get_item(engine, first, again["id"])
+        assert problem_for(info.value).status == 403
+        await verdicts.submit_verdict(engine, second, again["id"], VerdictInput(ALL_OK, True), runtime=runtime)
     async with engine.connect() as conn:
         pairs = (await conn.execute(text(
             "SELECT primary_auditor, second_auditor FROM calibration_pairs WHERE region = 'SG'"))).all()
@@ -187,5 +189,5 @@ async def test_blind_re_audit_pairs_verdicts_and_agent_results_switch_sampling(e
     # the re-audits do not count twice against the agent; two failures in five switch to tightened
     assert agent.recent_results == [False, False] and agent.sampling_state == "tightened"
     lead = auditor("lead-sg", "lead", regions=("SG",))
-    detail = await workflow.get_item(engine, lead, originals[0]["item_id"])
+    detail = await claims.get_item(engine, lead, originals[0]["item_id"])
     assert detail["agent_state"] == "tightened" and len(detail["agent_history"]) == 2

@@ -12,9 +12,10 @@ import yaml
 from sqlalchemy import text
 
 from services.audit_sampler import persistence as db
-from services.audit_sampler import workflow
 from services.audit_sampler.domain.policy import PolicySet
 from services.audit_sampler.handlers import ManualCompensationHandler
+from services.audit_sampler.operations import claims
+from services.audit_sampler.operations.runtime import Runtime
 from shared.auth import Principal
 from shared.contracts import events as ev
 from shared.contracts.registry import make_envelope, validate_payload
@@ -44,7 +45,7 @@ async def env(fresh_database, tmp_path_factory):
         "queues": {"high": {"sla_hours": 24, "daily_capacity": None, "min_risk": 2},
                    "normal": {"sla_hours": 72, "daily_capacity": None, "min_risk": 0}}}))
     policies = PolicySet.load(folder)
-    yield engine, workflow.Runtime(policies), ManualCompensationHandler(lambda: policies, lambda: NOW)
+    yield engine, Runtime(policies), ManualCompensationHandler(lambda: policies, lambda: NOW)
     await engine.dispose()
 
 
@@ -77,7 +78,7 @@ async def test_concurrent_claims_of_one_auditor_lease_one_item(env):
     await enqueue(env, "dup", 12)
     for round_ in range(5):
         who = auditor(f"clicker-{round_}")
-        got = await asyncio.gather(*(workflow.claim_next(engine, who, "US", runtime=runtime, now=NOW)
+        got = await asyncio.gather(*(claims.claim_next(engine, who, "US", runtime=runtime, now=NOW)
                                      for _ in range(8)))
         ids = {g["id"] for g in got if g is not None}
         assert len(ids) == 1, f"round {round_}: one auditor leased {sorted(ids)}"
@@ -94,12 +95,12 @@ async def test_claiming_a_named_queue_returns_the_item_held_there(env):
     await enqueue(env, "hq", 2, reason="quality_issue")
     await enqueue(env, "nq", 3)
     who = auditor("two-queues")
-    high = await workflow.claim_next(engine, who, "US", "high", runtime=runtime, now=NOW)
-    normal = await workflow.claim_next(engine, who, "US", "normal", runtime=runtime, now=NOW)
+    high = await claims.claim_next(engine, who, "US", "high", runtime=runtime, now=NOW)
+    normal = await claims.claim_next(engine, who, "US", "normal", runtime=runtime, now=NOW)
     assert high["queue"] == "high" and normal["queue"] == "normal"
     # asking again for either queue gives back the item held there (lease renewed), not a third one
     later = NOW + timedelta(seconds=60)
-    again = await asyncio.gather(*(workflow.claim_next(engine, who, "US", q, runtime=runtime, now=later)
+    again = await asyncio.gather(*(claims.claim_next(engine, who, "US", q, runtime=runtime, now=later)
                                    for q in ("normal", "high", "normal", "high")))
     assert [a["id"] for a in again] == [normal["id"], high["id"], normal["id"], high["id"]]
     assert all(a["lease_expires_at"] == later + timedelta(seconds=600) for a in again)
@@ -113,13 +114,13 @@ async def test_a_lease_taken_over_between_read_and_renewal_is_not_renewed(env):
     await enqueue(env, "lapse", 1, reason="quality_issue", region="GB")  # a region of its own
     alice, bob = auditor("alice-lapse", "GB"), auditor("bob-lapse", "GB")
     start = NOW + timedelta(days=1)
-    first = await workflow.claim_next(engine, alice, "GB", "high", runtime=runtime, now=start)
+    first = await claims.claim_next(engine, alice, "GB", "high", runtime=runtime, now=start)
     assert first is not None and first["compensation_id"] == "lapse-0"
     async with engine.begin() as conn:
         await db.lock_auditor(conn, "GB", "alice-lapse")
         held = await db.held_item(conn, "GB", "alice-lapse", start + timedelta(seconds=599), "high")
         assert held is not None and held["id"] == first["id"]
-        taken = await workflow.claim_next(engine, bob, "GB", "high", runtime=runtime,
+        taken = await claims.claim_next(engine, bob, "GB", "high", runtime=runtime,
                                           now=start + timedelta(seconds=601))
         assert taken["id"] == first["id"] and taken["claimed_by"] == "bob-lapse"
         assert await db.renew_lease(conn, held["id"], "alice-lapse", start + timedelta(seconds=1200)) is None

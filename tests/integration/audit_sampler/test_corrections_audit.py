@@ -17,16 +17,19 @@ import yaml
 from aiokafka import AIOKafkaConsumer
 from sqlalchemy import text
 
-from services.audit_sampler import workflow
 from services.audit_sampler.config import Settings
 from services.audit_sampler.domain.policy import PolicySet
 from services.audit_sampler.domain.verdicts import ATTRIBUTES, VerdictInput
 from services.audit_sampler.handlers import ManualCompensationHandler
+from services.audit_sampler.operations import claims, disputes, verdicts
+from services.audit_sampler.operations import gold as gold_items
+from services.audit_sampler.operations.errors import AuditError
+from services.audit_sampler.operations.runtime import Runtime
+from services.audit_sampler.problems import problem_for
 from shared.auth import Principal
 from shared.contracts import events as ev
 from shared.contracts.registry import decode_envelope, make_envelope, validate_payload
 from shared.db import make_engine, migrate
-from shared.http import Problem
 from shared.kafka import Delivered, EventProducer
 from shared.outbox import OutboxRelay
 
@@ -104,7 +107,8 @@ async def read_topic(kafka_bootstrap: str, topic: str) -> list[ev.AuditCorrectio
 
 CRASHING_AUDITOR = textwrap.dedent("""
     import asyncio, os, signal, sys
-    from services.audit_sampler import workflow
+    from services.audit_sampler.operations import claims, verdicts
+    from services.audit_sampler.operations.runtime import Runtime
     from services.audit_sampler.domain.policy import PolicySet
     from services.audit_sampler.domain.verdicts import ATTRIBUTES, VerdictInput
     from shared.auth import Principal
@@ -113,11 +117,11 @@ CRASHING_AUDITOR = textwrap.dedent("""
     async def main():
         url, folder, topic = sys.argv[1:4]
         engine = make_engine(url, "audit_sampler")
-        runtime = workflow.Runtime(PolicySet.load(folder), topic)
+        runtime = Runtime(PolicySet.load(folder), topic)
         me = Principal("crash-auditor", "token", frozenset({"auditor"}), frozenset({"US"}))
-        item = await workflow.claim_next(engine, me, "US", runtime=runtime)
+        item = await claims.claim_next(engine, me, "US", runtime=runtime)
         attributes = {**dict.fromkeys(ATTRIBUTES, True), "amount_correct": False}
-        await workflow.submit_verdict(engine, me, item["id"], VerdictInput(
+        await verdicts.submit_verdict(engine, me, item["id"], VerdictInput(
             attributes, False, "wrong_amount", note="paid too much", corrected_amount_minor=250),
             runtime=runtime)
         print(item["compensation_id"], flush=True)
@@ -157,30 +161,30 @@ async def test_correction_published_exactly_once_after_a_crash_before_publish(en
 async def test_overturned_dispute_reverses_the_correction_once(env, kafka_bootstrap, make_topics):
     url, engine, folder = env
     (topic,) = await make_topics("corrections")
-    runtime = workflow.Runtime(PolicySet.load(folder), topic)
+    runtime = Runtime(PolicySet.load(folder), topic)
     await enqueue(engine, folder, "dispute-1")
     auditor, lead, senior = person("aud-7", "auditor"), person("lead-7", "lead"), person("senior-7", "senior_auditor")
-    item = await workflow.claim_next(engine, auditor, "US", runtime=runtime, now=NOW)
+    item = await claims.claim_next(engine, auditor, "US", runtime=runtime, now=NOW)
     assert item is not None and item["compensation_id"] == "dispute-1"
-    verdict = await workflow.submit_verdict(engine, auditor, item["id"], VerdictInput(
+    verdict = await verdicts.submit_verdict(engine, auditor, item["id"], VerdictInput(
         {**dict.fromkeys(ATTRIBUTES, True), "warranted": False}, False, "not_warranted"), runtime=runtime)
     assert verdict["correction_id"] and verdict["corrected_amount_minor"] == 0
     # a second verdict on the same item is refused
-    with pytest.raises(Problem) as info:
-        await workflow.submit_verdict(engine, auditor, item["id"], VerdictInput(
+    with pytest.raises(AuditError) as info:
+        await verdicts.submit_verdict(engine, auditor, item["id"], VerdictInput(
             dict.fromkeys(ATTRIBUTES, True), True), runtime=runtime)
-    assert info.value.status == 409
+    assert problem_for(info.value).status == 409
     # only a lead disputes; only a senior auditor resolves
-    with pytest.raises(Problem) as info:
-        await workflow.dispute_verdict(engine, auditor, verdict["id"], "I disagree")
-    assert info.value.status == 403
-    dispute = await workflow.dispute_verdict(engine, lead, verdict["id"], "buyer sent photos later")
-    with pytest.raises(Problem) as info:
-        await workflow.dispute_verdict(engine, lead, verdict["id"], "again")
-    assert info.value.status == 409
-    with pytest.raises(Problem) as info:
-        await workflow.resolve_dispute(engine, lead, dispute["id"], "overturn", runtime=runtime)
-    assert info.value.status == 403
+    with pytest.raises(AuditError) as info:
+        await disputes.dispute_verdict(engine, auditor, verdict["id"], "I disagree")
+    assert problem_for(info.value).status == 403
+    dispute = await disputes.dispute_verdict(engine, lead, verdict["id"], "buyer sent photos later")
+    with pytest.raises(AuditError) as info:
+        await disputes.dispute_verdict(engine, lead, verdict["id"], "again")
+    assert problem_for(info.value).status == 409
+    with pytest.raises(AuditError) as info:
+        await disputes.resolve_dispute(engine, lead, dispute["id"], "overturn", runtime=runtime)
+    assert problem_for(info.value).status == 403
     # separation of duties: neither the one who raised it nor the auditor of the verdict resolves it, even
     # holding the senior auditor's role (and whatever the case of their name in a token)
     both = Principal(subject="LEAD-7", kind="token", roles=frozenset({"lead", "senior_auditor"}),
@@ -188,21 +192,21 @@ async def test_overturned_dispute_reverses_the_correction_once(env, kafka_bootst
     own = Principal(subject="aud-7", kind="token", roles=frozenset({"auditor", "senior_auditor"}),
                     regions=frozenset({"US"}))
     for who, says in ((both, "you raised this dispute"), (own, "the disputed verdict is yours")):
-        with pytest.raises(Problem) as info:
-            await workflow.resolve_dispute(engine, who, dispute["id"], "overturn", runtime=runtime)
-        assert info.value.status == 403 and info.value.errors[0]["field"] == "dispute_id"
+        with pytest.raises(AuditError) as info:
+            await disputes.resolve_dispute(engine, who, dispute["id"], "overturn", runtime=runtime)
+        assert problem_for(info.value).status == 403 and info.value.errors[0]["field"] == "dispute_id"
         assert says in info.value.errors[0]["message"]
     async with engine.connect() as conn:
         still = (await conn.execute(text("SELECT status FROM disputes WHERE id = :d"), {"d": dispute["id"]})).scalar()
     assert still == "open"  # refused attempts change nothing
-    resolved = await workflow.resolve_dispute(engine, senior, dispute["id"], "overturn", "evidence was fine",
+    resolved = await disputes.resolve_dispute(engine, senior, dispute["id"], "overturn", "evidence was fine",
                                               runtime=runtime)
     assert resolved["status"] == "overturned" and resolved["reverse_correction_id"]
     assert (resolved["raised_by"], resolved["auditor_id"], resolved["resolved_by"]) == ("lead-7", "aud-7",
                                                                                       "senior-7")
-    with pytest.raises(Problem) as info:
-        await workflow.resolve_dispute(engine, senior, dispute["id"], "uphold", runtime=runtime)
-    assert info.value.status == 409
+    with pytest.raises(AuditError) as info:
+        await disputes.resolve_dispute(engine, senior, dispute["id"], "uphold", runtime=runtime)
+    assert problem_for(info.value).status == 409
     async with engine.connect() as conn:
         results = (await conn.execute(text(
             "SELECT recent_results FROM agents WHERE agent_id = 'agent-1' AND region = 'US'"))).scalar()
@@ -236,7 +240,7 @@ async def test_overturned_dispute_reverses_the_correction_once(env, kafka_bootst
     assert reversal.corrected_amount.amount_minor == 1000
     assert sum(s.amount_minor for s in reversal.corrected_liability) == 1000
     assert orjson.loads(orjson.dumps(reversal.model_dump(mode="json")))["compensation_id"] == "dispute-1"
-    detail = await workflow.get_item(engine, lead, item["id"])
+    detail = await claims.get_item(engine, lead, item["id"])
     assert detail["verdict"]["status"] == "overturned"
     assert (detail["dispute"]["raised_by"], detail["dispute"]["resolved_by"]) == ("lead-7", "senior-7")
 
@@ -244,9 +248,9 @@ async def test_overturned_dispute_reverses_the_correction_once(env, kafka_bootst
 async def test_gold_and_pass_verdicts_emit_nothing(env, kafka_bootstrap, make_topics):
     url, engine, folder = env
     (topic,) = await make_topics("corrections")
-    runtime = workflow.Runtime(PolicySet.load(folder), topic)
+    runtime = Runtime(PolicySet.load(folder), topic)
     lead, auditor = person("lead-8", "lead"), person("aud-8", "auditor")
-    gold = await workflow.seed_gold_item(engine, lead, workflow.GoldItemInput(
+    gold = await gold_items.seed_gold_item(engine, lead, gold_items.GoldItemInput(
         region="US", expected=WRONG_AMOUNT, compensation={
             "compensation_id": "gold-1", "ticket_id": "T9", "order_id": "O9", "buyer_id": "B9",
             "agent_id": "agent-gold", "team": "team-1", "kind": "voucher",
@@ -255,15 +259,15 @@ async def test_gold_and_pass_verdicts_emit_nothing(env, kafka_bootstrap, make_to
     assert gold["item_kind"] == "gold" and gold["gold_expected"]["amount_correct"] is False
     await enqueue(engine, folder, "pass-1")
     seen = set()
-    while (item := await workflow.claim_next(engine, auditor, "US", runtime=runtime)) is not None:
+    while (item := await claims.claim_next(engine, auditor, "US", runtime=runtime)) is not None:
         seen.add(item["compensation_id"])
         assert item["item_kind"] == "audit" and "gold_expected" not in item
         if item["compensation_id"] == "gold-1":
-            v = await workflow.submit_verdict(engine, auditor, item["id"], VerdictInput(
+            v = await verdicts.submit_verdict(engine, auditor, item["id"], VerdictInput(
                 WRONG_AMOUNT, False, "wrong_amount", corrected_amount_minor=2000), runtime=runtime)
             assert v["gold_correct"] is True and v["correction_id"] is None
         else:
-            await workflow.submit_verdict(engine, auditor, item["id"], VerdictInput(
+            await verdicts.submit_verdict(engine, auditor, item["id"], VerdictInput(
                 dict.fromkeys(ATTRIBUTES, True), True), runtime=runtime)
     assert {"gold-1", "pass-1"} <= seen
     await publish_outbox(url, engine, kafka_bootstrap)

@@ -11,11 +11,12 @@ import orjson
 import pytest
 from sqlalchemy import text
 
-from services.audit_sampler import actions
 from services.audit_sampler.domain.actions import ActionInput
+from services.audit_sampler.operations import corrective_actions as actions
+from services.audit_sampler.operations.errors import AuditError
+from services.audit_sampler.problems import problem_for
 from shared.auth import Principal
 from shared.db import make_engine, migrate
-from shared.http import Problem
 from shared.outbox import decode_headers
 
 pytestmark = pytest.mark.integration
@@ -103,17 +104,17 @@ async def test_a_seller_target_and_no_change(engine):
 
 async def test_statuses_owners_and_events(engine):
     row = await actions.open_action(engine, LEAD, new_action(target_id="A-st"), opened_by="lee", now=OPENED)
-    with pytest.raises(Problem) as info:
+    with pytest.raises(AuditError) as info:
         await actions.open_action(engine, LEAD, new_action(due_on=date(2026, 9, 1)), opened_by="lee", now=OPENED)
-    assert info.value.status == 422 and info.value.errors[0]["field"] == "due_on"
+    assert problem_for(info.value).status == 422 and info.value.errors[0]["field"] == "due_on"
     gb_lead = Principal(subject="gil", kind="token", roles=frozenset({"lead"}), regions=frozenset({"GB"}))
-    with pytest.raises(Problem) as info:
+    with pytest.raises(AuditError) as info:
         await actions.update_action(engine, gb_lead, row["id"], status="done", now=OPENED)
-    assert info.value.status == 403
+    assert problem_for(info.value).status == 403
     auditor = Principal(subject="ada", kind="token", roles=frozenset({"auditor"}), regions=frozenset({"SG"}))
-    with pytest.raises(Problem) as info:
+    with pytest.raises(AuditError) as info:
         await actions.open_action(engine, auditor, new_action(), opened_by="ada", now=OPENED)
-    assert info.value.status == 403
+    assert problem_for(info.value).status == 403
 
     listed = await actions.list_actions(engine, LEAD, "SG", now=datetime(2026, 10, 20, tzinfo=UTC))
     mine = next(a for a in listed if a["id"] == row["id"])
@@ -122,9 +123,9 @@ async def test_statuses_owners_and_events(engine):
     await actions.update_action(engine, LEAD, row["id"], status="in_progress", owner="mia", now=OPENED)
     done_at = OPENED + timedelta(days=2)
     await actions.update_action(engine, LEAD, row["id"], status="done", now=done_at)
-    with pytest.raises(Problem) as info:
+    with pytest.raises(AuditError) as info:
         await actions.update_action(engine, LEAD, row["id"], status="open", now=done_at)
-    assert info.value.status == 422 and info.value.errors[0]["field"] == "status"
+    assert problem_for(info.value).status == 422 and info.value.errors[0]["field"] == "status"
     assert not any(a["id"] == row["id"] for a in await actions.list_actions(engine, LEAD, "SG", now=done_at))
     # The effect is published once, when the after window (28 days from done) has passed.
     assert await actions.publish_effects(engine, done_at + timedelta(days=27)) == 0

@@ -16,7 +16,7 @@ from sqlalchemy import text
 from services.audit_sampler.app import build_app
 from services.audit_sampler.config import Settings
 from services.audit_sampler.domain.verdicts import ATTRIBUTES
-from services.audit_sampler.web import queries
+from services.audit_sampler.persistence import workbench as queries
 from services.audit_sampler.web.security import hash_password
 
 pytestmark = pytest.mark.integration

@@ -10,10 +10,12 @@ import pytest
 import yaml
 from sqlalchemy import text
 
-from services.audit_sampler import workflow
 from services.audit_sampler.domain.policy import PolicySet
 from services.audit_sampler.domain.verdicts import ATTRIBUTES, VerdictInput
 from services.audit_sampler.handlers import ManualCompensationHandler
+from services.audit_sampler.operations import claims
+from services.audit_sampler.operations import verdicts as scoring
+from services.audit_sampler.operations.runtime import Runtime
 from shared.auth import Principal
 from shared.contracts import events as ev
 from shared.contracts.registry import make_envelope, validate_payload
@@ -43,7 +45,7 @@ async def env(fresh_database, tmp_path_factory):
         "switching": {"to_tightened_failures": 2, "to_tightened_window": 5, "tightened_to_normal_passes": 10,
                       "to_reduced_passes": 10, "reduced_to_normal_failures": 1}}))
     policies = PolicySet.load(folder)
-    runtime = workflow.Runtime(policies)
+    runtime = Runtime(policies)
     clock = {"now": NOW}
     handler = ManualCompensationHandler(lambda: policies, lambda: clock["now"])
     yield engine, runtime, handler, clock
@@ -76,9 +78,9 @@ class Agent:
     async def audit(self, *verdicts: VerdictInput) -> None:
         for verdict in verdicts:
             cid = await self.compensate()
-            item = await workflow.claim_next(self.engine, AUDITOR, "US", runtime=self.runtime, now=self.clock["now"])
+            item = await claims.claim_next(self.engine, AUDITOR, "US", runtime=self.runtime, now=self.clock["now"])
             assert item is not None and item["compensation_id"] == cid
-            await workflow.submit_verdict(self.engine, AUDITOR, item["id"], verdict, runtime=self.runtime,
+            await scoring.submit_verdict(self.engine, AUDITOR, item["id"], verdict, runtime=self.runtime,
                                           now=self.clock["now"])
 
     async def level(self) -> tuple[str, int]:
@@ -109,8 +111,8 @@ async def test_passes_under_tightened_inspection_do_not_buy_reduced_inspection(e
     state, reasons = await agent.sampled_under(cid)
     assert state == "normal" and "agent_reduced" not in reasons
     # the queued one is audited too, then eight more: nine passes under normal, still normal
-    item = await workflow.claim_next(agent.engine, AUDITOR, "US", runtime=agent.runtime, now=agent.clock["now"])
-    await workflow.submit_verdict(agent.engine, AUDITOR, item["id"], PASS, runtime=agent.runtime,
+    item = await claims.claim_next(agent.engine, AUDITOR, "US", runtime=agent.runtime, now=agent.clock["now"])
+    await scoring.submit_verdict(agent.engine, AUDITOR, item["id"], PASS, runtime=agent.runtime,
                                   now=agent.clock["now"])
     await agent.audit(*[PASS] * 7)
     assert await agent.level() == ("normal", 9)

@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from services.audit_sampler.app import build_app
 from services.audit_sampler.config import Settings
-from services.audit_sampler.web import queries
+from services.audit_sampler.persistence import workbench as queries
 from shared.db import migrate
 
 pytestmark = pytest.mark.integration

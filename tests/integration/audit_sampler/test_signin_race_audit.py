@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from services.audit_sampler.web import queries
+from services.audit_sampler.persistence import workbench as queries
 from services.audit_sampler.web.auth import SignInFailed, WorkbenchAuth
 from services.audit_sampler.web.security import hash_password
 from services.audit_sampler.web.settings import WorkbenchSettings

@@ -20,11 +20,13 @@ import yaml
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from services.audit_sampler import workflow
 from services.audit_sampler.app import build_app
 from services.audit_sampler.config import Settings
 from services.audit_sampler.domain.verdicts import ATTRIBUTES, VerdictInput
-from services.audit_sampler.web import build_web_router, queries
+from services.audit_sampler.operations import claims, verdicts
+from services.audit_sampler.operations import gold as gold_items
+from services.audit_sampler.persistence import workbench as queries
+from services.audit_sampler.web import build_web_router
 from services.audit_sampler.web.auth import DEVICE_COOKIE, SESSION_COOKIE
 from services.audit_sampler.web.security import hash_password
 from services.audit_sampler.web.settings import WorkbenchSettings
@@ -413,14 +415,14 @@ async def test_lead_disputes_and_senior_auditor_resolves(service):
 async def audit_everything(app: FastAPI, region: str, auditor: str) -> None:
     """Work the region's queue dry through the workflow: quality_issue compensations were not warranted."""
     who = Principal(auditor, "token", frozenset({"auditor"}), frozenset({region}))
-    engine = app.state.ctx.engine
-    while (item := await workflow.claim_next(engine, who, region)) is not None:
+    engine, runtime = app.state.ctx.engine, app.state.audit_runtime
+    while (item := await claims.claim_next(engine, who, region, runtime=runtime)) is not None:
         comp = item["compensation"]
         if comp["reason_code"] == "quality_issue":
             verdict = VerdictInput({**ALL_OK, "warranted": False}, False, "not_warranted")
         else:
             verdict = VerdictInput(ALL_OK, True)
-        await workflow.submit_verdict(engine, who, item["id"], verdict)
+        await verdicts.submit_verdict(engine, who, item["id"], verdict, runtime=runtime)
 
 
 async def test_accuracy_report_matches_a_hand_computed_estimate(service):
@@ -488,7 +490,7 @@ async def test_report_parameters_are_validated(service):
 
 
 async def test_calibration_and_gold_reach_the_lead_pages(service):
-    engine = service.state.ctx.engine
+    engine, runtime = service.state.ctx.engine, service.state.audit_runtime
     bob = Principal("bob", "token", frozenset({"auditor"}), frozenset({"GB"}))
     gia = Principal("gia", "token", frozenset({"auditor"}), frozenset({"GB"}))
     lee = Principal("lee", "token", frozenset({"lead"}), frozenset({"GB"}))
@@ -497,15 +499,15 @@ async def test_calibration_and_gold_reach_the_lead_pages(service):
         team="team-9", kind=ev.CompensationKind.VOUCHER, amount=ev.PositiveMoney(amount_minor=500, currency="GBP"),
         reason_code="damaged", liability=[ev.LiabilityShare(party=ev.LiableParty(type=ev.PartyType.PLATFORM),
                                                             amount_minor=500)]).model_dump(mode="json")
-    await workflow.seed_gold_item(engine, lee, workflow.GoldItemInput("GB", comp, ALL_OK))
+    await gold_items.seed_gold_item(engine, lee, gold_items.GoldItemInput("GB", comp, ALL_OK), runtime=runtime)
     # bob audits GB first (all pass, but he fails the damaged ones' evidence); gia re-audits blind
-    while (item := await workflow.claim_next(engine, bob, "GB")) is not None:
+    while (item := await claims.claim_next(engine, bob, "GB", runtime=runtime)) is not None:
         strict = item["compensation"]["compensation_id"] in ("gb-0", "gb-1", "gold-1")
         verdict = (VerdictInput({**ALL_OK, "evidence_sufficient": False}, False, "missing_evidence") if strict
                    else VerdictInput(ALL_OK, True))
-        await workflow.submit_verdict(engine, bob, item["id"], verdict)
-    while (item := await workflow.claim_next(engine, gia, "GB")) is not None:
-        await workflow.submit_verdict(engine, gia, item["id"], VerdictInput(ALL_OK, True))
+        await verdicts.submit_verdict(engine, bob, item["id"], verdict, runtime=runtime)
+    while (item := await claims.claim_next(engine, gia, "GB", runtime=runtime)) is not None:
+        await verdicts.submit_verdict(engine, gia, item["id"], VerdictInput(ALL_OK, True), runtime=runtime)
     assert await scalar(service, "SELECT count(*) FROM calibration_pairs WHERE region = 'GB'") == 6
     async with client(service) as c:
         await login(c, "lee")
@@ -529,7 +531,7 @@ async def test_trusted_header_mode_signs_in_known_users_only(service):
     ctx = service.state.ctx
     app = FastAPI()
     install_problem_handlers(app)
-    app.include_router(build_web_router(ctx, WorkbenchSettings(trusted_header_auth=True)))
+    app.include_router(build_web_router(ctx, service.state.audit_runtime, WorkbenchSettings(trusted_header_auth=True)))
     async with client(app) as c:
         assert (await c.get("/workbench/me")).status_code == 303  # no header: sign-in page explains
         assert (await c.get("/workbench/me", headers={"X-Forwarded-User": "mallory"})).status_code == 403

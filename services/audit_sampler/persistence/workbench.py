@@ -21,6 +21,7 @@ from services.audit_sampler.domain.reports import (
     Period,
     PopulationCount,
 )
+from services.audit_sampler.persistence.regions import region_filter
 from shared.web.store import Session as Session  # re-exported: the workbench's callers name them here
 from shared.web.store import SignInStore, Tables
 from shared.web.store import User as User
@@ -116,7 +117,8 @@ async def gold_results(conn: AsyncConnection, region: str, timezone: str, start:
 async def auditor_stats(conn: AsyncConnection, auditor: str, regions: Sequence[str] | None,
                         day_start: datetime, week_start: datetime) -> dict[str, Any]:
     """An auditor's own work: verdicts today and this week, fail share, gold accuracy, disputes, agreement."""
-    regions_param = None if regions is None else list(regions)
+    own = region_filter("region", regions)
+    calibrated = region_filter("c.region", regions)
     row = (await conn.execute(text(
         "SELECT count(*) FILTER (WHERE created_at >= :day) AS today, "
         "count(*) FILTER (WHERE created_at >= :week) AS this_week, count(*) AS total, "
@@ -125,21 +127,18 @@ async def auditor_stats(conn: AsyncConnection, auditor: str, regions: Sequence[s
         "count(*) FILTER (WHERE item_kind = 'gold' AND gold_correct) AS gold_correct, "
         "count(*) FILTER (WHERE status = 'upheld') AS disputes_upheld, "
         "count(*) FILTER (WHERE status = 'overturned') AS disputes_overturned "
-        "FROM verdicts WHERE auditor_id = :a "
-        "AND (CAST(:regions AS text[]) IS NULL OR region = ANY(CAST(:regions AS text[])))"),
-        {"a": auditor, "day": day_start, "week": week_start, "regions": regions_param})).one()
+        f"FROM verdicts WHERE auditor_id = :a AND {own.sql}"),
+        own.bind(a=auditor, day=day_start, week=week_start))).one()
     agreement = (await conn.execute(text(
         "SELECT count(*) AS scored, count(*) FILTER (WHERE a1.ok = a2.ok) AS agreed "
         "FROM calibration_pairs c JOIN verdict_attributes a1 ON a1.verdict_id = c.primary_verdict_id "
         "JOIN verdict_attributes a2 ON a2.verdict_id = c.second_verdict_id AND a2.attribute = a1.attribute "
-        "WHERE (c.primary_auditor = :a OR c.second_auditor = :a) "
-        "AND (CAST(:regions AS text[]) IS NULL OR c.region = ANY(CAST(:regions AS text[])))"),
-        {"a": auditor, "regions": regions_param})).one()
+        f"WHERE (c.primary_auditor = :a OR c.second_auditor = :a) AND {calibrated.sql}"),
+        calibrated.bind(a=auditor))).one()
     recent = await conn.execute(text(
         "SELECT id, item_id, region, compensation_id, agent_id, passed, error_category, status, created_at "
-        "FROM verdicts WHERE auditor_id = :a AND item_kind <> 'gold' "
-        "AND (CAST(:regions AS text[]) IS NULL OR region = ANY(CAST(:regions AS text[]))) "
-        "ORDER BY created_at DESC, id DESC LIMIT 15"), {"a": auditor, "regions": regions_param})
+        f"FROM verdicts WHERE auditor_id = :a AND item_kind <> 'gold' AND {own.sql} "
+        "ORDER BY created_at DESC, id DESC LIMIT 15"), own.bind(a=auditor))
     return {**dict(row._mapping), "attributes_scored_twice": int(agreement.scored),
             "attributes_agreed": int(agreement.agreed), "recent": [dict(r._mapping) for r in recent]}
 
@@ -147,35 +146,33 @@ async def auditor_stats(conn: AsyncConnection, auditor: str, regions: Sequence[s
 async def open_items(conn: AsyncConnection, regions: Sequence[str] | None, limit: int = 100
                      ) -> list[dict[str, Any]]:
     """Queued and claimed items in the regions (None: all), the ones nearest their SLA first."""
+    in_regions = region_filter("region", regions)
     rows = await conn.execute(text(
         "SELECT id, region, queue, item_kind, compensation_id, agent_id, status, claimed_by, lease_expires_at, "
-        "enqueued_at, sla_due_at FROM audit_items WHERE status IN ('queued', 'claimed') "
-        "AND (CAST(:regions AS text[]) IS NULL OR region = ANY(CAST(:regions AS text[]))) "
-        "ORDER BY sla_due_at, id LIMIT :n"), {"regions": None if regions is None else list(regions), "n": limit})
+        f"enqueued_at, sla_due_at FROM audit_items WHERE status IN ('queued', 'claimed') AND {in_regions.sql} "
+        "ORDER BY sla_due_at, id LIMIT :n"), in_regions.bind(n=limit))
     return [dict(r._mapping) for r in rows]
 
 
 async def failed_verdicts(conn: AsyncConnection, regions: Sequence[str] | None, limit: int = 100
                           ) -> list[dict[str, Any]]:
     """The latest failed verdicts on sampled compensations (the ones a lead may dispute), newest first."""
+    in_regions = region_filter("region", regions)
     rows = await conn.execute(text(
         "SELECT id, item_id, region, compensation_id, agent_id, team, auditor_id, error_category, status, "
-        "created_at FROM verdicts WHERE item_kind = 'sample' AND NOT passed "
-        "AND (CAST(:regions AS text[]) IS NULL OR region = ANY(CAST(:regions AS text[]))) "
-        "ORDER BY created_at DESC, id DESC LIMIT :n"),
-        {"regions": None if regions is None else list(regions), "n": limit})
+        f"created_at FROM verdicts WHERE item_kind = 'sample' AND NOT passed AND {in_regions.sql} "
+        "ORDER BY created_at DESC, id DESC LIMIT :n"), in_regions.bind(n=limit))
     return [dict(r._mapping) for r in rows]
 
 
 async def gold_items(conn: AsyncConnection, regions: Sequence[str] | None, limit: int = 20
                      ) -> list[dict[str, Any]]:
     """The latest gold items in the regions (None: all), with how they were scored once audited."""
+    in_regions = region_filter("i.region", regions)
     rows = await conn.execute(text(
         "SELECT i.id, i.region, i.queue, i.compensation_id, i.agent_id, i.status, i.created_by, i.enqueued_at, "
         "v.auditor_id, v.gold_correct FROM audit_items i LEFT JOIN verdicts v ON v.item_id = i.id "
-        "WHERE i.item_kind = 'gold' "
-        "AND (CAST(:regions AS text[]) IS NULL OR i.region = ANY(CAST(:regions AS text[]))) "
-        "ORDER BY i.id DESC LIMIT :n"), {"regions": None if regions is None else list(regions), "n": limit})
+        f"WHERE i.item_kind = 'gold' AND {in_regions.sql} ORDER BY i.id DESC LIMIT :n"), in_regions.bind(n=limit))
     return [dict(r._mapping) for r in rows]
 
 

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.audit_sampler.domain.policy import SamplingState
 from services.audit_sampler.domain.sampling import InspectionLevel
+from services.audit_sampler.persistence.regions import region_filter
 
 
 def _json(value: Any) -> str:
@@ -470,12 +471,12 @@ async def resolve_dispute(conn: AsyncConnection, dispute_id: int, status: str, b
 
 async def disputes(conn: AsyncConnection, regions: Sequence[str] | None, status: str | None,
                    limit: int = 200) -> list[dict[str, Any]]:
+    in_regions = region_filter("d.region", regions)
     rows = await conn.execute(text(
         "SELECT d.*, v.item_id, v.compensation_id, v.agent_id, v.auditor_id, v.error_category "
-        "FROM disputes d JOIN verdicts v ON v.id = d.verdict_id "
-        "WHERE (CAST(:regions AS text[]) IS NULL OR d.region = ANY(CAST(:regions AS text[]))) "
+        f"FROM disputes d JOIN verdicts v ON v.id = d.verdict_id WHERE {in_regions.sql} "
         "AND (CAST(:s AS text) IS NULL OR d.status = :s) ORDER BY d.created_at DESC LIMIT :n"),
-        {"regions": None if regions is None else list(regions), "s": status, "n": limit})
+        in_regions.bind(s=status, n=limit))
     return [dict(r._mapping) for r in rows]
 
 
@@ -490,6 +491,7 @@ async def agent_history(conn: AsyncConnection, region: str, agent_id: str, limit
 
 async def queue_stats(conn: AsyncConnection, regions: Sequence[str] | None, now: datetime
                       ) -> list[dict[str, Any]]:
+    in_regions = region_filter("region", regions)
     rows = await conn.execute(text(
         "SELECT region, queue, "
         "count(*) FILTER (WHERE status = 'queued' OR lease_expires_at <= :now) AS waiting, "
@@ -497,10 +499,9 @@ async def queue_stats(conn: AsyncConnection, regions: Sequence[str] | None, now:
         "coalesce(extract(epoch FROM :now - min(enqueued_at) FILTER (WHERE status = 'queued' "
         "OR lease_expires_at <= :now)), 0) AS oldest_age_seconds, "
         "count(*) FILTER (WHERE sla_due_at < :now) AS sla_breached "
-        "FROM audit_items WHERE status IN ('queued', 'claimed') "
-        "AND (CAST(:regions AS text[]) IS NULL OR region = ANY(CAST(:regions AS text[]))) "
+        f"FROM audit_items WHERE status IN ('queued', 'claimed') AND {in_regions.sql} "
         "GROUP BY region, queue ORDER BY region, queue"),
-        {"now": now, "regions": None if regions is None else list(regions)})
+        in_regions.bind(now=now))
     return [dict(r._mapping) for r in rows]
 
 

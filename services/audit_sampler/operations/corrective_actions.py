@@ -17,11 +17,13 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.audit_sampler import announce
 from services.audit_sampler.domain import actions as domain
+from services.audit_sampler.operations import announce
+from services.audit_sampler.operations.access import region_scope, require_region, require_role
+from services.audit_sampler.operations.errors import Invalid, NotFound
+from services.audit_sampler.persistence.regions import region_filter
 from shared.auth import Principal
 from shared.contracts import events as ev
-from shared.http import Problem
 from shared.outbox import Record, enqueue_records
 from shared.regions import catalogue
 
@@ -63,16 +65,16 @@ async def _row(conn: AsyncConnection, action_id: int, *, for_update: bool = Fals
 
 async def open_action(engine: AsyncEngine, principal: Principal, action: domain.ActionInput, *, opened_by: str,
                       now: datetime) -> dict[str, Any]:
-    principal.require_role(*LEAD_ROLES)
+    require_role(principal, *LEAD_ROLES)
     if action.region not in catalogue():
-        raise Problem(422, "Invalid request", f"unknown region {action.region}",
+        raise Invalid(f"unknown region {action.region}",
                       errors=[{"field": "region", "message": "not in the region catalogue"}])
-    principal.require_region(action.region)
+    require_region(principal, action.region)
     today = catalogue().get(action.region).local(now).date()
     errors = domain.action_errors(action, today)
     if errors:
-        raise Problem(422, "Invalid corrective action", "; ".join(f"{e['field']}: {e['message']}" for e in errors),
-                      errors=errors)
+        raise Invalid("; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors,
+                      title="Invalid corrective action")
     async with engine.begin() as conn:
         row = dict((await conn.execute(text(
             "INSERT INTO corrective_actions (region, source, source_ref, target_type, target_id, kind, owner, due_on, "
@@ -90,12 +92,12 @@ async def open_action(engine: AsyncEngine, principal: Principal, action: domain.
 async def update_action(engine: AsyncEngine, principal: Principal, action_id: int, *, status: str | None = None,
                         owner: str | None = None, due_on: date | None = None, note: str | None = None,
                         now: datetime) -> dict[str, Any]:
-    principal.require_role(*LEAD_ROLES)
+    require_role(principal, *LEAD_ROLES)
     async with engine.begin() as conn:
         row = await _row(conn, action_id, for_update=True)
         if row is None:
-            raise Problem(404, "Not Found", f"corrective action {action_id} does not exist")
-        principal.require_region(row["region"])
+            raise NotFound(f"corrective action {action_id} does not exist")
+        require_region(principal, row["region"])
         errors: list[dict[str, str]] = []
         if status is not None and (why := domain.transition_error(row["status"], status)):
             errors.append({"field": "status", "message": why})
@@ -106,8 +108,8 @@ async def update_action(engine: AsyncEngine, principal: Principal, action_id: in
         errors += [e for e in domain.action_errors(probe, today) if e["field"] in ("owner", "note")
                    or (e["field"] == "due_on" and due_on is not None)]
         if errors:
-            raise Problem(422, "Invalid change", "; ".join(f"{e['field']}: {e['message']}" for e in errors),
-                          errors=errors)
+            raise Invalid("; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors,
+                          title="Invalid change")
         new_status = status or row["status"]
         done_at = now if new_status == "done" and row["status"] != "done" else row["done_at"]
         updated = dict((await conn.execute(text(
@@ -123,15 +125,12 @@ async def update_action(engine: AsyncEngine, principal: Principal, action_id: in
 async def list_actions(engine: AsyncEngine, principal: Principal, region: str | None, *, now: datetime
                        ) -> list[dict[str, Any]]:
     """Open and in-progress actions of the viewer's regions, overdue first."""
-    principal.require_role(*VIEW_ROLES)
-    if region:
-        principal.require_region(region)
-    regions = [region] if region else (None if "*" in principal.regions else sorted(principal.regions))
+    require_role(principal, *VIEW_ROLES)
+    in_regions = region_filter("region", region_scope(principal, region))
     async with engine.connect() as conn:
         rows = await conn.execute(text(
             f"SELECT {COLUMNS} FROM corrective_actions WHERE status IN ('open', 'in_progress') "
-            "AND (CAST(:regions AS text[]) IS NULL OR region = ANY(CAST(:regions AS text[]))) "
-            "ORDER BY due_on, id LIMIT 500"), {"regions": regions})
+            f"AND {in_regions.sql} ORDER BY due_on, id LIMIT 500"), in_regions.params)
         out = [dict(r._mapping) for r in rows]
     for row in out:
         row["overdue"] = row["due_on"] < catalogue().get(row["region"]).local(now).date()
@@ -159,12 +158,12 @@ async def measure(conn: AsyncConnection, row: Mapping[str, Any], now: datetime) 
 
 async def get_action(engine: AsyncEngine, principal: Principal, action_id: int, *, now: datetime
                      ) -> tuple[dict[str, Any], domain.Effect]:
-    principal.require_role(*VIEW_ROLES)
+    require_role(principal, *VIEW_ROLES)
     async with engine.connect() as conn:
         row = await _row(conn, action_id)
         if row is None:
-            raise Problem(404, "Not Found", f"corrective action {action_id} does not exist")
-        principal.require_region(row["region"])
+            raise NotFound(f"corrective action {action_id} does not exist")
+        require_region(principal, row["region"])
         return row, await measure(conn, row, now)
 
 

@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.audit_sampler.persistence import _json
+from services.audit_sampler.persistence.regions import region_filter
 
 REQUEST_COLUMNS = (
     "request_id, event_id, region, agent_id, team, agent_tier, buyer_id, order_id, ticket_id, reason_code, kind, "
@@ -159,20 +160,20 @@ async def overdue_awaiting(conn: AsyncConnection, now: datetime, limit: int) -> 
 
 
 async def waiting(conn: AsyncConnection, regions: Sequence[str] | None) -> list[dict[str, Any]]:
+    in_regions = region_filter("region", regions)
     rows = await conn.execute(text(
         f"SELECT {REQUEST_COLUMNS} FROM compensation_requests WHERE status IN ('awaiting_approval', 'escalated') "
-        "AND (CAST(:regions AS text[]) IS NULL OR region = ANY(CAST(:regions AS text[]))) "
-        "ORDER BY due_at, requested_at LIMIT 500"), {"regions": None if regions is None else list(regions)})
+        f"AND {in_regions.sql} ORDER BY due_at, requested_at LIMIT 500"), in_regions.params)
     return [dict(r._mapping) for r in rows]
 
 
 async def recent_decided(conn: AsyncConnection, regions: Sequence[str] | None, limit: int = 50
                          ) -> list[dict[str, Any]]:
+    in_regions = region_filter("region", regions)
     rows = await conn.execute(text(
         f"SELECT {REQUEST_COLUMNS} FROM compensation_requests WHERE status IN ('approved', 'rejected') "
-        "AND NOT automatic AND (CAST(:regions AS text[]) IS NULL OR region = ANY(CAST(:regions AS text[]))) "
-        "ORDER BY decided_at DESC LIMIT :limit"), {"regions": None if regions is None else list(regions),
-                                                   "limit": limit})
+        f"AND NOT automatic AND {in_regions.sql} ORDER BY decided_at DESC LIMIT :limit"),
+        in_regions.bind(limit=limit))
     return [dict(r._mapping) for r in rows]
 
 

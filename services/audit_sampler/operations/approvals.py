@@ -1,8 +1,8 @@
 """The approval stage (issue 14): compensation requests judged against the region's authority limits,
 approved at once within them, else queued for a lead or senior auditor with an SLA and escalated when
 overdue; every step has a reason, lands in the request's trail and is published for the CS tools and
-insights (``compensation.request_decided``). Issued manual compensations are checked against their request
-(``check_issued``) by the manual-compensation consumer.
+insights (``compensation.request_decided``). The consumer of requests is ``handlers.RequestHandler``; issued
+manual compensations are checked against their request (``judge_issue``) by the manual-compensation consumer.
 
 Limits are judged under advisory locks of the (region, agent, local day) and (region, buyer) keys taken
 before the totals are read and held to commit, so two requests racing one agent's daily limit take turns:
@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.audit_sampler import announce, metrics
-from services.audit_sampler import approval_store as store
+from services.audit_sampler import metrics
 from services.audit_sampler import persistence as db
 from services.audit_sampler.domain import queues as q
 from services.audit_sampler.domain.authority import (
@@ -30,16 +28,16 @@ from services.audit_sampler.domain.authority import (
     LimitsSet,
     check_issue,
     due,
-    judge,
 )
 from services.audit_sampler.domain.policy import PolicySet
+from services.audit_sampler.operations import announce
+from services.audit_sampler.operations.access import region_scope, require_region, require_role
+from services.audit_sampler.operations.errors import Conflict, Forbidden, Invalid, NotFound
+from services.audit_sampler.operations.runtime import Runtime
+from services.audit_sampler.persistence import approvals as store
 from shared.auth import Principal
 from shared.contracts import events as ev
-from shared.contracts.events import CompensationRequested
-from shared.http import Problem
-from shared.kafka import Delivered, PermanentError
 from shared.outbox import Record, enqueue_records
-from shared.regions import catalogue
 
 log = logging.getLogger(__name__)
 
@@ -86,117 +84,6 @@ def flagged_record(comp: Mapping[str, Any], check: IssueCheck, *, region: str, i
     digest = hashlib.sha256(comp["compensation_id"].encode()).hexdigest()[:32]
     return announce.record("compensation.issue_flagged", payload, region=region, at=at,
                            event_id=f"audit-issue-flag-{region}-{digest}", causation_id=comp.get("event_id"))
-
-
-# ------------------------------------------------------------------ the consumer
-
-
-@dataclass
-class _Fresh:
-    delivered: Delivered
-    payload: CompensationRequested
-    region: str
-    day: Any
-
-
-class RequestHandler:
-    """Consumer of ``compensation.requested``: judge, record, queue or approve, publish."""
-
-    def __init__(self, limits: Callable[[], LimitsSet], policies: Callable[[], PolicySet],
-                 clock: Callable[[], datetime]) -> None:
-        self._limits = limits
-        self._policies = policies
-        self._clock = clock
-
-    async def __call__(self, conn: AsyncConnection, events: Sequence[Delivered]) -> None:
-        incoming: list[tuple[Delivered, CompensationRequested]] = []
-        for d in events:
-            if not isinstance(d.payload, CompensationRequested):
-                raise PermanentError(f"unexpected event {d.envelope.event_type} on the requests topic")
-            incoming.append((d, d.payload))
-        known = await store.known_requests(conn, [p.request_id for _, p in incoming])
-        fresh: dict[str, _Fresh] = {}
-        for d, p in incoming:
-            if p.request_id not in known and p.request_id not in fresh:
-                region = catalogue().get(d.envelope.region)
-                fresh[p.request_id] = _Fresh(d, p, region.code, q.local_day(region, d.envelope.occurred_at))
-        if not fresh:
-            return
-        limits_set = self._limits()
-        now = self._clock()
-        ordered = sorted(fresh.values(), key=lambda f: (f.delivered.envelope.occurred_at, f.payload.request_id))
-        windows = {}
-        for f in ordered:
-            limits = limits_set.for_region(f.region)
-            windows[f.payload.request_id] = limits.window(f.day) if limits else (f.day, f.day)
-        await store.lock_keys(conn, [store.agent_day_key(f.region, f.payload.agent_id, f.day) for f in ordered]
-                              + [store.buyer_key(f.region, f.payload.buyer_id) for f in ordered])
-        agent_totals = await store.agent_day_totals(
-            conn, sorted({(f.region, f.payload.agent_id, f.day) for f in ordered}))
-        buyer_totals = await store.buyer_window_totals(
-            conn, sorted({(f.region, f.payload.buyer_id, *windows[f.payload.request_id]) for f in ordered}))
-        # Approvals earlier in this batch count for later requests, as if they had come one by one.
-        batch_approved: list[tuple[str, str, str, Any, int]] = []  # region, agent, buyer, day, amount
-        rows: list[dict[str, Any]] = []
-        for f in ordered:
-            p = f.payload
-            limits = limits_set.for_region(f.region)
-            first, last = windows[p.request_id]
-            agent_total = agent_totals.get((f.region, p.agent_id, f.day), 0) + sum(
-                a for r, ag, _, d, a in batch_approved if (r, ag, d) == (f.region, p.agent_id, f.day))
-            buyer_total = buyer_totals.get((f.region, p.buyer_id, first, last), 0) + sum(
-                a for r, _, b, d, a in batch_approved if r == f.region and b == p.buyer_id and first <= d <= last)
-            judgement = judge(limits, team=p.team, tier=p.agent_tier, reason=p.reason_code,
-                              amount_minor=p.amount.amount_minor, agent_day_total_minor=agent_total,
-                              buyer_window_total_minor=buyer_total)
-            requested_at = f.delivered.envelope.occurred_at
-            sla_hours = limits.approval_sla_hours if limits else 4
-            if judgement.within:
-                batch_approved.append((f.region, p.agent_id, p.buyer_id, f.day, p.amount.amount_minor))
-            rows.append({
-                "request_id": p.request_id, "event_id": f.delivered.envelope.event_id, "region": f.region,
-                "agent_id": p.agent_id, "team": p.team, "agent_tier": p.agent_tier, "buyer_id": p.buyer_id,
-                "order_id": p.order_id, "ticket_id": p.ticket_id, "reason_code": p.reason_code,
-                "kind": p.kind.value, "currency": p.amount.currency, "amount_minor": p.amount.amount_minor,
-                "request": p.model_dump(mode="json"), "requested_at": requested_at, "local_day": f.day,
-                "status": "approved" if judgement.within else "awaiting_approval", "automatic": judgement.within,
-                "approved_amount_minor": p.amount.amount_minor if judgement.within else None,
-                "rule": judgement.rule, "limits_version": limits.version if limits else None,
-                "exceeded": list(judgement.exceeded), "judgement": judgement.detail,
-                # The SLA runs from when the request reached the queue, not from the agent's clock.
-                "due_at": None if judgement.within else due(max(now, requested_at), sla_hours),
-                "decided_by": SYSTEM if judgement.within else None,
-                "decision_reason": judgement.detail if judgement.within else None,
-                "decided_at": now if judgement.within else None})
-        inserted = await store.insert_requests(conn, rows)
-        if len(inserted) < len(rows):
-            # Another consumer recorded some of these requests after our read (a replay under a new event id
-            # on another partition): its approvals are not in our totals. Run the batch again.
-            log.info("compensation requests recorded concurrently; the batch will be retried",
-                     extra={"count": len(rows) - len(inserted)})
-            await db.abort_as_serialization_failure(conn)
-        steps = []
-        for row in rows:
-            steps.append({"request_id": row["request_id"], "action": "requested", "actor": row["agent_id"],
-                          "reason": row["request"].get("note") or "-", "amount_minor": row["amount_minor"],
-                          "at": row["requested_at"]})
-            steps.append({"request_id": row["request_id"], "action": "auto_approved" if row["automatic"] else "queued",
-                          "actor": SYSTEM, "reason": row["judgement"],
-                          "amount_minor": row["approved_amount_minor"], "at": now})
-        ids = await store.add_trail(conn, steps)
-        records = []
-        for i, row in enumerate(rows):
-            outcome = ev.RequestOutcome.APPROVED if row["automatic"] else ev.RequestOutcome.AWAITING_APPROVAL
-            records.append(decided_record(row, trail_id=ids[2 * i + 1], outcome=outcome, actor=SYSTEM,
-                                          automatic=True, reason=row["judgement"], at=now, due_at=row["due_at"]))
-        await enqueue_records(conn, records)
-        await settle_awaiting_checks(conn, self._policies(), limits_set, [r["request_id"] for r in rows], now)
-        for row in rows:
-            labels = (row["region"], row["team"], row["reason_code"])
-            metrics.REQUESTS.labels(*labels, "auto_approved" if row["automatic"] else "queued").inc()
-            if row["automatic"]:
-                metrics.REQUEST_DECISION_SECONDS.labels(row["region"]).observe(
-                    max(0.0, (now - row["requested_at"]).total_seconds()))
 
 
 # ------------------------------------------------------------------ issued vs approved
@@ -280,10 +167,10 @@ async def settle_awaiting_checks(conn: AsyncConnection, policies: PolicySet, lim
 def _reason(reason: str | None) -> str:
     text = (reason or "").strip()
     if not text:
-        raise Problem(422, "Invalid request", "a reason is required for every decision",
+        raise Invalid("a reason is required for every decision",
                       errors=[{"field": "reason", "message": "required"}])
     if len(text) > MAX_REASON or "\x00" in text:
-        raise Problem(422, "Invalid request", f"the reason is at most {MAX_REASON} characters",
+        raise Invalid(f"the reason is at most {MAX_REASON} characters",
                       errors=[{"field": "reason", "message": f"at most {MAX_REASON} characters, no NUL"}])
     return text
 
@@ -291,32 +178,31 @@ def _reason(reason: str | None) -> str:
 async def _locked_waiting(conn: AsyncConnection, principal: Principal, request_id: str) -> dict[str, Any]:
     row = await store.request(conn, request_id, for_update=True)
     if row is None:
-        raise Problem(404, "Not Found", f"request {request_id} does not exist")
-    principal.require_region(row["region"])
+        raise NotFound(f"request {request_id} does not exist")
+    require_region(principal, row["region"])
     if row["status"] not in store.WAITING:
-        raise Problem(409, "Conflict", f"request {request_id} is already {row['status']}"
+        raise Conflict(f"request {request_id} is already {row['status']}"
                       + (f" by {row['decided_by']}" if row.get("decided_by") else ""))
     if principal.subject == row["agent_id"]:
-        raise Problem(403, "Forbidden", "an agent cannot decide their own request")
+        raise Forbidden("an agent cannot decide their own request")
     return row
 
 
 async def decide(engine: AsyncEngine, principal: Principal, request_id: str, *, approve: bool, reason: str | None,
                  amount_minor: int | None = None, now: datetime) -> dict[str, Any]:
     """An approver approves (the requested amount, or less) or rejects a waiting request, with a reason."""
-    principal.require_role(*APPROVER_ROLES)
+    require_role(principal, *APPROVER_ROLES)
     why = _reason(reason)
     async with engine.begin() as conn:
         row = await _locked_waiting(conn, principal, request_id)
         if row["status"] == "escalated" and not principal.has_role(*ESCALATED_ROLES):
-            raise Problem(403, "Forbidden", f"request {request_id} was escalated: a senior auditor decides it")
+            raise Forbidden(f"request {request_id} was escalated: a senior auditor decides it")
         approved: int | None = None
         if approve:
             approved = int(row["amount_minor"]) if amount_minor is None else amount_minor
             if not 0 < approved <= int(row["amount_minor"]):
-                raise Problem(422, "Invalid request", "the approved amount is above zero and at most the requested "
-                              "amount", errors=[{"field": "amount", "message": f"between 1 and {row['amount_minor']} "
-                                                                               "minor units"}])
+                raise Invalid("the approved amount is above zero and at most the requested amount", errors=[
+                    {"field": "amount", "message": f"between 1 and {row['amount_minor']} minor units"}])
             # Automatic approvals racing this one see it in their totals.
             await store.lock_keys(conn, [store.agent_day_key(row["region"], row["agent_id"], row["local_day"]),
                                          store.buyer_key(row["region"], row["buyer_id"])])
@@ -341,21 +227,23 @@ async def decide(engine: AsyncEngine, principal: Principal, request_id: str, *, 
 
 
 async def escalate(engine: AsyncEngine, principal: Principal, request_id: str, *, reason: str | None,
-                   now: datetime) -> dict[str, Any]:
+                   runtime: Runtime, now: datetime) -> dict[str, Any]:
     """A lead sends a waiting request up to the senior auditors, with a reason."""
-    principal.require_role(*APPROVER_ROLES)
+    require_role(principal, *APPROVER_ROLES)
     why = _reason(reason)
     async with engine.begin() as conn:
         row = await _locked_waiting(conn, principal, request_id)
         if row["status"] == "escalated":
-            raise Problem(409, "Conflict", f"request {request_id} is already escalated")
-        await _escalate(conn, row, actor=principal.subject, reason=why, now=now)
+            raise Conflict(f"request {request_id} is already escalated")
+        await _escalate(conn, row, limits_set=runtime.authority_limits(), actor=principal.subject, reason=why,
+                        now=now)
     metrics.REQUEST_ESCALATIONS.labels(row["region"], row["team"], row["reason_code"], "approver").inc()
     return row
 
 
-async def _escalate(conn: AsyncConnection, row: dict[str, Any], *, actor: str, reason: str, now: datetime) -> None:
-    limits = current_limits().for_region(row["region"])
+async def _escalate(conn: AsyncConnection, row: dict[str, Any], *, limits_set: LimitsSet, actor: str, reason: str,
+                    now: datetime) -> None:
+    limits = limits_set.for_region(row["region"])
     due_at = due(now, limits.escalation_sla_hours if limits else 8)
     await store.set_escalated(conn, row["request_id"], at=now, due_at=due_at)
     (trail_id,) = await store.add_trail(conn, [{"request_id": row["request_id"], "action": "escalated",
@@ -366,38 +254,38 @@ async def _escalate(conn: AsyncConnection, row: dict[str, Any], *, actor: str, r
                                                 due_at=due_at)])
 
 
-async def escalate_overdue(engine: AsyncEngine, now: datetime, *, limit: int = 500) -> int:
+async def escalate_overdue(engine: AsyncEngine, now: datetime, *, runtime: Runtime, limit: int = 500) -> int:
     """Escalate every request whose approval SLA has passed (a periodic chore); how many it escalated."""
     async with engine.begin() as conn:
         rows = await store.overdue_awaiting(conn, now, limit)
         for row in rows:
-            await _escalate(conn, row, actor=SLA_ACTOR, reason=f"approval SLA passed at {row['due_at'].isoformat()} "
-                                                               "with no decision", now=now)
+            await _escalate(conn, row, limits_set=runtime.authority_limits(), actor=SLA_ACTOR,
+                            reason=f"approval SLA passed at {row['due_at'].isoformat()} with no decision", now=now)
     for row in rows:
         metrics.REQUEST_ESCALATIONS.labels(row["region"], row["team"], row["reason_code"], "sla").inc()
     return len(rows)
 
 
 async def list_waiting(engine: AsyncEngine, principal: Principal, region: str | None) -> list[dict[str, Any]]:
-    principal.require_role(*VIEW_ROLES)
+    require_role(principal, *VIEW_ROLES)
     regions = _regions(principal, region)
     async with engine.connect() as conn:
         return await store.waiting(conn, regions)
 
 
 async def recent_decisions(engine: AsyncEngine, principal: Principal, region: str | None) -> list[dict[str, Any]]:
-    principal.require_role(*VIEW_ROLES)
+    require_role(principal, *VIEW_ROLES)
     async with engine.connect() as conn:
         return await store.recent_decided(conn, _regions(principal, region))
 
 
 async def get_request(engine: AsyncEngine, principal: Principal, request_id: str) -> dict[str, Any]:
-    principal.require_role(*VIEW_ROLES)
+    require_role(principal, *VIEW_ROLES)
     async with engine.connect() as conn:
         row = await store.request(conn, request_id)
         if row is None:
-            raise Problem(404, "Not Found", f"request {request_id} does not exist")
-        principal.require_region(row["region"])
+            raise NotFound(f"request {request_id} does not exist")
+        require_region(principal, row["region"])
         row["trail"] = await store.trail(conn, request_id)
     return row
 
@@ -412,40 +300,4 @@ def may_decide(principal: Principal, row: Mapping[str, Any]) -> bool:
 
 
 def _regions(principal: Principal, region: str | None) -> list[str] | None:
-    if region:
-        code = region.upper()
-        if code not in catalogue():
-            raise Problem(404, "Not Found", f"unknown region {code}",
-                          errors=[{"field": "region", "message": "not in the region catalogue"}])
-        principal.require_region(code)
-        return [code]
-    return None if "*" in principal.regions else sorted(principal.regions)
-
-
-# ------------------------------------------------------------------ runtime (set by the app)
-
-
-@dataclass
-class _Runtime:
-    limits: LimitsSet
-    policies: PolicySet
-
-
-_RUNTIME: _Runtime | None = None
-
-
-def configure(limits: LimitsSet, policies: PolicySet) -> None:
-    global _RUNTIME
-    _RUNTIME = _Runtime(limits, policies)
-
-
-def current_limits() -> LimitsSet:
-    if _RUNTIME is None:
-        raise RuntimeError("approvals are not configured")
-    return _RUNTIME.limits
-
-
-def _policies() -> PolicySet:
-    if _RUNTIME is None:
-        raise RuntimeError("approvals are not configured")
-    return _RUNTIME.policies
+    return region_scope(principal, region.upper() if region else None, check_code=True)
