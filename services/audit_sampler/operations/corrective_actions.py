@@ -14,14 +14,13 @@ from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.audit_sampler.domain import actions as domain
 from services.audit_sampler.operations import announce
 from services.audit_sampler.operations.access import region_scope, require_region, require_role
 from services.audit_sampler.operations.errors import Invalid, NotFound
-from services.audit_sampler.persistence.regions import region_filter
+from services.audit_sampler.persistence import actions as store
 from shared.auth import Principal
 from shared.contracts import events as ev
 from shared.outbox import Record, enqueue_records
@@ -29,18 +28,6 @@ from shared.regions import catalogue
 
 LEAD_ROLES = ("lead", "ops_admin")
 VIEW_ROLES = ("lead", "senior_auditor", "ops_admin")
-COLUMNS = ("id, region, source, source_ref, target_type, target_id, kind, owner, due_on, status, note, window_days, "
-           "opened_by, opened_at, updated_at, done_at, effect_published_at")
-# The audited compensations of a target, by its type (items carry the compensation as issued).
-_TARGET = {
-    "agent": "i.agent_id",
-    "team": "i.team",
-    "seller": "i.compensation->>'seller_id'",
-    "carrier": "coalesce(i.compensation->>'carrier_id', i.compensation->'case'->>'carrier_id')",
-    "guideline": "i.compensation->>'reason_code'",
-}
-
-
 def _record(row: Mapping[str, Any], at: datetime, effect: domain.Effect | None = None) -> Record:
     payload = ev.CorrectiveActionRecorded(
         action_id=row["id"], source=ev.ActionSource(row["source"]), source_ref=row["source_ref"],
@@ -56,13 +43,6 @@ def _record(row: Mapping[str, Any], at: datetime, effect: domain.Effect | None =
                            event_id=f"audit-action-{row['region']}-{row['id']}-{step}")
 
 
-async def _row(conn: AsyncConnection, action_id: int, *, for_update: bool = False) -> dict[str, Any] | None:
-    lock = " FOR UPDATE" if for_update else ""
-    found = (await conn.execute(text(f"SELECT {COLUMNS} FROM corrective_actions WHERE id = :id{lock}"),
-                                {"id": action_id})).first()
-    return None if found is None else dict(found._mapping)
-
-
 async def open_action(engine: AsyncEngine, principal: Principal, action: domain.ActionInput, *, opened_by: str,
                       now: datetime) -> dict[str, Any]:
     require_role(principal, *LEAD_ROLES)
@@ -76,15 +56,11 @@ async def open_action(engine: AsyncEngine, principal: Principal, action: domain.
         raise Invalid("; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors,
                       title="Invalid corrective action")
     async with engine.begin() as conn:
-        row = dict((await conn.execute(text(
-            "INSERT INTO corrective_actions (region, source, source_ref, target_type, target_id, kind, owner, due_on, "
-            "note, window_days, opened_by, opened_at, updated_at) VALUES (:region, :source, :source_ref, "
-            ":target_type, :target_id, :kind, :owner, :due_on, :note, :window_days, :opened_by, :now, :now) "
-            f"RETURNING {COLUMNS}"),
-            {"region": action.region, "source": action.source, "source_ref": action.source_ref,
+        row = await store.insert_action(conn, {
+            "region": action.region, "source": action.source, "source_ref": action.source_ref,
              "target_type": action.target_type, "target_id": action.target_id, "kind": action.kind,
              "owner": action.owner, "due_on": action.due_on, "note": action.note, "window_days": action.window_days,
-             "opened_by": opened_by, "now": now})).one()._mapping)
+             "opened_by": opened_by, "now": now})
         await enqueue_records(conn, [_record(row, now)])
     return row
 
@@ -94,7 +70,7 @@ async def update_action(engine: AsyncEngine, principal: Principal, action_id: in
                         now: datetime) -> dict[str, Any]:
     require_role(principal, *LEAD_ROLES)
     async with engine.begin() as conn:
-        row = await _row(conn, action_id, for_update=True)
+        row = await store.action(conn, action_id, for_update=True)
         if row is None:
             raise NotFound(f"corrective action {action_id} does not exist")
         require_region(principal, row["region"])
@@ -112,12 +88,8 @@ async def update_action(engine: AsyncEngine, principal: Principal, action_id: in
                           title="Invalid change")
         new_status = status or row["status"]
         done_at = now if new_status == "done" and row["status"] != "done" else row["done_at"]
-        updated = dict((await conn.execute(text(
-            "UPDATE corrective_actions SET status = :status, owner = :owner, due_on = :due_on, "
-            "note = coalesce(:note, note), done_at = :done_at, updated_at = :now WHERE id = :id "
-            f"RETURNING {COLUMNS}"),
-            {"status": new_status, "owner": owner or row["owner"], "due_on": due_on or row["due_on"],
-             "note": note, "done_at": done_at, "now": now, "id": action_id})).one()._mapping)
+        updated = await store.update_action(conn, action_id, status=new_status, owner=owner or row["owner"],
+                                            due_on=due_on or row["due_on"], note=note, done_at=done_at, now=now)
         await enqueue_records(conn, [_record(updated, now)])
     return updated
 
@@ -126,12 +98,9 @@ async def list_actions(engine: AsyncEngine, principal: Principal, region: str | 
                        ) -> list[dict[str, Any]]:
     """Open and in-progress actions of the viewer's regions, overdue first."""
     require_role(principal, *VIEW_ROLES)
-    in_regions = region_filter("region", region_scope(principal, region))
+    regions = region_scope(principal, region)
     async with engine.connect() as conn:
-        rows = await conn.execute(text(
-            f"SELECT {COLUMNS} FROM corrective_actions WHERE status IN ('open', 'in_progress') "
-            f"AND {in_regions.sql} ORDER BY due_on, id LIMIT 500"), in_regions.params)
-        out = [dict(r._mapping) for r in rows]
+        out = await store.open_actions(conn, regions)
     for row in out:
         row["overdue"] = row["due_on"] < catalogue().get(row["region"]).local(now).date()
     out.sort(key=lambda r: (not r["overdue"], r["due_on"], r["id"]))
@@ -140,27 +109,17 @@ async def list_actions(engine: AsyncEngine, principal: Principal, region: str | 
 
 async def measure(conn: AsyncConnection, row: Mapping[str, Any], now: datetime) -> domain.Effect:
     w = domain.windows(opened_at=row["opened_at"], done_at=row["done_at"], window_days=row["window_days"], now=now)
-    target = _TARGET[row["target_type"]]
-    counts = (await conn.execute(text(
-        "SELECT count(*) FILTER (WHERE t.at >= :b0 AND t.at < :b1), "
-        "count(*) FILTER (WHERE t.at >= :b0 AND t.at < :b1 AND t.failed), "
-        "count(*) FILTER (WHERE t.at >= :a0 AND t.at < :a1), "
-        "count(*) FILTER (WHERE t.at >= :a0 AND t.at < :a1 AND t.failed) "
-        "FROM (SELECT CAST(i.compensation->>'occurred_at' AS timestamptz) AS at, "
-        "NOT v.passed AND v.status <> 'overturned' AS failed "
-        "FROM verdicts v JOIN audit_items i ON i.id = v.item_id "
-        f"WHERE v.item_kind = 'sample' AND i.region = :region AND {target} = :target) AS t"),
-        {"b0": w.before_start, "b1": w.before_end, "a0": w.after_start, "a1": w.after_end,
-         "region": row["region"], "target": row["target_id"]})).one()
-    return domain.effect(before_audits=int(counts[0]), before_errors=int(counts[1]), after_audits=int(counts[2]),
-                         after_errors=int(counts[3]), window_days=row["window_days"], complete=w.complete)
+    before_audits, before_errors, after_audits, after_errors = await store.error_counts(
+        conn, row, before=(w.before_start, w.before_end), after=(w.after_start, w.after_end))
+    return domain.effect(before_audits=before_audits, before_errors=before_errors, after_audits=after_audits,
+                         after_errors=after_errors, window_days=row["window_days"], complete=w.complete)
 
 
 async def get_action(engine: AsyncEngine, principal: Principal, action_id: int, *, now: datetime
                      ) -> tuple[dict[str, Any], domain.Effect]:
     require_role(principal, *VIEW_ROLES)
     async with engine.connect() as conn:
-        row = await _row(conn, action_id)
+        row = await store.action(conn, action_id)
         if row is None:
             raise NotFound(f"corrective action {action_id} does not exist")
         require_region(principal, row["region"])
@@ -170,14 +129,9 @@ async def get_action(engine: AsyncEngine, principal: Principal, action_id: int, 
 async def publish_effects(engine: AsyncEngine, now: datetime, *, limit: int = 200) -> int:
     """Publish the measured effect of done actions whose after window has passed (once each)."""
     async with engine.begin() as conn:
-        rows = [dict(r._mapping) for r in await conn.execute(text(
-            f"SELECT {COLUMNS} FROM corrective_actions WHERE status = 'done' AND effect_published_at IS NULL "
-            "AND done_at + make_interval(days => window_days) <= :now ORDER BY done_at LIMIT :limit "
-            "FOR UPDATE SKIP LOCKED"), {"now": now, "limit": limit})]
+        rows = await store.effects_due(conn, now, limit)
         records = [_record(row, now, await measure(conn, row, now)) for row in rows]
         await enqueue_records(conn, records)
         if rows:
-            await conn.execute(text("UPDATE corrective_actions SET effect_published_at = :now "
-                                    "WHERE id = ANY(CAST(:ids AS bigint[]))"),
-                               {"now": now, "ids": [r["id"] for r in rows]})
+            await store.mark_effects_published(conn, [r["id"] for r in rows], now)
     return len(rows)

@@ -23,7 +23,7 @@ from services.audit_sampler.domain.verdicts import ATTRIBUTES, PARTY_TYPES, Shar
 from services.audit_sampler.operations import claims, verdicts
 from services.audit_sampler.operations import disputes as disputes_ops
 from services.audit_sampler.operations import gold as gold_ops
-from services.audit_sampler.operations.access import AUDIT_ROLES, LEAD_ROLES, RESOLVE_ROLES
+from services.audit_sampler.operations.access import AUDIT_ROLES, LEAD_ROLES, RESOLVE_ROLES, region_scope
 from services.audit_sampler.operations.errors import AuditError
 from services.audit_sampler.operations.runtime import Runtime
 from services.audit_sampler.persistence import workbench as queries
@@ -242,7 +242,7 @@ def build_pages(auth: WorkbenchAuth, runtime: Runtime) -> APIRouter:
     async def my_stats(request: Request) -> Response:
         viewer = await viewer_of(request)
         now = datetime.now(UTC)
-        regions = None if "*" in viewer.principal.regions else sorted(viewer.principal.regions)
+        regions = region_scope(viewer.principal)
         # "Today" and "this week" of the viewer's first region; across regions a UTC cut would be no fairer.
         tz = catalogue().get(regions[0]).tz if regions else UTC
         local = now.astimezone(tz)
@@ -296,13 +296,8 @@ def build_pages(auth: WorkbenchAuth, runtime: Runtime) -> APIRouter:
         viewer = await viewer_of(request)
         viewer.principal.require_role(*DASHBOARD_ROLES)
         allowed = viewer.principal.allowed_regions(catalogue().codes())
-        if region:
-            region = region.upper()
-            if region not in catalogue():
-                raise Problem(404, "Not Found", f"unknown region {region}",
-                              errors=[{"field": "region", "message": "not in the region catalogue"}])
-            viewer.principal.require_region(region)
-        shown = [region] if region else (None if "*" in viewer.principal.regions else allowed)
+        region = region.upper() if region else None
+        shown = region_scope(viewer.principal, region, check_code=True)
         async with engine.connect() as conn:
             open_rows = await queries.open_items(conn, shown)
             failed = await queries.failed_verdicts(conn, shown)
@@ -364,7 +359,7 @@ def build_pages(auth: WorkbenchAuth, runtime: Runtime) -> APIRouter:
         regions = [{"code": c, "currency": catalogue().get(c).currency,
                     "queues": [r.name for r in policies.for_region(c).queues]} for c in codes]
         async with engine.connect() as conn:
-            recent = await queries.gold_items(conn, None if "*" in viewer.principal.regions else codes)
+            recent = await queries.gold_items(conn, region_scope(viewer.principal))
         errors = errors or []
 
         def errs(path: str, exact: bool = False) -> list[str]:
