@@ -65,10 +65,11 @@ lint: venv
 typecheck: venv
 	$(PY) -m mypy
 
-# pytest exit code 5 means "no tests collected": not a failure while the suite is being written.
+# pytest exits 5 when it collected nothing (a wrong path, a -m or -k that matches no test, a broken
+# collection hook): that is a failure, never a green run that tested nothing.
 pytest: venv
 	@set +e; $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected; failing (exit 5)" >&2; fi; exit $$rc
 
 bench: venv
 	$(PY) -m bench.run $(BENCH_ARGS)

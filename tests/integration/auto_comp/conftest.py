@@ -1,7 +1,8 @@
 """Fixtures of auto_comp's integration tests: one migrated auto_comp schema per test module."""
 
 import pytest
-from autocomp_support import autocomp_engine
+
+from tests.integration.auto_comp.autocomp_support import autocomp_engine
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from autocomp_support import (
+from sqlalchemy import text
+
+from services.auto_comp import persistence
+from services.auto_comp.handlers import AllowanceKeeper, GrantHandler, TicketHandler, close_partitions
+from services.auto_comp.store import StrategyStore
+from tests.integration.auto_comp.autocomp_support import (
     RULES,
     allowance_requests,
     allowance_returns,
@@ -20,11 +25,6 @@ from autocomp_support import (
     scalar,
     write_strategies,
 )
-from sqlalchemy import text
-
-from services.auto_comp import persistence
-from services.auto_comp.handlers import AllowanceKeeper, GrantHandler, TicketHandler, close_partitions
-from services.auto_comp.store import StrategyStore
 
 pytestmark = pytest.mark.integration
 

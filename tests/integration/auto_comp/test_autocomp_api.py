@@ -8,7 +8,13 @@ import signal
 
 import httpx
 import pytest
-from autocomp_support import (
+from prometheus_client import REGISTRY
+
+from services.auto_comp.app import ReloadOnSighup, build_app
+from services.auto_comp.config import Settings
+from services.auto_comp.handlers import GrantHandler, TicketHandler
+from shared.auth import TokenService
+from tests.integration.auto_comp.autocomp_support import (
     RULES,
     STRATEGIES,
     allowance_requests,
@@ -19,12 +25,6 @@ from autocomp_support import (
     late_ticket,
     write_strategies,
 )
-from prometheus_client import REGISTRY
-
-from services.auto_comp.app import ReloadOnSighup, build_app
-from services.auto_comp.config import Settings
-from services.auto_comp.handlers import GrantHandler, TicketHandler
-from shared.auth import TokenService
 
 pytestmark = pytest.mark.integration
 

@@ -12,12 +12,20 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from autocomp_support import STRATEGIES, autocomp_engine, grant, late_ticket, rows, scalar, write_strategies
 
 from services.auto_comp.app import build_context
 from services.auto_comp.config import Settings
 from shared.contracts.envelope import Envelope
 from shared.contracts.registry import encode_envelope
+from tests.integration.auto_comp.autocomp_support import (
+    STRATEGIES,
+    autocomp_engine,
+    grant,
+    late_ticket,
+    rows,
+    scalar,
+    write_strategies,
+)
 
 pytestmark = pytest.mark.integration
 

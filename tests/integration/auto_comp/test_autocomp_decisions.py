@@ -8,7 +8,11 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from autocomp_support import (
+from sqlalchemy import text
+
+from services.auto_comp.handlers import GrantHandler, TicketHandler
+from services.auto_comp.store import StrategyStore
+from tests.integration.auto_comp.autocomp_support import (
     NOW,
     RULES,
     allowance_requests,
@@ -21,10 +25,6 @@ from autocomp_support import (
     scalar,
     write_strategies,
 )
-from sqlalchemy import text
-
-from services.auto_comp.handlers import GrantHandler, TicketHandler
-from services.auto_comp.store import StrategyStore
 
 pytestmark = pytest.mark.integration
 

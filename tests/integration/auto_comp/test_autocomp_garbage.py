@@ -6,12 +6,19 @@ from __future__ import annotations
 import gc
 
 import pytest
-from autocomp_support import RULES, allowance_requests, apply, grant, late_ticket, write_strategies
 
 from services.auto_comp.app import build_context
 from services.auto_comp.config import Settings
 from services.auto_comp.handlers import GrantHandler, TicketHandler
 from services.auto_comp.store import StrategyStore
+from tests.integration.auto_comp.autocomp_support import (
+    RULES,
+    allowance_requests,
+    apply,
+    grant,
+    late_ticket,
+    write_strategies,
+)
 
 pytestmark = pytest.mark.integration
 

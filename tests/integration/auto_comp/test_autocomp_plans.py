@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from autocomp_support import NOW, autocomp_engine
 from sqlalchemy import text
 
 from services.auto_comp import persistence
+from tests.integration.auto_comp.autocomp_support import NOW, autocomp_engine
 
 pytestmark = pytest.mark.integration
 

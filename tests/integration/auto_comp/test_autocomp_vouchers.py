@@ -7,17 +7,6 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from autocomp_support import (
-    NOW,
-    RULES,
-    allowance_requests,
-    apply,
-    autocomp_engine,
-    grant,
-    late_ticket,
-    rows,
-    write_strategies,
-)
 from prometheus_client import REGISTRY
 
 from services.auto_comp.app import build_app
@@ -28,6 +17,17 @@ from shared.auth import TokenService
 from shared.contracts import events as ev
 from shared.contracts.registry import make_envelope
 from shared.kafka import PermanentError
+from tests.integration.auto_comp.autocomp_support import (
+    NOW,
+    RULES,
+    allowance_requests,
+    apply,
+    autocomp_engine,
+    grant,
+    late_ticket,
+    rows,
+    write_strategies,
+)
 
 pytestmark = pytest.mark.integration
 

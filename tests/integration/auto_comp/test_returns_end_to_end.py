@@ -14,9 +14,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import orjson
 import pytest
-from autocomp_support import apply, autocomp_engine, rows, scalar, write_strategies
 from sqlalchemy import text
-from test_autocomp_broker import produce
 
 from services.auto_comp.app import build_app, build_context
 from services.auto_comp.config import Settings
@@ -26,6 +24,8 @@ from shared.auth import TokenService
 from shared.contracts import events as ev
 from shared.contracts.envelope import Envelope
 from shared.contracts.registry import make_envelope
+from tests.integration.auto_comp.autocomp_support import apply, autocomp_engine, rows, scalar, write_strategies
+from tests.integration.auto_comp.test_autocomp_broker import produce
 
 pytestmark = pytest.mark.integration
 

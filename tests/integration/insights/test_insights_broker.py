@@ -11,7 +11,6 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-from insights_support import MIGRATIONS
 
 from services.insights.app import build_app
 from services.insights.config import Settings
@@ -21,6 +20,7 @@ from shared.contracts.registry import make_envelope
 from shared.db import migrate
 from shared.kafka import EventProducer
 from shared.kafka.producer import record_for
+from tests.integration.insights.insights_support import MIGRATIONS
 
 pytestmark = pytest.mark.integration
 FRESHNESS_SECONDS = 60  # the promise: new events show in reports within this

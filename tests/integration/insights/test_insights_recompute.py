@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from insights_support import apply, delivered, insights_engine, tz_of
 from sqlalchemy import text
 
 from services.insights.app import Compactor
@@ -31,6 +30,7 @@ from services.insights.domain.rollups import (
     merge_ticket_opened,
 )
 from shared.contracts import events as ev
+from tests.integration.insights.insights_support import apply, delivered, insights_engine, tz_of
 
 pytestmark = pytest.mark.integration
 

@@ -8,13 +8,13 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from insights_support import apply, delivered, insights_engine
 
 from services.insights import reports
 from services.insights.app import Compactor
 from services.insights.domain.periods import parse_period
 from shared.contracts import events as ev
 from shared.regions import region
+from tests.integration.insights.insights_support import apply, delivered, insights_engine
 
 pytestmark = pytest.mark.integration
 

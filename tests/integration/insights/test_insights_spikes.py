@@ -23,7 +23,6 @@ import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
-from insights_support import apply, delivered, insights_engine
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 
@@ -34,6 +33,7 @@ from shared.contracts.registry import decode_envelope
 from shared.contracts.topics import Topic
 from shared.db import make_engine
 from shared.regions import region
+from tests.integration.insights.insights_support import apply, delivered, insights_engine
 
 pytestmark = pytest.mark.integration
 

@@ -1,9 +1,9 @@
 """Fixtures of the ledger's integration tests: one migrated ledger schema per test module, and settings on it."""
 
 import pytest
-from ledger_support import ledger_engine
 
 from services.ledger.config import Settings
+from tests.integration.ledger.ledger_support import ledger_engine
 
 
 @pytest.fixture(scope="module")

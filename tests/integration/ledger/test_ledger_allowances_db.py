@@ -7,7 +7,6 @@ import asyncio
 from datetime import UTC, datetime
 
 import pytest
-from ledger_support import apply, rows, scalar, set_budget
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
@@ -15,6 +14,7 @@ from services.ledger import invariants
 from shared.kafka import PermanentError
 from shared.periods import period_of
 from shared.regions import region
+from tests.integration.ledger.ledger_support import apply, rows, scalar, set_budget
 from tests.unit.ledger.ledger_factories import allowance_request, allowance_return, issued_from, manual, redeemed
 
 pytestmark = pytest.mark.integration

@@ -15,13 +15,13 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-from ledger_support import MIGRATIONS, apply, ledger_engine, rows
 from sqlalchemy import text
 
 from services.ledger.app import build_app
 from services.ledger.config import Settings
 from shared.db import migrate
 from shared.money import MAX_BUDGET_MINOR
+from tests.integration.ledger.ledger_support import MIGRATIONS, apply, ledger_engine, rows
 from tests.unit.ledger.ledger_factories import (
     PLATFORM,
     carrier,
@@ -61,7 +61,8 @@ def token(app, roles=("finance",), regions=("SG", "ID")) -> dict[str, str]:
 
 async def test_set_budgets_through_the_api(ledger):
     app, client, _ = ledger
-    for region, period, limit, currency in (("ID", "2026-11", 1_000_000, "IDR"), ("SG", "2026-11", 50_000, "SGD")):
+    # A month no seeded book touches, so the answer does not depend on which tests ran before.
+    for region, period, limit, currency in (("ID", "2026-08", 1_000_000, "IDR"), ("SG", "2026-08", 50_000, "SGD")):
         r = await client.put(f"/v1/budgets/{region}/{period}", headers=token(app),
                              json={"limit_minor": limit, "currency": currency, "reason": "monthly plan"})
         assert r.status_code == 200, r.text
@@ -139,8 +140,16 @@ async def test_budget_limits_and_periods_are_bounded(ledger):
     assert r.status_code == 200 and r.json()["limit_minor"] == MAX_BUDGET_MINOR
 
 
-async def test_seed_books(ledger):
-    _, _, settings = ledger
+@pytest.fixture(scope="module")
+async def books(ledger):
+    """The November books the read tests look at (IDR and SGD, month edges in local time, a correction,
+    redeemed and expired vouchers), with the month's budgets set through the API first: built once, and
+    requested by every test that reads them, so none depends on another test having run before it."""
+    app, client, settings = ledger
+    for region, limit, currency in (("ID", 1_000_000, "IDR"), ("SG", 50_000, "SGD")):
+        r = await client.put(f"/v1/budgets/{region}/2026-11", headers=token(app),
+                             json={"limit_minor": limit, "currency": currency, "reason": "monthly plan"})
+        assert r.status_code == 200, r.text
     engine = await ledger_engine(settings.database_url)
     try:
         # IDR, Asia/Jakarta (UTC+7): 2026-10-31T17:00Z is already 1 November there.
@@ -167,8 +176,10 @@ async def test_seed_books(ledger):
                                               shares=[(seller("S-SG"), 500)])])
     finally:
         await engine.dispose()
+    return ledger
 
 
+@pytest.mark.usefixtures("books")
 async def test_budget_usage_idr_and_sgd(ledger):
     app, client, _ = ledger
     r = await client.get("/v1/budgets/ID/2026-11", headers=token(app, roles=("auditor",)))
@@ -187,6 +198,7 @@ async def test_budget_usage_idr_and_sgd(ledger):
     assert u["limit_minor"] is None and u["posted_manual_minor"] == 500 and u["percent_used"] is None
 
 
+@pytest.mark.usefixtures("books")
 async def test_statements_json_and_csv(ledger):
     app, client, _ = ledger
     r = await client.get("/v1/statements/seller:S-ID", params={"region": "ID", "period": "2026-11"},
@@ -232,6 +244,7 @@ async def test_statements_json_and_csv(ledger):
         ("comp-SG-R1", "reversal", "-1000", "-10.00"), ("comp-SG-R3", "reversal", "-800", "-8.00")]
 
 
+@pytest.mark.usefixtures("books")
 async def test_balances_and_unknown_accounts(ledger):
     app, client, _ = ledger
     b = (await client.get("/v1/accounts/seller:S-SG/balance", params={"region": "SG"}, headers=token(app))).json()
@@ -248,6 +261,7 @@ async def test_balances_and_unknown_accounts(ledger):
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "path.party"
 
 
+@pytest.mark.usefixtures("books")
 async def test_lineage_and_breakage(ledger):
     app, client, _ = ledger
     r = await client.get("/v1/compensations/comp-SG-R1/lineage", headers=token(app))
@@ -279,6 +293,7 @@ async def test_lineage_and_breakage(ledger):
     assert voucher["unredeemed_remainder_minor"] == 300 and voucher["expired"] == 1
 
 
+@pytest.mark.usefixtures("books")
 async def test_limit_cannot_drop_below_committed_automatic_usage(ledger):
     app, client, _ = ledger
     r = await client.put("/v1/budgets/SG/2026-11", headers=token(app),
@@ -286,6 +301,7 @@ async def test_limit_cannot_drop_below_committed_automatic_usage(ledger):
     assert r.status_code == 409 and r.json()["errors"][0]["field"] == "body.limit_minor"
 
 
+@pytest.mark.usefixtures("books")
 async def test_cli_budget_set_and_invariants(ledger):
     app, _, settings = ledger
     env = {**os.environ, "DATABASE_URL": settings.database_url, "LOG_JSON": "false"}

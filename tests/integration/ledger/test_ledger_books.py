@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from ledger_support import apply, rows, scalar, set_budget
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from shared.kafka import PermanentError
+from tests.integration.ledger.ledger_support import apply, rows, scalar, set_budget
 from tests.unit.ledger.ledger_factories import (
     carrier,
     correction,

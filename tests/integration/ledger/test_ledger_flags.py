@@ -8,10 +8,10 @@ import logging
 from datetime import timedelta
 
 import pytest
-from ledger_support import apply, set_budget
 from prometheus_client import REGISTRY
 
 from services.ledger import queries
+from tests.integration.ledger.ledger_support import apply, set_budget
 from tests.unit.ledger.ledger_factories import NOW, carrier, correction, expired, issued, manual, request, seller
 
 pytestmark = pytest.mark.integration

@@ -7,11 +7,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from ledger_support import MIGRATIONS, rows, scalar
 from sqlalchemy import text
 
 from services.ledger import invariants, queries
 from shared.db import make_engine, migrate
+from tests.integration.ledger.ledger_support import MIGRATIONS, rows, scalar
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,6 @@ from datetime import timedelta
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
-from ledger_support import MIGRATIONS, ledger_engine, rows, scalar, send, set_budget, wait_for
 
 from services.ledger.app import build_app
 from services.ledger.config import Settings
@@ -18,6 +17,7 @@ from shared.contracts.registry import encode_envelope
 from shared.contracts.topics import Topic
 from shared.db import migrate
 from shared.kafka import EventProducer
+from tests.integration.ledger.ledger_support import MIGRATIONS, ledger_engine, rows, scalar, send, set_budget, wait_for
 from tests.unit.ledger.ledger_factories import NOW, issued, redeemed, request
 
 pytestmark = pytest.mark.integration

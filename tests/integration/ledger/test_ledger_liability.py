@@ -9,11 +9,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from ledger_support import apply, rows, scalar, set_budget
 from sqlalchemy import text
 
 from services.ledger import invariants
 from services.ledger.handlers import sweep_reservations
+from tests.integration.ledger.ledger_support import apply, rows, scalar, set_budget
 from tests.unit.ledger.ledger_factories import carrier, expired, issued, redeemed, request, seller
 
 pytestmark = pytest.mark.integration

@@ -9,12 +9,12 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from ledger_support import apply, rows, scalar, set_budget
 from sqlalchemy import text
 
 from services.ledger import invariants
 from services.ledger.handlers import retry_parked, sweep_reservations
 from shared.contracts.registry import encode_envelope
+from tests.integration.ledger.ledger_support import apply, rows, scalar, set_budget
 from tests.unit.ledger.ledger_factories import carrier, expired, issued, manual, redeemed, request, seller
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,6 @@ from pathlib import Path
 import orjson
 import psutil
 import pytest
-from ledger_support import MIGRATIONS, scalar, set_budget
 
 from services.ledger import invariants
 from shared.config import CommonSettings
@@ -26,6 +25,7 @@ from shared.embedded import create_topics, free_port, start_broker, stop_process
 from shared.kafka import EventProducer
 from shared.periods import period_of
 from shared.regions import region
+from tests.integration.ledger.ledger_support import MIGRATIONS, scalar, set_budget
 from tests.unit.ledger.ledger_factories import carrier, manual, seller
 
 pytestmark = pytest.mark.integration

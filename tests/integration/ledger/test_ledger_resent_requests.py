@@ -17,13 +17,13 @@ from datetime import timedelta
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
-from ledger_support import MIGRATIONS, ledger_engine, scalar, send, set_budget, wait_for
 
 from services.ledger.app import build_app
 from services.ledger.config import Settings
 from shared.contracts.topics import Topic
 from shared.db import migrate
 from shared.kafka import EventProducer
+from tests.integration.ledger.ledger_support import MIGRATIONS, ledger_engine, scalar, send, set_budget, wait_for
 from tests.unit.ledger.ledger_factories import NOW, issued, request
 
 pytestmark = pytest.mark.integration

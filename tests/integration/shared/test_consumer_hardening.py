@@ -21,7 +21,6 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import REGISTRY
 from sqlalchemy import text
-from toolkit_support import log_handler, send, ticket_event
 
 from shared.config import CommonSettings, ServiceSettings
 from shared.contracts.topics import Topic
@@ -30,6 +29,7 @@ from shared.kafka import ConsumerRunner, EventProducer, PermanentError
 from shared.maintenance import replay_dead_letter
 from shared.outbox import OutboxRelay, decode_headers
 from shared.service import ServiceContext
+from tests.integration.shared.toolkit_support import log_handler, send, ticket_event
 
 pytestmark = pytest.mark.integration
 

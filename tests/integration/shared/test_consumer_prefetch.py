@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from aiokafka import TopicPartition
 from sqlalchemy import text
-from toolkit_support import send, ticket_event
 
 from shared.config import CommonSettings
 from shared.db import make_engine, migrate
 from shared.kafka import ConsumerRunner, EventProducer
+from tests.integration.shared.toolkit_support import send, ticket_event
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,6 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 from sqlalchemy import text
-from toolkit_support import log_handler, send, ticket_event
 
 from shared.config import CommonSettings
 from shared.contracts.registry import encode_envelope
@@ -23,6 +22,7 @@ from shared.contracts.topics import Topic
 from shared.db import make_engine, migrate
 from shared.kafka import ConsumerRunner, EventProducer, PermanentError
 from shared.outbox import OutboxRelay
+from tests.integration.shared.toolkit_support import log_handler, send, ticket_event
 
 pytestmark = pytest.mark.integration
 

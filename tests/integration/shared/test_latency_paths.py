@@ -14,7 +14,6 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import text
-from toolkit_support import published
 
 from shared.config import CommonSettings
 from shared.contracts import events as ev
@@ -22,6 +21,7 @@ from shared.contracts.registry import encode_envelope, make_envelope
 from shared.db import make_engine, migrate
 from shared.kafka import ConsumerRunner, Delivered, EventProducer
 from shared.outbox import OutboxRelay, enqueue_records
+from tests.integration.shared.toolkit_support import published
 
 pytestmark = pytest.mark.integration
 

@@ -13,12 +13,12 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 from sqlalchemy import text
-from toolkit_support import published
 
 from shared.config import CommonSettings
 from shared.db import make_engine, migrate
 from shared.kafka import EventProducer
 from shared.outbox import OutboxRelay, enqueue_records
+from tests.integration.shared.toolkit_support import published
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from autocomp_builders import T0, load, load_one, strategy_dict, ticket
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -27,6 +26,7 @@ from services.auto_comp.domain.model import AbuseGuard, Measure
 from shared.contracts import events as ev
 from shared.money import Money, Rounding
 from shared.regions import region
+from tests.unit.auto_comp.autocomp_builders import T0, load, load_one, strategy_dict, ticket
 
 SG, ID, US = region("SG"), region("ID"), region("US")
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from autocomp_builders import load, strategy_dict, write
 
 from services.auto_comp.domain.loader import StrategyLoadError, load_strategies
+from tests.unit.auto_comp.autocomp_builders import load, strategy_dict, write
 
 SEEDS = Path(__file__).resolve().parents[3] / "services" / "auto_comp" / "strategies"
 
@@ -132,12 +132,14 @@ def test_priority_tie_is_a_load_error(tmp_path):
 
 
 def test_no_tie_when_they_cannot_meet(tmp_path):
-    # different reasons, different regions, disjoint dates, or one disabled: no tie
-    load(tmp_path / "1", strategy_dict(id="a"), strategy_dict(id="b", match={"reasons": ["damaged"]}))
-    load(tmp_path / "2", strategy_dict(id="a"), strategy_dict(id="b", regions=["GB"], currency="GBP"))
-    load(tmp_path / "3", strategy_dict(id="a", effective_to="2026-02-01T00:00:00Z"),
-         strategy_dict(id="b", effective_from="2026-02-01T00:00:00Z"))
-    load(tmp_path / "4", strategy_dict(id="a"), strategy_dict(id="b", enabled=False))
+    # different reasons, different regions, disjoint dates, or one disabled: no tie, both strategies load
+    loaded = [
+        load(tmp_path / "1", strategy_dict(id="a"), strategy_dict(id="b", match={"reasons": ["damaged"]})),
+        load(tmp_path / "2", strategy_dict(id="a"), strategy_dict(id="b", regions=["GB"], currency="GBP")),
+        load(tmp_path / "3", strategy_dict(id="a", effective_to="2026-02-01T00:00:00Z"),
+             strategy_dict(id="b", effective_from="2026-02-01T00:00:00Z")),
+        load(tmp_path / "4", strategy_dict(id="a"), strategy_dict(id="b", enabled=False))]
+    assert [sorted(s.id for s in one.strategies) for one in loaded] == [["a", "b"]] * 4
 
 
 def test_duplicate_id_across_files(tmp_path):
@@ -176,10 +178,9 @@ def test_all_mistakes_of_a_file_are_reported_together(tmp_path):
 def test_the_documented_example_loads_and_decides_as_documented(tmp_path):
     from datetime import timedelta
 
-    from autocomp_builders import T0, ticket
-
     from services.auto_comp.domain.engine import evaluate_strategy
     from shared.regions import region
+    from tests.unit.auto_comp.autocomp_builders import T0, ticket
 
     doc = (Path(__file__).resolve().parents[3] / "docs" / "strategies.md").read_text()
     example = doc.split("## Example", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from autocomp_builders import strategy_dict, write
 from prometheus_client import REGISTRY
 
 from services.auto_comp.domain.loader import StrategyLoadError
 from services.auto_comp.store import StrategyStore
+from tests.unit.auto_comp.autocomp_builders import strategy_dict, write
 
 
 def gauge(name: str, **labels: str) -> float | None:

@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ledger_factories import NOW, allowance_request, allowance_return, issued_from, payload_of, redeemed
 
 from services.ledger.domain.allowance import GrantPolicy, size_grant
 from services.ledger.domain.book import Book, HoldStatus, Rejected
@@ -16,6 +15,14 @@ from services.ledger.domain.budget import BudgetState, pacing_cap
 from shared.contracts.events import AllowanceLimit, AllowanceOutcome
 from shared.periods import elapsed_fraction, period_bounds
 from shared.regions import region
+from tests.unit.ledger.ledger_factories import (
+    NOW,
+    allowance_request,
+    allowance_return,
+    issued_from,
+    payload_of,
+    redeemed,
+)
 
 START, END = period_bounds("2026-11", region("SG"))
 POLICY = GrantPolicy()
@@ -216,7 +223,7 @@ def test_a_return_cannot_report_less_than_was_charged_or_more_than_was_granted()
 
 
 def test_allowances_and_manual_spend_share_the_limit():
-    from ledger_factories import manual
+    from tests.unit.ledger.ledger_factories import manual
 
     b, s = book(limit=10_000)
     apply(b, manual("m1", 9_000))

@@ -5,20 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from ledger_factories import (
-    NOW,
-    PLATFORM,
-    carrier,
-    correction,
-    expired,
-    issued,
-    manual,
-    payload_of,
-    redeemed,
-    request,
-    revoked,
-    seller,
-)
 
 from services.ledger.domain import journal
 from services.ledger.domain.book import Book, HoldStatus, Rejected
@@ -32,6 +18,20 @@ from shared.periods import (
     validate_period,
 )
 from shared.regions import region
+from tests.unit.ledger.ledger_factories import (
+    NOW,
+    PLATFORM,
+    carrier,
+    correction,
+    expired,
+    issued,
+    manual,
+    payload_of,
+    redeemed,
+    request,
+    revoked,
+    seller,
+)
 
 
 def book(limit: int | None = 10_000, region_code: str = "SG", period: str = "2026-11", **kw) -> Book:

@@ -6,11 +6,10 @@ from __future__ import annotations
 import gc
 import weakref
 
-from ledger_factories import NOW, carrier, manual, payload_of, redeemed, seller
-
 from services.ledger.app import build_app
 from services.ledger.config import Settings
 from services.ledger.domain.book import Book
+from tests.unit.ledger.ledger_factories import NOW, carrier, manual, payload_of, redeemed, seller
 
 
 def test_a_book_is_freed_without_the_cyclic_collector():

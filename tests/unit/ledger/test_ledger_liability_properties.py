@@ -16,11 +16,22 @@ from fractions import Fraction
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ledger_factories import NOW, PLATFORM, carrier, expired, issued, payload_of, redeemed, request, revoked, seller
 
 from services.ledger.domain import journal
 from services.ledger.domain.book import Book, HoldStatus
 from services.ledger.domain.budget import BudgetState
+from tests.unit.ledger.ledger_factories import (
+    NOW,
+    PLATFORM,
+    carrier,
+    expired,
+    issued,
+    payload_of,
+    redeemed,
+    request,
+    revoked,
+    seller,
+)
 
 KEY = ("SG", "2026-11")
 PARTIES = [seller("S1"), carrier("C1"), PLATFORM]

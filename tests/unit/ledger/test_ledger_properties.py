@@ -10,7 +10,11 @@ from datetime import timedelta
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ledger_factories import (
+
+from services.ledger.domain import journal
+from services.ledger.domain.book import Book, HoldStatus, Rejected
+from services.ledger.domain.budget import BudgetState
+from tests.unit.ledger.ledger_factories import (
     NOW,
     PLATFORM,
     carrier,
@@ -24,10 +28,6 @@ from ledger_factories import (
     revoked,
     seller,
 )
-
-from services.ledger.domain import journal
-from services.ledger.domain.book import Book, HoldStatus, Rejected
-from services.ledger.domain.budget import BudgetState
 
 LIMIT = 5_000
 KINDS = ["voucher", "coupon", "store_credit", "partial_refund"]

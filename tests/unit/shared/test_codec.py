@@ -6,7 +6,6 @@ amount the generic walk finds; the consumer runner decodes with it; the ledger's
 from __future__ import annotations
 
 import json
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,24 +15,6 @@ import pytest
 from aiokafka import ConsumerRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ledger"))
-from ledger_factories import (
-    CURRENCY,
-    NOW,
-    allowance_request,
-    allowance_return,
-    carrier,
-    correction,
-    expired,
-    issued,
-    issued_from,
-    manual,
-    redeemed,
-    request,
-    revoked,
-    seller,
-)
 
 from services.ledger.app import books_group, build_app
 from services.ledger.config import Settings
@@ -50,6 +31,22 @@ from shared.contracts.registry import (
 )
 from shared.db import make_engine
 from shared.kafka.consumer import ConsumerRunner
+from tests.unit.ledger.ledger_factories import (
+    CURRENCY,
+    NOW,
+    allowance_request,
+    allowance_return,
+    carrier,
+    correction,
+    expired,
+    issued,
+    issued_from,
+    manual,
+    redeemed,
+    request,
+    revoked,
+    seller,
+)
 
 SG = "SGD"
 
