@@ -4,7 +4,6 @@ problem details, and the audit flow from claim to dispute."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
 import pytest
@@ -16,12 +15,10 @@ from services.audit_sampler.domain.policy import PolicySet
 from services.audit_sampler.handlers import ManualCompensationHandler
 from shared.contracts import events as ev
 from shared.contracts.registry import make_envelope, validate_payload
-from shared.db import migrate
 from shared.kafka import Delivered
 
 pytestmark = pytest.mark.integration
 
-MIGRATIONS = Path(__file__).resolve().parents[3] / "services" / "audit_sampler" / "migrations"
 NOW = datetime(2026, 11, 18, 15, 0, tzinfo=UTC)
 ALL_OK = {"warranted": True, "amount_correct": True, "kind_correct": True, "liable_party_correct": True,
           "evidence_sufficient": True, "policy_compliant": True, "not_duplicate": True}
@@ -29,12 +26,11 @@ PROBLEM = "application/problem+json"
 
 
 @pytest.fixture(scope="module")
-async def api(fresh_database, tmp_path_factory):
-    await migrate(fresh_database, "audit_sampler", MIGRATIONS)
+async def api(audit_database, tmp_path_factory):
     folder = tmp_path_factory.mktemp("policies")
     base = {"seed": "api-seed-000001", "baseline_rate": 1.0, "agent_weekly_minimum": 0}
     (folder / "default.yaml").write_text(yaml.safe_dump({**base, "region": "default"}))
-    settings = Settings(database_url=fresh_database, policy_dir=str(folder))
+    settings = Settings(database_url=audit_database, policy_dir=str(folder))
     app = build_app(settings)
     ctx = app.state.ctx
     # the lifespan (broker, consumers) is not needed to serve the API: requests use the engine only

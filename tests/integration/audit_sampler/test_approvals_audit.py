@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -26,21 +25,19 @@ from shared.auth import Principal
 from shared.contracts import events as ev
 from shared.contracts.envelope import Envelope
 from shared.contracts.registry import make_envelope, validate_payload
-from shared.db import make_engine, migrate
+from shared.db import make_engine
 from shared.kafka import Delivered
 from shared.outbox import decode_headers
 
 pytestmark = pytest.mark.integration
 
-MIGRATIONS = Path(__file__).resolve().parents[3] / "services" / "audit_sampler" / "migrations"
 NOW = datetime(2026, 11, 18, 3, 0, tzinfo=UTC)  # 11:00 in Singapore
 CURRENCY = {"SG": "SGD", "GB": "GBP", "ID": "IDR"}
 
 
 @pytest.fixture(scope="module")
-async def engine(fresh_database):
-    await migrate(fresh_database, "audit_sampler", MIGRATIONS)
-    eng = make_engine(fresh_database, "audit_sampler", pool_size=12)
+async def engine(audit_database):
+    eng = make_engine(audit_database, "audit_sampler", pool_size=12)
     yield eng
     await eng.dispose()
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import random
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 import yaml
@@ -18,20 +17,18 @@ from services.audit_sampler.handlers import ManualCompensationHandler
 from shared.contracts import events as ev
 from shared.contracts.envelope import Envelope
 from shared.contracts.registry import make_envelope, validate_payload
-from shared.db import make_engine, migrate
+from shared.db import make_engine
 from shared.kafka import Delivered
 
 pytestmark = pytest.mark.integration
 
-MIGRATIONS = Path(__file__).resolve().parents[3] / "services" / "audit_sampler" / "migrations"
 NOW = datetime(2026, 11, 18, 15, 0, tzinfo=UTC)
 CAPACITY = 10
 
 
 @pytest.fixture(scope="module")
-async def engine(fresh_database):
-    await migrate(fresh_database, "audit_sampler", MIGRATIONS)
-    eng = make_engine(fresh_database, "audit_sampler", pool_size=12)
+async def engine(audit_database):
+    eng = make_engine(audit_database, "audit_sampler", pool_size=12)
     yield eng
     await eng.dispose()
 

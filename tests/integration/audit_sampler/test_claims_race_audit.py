@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 import yaml
@@ -19,12 +18,11 @@ from services.audit_sampler.operations.runtime import Runtime
 from shared.auth import Principal
 from shared.contracts import events as ev
 from shared.contracts.registry import make_envelope, validate_payload
-from shared.db import make_engine, migrate
+from shared.db import make_engine
 from shared.kafka import Delivered
 
 pytestmark = pytest.mark.integration
 
-MIGRATIONS = Path(__file__).resolve().parents[3] / "services" / "audit_sampler" / "migrations"
 NOW = datetime(2026, 11, 18, 15, 0, tzinfo=UTC)
 
 
@@ -33,9 +31,8 @@ def auditor(name: str, region: str = "US") -> Principal:
 
 
 @pytest.fixture(scope="module")
-async def env(fresh_database, tmp_path_factory):
-    await migrate(fresh_database, "audit_sampler", MIGRATIONS)
-    engine = make_engine(fresh_database, "audit_sampler", pool_size=25)
+async def env(audit_database, tmp_path_factory):
+    engine = make_engine(audit_database, "audit_sampler", pool_size=25)
     folder = tmp_path_factory.mktemp("policies")
     # everything is sampled; quality issues (risk 2) go to the high queue, the rest to normal
     (folder / "default.yaml").write_text(yaml.safe_dump({

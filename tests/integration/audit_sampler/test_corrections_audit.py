@@ -29,14 +29,13 @@ from services.audit_sampler.problems import problem_for
 from shared.auth import Principal
 from shared.contracts import events as ev
 from shared.contracts.registry import decode_envelope, make_envelope, validate_payload
-from shared.db import make_engine, migrate
+from shared.db import make_engine
 from shared.kafka import Delivered, EventProducer
 from shared.outbox import OutboxRelay
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[3]
-MIGRATIONS = ROOT / "services" / "audit_sampler" / "migrations"
 NOW = datetime(2026, 11, 18, 15, 0, tzinfo=UTC)
 WRONG_AMOUNT = {**dict.fromkeys(ATTRIBUTES, True), "amount_correct": False}
 
@@ -46,13 +45,12 @@ def person(name: str, role: str) -> Principal:
 
 
 @pytest.fixture(scope="module")
-async def env(fresh_database, tmp_path_factory):
-    await migrate(fresh_database, "audit_sampler", MIGRATIONS)
-    engine = make_engine(fresh_database, "audit_sampler")
+async def env(audit_database, tmp_path_factory):
+    engine = make_engine(audit_database, "audit_sampler")
     folder = tmp_path_factory.mktemp("policies")
     base = {"seed": "corrections-seed-1", "baseline_rate": 1.0, "agent_weekly_minimum": 0}
     (folder / "default.yaml").write_text(yaml.safe_dump({**base, "region": "default"}))
-    yield fresh_database, engine, folder
+    yield audit_database, engine, folder
     await engine.dispose()
 
 

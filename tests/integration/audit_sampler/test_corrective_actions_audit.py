@@ -5,7 +5,6 @@ change in the agent's error rate: 8 of 20 audits failed in the 28 days before, 1
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import orjson
 import pytest
@@ -16,20 +15,18 @@ from services.audit_sampler.operations import corrective_actions as actions
 from services.audit_sampler.operations.errors import AuditError
 from services.audit_sampler.problems import problem_for
 from shared.auth import Principal
-from shared.db import make_engine, migrate
+from shared.db import make_engine
 from shared.outbox import decode_headers
 
 pytestmark = pytest.mark.integration
 
-MIGRATIONS = Path(__file__).resolve().parents[3] / "services" / "audit_sampler" / "migrations"
 OPENED = datetime(2026, 10, 1, 2, 0, tzinfo=UTC)
 LEAD = Principal(subject="lee", kind="token", roles=frozenset({"lead"}), regions=frozenset({"SG"}))
 
 
 @pytest.fixture(scope="module")
-async def engine(fresh_database):
-    await migrate(fresh_database, "audit_sampler", MIGRATIONS)
-    eng = make_engine(fresh_database, "audit_sampler", pool_size=4)
+async def engine(audit_database):
+    eng = make_engine(audit_database, "audit_sampler", pool_size=4)
     yield eng
     await eng.dispose()
 

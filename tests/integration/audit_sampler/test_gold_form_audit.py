@@ -6,7 +6,6 @@ token."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import httpx
 import pytest
@@ -21,20 +20,17 @@ from services.audit_sampler.web.security import hash_password
 
 pytestmark = pytest.mark.integration
 
-MIGRATIONS = Path(__file__).resolve().parents[3] / "services" / "audit_sampler" / "migrations"
 PASSWORD = "gold form password 1"
 
 
 @pytest.fixture(scope="module")
-async def app(fresh_database, tmp_path_factory):
-    from shared.db import migrate
+async def app(audit_database, tmp_path_factory):
 
-    await migrate(fresh_database, "audit_sampler", MIGRATIONS)
     folder = tmp_path_factory.mktemp("policies")
     base = {"seed": "gold-form-seed-1", "baseline_rate": 1.0, "agent_weekly_minimum": 0,
             "queues": {"urgent": {"sla_hours": 8, "min_risk": 3}, "normal": {"sla_hours": 72, "min_risk": 0}}}
     (folder / "default.yaml").write_text(yaml.safe_dump({**base, "region": "default"}))
-    built = build_app(Settings(database_url=fresh_database, policy_dir=str(folder)))
+    built = build_app(Settings(database_url=audit_database, policy_dir=str(folder)))
     ctx = built.state.ctx
     # Pages use the engine only: the broker and consumers are not needed to serve them.
     async with ctx.engine.begin() as conn:

@@ -4,7 +4,6 @@ agent that went tightened -> normal -> reduced after one audit under normal insp
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 import yaml
@@ -19,12 +18,11 @@ from services.audit_sampler.operations.runtime import Runtime
 from shared.auth import Principal
 from shared.contracts import events as ev
 from shared.contracts.registry import make_envelope, validate_payload
-from shared.db import make_engine, migrate
+from shared.db import make_engine
 from shared.kafka import Delivered
 
 pytestmark = pytest.mark.integration
 
-MIGRATIONS = Path(__file__).resolve().parents[3] / "services" / "audit_sampler" / "migrations"
 NOW = datetime(2026, 11, 18, 15, 0, tzinfo=UTC)
 PASS = VerdictInput(dict.fromkeys(ATTRIBUTES, True), True)
 FAIL = VerdictInput({**dict.fromkeys(ATTRIBUTES, True), "evidence_sufficient": False}, False,
@@ -33,9 +31,8 @@ AUDITOR = Principal(subject="ines", kind="token", roles=frozenset({"auditor"}), 
 
 
 @pytest.fixture(scope="module")
-async def env(fresh_database, tmp_path_factory):
-    await migrate(fresh_database, "audit_sampler", MIGRATIONS)
-    engine = make_engine(fresh_database, "audit_sampler", pool_size=5)
+async def env(audit_database, tmp_path_factory):
+    engine = make_engine(audit_database, "audit_sampler", pool_size=5)
     folder = tmp_path_factory.mktemp("policies")
     # Every compensation is sampled, so each one becomes an audit of the agent. The run back from tightened
     # is as long as the run to reduced: the configuration of the field case.

@@ -16,12 +16,11 @@ from services.audit_sampler.handlers import ManualCompensationHandler
 from shared.contracts import events as ev
 from shared.contracts.envelope import Envelope
 from shared.contracts.registry import encode_envelope, make_envelope, validate_payload
-from shared.db import make_engine, migrate
+from shared.db import make_engine
 from shared.kafka import ConsumerRunner, Delivered, EventProducer, PermanentError
 
 pytestmark = pytest.mark.integration
 
-MIGRATIONS = Path(__file__).resolve().parents[3] / "services" / "audit_sampler" / "migrations"
 NOW = datetime(2026, 11, 18, 15, 0, tzinfo=UTC)  # a Wednesday
 
 
@@ -47,9 +46,8 @@ def write_policies(folder: Path, **us: object) -> PolicySet:
 
 
 @pytest.fixture(scope="module")
-async def engine(fresh_database):
-    await migrate(fresh_database, "audit_sampler", MIGRATIONS)
-    eng = make_engine(fresh_database, "audit_sampler")
+async def engine(audit_database):
+    eng = make_engine(audit_database, "audit_sampler")
     yield eng
     await eng.dispose()
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
@@ -16,11 +15,9 @@ from sqlalchemy import text
 from services.audit_sampler.app import build_app
 from services.audit_sampler.config import Settings
 from services.audit_sampler.persistence import workbench as queries
-from shared.db import migrate
 
 pytestmark = pytest.mark.integration
 
-MIGRATIONS = Path(__file__).resolve().parents[3] / "services" / "audit_sampler" / "migrations"
 PURGED = "audit_workbench_sessions_purged_total"
 
 
@@ -28,10 +25,9 @@ def purged_so_far() -> float:
     return REGISTRY.get_sample_value(PURGED) or 0.0
 
 
-async def test_expired_sessions_are_purged_and_live_ones_stay(fresh_database, kafka_bootstrap, topic_factory):
-    await migrate(fresh_database, "audit_sampler", MIGRATIONS)
+async def test_expired_sessions_are_purged_and_live_ones_stay(audit_database, kafka_bootstrap, topic_factory):
     (manual_topic, corrections) = await topic_factory("manual", "corrections", partitions=1)
-    settings = Settings(database_url=fresh_database, kafka_bootstrap_servers=kafka_bootstrap,
+    settings = Settings(database_url=audit_database, kafka_bootstrap_servers=kafka_bootstrap,
                         manual_topic=manual_topic, corrections_topic=corrections,
                         consumer_group=f"purge-{manual_topic}", policy_reload_seconds=0,
                         metrics_refresh_seconds=3600, session_purge_seconds=0.2)

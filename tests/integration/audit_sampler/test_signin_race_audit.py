@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -18,20 +17,18 @@ from services.audit_sampler.web.security import hash_password
 from services.audit_sampler.web.settings import WorkbenchSettings
 from services.audit_sampler.web.throttle import account_key
 from shared.auth import TokenService
-from shared.db import make_engine, migrate
+from shared.db import make_engine
 from shared.web import auth as auth_module  # the shared sign-in runs the one scrypt
 
 pytestmark = pytest.mark.integration
 
-MIGRATIONS = Path(__file__).resolve().parents[3] / "services" / "audit_sampler" / "migrations"
 PASSWORD = "correct horse battery staple"
 PAIR, CLIENT, ACCOUNT = 5, 12, 20
 
 
 @pytest.fixture(scope="module")
-async def auth(fresh_database):
-    await migrate(fresh_database, "audit_sampler", MIGRATIONS)
-    engine = make_engine(fresh_database, "audit_sampler", pool_size=25)
+async def auth(audit_database):
+    engine = make_engine(audit_database, "audit_sampler", pool_size=25)
     settings = WorkbenchSettings(signin_max_failures=PAIR, signin_client_max_failures=CLIENT,
                                  signin_account_max_failures=ACCOUNT, signin_lockout_seconds=900)
     yield WorkbenchAuth(engine, TokenService(secrets.token_urlsafe(24)), settings)

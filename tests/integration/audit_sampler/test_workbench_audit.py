@@ -33,7 +33,6 @@ from services.audit_sampler.web.settings import WorkbenchSettings
 from shared.auth import Principal
 from shared.contracts import events as ev
 from shared.contracts.registry import encode_envelope, make_envelope
-from shared.db import migrate
 from shared.http import install_problem_handlers
 from shared.kafka import EventProducer
 from shared.regions import region as region_of
@@ -75,10 +74,9 @@ def write_policies(folder: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-async def service(fresh_database, kafka_bootstrap, topic_factory, tmp_path_factory):
-    await migrate(fresh_database, "audit_sampler", MIGRATIONS)
+async def service(audit_database, kafka_bootstrap, topic_factory, tmp_path_factory):
     (manual_topic, corrections) = await topic_factory("manual", "corrections", partitions=2)
-    settings = Settings(database_url=fresh_database, kafka_bootstrap_servers=kafka_bootstrap,
+    settings = Settings(database_url=audit_database, kafka_bootstrap_servers=kafka_bootstrap,
                         policy_dir=write_policies(tmp_path_factory.mktemp("policies")),
                         manual_topic=manual_topic, corrections_topic=corrections,
                         consumer_group=f"wb-{manual_topic}", consumer_poll_timeout_ms=50,

@@ -183,7 +183,14 @@ async def test_consumer_killed_before_its_commit_processes_the_event_once_after_
     again._commit_kafka = _no_kafka_commit  # type: ignore[method-assign]
     await again.start()
     try:
-        await asyncio.sleep(3)
+        # The positive signal first: a later event on the same (single) partition handled by the third start
+        # means it read past the first one, which it would have handled before, had it processed it again.
+        later = ticket_event(43)
+        await send(producer, topic, later)
+        deadline = time.monotonic() + 60
+        while not await rows(slice_db[1], [later.event_id]):
+            assert time.monotonic() < deadline, "the third start never handled the later event"
+            await asyncio.sleep(0.1)
     finally:
         await again.stop()
     assert await rows(slice_db[1], [event.event_id]) == [event.event_id]
@@ -209,11 +216,19 @@ async def test_rebalance_between_two_consumers_loses_and_doubles_nothing(
     for e in events[750:]:
         await producer.send(topic, encode_envelope(e), e.payload["buyer_id"].encode())
     await producer.producer.flush()
-    await asyncio.sleep(1.0)
+    deadline = time.monotonic() + 60
+    while first.stats.processed == 0:  # the first has taken part before it leaves
+        assert time.monotonic() < deadline, "the first consumer never processed an event"
+        await asyncio.sleep(0.05)
     await first.stop()  # leaves mid-stream: another rebalance
-    await second.run_until_idle(idle_seconds=2.0, timeout=90)
-    await second.stop()
     ids = [e.event_id for e in events]
+    # Positive signal first: every event applied (a rebalance can keep the second quiet for seconds, so
+    # "idle for a while" is no proof that it is done); then, idle, nothing may have been applied twice.
+    deadline = time.monotonic() + 90
+    while len(set(await rows(slice_db[1], ids))) < len(ids) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    await second.run_until_idle(idle_seconds=1.0, timeout=90)
+    await second.stop()
     got = await rows(slice_db[1], ids)
     assert len(got) == len(ids), f"lost {len(set(ids) - set(got))}"
     assert len(set(got)) == len(got), "an event was applied twice"
