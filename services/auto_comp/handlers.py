@@ -51,7 +51,7 @@ from services.auto_comp.domain.engine import (
     settle,
     split_liability,
 )
-from services.auto_comp.domain.model import StrategySet
+from services.auto_comp.domain.model import Mode, StrategySet
 from services.auto_comp.store import StrategyStore
 from shared.contracts import events as ev
 from shared.contracts.envelope import Envelope
@@ -293,6 +293,7 @@ class TicketHandler:
             conn, ((env.region, t.buyer_id) for env, t, _ in items),
             min(env.occurred_at for env, _, _ in items) - window, max(env.occurred_at for env, _, _ in items) + window)
         taken = await persistence.taken_orders(conn, [t.order_id for _, t, _ in items])
+        own = await self._shadow_own_results(conn, strategies, items, window)
         evaluated = [(env, t, partition, evaluate_ticket(strategies, t, region_of(env.region), env.occurred_at))
                      for env, t, partition in items]
         clock = datetime.now(UTC)
@@ -326,8 +327,7 @@ class TicketHandler:
         for (env, ticket, partition, result), verdict in zip(evaluated, first, strict=True):
             if (env.region, ticket.buyer_id) in touched_buyers or ticket.order_id in touched_orders:
                 verdict = self._verdict(result, env, ticket, history, taken)
-            # Shadows are judged against the buyer's history before this ticket's own compensation.
-            ticket_shadows = self._shadows(result.shadows, env, ticket, history, taken)
+            ticket_shadows = self._shadows(result.shadows, env, ticket, own)
             shadows.extend(ticket_shadows)
             out.extend(_shadow_records(env, ticket, ticket_shadows, result.shadows, now))
             decision = self._decision(strategies, verdict, env, ticket)
@@ -452,23 +452,53 @@ class TicketHandler:
         }
 
     @staticmethod
-    def _shadows(evaluations: Sequence[Evaluation], env: Envelope, ticket: ev.TicketOpened,
-                 history: dict[tuple[str, str], list[Granted]], taken: set[tuple[str, str]]
+    async def _shadow_own_results(conn: AsyncConnection, strategies: StrategySet,
+                                  items: Sequence[tuple[Envelope, ev.TicketOpened, int]], window: timedelta
+                                  ) -> _ShadowResults:
+        """The shadow strategies' own earlier would-issue results for this batch's buyers and orders (read
+        only when a shadow strategy exists: the live path pays nothing for them otherwise)."""
+        if not any(s.mode is Mode.SHADOW for s in strategies.strategies):
+            return _ShadowResults({}, set())
+        history = await persistence.shadow_history(
+            conn, ((env.region, t.buyer_id) for env, t, _ in items),
+            min(env.occurred_at for env, _, _ in items) - window, max(env.occurred_at for env, _, _ in items) + window)
+        return _ShadowResults(history,
+                              await persistence.shadow_taken_orders(conn, [t.order_id for _, t, _ in items]))
+
+    @staticmethod
+    def _shadows(evaluations: Sequence[Evaluation], env: Envelope, ticket: ev.TicketOpened, own: _ShadowResults
                  ) -> list[dict[str, Any]]:
-        """Shadow strategies: the full decision against the buyer's real history, recorded, never issued."""
+        """Shadow strategies: the full decision, recorded, never issued. Each shadow's abuse guard and
+        one-per-order rule count its own earlier would-issue results (not the live compensations, which it
+        would have replaced), exactly as the backtest does, so the two agree on the same tickets."""
         out = []
         for e in evaluations:
             assert e.strategy is not None
             p = e.proposal
+            sid = e.strategy.id
+            mine = own.history.setdefault((env.region, ticket.buyer_id, sid), [])
             v = settle(e, buyer_id=ticket.buyer_id, occurred_at=env.occurred_at,
-                       order_taken=p is not None and (ticket.order_id, p.scenario) in taken,
-                       history=history.get((env.region, ticket.buyer_id), []))
-            out.append({"ticket_id": ticket.ticket_id, "strategy_id": e.strategy.id,
+                       order_taken=(ticket.order_id, sid) in own.orders, history=mine)
+            if v.outcome is Outcome.WOULD_ISSUE and p is not None:
+                # Later tickets of this batch see it too, as later batches will through the table.
+                mine.append(Granted(env.occurred_at, p.amount))
+                own.orders.add((ticket.order_id, sid))
+            out.append({"ticket_id": ticket.ticket_id, "strategy_id": sid,
                         "strategy_version": e.strategy.version, "region": env.region, "outcome": v.outcome.value,
                         "failed_rule": v.failed_rule, "detail": v.detail, "tier": p.tier if p else None,
                         "currency": ticket.order_amount.currency, "proposed_minor": p.amount.minor if p else None,
-                        "inputs": e.inputs})
+                        "inputs": e.inputs, "buyer_id": ticket.buyer_id, "order_id": ticket.order_id,
+                        "scenario": p.scenario if p else e.strategy.scenario,
+                        "ticket_occurred_at": env.occurred_at})
         return out
+
+
+@dataclass(slots=True)
+class _ShadowResults:
+    """Would-issue results per (region, buyer, shadow strategy) and the (order, shadow strategy) pairs."""
+
+    history: dict[tuple[str, str, str], list[Granted]]
+    orders: set[tuple[str, str]]
 
 
 def _count(counts: Counter[tuple[str, str, str, str]], kinds: Counter[tuple[str, str, str]],

@@ -85,6 +85,36 @@ async def taken_orders(conn: AsyncConnection, order_ids: Sequence[str]) -> set[t
     return {(r[0], r[1]) for r in rows}
 
 
+async def shadow_history(conn: AsyncConnection, buyers: Iterable[tuple[str, str]], since: datetime,
+                         until: datetime) -> dict[tuple[str, str, str], list[Granted]]:
+    """Each shadow strategy's own earlier would-issue results for these buyers, keyed (region, buyer,
+    strategy): a shadow's abuse guard counts what it would have granted, as the backtest does."""
+    keys = sorted(set(buyers))
+    out: dict[tuple[str, str, str], list[Granted]] = {}
+    if not keys:
+        return out
+    rows = await conn.execute(text(
+        "SELECT s.region, s.buyer_id, s.strategy_id, s.ticket_occurred_at, s.proposed_minor, s.currency "
+        "FROM unnest(CAST(:r AS text[]), CAST(:b AS text[])) AS x(r, b) CROSS JOIN LATERAL ("
+        "SELECT region, buyer_id, strategy_id, ticket_occurred_at, proposed_minor, currency "
+        "FROM shadow_decisions WHERE region = x.r AND buyer_id = x.b AND outcome = 'would_issue' "
+        "AND ticket_occurred_at BETWEEN :since AND :until OFFSET 0) AS s"),
+        {"r": [k[0] for k in keys], "b": [k[1] for k in keys], "since": since, "until": until})
+    for region, buyer, strategy_id, at, minor, currency in rows:
+        out.setdefault((region, buyer, strategy_id), []).append(Granted(at, Money(int(minor), currency)))
+    return out
+
+
+async def shadow_taken_orders(conn: AsyncConnection, order_ids: Sequence[str]) -> set[tuple[str, str]]:
+    """(order, shadow strategy) pairs the shadow would already have compensated: its one-per-order rule."""
+    if not order_ids:
+        return set()
+    rows = await conn.execute(text(
+        "SELECT order_id, strategy_id FROM shadow_decisions WHERE order_id = ANY(CAST(:ids AS text[])) "
+        "AND outcome = 'would_issue'"), {"ids": list(set(order_ids))})
+    return {(r[0], r[1]) for r in rows}
+
+
 _DECISION_COLS = (
     "ticket_id text, region text, order_id text, buyer_id text, reason text, outcome text, failed_rule text, "
     "detail text, strategy_id text, strategy_version int, config_version text, scenario text, tier text, "
@@ -104,7 +134,8 @@ async def insert_decisions(conn: AsyncConnection, rows: list[dict[str, Any]]) ->
 
 
 _SHADOW_COLS = ("ticket_id text, strategy_id text, strategy_version int, region text, outcome text, "
-                "failed_rule text, detail text, tier text, currency text, proposed_minor bigint, inputs jsonb")
+                "failed_rule text, detail text, tier text, currency text, proposed_minor bigint, inputs jsonb, "
+                "buyer_id text, order_id text, scenario text, ticket_occurred_at timestamptz")
 
 
 async def insert_shadow_decisions(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
