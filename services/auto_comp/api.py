@@ -1,5 +1,6 @@
-"""HTTP API: decisions (one and a filtered list), the strategies in force, their reload, and a strategy's
-return. Every route is authenticated and region-scoped; errors are RFC 9457 problem details.
+"""HTTP API: decisions (one and a filtered list), the strategies in force and their reload. (A strategy's
+return moved to insights, issue 15: ``GET /v1/strategies/{id}/return`` there.)
+Every route is authenticated and region-scoped; errors are RFC 9457 problem details.
 
 No ``from __future__ import annotations`` here: FastAPI must see the real ``Depends`` inside the route
 closures' annotations, which string annotations would hide.
@@ -8,22 +9,20 @@ closures' annotations, which string annotations would hide.
 import asyncio
 import base64
 import re
-from datetime import UTC, datetime
-from fractions import Fraction
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Query
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.auto_comp import persistence, returns
+from services.auto_comp import persistence
 from services.auto_comp.domain.model import Strategy
-from services.auto_comp.domain.returns import GroupTally, compare, decimal_string, local_day_bounds
 from services.auto_comp.store import StrategyStore
 from shared.auth import Authenticator, Principal
-from shared.contracts.envelope import AwareDatetime, BoundedDate, check_date
+from shared.contracts.envelope import AwareDatetime, check_date
 from shared.http import Problem, problems
-from shared.money import Money, round_fraction
+from shared.money import Money
 from shared.regions import UnknownRegion, catalogue
 
 READERS = ("ops_admin", "strategy_manager", "finance", "auditor", "senior_auditor", "lead", "service")
@@ -110,24 +109,7 @@ def _strategy(s: Strategy) -> dict[str, Any]:
     }
 
 
-def _minor(value: Fraction | None) -> int | None:
-    return None if value is None else round_fraction(value)
-
-
-def _group(tally: GroupTally, currency: str, maturing: int, beyond: int, *, treated: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "buyers": tally.buyers, "returning_buyers": tally.returning, "repeat_rate": tally.repeat_rate,
-        "later_order_value_minor": tally.value_minor, "later_order_value": _major(tally.value_minor, currency),
-        "later_order_value_per_buyer_minor": _minor(tally.value_per_buyer),
-        "maturing_buyers": maturing, "beyond_retention_buyers": beyond}
-    if treated:
-        out["compensation_cost_minor"] = tally.cost_minor
-        out["compensation_cost"] = _major(tally.cost_minor, currency)
-    return out
-
-
-def build_router(engine: AsyncEngine, auth: Authenticator, store: StrategyStore, *, return_window_days: int = 30,
-                 return_min_group: int = 30, return_retention_margin_days: int = 90) -> APIRouter:
+def build_router(engine: AsyncEngine, auth: Authenticator, store: StrategyStore) -> APIRouter:
     router = APIRouter(prefix="/v1")
     Caller = Annotated[Principal, Depends(auth)]
 
@@ -199,51 +181,6 @@ def build_router(engine: AsyncEngine, auth: Authenticator, store: StrategyStore,
         visible = [s for s in current.strategies
                    if any(principal.can_access(r) for r in s.regions) and (region is None or region in s.regions)]
         return {"config_version": current.version, "strategies": [_strategy(s) for s in visible]}
-
-    @router.get("/strategies/{strategy_id}/return", tags=["strategies"],
-                summary="A strategy's return: later orders of treated buyers against its holdout")
-    async def strategy_return(
-            principal: Caller, strategy_id: Annotated[str, Path(pattern=STRATEGY_ID)],
-            region: Annotated[str, Query(pattern=REGION)],
-            start: Annotated[BoundedDate, Query(alias="from", description="first day (region's time zone)")],
-            end: Annotated[BoundedDate, Query(alias="to", description="day after the last (region's time zone)")],
-    ) -> dict[str, Any]:
-        principal.require_role(*READERS)
-        try:
-            where = catalogue().get(region)
-        except UnknownRegion:
-            raise Problem(422, "Request validation failed", f"unknown region {region}",
-                          errors=[{"field": "query.region", "message": "not in the region catalogue"}]) from None
-        principal.require_region(region)
-        try:
-            since, until = local_day_bounds(start, end, where.tz)
-        except ValueError as exc:
-            raise Problem(422, "Request validation failed", str(exc),
-                          errors=[{"field": "query.to", "message": "must be a later date than 'from'"}]) from None
-        async with engine.connect() as conn:
-            t = await returns.tallies(conn, strategy_id=strategy_id, region=region, currency=where.currency,
-                                      start=since, end=until, window_days=return_window_days,
-                                      margin_days=return_retention_margin_days, now=datetime.now(UTC))
-        summary = compare(t.treated, t.control, min_group=return_min_group)
-        c = summary.comparison
-        comparison = None if c is None else {
-            "repeat_rate_difference": c.repeat_rate_difference,
-            "confidence_interval": {"level": c.confidence, "low": c.ci_low, "high": c.ci_high, "method": c.method},
-            "incremental_value_per_buyer_minor": _minor(c.incremental_value_per_buyer),
-            "incremental_value_minor": _minor(c.incremental_value),
-            "return_on_cost": None if c.return_on_cost is None else decimal_string(c.return_on_cost, 4),
-            "return_on_cost_rational": None if c.return_on_cost is None
-            else f"{c.return_on_cost.numerator}/{c.return_on_cost.denominator}"}
-        return {
-            "strategy_id": strategy_id, "region": region, "currency": where.currency, "timezone": where.timezone,
-            "from": start.isoformat(), "to": end.isoformat(), "window_days": return_window_days,
-            "decision_time": "ticket_occurred_at", "min_group": return_min_group,
-            "groups": {
-                "treated": _group(t.treated, where.currency, t.maturing["treated"], t.beyond_retention["treated"],
-                                  treated=True),
-                "control": _group(t.control, where.currency, t.maturing["control"], t.beyond_retention["control"],
-                                  treated=False)},
-            "comparison": comparison, "reason": summary.reason}
 
     @router.post("/admin/strategies/reload", tags=["strategies"],
                  summary="Reload the strategy files; on any error the previous version stays in force",

@@ -1,5 +1,5 @@
-"""auto_comp's app: ticket, grant, buyer-order and voucher-lifecycle consumers, the allowance keeper, order
-retention, strategy reload on SIGHUP, and the HTTP API."""
+"""auto_comp's app: ticket, grant and voucher-lifecycle consumers, the allowance keeper, strategy reload on
+SIGHUP, and the HTTP API. (A strategy's return is measured by insights since issue 15, ADR 0020.)"""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from fastapi import FastAPI
 from services.auto_comp.api import build_router
 from services.auto_comp.config import Settings
 from services.auto_comp.handlers import AllowanceKeeper, GrantHandler, Rules, TicketHandler, close_partitions
-from services.auto_comp.returns import BuyerOrderHandler, OrderRetention
 from services.auto_comp.store import StrategyStore
 from services.auto_comp.vouchers import VoucherLifecycleHandler
 from shared.auth import Authenticator
@@ -69,13 +68,8 @@ def build_context(settings: Settings) -> tuple[ServiceContext, StrategyStore]:
                                           on_enqueued=ctx.relay.wake))
     ctx.components.append(ReloadOnSighup(store))
     ctx.warnings.append(store.strategies)
-    # Later orders for strategy returns: a group of its own, so a backlog of orders never delays decisions.
-    ctx.add_consumer(f"{settings.consumer_group}-returns", [settings.buyer_orders_topic], BuyerOrderHandler())
     # What became of each issued voucher, for the decision record: a group of its own, off the hot path.
     ctx.add_consumer(f"{settings.consumer_group}-vouchers", [settings.vouchers_topic], VoucherLifecycleHandler())
-    ctx.components.append(OrderRetention(ctx.engine, settings.return_window_days,
-                                         settings.return_retention_margin_days,
-                                         settings.return_retention_interval_seconds))
     return ctx, store
 
 
@@ -86,8 +80,5 @@ def build_app(settings: ServiceSettings | None = None, *, manage_lifecycle: bool
                      description="Automatic compensation: strategies, decisions, budget allowances.",
                      openapi_tags=[{"name": "decisions"}, {"name": "strategies"}])
     app.state.store = store
-    app.include_router(build_router(ctx.engine, Authenticator(ctx.tokens), store,
-                                    return_window_days=settings.return_window_days,
-                                    return_min_group=settings.return_min_group,
-                                    return_retention_margin_days=settings.return_retention_margin_days))
+    app.include_router(build_router(ctx.engine, Authenticator(ctx.tokens), store))
     return app

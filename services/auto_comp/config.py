@@ -44,23 +44,7 @@ class Settings(ServiceSettings):
     consumer_group: str = Field("auto_comp", validation_alias="AUTO_COMP_CONSUMER_GROUP")
     tickets_topic: str = Field(Topic.TICKETS.value, validation_alias="AUTO_COMP_TICKETS_TOPIC")
     grants_topic: str = Field(Topic.BUDGET_GRANTS.value, validation_alias="AUTO_COMP_GRANTS_TOPIC")
-    buyer_orders_topic: str = Field(Topic.BUYER_ORDERS.value, validation_alias="AUTO_COMP_BUYER_ORDERS_TOPIC")
     vouchers_topic: str = Field(
         Topic.VOUCHER_LIFECYCLE.value, validation_alias="AUTO_COMP_VOUCHERS_TOPIC",
         description="Voucher redemptions, expiries and revocations, shown on the decision of the voucher they "
                     "close (consumer group <AUTO_COMP_CONSUMER_GROUP>-vouchers).")
-    return_window_days: int = Field(
-        30, ge=1, le=365, validation_alias="AUTO_COMP_RETURN_WINDOW_DAYS",
-        description="A buyer's later orders count toward a strategy's return for this many days after the "
-                    "decision (the ticket's time).")
-    return_min_group: int = Field(
-        30, ge=1, validation_alias="AUTO_COMP_RETURN_MIN_GROUP",
-        description="Fewest buyers (windows elapsed) each of the treated and holdout groups needs before the "
-                    "return endpoint compares them.")
-    return_retention_margin_days: int = Field(
-        90, ge=1, le=3650, validation_alias="AUTO_COMP_RETURN_RETENTION_MARGIN_DAYS",
-        description="Buyer orders are kept for the return window plus this margin; decisions older than "
-                    "margin + window can no longer be measured (reported as beyond retention).")
-    return_retention_interval_seconds: float = Field(
-        3600.0, gt=0, validation_alias="AUTO_COMP_RETURN_RETENTION_INTERVAL_SECONDS",
-        description="How often the retention task deletes buyer orders past the window and margin.")

@@ -12,7 +12,7 @@ from shared.contracts.events import (
 )
 from shared.contracts.topics import Topic
 
-CONSUMES: tuple[str, ...] = (Topic.TICKETS.value, Topic.BUDGET_GRANTS.value, Topic.BUYER_ORDERS.value)
+CONSUMES: tuple[str, ...] = (Topic.TICKETS.value, Topic.BUDGET_GRANTS.value)
 
 PRODUCES: dict[str, str] = {
     "budget.allowance_requested": Topic.BUDGET_ALLOWANCES.value,

@@ -46,12 +46,6 @@ WAITING = Gauge(
 WAITING_OLDEST = Gauge(
     "auto_comp_waiting_oldest_seconds", "Age of the oldest compensation waiting for a budget allowance (alert: "
     "the ledger does not answer).")
-BUYER_ORDERS = Counter(
-    "auto_comp_buyer_orders_total", "Buyer orders stored for strategy returns (a re-delivered order is not "
-    "counted again).", ["region"])
-BUYER_ORDERS_PURGED = Counter(
-    "auto_comp_buyer_orders_purged_total", "Buyer orders deleted by the retention task (older than the return "
-    "window plus the margin).")
 VOUCHER_LIFECYCLE = Counter(
     "auto_comp_voucher_lifecycle_total", "Issued vouchers closed by the promotion system (redeemed, expired, "
     "revoked), recorded on their decision once each; early=true: expired before the voucher's validity ended.",

@@ -15,10 +15,12 @@ from services.insights import metrics
 from services.insights import persistence as db
 from services.insights.api import build_router
 from services.insights.config import Settings
-from services.insights.contracts import CONSUMES
+from services.insights.contracts import CONSUMES, RETURNS_CONSUMES
 from services.insights.domain.rollups import TABLES
 from services.insights.handlers import RollupHandler
+from services.insights.returns import OrderRetention, ReturnsHandler
 from services.insights.spikes_job import SpikeWatch
+from services.insights.strategy_api import build_strategy_router
 from services.insights.web import mount_dashboard
 from shared.auth import Authenticator
 from shared.periodic import PeriodicTask
@@ -46,13 +48,24 @@ class Compactor(PeriodicTask):
         return folded
 
 
-def build_app(settings: Settings, *, topics: Sequence[str] | None = None, compactor: bool = True) -> FastAPI:
+def build_app(settings: Settings, *, topics: Sequence[str] | None = None, compactor: bool = True,
+              returns_topics: Sequence[str] | None = None) -> FastAPI:
+    """``topics`` / ``returns_topics`` replace the topic names (tests); with ``topics`` given and no
+    ``returns_topics``, the returns consumer is not started (it would read the real topics)."""
     ctx = ServiceContext.create("insights", "insights", settings)
     tz_of = {code: catalogue().get(code).timezone for code in catalogue().codes()}
     # A batch's objects are freed by reference counting once it commits (no cycles), so the collector may
     # rest while it is in hand (CollectorPause).
     ctx.add_consumer(settings.consumer_group, list(topics or CONSUMES), RollupHandler(tz_of),
                      max_batch=settings.max_batch, pause_gc=True)
+    # Strategy returns (moved from auto_comp, ADR 0020): a group of its own over decisions and later orders.
+    if returns_topics is not None or topics is None:
+        ctx.add_consumer(settings.returns_consumer_group, list(returns_topics or RETURNS_CONSUMES),
+                         ReturnsHandler(), max_batch=settings.max_batch)
+    if compactor:
+        ctx.components.append(OrderRetention(ctx.engine, settings.return_window_days,
+                                             settings.return_retention_margin_days,
+                                             settings.return_retention_interval_seconds))
     keeper = Compactor(ctx, settings.compact_interval_seconds)
     if compactor:
         ctx.components.append(keeper)
@@ -65,6 +78,11 @@ def build_app(settings: Settings, *, topics: Sequence[str] | None = None, compac
     app.state.spike_watch = spike_watch = SpikeWatch(ctx.engine, settings, on_commit=ctx.relay.wake)
     if compactor:
         ctx.components.append(spike_watch)
-    app.include_router(build_router(ctx.engine, Authenticator(ctx.tokens)))
+    auth = Authenticator(ctx.tokens)
+    app.include_router(build_router(ctx.engine, auth))
+    app.include_router(build_strategy_router(
+        ctx.engine, auth, return_window_days=settings.return_window_days,
+        return_min_group=settings.return_min_group,
+        return_retention_margin_days=settings.return_retention_margin_days))
     mount_dashboard(app, ctx, settings)  # /dashboard: the ops pages (services/insights/web)
     return app

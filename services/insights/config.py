@@ -72,3 +72,22 @@ class Settings(ServiceSettings):
         6, ge=2, le=24, validation_alias="INSIGHTS_DASHBOARD_TREND_PERIODS",
         description="Periods the overview's trend charts show: the chosen period and the ones before it, of "
                     "the same kind (months, ISO weeks, days, or ranges of the same length).")
+    returns_consumer_group: str = Field(
+        "insights-returns", validation_alias="INSIGHTS_RETURNS_CONSUMER_GROUP",
+        description="Consumer group over decisions.v1 and buyer.orders.v1 for strategy returns (its own "
+                    "offsets, so an order backlog never delays the reports).")
+    return_window_days: int = Field(
+        30, ge=1, le=365, validation_alias="INSIGHTS_RETURN_WINDOW_DAYS",
+        description="A buyer's later orders count toward a strategy's return for this many days after the "
+                    "decision (the ticket's time).")
+    return_min_group: int = Field(
+        30, ge=1, le=1_000_000, validation_alias="INSIGHTS_RETURN_MIN_GROUP",
+        description="Fewest buyers (windows elapsed) each of the treated and holdout groups needs before a "
+                    "return is compared.")
+    return_retention_margin_days: int = Field(
+        90, ge=1, le=3650, validation_alias="INSIGHTS_RETURN_RETENTION_MARGIN_DAYS",
+        description="Buyer orders are kept for the return window plus this margin; decisions older than "
+                    "margin + window can no longer be measured (reported as beyond retention).")
+    return_retention_interval_seconds: float = Field(
+        3600.0, gt=0, le=86_400, validation_alias="INSIGHTS_RETURN_RETENTION_INTERVAL_SECONDS",
+        description="How often the retention task deletes buyer orders past the window and margin.")

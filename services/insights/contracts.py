@@ -32,10 +32,14 @@ CONSUMES: tuple[str, ...] = (
     Topic.BUDGET_LIMITS.value,
 )
 
+# Strategy returns, in a consumer group of their own (services/insights/returns.py).
+RETURNS_CONSUMES: tuple[str, ...] = (Topic.DECISIONS.value, Topic.BUYER_ORDERS.value)
+
 PRODUCES: dict[str, str] = {"insight.spike_detected": Topic.INSIGHT_SPIKES.value}
 
 __all__ = [
-    "CONSUMES", "PRODUCES", "AuditItemEvicted", "AuditItemSampled", "AuditVerdictRecorded", "BudgetLimitSet",
+    "CONSUMES", "PRODUCES", "RETURNS_CONSUMES", "AuditItemEvicted", "AuditItemSampled", "AuditVerdictRecorded",
+    "BudgetLimitSet",
     "BuyerFeedbackGiven", "CompensationIssued", "DecisionRecorded", "ManualCompensationIssued",
     "OrderVolumeReported", "SpikeDetected", "TicketOpened", "VoucherExpired", "VoucherRedeemed", "VoucherRevoked",
 ]

@@ -40,3 +40,14 @@ SPIKE_ROUND_SECONDS = Histogram("insights_spike_round_seconds", "Time of one spi
                                 buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
 LAST_SPIKE_ROUND = Gauge("insights_spike_last_round_timestamp_seconds",
                          "When the spike detector last finished a round (on the replica holding the round's lock).")
+
+# Strategy returns (services/insights/returns.py)
+RETURN_EXPOSURES = Counter(
+    "insights_return_exposures_total", "Live issued and holdout decisions recorded for strategy returns (a "
+    "re-delivered decision is not counted again).", ["region", "outcome"])
+BUYER_ORDERS = Counter(
+    "insights_buyer_orders_total", "Buyer orders stored for strategy returns (a re-delivered order is not "
+    "counted again).", ["region"])
+BUYER_ORDERS_PURGED = Counter(
+    "insights_buyer_orders_purged_total", "Buyer orders deleted by the retention task (older than the return "
+    "window plus the margin).")

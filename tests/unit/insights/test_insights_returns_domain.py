@@ -11,14 +11,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.auto_comp.domain.returns import (
-    GroupTally,
-    compare,
-    decimal_string,
-    local_day_bounds,
-    newcombe_interval,
-    wilson_interval,
-)
+from services.insights.domain.returns import GroupTally, compare, decimal_string, local_day_bounds
+from shared import stats
+
+
+def wilson_interval(x: int, n: int) -> tuple[float, float]:
+    i = stats.wilson_interval(x, n)
+    return i.low, i.high
+
+
+def newcombe_interval(x1: int, n1: int, x2: int, n2: int) -> tuple[float, float]:
+    i = stats.newcombe_interval(x1, n1, x2, n2)
+    return i.low, i.high
 
 # Newcombe (1998) "Two-sided confidence intervals for the single proportion", Table I, method 3 (score).
 WILSON = [((81, 263), (0.2553, 0.3662)), ((15, 148), (0.0624, 0.1605)), ((0, 20), (0.0, 0.1611)),
@@ -104,7 +108,7 @@ def test_tally_rejects_impossible_counts():
     with pytest.raises(ValueError):
         GroupTally(3, 4, 0)
     with pytest.raises(ValueError):
-        wilson_interval(0, 0)
+        newcombe_interval(0, 0, 1, 2)
 
 
 @given(st.integers(1, 500).flatmap(lambda n: st.tuples(st.integers(0, n), st.just(n))),

@@ -4,10 +4,11 @@ Pure arithmetic on per-group tallies. Money stays exact: totals are integer mino
 and the return on cost are ``Fraction``s (rounded only when shown); only the repeat rates and their
 confidence interval are floats, because they are ratios of counts, not money.
 
-The interval for the repeat-rate difference is Newcombe's hybrid score interval ("method 10", Newcombe
-1998, Statistics in Medicine 17:873-890): it combines the two groups' Wilson score intervals, stays
-inside [-1, 1] and keeps close to its nominal coverage for small groups and rates near 0 or 1, where the
-Wald interval collapses (a rate of 0 has a Wald interval of width 0).
+The interval for the repeat-rate difference is Newcombe's hybrid score interval
+(``shared.stats.newcombe_interval``, the one implementation): it combines the two groups' Wilson score
+intervals, stays inside [-1, 1] and keeps close to its nominal coverage for small groups and rates near 0
+or 1, where the Wald interval collapses. Moved here from auto_comp (issue 15): the return is analytics,
+measured from the decisions and orders insights receives as events.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ from datetime import date, datetime, time
 from fractions import Fraction
 from zoneinfo import ZoneInfo
 
-from shared import stats
+from shared.stats import newcombe_interval
 
-Z_95 = 1.959963984540054  # the 97.5th percentile of the standard normal distribution
 METHOD = "newcombe_hybrid_score"
 
 
@@ -68,29 +68,14 @@ class ReturnSummary:
     reason: str | None  # why there is no comparison
 
 
-def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
-    """Wilson's score interval for a binomial proportion (no continuity correction): ``shared.stats``."""
-    if n <= 0:
-        raise ValueError("a proportion needs at least one trial")
-    if not 0 <= successes <= n:
-        raise ValueError(f"successes {successes} outside 0..{n}")
-    interval = stats.wilson_interval(successes, n, z)
-    return interval.low, interval.high
-
-
-def newcombe_interval(x1: int, n1: int, x2: int, n2: int, z: float = Z_95) -> tuple[float, float]:
-    """Newcombe's hybrid score interval for p1 - p2 (x1 of n1 against x2 of n2): ``shared.stats``."""
-    interval = stats.newcombe_interval(x1, n1, x2, n2, z)
-    return interval.low, interval.high
-
-
 def compare(treated: GroupTally, control: GroupTally, *, min_group: int) -> ReturnSummary:
     """The comparison of two groups, or a reason why there is none."""
     if treated.buyers < min_group or control.buyers < min_group:
         return ReturnSummary(treated, control, None,
                              f"insufficient data: each group needs at least {min_group} buyers whose window "
                              f"has elapsed (treated {treated.buyers}, control {control.buyers})")
-    low, high = newcombe_interval(treated.returning, treated.buyers, control.returning, control.buyers)
+    ci = newcombe_interval(treated.returning, treated.buyers, control.returning, control.buyers)
+    low, high = ci.low, ci.high
     per_buyer = Fraction(treated.value_minor, treated.buyers) - Fraction(control.value_minor, control.buyers)
     incremental = per_buyer * treated.buyers
     roc = None if treated.cost_minor == 0 else incremental / treated.cost_minor

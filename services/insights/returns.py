@@ -1,8 +1,13 @@
-"""A strategy's return, measured: buyer orders in, treated-vs-holdout tallies out.
+"""A strategy's return, measured in insights: decisions and buyer orders in, treated-vs-holdout tallies out.
 
-- ``BuyerOrderHandler`` stores every buyer order (buyer.orders.v1) compactly, idempotently by order id.
-  Orders are not matched to decisions on arrival: tickets and orders travel on different topics, so an
-  order can be consumed before the decision it follows; the match happens in ``tallies`` at query time.
+Moved from auto_comp (issue 15, ADR 0020): auto_comp decides and publishes ``decision.recorded``; the
+return is analytics and is computed here, from events only (insights reads no other service's tables).
+
+- ``ReturnsHandler`` (a consumer group of its own, so a backlog of orders never delays the reports) keeps
+  every live ``issued`` or ``holdout`` decision (decisions.v1) and every buyer order (buyer.orders.v1)
+  compactly, idempotently by ticket id and order id. Orders are not matched to decisions on arrival:
+  decisions and orders travel on different topics, so an order can be consumed before the decision it
+  follows; the match happens in ``tallies`` at query time.
 - ``OrderRetention`` deletes orders older than the return window plus a margin.
 - ``tallies`` reads one strategy's decisions in a period and each buyer's later orders, per group and
   per window state (elapsed, still maturing, beyond the orders' retention).
@@ -22,8 +27,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.auto_comp import metrics
-from services.auto_comp.domain.returns import GroupTally
+from services.insights import metrics
+from services.insights.domain.returns import GroupTally
 from shared.contracts import events as ev
 from shared.kafka import Delivered, PermanentError
 from shared.periodic import PeriodicTask
@@ -36,34 +41,66 @@ _INSERT = text(
     "CAST(:c AS text[]), CAST(:t AS timestamptz[])) ON CONFLICT (order_id) DO NOTHING RETURNING region")
 
 
-class BuyerOrderHandler:
-    """buyer.orders.v1 -> ``buyer_orders``: one statement per batch; a re-sent order (same order id, new
-    event id) is ignored, so replays never count an order twice."""
+_EXPOSE = text(
+    "INSERT INTO return_exposures (ticket_id, region, strategy_id, strategy_version, buyer_id, outcome, "
+    "ticket_occurred_at, issued_minor, currency, event_id) "
+    "SELECT * FROM unnest(CAST(:t AS text[]), CAST(:r AS text[]), CAST(:s AS text[]), CAST(:v AS int[]), "
+    "CAST(:b AS text[]), CAST(:o AS text[]), CAST(:at AS timestamptz[]), CAST(:m AS bigint[]), "
+    "CAST(:c AS text[]), CAST(:e AS text[])) ON CONFLICT (ticket_id) DO NOTHING RETURNING region, outcome")
+
+
+def _region_currency(region: str) -> str:
+    try:
+        return region_of(region).currency
+    except UnknownRegion:
+        raise PermanentError(f"unknown region {region}") from None
+
+
+class ReturnsHandler:
+    """decisions.v1 + buyer.orders.v1 -> ``return_exposures`` + ``buyer_orders``: two statements per batch.
+
+    Only live decisions with outcome ``issued`` (treated) or ``holdout`` (control) of a strategy are kept;
+    shadow decisions and every other outcome are not part of a return. A re-sent order (same order id, new
+    event id) or a re-delivered decision is ignored, so replays never count anything twice."""
 
     async def __call__(self, conn: AsyncConnection, events: Sequence[Delivered]) -> None:
-        rows: dict[str, tuple[str, str, int, str, datetime]] = {}
+        orders: dict[str, tuple[str, str, int, str, datetime]] = {}
+        exposures: dict[str, tuple[str, str, int, str, str, datetime, int | None, str, str]] = {}
         for d in events:
             p = d.payload
-            if not isinstance(p, ev.BuyerOrderPlaced):
-                raise PermanentError(f"{d.envelope.event_type} is not a buyer order")
-            try:
-                currency = region_of(d.envelope.region).currency
-            except UnknownRegion:
-                raise PermanentError(f"unknown region {d.envelope.region}") from None
-            if p.amount.currency != currency:
-                # Values are summed per region in its currency; another currency can never be added up.
-                raise PermanentError(f"order {p.order_id} in {p.amount.currency}, region {d.envelope.region} "
-                                     f"uses {currency}")
-            rows.setdefault(p.order_id, (p.buyer_id, d.envelope.region, p.amount.amount_minor, currency,
-                                         d.envelope.occurred_at))
-        if not rows:
-            return
-        values = list(rows.values())
-        result = await conn.execute(_INSERT, {
-            "o": list(rows), "b": [v[0] for v in values], "r": [v[1] for v in values],
-            "a": [v[2] for v in values], "c": [v[3] for v in values], "t": [v[4] for v in values]})
-        for region, n in Counter(r[0] for r in result.all()).items():
-            metrics.BUYER_ORDERS.labels(region).inc(n)
+            if isinstance(p, ev.BuyerOrderPlaced):
+                currency = _region_currency(d.envelope.region)
+                if p.amount.currency != currency:
+                    # Values are summed per region in its currency; another currency can never be added up.
+                    raise PermanentError(f"order {p.order_id} in {p.amount.currency}, region {d.envelope.region} "
+                                         f"uses {currency}")
+                orders.setdefault(p.order_id, (p.buyer_id, d.envelope.region, p.amount.amount_minor, currency,
+                                               d.envelope.occurred_at))
+            elif isinstance(p, ev.DecisionRecorded):
+                if p.shadow or p.strategy_id is None or p.strategy_version is None or p.outcome not in (
+                        ev.DecisionOutcome.ISSUED, ev.DecisionOutcome.HOLDOUT):
+                    continue
+                currency = _region_currency(d.envelope.region)
+                issued = p.amount.amount_minor if p.outcome is ev.DecisionOutcome.ISSUED and p.amount else None
+                exposures.setdefault(p.ticket_id, (
+                    d.envelope.region, p.strategy_id, p.strategy_version, p.buyer_id, p.outcome.value,
+                    p.ticket_occurred_at, issued, currency, d.envelope.event_id))
+            # other event types on these topics are not part of a return
+        if orders:
+            values = list(orders.values())
+            result = await conn.execute(_INSERT, {
+                "o": list(orders), "b": [v[0] for v in values], "r": [v[1] for v in values],
+                "a": [v[2] for v in values], "c": [v[3] for v in values], "t": [v[4] for v in values]})
+            for region, n in Counter(r[0] for r in result.all()).items():
+                metrics.BUYER_ORDERS.labels(region).inc(n)
+        if exposures:
+            xs = list(exposures.values())
+            result = await conn.execute(_EXPOSE, {
+                "t": list(exposures), "r": [x[0] for x in xs], "s": [x[1] for x in xs], "v": [x[2] for x in xs],
+                "b": [x[3] for x in xs], "o": [x[4] for x in xs], "at": [x[5] for x in xs],
+                "m": [x[6] for x in xs], "c": [x[7] for x in xs], "e": [x[8] for x in xs]})
+            for (region, outcome), n in Counter((r[0], r[1]) for r in result.all()).items():
+                metrics.RETURN_EXPOSURES.labels(region, outcome).inc(n)
 
 
 def retention_cutoff(now: datetime, window_days: int, margin_days: int) -> datetime:
@@ -94,7 +131,7 @@ class OrderRetention(PeriodicTask):
         async def step() -> None:
             await purge_orders(engine, window_days, margin_days)
 
-        super().__init__("buyer-order-retention", interval, step)
+        super().__init__("insights-buyer-order-retention", interval, step)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +150,7 @@ GROUPS = {"issued": "treated", "holdout": "control"}
 _TALLIES = text("""
     WITH d AS (
         SELECT buyer_id, outcome, ticket_occurred_at AS at, issued_minor
-        FROM decisions
+        FROM return_exposures
         WHERE strategy_id = :strategy AND region = :region AND outcome IN ('issued', 'holdout')
           AND ticket_occurred_at >= :start AND ticket_occurred_at < :end
     ), b AS (
