@@ -215,6 +215,19 @@ def newcombe_interval(x1: int, n1: float, x2: int, n2: float, z: float = Z95) ->
     return Interval(max(-1.0, low), min(1.0, high))
 
 
+def mean_difference_interval(sum1: float, squares1: float, n1: int, sum2: float, squares2: float, n2: int,
+                             z: float = Z95) -> Interval:
+    """Normal (Welch) interval for mean1 - mean2 from each group's sum and sum of squares of a per-unit
+    value (e.g. a buyer's later-order value). Sample variances with n - 1; each group needs two units."""
+    if n1 < 2 or n2 < 2:
+        raise StatsError(f"each group needs at least two units, got {n1} and {n2}")
+    m1, m2 = sum1 / n1, sum2 / n2
+    v1 = max(0.0, (squares1 - n1 * m1 * m1) / (n1 - 1))
+    v2 = max(0.0, (squares2 - n2 * m2 * m2) / (n2 - 1))
+    half = z * math.sqrt(v1 / n1 + v2 / n2)
+    return Interval(m1 - m2 - half, m1 - m2 + half)
+
+
 def kish_effective_size(probs: Sequence[float]) -> float:
     """Kish's effective sample size of weights ``1/pi``: (sum w)^2 / sum w^2."""
     weights = [1 / p for p in probs]

@@ -1,4 +1,5 @@
-"""``python -m services.insights serve | migrate | dead-letters ... | report ... | root-causes ...``."""
+"""``python -m services.insights serve | migrate | dead-letters ... | report ... | root-causes ... |
+scorecard ...``."""
 
 from __future__ import annotations
 
@@ -73,7 +74,45 @@ async def _root_causes(args: argparse.Namespace) -> int:
                                    reports.root_causes_csv)
 
 
+async def _scorecard(args: argparse.Namespace) -> int:
+    """Write a region's strategy scorecard (verdicts with reasons) for a period to a file (JSON or CSV)."""
+    from services.insights import scorecard
+    from services.insights.domain.scorecard import ThresholdsLoadError, load_thresholds
+    from shared.regions import UnknownRegion, region
+
+    settings = Settings()
+    try:
+        code = region(args.region).code
+        thresholds = load_thresholds(settings.scorecard_thresholds_file)
+    except UnknownRegion as exc:
+        print(f"insights: {exc}", file=sys.stderr)
+        return 2
+    except ThresholdsLoadError as exc:
+        for e in exc.errors:
+            print(f"insights: thresholds: {e}", file=sys.stderr)
+        return 2
+    if code not in thresholds:
+        print(f"insights: no scorecard thresholds for {args.region} in {settings.scorecard_thresholds_file}",
+              file=sys.stderr)
+        return 2
+
+    async def compute(engine: Any, r: Any, period: Any) -> Any:
+        return await scorecard.scorecard(engine, r, period, thresholds[r.code],
+                                         window_days=settings.return_window_days,
+                                         margin_days=settings.return_retention_margin_days)
+
+    return await _write_for_period(args, "insights-scorecard-{region}", compute, scorecard.scorecard_csv)
+
+
 def _extra(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    card = sub.add_parser("scorecard", help="a region's strategy scorecard: keep / review / retire with reasons")
+    card.add_argument("--region", required=True)
+    card.add_argument("--period", default=None, help="YYYY-MM-DD, YYYY-Www or YYYY-MM (local to the region)")
+    card.add_argument("--from", dest="start", default=None, help="custom range: first local day")
+    card.add_argument("--to", dest="end", default=None, help="custom range: last local day (inclusive)")
+    card.add_argument("--format", choices=("json", "csv"), default=None, help="default: from the file name, else json")
+    card.add_argument("--output", "-o", default=None, help="file to write ('-' for stdout)")
+    card.set_defaults(handler=_scorecard)
     rep = sub.add_parser("report", help="write a region's report for a day, ISO week, month or range to a file")
     rep.add_argument("--region", required=True)
     rep.add_argument("--period", default=None, help="YYYY-MM-DD, YYYY-Www or YYYY-MM (local to the region)")

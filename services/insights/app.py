@@ -17,6 +17,7 @@ from services.insights.api import build_router
 from services.insights.config import Settings
 from services.insights.contracts import CONSUMES, RETURNS_CONSUMES
 from services.insights.domain.rollups import TABLES
+from services.insights.domain.scorecard import load_thresholds
 from services.insights.handlers import RollupHandler
 from services.insights.returns import OrderRetention, ReturnsHandler
 from services.insights.spikes_job import SpikeWatch
@@ -52,6 +53,7 @@ def build_app(settings: Settings, *, topics: Sequence[str] | None = None, compac
               returns_topics: Sequence[str] | None = None) -> FastAPI:
     """``topics`` / ``returns_topics`` replace the topic names (tests); with ``topics`` given and no
     ``returns_topics``, the returns consumer is not started (it would read the real topics)."""
+    thresholds = load_thresholds(settings.scorecard_thresholds_file)  # a bad file stops the start, named
     ctx = ServiceContext.create("insights", "insights", settings)
     tz_of = {code: catalogue().get(code).timezone for code in catalogue().codes()}
     # A batch's objects are freed by reference counting once it commits (no cycles), so the collector may
@@ -83,6 +85,6 @@ def build_app(settings: Settings, *, topics: Sequence[str] | None = None, compac
     app.include_router(build_strategy_router(
         ctx.engine, auth, return_window_days=settings.return_window_days,
         return_min_group=settings.return_min_group,
-        return_retention_margin_days=settings.return_retention_margin_days))
+        return_retention_margin_days=settings.return_retention_margin_days, thresholds=thresholds))
     mount_dashboard(app, ctx, settings)  # /dashboard: the ops pages (services/insights/web)
     return app

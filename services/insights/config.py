@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
 from shared.config import ServiceSettings
@@ -91,3 +93,7 @@ class Settings(ServiceSettings):
     return_retention_interval_seconds: float = Field(
         3600.0, gt=0, le=86_400, validation_alias="INSIGHTS_RETURN_RETENTION_INTERVAL_SECONDS",
         description="How often the retention task deletes buyer orders past the window and margin.")
+    scorecard_thresholds_file: str = Field(
+        str(Path(__file__).with_name("thresholds") / "scorecard.yaml"),
+        validation_alias="INSIGHTS_SCORECARD_THRESHOLDS_FILE",
+        description="Per-region thresholds of the strategy scorecard's verdicts (validated at start-up).")

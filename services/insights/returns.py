@@ -162,7 +162,9 @@ _TALLIES = text("""
         SELECT buyer_id, sum(issued_minor) AS cost FROM d WHERE outcome = 'issued' GROUP BY buyer_id
     )
     SELECT b.outcome, b.state, count(*) AS buyers, count(*) FILTER (WHERE o.n > 0) AS returning,
-           coalesce(sum(o.value), 0) AS value, coalesce(sum(c.cost) FILTER (WHERE b.outcome = 'issued'), 0) AS cost
+           coalesce(sum(o.value), 0) AS value,
+           coalesce(sum(o.value * o.value), 0) AS value_squares,
+           coalesce(sum(c.cost) FILTER (WHERE b.outcome = 'issued'), 0) AS cost
     FROM b
     LEFT JOIN c USING (buyer_id)
     LEFT JOIN LATERAL (
@@ -187,7 +189,7 @@ async def tallies(conn: AsyncConnection, *, strategy_id: str, region: str, curre
         group = GROUPS[r["outcome"]]
         if r["state"] == "elapsed":
             elapsed[group] = GroupTally(int(r["buyers"]), int(r["returning"]), int(r["value"]),
-                                        int(r["cost"]) if group == "treated" else 0)
+                                        int(r["cost"]) if group == "treated" else 0, int(r["value_squares"]))
         elif r["state"] == "maturing":
             maturing[group] = int(r["buyers"])
         else:

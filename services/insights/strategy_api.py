@@ -11,12 +11,15 @@ from datetime import UTC, datetime
 from fractions import Fraction
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query
+import orjson
+from fastapi import APIRouter, Depends, Path, Query, Response
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.insights import returns
-from services.insights.api import region_for
+from services.insights import scorecard as scorecards
+from services.insights.api import period_for, region_for
 from services.insights.domain.returns import GroupTally, compare, decimal_string, local_day_bounds
+from services.insights.domain.scorecard import Thresholds
 from shared.auth import Authenticator, Principal
 from shared.contracts.envelope import BoundedDate
 from shared.http import Problem
@@ -46,8 +49,42 @@ def _group(tally: GroupTally, currency: str, maturing: int, beyond: int, *, trea
 
 
 def build_strategy_router(engine: AsyncEngine, auth: Authenticator, *, return_window_days: int = 30,
-                          return_min_group: int = 30, return_retention_margin_days: int = 90) -> APIRouter:
+                          return_min_group: int = 30, return_retention_margin_days: int = 90,
+                          thresholds: dict[str, Thresholds] | None = None) -> APIRouter:
     api = APIRouter(prefix="/v1", tags=["strategies"])
+    per_region = thresholds or {}
+
+    @api.get("/scorecard/{region}", summary="Strategy scorecard of a region: facts, keep/review/retire verdicts "
+                                            "with reasons (JSON or CSV); verdict=review,retire is the review queue")
+    async def get_scorecard(
+            region: Annotated[str, Path()],
+            period: Annotated[str | None, Query(description="YYYY-MM-DD, YYYY-Www or YYYY-MM (region's clock)")] = None,
+            start: Annotated[str | None, Query(alias="from", description="custom range: first local day")] = None,
+            end: Annotated[str | None, Query(alias="to", description="custom range: last local day")] = None,
+            verdict: Annotated[str | None, Query(description="comma-separated subset of keep,review,retire")] = None,
+            format: Annotated[str, Query(description="json or csv")] = "json",
+            principal: Principal = Depends(auth)) -> Response:
+        r = region_for(principal, region)
+        p = period_for(period, start, end)
+        if format not in ("json", "csv"):
+            raise Problem(422, "Invalid request", f"format must be json or csv, not {format!r}",
+                          errors=[{"field": "format", "message": "json or csv"}])
+        wanted = None if verdict is None else {v.strip() for v in verdict.split(",")}
+        if wanted is not None and (not wanted or not wanted <= {"keep", "review", "retire"}):
+            raise Problem(422, "Invalid request", f"unknown verdict in {verdict!r}",
+                          errors=[{"field": "verdict", "message": "a comma-separated subset of keep,review,retire"}])
+        t = per_region.get(r.code)
+        if t is None:
+            raise Problem(404, "Not Found", f"no scorecard thresholds for {r.code}",
+                          errors=[{"field": "region", "message": "the thresholds file has no block for it"}])
+        result = await scorecards.scorecard(engine, r, p, t, window_days=return_window_days,
+                                            margin_days=return_retention_margin_days)
+        if wanted is not None:
+            result["strategies"] = [s for s in result["strategies"] if s["verdict"] in wanted]
+        if format == "csv":
+            return Response(scorecards.scorecard_csv(result), media_type="text/csv; charset=utf-8", headers={
+                "Content-Disposition": f'attachment; filename="scorecard-{r.code}-{p.label}.csv"'})
+        return Response(orjson.dumps(result), media_type="application/json")
 
     @api.get("/strategies/{strategy_id}/return",
              summary="A strategy's return: later orders of treated buyers against its holdout")

@@ -32,6 +32,7 @@ class GroupTally:
     returning: int  # buyers with at least one later order in their window
     value_minor: int  # later-order value, all the group's buyers together
     cost_minor: int = 0  # issued amounts (the treated group only)
+    value_squares: int = 0  # sum over buyers of (the buyer's later-order value)^2: the value's variance
 
     def __post_init__(self) -> None:
         if not 0 <= self.returning <= self.buyers:
