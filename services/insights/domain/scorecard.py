@@ -121,8 +121,6 @@ def parse_thresholds(doc: Any, source: str) -> dict[str, Thresholds]:
         for key in _FIELDS:
             if key not in block:
                 errors.append(ThresholdError(source, code, key, f"is required ({_FIELDS[key]})"))
-        if any(e.region == code for e in errors):
-            continue
         parsers: dict[str, Any] = {
             "planned_buyers_per_group": lambda v: _whole(v, 30, 10_000_000),
             "keep_min_return_on_cost": lambda v: _number(v, lo=0, hi=1000, lo_open=True),
@@ -134,6 +132,8 @@ def parse_thresholds(doc: Any, source: str) -> dict[str, Thresholds]:
         }
         values: dict[str, Any] = {}
         for key, parse in parsers.items():
+            if key not in block:
+                continue  # reported as required above; every other mistake of the block is reported too
             try:
                 values[key] = parse(block[key])
             except ValueError as exc:
