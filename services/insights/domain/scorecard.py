@@ -224,7 +224,7 @@ def evaluate(facts: StrategyFacts, t: Thresholds) -> ScorecardRow:
     tr, co = facts.treated, facts.control
     uplift = uplift_point = roc = roc_ci = None
     if tr.buyers >= 1 and co.buyers >= 1:
-        uplift = stats.newcombe_difference(tr.returning, tr.buyers, co.returning, co.buyers)
+        uplift = stats.newcombe_interval(tr.returning, tr.buyers, co.returning, co.buyers)
         uplift_point = tr.returning / tr.buyers - co.returning / co.buyers
     if tr.buyers >= 2 and co.buyers >= 2 and tr.cost_minor > 0:
         summary = compare(tr, co, min_group=2)

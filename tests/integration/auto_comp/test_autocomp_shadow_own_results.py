@@ -8,7 +8,7 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-from autocomp_support import NOW, STRATEGIES, apply, late_ticket, rows, write_strategies
+from autocomp_support import NOW, RULES, STRATEGIES, apply, late_ticket, rows, write_strategies
 
 from services.auto_comp.domain.backtest import HistoricalTicket, run_backtest
 from services.auto_comp.handlers import TicketHandler
@@ -44,7 +44,7 @@ SHADOW_TRIAL = """
 
 def _handler(tmp_path, max_count: int) -> tuple[TicketHandler, StrategyStore]:
     store = StrategyStore(write_strategies(tmp_path, STRATEGIES.rstrip() + "\n" + SHADOW_TRIAL % max_count))
-    return TicketHandler(store), store
+    return TicketHandler(store, RULES), store
 
 
 async def _shadow_outcomes(engine, prefix: str) -> Counter[str]:
