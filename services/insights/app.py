@@ -86,5 +86,5 @@ def build_app(settings: Settings, *, topics: Sequence[str] | None = None, compac
         ctx.engine, auth, return_window_days=settings.return_window_days,
         return_min_group=settings.return_min_group,
         return_retention_margin_days=settings.return_retention_margin_days, thresholds=thresholds))
-    mount_dashboard(app, ctx, settings)  # /dashboard: the ops pages (services/insights/web)
+    mount_dashboard(app, ctx, settings, thresholds)  # /dashboard: the ops pages (services/insights/web)
     return app

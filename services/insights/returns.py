@@ -158,6 +158,10 @@ _TALLIES = text("""
                CASE WHEN at > :mature_before THEN 'maturing'
                     WHEN at < :retained_since THEN 'beyond_retention' ELSE 'elapsed' END AS state
         FROM d ORDER BY buyer_id, at, outcome
+    ), ranked AS (
+        SELECT *, row_number() OVER (PARTITION BY outcome, state ORDER BY at, buyer_id) AS k FROM b
+    ), b_first AS (
+        SELECT buyer_id, outcome, at, state FROM ranked WHERE CAST(:first AS bigint) IS NULL OR k <= :first
     ), c AS (
         SELECT buyer_id, sum(issued_minor) AS cost FROM d WHERE outcome = 'issued' GROUP BY buyer_id
     )
@@ -165,7 +169,7 @@ _TALLIES = text("""
            coalesce(sum(o.value), 0) AS value,
            coalesce(sum(o.value * o.value), 0) AS value_squares,
            coalesce(sum(c.cost) FILTER (WHERE b.outcome = 'issued'), 0) AS cost
-    FROM b
+    FROM b_first b
     LEFT JOIN c USING (buyer_id)
     LEFT JOIN LATERAL (
         SELECT count(*) AS n, sum(amount_minor) AS value FROM buyer_orders o
@@ -176,12 +180,15 @@ _TALLIES = text("""
 
 
 async def tallies(conn: AsyncConnection, *, strategy_id: str, region: str, currency: str, start: datetime,
-                  end: datetime, window_days: int, margin_days: int, now: datetime) -> Tallies:
+                  end: datetime, window_days: int, margin_days: int, now: datetime,
+                  first_buyers: int | None = None) -> Tallies:
+    """The two groups' tallies; with ``first_buyers``, only each group's first that many buyers (by decision
+    time) of each state: the scorecard's fixed planned sample, which later buyers cannot change."""
     window = timedelta(days=window_days)
     result = await conn.execute(_TALLIES, {
         "strategy": strategy_id, "region": region, "currency": currency, "start": start, "end": end,
         "window": window, "mature_before": now - window,
-        "retained_since": retention_cutoff(now, window_days, margin_days)})
+        "retained_since": retention_cutoff(now, window_days, margin_days), "first": first_buyers})
     elapsed: dict[str, GroupTally] = {}
     maturing = {"treated": 0, "control": 0}
     beyond = {"treated": 0, "control": 0}

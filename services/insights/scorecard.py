@@ -73,6 +73,13 @@ async def scorecard(engine: AsyncEngine, region: Region, period: Period, thresho
                                       start=start, end=end, window_days=window_days, margin_days=margin_days,
                                       now=now or datetime.now(UTC))
             f.update(treated=t.treated, control=t.control, maturing=sum(t.maturing.values()))
+            plan = thresholds.planned_buyers_per_group
+            if t.treated.buyers >= plan and t.control.buyers >= plan:
+                first = await returns.tallies(conn, strategy_id=sid, region=region.code, currency=region.currency,
+                                              start=start, end=end, window_days=window_days,
+                                              margin_days=margin_days, now=now or datetime.now(UTC),
+                                              first_buyers=plan)
+                f.update(judged_treated=first.treated, judged_control=first.control)
     rows = review_order([evaluate(StrategyFacts(sid, **f), thresholds) for sid, f in facts.items()])
     return {"region": region.code, "currency": region.currency, "timezone": region.timezone,
             "period": period.label, "from": period.first.isoformat(), "to": period.last.isoformat(),
@@ -80,7 +87,8 @@ async def scorecard(engine: AsyncEngine, region: Region, period: Period, thresho
             "strategies": [r.as_dict(region.currency) for r in rows]}
 
 
-CSV_COLUMNS = ("strategy_id", "verdict", "at_planned_sample", "compensations", "cost_minor", "currency",
+CSV_COLUMNS = ("strategy_id", "verdict", "at_planned_sample", "judged_buyers_per_group", "compensations",
+               "cost_minor", "currency",
                "redemption_rate", "mean_hours_to_compensate", "csat_after_compensation", "csat_responses",
                "audited", "audit_findings", "treated_buyers", "holdout_buyers", "maturing_buyers",
                "repeat_rate_uplift", "repeat_rate_uplift_ci95", "return_on_cost", "return_on_cost_ci95", "reasons")

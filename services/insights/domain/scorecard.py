@@ -4,8 +4,11 @@ retire) from the region's thresholds, with every reason written out. Pure: no I/
 Peeking is safe because the return is judged **only at the planned sample** stated up front in the
 thresholds file (``planned_buyers_per_group``, buyers with an elapsed return window in each of the treated
 and holdout groups). Before that, the scorecard shows the numbers and their intervals but the verdict is
-``review`` with the reason "planned sample not reached", never ``keep`` or ``retire``: looking every day
-cannot turn noise into a keep. At the planned sample:
+``review`` with the reason "planned sample not reached", never ``keep`` or ``retire``. Once reached, the
+verdict is computed on **each group's first planned buyers** (by decision time; ``judged_treated`` /
+``judged_control``), not on everyone seen so far: later looks find the same sample and the same verdict,
+so looking every day (one test at a fixed sample, not one per look) cannot turn noise into a keep.
+At the planned sample:
 
 - ``retire`` when the 95% upper bound of incremental value per unit of cost is below
   ``retire_below_return_on_cost`` (the strategy cannot plausibly earn its cost);
@@ -181,6 +184,9 @@ class StrategyFacts:
     treated: GroupTally = field(default_factory=lambda: GroupTally(0, 0, 0))
     control: GroupTally = field(default_factory=lambda: GroupTally(0, 0, 0))
     maturing: int = 0  # buyers of both groups whose return window is still open
+    # Each group's first planned_buyers_per_group buyers, once both groups have that many: what is judged.
+    judged_treated: GroupTally | None = None
+    judged_control: GroupTally | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +195,7 @@ class ScorecardRow:
     verdict: str
     reasons: tuple[str, ...]
     at_planned_sample: bool
+    judged_buyers_per_group: int | None
     repeat_uplift: stats.Interval | None
     repeat_uplift_point: float | None
     return_on_cost: Fraction | None
@@ -198,7 +205,8 @@ class ScorecardRow:
         f = self.facts
         return {
             "strategy_id": f.strategy_id, "verdict": self.verdict, "reasons": list(self.reasons),
-            "at_planned_sample": self.at_planned_sample, "currency": currency,
+            "at_planned_sample": self.at_planned_sample, "judged_buyers_per_group": self.judged_buyers_per_group,
+            "currency": currency,
             "compensations": f.compensations, "cost_minor": f.cost_minor,
             "redemption_rate": None if f.vouchers == 0 else f.redeemed / f.vouchers, "vouchers": f.vouchers,
             "mean_hours_to_compensate": None if f.timed == 0 else f.ttc_seconds / f.timed / 3600,
@@ -222,6 +230,12 @@ def evaluate(facts: StrategyFacts, t: Thresholds) -> ScorecardRow:
     """The verdict and its reasons (see the module's docstring for the rules)."""
     reasons: list[str] = []
     tr, co = facts.treated, facts.control
+    at_plan = tr.buyers >= t.planned_buyers_per_group and co.buyers >= t.planned_buyers_per_group
+    judged = None
+    if at_plan and facts.judged_treated is not None and facts.judged_control is not None:
+        # The fixed planned sample: the intervals and the verdict no longer move as buyers accrue.
+        tr, co = facts.judged_treated, facts.judged_control
+        judged = t.planned_buyers_per_group
     uplift = uplift_point = roc = roc_ci = None
     if tr.buyers >= 1 and co.buyers >= 1:
         uplift = stats.newcombe_interval(tr.returning, tr.buyers, co.returning, co.buyers)
@@ -234,7 +248,6 @@ def evaluate(facts: StrategyFacts, t: Thresholds) -> ScorecardRow:
                                                    co.value_minor, co.value_squares, co.buyers)
         scale = tr.buyers / tr.cost_minor
         roc_ci = stats.Interval(per_buyer.low * scale, per_buyer.high * scale)
-    at_plan = tr.buyers >= t.planned_buyers_per_group and co.buyers >= t.planned_buyers_per_group
     verdict = REVIEW
     if co.buyers == 0 and facts.maturing == 0:
         reasons.append("no holdout buyers in the period: no evidence of return")
@@ -274,7 +287,7 @@ def evaluate(facts: StrategyFacts, t: Thresholds) -> ScorecardRow:
     if quality and verdict == KEEP:
         verdict = REVIEW
     reasons.extend(quality)
-    return ScorecardRow(facts, verdict, tuple(reasons), at_plan, uplift, uplift_point, roc, roc_ci)
+    return ScorecardRow(facts, verdict, tuple(reasons), at_plan, judged, uplift, uplift_point, roc, roc_ci)
 
 
 _ORDER = {RETIRE: 0, REVIEW: 1, KEEP: 2}

@@ -1,5 +1,6 @@
-"""The ops dashboard under /dashboard: overview, root causes, budget burn-down. Server-rendered HTML with
-inline SVG charts (no scripts, nothing from another origin).
+"""The ops dashboard under /dashboard: overview, root causes, budget burn-down, the strategy review queue and
+each strategy's scorecard. Server-rendered HTML with inline SVG charts (no scripts, nothing from another
+origin).
 
 Every page needs a live session of a user with a dashboard role (``DASHBOARD_ROLES``) and a grant for the
 region shown: another region answers 403, and the region picker offers only granted ones. The only forms
@@ -16,13 +17,15 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from services.insights import reports
 from services.insights.config import Settings
 from services.insights.domain.periods import Period, PeriodError, month, parse_period
-from services.insights.web import views
+from services.insights.domain.scorecard import Thresholds
+from services.insights.web import strategies, views
 from services.insights.web.auth import DASHBOARD_ROLES, DashboardAuth
 from shared.http import Problem
 from shared.regions import Region, UnknownRegion, catalogue
@@ -34,6 +37,7 @@ HOME = f"{PREFIX}/overview"
 STYLESHEET = Path(__file__).with_name("static").joinpath("dashboard.css").read_text(encoding="utf-8")
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
 TEMPLATES.env.globals.update(PREFIX=PREFIX)
+STRATEGY_ID = r"^[a-z0-9_\-]{1,100}$"  # as strategy files name them
 DIMENSION_LABELS = {"reason": "Reason", "carrier": "Carrier", "seller": "Seller", "strategy": "Strategy"}
 
 RegionQuery = Annotated[str | None, Query(max_length=8, pattern=r"^[A-Za-z]{2,8}$")]
@@ -96,7 +100,9 @@ class Selection:
         return f"{year:04d}-W{week:02d}"
 
 
-def build_pages(auth: DashboardAuth, settings: Settings) -> APIRouter:
+def build_pages(auth: DashboardAuth, settings: Settings,
+                thresholds: Mapping[str, Thresholds] | None = None) -> APIRouter:
+    per_region = thresholds or {}
     router = APIRouter(prefix=PREFIX, route_class=page_route(auth, PREFIX, error_page), include_in_schema=False)
     engine = auth.engine
 
@@ -180,5 +186,42 @@ def build_pages(auth: DashboardAuth, settings: Settings) -> APIRouter:
                           errors=[{"field": "period", "message": "a month, YYYY-MM"}])
         data = await views.budget(engine, sel.region, sel.period, sel.today)
         return render(request, "budget.html", sel=sel, page="budget", **data)
+
+    def thresholds_of(region: Region) -> Thresholds:
+        t = per_region.get(region.code)
+        if t is None:
+            raise Problem(404, "Not Found", f"no scorecard thresholds for {region.code}; add its block to "
+                          f"{settings.scorecard_thresholds_file}",
+                          errors=[{"field": "region", "message": "the thresholds file has no block for it"}])
+        return t
+
+    @router.get("/strategies")
+    async def review_queue(request: Request, region: RegionQuery = None, period: PeriodQuery = None,
+                           start: FromQuery = None, end: ToQuery = None,
+                           show: Annotated[str, Query(max_length=8)] = "queue") -> Response:
+        """Strategies whose verdict is review or retire (``show=all``: every scored strategy)."""
+        viewer = await viewer_of(request)
+        sel = selection(viewer, "/strategies", region, period, start, end)
+        if show not in ("queue", "all"):
+            raise Problem(422, "Invalid request", f"unknown view {show!r}",
+                          errors=[{"field": "show", "message": "queue or all"}])
+        sel.extra["show"] = show
+        data = await strategies.review_queue(engine, sel.region, sel.period, thresholds_of(sel.region),
+                                             window_days=settings.return_window_days,
+                                             margin_days=settings.return_retention_margin_days,
+                                             everything=show == "all")
+        return render(request, "strategies.html", sel=sel, page="strategies", show=show, **data)
+
+    @router.get("/strategies/{strategy_id}")
+    async def strategy(request: Request, strategy_id: Annotated[str, PathParam(pattern=STRATEGY_ID)],
+                       region: RegionQuery = None, period: PeriodQuery = None, start: FromQuery = None,
+                       end: ToQuery = None) -> Response:
+        """One strategy's scorecard for the region and period: facts, intervals, verdict, reasons, thresholds."""
+        viewer = await viewer_of(request)
+        sel = selection(viewer, f"/strategies/{strategy_id}", region, period, start, end)
+        data = await strategies.one_strategy(engine, sel.region, sel.period, thresholds_of(sel.region), strategy_id,
+                                             window_days=settings.return_window_days,
+                                             margin_days=settings.return_retention_margin_days)
+        return render(request, "strategy.html", sel=sel, page="strategies", strategy_id=strategy_id, **data)
 
     return router

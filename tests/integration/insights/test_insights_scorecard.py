@@ -15,6 +15,7 @@ import pytest
 from insights_support import insights_engine
 from sqlalchemy import text
 
+from services.insights import returns
 from services.insights.__main__ import main
 from services.insights.app import build_app
 from services.insights.config import Settings
@@ -91,7 +92,7 @@ async def test_verdicts_with_reasons(seeded):
     rows = {s["strategy_id"]: s for s in body["strategies"]}
     assert set(rows) == {"sg-keep", "sg-noholdout"}  # GB's strategy is not SG's
     keep = rows["sg-keep"]
-    assert keep["verdict"] == "keep" and keep["at_planned_sample"]
+    assert keep["verdict"] == "keep" and keep["at_planned_sample"] and keep["judged_buyers_per_group"] == 30
     assert (keep["treated_buyers"], keep["holdout_buyers"], keep["compensations"], keep["cost_minor"]) == (
         40, 40, 40, 20000)
     # (3,000 - 500) x 40 / 20,000 = 5 per unit of cost; every buyer alike, so the interval is [5, 5]
@@ -151,3 +152,23 @@ def test_a_bad_thresholds_file_stops_the_start(tmp_path):
     with pytest.raises(ThresholdsLoadError) as exc:
         build_app(Settings(database_url="postgresql+asyncpg://u:p@localhost:1/x", scorecard_thresholds_file=str(path)))
     assert any(e.field == "planned_buyers_per_group" for e in exc.value.errors)
+
+
+async def test_the_planned_sample_is_each_groups_first_buyers(seeded):
+    """tallies(first_buyers=30) counts each group's first 30 buyers by decision time: what the verdict is
+    judged on, whoever comes later."""
+    _, _, settings = seeded
+    engine = await insights_engine(settings.database_url)
+    start = datetime.combine(datetime.fromisoformat(RANGE["from"]).date(), datetime.min.time(), SG)
+    end = datetime.combine(datetime.fromisoformat(RANGE["to"]).date(), datetime.min.time(), SG) + timedelta(days=1)
+    try:
+        async with engine.connect() as conn:
+            every = await returns.tallies(conn, strategy_id="sg-keep", region="SG", currency="SGD", start=start,
+                                          end=end, window_days=30, margin_days=90, now=NOW)
+            first = await returns.tallies(conn, strategy_id="sg-keep", region="SG", currency="SGD", start=start,
+                                          end=end, window_days=30, margin_days=90, now=NOW, first_buyers=30)
+    finally:
+        await engine.dispose()
+    assert (every.treated.buyers, every.control.buyers, every.treated.cost_minor) == (40, 40, 20_000)
+    assert (first.treated.buyers, first.control.buyers, first.treated.cost_minor) == (30, 30, 15_000)
+    assert (first.treated.value_minor, first.control.value_minor) == (90_000, 15_000)

@@ -140,3 +140,40 @@ def test_an_unreadable_file_is_a_load_error(tmp_path):
     (tmp_path / "t.yaml").write_text("regions: [unclosed")
     with pytest.raises(ThresholdsLoadError):
         load_thresholds(tmp_path / "t.yaml")
+
+
+def test_peeking_every_week_after_the_planned_sample_keeps_aa_strategies_at_most_5_percent():
+    """A/A populations watched at the planned sample and at four later looks (the groups keep growing):
+    the verdict is taken on each group's first planned buyers, so "keep" at ANY look stays within 5%, and
+    every look after the plan repeats the first verdict."""
+    plan = 200
+    lenient = Thresholds(plan, Fraction(1, 100), Fraction(0), None, None, 1, None)
+    kept_at_any_look = 0
+    for seed in range(300):
+        rng = random.Random(10_000 + seed)
+        treated = [rng.randrange(100, 6_000) if rng.random() < 0.3 else 0 for _ in range(3 * plan)]
+        control = [rng.randrange(100, 6_000) if rng.random() < 0.3 else 0 for _ in range(3 * plan)]
+        verdicts = set()
+        for n in (plan, plan + 100, 2 * plan, 2 * plan + 100, 3 * plan):
+            f = StrategyFacts("sg-aa", compensations=n, cost_minor=500 * n,
+                              treated=group(n, treated[:n], cost=500 * n), control=group(n, control[:n]),
+                              judged_treated=group(plan, treated[:plan], cost=500 * plan),
+                              judged_control=group(plan, control[:plan]))
+            row = evaluate(f, lenient)
+            assert row.at_planned_sample and row.judged_buyers_per_group == plan
+            verdicts.add(row.verdict)
+        assert len(verdicts) == 1, (seed, verdicts)  # later looks cannot change the verdict
+        kept_at_any_look += KEEP in verdicts
+    assert kept_at_any_look / 300 <= 0.05, kept_at_any_look
+
+
+def test_the_planned_sample_is_what_is_judged_not_everyone_seen_since():
+    """Judged on the first 100 buyers of each group (no return), a strategy is not rescued by a later
+    lucky run of buyers: the verdict and the interval are those of the planned sample."""
+    flat = group(100, [1_000] * 50, cost=100_000)
+    later = group(300, [1_000] * 50 + [9_000] * 200, cost=300_000)
+    row = evaluate(StrategyFacts("sg-late", compensations=300, cost_minor=300_000, treated=later,
+                                 control=group(300, [1_000] * 150), judged_treated=flat,
+                                 judged_control=group(100, [1_000] * 50)), T)
+    assert row.verdict == RETIRE and row.judged_buyers_per_group == 100
+    assert row.as_dict("SGD")["treated_buyers"] == 300  # the facts still show everyone
