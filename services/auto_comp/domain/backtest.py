@@ -5,16 +5,25 @@ the report projects the budget each period would use instead)."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from fractions import Fraction
 from typing import Any
 
-from services.auto_comp.domain.engine import Granted, Outcome, evaluate_ticket, settle, split_liability
+from services.auto_comp.domain.engine import (
+    Granted,
+    Outcome,
+    TicketEvaluation,
+    Verdict,
+    evaluate_ticket,
+    settle,
+    split_liability,
+)
 from services.auto_comp.domain.model import StrategySet
 from shared.contracts.events import TicketOpened
 from shared.money import Money, round_fraction
+from shared.regions import Region
 from shared.regions import region as region_of
 
 
@@ -87,34 +96,58 @@ class RegionReport:
         }
 
 
-def run_backtest(strategies: StrategySet, tickets: Iterable[HistoricalTicket]) -> list[RegionReport]:
-    reports: dict[tuple[str, str], RegionReport] = {}
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """One historical ticket decided by the live strategies of a set: ``verdict.outcome`` is
+    ``pending_budget`` for a compensation that would be requested (counted as granted: the budget is not
+    simulated), else the final outcome."""
+
+    ticket: HistoricalTicket
+    region: Region
+    result: TicketEvaluation
+    verdict: Verdict
+
+
+def replay(strategies: StrategySet, tickets: Iterable[HistoricalTicket]) -> Iterator[Replayed]:
+    """The live decisions exactly as the service takes them: oldest first (the ticket id breaks ties so the
+    run is reproducible), a replayed ticket id skipped, each buyer's grants feeding the abuse guard and each
+    order's the one-per-order rule. The backtest and the what-if both read it."""
     history: dict[tuple[str, str], list[Granted]] = defaultdict(list)
-    shadow_history: dict[tuple[str, str, str], list[Granted]] = defaultdict(list)
     orders: set[tuple[str, str, str]] = set()
-    shadow_orders: set[tuple[str, str, str, str]] = set()
     seen: set[str] = set()
-    # Oldest first, as they would have arrived; the ticket id breaks ties so the run is reproducible.
     for h in sorted(tickets, key=lambda x: (x.occurred_at, x.ticket.ticket_id)):
         if h.ticket.ticket_id in seen:
             continue  # a replayed ticket gets the decision it already has
         seen.add(h.ticket.ticket_id)
         reg = region_of(h.region)
         t = h.ticket
-        report = reports.setdefault((reg.code, t.order_amount.currency), RegionReport(reg.code,
-                                                                                      t.order_amount.currency))
-        report.tickets += 1
         result = evaluate_ticket(strategies, t, reg, h.occurred_at)
         live = result.live
-        if live.proposal is not None:
-            report.matched += 1
-            taken = (reg.code, t.order_id, live.proposal.scenario) in orders
-        else:
-            taken = False
+        taken = live.proposal is not None and (reg.code, t.order_id, live.proposal.scenario) in orders
         verdict = settle(live, buyer_id=t.buyer_id, occurred_at=h.occurred_at, order_taken=taken,
                          history=history[(reg.code, t.buyer_id)])
         if verdict.outcome is Outcome.PENDING_BUDGET:
             p = live.proposal
+            assert p is not None
+            history[(reg.code, t.buyer_id)].append(Granted(h.occurred_at, p.amount))
+            orders.add((reg.code, t.order_id, p.scenario))
+        yield Replayed(h, reg, result, verdict)
+
+
+def run_backtest(strategies: StrategySet, tickets: Iterable[HistoricalTicket]) -> list[RegionReport]:
+    reports: dict[tuple[str, str], RegionReport] = {}
+    shadow_history: dict[tuple[str, str, str], list[Granted]] = defaultdict(list)
+    shadow_orders: set[tuple[str, str, str, str]] = set()
+    for r in replay(strategies, tickets):
+        h, reg, result, verdict = r.ticket, r.region, r.result, r.verdict
+        t = h.ticket
+        report = reports.setdefault((reg.code, t.order_amount.currency), RegionReport(reg.code,
+                                                                                      t.order_amount.currency))
+        report.tickets += 1
+        if result.live.proposal is not None:
+            report.matched += 1
+        if verdict.outcome is Outcome.PENDING_BUDGET:
+            p = result.live.proposal
             assert p is not None
             report.compensations += 1
             report.total_minor += p.amount.minor
@@ -125,8 +158,6 @@ def run_backtest(strategies: StrategySet, tickets: Iterable[HistoricalTicket]) -
             report.by_liability_rule[p.liability_rule.value].add(p.amount.minor)
             for share, part in split_liability(p.amount, p.shares):
                 report.by_liable_party[share.party.value] += part.minor
-            history[(reg.code, t.buyer_id)].append(Granted(h.occurred_at, p.amount))
-            orders.add((reg.code, t.order_id, p.scenario))
         elif verdict.outcome is Outcome.CAPPED:
             report.removed_by_abuse_guard += 1
         elif verdict.outcome is Outcome.HOLDOUT:

@@ -527,12 +527,28 @@ def strategy_files(path: str | Path) -> list[Path]:
 
 def load_strategies(path: str | Path) -> StrategySet:
     """Load a directory (every *.yaml / *.yml) or one file; raise StrategyLoadError listing every mistake."""
-    errors: list[StrategyError] = []
     if not Path(path).exists():
         raise StrategyLoadError([StrategyError(str(path), None, "(path)", "does not exist")])
-    files = strategy_files(path)
+    return _load(strategy_files(path), str(path))
+
+
+def load_with_proposal(in_force: str | Path, proposed: str | Path) -> StrategySet:
+    """The strategy files in force with a proposed file (or directory of files) put in place, as a deploy
+    of it would: a proposed file replaces the file of the same name, a new name is added. Checked like any
+    set (every mistake listed, overlaps across files included)."""
+    missing = [StrategyError(str(p), None, "(path)", "does not exist") for p in (in_force, proposed)
+               if not Path(p).exists()]
+    if missing:
+        raise StrategyLoadError(missing)
+    replacing = {f.name: f for f in strategy_files(proposed)}
+    files = [f for f in strategy_files(in_force) if f.name not in replacing] + list(replacing.values())
+    return _load(sorted(files, key=lambda f: f.name), f"{in_force} + {proposed}")
+
+
+def _load(files: list[Path], where: str) -> StrategySet:
+    errors: list[StrategyError] = []
     if not files:
-        errors.append(StrategyError(str(path), None, "(directory)", "no strategy files (*.yaml) found"))
+        errors.append(StrategyError(where, None, "(directory)", "no strategy files (*.yaml) found"))
     strategies: list[Strategy] = []
     digest = hashlib.sha256()
     for f in files:
