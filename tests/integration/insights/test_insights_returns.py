@@ -266,6 +266,7 @@ async def test_the_return_query_uses_its_indexes(service):
     async with engine.connect() as conn:
         plan = "\n".join(r[0] for r in (await conn.execute(text("EXPLAIN " + _TALLIES.text), {
             "strategy": "plan-3", "region": "SG", "currency": "SGD", "start": days_ago(100), "end": days_ago(70),
-            "window": timedelta(days=30), "mature_before": days_ago(30), "retained_since": days_ago(120)})).all())
+            "window": timedelta(days=30), "mature_before": days_ago(30), "retained_since": days_ago(120),
+            "first": None})).all())
     assert "return_exposures_strategy" in plan, plan
     assert "Index Only Scan using buyer_orders_buyer" in plan, plan
