@@ -8,12 +8,20 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-from autocomp_support import NOW, RULES, STRATEGIES, apply, late_ticket, rows, write_strategies
 
 from services.auto_comp.domain.backtest import HistoricalTicket, run_backtest
 from services.auto_comp.handlers import TicketHandler
 from services.auto_comp.store import StrategyStore
 from shared.contracts.registry import validate_payload
+from tests.integration.auto_comp.autocomp_support import (
+    NOW,
+    RULES,
+    STRATEGIES,
+    apply,
+    late_ticket,
+    rows,
+    write_strategies,
+)
 
 pytestmark = pytest.mark.integration
 

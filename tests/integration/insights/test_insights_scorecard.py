@@ -12,7 +12,6 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-from insights_support import insights_engine
 from sqlalchemy import text
 
 from services.insights import returns
@@ -21,6 +20,7 @@ from services.insights.app import build_app
 from services.insights.config import Settings
 from services.insights.domain.scorecard import ThresholdsLoadError
 from shared.auth import TokenService
+from tests.integration.insights.insights_support import insights_engine
 
 pytestmark = pytest.mark.integration
 
