@@ -133,7 +133,10 @@ def _extra(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rc.add_argument("--output", "-o", default=None, help="file to write ('-' for stdout)")
     rc.set_defaults(handler=_root_causes)
 
+    from services.insights import plan_cli
     from services.insights.web import cli as users_cli
+
+    plan_cli.register(sub)  # budget-plan, market-report (issue 15)
 
     users_cli.register(sub)  # users create|list|unlock|disable: who signs in to /dashboard
 

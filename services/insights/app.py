@@ -14,11 +14,13 @@ from fastapi import FastAPI
 from services.insights import metrics
 from services.insights import persistence as db
 from services.insights.api import build_router
+from services.insights.budget_watch import BudgetWatch
 from services.insights.config import Settings
 from services.insights.contracts import CONSUMES, RETURNS_CONSUMES
 from services.insights.domain.rollups import TABLES
 from services.insights.domain.scorecard import load_thresholds
 from services.insights.handlers import RollupHandler
+from services.insights.plan_api import build_plan_router
 from services.insights.returns import OrderRetention, ReturnsHandler
 from services.insights.spikes_job import SpikeWatch
 from services.insights.strategy_api import build_strategy_router
@@ -86,5 +88,9 @@ def build_app(settings: Settings, *, topics: Sequence[str] | None = None, compac
         ctx.engine, auth, return_window_days=settings.return_window_days,
         return_min_group=settings.return_min_group,
         return_retention_margin_days=settings.return_retention_margin_days, thresholds=thresholds))
+    app.include_router(build_plan_router(ctx.engine, auth, settings))  # issue 15: budget plan, market comparison
+    app.state.budget_watch = budget_watch = BudgetWatch(ctx.engine, settings.budget_watch_seconds)
+    if compactor:
+        ctx.components.append(budget_watch)
     mount_dashboard(app, ctx, settings, thresholds)  # /dashboard: the ops pages (services/insights/web)
     return app

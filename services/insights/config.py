@@ -33,6 +33,14 @@ class Settings(ServiceSettings):
         65, ge=5, le=120, validation_alias="INSIGHTS_SPIKE_HISTORY_WEEKS",
         description="Weeks of day buckets read per series: 52 for the seasonal baseline and 13 for the "
                     "scale and the CUSUM to settle (docs/insights-detection.md).")
+    budget_watch_seconds: float = Field(
+        300.0, ge=0, le=86_400, validation_alias="INSIGHTS_BUDGET_WATCH_SECONDS",
+        description="How often each region's current budget period is projected at its pace so far (the "
+                    "exhaustion gauges behind the InsightsBudgetExhaustsBeforePeriodEnd alert; 0: never).")
+    market_dir: str = Field(
+        "", validation_alias="INSIGHTS_MARKET_DIR",
+        description="Folder of the per-region market reference files (<REGION>.yaml); empty: the samples "
+                    "shipped in services/insights/market.")
     # ---------------------------------------------------------------- dashboard pages (/dashboard)
     # The same sign-in as the audit workbench (shared.web), on insights' own users, sessions and counters.
     session_ttl_seconds: int = Field(

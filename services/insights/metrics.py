@@ -51,3 +51,12 @@ BUYER_ORDERS = Counter(
 BUYER_ORDERS_PURGED = Counter(
     "insights_buyer_orders_purged_total", "Buyer orders deleted by the retention task (older than the return "
     "window plus the margin).")
+
+# Budget usage monitoring (services/insights/budget_watch.py)
+BUDGET_EXHAUSTION = Gauge("insights_budget_projected_exhaustion_timestamp_seconds",
+                          "Start of the local day a region's budget limit is reached at the current period's "
+                          "average daily usage so far (may lie after the period end); absent without a limit or "
+                          "usage.", ["region", "period"])
+BUDGET_PERIOD_END = Gauge("insights_budget_period_end_timestamp_seconds",
+                          "End of the region's current budget period (local midnight after its last day).",
+                          ["region", "period"])

@@ -10,9 +10,10 @@ amounts those are, otherwise the 8 weeks before the forecast origin.
 The 80% interval is empirical, not a model assumption: the same method is run as of the start of each of
 the 12 months before the target (data before that month only), the log errors ``ln((actual + 1) /
 (forecast + 1))`` of those months give a root mean square ``s``, and the band is ``(f + 1) * exp(+-q * s)
-- 1`` with ``q`` = 1.2816 (the normal's 90% quantile); with fewer than 4 past months there is no band. The backtest repeats exactly that for each of the last 12 complete months (each with its
-own 12 earlier months) and reports how often the actual fell inside the band (coverage) and the mean
-absolute percentage error (MAPE). docs/metrics.md has the formulas.
+- 1`` with ``q`` = 1.2816 (the normal's 90% quantile); with fewer than 4 past months there is no band. The
+backtest repeats exactly that for each of the last 12 complete months (each with its own 12 earlier
+months) and reports how often the actual fell inside the band (coverage) and the mean absolute percentage
+error (MAPE). docs/metrics.md has the formulas.
 
 Pure: no I/O. Volumes and errors are floats (they are estimates); money leaves this module as whole minor
 units rounded half up (``to_minor``).

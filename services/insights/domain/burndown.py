@@ -3,13 +3,14 @@
 Usage follows the ledger's rule (see ``rollups._budget``): committed when issued, less what automatic
 vouchers release when redeemed for less, expire or are revoked. The pace line is where usage would be with
 the limit spread evenly over the period's days: ``floor(limit * d / days)`` after day ``d``, exact in minor
-units. The projection extends the average daily usage so far to the whole period.
+units. The projection extends the average daily usage so far to the whole period; the projected
+exhaustion day is the local day on which usage at that pace reaches the limit (``exhaustion_day``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from services.insights.domain.periods import Period
@@ -37,9 +38,30 @@ def burndown(*, region: str, currency: str, period: Period, limit_minor: int | N
                      "future": day > today})
     used_to_date = days[elapsed - 1]["used_minor"] if elapsed else 0
     projected = None if elapsed == 0 else used_to_date * period.days // elapsed
+    exhausts = exhaustion_day(period, limit_minor, days, elapsed)
     return {"region": region, "currency": currency, "period": period.label, "limit_minor": limit_minor,
+            "projected_exhaustion_day": None if exhausts is None else exhausts.isoformat(),
+            "exhausts_before_period_end": None if exhausts is None else exhausts <= period.last,
             "used_minor": used_to_date, "days_elapsed": elapsed, "days": days,
             "projected_end_minor": projected,
             "projected_over_limit": None if limit_minor is None or projected is None else projected > limit_minor,
             "ahead_of_pace_minor": (None if limit_minor is None or elapsed == 0
                                     else used_to_date - days[elapsed - 1]["pace_minor"])}
+
+
+def exhaustion_day(period: Period, limit_minor: int | None, days: list[dict[str, Any]], elapsed: int) -> date | None:
+    """The local day usage reaches the limit: the first elapsed day it already did, else, at the average
+    usage per elapsed day, day ``elapsed + ceil(remaining * elapsed / used)`` counted from the period's
+    first day (it may fall after the period). None without a limit, before the first day, or with no usage
+    (no pace to extend). Integer arithmetic only."""
+    if limit_minor is None or elapsed == 0:
+        return None
+    for i, d in enumerate(days[:elapsed]):
+        if d["used_minor"] >= limit_minor:
+            return period.first + timedelta(days=i)
+    used = days[elapsed - 1]["used_minor"]
+    if used <= 0:
+        return None
+    remaining = limit_minor - used
+    ahead = -(-remaining * elapsed // used)  # ceil
+    return period.first + timedelta(days=elapsed - 1 + ahead)
