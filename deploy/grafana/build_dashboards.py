@@ -419,6 +419,17 @@ INSIGHTS = Dashboard(
               ("time() - max(insights_spike_last_round_timestamp_seconds)", "since the last round"), unit="s",
               description="InsightsSpikeDetectorStale fires when no round finished for an hour."),
         )),
+        Row("Budget usage (issue 15)", (
+            p("Days the budget lasts past the period end at the current pace",
+              (f"(max by (region, period) (insights_budget_projected_exhaustion_timestamp_seconds{REGION}) - "
+               f"max by (region, period) (insights_budget_period_end_timestamp_seconds{REGION})) / 86400",
+               "{{region}} {{period}}"),
+              description="Negative: the limit is reached that many days before the period ends "
+                          "(InsightsBudgetExhaustsBeforePeriodEnd)."),
+            p("Budget plan and market report time p95",
+              ("histogram_quantile(0.95, sum by (le, kind) (rate(insights_report_seconds_bucket"
+               f'{{kind=~"budget_plan|market"}}{RATE})))', "{{kind}}"), unit="s"),
+        )),
         Row("Dashboard pages", (
             p("Sign-ins by outcome", (f"sum by (outcome) (rate(insights_dashboard_sign_ins_total{RATE}))",
                                       "{{outcome}}"), unit="rps"),

@@ -15,6 +15,8 @@ from typing import Any
 
 from services.insights.domain.periods import Period
 
+MAX_AHEAD_DAYS = 3660
+
 
 def burndown(*, region: str, currency: str, period: Period, limit_minor: int | None,
              daily: Mapping[date, Mapping[str, tuple[int, int]]], today: date) -> dict[str, Any]:
@@ -53,7 +55,7 @@ def exhaustion_day(period: Period, limit_minor: int | None, days: list[dict[str,
     """The local day usage reaches the limit: the first elapsed day it already did, else, at the average
     usage per elapsed day, day ``elapsed + ceil(remaining * elapsed / used)`` counted from the period's
     first day (it may fall after the period). None without a limit, before the first day, or with no usage
-    (no pace to extend). Integer arithmetic only."""
+    (no pace to extend). Integer arithmetic only; at most ``MAX_AHEAD_DAYS`` past the last elapsed day."""
     if limit_minor is None or elapsed == 0:
         return None
     for i, d in enumerate(days[:elapsed]):
@@ -63,5 +65,5 @@ def exhaustion_day(period: Period, limit_minor: int | None, days: list[dict[str,
     if used <= 0:
         return None
     remaining = limit_minor - used
-    ahead = -(-remaining * elapsed // used)  # ceil
+    ahead = min(-(-remaining * elapsed // used), MAX_AHEAD_DAYS)  # ceil; a trickle lasts "ten years", not forever
     return period.first + timedelta(days=elapsed - 1 + ahead)
