@@ -63,7 +63,7 @@ def build_plan_router(engine: AsyncEngine, auth: Authenticator, settings: Settin
                                                         "spend with an 80% band, and its 12-month backtest",
              responses={**csv_or_json("The plan, its scenarios and the backtest"), **problems(404)})
     async def get_budget_plan(region: Annotated[str, Path()],
-                              period: Annotated[str, Path(max_length=7, description="YYYY-MM")],
+                              period: Annotated[str, Path(max_length=10, description="YYYY-MM")],
                               format: Format = "json", principal: Principal = Depends(auth)) -> Response:
         r = region_for(principal, region)
         principal.require_role(*READERS)
@@ -82,7 +82,7 @@ def build_plan_router(engine: AsyncEngine, auth: Authenticator, settings: Settin
                                          "against other marketplaces' reference range",
              responses={**csv_or_json("Strategies placed below / at / above the references"), **problems(404)})
     async def get_market(region: Annotated[str, Path()],
-                         period: Annotated[str | None, Query(max_length=7, description="YYYY-MM (default: this "
+                         period: Annotated[str | None, Query(max_length=10, description="YYYY-MM (default: this "
                                                                                        "month)")] = None,
                          format: Format = "json", principal: Principal = Depends(auth)) -> Response:
         r = region_for(principal, region)
@@ -95,7 +95,7 @@ def build_plan_router(engine: AsyncEngine, auth: Authenticator, settings: Settin
         return _json(result)
 
     @api.get("/market", summary="Every readable region: does it trail the best market reference?")
-    async def get_market_overview(period: Annotated[str | None, Query(max_length=7)] = None,
+    async def get_market_overview(period: Annotated[str | None, Query(max_length=10)] = None,
                                   principal: Principal = Depends(auth)) -> Response:
         principal.require_role(*READERS)
         rows = []

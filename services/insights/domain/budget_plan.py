@@ -271,13 +271,14 @@ class Planner:
         return p.last <= self.last and p.first > self.first
 
     def errors(self, before: Period, measure: str) -> list[float]:
-        """Log errors of the up to ``ERROR_MONTHS`` complete months before ``before``."""
-        out = []
-        for k in range(1, ERROR_MONTHS + 1):
-            p = add_months(before, -k)
-            if not self.complete(p):
-                continue
-            out.append(log_error(actual(self.history, p)[measure], self.point(p).total(measure)))
+        """Log errors of the ``ERROR_MONTHS`` newest complete months before ``before`` (fewer when the
+        history is shorter; months not yet complete, like the current one, are skipped)."""
+        out: list[float] = []
+        p = add_months(before, -1)
+        while len(out) < ERROR_MONTHS and p.first > self.first:
+            if self.complete(p):
+                out.append(log_error(actual(self.history, p)[measure], self.point(p).total(measure)))
+            p = add_months(p, -1)
         return out
 
     def backtest(self, before: Period) -> Backtest:

@@ -1,0 +1,218 @@
+"""Issue 15 parts 3 and 6 through the real service on the real database and broker: the budget plan over
+three years of simulated rollups (band, backtest coverage and MAPE, CSV, scoping, bad input), the budget
+watch's exhaustion gauges, and the market report of a strategy whose events came over the broker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from insights_support import MIGRATIONS, insights_engine
+from sqlalchemy import text
+
+from services.insights.app import build_app
+from services.insights.config import Settings
+from shared.auth import TokenService
+from shared.contracts import events as ev
+from shared.contracts.registry import make_envelope
+from shared.db import migrate
+from shared.kafka import EventProducer
+from shared.kafka.producer import record_for
+from shared.regions import region
+from tests.unit.insights.budget_history import simulate
+
+pytestmark = pytest.mark.integration
+SG = region("SG")
+
+
+def _tokens(settings: Settings) -> TokenService:
+    return TokenService(settings.auth_token_secret.get_secret_value(), settings.auth_token_issuer)
+
+
+async def _seed_history(engine, today) -> None:  # type: ignore[no-untyped-def]
+    """Three years of SG rollups up to yesterday, as the consumer would have compacted them, and a live
+    strategy s-late (version 2 for the last 40 days) issuing the automatic amounts."""
+    last = today - timedelta(days=1)
+    history = simulate(7, last - timedelta(days=3 * 365), last)
+    tickets, comps, decisions = [], [], []
+    for day, by in history.items():
+        version = 2 if day > last - timedelta(days=40) else 1
+        for reason, v in by.items():
+            tickets.append(("SG", day, reason, "C1", v.tickets))
+            comps.append(("SG", day, reason, "C1", "auto", "s-late", v.auto_minor))
+            comps.append(("SG", day, reason, "C1", "manual", "", v.manual_minor))
+            decisions.append(("SG", day, "s-late", version, "issued", v.tickets, v.auto_minor))
+    async with engine.begin() as conn:
+        await conn.execute(text(
+            "INSERT INTO ticket_daily (region, day, reason, carrier, tickets, compensated, compensated_auto, "
+            "compensated_manual, claimed, detected) VALUES (:r, :d, :reason, :c, :n, 0, 0, 0, 0, 0)"),
+            [dict(zip(("r", "d", "reason", "c", "n"), t, strict=True)) for t in tickets])
+        cols = ", ".join(f"{m}" for m in ("comps", "seller_minor", "carrier_minor", "platform_minor", "vouchers",
+                                          "voucher_minor", "redeemed", "redeemed_minor", "expired", "expired_minor",
+                                          "revoked", "proactive", "timed", "ttc_seconds",
+                                          *[f"ttc_{i:02d}" for i in range(17)]))
+        zeros = ", ".join("0" for _ in cols.split(","))
+        await conn.execute(text(
+            f"INSERT INTO comp_daily (region, day, reason, carrier, source, strategy, amount_minor, {cols}) "
+            f"VALUES (:r, :d, :reason, :c, :s, :st, :a, {zeros})"),
+            [dict(zip(("r", "d", "reason", "c", "s", "st", "a"), t, strict=True)) for t in comps])
+        await conn.execute(text(
+            "INSERT INTO decision_daily (region, day, strategy, strategy_version, outcome, failed_rule, tier, shadow, "
+            "decisions, amount_minor) VALUES (:r, :d, :s, :v, :o, '', '', false, :n, :a) "
+            "ON CONFLICT (region, day, strategy, strategy_version, outcome, failed_rule, tier, shadow) "
+            "DO UPDATE SET decisions = decision_daily.decisions + EXCLUDED.decisions, "
+            "amount_minor = decision_daily.amount_minor + EXCLUDED.amount_minor"),
+            [dict(zip(("r", "d", "s", "v", "o", "n", "a"), t, strict=True)) for t in decisions])
+
+
+async def test_budget_plan_api_and_exhaustion_watch(fresh_database, monkeypatch):
+    engine = await insights_engine(fresh_database)
+    monkeypatch.setenv("DATABASE_URL", fresh_database)
+    settings = Settings()
+    today = SG.local(datetime.now(UTC)).date()
+    await _seed_history(engine, today)
+    nxt = (today.replace(day=1) + timedelta(days=32)).replace(day=1)
+    label = f"{nxt:%Y-%m}"
+    app = build_app(settings, compactor=False)
+    sg = _tokens(settings).issue("fin", roles=["finance"], regions=["SG"])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://insights",
+                                 headers={"Authorization": f"Bearer {sg}"}) as client:
+        plan = await client.get(f"/v1/budget-plans/SG/{label}")
+        assert plan.status_code == 200, plan.text
+        body = plan.json()
+        assert body["period"] == label and body["currency"] == "SGD"
+        assert [s["strategy"] for s in body["active_strategies"]] == ["s-late"]
+        assert body["active_strategies"][0]["version"] == 2
+        assert body["cost_window"]["days"] == 40  # since s-late's current version decides
+        for m in ("auto", "manual", "total"):
+            t = body["totals"][m]
+            assert isinstance(t["forecast"], int) and t["low"] < t["forecast"] < t["high"], (m, t)
+            assert t["past_periods"] == 12
+        bt = body["backtest"]
+        assert bt["periods"] == 12 and len(bt["months"]) == 12
+        assert all(bt["judged"][m] == 12 for m in ("auto", "manual", "total", "tickets"))
+        assert all(0 < bt["mape"][m] < 0.2 for m in bt["mape"])
+        assert {s["scenario"] for s in body["scenarios"]} >= {"late_delivery", "damaged"}
+        as_csv = await client.get(f"/v1/budget-plans/SG/{label}", params={"format": "csv"})
+        assert as_csv.status_code == 200 and as_csv.text.startswith("section,region,period")
+        assert "calibration,SG" in as_csv.text and "backtest,SG" in as_csv.text
+        # scoping and bad input
+        assert (await client.get(f"/v1/budget-plans/MY/{label}")).status_code == 403
+        assert (await client.get(f"/v1/budget-plans/SG/{label}", headers={"Authorization": ""})).status_code == 401
+        for path, field in ((f"/v1/budget-plans/SG/{today.year - 1}-01", "period"),
+                            ("/v1/budget-plans/SG/2026-13", "period"), (f"/v1/budget-plans/SG/{today:%Y-%m-%d}", "period"),
+                            (f"/v1/budget-plans/SG/{today.year + 3}-01", "period")):
+            bad = await client.get(path)
+            assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == field, (path, bad.text)
+        bad = await client.get(f"/v1/budget-plans/SG/{label}", params={"format": "xml"})
+        assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "format"
+
+        # usage monitoring: a limit of 10,000.00 with 1,000.00 used a day runs out on day 10
+        period = f"{today:%Y-%m}"
+        async with engine.begin() as conn:
+            await conn.execute(text(
+                "INSERT INTO budget_limits (region, period, currency, limit_minor, set_at, event_id) "
+                "VALUES ('SG', :p, 'SGD', 1000000, now(), 'lim-1')"), {"p": period})
+            await conn.execute(text(
+                "INSERT INTO budget_daily (region, period, day, source, committed_minor, released_minor) "
+                "SELECT 'SG', :p, d::date, 'auto', 100000, 0 FROM generate_series(CAST(:a AS date), CAST(:b AS date), "
+                "interval '1 day') d"), {"p": period, "a": today.replace(day=1), "b": today})
+        await app.state.budget_watch.run_once()
+        expected = today.replace(day=1) + timedelta(days=9)  # reached on day 10 (or, before it, paced to it)
+        burn = (await client.get(f"/v1/budgets/SG/{period}/burndown")).json()
+        assert burn["projected_exhaustion_day"] == expected.isoformat() and burn["exhausts_before_period_end"]
+        scraped = (await client.get("/metrics")).text
+        line = next(x for x in scraped.splitlines() if x.startswith(
+            f'insights_budget_projected_exhaustion_timestamp_seconds{{period="{period}",region="SG"}}'))
+        assert float(line.split()[-1]) == datetime.combine(expected, datetime.min.time(), SG.tz).timestamp()
+        assert f'insights_budget_period_end_timestamp_seconds{{period="{period}",region="SG"}}' in scraped
+    await engine.dispose()
+
+
+async def test_market_report_from_events_over_the_broker(fresh_database, kafka_bootstrap, make_topics, monkeypatch):
+    tickets_topic, comps_topic, volume_topic = await make_topics("tickets", "comps", "volume")
+    await migrate(fresh_database, "insights", MIGRATIONS)
+    monkeypatch.setenv("DATABASE_URL", fresh_database)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    monkeypatch.setenv("INSIGHTS_CONSUMER_GROUP", f"insights-{tickets_topic}")
+    monkeypatch.setenv("INSIGHTS_COMPACT_INTERVAL_SECONDS", "0.2")
+    settings = Settings()
+    app = build_app(settings, topics=[tickets_topic, comps_topic, volume_topic])
+    ctx = app.state.ctx
+    await ctx.start()
+    producer = EventProducer(settings, "test-feed")
+    await producer.start()
+    try:
+        now = datetime.now(UTC)
+        today = SG.local(now).date()
+        records = []
+        for i, amount in enumerate((100, 150, 150, 400)):  # median (nearest rank) 150
+            tid = f"MKT-T{i}"
+            t = ev.TicketOpened(ticket_id=tid, order_id=f"O{i}", buyer_id=f"B{i}", seller_id="S1",
+                                reason=ev.TicketReason.LATE_DELIVERY, promised_delivery_at=now - timedelta(hours=3),
+                                delivered_at=now - timedelta(hours=1),
+                                order_amount=ev.PositiveMoney(amount_minor=5000, currency="SGD"))
+            c = ev.CompensationIssued(
+                compensation_id=f"MKT-C{i}", reservation_id=f"R{i}", ticket_id=tid, order_id=f"O{i}",
+                buyer_id=f"B{i}", strategy_id="s-late", strategy_version=1, reason=ev.TicketReason.LATE_DELIVERY,
+                kind=ev.CompensationKind.VOUCHER, amount=ev.PositiveMoney(amount_minor=amount, currency="SGD"),
+                liability=[ev.LiabilityShare(party=ev.LiableParty(type=ev.PartyType.PLATFORM), amount_minor=amount)])
+            records.append((make_envelope("ticket.opened", t, source="t", region="SG", occurred_at=now,
+                                          event_id=f"mkt-t{i}"), tickets_topic))
+            records.append((make_envelope("compensation.issued", c, source="t", region="SG", occurred_at=now,
+                                          event_id=f"mkt-c{i}"), comps_topic))
+        vol = ev.OrderVolumeReported(day=today, orders=10, gmv=ev.NonNegativeMoney(amount_minor=50_000, currency="SGD"))
+        records.append((make_envelope("order.volume_reported", vol, source="t", region="SG", occurred_at=now,
+                                      event_id="mkt-v"), volume_topic))
+        for env, topic in records:
+            _, key, value, headers = record_for(env)
+            await (await producer.send(topic, value, key, headers))
+        tokens = _tokens(settings)
+        h = {"Authorization": f"Bearer {tokens.issue('mia', roles=['strategy_manager'], regions=['SG'])}"}
+        started = time.monotonic()
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://insights",
+                                     headers=h) as client:
+            while True:
+                rep = (await client.get("/v1/market/SG")).json()
+                if rep["strategies"] and rep["strategies"][0]["compensations"] == 4 and rep["average_order_minor"]:
+                    break
+                assert time.monotonic() - started < 60, rep
+                await asyncio.sleep(0.2)
+            (row,) = rep["strategies"]
+            # SG's sample references for late delivery: 100 (Lazada) to 200 (Shopee): 150 is at, and trails 200
+            assert (row["median_minor"], row["position"], row["gap_to_best_minor"]) == (150, "at", 50)
+            assert row["median_pct_of_average_order"] == 3.0  # 150 of a 5,000 average order
+            assert rep["trails_best_reference"] is True and rep["examples_only"] is True
+            assert rep["trailing"][0]["scenario"] == "late_delivery"
+            overview = (await client.get("/v1/market")).json()
+            assert overview["trailing"] == ["SG"]
+            as_csv = await client.get("/v1/market/SG", params={"format": "csv"})
+            assert as_csv.status_code == 200 and ",s-late,late_delivery,4,150," in as_csv.text
+            assert (await client.get("/v1/market/MY")).status_code == 403
+            bad = await client.get("/v1/market/SG", params={"period": "2026-W01"})
+            assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "period"
+            # a broken reference file answers a problem naming the field, not a half report
+            broken = tmp_dir(monkeypatch)
+            (broken / "SG.yaml").write_text("region: SG\ncurrency: SGD\nreferences:\n  - {marketplace: X}\n")
+            app2 = build_app(Settings(), compactor=False)
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app2), base_url="http://insights",
+                                         headers=h) as c2:
+                err = await c2.get("/v1/market/SG")
+                assert err.status_code == 500 and err.json()["errors"][0]["field"] == "references[0].policy"
+                assert (await c2.get("/v1/market/US", headers={
+                    "Authorization": f"Bearer {tokens.issue('u', roles=['finance'], regions=['US'])}"})).status_code == 404
+    finally:
+        await producer.stop()
+        await ctx.stop()
+
+
+def tmp_dir(monkeypatch):  # type: ignore[no-untyped-def]
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp(prefix="market-"))
+    monkeypatch.setenv("INSIGHTS_MARKET_DIR", str(path))
+    return path
