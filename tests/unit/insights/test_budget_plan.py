@@ -32,7 +32,7 @@ def test_backtest_coverage_of_the_80_percent_band_is_between_75_and_85_percent_o
     for seed in range(12):
         history = simulate(seed, FIRST, LAST)
         bt = Planner(history, FIRST, LAST).backtest(month(2027, 1))
-        assert [m["period"] for m in bt.months][0] == "2025-12" and len(bt.months) == 12
+        assert bt.months[0]["period"] == "2025-12" and len(bt.months) == 12
         covered += sum(bt.covered[m] for m in MEASURES)
         judged += sum(bt.judged[m] for m in MEASURES)
         assert all(v is not None and v < 0.15 for v in bt.mape.values()), bt.mape
