@@ -21,11 +21,12 @@ from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from services.insights import reports
+from services.insights import plans, reports
 from services.insights.config import Settings
+from services.insights.domain.budget_plan import add_months
 from services.insights.domain.periods import Period, PeriodError, month, parse_period
 from services.insights.domain.scorecard import Thresholds
-from services.insights.web import strategies, views
+from services.insights.web import plan_views, strategies, views
 from services.insights.web.auth import DASHBOARD_ROLES, DashboardAuth
 from shared.http import Problem
 from shared.regions import Region, UnknownRegion, catalogue
@@ -223,5 +224,20 @@ def build_pages(auth: DashboardAuth, settings: Settings,
                                              window_days=settings.return_window_days,
                                              margin_days=settings.return_retention_margin_days)
         return render(request, "strategy.html", sel=sel, page="strategies", strategy_id=strategy_id, **data)
+
+    @router.get("/plan")
+    async def budget_plan(request: Request, region: RegionQuery = None, period: PeriodQuery = None) -> Response:
+        viewer = await viewer_of(request)
+        sel = selection(viewer, "/plan", region, period, None, None)
+        sel.month_only = True
+        if period is None:  # the next month is what gets planned
+            nxt = add_months(month(sel.today.year, sel.today.month), 1)
+            sel = Selection(viewer, sel.region, nxt, sel.today, "/plan")
+            sel.month_only = True
+        try:
+            data = await plan_views.plan(engine, sel.region, sel.period, sel.today)
+        except plans.PlanError as exc:
+            raise Problem(422, "Invalid period", str(exc), errors=[{"field": exc.field, "message": str(exc)}]) from None
+        return render(request, "plan.html", sel=sel, page="plan", **data)
 
     return router

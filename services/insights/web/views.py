@@ -248,6 +248,9 @@ async def budget(engine: AsyncEngine, region: Region, period: Period, today: dat
         Tile("projection", "Projected at month end", fmt.money(b["projected_end_minor"], cur),
              "over the limit" if b["projected_over_limit"] else ("within the limit"
                                                                  if b["projected_over_limit"] is False else "")),
+        Tile("exhaustion", "Limit reached at this pace", b["projected_exhaustion_day"] or fmt.DASH,
+             "before the month ends" if b["exhausts_before_period_end"] else (
+                 "after the month ends" if b["exhausts_before_period_end"] is False else "")),
     ]
     table = [{"day": d["day"], "committed": fmt.money(d["committed_minor"], cur),
               "auto": fmt.money(d["committed_auto_minor"], cur), "manual": fmt.money(d["committed_manual_minor"], cur),
@@ -255,5 +258,5 @@ async def budget(engine: AsyncEngine, region: Region, period: Period, today: dat
               "pace": fmt.money(d["pace_minor"], cur), "future": d["future"]} for d in days]
     PAGE_SECONDS.labels("budget").observe(time.perf_counter() - started)
     return {"burndown": b, "chart": chart, "tiles": tiles, "days": table,
-            "over": bool(b["projected_over_limit"]),
+            "over": bool(b["projected_over_limit"]), "exhausts": bool(b["exhausts_before_period_end"]),
             "released_after": fmt.money(b["released_after_period_minor"], cur)}

@@ -22,6 +22,9 @@ from shared.db import migrate
 from shared.kafka import EventProducer
 from shared.kafka.producer import record_for
 from shared.regions import region
+from shared.web.security import hash_password
+from tests.integration.insights.dashboard_support import PASSWORD, STORE
+from tests.integration.insights.test_dashboard_pages import signed_in, text_of
 from tests.unit.insights.budget_history import simulate
 
 pytestmark = pytest.mark.integration
@@ -130,6 +133,24 @@ async def test_budget_plan_api_and_exhaustion_watch(fresh_database, monkeypatch)
             f'insights_budget_projected_exhaustion_timestamp_seconds{{period="{period}",region="SG"}}'))
         assert float(line.split()[-1]) == datetime.combine(expected, datetime.min.time(), SG.tz).timestamp()
         assert f'insights_budget_period_end_timestamp_seconds{{period="{period}",region="SG"}}' in scraped
+
+    # the dashboard: the plan page (next month by default) and the exhaustion day on the budget page
+    async with engine.begin() as conn:
+        await STORE.upsert_user(conn, "fin", hash_password(PASSWORD, n=2 ** 12), ["finance"], ["SG"])
+    async with signed_in(app, "fin") as c:
+        page = await c.get("/dashboard/plan", params={"region": "SG"})
+        assert page.status_code == 200, page.text
+        assert f"Budget plan: Singapore, {label}" in page.text
+        assert "SGD" in text_of(page.text, "kpi-total") and "80% band" in text_of(page.text, "kpi-total")
+        assert "of 36 past month amounts inside their 80% band" in text_of(page.text, "kpi-coverage")
+        assert page.text.count("<svg") >= 3 and "plan against actual" in page.text
+        assert text_of(page.text, "plan-backtest").count(" SGD") >= 12 * 4
+        assert (await c.get("/dashboard/plan", params={"region": "MY"})).status_code == 403
+        past = await c.get("/dashboard/plan", params={"region": "SG", "period": f"{today.year - 1}-01"})
+        assert past.status_code == 422 and "plan the current month" in past.text
+        budget = await c.get("/dashboard/budget", params={"region": "SG", "period": period})
+        assert expected.isoformat() in text_of(budget.text, "kpi-exhaustion")
+        assert "before the month ends" in text_of(budget.text, "kpi-exhaustion")
     await engine.dispose()
 
 
