@@ -517,7 +517,8 @@ def _count(counts: Counter[tuple[str, str, str, str]], kinds: Counter[tuple[str,
 def _facts(env: Envelope, ticket: ev.TicketOpened) -> dict[str, Any]:
     return {"ticket_id": ticket.ticket_id, "order_id": ticket.order_id, "buyer_id": ticket.buyer_id,
             "seller_id": ticket.seller_id, "carrier_id": ticket.carrier_id, "reason": ticket.reason.value,
-            "ticket_occurred_at": env.occurred_at, "currency": ticket.order_amount.currency}
+            "ticket_occurred_at": env.occurred_at, "currency": ticket.order_amount.currency,
+            "order_minor": ticket.order_amount.amount_minor}
 
 
 def _decision_record(env: Envelope, ticket: ev.TicketOpened, decision: dict[str, Any], kind: str | None,
@@ -572,7 +573,8 @@ async def settled_decision_records(conn: AsyncConnection, compensation_ids: Sequ
             failed_rule=row["failed_rule"], detail=row["detail"], strategy_id=row["strategy_id"],
             strategy_version=row["strategy_version"], tier=row["tier"], kind=row["kind"],
             amount_minor=row["issued_minor"] if issued else row["proposed_minor"], currency=row["currency"],
-            liability=liabilities.get(cid, ()) if issued else (), compensation_id=cid)
+            liability=liabilities.get(cid, ()) if issued else (), compensation_id=cid,
+            order_minor=inputs.get("order_amount_minor"))
         out.append(outgoing.decision_recorded_record(
             payload, event_id=outgoing.decision_event_id(row["ticket_id"], row["strategy_id"], False),
             region=row["region"], occurred_at=now, produced_at=now, correlation_id=row["correlation_id"] or cid,

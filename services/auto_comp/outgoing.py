@@ -88,8 +88,8 @@ def decision_recorded(*, ticket_id: str, order_id: str, buyer_id: str, seller_id
                       carrier_id: str | None, reason: str, ticket_occurred_at: datetime, shadow: bool, outcome: str,
                       failed_rule: str | None, detail: str, strategy_id: str | None, strategy_version: int | None,
                       tier: str | None, kind: str | None, amount_minor: int | None, currency: str,
-                      liability: Sequence[tuple[str, str | None, int]] = (), compensation_id: str | None = None
-                      ) -> dict[str, Any]:
+                      liability: Sequence[tuple[str, str | None, int]] = (), compensation_id: str | None = None,
+                      order_minor: int | None = None) -> dict[str, Any]:
     """``DecisionRecorded(...).model_dump(mode="json")``; liability is (party type, party id, minor)."""
     return {
         "ticket_id": ticket_id, "order_id": order_id, "buyer_id": buyer_id, "seller_id": seller_id,
@@ -98,7 +98,8 @@ def decision_recorded(*, ticket_id: str, order_id: str, buyer_id: str, seller_id
         "strategy_id": strategy_id, "strategy_version": strategy_version, "tier": tier, "kind": kind,
         "amount": money(amount_minor, currency) if amount_minor else None,
         "liability": [{"party": {"type": t, "id": i}, "amount_minor": m} for t, i, m in liability],
-        "compensation_id": compensation_id}
+        "compensation_id": compensation_id,
+        "order_amount": money(order_minor, currency) if order_minor else None}
 
 
 def decision_event_id(ticket_id: str, strategy_id: str | None, shadow: bool) -> str:

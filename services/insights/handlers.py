@@ -109,7 +109,8 @@ class RollupHandler:
                     out, region=env.region, tz=self.tz_of[env.region], ticket_occurred_at=p.ticket_occurred_at,
                     strategy_id=p.strategy_id, strategy_version=p.strategy_version, outcome=p.outcome.value,
                     failed_rule=p.failed_rule, tier=p.tier, shadow=p.shadow,
-                    amount_minor=p.amount.amount_minor if p.amount else None)
+                    amount_minor=p.amount.amount_minor if p.amount else None, reason=p.reason.value,
+                    order_minor=p.order_amount.amount_minor if p.order_amount else None)
             elif isinstance(p, ev.OrderVolumeReported):
                 volumes.append((env.region, p.day, p.orders, p.gmv.amount_minor, env.occurred_at, env.event_id))
             elif isinstance(p, ev.BudgetLimitSet):

@@ -1,11 +1,11 @@
 """Market comparison report (issue 15 part 6): a region's reference file against its active strategies'
 effective compensation over a period, read from insights' records.
 
-Effective compensation of a strategy in a scenario: its automatic compensations (the live decisions it
-issued; shadow decisions issue nothing) on tickets of that reason raised in the period (local days), median
-amount by nearest rank (``percentile_disc(0.5)``, docs/metrics.md). As a percentage of order value it is
-put against the period's average order value (``order.volume_reported``: GMV / orders): insights keeps no
-per-ticket order value, so a percentage reference is compared at that average too.
+Effective compensation of a strategy in a scenario: its live issued decisions (a shadow strategy's
+would-issue ones, shown apart) of its newest version on tickets of that reason raised in the period (local
+days), median amount and median share of the order value by nearest rank (docs/metrics.md), from the
+``strategy_amount_daily`` / ``strategy_share_daily`` rollups of ``decision.recorded``. A percentage
+reference becomes an amount at the period's average order value (``order.volume_reported``: GMV / orders).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.insights import metrics
 from services.insights import persistence as db
@@ -29,6 +29,7 @@ from services.insights.domain.market import (
     load_references,
     place,
     reference_rows,
+    weighted_median,
 )
 from services.insights.domain.periods import Period
 from services.insights.reports import snapshot
@@ -55,15 +56,19 @@ async def market_report(engine: AsyncEngine, region: Region, period: Period, ref
                         ) -> dict[str, Any]:
     started = time.perf_counter()
     async with snapshot(engine) as conn:
-        rows = await conn.execute(text(
-            "SELECT c.strategy_id, t.reason, count(*), "
-            "percentile_disc(0.5) WITHIN GROUP (ORDER BY c.amount_minor) FROM tickets t "
-            "JOIN compensations c ON c.ticket_id = t.ticket_id AND c.source = 'auto' AND c.issued_at IS NOT NULL "
-            "WHERE t.region = :r AND t.known AND t.occurred_at >= :a AND t.occurred_at < :b "
-            "GROUP BY c.strategy_id, t.reason"),
-            {"r": region.code, "a": period.start_utc(region.timezone), "b": period.end_utc(region.timezone)})
-        effective = [Effective(s, reason, int(n), int(median)) for s, reason, n, median in rows]
+        amounts = await _counts(conn, "strategy_amount_daily", "amount_minor", region.code, period)
+        shares = await _counts(conn, "strategy_share_daily", "share_bp", region.code, period)
         orders, gmv, reported = await db.order_volume(conn, region.code, period.first, period.last)
+    effective = []
+    for (strategy, reason, shadow), by_version in amounts.items():
+        version = max(by_version)  # the newest version that gave anything in the period
+        counts = by_version[version]
+        share_counts = shares.get((strategy, reason, shadow), {}).get(version, [])
+        median = weighted_median(counts)
+        if median is None:
+            continue
+        effective.append(Effective(strategy, reason, sum(c for _, c in counts), median, version, shadow,
+                                   weighted_median(share_counts), sum(c for _, c in share_counts)))
     average = (2 * gmv + orders) // (2 * orders) if orders else None
     placed = place(effective, references.references, average)
     metrics.REPORT_SECONDS.labels("market").observe(time.perf_counter() - started)
@@ -74,15 +79,32 @@ async def market_report(engine: AsyncEngine, region: Region, period: Period, ref
             "examples_only": all(r.status == "example" for r in references.references), **placed}
 
 
+async def _counts(conn: AsyncConnection, table: str, column: str, region: str, period: Period
+                  ) -> dict[tuple[str, str, bool], dict[int, list[tuple[int, int]]]]:
+    """(strategy, reason, shadow) -> version -> [(value, decisions)] over the period's local days."""
+    where = "region = :r AND day BETWEEN :a AND :b"
+    cols = f"strategy, strategy_version, reason, shadow, {column}, decisions"
+    rows = await conn.execute(text(
+        f"SELECT strategy, strategy_version, reason, shadow, {column}, sum(decisions)::bigint FROM "
+        f"(SELECT {cols} FROM {table} WHERE {where} UNION ALL SELECT {cols} FROM {table}_delta WHERE {where}) x "
+        f"GROUP BY strategy, strategy_version, reason, shadow, {column} HAVING sum(decisions) > 0"),
+        {"r": region, "a": period.first, "b": period.last})
+    out: dict[tuple[str, str, bool], dict[int, list[tuple[int, int]]]] = {}
+    for strategy, version, reason, shadow, value, n in rows:
+        out.setdefault((strategy, reason, bool(shadow)), {}).setdefault(int(version), []).append((int(value), int(n)))
+    return out
+
+
 def market_csv(result: dict[str, Any]) -> str:
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
-    w.writerow(["region", "period", "strategy", "scenario", "compensations", "median_minor",
-                "median_pct_of_average_order", "reference_low_minor", "reference_high_minor", "position",
-                "best_reference", "gap_to_best_minor", "currency"])
+    w.writerow(["region", "period", "strategy", "version", "shadow", "scenario", "decisions", "median_minor",
+                "median_pct_of_order", "median_pct_of_average_order", "reference_low_minor", "reference_high_minor",
+                "position", "best_reference", "gap_to_best_minor", "currency"])
     for r in result["strategies"]:
-        w.writerow([result["region"], result["period"], r["strategy"], r["scenario"], r["compensations"],
-                    r["median_minor"], r["median_pct_of_average_order"], r["reference_low_minor"],
+        w.writerow([result["region"], result["period"], r["strategy"], r["version"], str(r["shadow"]).lower(),
+                    r["scenario"], r["decisions"], r["median_minor"], r["median_pct_of_order"],
+                    r["median_pct_of_average_order"], r["reference_low_minor"],
                     r["reference_high_minor"], r["position"], r["best_reference"], r["gap_to_best_minor"],
                     result["currency"]])
     return out.getvalue()

@@ -632,6 +632,8 @@ class DecisionRecorded(Payload):
     liability: list[LiabilityShare] = Field(default_factory=list, max_length=10,
                                             description="The issued amount's split (issued decisions only).")
     compensation_id: Identifier | None = None
+    order_amount: PositiveMoney | None = Field(
+        default=None, description="The ticket's order value (since issue 15: compensation as a share of it).")
 
     @model_validator(mode="after")
     def _consistent(self) -> DecisionRecorded:
@@ -645,6 +647,9 @@ class DecisionRecorded(Payload):
             raise ValueError("liability is set for issued decisions only")
         if (self.outcome is DecisionOutcome.WOULD_ISSUE) and not self.shadow:
             raise ValueError("would_issue is a shadow outcome")
+        if self.order_amount is not None and self.amount is not None and \
+                self.order_amount.currency != self.amount.currency:
+            raise ValueError("order_amount and amount must share a currency")
         return self
 
 

@@ -120,12 +120,30 @@ def load_references(text: str | bytes, *, region: str, currency: str, today: dat
 
 @dataclass(frozen=True, slots=True)
 class Effective:
-    """A strategy's compensations in one scenario over the period (its live issued decisions)."""
+    """What a strategy gives in one scenario over the period: its live issued decisions (or, in shadow,
+    would-issue ones) of its newest version there."""
 
     strategy: str
     scenario: str
     count: int
     median_minor: int
+    version: int = 0
+    shadow: bool = False
+    median_share_bp: int | None = None  # of the decisions that carried the order value
+    with_order_value: int = 0
+
+
+def weighted_median(counts: Sequence[tuple[int, int]]) -> int | None:
+    """Nearest-rank (lower) median of values given as (value, how many): the value of rank ceil(n / 2)."""
+    n = sum(c for _, c in counts)
+    if n <= 0:
+        return None
+    rank, seen = (n + 1) // 2, 0
+    for value, c in sorted(counts):
+        seen += c
+        if seen >= rank:
+            return value
+    return None  # pragma: no cover - unreachable: seen reaches n
 
 
 def place(effective: Sequence[Effective], references: Sequence[Reference], average_order_minor: int | None
@@ -137,7 +155,7 @@ def place(effective: Sequence[Effective], references: Sequence[Reference], avera
         by_scenario.setdefault(ref.scenario.value, []).append((ref, ref.amount_at(average_order_minor)))
     rows = []
     trailing: dict[str, dict[str, Any]] = {}
-    for e in sorted(effective, key=lambda x: (x.scenario, x.strategy)):
+    for e in sorted(effective, key=lambda x: (x.scenario, x.shadow, x.strategy)):
         refs = by_scenario.get(e.scenario, [])
         amounts = [a for _, a in refs if a is not None]
         low, high = (min(amounts), max(amounts)) if amounts else (None, None)
@@ -151,8 +169,10 @@ def place(effective: Sequence[Effective], references: Sequence[Reference], avera
             position = "at"
         best = max(((r, a) for r, a in refs if a is not None), key=lambda x: x[1], default=None)
         row = {
-            "strategy": e.strategy, "scenario": e.scenario, "compensations": e.count,
-            "median_minor": e.median_minor,
+            "strategy": e.strategy, "version": e.version, "shadow": e.shadow, "scenario": e.scenario,
+            "decisions": e.count, "median_minor": e.median_minor,
+            "median_pct_of_order": None if e.median_share_bp is None else e.median_share_bp / 100,
+            "with_order_value": e.with_order_value,
             "median_pct_of_average_order": (None if not average_order_minor else
                                             round(100 * e.median_minor / average_order_minor, 2)),
             "reference_low_minor": low, "reference_high_minor": high, "position": position,
@@ -160,11 +180,11 @@ def place(effective: Sequence[Effective], references: Sequence[Reference], avera
             "gap_to_best_minor": None if best is None else best[1] - e.median_minor,
         }
         rows.append(row)
-        if best is not None and e.median_minor < best[1]:
+        if best is not None and e.median_minor < best[1] and not e.shadow:  # a shadow strategy gives nothing yet
             t = trailing.setdefault(e.scenario, {"scenario": e.scenario, "best_minor": best[1],
                                                  "best_reference": row["best_reference"], "strategies": []})
             t["strategies"].append(e.strategy)
-    unplaced = sorted(set(by_scenario) - {e.scenario for e in effective})
+    unplaced = sorted(set(by_scenario) - {e.scenario for e in effective if not e.shadow})
     return {"strategies": rows, "trails_best_reference": bool(trailing),
             "trailing": [trailing[k] for k in sorted(trailing)], "scenarios_without_strategy": unplaced}
 

@@ -253,6 +253,16 @@ DECISION_DAILY = Table("decision_daily", (("region", "text"), ("day", "date"), (
                                           ("strategy_version", "int"), ("outcome", "text"), ("failed_rule", "text"),
                                           ("tier", "text"), ("shadow", "boolean")), ("decisions", "amount_minor"))
 
+# What each strategy gives per scenario (issue 15's market comparison): live issued and shadow would-issue
+# decisions, per exact amount and per exact share of the order value (basis points), so their medians are
+# exact; decisions without an order value (before issue 15) are only in the amounts.
+STRATEGY_AMOUNT_DAILY = Table("strategy_amount_daily", (
+    ("region", "text"), ("day", "date"), ("strategy", "text"), ("strategy_version", "int"), ("reason", "text"),
+    ("shadow", "boolean"), ("amount_minor", "bigint")), ("decisions",))
+STRATEGY_SHARE_DAILY = Table("strategy_share_daily", (
+    ("region", "text"), ("day", "date"), ("strategy", "text"), ("strategy_version", "int"), ("reason", "text"),
+    ("shadow", "boolean"), ("share_bp", "bigint")), ("decisions",))
+
 # Coarser grains of the same cells, for reports: a region's day (no dimensions) and a month of amounts. A
 # month report then reads 30 + 60 rows and a few thousand amounts instead of every dimension's cells.
 TICKET_DAY = Table("ticket_day", (("region", "text"), ("day", "date")), TICKET_DAILY.measures)
@@ -261,7 +271,8 @@ AMOUNT_MONTH = Table("amount_month", (("region", "text"), ("month", "text"), ("s
                                       ("amount_minor", "bigint")), ("comps",))
 
 TABLES: tuple[Table, ...] = (TICKET_DAILY, TICKET_HOURLY, COMP_DAILY, COMP_HOURLY, SELLER_DAILY, AMOUNT_DAILY,
-                             FEEDBACK_DAILY, BUDGET_DAILY, DECISION_DAILY, TICKET_DAY, COMP_DAY, AMOUNT_MONTH)
+                             FEEDBACK_DAILY, BUDGET_DAILY, DECISION_DAILY, TICKET_DAY, COMP_DAY, AMOUNT_MONTH,
+                             STRATEGY_AMOUNT_DAILY, STRATEGY_SHARE_DAILY)
 BY_NAME = {t.name: t for t in TABLES}
 
 Key = tuple[object, ...]
@@ -427,11 +438,27 @@ def _budget(out: Deltas, c: CompensationRecord, tz: str, sign: int) -> None:
 
 def decision_contribution(out: Deltas, *, region: str, tz: str, ticket_occurred_at: datetime, strategy_id: str | None,
                           strategy_version: int | None, outcome: str, failed_rule: str | None, tier: str | None,
-                          shadow: bool, amount_minor: int | None) -> None:
-    """A final decision of auto_comp, in the bucket of its ticket's local day (decisions are immutable)."""
+                          shadow: bool, amount_minor: int | None, reason: str = "",
+                          order_minor: int | None = None) -> None:
+    """A final decision of auto_comp, in the bucket of its ticket's local day (decisions are immutable). What
+    a strategy gives (issued, or would issue in shadow) also goes to the per-amount and per-share cells."""
     day, _ = local_slot(ticket_occurred_at, tz)
     out.add(DECISION_DAILY, (region, day, strategy_id or "", strategy_version or 0, outcome, failed_rule or "",
                              tier or "", shadow), ((_DD["decisions"], 1), (_DD["amount_minor"], amount_minor or 0)))
+    if strategy_id and amount_minor and outcome in GIVING_OUTCOMES:
+        version = strategy_version or 0
+        out.add(STRATEGY_AMOUNT_DAILY, (region, day, strategy_id, version, reason, shadow, amount_minor), ((0, 1),))
+        if order_minor:
+            out.add(STRATEGY_SHARE_DAILY, (region, day, strategy_id, version, reason, shadow,
+                                           share_bp(amount_minor, order_minor)), ((0, 1),))
+
+
+GIVING_OUTCOMES = frozenset({"issued", "would_issue"})
+
+
+def share_bp(amount_minor: int, order_minor: int) -> int:
+    """An amount as basis points of the order value, rounded half up (10,000 = the whole order)."""
+    return (20_000 * amount_minor + order_minor) // (2 * order_minor)
 
 
 def group_delta(before: tuple[TicketRecord | None, list[CompensationRecord]],

@@ -259,6 +259,7 @@ async def test_every_final_decision_is_announced_once_in_its_transaction(engine,
     assert sum(s.amount_minor for s in issued.liability) == 1_001 and issued.compensation_id
     assert (issued.seller_id, issued.carrier_id) == ("S1", "C9")  # ticket facts kept for the settle-time event
     assert issued.ticket_occurred_at == NOW and env.correlation_id
+    assert issued.order_amount is not None and issued.order_amount.amount_minor == 5_005  # settle-time: from inputs
     await apply(engine, GRANTS, [grant(requests[100], 0, limited_by="paced", detail="paced")])
     assert sorted((p.shadow, p.outcome.value) for _, p in await decisions_recorded(engine, "T-ann-d")) == [
         (False, "paced"), (True, "would_issue")]
@@ -269,6 +270,7 @@ async def test_every_final_decision_is_announced_once_in_its_transaction(engine,
     await apply(engine, tickets, [late_ticket("T-ann-now", "B-ann5", days_late=8, order=5_005)], partition=11)
     [(_, now_issued)] = await decisions_recorded(engine, "T-ann-now")
     assert now_issued.outcome.value == "issued" and sum(s.amount_minor for s in now_issued.liability) == 1_001
+    assert now_issued.order_amount is not None and now_issued.order_amount.amount_minor == 5_005
 
 
 async def test_backtest_charges_the_same_parties_as_live_decisions_when_the_handoff_is_missing(engine, store,

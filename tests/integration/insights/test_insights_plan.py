@@ -154,15 +154,16 @@ async def test_budget_plan_api_and_exhaustion_watch(fresh_database, monkeypatch)
     await engine.dispose()
 
 
-async def test_market_report_from_events_over_the_broker(fresh_database, kafka_bootstrap, make_topics, monkeypatch):
-    tickets_topic, comps_topic, volume_topic = await make_topics("tickets", "comps", "volume")
+async def test_market_report_from_decisions_over_the_broker(fresh_database, kafka_bootstrap, make_topics,
+                                                            monkeypatch):
+    decisions_topic, volume_topic = await make_topics("decisions", "volume")
     await migrate(fresh_database, "insights", MIGRATIONS)
     monkeypatch.setenv("DATABASE_URL", fresh_database)
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
-    monkeypatch.setenv("INSIGHTS_CONSUMER_GROUP", f"insights-{tickets_topic}")
+    monkeypatch.setenv("INSIGHTS_CONSUMER_GROUP", f"insights-{decisions_topic}")
     monkeypatch.setenv("INSIGHTS_COMPACT_INTERVAL_SECONDS", "0.2")
     settings = Settings()
-    app = build_app(settings, topics=[tickets_topic, comps_topic, volume_topic])
+    app = build_app(settings, topics=[decisions_topic, volume_topic])
     ctx = app.state.ctx
     await ctx.start()
     producer = EventProducer(settings, "test-feed")
@@ -171,25 +172,31 @@ async def test_market_report_from_events_over_the_broker(fresh_database, kafka_b
         now = datetime.now(UTC)
         today = SG.local(now).date()
         records = []
-        for i, amount in enumerate((100, 150, 150, 400)):  # median (nearest rank) 150
-            tid = f"MKT-T{i}"
-            t = ev.TicketOpened(ticket_id=tid, order_id=f"O{i}", buyer_id=f"B{i}", seller_id="S1",
-                                reason=ev.TicketReason.LATE_DELIVERY, promised_delivery_at=now - timedelta(hours=3),
-                                delivered_at=now - timedelta(hours=1),
-                                order_amount=ev.PositiveMoney(amount_minor=5000, currency="SGD"))
-            c = ev.CompensationIssued(
-                compensation_id=f"MKT-C{i}", reservation_id=f"R{i}", ticket_id=tid, order_id=f"O{i}",
-                buyer_id=f"B{i}", strategy_id="s-late", strategy_version=1, reason=ev.TicketReason.LATE_DELIVERY,
-                kind=ev.CompensationKind.VOUCHER, amount=ev.PositiveMoney(amount_minor=amount, currency="SGD"),
-                liability=[ev.LiabilityShare(party=ev.LiableParty(type=ev.PartyType.PLATFORM), amount_minor=amount)])
-            records.append((make_envelope("ticket.opened", t, source="t", region="SG", occurred_at=now,
-                                          event_id=f"mkt-t{i}"), tickets_topic))
-            records.append((make_envelope("compensation.issued", c, source="t", region="SG", occurred_at=now,
-                                          event_id=f"mkt-c{i}"), comps_topic))
+
+        def decision(i: int, strategy: str, version: int, amount: int, order: int | None, shadow: bool = False,
+                     outcome: ev.DecisionOutcome = ev.DecisionOutcome.ISSUED) -> ev.DecisionRecorded:
+            money = ev.PositiveMoney(amount_minor=amount, currency="SGD")
+            issued = outcome is ev.DecisionOutcome.ISSUED
+            return ev.DecisionRecorded(
+                ticket_id=f"MKT-T{i}", order_id=f"O{i}", buyer_id=f"B{i}", reason=ev.TicketReason.LATE_DELIVERY,
+                ticket_occurred_at=now, shadow=shadow, outcome=outcome, detail="d", strategy_id=strategy,
+                strategy_version=version, tier="base", kind=ev.CompensationKind.VOUCHER, amount=money,
+                compensation_id=f"MKT-C{i}" if issued else None,
+                liability=[ev.LiabilityShare(party=ev.LiableParty(type=ev.PartyType.PLATFORM), amount_minor=amount)]
+                if issued else [],
+                order_amount=None if order is None else ev.PositiveMoney(amount_minor=order, currency="SGD"))
+
+        payloads = [decision(0, "s-late", 2, 100, 4000), decision(1, "s-late", 2, 150, 5000),
+                    decision(2, "s-late", 2, 150, 2000), decision(3, "s-late", 2, 400, None),  # before issue 15
+                    decision(4, "s-late", 1, 900, 5000),  # the previous version, same month: not its level now
+                    decision(5, "s-late", 2, 120, 5000, outcome=ev.DecisionOutcome.HOLDOUT),  # gives nothing
+                    decision(6, "s-new", 1, 250, 5000, shadow=True, outcome=ev.DecisionOutcome.WOULD_ISSUE)]
+        for i, p in enumerate(payloads):
+            records.append(make_envelope("decision.recorded", p, source="t", region="SG", occurred_at=now,
+                                         event_id=f"mkt-d{i}"))
         vol = ev.OrderVolumeReported(day=today, orders=10, gmv=ev.NonNegativeMoney(amount_minor=50_000, currency="SGD"))
-        records.append((make_envelope("order.volume_reported", vol, source="t", region="SG", occurred_at=now,
-                                      event_id="mkt-v"), volume_topic))
-        for env, topic in records:
+        volume = make_envelope("order.volume_reported", vol, source="t", region="SG", occurred_at=now, event_id="mkt-v")
+        for env, topic in [*((r, decisions_topic) for r in records), (volume, volume_topic)]:
             _, key, value, headers = record_for(env)
             await (await producer.send(topic, value, key, headers))
         tokens = _tokens(settings)
@@ -199,20 +206,25 @@ async def test_market_report_from_events_over_the_broker(fresh_database, kafka_b
                                      headers=h) as client:
             while True:
                 rep = (await client.get("/v1/market/SG")).json()
-                if rep["strategies"] and rep["strategies"][0]["compensations"] == 4 and rep["average_order_minor"]:
+                if len(rep["strategies"]) == 2 and rep["average_order_minor"]:
                     break
                 assert time.monotonic() - started < 60, rep
                 await asyncio.sleep(0.2)
-            (row,) = rep["strategies"]
+            live, shadow = rep["strategies"]
+            # s-late v2 gave 100, 150, 150, 400: median (nearest rank) 150; shares 250, 300, 750 bp: median 3%
+            assert (live["strategy"], live["version"], live["decisions"], live["median_minor"]) == ("s-late", 2, 4, 150)
+            assert (live["median_pct_of_order"], live["with_order_value"]) == (3.0, 3)
             # SG's sample references for late delivery: 100 (Lazada) to 200 (Shopee): 150 is at, and trails 200
-            assert (row["median_minor"], row["position"], row["gap_to_best_minor"]) == (150, "at", 50)
-            assert row["median_pct_of_average_order"] == 3.0  # 150 of a 5,000 average order
+            assert (live["position"], live["gap_to_best_minor"]) == ("at", 50)
+            assert live["median_pct_of_average_order"] == 3.0  # 150 of a 5,000 average order
+            assert (shadow["strategy"], shadow["shadow"], shadow["position"]) == ("s-new", True, "above")
             assert rep["trails_best_reference"] is True and rep["examples_only"] is True
-            assert rep["trailing"][0]["scenario"] == "late_delivery"
+            assert rep["trailing"] == [{"scenario": "late_delivery", "best_minor": 200,
+                                        "best_reference": "Shopee: On-Time Guarantee", "strategies": ["s-late"]}]
             overview = (await client.get("/v1/market")).json()
             assert overview["trailing"] == ["SG"]
             as_csv = await client.get("/v1/market/SG", params={"format": "csv"})
-            assert as_csv.status_code == 200 and ",s-late,late_delivery,4,150," in as_csv.text
+            assert as_csv.status_code == 200 and ",s-late,2,false,late_delivery,4,150,3.0," in as_csv.text
             assert (await client.get("/v1/market/MY")).status_code == 403
             bad = await client.get("/v1/market/SG", params={"period": "2026-W01"})
             assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "period"

@@ -158,7 +158,8 @@ def recompute(events: list) -> Deltas:  # type: ignore[type-arg]
             decision_contribution(out, region=env.region, tz=tz[env.region], ticket_occurred_at=p.ticket_occurred_at,
                                   strategy_id=p.strategy_id, strategy_version=p.strategy_version,
                                   outcome=p.outcome.value, failed_rule=p.failed_rule, tier=p.tier, shadow=p.shadow,
-                                  amount_minor=p.amount.amount_minor if p.amount else None)
+                                  amount_minor=p.amount.amount_minor if p.amount else None, reason=p.reason.value,
+                                  order_minor=p.order_amount.amount_minor if p.order_amount else None)
     by_ticket: dict[str, list[CompensationRecord]] = {}
     for c in comps.values():
         if c.ticket_id is not None:

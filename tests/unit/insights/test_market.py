@@ -4,11 +4,15 @@ samples load; strategies placed below / at / above the range; trailing the best 
 from __future__ import annotations
 
 from datetime import date
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from services.insights.domain.market import Effective, MarketFileError, load_references, place
+from services.insights.domain.market import Effective, MarketFileError, load_references, place, weighted_median
+from services.insights.domain.rollups import share_bp
 from shared.regions import catalogue
 
 TODAY = date(2026, 12, 6)
@@ -83,3 +87,21 @@ def test_strategies_placed_against_the_range_and_trailing_the_best_reference_fla
     # the cap applies to a large order; without an average order value a percentage has no amount
     assert refs[2].amount_at(50_000) == 20_000 and refs[2].amount_at(None) is None
     assert place([Effective("generous", "late_delivery", 1, 600)], refs, None)["trails_best_reference"] is False
+
+
+@given(st.lists(st.tuples(st.integers(1, 10_000), st.integers(1, 50)), min_size=1, max_size=30))
+def test_the_weighted_median_is_the_nearest_rank_median_of_the_values_spelt_out(counts):
+    spelt = sorted(v for v, c in counts for _ in range(c))
+    assert weighted_median(counts) == spelt[(len(spelt) + 1) // 2 - 1]
+
+
+@given(st.integers(1, 10**9), st.integers(1, 10**9))
+def test_share_of_the_order_in_basis_points_rounds_half_up(amount, order):
+    bp = share_bp(amount, order)
+    assert abs(Fraction(amount * 10_000, order) - bp) <= Fraction(1, 2)
+    assert Fraction(amount * 10_000, order) - bp < Fraction(1, 2) or bp * 2 * order == 20_000 * amount + order
+
+
+def test_share_examples():
+    assert share_bp(150, 5000) == 300 and share_bp(1, 3) == 3333 and share_bp(1, 8) == 1250
+    assert share_bp(1, 4_000) == 3 and share_bp(1, 40_000) == 0  # 2.5 bp rounds up, 0.25 down
