@@ -9,6 +9,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import orjson
 import pytest
 from insights_support import MIGRATIONS, insights_engine
 from sqlalchemy import text
@@ -251,3 +252,39 @@ def tmp_dir(monkeypatch):  # type: ignore[no-untyped-def]
     path = Path(tempfile.mkdtemp(prefix="market-"))
     monkeypatch.setenv("INSIGHTS_MARKET_DIR", str(path))
     return path
+
+
+async def test_cli_budget_plan_and_market_report(fresh_database, monkeypatch, tmp_path, capsys):
+    from services.insights.__main__ import main as cli
+
+    async def main(argv: list[str]) -> int:
+        return await asyncio.to_thread(cli, argv)  # the CLI runs its own event loop
+
+    await migrate(fresh_database, "insights", MIGRATIONS)
+    monkeypatch.setenv("DATABASE_URL", fresh_database)
+    monkeypatch.setenv("INSIGHTS_MARKET_DIR", "")
+    today = SG.local(datetime.now(UTC)).date()
+    nxt = (today.replace(day=1) + timedelta(days=32)).replace(day=1)
+    out = tmp_path / "plan.csv"
+    assert await main(["budget-plan", "--region", "SG", "--period", f"{nxt:%Y-%m}", "-o", str(out)]) == 0
+    # an empty history plans nothing, says so and still has every section
+    assert out.read_text().startswith("section,region,period") and "calibration,SG" in out.read_text()
+    for argv, message in ((["--region", "XX", "--period", f"{nxt:%Y-%m}"], "XX"),
+                          (["--region", "SG", "--period", "2026-W01"], "period"),
+                          (["--region", "SG", "--period", f"{today.year - 1}-01"], "period")):
+        assert await main(["budget-plan", *argv, "-o", str(tmp_path / "x.json")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+    assert await main(["market-report", "--region", "MY", "--check"]) == 0
+    assert "valid" in capsys.readouterr().err
+    broken = tmp_path / "MY.yaml"
+    broken.write_text("region: MY\ncurrency: MYR\nreferences:\n  - {marketplace: Shopee, policy: OTG, "
+                      "scenario: late_delivery, amount_minor: 0, what: v, source: s, as_of: 2024-04-01, "
+                      "status: example}\n")
+    assert await main(["market-report", "--region", "MY", "--references", str(broken), "--check"]) == 2
+    assert "references[0].amount_minor" in capsys.readouterr().err
+    report = tmp_path / "market.json"
+    assert await main(["market-report", "--region", "MY", "-o", str(report)]) == 0
+    body = orjson.loads(report.read_bytes())
+    assert body["region"] == "MY" and body["strategies"] == [] and body["trails_best_reference"] is False
+    assert body["scenarios_without_strategy"] == ["late_delivery", "not_received"]
