@@ -150,6 +150,8 @@ async def budget_plan(engine: AsyncEngine, region: Region, period: Period, today
         cost_first = min(max(newest_start, last - timedelta(days=COST_DAYS - 1)),
                          last - timedelta(days=MIN_COST_DAYS - 1))
         cost = await active_cost(conn, region.code, cost_first, last, [s["strategy"] for s in strategies])
+    # Days before the region's first ticket are not zero-ticket days: the history starts at its first data.
+    first = min(history, default=last)
     planner = Planner(history, first, last)
     point = forecast(history, first, last, period, cost=cost)
     bands = {m: band(point.total(m), planner.errors(period, m)) for m in MEASURES}

@@ -124,3 +124,18 @@ def test_exhaustion_day_is_the_first_day_the_pace_reaches_the_limit(limit, per_d
         assert used * n <= limit * elapsed
     else:
         assert used * n >= limit * elapsed and used * (n - 1) < limit * elapsed
+
+
+def test_a_young_region_plans_from_its_months_so_far_without_month_seasonality():
+    first = date(2026, 4, 1)
+    history = simulate(5, first, LAST)
+    daily = {d: v["late_delivery"].tickets for d, v in history.items()}
+    assert set(month_factors(daily, first, LAST).values()) == {1.0}  # under 13 months: no month factors
+    planner = Planner(history, first, LAST)
+    bt = planner.backtest(month(2027, 1))
+    assert [m["period"] for m in bt.months] == [f"2026-{k:02d}" for k in range(5, 12)]
+    assert bt.judged["total"] == 3  # months with at least 4 earlier complete months to set their band
+    assert planner.errors(month(2027, 1), "total") and len(planner.errors(month(2027, 1), "total")) == 7
+    november = month(2026, 11)
+    real = sum(v.tickets for d in november.day_list() for v in history[d].values())
+    assert Planner(history, first, date(2026, 10, 31)).point(november).total("tickets") == pytest.approx(real, rel=0.3)
