@@ -47,7 +47,9 @@ def test_alert_rules_cover_the_platform_metrics():
                    "comp_outbox_backlog", "ledger_budget_used_ratio", "ledger_budget_exceeded_total",
                    "ledger_invariant_violations", "auto_comp_strategy_reload_failed",
                    "audit_queue_oldest_age_seconds", "audit_queue_sla_seconds", "ledger_voucher_early_expiries_total",
-                   "up ==", "insights_last_compaction_timestamp_seconds", "insights_report_seconds_bucket"):
+                   "up ==", "insights_last_compaction_timestamp_seconds", "insights_report_seconds_bucket",
+                   "insights_budget_projected_exhaustion_timestamp_seconds",
+                   "insights_budget_period_end_timestamp_seconds"):
         assert metric in exprs, metric
     for group in rules["groups"]:
         for rule in group["rules"]:
