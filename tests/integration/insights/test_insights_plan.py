@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import orjson
 import pytest
-from insights_support import MIGRATIONS, insights_engine
 from sqlalchemy import text
 
 from services.insights.app import build_app
@@ -25,6 +24,7 @@ from shared.kafka.producer import record_for
 from shared.regions import region
 from shared.web.security import hash_password
 from tests.integration.insights.dashboard_support import PASSWORD, STORE
+from tests.integration.insights.insights_support import MIGRATIONS, insights_engine
 from tests.integration.insights.test_dashboard_pages import signed_in, text_of
 from tests.unit.insights.budget_history import simulate
 
