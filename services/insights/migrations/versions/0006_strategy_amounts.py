@@ -2,14 +2,14 @@
 (issue 15's market comparison; ADR 0021). A base table per rollup (written by the compactor) and its
 append-only delta table, as every rollup (ADR 0011).
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 """
 
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
