@@ -22,7 +22,10 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shutil
+import signal
 import statistics
+import subprocess
 import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
@@ -33,7 +36,9 @@ import httpx
 
 from bench.common import Result
 from bench.events import chunks
-from bench.stack import HOST, SECRET, Counter, Stack
+from bench.ledger import _backend_cpu as backend_cpu
+from bench.ledger import _cpu_seconds as cpu_seconds
+from bench.stack import DEFAULT_PROCESSES, HOST, SECRET, Counter, Stack
 from services.insights.domain.rollups import (
     AMOUNT_DAILY,
     AMOUNT_MONTH,
@@ -105,19 +110,41 @@ async def _preload(bootstrap: str, run: str, n: int) -> int:
     return len(plan)
 
 
-async def ingestion_run(url: str, external: str | None, partitions: int, n: int) -> tuple[float, int]:
+async def ingestion_run(url: str, external: str | None, partitions: int, n: int, run_no: int = 0
+                        ) -> tuple[float, int, tuple[float, float]]:
+    """(events/s, events, (service CPU, PostgreSQL backends' CPU) in microseconds per event)."""
     async with Stack(url, external, "insights", partitions) as stack:
         await asyncio.to_thread(stack.cli, "insights", "migrate")
         total = await _preload(stack.bootstrap, uuid.uuid4().hex[:8], n)
-        await stack.start("insights", migrate=False)
+        service = await stack.start("insights", migrate=False)
+        spy = _pyspy(service.pid, run_no)
         async with Counter(stack.dsn) as db:
+            done0 = await db.value("SELECT count(*) FROM insights.processed_events")
+            service0, backends0 = cpu_seconds(service.pid), await backend_cpu(db)
             end = await db.wait_for("SELECT count(*) FROM insights.processed_events", total, 120 + total / 500, 0.05,
                                     "insights processed events")
+            service1, backends1 = cpu_seconds(service.pid), await backend_cpu(db)
             start = await db.value(
                 "SELECT extract(epoch FROM min(processed_at))::float8 FROM insights.processed_events")
             tickets = await db.value("SELECT count(*) FROM insights.tickets")
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+            spy.wait(30)
         assert tickets == n * 6 // 10, tickets
-        return total / (end - start), total
+        events = max(1, total - done0)
+        backend = sum(v - backends0.get(pid, 0.0) for pid, v in backends1.items())
+        return total / (end - start), total, ((service1 - service0) / events * 1e6, backend / events * 1e6)
+
+
+def _pyspy(pid: int, run_no: int) -> subprocess.Popen[bytes] | None:
+    """``BENCH_INSIGHTS_PYSPY=<file stem>``: a py-spy profile of the service (and its consumer processes) per
+    run, when ``py-spy`` is on PATH."""
+    stem = os.environ.get("BENCH_INSIGHTS_PYSPY")
+    exe = shutil.which("py-spy")
+    if not stem or not exe:
+        return None
+    return subprocess.Popen([exe, "record", "-p", str(pid), "--subprocesses", "-r", "200", "-f", "raw", "-o",
+                             f"{stem}-{run_no}.txt"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 # ------------------------------------------------------------------ month report over filled rollups
@@ -231,11 +258,17 @@ async def run(settings: Any, url: str, bootstrap: str, args: Any) -> list[Result
     n = int(os.environ.get("BENCH_INSIGHTS_COUNT", str(3 * args.count)))
     ingest = Result("insights: events into the rollups", "events/s", ceiling="raw aiokafka consume", bar=20_000)
     total = 0
-    for _ in range(args.repeats):
-        rate, total = await ingestion_run(url, external, args.partitions, n)
+    cpu: list[tuple[float, float]] = []
+    for run_no in range(args.repeats):
+        rate, total, used = await ingestion_run(url, external, args.partitions, n, run_no)
         ingest.runs.append(rate)
+        cpu.append(used)
+    processes = os.environ.get("BENCH_INSIGHTS_PROCESSES", DEFAULT_PROCESSES.get("insights", "1"))
     ingest.note = (f"{total:,} pre-loaded events per run (60% tickets, 30% manual compensations, 10% voucher "
-                   "redemptions) drained by the running service: records + rollup deltas, compactor running")
+                   "redemptions) drained by the running service: records + rollup deltas, compactor running; "
+                   f"{processes} consumer process(es); CPU per event (median): service "
+                   f"{statistics.median(c[0] for c in cpu):.0f} us, PostgreSQL backends "
+                   f"{statistics.median(c[1] for c in cpu):.0f} us")
     report = Result("insights: month report p95 over 50M-event rollups", "ms", bar=200, lower_is_better=True)
     counts: dict[str, int] = {}
     tickets = 0

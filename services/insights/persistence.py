@@ -8,7 +8,8 @@ pre-aggregated rows to; a reader sums both, in one statement, so it never sees a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -17,13 +18,16 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.insights.domain.report import AuditWork
+from services.insights.domain.report import ACTION_COUNTS, ACTION_STATES, APPROVAL_COUNTS, ApprovalInputs, AuditWork
 from services.insights.domain.rollups import (
     BY_NAME,
     TABLES,
+    ActionRecord,
+    ApprovalRecord,
     CompensationRecord,
     Deltas,
     Feedback,
+    FlagRecord,
     Table,
     TicketRecord,
 )
@@ -316,6 +320,130 @@ async def upsert_verdicts(conn: AsyncConnection, rows: Sequence[dict[str, Any]])
         "WHERE (CASE WHEN EXCLUDED.dispute_id IS NULL THEN 0 ELSE 1 END, EXCLUDED.verdict_id) > "
         "(CASE WHEN audit_items.dispute_id IS NULL THEN 0 ELSE 1 END, coalesce(audit_items.verdict_id, 0))",
         *[[orjson.dumps(r[c]).decode() if c == "attributes" else r[c] for r in best.values()] for c in cols])
+
+
+# ------------------------------------------------------------------ approval stage and corrective actions
+
+
+@dataclass(frozen=True)
+class RecordTable:
+    """A table of merged records (one row per key): its key columns and every column with its SQL type, in
+    the record class's field order (orjson writes a slotted dataclass's fields by name)."""
+
+    name: str
+    keys: tuple[str, ...]
+    columns: tuple[tuple[str, str], ...]
+    record: type
+
+    @property
+    def names(self) -> str:
+        return ", ".join(c for c, _ in self.columns)
+
+    @property
+    def typed(self) -> str:
+        return ", ".join(f"{c} {t}" for c, t in self.columns)
+
+
+APPROVAL_REQUESTS = RecordTable("approval_requests", ("region", "request_id"), (
+    ("region", "text"), ("request_id", "text"), ("request_day", "date"), ("requested_at", "timestamptz"),
+    ("reason_code", "text"), ("team", "text"), ("kind", "text"), ("requested_minor", "bigint"),
+    ("first_at", "timestamptz"), ("first_event", "text"), ("queued", "boolean"), ("escalated", "boolean"),
+    ("outcome", "text"), ("automatic", "boolean"), ("decided_by", "text"), ("decided_at", "timestamptz"),
+    ("decision_event", "text"), ("approved_minor", "bigint")), ApprovalRecord)
+ISSUE_FLAGS = RecordTable("issue_flags", ("region", "compensation_id"), (
+    ("region", "text"), ("compensation_id", "text"), ("flag_day", "date"), ("issued_at", "timestamptz"),
+    ("team", "text"), ("reason_code", "text"), ("issued_minor", "bigint"), ("mismatches", "text[]")), FlagRecord)
+CORRECTIVE_ACTIONS = RecordTable("corrective_actions", ("region", "action_id"), (
+    ("region", "text"), ("action_id", "bigint"), ("opened_day", "date"), ("opened_at", "timestamptz"),
+    ("kind", "text"), ("source", "text"), ("target_type", "text"), ("status", "text"), ("due_on", "date"),
+    ("updated_at", "timestamptz"), ("state_event", "text"), ("effect_at", "timestamptz"), ("effect_event", "text"),
+    ("after_audits", "bigint"), ("difference", "float8"), ("difference_low", "float8"),
+    ("difference_high", "float8")), ActionRecord)
+
+
+def _from_row(table: RecordTable, row: Sequence[Any]) -> Any:
+    values = list(row)
+    for i, (_, sql_type) in enumerate(table.columns):
+        if sql_type.endswith("[]"):
+            values[i] = tuple(values[i])
+    return table.record(*values)
+
+
+async def merge_records(conn: AsyncConnection, table: RecordTable, batch: Mapping[tuple[Any, ...], Sequence[Any]],
+                        fold: Callable[[tuple[Any, ...], Any, Sequence[Any]], Any]) -> None:
+    """Fold a batch's items into their records: ``fold(key, stored record or None, items) -> record``. Stored rows
+    are locked in key order; a row another consumer inserted meanwhile fails the batch (LostRace: retried),
+    so no merge is ever overwritten by a concurrent one."""
+    if not batch:
+        return
+    raw = await raw_connection(conn)
+    keys = sorted(batch)
+    key_cols = ", ".join(table.keys)
+    types = dict(table.columns)
+    unnest = ", ".join(f"${i}::{types[k]}[]" for i, k in enumerate(table.keys, start=1))
+    rows = await raw.fetch(
+        f"SELECT {table.names} FROM {table.name} WHERE ({key_cols}) IN (SELECT * FROM unnest({unnest})) "
+        f"ORDER BY {key_cols} FOR UPDATE", *[[k[i] for k in keys] for i in range(len(table.keys))])
+    stored = {tuple(r[c] for c in table.keys): _from_row(table, r) for r in rows}
+    fresh, changed = [], []
+    for key in keys:
+        old = stored.get(key)
+        merged = fold(key, old, batch[key])
+        if old is None:
+            fresh.append(merged)
+        elif merged != old:
+            changed.append(merged)
+    if fresh:
+        inserted = await raw.fetch(
+            f"INSERT INTO {table.name} ({table.names}) SELECT {table.names} FROM jsonb_to_recordset($1::jsonb) "
+            f"AS x({table.typed}) ON CONFLICT ({key_cols}) DO NOTHING RETURNING 1", orjson.dumps(fresh).decode())
+        if len(inserted) != len(fresh):
+            raise LostRace(table.name)
+    if changed:
+        sets = ", ".join(f"{c} = u.{c}" for c, _ in table.columns if c not in table.keys)
+        match = " AND ".join(f"t.{k} = u.{k}" for k in table.keys)
+        await raw.execute(f"UPDATE {table.name} t SET {sets} FROM jsonb_to_recordset($1::jsonb) AS u({table.typed}) "
+                          f"WHERE {match}", orjson.dumps(changed).decode())
+
+
+async def approvals_period(conn: AsyncConnection, region: str, first: date, last: date) -> ApprovalInputs:
+    """The approval stage of the requests raised in the range (local day), counted in SQL."""
+    row = (await conn.execute(text(
+        "SELECT count(*), count(*) FILTER (WHERE queued), count(*) FILTER (WHERE escalated), "
+        "count(*) FILTER (WHERE outcome = 'approved' AND automatic), "
+        "count(*) FILTER (WHERE outcome = 'approved' AND NOT automatic), "
+        "count(*) FILTER (WHERE outcome = 'rejected' AND automatic), "
+        "count(*) FILTER (WHERE outcome = 'rejected' AND NOT automatic), count(*) FILTER (WHERE outcome = ''), "
+        "coalesce(sum(requested_minor), 0), coalesce(sum(approved_minor) FILTER (WHERE outcome = 'approved'), 0), "
+        "coalesce(sum(requested_minor) FILTER (WHERE outcome = 'approved'), 0) "
+        "FROM approval_requests WHERE region = :r AND request_day BETWEEN :a AND :b"),
+        {"r": region, "a": first, "b": last})).one()
+    out = ApprovalInputs(counts=dict(zip(APPROVAL_COUNTS, (int(v) for v in row), strict=True)))
+    out.decision_seconds = [(int(s), int(n)) for s, n in await conn.execute(text(
+        "SELECT greatest(0, floor(extract(epoch FROM decided_at - requested_at)))::bigint AS s, count(*) "
+        "FROM approval_requests WHERE region = :r AND request_day BETWEEN :a AND :b AND outcome <> '' "
+        "AND NOT automatic GROUP BY s"), {"r": region, "a": first, "b": last})]
+    flags = (await conn.execute(text(
+        "SELECT count(*), coalesce(sum(issued_minor), 0) FROM issue_flags "
+        "WHERE region = :r AND flag_day BETWEEN :a AND :b"), {"r": region, "a": first, "b": last})).one()
+    out.flagged, out.flagged_minor = int(flags[0]), int(flags[1])
+    out.mismatches = {m: int(n) for m, n in await conn.execute(text(
+        "SELECT m, count(*) FROM issue_flags, unnest(mismatches) AS m "
+        "WHERE region = :r AND flag_day BETWEEN :a AND :b GROUP BY m"), {"r": region, "a": first, "b": last})}
+    return out
+
+
+async def actions_period(conn: AsyncConnection, region: str, first: date, last: date
+                         ) -> list[tuple[str, dict[str, int]]]:
+    """Corrective actions opened in the range (local day), per kind, with their current states."""
+    states = ", ".join(f"count(*) FILTER (WHERE status = '{s}')" for s in ACTION_STATES)
+    rows = await conn.execute(text(
+        f"SELECT kind, count(*), {states}, "
+        "count(*) FILTER (WHERE status IN ('open', 'in_progress') AND due_on <= :b), "
+        "count(*) FILTER (WHERE effect_at IS NOT NULL), count(*) FILTER (WHERE difference_high < 0) "
+        "FROM corrective_actions WHERE region = :r AND opened_day BETWEEN :a AND :b GROUP BY kind ORDER BY kind"),
+        {"r": region, "a": first, "b": last})
+    return [(r[0], dict(zip(ACTION_COUNTS, (int(v) for v in r[1:]), strict=True))) for r in rows]
 
 
 # ------------------------------------------------------------------ reads

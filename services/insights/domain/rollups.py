@@ -458,3 +458,142 @@ def group_delta(before: tuple[TicketRecord | None, list[CompensationRecord]],
         _compensation(out, comp, new_t if new_known else None, tz_of[comp.region], 1)
     for gone in old_by.values():  # a compensation that left this ticket (its issue event was superseded)
         _compensation(out, gone, old_t if old_known else None, tz_of[gone.region], -1)
+
+
+# ------------------------------------------------------------------ approval stage and corrective actions
+# Records, not bucket cells: a request, a flagged compensation or a corrective action is one row whatever
+# how many events were about it, merged order-independently (the same set of events, duplicates included,
+# gives the same row in any order), so the report's counts equal a recomputation from the raw events. Their
+# volume is a few per manual compensation at most; reports aggregate them in SQL over a (region, local
+# day) index (docs/metrics.md, "Approval stage" and "Corrective actions").
+
+FINAL_OUTCOMES = frozenset({"approved", "rejected"})
+QUEUED_OUTCOMES = frozenset({"awaiting_approval", "escalated"})
+
+
+@dataclass(slots=True)
+class RequestStep:
+    """One ``compensation.request_decided`` as insights reads it."""
+
+    event_id: str
+    outcome: str  # approved | rejected | awaiting_approval | escalated
+    automatic: bool
+    decided_by: str
+    decided_at: datetime
+    requested_at: datetime
+    reason_code: str
+    team: str
+    kind: str
+    requested_minor: int
+    approved_minor: int | None
+
+
+@dataclass(slots=True)  # never mutated
+class ApprovalRecord:
+    """insights' record of a compensation request: its facts (from its earliest step), whether it went to
+    the approval queue and was escalated, and its final decision (the earliest approved/rejected step)."""
+
+    region: str
+    request_id: str
+    request_day: date  # local day of requested_at: the report's bucket
+    requested_at: datetime
+    reason_code: str
+    team: str
+    kind: str
+    requested_minor: int
+    first_at: datetime  # the earliest step (decided_at, event id) that set the facts
+    first_event: str
+    queued: bool = False  # an awaiting_approval or escalated step, or a person's final decision
+    escalated: bool = False
+    outcome: str = ""  # approved | rejected | "" while no final step arrived
+    automatic: bool = False
+    decided_by: str = ""
+    decided_at: datetime | None = None
+    decision_event: str = ""
+    approved_minor: int = 0
+
+
+def merge_request_step(record: ApprovalRecord | None, region: str, request_id: str, step: RequestStep,
+                       tz: str) -> ApprovalRecord:
+    if record is None:
+        record = ApprovalRecord(region, request_id, local_slot(step.requested_at, tz)[0], step.requested_at,
+                                step.reason_code, step.team, step.kind, step.requested_minor, step.decided_at,
+                                step.event_id)
+    elif (step.decided_at, step.event_id) < (record.first_at, record.first_event):
+        record = replace(record, request_day=local_slot(step.requested_at, tz)[0], requested_at=step.requested_at,
+                         reason_code=step.reason_code, team=step.team, kind=step.kind,
+                         requested_minor=step.requested_minor, first_at=step.decided_at, first_event=step.event_id)
+    queued = record.queued or step.outcome in QUEUED_OUTCOMES or (
+        step.outcome in FINAL_OUTCOMES and not step.automatic)
+    escalated = record.escalated or step.outcome == "escalated"
+    if queued != record.queued or escalated != record.escalated:
+        record = replace(record, queued=queued, escalated=escalated)
+    if step.outcome in FINAL_OUTCOMES and _earlier(step.decided_at, step.event_id, record.decided_at,
+                                                   record.decision_event):
+        record = replace(record, outcome=step.outcome, automatic=step.automatic, decided_by=step.decided_by,
+                         decided_at=step.decided_at, decision_event=step.event_id,
+                         approved_minor=step.approved_minor or 0)
+    return record
+
+
+@dataclass(slots=True)  # never mutated
+class FlagRecord:
+    """A manual compensation flagged as not matching its approval: every mismatch any flag named."""
+
+    region: str
+    compensation_id: str
+    flag_day: date  # local day of issued_at
+    issued_at: datetime
+    team: str
+    reason_code: str
+    issued_minor: int
+    mismatches: tuple[str, ...]  # sorted, distinct
+
+
+def merge_flag(record: FlagRecord | None, new: FlagRecord) -> FlagRecord:
+    if record is None:
+        return new
+    mismatches = tuple(sorted({*record.mismatches, *new.mismatches}))
+    first = new if (new.issued_at, new.team, new.reason_code, new.issued_minor) < (
+        record.issued_at, record.team, record.reason_code, record.issued_minor) else record
+    return replace(first, mismatches=mismatches)
+
+
+@dataclass(slots=True)  # never mutated
+class ActionRecord:
+    """insights' record of a corrective action: its latest state (by updated_at, then event id) and its
+    latest measured effect (the effect is published on its own step)."""
+
+    region: str
+    action_id: int
+    opened_day: date  # local day of opened_at
+    opened_at: datetime
+    kind: str
+    source: str
+    target_type: str
+    status: str
+    due_on: date
+    updated_at: datetime
+    state_event: str
+    effect_at: datetime | None = None
+    effect_event: str = ""
+    after_audits: int | None = None
+    difference: float | None = None
+    difference_low: float | None = None
+    difference_high: float | None = None
+
+
+def merge_action(record: ActionRecord | None, new: ActionRecord) -> ActionRecord:
+    """``new`` is the record one event alone would give (its effect set only if the event has one)."""
+    if record is None:
+        return new
+    state = new if (new.updated_at, new.state_event) > (record.updated_at, record.state_event) else record
+    opened = min((record.opened_at, record.opened_day), (new.opened_at, new.opened_day))
+    effect = record
+    if new.effect_at is not None and (record.effect_at is None or (new.effect_at, new.effect_event) > (
+            record.effect_at, record.effect_event)):
+        effect = new
+    return replace(state, opened_at=opened[0], opened_day=opened[1], effect_at=effect.effect_at,
+                   effect_event=effect.effect_event, after_audits=effect.after_audits,
+                   difference=effect.difference, difference_low=effect.difference_low,
+                   difference_high=effect.difference_high)
