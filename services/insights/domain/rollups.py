@@ -15,7 +15,7 @@ ISO week or a month in the region's time zone is a range of whole keys, for any 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from functools import lru_cache
@@ -293,10 +293,33 @@ class Deltas:
                 self.add(table, key, enumerate(values), sign)
 
     def nonzero(self, table: Table) -> list[tuple[Key, list[int]]]:
-        return [(k, v) for k, v in self.rows[table.name].items() if any(v)]
+        derived = _DERIVED.get(table.name)
+        if derived is None:
+            return [(k, v) for k, v in self.rows[table.name].items() if any(v)]
+        finer, coarse_key = derived
+        summed: dict[Key, list[int]] = {}
+        for key, values in self.rows[finer].items():
+            ck = coarse_key(key)
+            row = summed.get(ck)
+            if row is None:
+                summed[ck] = list(values)
+            else:
+                for i, v in enumerate(values):
+                    row[i] += v
+        return [(k, v) for k, v in summed.items() if any(v)]
 
     def is_empty(self) -> bool:
         return not any(any(v) for rows in self.rows.values() for v in rows.values())
+
+
+# The report grains are sums of a finer rollup over some of its keys, so a batch's rows for them are summed
+# from the finer table's rows when the batch is written (once per key), not added per contribution: the
+# same cells for a third fewer additions per event (ADR 0024).
+_DERIVED: dict[str, tuple[str, Callable[[Key], Key]]] = {
+    TICKET_DAY.name: (TICKET_DAILY.name, lambda k: (k[0], k[1])),
+    COMP_DAY.name: (COMP_DAILY.name, lambda k: (k[0], k[1], k[4])),
+    AMOUNT_MONTH.name: (AMOUNT_DAILY.name, lambda k: (k[0], period_of(k[1]), k[2], k[3])),  # type: ignore[arg-type]
+}
 
 
 def _index(table: Table) -> dict[str, int]:
@@ -327,8 +350,24 @@ def _known(ticket: TicketRecord | None) -> bool:
 
 def _facts(issued: Sequence[CompensationRecord]) -> tuple[bool, bool, bool, datetime | None]:
     """What the ticket's own counts depend on: compensated at all, automatically, by hand, first issue."""
-    return (bool(issued), any(c.source == "auto" for c in issued), any(c.source == "manual" for c in issued),
-            min((c.issued_at for c in issued if c.issued_at), default=None))
+    auto = manual = False
+    first: datetime | None = None
+    for c in issued:  # one pass: this runs twice for every ticket group a batch touches
+        if c.source == "auto":
+            auto = True
+        elif c.source == "manual":
+            manual = True
+        at = c.issued_at
+        if at is not None and (first is None or at < first):
+            first = at
+    return (bool(issued), auto, manual, first)
+
+
+_TD_TICKETS, _TD_COMPENSATED, _TD_AUTO, _TD_MANUAL = (_TD["tickets"], _TD["compensated"], _TD["compensated_auto"],
+                                                      _TD["compensated_manual"])
+_TD_CLAIMED, _TD_DETECTED = _TD["claimed"], _TD["detected"]
+_TH_PAIRS = {compensated: ((_TH["tickets"], 1), (_TH["compensated"], compensated)) for compensated in (0, 1)}
+_SD_TICKET_PAIRS = {compensated: ((_SD["tickets"], 1), (_SD["compensated"], compensated)) for compensated in (0, 1)}
 
 
 def _ticket_part(out: Deltas, ticket: TicketRecord | None, issued: Sequence[CompensationRecord],
@@ -339,15 +378,13 @@ def _ticket_part(out: Deltas, ticket: TicketRecord | None, issued: Sequence[Comp
     day, hour = local_slot(ticket.occurred_at, tz_of[ticket.region])
     compensated_any, auto, manual, first_issued = _facts(issued)
     compensated = 1 if compensated_any else 0
-    counts = ((_TD["tickets"], 1), (_TD["compensated"], compensated), (_TD["compensated_auto"], int(auto)),
-              (_TD["compensated_manual"], int(manual)), (_TD["claimed"], int(ticket.raised_by in CLAIM_SOURCES)),
-              (_TD["detected"], int(ticket.raised_by in DETECTED_SOURCES)))
-    out.add(TICKET_DAILY, (ticket.region, day, ticket.reason, ticket.carrier_id), counts, sign)
-    out.add(TICKET_DAY, (ticket.region, day), counts, sign)
-    out.add(TICKET_HOURLY, (ticket.region, day, hour, ticket.reason, ticket.carrier_id),
-            ((_TH["tickets"], 1), (_TH["compensated"], compensated)), sign)
-    out.add(SELLER_DAILY, (ticket.region, day, ticket.seller_id),
-            ((_SD["tickets"], 1), (_SD["compensated"], compensated)), sign)
+    counts = ((_TD_TICKETS, 1), (_TD_COMPENSATED, compensated), (_TD_AUTO, int(auto)), (_TD_MANUAL, int(manual)),
+              (_TD_CLAIMED, int(ticket.raised_by in CLAIM_SOURCES)),
+              (_TD_DETECTED, int(ticket.raised_by in DETECTED_SOURCES)))
+    region, reason, carrier = ticket.region, ticket.reason, ticket.carrier_id
+    out.add(TICKET_DAILY, (region, day, reason, carrier), counts, sign)  # and so TICKET_DAY (_DERIVED)
+    out.add(TICKET_HOURLY, (region, day, hour, reason, carrier), _TH_PAIRS[compensated], sign)
+    out.add(SELLER_DAILY, (region, day, ticket.seller_id), _SD_TICKET_PAIRS[compensated], sign)
     if ticket.feedback:
         _feedback(out, ticket, day, first_issued, sign)
 
@@ -367,37 +404,58 @@ def _feedback(out: Deltas, ticket: TicketRecord, day: date, first_issued: dateti
             (_FD["responses"], 1), (_FD["score_sum"], chosen.score), (_FD["score_squares"], chosen.score ** 2)), sign)
 
 
+(_CD_COMPS, _CD_AMOUNT, _CD_SELLER, _CD_CARRIER, _CD_PLATFORM, _CD_VOUCHERS, _CD_VOUCHER_MINOR, _CD_REDEEMED,
+ _CD_REDEEMED_MINOR, _CD_EXPIRED, _CD_EXPIRED_MINOR, _CD_REVOKED, _CD_PROACTIVE, _CD_TIMED, _CD_TTC_SECONDS) = (
+    _CD[m] for m in ("comps", "amount_minor", "seller_minor", "carrier_minor", "platform_minor", "vouchers",
+                     "voucher_minor", "redeemed", "redeemed_minor", "expired", "expired_minor", "revoked",
+                     "proactive", "timed", "ttc_seconds"))
+_CD_TTC = tuple(_CD[m] for m in _TTC_MEASURES)
+_AD_ONE = ((_AD["comps"], 1),)
+_CH_COMPS, _CH_AMOUNT, _SD_COMPS, _SD_AMOUNT = _CH["comps"], _CH["amount_minor"], _SD["comps"], _SD["amount_minor"]
+_PERIODS: dict[date, str] = {}
+
+
+def _period(day: date) -> str:
+    period = _PERIODS.get(day)
+    if period is None:
+        if len(_PERIODS) >= 100_000:
+            _PERIODS.clear()
+        period = _PERIODS[day] = period_of(day)
+    return period
+
+
 def _compensation(out: Deltas, c: CompensationRecord, ticket: TicketRecord | None, tz: str, sign: int) -> None:
-    assert c.issued_at is not None
+    issued_at = c.issued_at
+    assert issued_at is not None
     if ticket is not None:
         assert ticket.occurred_at is not None
         day, hour = local_slot(ticket.occurred_at, tz)
         reason, carrier, seller = ticket.reason, ticket.carrier_id, ticket.seller_id
     else:  # its ticket is not known (yet): the compensation's own time and facts
-        day, hour = local_slot(c.issued_at, tz)
+        day, hour = local_slot(issued_at, tz)
         reason, carrier, seller = c.reason, c.carrier_id, c.seller_id
-    life = c.lifecycle if c.is_voucher else "open"
+    voucher = c.kind in VOUCHER_KINDS
+    life = c.lifecycle if voucher else "open"
+    amount = c.amount_minor
     values: list[tuple[int, int]] = [
-        (_CD["comps"], 1), (_CD["amount_minor"], c.amount_minor), (_CD["seller_minor"], c.seller_minor),
-        (_CD["carrier_minor"], c.carrier_minor), (_CD["platform_minor"], c.platform_minor),
-        (_CD["vouchers"], int(c.is_voucher)), (_CD["voucher_minor"], c.amount_minor if c.is_voucher else 0),
-        (_CD["redeemed"], int(life == "redeemed")),
-        (_CD["redeemed_minor"], (c.redeemed_minor or 0) if life == "redeemed" else 0),
-        (_CD["expired"], int(life == "expired")), (_CD["expired_minor"], c.amount_minor if life == "expired" else 0),
-        (_CD["revoked"], int(life == "revoked"))]
+        (_CD_COMPS, 1), (_CD_AMOUNT, amount), (_CD_SELLER, c.seller_minor), (_CD_CARRIER, c.carrier_minor),
+        (_CD_PLATFORM, c.platform_minor), (_CD_VOUCHERS, int(voucher)), (_CD_VOUCHER_MINOR, amount if voucher else 0),
+        (_CD_REDEEMED, int(life == "redeemed")),
+        (_CD_REDEEMED_MINOR, (c.redeemed_minor or 0) if life == "redeemed" else 0),
+        (_CD_EXPIRED, int(life == "expired")), (_CD_EXPIRED_MINOR, amount if life == "expired" else 0),
+        (_CD_REVOKED, int(life == "revoked"))]
     if ticket is not None:
         assert ticket.occurred_at is not None and ticket.breach_at is not None
-        seconds = (c.issued_at - ticket.occurred_at).total_seconds()
-        proactive = ticket.raised_by in DETECTED_SOURCES and c.issued_at - ticket.breach_at <= PROACTIVE_WINDOW
-        values += [(_CD["timed"], 1), (_CD["ttc_seconds"], max(0, int(seconds))),
-                   (_CD[_TTC_MEASURES[ttc_bin(seconds)]], 1), (_CD["proactive"], int(proactive))]
-    out.add(COMP_DAILY, (c.region, day, reason, carrier, c.source, c.strategy_id), values, sign)
-    out.add(COMP_DAY, (c.region, day, c.source), values, sign)
-    out.add(AMOUNT_MONTH, (c.region, period_of(day), c.source, c.amount_minor), ((_AD["comps"], 1),), sign)
-    out.add(COMP_HOURLY, (c.region, day, hour, reason, carrier, c.source, c.strategy_id),
-            ((_CH["comps"], 1), (_CH["amount_minor"], c.amount_minor)), sign)
-    out.add(SELLER_DAILY, (c.region, day, seller), ((_SD["comps"], 1), (_SD["amount_minor"], c.amount_minor)), sign)
-    out.add(AMOUNT_DAILY, (c.region, day, c.source, c.amount_minor), ((_AD["comps"], 1),), sign)
+        seconds = (issued_at - ticket.occurred_at).total_seconds()
+        proactive = ticket.raised_by in DETECTED_SOURCES and issued_at - ticket.breach_at <= PROACTIVE_WINDOW
+        values += [(_CD_TIMED, 1), (_CD_TTC_SECONDS, max(0, int(seconds))), (_CD_TTC[ttc_bin(seconds)], 1),
+                   (_CD_PROACTIVE, int(proactive))]
+    region, source = c.region, c.source
+    out.add(COMP_DAILY, (region, day, reason, carrier, source, c.strategy_id), values, sign)  # and COMP_DAY
+    out.add(COMP_HOURLY, (region, day, hour, reason, carrier, source, c.strategy_id),
+            ((_CH_COMPS, 1), (_CH_AMOUNT, amount)), sign)
+    out.add(SELLER_DAILY, (region, day, seller), ((_SD_COMPS, 1), (_SD_AMOUNT, amount)), sign)
+    out.add(AMOUNT_DAILY, (region, day, source, amount), _AD_ONE, sign)  # and AMOUNT_MONTH
     _budget(out, c, tz, sign)
 
 
@@ -408,7 +466,7 @@ def _budget(out: Deltas, c: CompensationRecord, tz: str, sign: int) -> None:
     period of the issue."""
     assert c.issued_at is not None
     issue_day, _ = local_slot(c.issued_at, tz)
-    period = period_of(issue_day)
+    period = _period(issue_day)
     out.add(BUDGET_DAILY, (c.region, period, issue_day, c.source), ((_BD["committed_minor"], c.amount_minor),), sign)
     if c.source != "auto" or not c.is_voucher:
         return

@@ -10,13 +10,13 @@ import random
 from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from insights_support import apply, delivered, insights_engine, tz_of
+from insights_support import apply, delivered, insights_engine
 from sqlalchemy import text
-from zoneinfo import ZoneInfo
 
 from services.insights.domain.periods import month
 from services.insights.domain.report import exact_percentile, rank_of
@@ -100,7 +100,7 @@ def _action_events(rnd: random.Random, seed: int, i: int) -> list[tuple[str, ev.
         opened_by="lead-1", opened_at=opened_at)
     out = []
     at = opened_at
-    statuses = ["open"] + rnd.choice([[], ["in_progress"], ["in_progress", "done"], ["cancelled"], ["done"]])
+    statuses = ["open", *rnd.choice([[], ["in_progress"], ["in_progress", "done"], ["cancelled"], ["done"]])]
     for k, status in enumerate(statuses):
         payload = ev.CorrectiveActionRecorded(**base, status=ev.ActionStatus(status), updated_at=at)
         out.append(("audit.corrective_action_recorded", payload, region, at, f"AC{seed}-{i}-{k}"))
