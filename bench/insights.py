@@ -12,7 +12,8 @@ aiokafka consume ceiling.
 50,000,000 events would leave for November and October 2026: 25,000,000 tickets and 12,500,000
 compensations in November (half of them redeemed or expired) over 8 reasons x 40 carriers x 7 strategies
 per local day, 2,000 distinct amounts per day and source, 5,000 sellers per day, feedback and decisions,
-plus 5,000 audited items; three other regions get the same November so the tables are not one region's
+plus 5,000 audited items and the approval stage (99,000 requests), flagged issues and corrective actions;
+three other regions get the same November so the tables are not one region's
 alone. Then ``GET /v1/reports/US?period=2026-11`` is asked 60 times in a row (after 5 warm-ups) through
 the running service, with a bearer token; the result is the p95 of the 60 latencies per run.
 """
@@ -40,12 +41,15 @@ from bench.ledger import _backend_cpu as backend_cpu
 from bench.ledger import _cpu_seconds as cpu_seconds
 from bench.stack import DEFAULT_PROCESSES, HOST, SECRET, Counter, Stack
 from services.insights.domain.rollups import (
+    ACTION_DAILY,
     AMOUNT_DAILY,
     AMOUNT_MONTH,
+    APPROVAL_DAILY,
     COMP_DAILY,
     COMP_DAY,
     DECISION_DAILY,
     FEEDBACK_DAILY,
+    FLAG_DAILY,
     SELLER_DAILY,
     TICKET_DAILY,
     TICKET_DAY,
@@ -223,6 +227,22 @@ async def fill_rollups(dsn: str, regions: list[str], seed: int = 7) -> dict[str,
                      "mandatory", "agent_id", "team", "reason_code", "amount_minor", "sla_due_at", "evicted",
                      "verdict_id", "dispute_id", "auditor_id", "passed", "error_category", "misstated_minor",
                      "audited_at", "audit_day", "within_sla"])
+        # The approval stage, flagged issues and corrective actions of US November (3,300 requests, 170 flagged
+        # compensations and 70 corrective actions a day): a row per day, mismatch, or kind x status x due day.
+        nov = [date(2026, 11, 1) + timedelta(days=i) for i in range(30)]
+        extra: list[tuple[Table, list[tuple[Any, ...]]]] = [
+            (APPROVAL_DAILY, [("US", d, 3300, 800, 260, 2400, 560, 60, 180, 100, 3300 * 900, 2960 * 800,
+                               2960 * 900, *[50 if i < 12 else 10 for i in range(TTC_BINS)]) for d in nov]),
+            (FLAG_DAILY, [("US", d, m, 170 if m == "" else 60, 170 * 700 if m == "" else 0) for d in nov
+                          for m in ("", *(x.value for x in ev.IssueMismatch))]),
+            (ACTION_DAILY, [("US", d, k, st, d + timedelta(days=due), 3, 1, 1) for d in nov
+                            for k in ("coaching", "guideline_change", "seller_warning", "carrier_claim")
+                            for st in ("open", "in_progress", "done", "cancelled") for due in (7, 14)]),
+        ]
+        for table, rows in extra:
+            await conn.copy_records_to_table(table.name, columns=[*table.key_names, *table.measures], records=rows,
+                                             schema_name="insights")
+            counts[table.name] = len(rows)
         await conn.execute("ANALYZE")
     finally:
         await conn.close()

@@ -29,8 +29,11 @@ from services.insights.domain.rollups import (
     FlagRecord,
     RequestStep,
     TicketRecord,
+    action_part,
+    approval_part,
     breach_time,
     decision_contribution,
+    flag_part,
     group_delta,
     local_slot,
     merge_action,
@@ -165,9 +168,9 @@ class RollupHandler:
         await db.upsert_sampled(conn, sampled)
         await db.mark_evicted(conn, evicted)
         await db.upsert_verdicts(conn, verdicts)
-        await db.merge_records(conn, db.APPROVAL_REQUESTS, requests, self._fold_steps)
-        await db.merge_records(conn, db.ISSUE_FLAGS, flags, _fold(merge_flag))
-        await db.merge_records(conn, db.CORRECTIVE_ACTIONS, actions, _fold(merge_action))
+        await db.merge_records(conn, db.APPROVAL_REQUESTS, requests, self._fold_steps, approval_part, out)
+        await db.merge_records(conn, db.ISSUE_FLAGS, flags, _fold(merge_flag), flag_part, out)
+        await db.merge_records(conn, db.CORRECTIVE_ACTIONS, actions, _fold(merge_action), action_part, out)
         rows = await db.write_deltas(conn, out)
         metrics.DELTA_ROWS.inc(rows)
 

@@ -18,9 +18,13 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.insights.domain.report import ACTION_COUNTS, ACTION_STATES, APPROVAL_COUNTS, ApprovalInputs, AuditWork
+from services.insights.domain.report import ACTION_COUNTS, APPROVAL_COUNTS, ApprovalInputs, AuditWork
 from services.insights.domain.rollups import (
+    ACTION_DAILY,
+    APPROVAL_BINS,
+    APPROVAL_DAILY,
     BY_NAME,
+    FLAG_DAILY,
     TABLES,
     ActionRecord,
     ApprovalRecord,
@@ -370,10 +374,12 @@ def _from_row(table: RecordTable, row: Sequence[Any]) -> Any:
 
 
 async def merge_records(conn: AsyncConnection, table: RecordTable, batch: Mapping[tuple[Any, ...], Sequence[Any]],
-                        fold: Callable[[tuple[Any, ...], Any, Sequence[Any]], Any]) -> None:
-    """Fold a batch's items into their records: ``fold(key, stored record or None, items) -> record``. Stored rows
-    are locked in key order; a row another consumer inserted meanwhile fails the batch (LostRace: retried),
-    so no merge is ever overwritten by a concurrent one."""
+                        fold: Callable[[tuple[Any, ...], Any, Sequence[Any]], Any],
+                        part: Callable[[Deltas, Any, int], None], out: Deltas) -> None:
+    """Fold a batch's items into their records: ``fold(key, stored record or None, items) -> record``, and
+    add each changed record's new contribution minus its old one (``part``) to ``out``. Stored rows are
+    locked in key order; a row another consumer inserted meanwhile fails the batch (LostRace: retried), so
+    no merge is ever overwritten by a concurrent one."""
     if not batch:
         return
     raw = await raw_connection(conn)
@@ -393,6 +399,10 @@ async def merge_records(conn: AsyncConnection, table: RecordTable, batch: Mappin
             fresh.append(merged)
         elif merged != old:
             changed.append(merged)
+            part(out, old, -1)
+        else:
+            continue
+        part(out, merged, 1)
     if fresh:
         inserted = await raw.fetch(
             f"INSERT INTO {table.name} ({table.names}) SELECT {table.names} FROM jsonb_to_recordset($1::jsonb) "
@@ -407,43 +417,36 @@ async def merge_records(conn: AsyncConnection, table: RecordTable, batch: Mappin
 
 
 async def approvals_period(conn: AsyncConnection, region: str, first: date, last: date) -> ApprovalInputs:
-    """The approval stage of the requests raised in the range (local day), counted in SQL."""
-    row = (await conn.execute(text(
-        "SELECT count(*), count(*) FILTER (WHERE queued), count(*) FILTER (WHERE escalated), "
-        "count(*) FILTER (WHERE outcome = 'approved' AND automatic), "
-        "count(*) FILTER (WHERE outcome = 'approved' AND NOT automatic), "
-        "count(*) FILTER (WHERE outcome = 'rejected' AND automatic), "
-        "count(*) FILTER (WHERE outcome = 'rejected' AND NOT automatic), count(*) FILTER (WHERE outcome = ''), "
-        "coalesce(sum(requested_minor), 0), coalesce(sum(approved_minor) FILTER (WHERE outcome = 'approved'), 0), "
-        "coalesce(sum(requested_minor) FILTER (WHERE outcome = 'approved'), 0) "
-        "FROM approval_requests WHERE region = :r AND request_day BETWEEN :a AND :b"),
-        {"r": region, "a": first, "b": last})).one()
-    out = ApprovalInputs(counts=dict(zip(APPROVAL_COUNTS, (int(v) for v in row), strict=True)))
-    out.decision_seconds = [(int(s), int(n)) for s, n in await conn.execute(text(
-        "SELECT greatest(0, floor(extract(epoch FROM decided_at - requested_at)))::bigint AS s, count(*) "
-        "FROM approval_requests WHERE region = :r AND request_day BETWEEN :a AND :b AND outcome <> '' "
-        "AND NOT automatic GROUP BY s"), {"r": region, "a": first, "b": last})]
-    flags = (await conn.execute(text(
-        "SELECT count(*), coalesce(sum(issued_minor), 0) FROM issue_flags "
-        "WHERE region = :r AND flag_day BETWEEN :a AND :b"), {"r": region, "a": first, "b": last})).one()
-    out.flagged, out.flagged_minor = int(flags[0]), int(flags[1])
-    out.mismatches = {m: int(n) for m, n in await conn.execute(text(
-        "SELECT m, count(*) FROM issue_flags, unnest(mismatches) AS m "
-        "WHERE region = :r AND flag_day BETWEEN :a AND :b GROUP BY m"), {"r": region, "a": first, "b": last})}
+    """The approval stage of the requests raised in the range and the issues flagged in it (local days)."""
+    (row,) = await sum_by(conn, APPROVAL_DAILY.name, (), region=region, first=first, last=last)
+    sums = dict(zip(APPROVAL_DAILY.measures, (int(v) for v in row), strict=True))
+    out = ApprovalInputs(counts={k: sums[k] for k in APPROVAL_COUNTS},
+                         decision_bins=[sums[m] for m in APPROVAL_BINS])
+    for mismatch, compensations, issued_minor in await sum_by(conn, FLAG_DAILY.name, ("mismatch",), region=region,
+                                                             first=first, last=last):
+        if mismatch == "":
+            out.flagged, out.flagged_minor = int(compensations), int(issued_minor)
+        elif compensations:
+            out.mismatches[mismatch] = int(compensations)
     return out
 
 
 async def actions_period(conn: AsyncConnection, region: str, first: date, last: date
                          ) -> list[tuple[str, dict[str, int]]]:
-    """Corrective actions opened in the range (local day), per kind, with their current states."""
-    states = ", ".join(f"count(*) FILTER (WHERE status = '{s}')" for s in ACTION_STATES)
-    rows = await conn.execute(text(
-        f"SELECT kind, count(*), {states}, "
-        "count(*) FILTER (WHERE status IN ('open', 'in_progress') AND due_on <= :b), "
-        "count(*) FILTER (WHERE effect_at IS NOT NULL), count(*) FILTER (WHERE difference_high < 0) "
-        "FROM corrective_actions WHERE region = :r AND opened_day BETWEEN :a AND :b GROUP BY kind ORDER BY kind"),
-        {"r": region, "a": first, "b": last})
-    return [(r[0], dict(zip(ACTION_COUNTS, (int(v) for v in r[1:]), strict=True))) for r in rows]
+    """Corrective actions opened in the range (local day), per kind, in their current states."""
+    per_kind: dict[str, dict[str, int]] = {}
+    for kind, status, due_on, actions, measured, improved in await sum_by(
+            conn, ACTION_DAILY.name, ("kind", "status", "due_on"), region=region, first=first, last=last):
+        if not actions:
+            continue
+        row = per_kind.setdefault(kind, dict.fromkeys(ACTION_COUNTS, 0))
+        row["opened"] += int(actions)
+        row[status] += int(actions)
+        if status in ("open", "in_progress") and due_on <= last:
+            row["open_due_by_period_end"] += int(actions)
+        row["measured"] += int(measured)
+        row["improved"] += int(improved)
+    return sorted(per_kind.items())
 
 
 # ------------------------------------------------------------------ reads

@@ -130,11 +130,12 @@ ACTION_COUNTS = ("opened", *ACTION_STATES, "open_due_by_period_end", "measured",
 @dataclass
 class ApprovalInputs:
     """The approval stage over the requests raised in the period (local day of requested_at): the counts of
-    ``APPROVAL_COUNTS``, the approvers' decision times as (seconds, requests) pairs, and the flagged manual
-    compensations issued in the period: how many, their amount, and how many named each mismatch."""
+    ``APPROVAL_COUNTS``, the approvers' decision times counted in the bins of time to compensate, and the
+    flagged manual compensations issued in the period: how many, their amount, and how many named each
+    mismatch."""
 
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(APPROVAL_COUNTS, 0))
-    decision_seconds: list[tuple[int, int]] = field(default_factory=list)
+    decision_bins: list[int] = field(default_factory=lambda: [0] * TTC_BINS)
     flagged: int = 0
     flagged_minor: int = 0
     mismatches: dict[str, int] = field(default_factory=dict)
@@ -157,8 +158,9 @@ def approvals_section(a: ApprovalInputs) -> dict[str, Any]:
         "requested_minor": c["requested_minor"], "approved_minor": c["approved_minor"],
         "approved_share_of_requested_amount": ratio(c["approved_minor"], c["approved_requested_minor"]),
         "approval_time_seconds": {"decided_by_approver": by_approver,
-                                  "p50": exact_percentile(a.decision_seconds, P50),
-                                  "p90": exact_percentile(a.decision_seconds, P90)},
+                                  "p50": histogram_percentile(a.decision_bins, P50),
+                                  "p90": histogram_percentile(a.decision_bins, P90),
+                                  "open_bin_from_seconds": TTC_EDGES[-1]},
         "issues_flagged": {"count": a.flagged, "issued_minor": a.flagged_minor,
                            "by_mismatch": dict(sorted(a.mismatches.items()))},
     }

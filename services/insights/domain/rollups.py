@@ -260,8 +260,21 @@ COMP_DAY = Table("comp_day", (("region", "text"), ("day", "date"), ("source", "t
 AMOUNT_MONTH = Table("amount_month", (("region", "text"), ("month", "text"), ("source", "text"),
                                       ("amount_minor", "bigint")), ("comps",))
 
+# The approval stage, flagged issues and corrective actions (issue 14), by the local day of the request, of
+# the flagged issue and of the action's opening: the contributions of their records (``approval_part`` ...).
+APPROVAL_BINS = tuple(f"approval_{i:02d}" for i in range(TTC_BINS))  # approvers' decision times, TTC_EDGES
+APPROVAL_DAILY = Table("approval_daily", (("region", "text"), ("day", "date")), (
+    "requests", "queued", "escalated", "approved_automatically", "approved_by_approver", "rejected_automatically",
+    "rejected_by_approver", "awaiting", "requested_minor", "approved_minor", "approved_requested_minor",
+    *APPROVAL_BINS))
+FLAG_DAILY = Table("flag_daily", (("region", "text"), ("day", "date"), ("mismatch", "text")),
+                   ("compensations", "issued_minor"))  # mismatch "": every flagged compensation once
+ACTION_DAILY = Table("action_daily", (("region", "text"), ("day", "date"), ("kind", "text"), ("status", "text"),
+                                      ("due_on", "date")), ("actions", "measured", "improved"))
+
 TABLES: tuple[Table, ...] = (TICKET_DAILY, TICKET_HOURLY, COMP_DAILY, COMP_HOURLY, SELLER_DAILY, AMOUNT_DAILY,
-                             FEEDBACK_DAILY, BUDGET_DAILY, DECISION_DAILY, TICKET_DAY, COMP_DAY, AMOUNT_MONTH)
+                             FEEDBACK_DAILY, BUDGET_DAILY, DECISION_DAILY, TICKET_DAY, COMP_DAY, AMOUNT_MONTH,
+                             APPROVAL_DAILY, FLAG_DAILY, ACTION_DAILY)
 BY_NAME = {t.name: t for t in TABLES}
 
 Key = tuple[object, ...]
@@ -655,3 +668,35 @@ def merge_action(record: ActionRecord | None, new: ActionRecord) -> ActionRecord
                    effect_event=effect.effect_event, after_audits=effect.after_audits,
                    difference=effect.difference, difference_low=effect.difference_low,
                    difference_high=effect.difference_high)
+
+
+_AP = _index(APPROVAL_DAILY)
+_AP_BINS = tuple(_AP[m] for m in APPROVAL_BINS)
+
+
+def approval_part(out: Deltas, r: ApprovalRecord, sign: int) -> None:
+    """What a request's record contributes to its local day (docs/metrics.md, "Approval stage")."""
+    values = [(_AP["requests"], 1), (_AP["queued"], int(r.queued)), (_AP["escalated"], int(r.escalated)),
+              (_AP["requested_minor"], r.requested_minor)]
+    if not r.outcome:
+        values.append((_AP["awaiting"], 1))
+    else:
+        values.append((_AP[f"{r.outcome}_{'automatically' if r.automatic else 'by_approver'}"], 1))
+        if r.outcome == "approved":
+            values += [(_AP["approved_minor"], r.approved_minor), (_AP["approved_requested_minor"], r.requested_minor)]
+        if not r.automatic:
+            assert r.decided_at is not None
+            values.append((_AP_BINS[ttc_bin((r.decided_at - r.requested_at).total_seconds())], 1))
+    out.add(APPROVAL_DAILY, (r.region, r.request_day), values, sign)
+
+
+def flag_part(out: Deltas, r: FlagRecord, sign: int) -> None:
+    out.add(FLAG_DAILY, (r.region, r.flag_day, ""), ((0, 1), (1, r.issued_minor)), sign)
+    for mismatch in r.mismatches:
+        out.add(FLAG_DAILY, (r.region, r.flag_day, mismatch), ((0, 1),), sign)
+
+
+def action_part(out: Deltas, r: ActionRecord, sign: int) -> None:
+    improved = r.difference_high is not None and r.difference_high < 0
+    out.add(ACTION_DAILY, (r.region, r.opened_day, r.kind, r.status, r.due_on),
+            ((0, 1), (1, int(r.effect_at is not None)), (2, int(improved))), sign)

@@ -5,7 +5,8 @@ Revises: 0004
 
 Three record tables, one row per compensation request, flagged manual compensation and corrective action,
 each merged order-independently from its events (``domain.rollups``: ``merge_request_step``, ``merge_flag``,
-``merge_action``) and read by the report over a (region, local day) index. The index tickets_region_time was
+``merge_action``), and three rollups of their contributions by local day (base + append-only delta, like
+every rollup: ``approval_daily``, ``flag_daily``, ``action_daily``) that the report reads. The index tickets_region_time was
 never read by any query and cost every ticket insert (and every stub ticket's update when its
 ticket.opened arrives) an index entry: dropped (ADR 0024).
 """
@@ -73,6 +74,23 @@ DDL = [
     "CREATE INDEX corrective_actions_day ON corrective_actions (region, opened_day)",
 ]
 
+_BINS = ", ".join(f"approval_{i:02d} bigint NOT NULL DEFAULT 0" for i in range(17))
+_ROLLUPS = {
+    "approval_daily": ("region text NOT NULL, day date NOT NULL",
+                       "requests, queued, escalated, approved_automatically, approved_by_approver, "
+                       "rejected_automatically, rejected_by_approver, awaiting, requested_minor, approved_minor, "
+                       "approved_requested_minor", _BINS, "region, day"),
+    "flag_daily": ("region text NOT NULL, day date NOT NULL, mismatch text NOT NULL", "compensations, issued_minor",
+                   "", "region, day, mismatch"),
+    "action_daily": ("region text NOT NULL, day date NOT NULL, kind text NOT NULL, status text NOT NULL, "
+                     "due_on date NOT NULL", "actions, measured, improved", "", "region, day, kind, status, due_on"),
+}
+for _name, (_keys, _measures, _extra, _pk) in _ROLLUPS.items():
+    _cols = ", ".join(f"{m.strip()} bigint NOT NULL DEFAULT 0" for m in _measures.split(","))
+    _all = f"{_keys}, {_cols}" + (f", {_extra}" if _extra else "")
+    DDL.append(f"CREATE TABLE {_name} ({_all}, PRIMARY KEY ({_pk}))")
+    DDL.append(f"CREATE TABLE {_name}_delta ({_all})")  # consumers only append; the compactor folds it in
+
 
 def upgrade() -> None:
     for statement in DDL:
@@ -80,6 +98,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("corrective_actions", "issue_flags", "approval_requests"):
+    for table in ("action_daily_delta", "action_daily", "flag_daily_delta", "flag_daily", "approval_daily_delta",
+                  "approval_daily", "corrective_actions", "issue_flags", "approval_requests"):
         op.execute(f"DROP TABLE IF EXISTS {table}")
     op.execute("CREATE INDEX IF NOT EXISTS tickets_region_time ON tickets (region, occurred_at)")
