@@ -15,7 +15,6 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from insights_support import apply, delivered, insights_engine
 from sqlalchemy import text
 
 from services.insights.app import Compactor
@@ -25,6 +24,7 @@ from services.insights.domain.rollups import TTC_EDGES
 from services.insights.reports import report, report_csv
 from shared.contracts import events as ev
 from shared.regions import catalogue
+from tests.integration.insights.insights_support import apply, delivered, insights_engine
 
 pytestmark = pytest.mark.integration
 
