@@ -1,7 +1,7 @@
 """insights: the approval stage and corrective actions (issue 14's events), and one index fewer per ticket.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 
 Three record tables, one row per compensation request, flagged manual compensation and corrective action,
 each merged order-independently from its events (``domain.rollups``: ``merge_request_step``, ``merge_flag``,
@@ -13,8 +13,8 @@ ticket.opened arrives) an index entry: dropped (ADR 0024).
 
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
