@@ -9,6 +9,9 @@ from shared.contracts.events import (
     BudgetLimitSet,
     BuyerFeedbackGiven,
     CompensationIssued,
+    CompensationIssueFlagged,
+    CompensationRequestDecided,
+    CorrectiveActionRecorded,
     DecisionRecorded,
     ManualCompensationIssued,
     OrderVolumeReported,
@@ -30,6 +33,8 @@ CONSUMES: tuple[str, ...] = (
     Topic.ORDER_VOLUME.value,
     Topic.AUDIT_ACTIVITY.value,
     Topic.BUDGET_LIMITS.value,
+    Topic.COMPENSATION_APPROVALS.value,
+    Topic.AUDIT_ACTIONS.value,
 )
 
 # Strategy returns, in a consumer group of their own (services/insights/returns.py).
@@ -38,8 +43,24 @@ RETURNS_CONSUMES: tuple[str, ...] = (Topic.DECISIONS.value, Topic.BUYER_ORDERS.v
 PRODUCES: dict[str, str] = {"insight.spike_detected": Topic.INSIGHT_SPIKES.value}
 
 __all__ = [
-    "CONSUMES", "PRODUCES", "RETURNS_CONSUMES", "AuditItemEvicted", "AuditItemSampled", "AuditVerdictRecorded",
+    "CONSUMES",
+    "PRODUCES",
+    "RETURNS_CONSUMES",
+    "AuditItemEvicted",
+    "AuditItemSampled",
+    "AuditVerdictRecorded",
     "BudgetLimitSet",
-    "BuyerFeedbackGiven", "CompensationIssued", "DecisionRecorded", "ManualCompensationIssued",
-    "OrderVolumeReported", "SpikeDetected", "TicketOpened", "VoucherExpired", "VoucherRedeemed", "VoucherRevoked",
+    "BuyerFeedbackGiven",
+    "CompensationIssueFlagged",
+    "CompensationIssued",
+    "CompensationRequestDecided",
+    "CorrectiveActionRecorded",
+    "DecisionRecorded",
+    "ManualCompensationIssued",
+    "OrderVolumeReported",
+    "SpikeDetected",
+    "TicketOpened",
+    "VoucherExpired",
+    "VoucherRedeemed",
+    "VoucherRevoked",
 ]

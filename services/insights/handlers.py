@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import text
@@ -21,17 +21,27 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.insights import metrics
 from services.insights import persistence as db
 from services.insights.domain.rollups import (
+    ActionRecord,
+    ApprovalRecord,
     CompensationRecord,
     Deltas,
     Feedback,
+    FlagRecord,
+    RequestStep,
     TicketRecord,
+    action_part,
+    approval_part,
     breach_time,
     decision_contribution,
+    flag_part,
     group_delta,
     local_slot,
+    merge_action,
     merge_feedback,
+    merge_flag,
     merge_issued,
     merge_lifecycle,
+    merge_request_step,
     merge_ticket_opened,
 )
 from shared.contracts import events as ev
@@ -48,6 +58,15 @@ def _liability(shares: Sequence[ev.LiabilityShare]) -> dict[str, int]:
     for share in shares:
         out[share.party.type.value] = out.get(share.party.type.value, 0) + share.amount_minor
     return out
+
+
+def _fold(merge: Callable[[Any, Any], Any]) -> Callable[[tuple[Any, ...], Any, Sequence[Any]], Any]:
+    """A record folded with the batch's records about it (``merge`` of two records, order-independent)."""
+    def fold(key: tuple[Any, ...], record: Any, items: Sequence[Any]) -> Any:
+        for item in items:
+            record = merge(record, item)
+        return record
+    return fold
 
 
 class RollupHandler:
@@ -92,6 +111,9 @@ class RollupHandler:
         sampled: list[dict[str, Any]] = []
         evicted: list[tuple[str, int, str]] = []
         verdicts: list[dict[str, Any]] = []
+        requests: dict[tuple[Any, ...], list[RequestStep]] = {}
+        flags: dict[tuple[Any, ...], list[FlagRecord]] = {}
+        actions: dict[tuple[Any, ...], list[ActionRecord]] = {}
         for d in events:
             p, env = d.payload, d.envelope
             kind = type(p)  # exact types: isinstance on pydantic models goes through ABC checks, per event
@@ -125,6 +147,12 @@ class RollupHandler:
                     "amount_minor": p.amount.amount_minor, "sla_due_at": p.sla_due_at})
             elif isinstance(p, ev.AuditItemEvicted):
                 evicted.append((env.region, p.item_id, p.compensation_id))
+            elif kind is ev.CompensationRequestDecided:
+                self._request_step(requests, env.region, env.event_id, p)  # type: ignore[arg-type]
+            elif kind is ev.CompensationIssueFlagged:
+                self._flag(flags, env.region, p)  # type: ignore[arg-type]
+            elif kind is ev.CorrectiveActionRecorded:
+                self._action(actions, env.region, env.event_id, p)  # type: ignore[arg-type]
             elif isinstance(p, ev.AuditVerdictRecorded):
                 verdicts.append({
                     "region": env.region, "item_id": p.item_id, "compensation_id": p.compensation_id,
@@ -141,6 +169,9 @@ class RollupHandler:
         await db.upsert_sampled(conn, sampled)
         await db.mark_evicted(conn, evicted)
         await db.upsert_verdicts(conn, verdicts)
+        await db.merge_records(conn, db.APPROVAL_REQUESTS, requests, self._fold_steps, approval_part, out)
+        await db.merge_records(conn, db.ISSUE_FLAGS, flags, _fold(merge_flag), flag_part, out)
+        await db.merge_records(conn, db.CORRECTIVE_ACTIONS, actions, _fold(merge_action), action_part, out)
         rows = await db.write_deltas(conn, out)
         metrics.DELTA_ROWS.inc(rows)
 
@@ -209,6 +240,37 @@ class RollupHandler:
         await db.insert_compensations(conn, [c for cid, c in comps.items() if cid not in loaded])
         await db.update_compensations(conn, [c for cid, c in comps.items() if cid in loaded and c != loaded[cid]])
         await db.update_tickets(conn, [after_t[tid] for tid in existing if after_t[tid] != existing[tid]])
+
+    # -------------------------------------------------------------- approval stage, corrective actions
+
+    @staticmethod
+    def _request_step(out: dict[tuple[Any, ...], list[RequestStep]], region: str, event_id: str,
+                      p: ev.CompensationRequestDecided) -> None:
+        out.setdefault((region, p.request_id), []).append(RequestStep(
+            event_id, p.outcome.value, p.automatic, p.decided_by, p.decided_at, p.requested_at, p.reason_code,
+            p.team, p.kind.value, p.requested_amount.amount_minor,
+            p.approved_amount.amount_minor if p.approved_amount else None))
+
+    def _fold_steps(self, key: tuple[Any, ...], record: ApprovalRecord | None, steps: Sequence[RequestStep]
+                    ) -> ApprovalRecord | None:
+        region, request_id = key
+        for step in steps:
+            record = merge_request_step(record, region, request_id, step, self.tz_of[region])
+        return record
+
+    def _flag(self, out: dict[tuple[Any, ...], list[FlagRecord]], region: str, p: ev.CompensationIssueFlagged) -> None:
+        out.setdefault((region, p.compensation_id), []).append(FlagRecord(
+            region, p.compensation_id, local_slot(p.issued_at, self.tz_of[region])[0], p.issued_at, p.team,
+            p.reason_code, p.issued_amount.amount_minor, tuple(sorted({m.value for m in p.mismatches}))))
+
+    def _action(self, out: dict[tuple[Any, ...], list[ActionRecord]], region: str, event_id: str,
+                p: ev.CorrectiveActionRecorded) -> None:
+        e = p.effect
+        out.setdefault((region, p.action_id), []).append(ActionRecord(
+            region, p.action_id, local_slot(p.opened_at, self.tz_of[region])[0], p.opened_at, p.kind,
+            p.source.value, p.target_type.value, p.status.value, p.due_on, p.updated_at, event_id,
+            p.updated_at if e else None, event_id if e else "", e.after_audits if e else None,
+            e.difference if e else None, e.difference_low if e else None, e.difference_high if e else None))
 
     @staticmethod
     def _open(record: TicketRecord, d: Delivered) -> TicketRecord:

@@ -8,7 +8,8 @@ pre-aggregated rows to; a reader sums both, in one statement, so it never sees a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -17,13 +18,20 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.insights.domain.report import AuditWork
+from services.insights.domain.report import ACTION_COUNTS, APPROVAL_COUNTS, ApprovalInputs, AuditWork
 from services.insights.domain.rollups import (
+    ACTION_DAILY,
+    APPROVAL_BINS,
+    APPROVAL_DAILY,
     BY_NAME,
+    FLAG_DAILY,
     TABLES,
+    ActionRecord,
+    ApprovalRecord,
     CompensationRecord,
     Deltas,
     Feedback,
+    FlagRecord,
     Table,
     TicketRecord,
 )
@@ -316,6 +324,129 @@ async def upsert_verdicts(conn: AsyncConnection, rows: Sequence[dict[str, Any]])
         "WHERE (CASE WHEN EXCLUDED.dispute_id IS NULL THEN 0 ELSE 1 END, EXCLUDED.verdict_id) > "
         "(CASE WHEN audit_items.dispute_id IS NULL THEN 0 ELSE 1 END, coalesce(audit_items.verdict_id, 0))",
         *[[orjson.dumps(r[c]).decode() if c == "attributes" else r[c] for r in best.values()] for c in cols])
+
+
+# ------------------------------------------------------------------ approval stage and corrective actions
+
+
+@dataclass(frozen=True)
+class RecordTable:
+    """A table of merged records (one row per key): its key columns and every column with its SQL type, in
+    the record class's field order (orjson writes a slotted dataclass's fields by name)."""
+
+    name: str
+    keys: tuple[str, ...]
+    columns: tuple[tuple[str, str], ...]
+    record: type
+
+    @property
+    def names(self) -> str:
+        return ", ".join(c for c, _ in self.columns)
+
+    @property
+    def typed(self) -> str:
+        return ", ".join(f"{c} {t}" for c, t in self.columns)
+
+
+APPROVAL_REQUESTS = RecordTable("approval_requests", ("region", "request_id"), (
+    ("region", "text"), ("request_id", "text"), ("request_day", "date"), ("requested_at", "timestamptz"),
+    ("reason_code", "text"), ("team", "text"), ("kind", "text"), ("requested_minor", "bigint"),
+    ("first_at", "timestamptz"), ("first_event", "text"), ("queued", "boolean"), ("escalated", "boolean"),
+    ("outcome", "text"), ("automatic", "boolean"), ("decided_by", "text"), ("decided_at", "timestamptz"),
+    ("decision_event", "text"), ("approved_minor", "bigint")), ApprovalRecord)
+ISSUE_FLAGS = RecordTable("issue_flags", ("region", "compensation_id"), (
+    ("region", "text"), ("compensation_id", "text"), ("flag_day", "date"), ("issued_at", "timestamptz"),
+    ("team", "text"), ("reason_code", "text"), ("issued_minor", "bigint"), ("mismatches", "text[]")), FlagRecord)
+CORRECTIVE_ACTIONS = RecordTable("corrective_actions", ("region", "action_id"), (
+    ("region", "text"), ("action_id", "bigint"), ("opened_day", "date"), ("opened_at", "timestamptz"),
+    ("kind", "text"), ("source", "text"), ("target_type", "text"), ("status", "text"), ("due_on", "date"),
+    ("updated_at", "timestamptz"), ("state_event", "text"), ("effect_at", "timestamptz"), ("effect_event", "text"),
+    ("after_audits", "bigint"), ("difference", "float8"), ("difference_low", "float8"),
+    ("difference_high", "float8")), ActionRecord)
+
+
+def _from_row(table: RecordTable, row: Sequence[Any]) -> Any:
+    values = list(row)
+    for i, (_, sql_type) in enumerate(table.columns):
+        if sql_type.endswith("[]"):
+            values[i] = tuple(values[i])
+    return table.record(*values)
+
+
+async def merge_records(conn: AsyncConnection, table: RecordTable, batch: Mapping[tuple[Any, ...], Sequence[Any]],
+                        fold: Callable[[tuple[Any, ...], Any, Sequence[Any]], Any],
+                        part: Callable[[Deltas, Any, int], None], out: Deltas) -> None:
+    """Fold a batch's items into their records: ``fold(key, stored record or None, items) -> record``, and
+    add each changed record's new contribution minus its old one (``part``) to ``out``. Stored rows are
+    locked in key order; a row another consumer inserted meanwhile fails the batch (LostRace: retried), so
+    no merge is ever overwritten by a concurrent one."""
+    if not batch:
+        return
+    raw = await raw_connection(conn)
+    keys = sorted(batch)
+    key_cols = ", ".join(table.keys)
+    types = dict(table.columns)
+    unnest = ", ".join(f"${i}::{types[k]}[]" for i, k in enumerate(table.keys, start=1))
+    rows = await raw.fetch(
+        f"SELECT {table.names} FROM {table.name} WHERE ({key_cols}) IN (SELECT * FROM unnest({unnest})) "
+        f"ORDER BY {key_cols} FOR UPDATE", *[[k[i] for k in keys] for i in range(len(table.keys))])
+    stored = {tuple(r[c] for c in table.keys): _from_row(table, r) for r in rows}
+    fresh, changed = [], []
+    for key in keys:
+        old = stored.get(key)
+        merged = fold(key, old, batch[key])
+        if old is None:
+            fresh.append(merged)
+        elif merged != old:
+            changed.append(merged)
+            part(out, old, -1)
+        else:
+            continue
+        part(out, merged, 1)
+    if fresh:
+        inserted = await raw.fetch(
+            f"INSERT INTO {table.name} ({table.names}) SELECT {table.names} FROM jsonb_to_recordset($1::jsonb) "
+            f"AS x({table.typed}) ON CONFLICT ({key_cols}) DO NOTHING RETURNING 1", orjson.dumps(fresh).decode())
+        if len(inserted) != len(fresh):
+            raise LostRace(table.name)
+    if changed:
+        sets = ", ".join(f"{c} = u.{c}" for c, _ in table.columns if c not in table.keys)
+        match = " AND ".join(f"t.{k} = u.{k}" for k in table.keys)
+        await raw.execute(f"UPDATE {table.name} t SET {sets} FROM jsonb_to_recordset($1::jsonb) AS u({table.typed}) "
+                          f"WHERE {match}", orjson.dumps(changed).decode())
+
+
+async def approvals_period(conn: AsyncConnection, region: str, first: date, last: date) -> ApprovalInputs:
+    """The approval stage of the requests raised in the range and the issues flagged in it (local days)."""
+    (row,) = await sum_by(conn, APPROVAL_DAILY.name, (), region=region, first=first, last=last)
+    sums = dict(zip(APPROVAL_DAILY.measures, (int(v) for v in row), strict=True))
+    out = ApprovalInputs(counts={k: sums[k] for k in APPROVAL_COUNTS},
+                         decision_bins=[sums[m] for m in APPROVAL_BINS])
+    for mismatch, compensations, issued_minor in await sum_by(conn, FLAG_DAILY.name, ("mismatch",), region=region,
+                                                             first=first, last=last):
+        if mismatch == "":
+            out.flagged, out.flagged_minor = int(compensations), int(issued_minor)
+        elif compensations:
+            out.mismatches[mismatch] = int(compensations)
+    return out
+
+
+async def actions_period(conn: AsyncConnection, region: str, first: date, last: date
+                         ) -> list[tuple[str, dict[str, int]]]:
+    """Corrective actions opened in the range (local day), per kind, in their current states."""
+    per_kind: dict[str, dict[str, int]] = {}
+    for kind, status, due_on, actions, measured, improved in await sum_by(
+            conn, ACTION_DAILY.name, ("kind", "status", "due_on"), region=region, first=first, last=last):
+        if not actions:
+            continue
+        row = per_kind.setdefault(kind, dict.fromkeys(ACTION_COUNTS, 0))
+        row["opened"] += int(actions)
+        row[status] += int(actions)
+        if status in ("open", "in_progress") and due_on <= last:
+            row["open_due_by_period_end"] += int(actions)
+        row["measured"] += int(measured)
+        row["improved"] += int(improved)
+    return sorted(per_kind.items())
 
 
 # ------------------------------------------------------------------ reads

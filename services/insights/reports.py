@@ -134,8 +134,11 @@ async def report(engine: AsyncEngine, region: Region, period: Period) -> dict[st
     async with snapshot(engine) as conn:
         sums = await read_sums(conn, region.code, period)
         audit = await read_audit(conn, region.code, period)
+        approvals = await db.approvals_period(conn, region.code, period.first, period.last)
+        actions = await db.actions_period(conn, region.code, period.first, period.last)
     result = build_report(region=region.code, currency=region.currency, exponent=region.exponent,
-                          timezone=region.timezone, period=period, sums=sums, audit=audit)
+                          timezone=region.timezone, period=period, sums=sums, audit=audit, approvals=approvals,
+                          actions=actions)
     result["generated_at"] = datetime.now(UTC).isoformat()
     metrics.REPORT_SECONDS.labels("report").observe(time.perf_counter() - started)
     return result

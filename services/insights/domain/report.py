@@ -120,6 +120,61 @@ class AuditInputs:
     work: AuditWork = field(default_factory=AuditWork)
 
 
+APPROVAL_COUNTS = ("requests", "queued", "escalated", "approved_automatically", "approved_by_approver",
+                   "rejected_automatically", "rejected_by_approver", "awaiting", "requested_minor",
+                   "approved_minor", "approved_requested_minor")
+ACTION_STATES = ("open", "in_progress", "done", "cancelled")
+ACTION_COUNTS = ("opened", *ACTION_STATES, "open_due_by_period_end", "measured", "improved")
+
+
+@dataclass
+class ApprovalInputs:
+    """The approval stage over the requests raised in the period (local day of requested_at): the counts of
+    ``APPROVAL_COUNTS``, the approvers' decision times counted in the bins of time to compensate, and the
+    flagged manual compensations issued in the period: how many, their amount, and how many named each
+    mismatch."""
+
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(APPROVAL_COUNTS, 0))
+    decision_bins: list[int] = field(default_factory=lambda: [0] * TTC_BINS)
+    flagged: int = 0
+    flagged_minor: int = 0
+    mismatches: dict[str, int] = field(default_factory=dict)
+
+
+def approvals_section(a: ApprovalInputs) -> dict[str, Any]:
+    c = a.counts
+    approved = c["approved_automatically"] + c["approved_by_approver"]
+    rejected = c["rejected_automatically"] + c["rejected_by_approver"]
+    by_approver = c["approved_by_approver"] + c["rejected_by_approver"]
+    return {
+        "requests": c["requests"], "within_authority": c["requests"] - c["queued"], "queued": c["queued"],
+        "escalated": c["escalated"], "approved": approved, "approved_automatically": c["approved_automatically"],
+        "approved_by_approver": c["approved_by_approver"], "rejected": rejected,
+        "rejected_automatically": c["rejected_automatically"], "rejected_by_approver": c["rejected_by_approver"],
+        "awaiting": c["awaiting"],
+        "approval_rate": ratio(approved, approved + rejected),
+        "approver_approval_rate": ratio(c["approved_by_approver"], by_approver),
+        "escalation_share": ratio(c["escalated"], c["queued"]),
+        "requested_minor": c["requested_minor"], "approved_minor": c["approved_minor"],
+        "approved_share_of_requested_amount": ratio(c["approved_minor"], c["approved_requested_minor"]),
+        "approval_time_seconds": {"decided_by_approver": by_approver,
+                                  "p50": histogram_percentile(a.decision_bins, P50),
+                                  "p90": histogram_percentile(a.decision_bins, P90),
+                                  "open_bin_from_seconds": TTC_EDGES[-1]},
+        "issues_flagged": {"count": a.flagged, "issued_minor": a.flagged_minor,
+                           "by_mismatch": dict(sorted(a.mismatches.items()))},
+    }
+
+
+def actions_section(rows: Iterable[tuple[str, Mapping[str, int]]]) -> dict[str, Any]:
+    """Corrective actions opened in the period (local day of opened_at), per kind: ``ACTION_COUNTS``."""
+    counted = sorted((kind, {k: int(v[k]) for k in ACTION_COUNTS}) for kind, v in rows)
+    total = {k: sum(v[k] for _, v in counted) for k in ACTION_COUNTS}
+    by_kind = [{"kind": kind, **v} for kind, v in counted]
+    return {**total, "done_share": ratio(total["done"], total["opened"] - total["cancelled"]),
+            "improved_share_of_measured": ratio(total["improved"], total["measured"]), "by_kind": by_kind}
+
+
 def comp_totals(sums: Sums, source: str | None = None) -> dict[str, int]:
     """COMP_DAILY sums for one source (auto, manual) or all."""
     out = dict.fromkeys(COMP_DAILY.measures, 0)
@@ -221,7 +276,8 @@ def audit_team_section(work: AuditWork) -> dict[str, Any]:
 
 
 def build_report(*, region: str, currency: str, exponent: int, timezone: str, period: Period, sums: Sums,
-                 audit: AuditInputs) -> dict[str, Any]:
+                 audit: AuditInputs, approvals: ApprovalInputs | None = None,
+                 actions: Iterable[tuple[str, Mapping[str, int]]] = ()) -> dict[str, Any]:
     t = sums.tickets
     all_c, auto_c, manual_c = comp_totals(sums), comp_totals(sums, "auto"), comp_totals(sums, "manual")
     all_amounts = [pair for pairs in sums.amounts.values() for pair in pairs]
@@ -276,6 +332,8 @@ def build_report(*, region: str, currency: str, exponent: int, timezone: str, pe
         "buyer_feedback": [csat_comparison(sums.feedback, kind, compensated, tickets - compensated)
                            for kind in sorted({row[1] for row in sums.feedback})],
         "decisions": _decisions(sums.decisions),
+        "approvals": approvals_section(approvals or ApprovalInputs()),
+        "corrective_actions": actions_section(actions),
     }
     return report
 

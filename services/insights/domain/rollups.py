@@ -15,7 +15,7 @@ ISO week or a month in the region's time zone is a range of whole keys, for any 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from functools import lru_cache
@@ -270,9 +270,21 @@ COMP_DAY = Table("comp_day", (("region", "text"), ("day", "date"), ("source", "t
 AMOUNT_MONTH = Table("amount_month", (("region", "text"), ("month", "text"), ("source", "text"),
                                       ("amount_minor", "bigint")), ("comps",))
 
+# The approval stage, flagged issues and corrective actions (issue 14), by the local day of the request, of
+# the flagged issue and of the action's opening: the contributions of their records (``approval_part`` ...).
+APPROVAL_BINS = tuple(f"approval_{i:02d}" for i in range(TTC_BINS))  # approvers' decision times, TTC_EDGES
+APPROVAL_DAILY = Table("approval_daily", (("region", "text"), ("day", "date")), (
+    "requests", "queued", "escalated", "approved_automatically", "approved_by_approver", "rejected_automatically",
+    "rejected_by_approver", "awaiting", "requested_minor", "approved_minor", "approved_requested_minor",
+    *APPROVAL_BINS))
+FLAG_DAILY = Table("flag_daily", (("region", "text"), ("day", "date"), ("mismatch", "text")),
+                   ("compensations", "issued_minor"))  # mismatch "": every flagged compensation once
+ACTION_DAILY = Table("action_daily", (("region", "text"), ("day", "date"), ("kind", "text"), ("status", "text"),
+                                      ("due_on", "date")), ("actions", "measured", "improved"))
+
 TABLES: tuple[Table, ...] = (TICKET_DAILY, TICKET_HOURLY, COMP_DAILY, COMP_HOURLY, SELLER_DAILY, AMOUNT_DAILY,
                              FEEDBACK_DAILY, BUDGET_DAILY, DECISION_DAILY, TICKET_DAY, COMP_DAY, AMOUNT_MONTH,
-                             STRATEGY_AMOUNT_DAILY, STRATEGY_SHARE_DAILY)
+                             STRATEGY_AMOUNT_DAILY, STRATEGY_SHARE_DAILY, APPROVAL_DAILY, FLAG_DAILY, ACTION_DAILY)
 BY_NAME = {t.name: t for t in TABLES}
 
 Key = tuple[object, ...]
@@ -304,10 +316,33 @@ class Deltas:
                 self.add(table, key, enumerate(values), sign)
 
     def nonzero(self, table: Table) -> list[tuple[Key, list[int]]]:
-        return [(k, v) for k, v in self.rows[table.name].items() if any(v)]
+        derived = _DERIVED.get(table.name)
+        if derived is None:
+            return [(k, v) for k, v in self.rows[table.name].items() if any(v)]
+        finer, coarse_key = derived
+        summed: dict[Key, list[int]] = {}
+        for key, values in self.rows[finer].items():
+            ck = coarse_key(key)
+            row = summed.get(ck)
+            if row is None:
+                summed[ck] = list(values)
+            else:
+                for i, v in enumerate(values):
+                    row[i] += v
+        return [(k, v) for k, v in summed.items() if any(v)]
 
     def is_empty(self) -> bool:
         return not any(any(v) for rows in self.rows.values() for v in rows.values())
+
+
+# The report grains are sums of a finer rollup over some of its keys, so a batch's rows for them are summed
+# from the finer table's rows when the batch is written (once per key), not added per contribution: the
+# same cells for a third fewer additions per event (ADR 0024).
+_DERIVED: dict[str, tuple[str, Callable[[Key], Key]]] = {
+    TICKET_DAY.name: (TICKET_DAILY.name, lambda k: (k[0], k[1])),
+    COMP_DAY.name: (COMP_DAILY.name, lambda k: (k[0], k[1], k[4])),
+    AMOUNT_MONTH.name: (AMOUNT_DAILY.name, lambda k: (k[0], period_of(k[1]), k[2], k[3])),  # type: ignore[arg-type]
+}
 
 
 def _index(table: Table) -> dict[str, int]:
@@ -338,8 +373,24 @@ def _known(ticket: TicketRecord | None) -> bool:
 
 def _facts(issued: Sequence[CompensationRecord]) -> tuple[bool, bool, bool, datetime | None]:
     """What the ticket's own counts depend on: compensated at all, automatically, by hand, first issue."""
-    return (bool(issued), any(c.source == "auto" for c in issued), any(c.source == "manual" for c in issued),
-            min((c.issued_at for c in issued if c.issued_at), default=None))
+    auto = manual = False
+    first: datetime | None = None
+    for c in issued:  # one pass: this runs twice for every ticket group a batch touches
+        if c.source == "auto":
+            auto = True
+        elif c.source == "manual":
+            manual = True
+        at = c.issued_at
+        if at is not None and (first is None or at < first):
+            first = at
+    return (bool(issued), auto, manual, first)
+
+
+_TD_TICKETS, _TD_COMPENSATED, _TD_AUTO, _TD_MANUAL = (_TD["tickets"], _TD["compensated"], _TD["compensated_auto"],
+                                                      _TD["compensated_manual"])
+_TD_CLAIMED, _TD_DETECTED = _TD["claimed"], _TD["detected"]
+_TH_PAIRS = {compensated: ((_TH["tickets"], 1), (_TH["compensated"], compensated)) for compensated in (0, 1)}
+_SD_TICKET_PAIRS = {compensated: ((_SD["tickets"], 1), (_SD["compensated"], compensated)) for compensated in (0, 1)}
 
 
 def _ticket_part(out: Deltas, ticket: TicketRecord | None, issued: Sequence[CompensationRecord],
@@ -350,15 +401,13 @@ def _ticket_part(out: Deltas, ticket: TicketRecord | None, issued: Sequence[Comp
     day, hour = local_slot(ticket.occurred_at, tz_of[ticket.region])
     compensated_any, auto, manual, first_issued = _facts(issued)
     compensated = 1 if compensated_any else 0
-    counts = ((_TD["tickets"], 1), (_TD["compensated"], compensated), (_TD["compensated_auto"], int(auto)),
-              (_TD["compensated_manual"], int(manual)), (_TD["claimed"], int(ticket.raised_by in CLAIM_SOURCES)),
-              (_TD["detected"], int(ticket.raised_by in DETECTED_SOURCES)))
-    out.add(TICKET_DAILY, (ticket.region, day, ticket.reason, ticket.carrier_id), counts, sign)
-    out.add(TICKET_DAY, (ticket.region, day), counts, sign)
-    out.add(TICKET_HOURLY, (ticket.region, day, hour, ticket.reason, ticket.carrier_id),
-            ((_TH["tickets"], 1), (_TH["compensated"], compensated)), sign)
-    out.add(SELLER_DAILY, (ticket.region, day, ticket.seller_id),
-            ((_SD["tickets"], 1), (_SD["compensated"], compensated)), sign)
+    counts = ((_TD_TICKETS, 1), (_TD_COMPENSATED, compensated), (_TD_AUTO, int(auto)), (_TD_MANUAL, int(manual)),
+              (_TD_CLAIMED, int(ticket.raised_by in CLAIM_SOURCES)),
+              (_TD_DETECTED, int(ticket.raised_by in DETECTED_SOURCES)))
+    region, reason, carrier = ticket.region, ticket.reason, ticket.carrier_id
+    out.add(TICKET_DAILY, (region, day, reason, carrier), counts, sign)  # and so TICKET_DAY (_DERIVED)
+    out.add(TICKET_HOURLY, (region, day, hour, reason, carrier), _TH_PAIRS[compensated], sign)
+    out.add(SELLER_DAILY, (region, day, ticket.seller_id), _SD_TICKET_PAIRS[compensated], sign)
     if ticket.feedback:
         _feedback(out, ticket, day, first_issued, sign)
 
@@ -378,37 +427,58 @@ def _feedback(out: Deltas, ticket: TicketRecord, day: date, first_issued: dateti
             (_FD["responses"], 1), (_FD["score_sum"], chosen.score), (_FD["score_squares"], chosen.score ** 2)), sign)
 
 
+(_CD_COMPS, _CD_AMOUNT, _CD_SELLER, _CD_CARRIER, _CD_PLATFORM, _CD_VOUCHERS, _CD_VOUCHER_MINOR, _CD_REDEEMED,
+ _CD_REDEEMED_MINOR, _CD_EXPIRED, _CD_EXPIRED_MINOR, _CD_REVOKED, _CD_PROACTIVE, _CD_TIMED, _CD_TTC_SECONDS) = (
+    _CD[m] for m in ("comps", "amount_minor", "seller_minor", "carrier_minor", "platform_minor", "vouchers",
+                     "voucher_minor", "redeemed", "redeemed_minor", "expired", "expired_minor", "revoked",
+                     "proactive", "timed", "ttc_seconds"))
+_CD_TTC = tuple(_CD[m] for m in _TTC_MEASURES)
+_AD_ONE = ((_AD["comps"], 1),)
+_CH_COMPS, _CH_AMOUNT, _SD_COMPS, _SD_AMOUNT = _CH["comps"], _CH["amount_minor"], _SD["comps"], _SD["amount_minor"]
+_PERIODS: dict[date, str] = {}
+
+
+def _period(day: date) -> str:
+    period = _PERIODS.get(day)
+    if period is None:
+        if len(_PERIODS) >= 100_000:
+            _PERIODS.clear()
+        period = _PERIODS[day] = period_of(day)
+    return period
+
+
 def _compensation(out: Deltas, c: CompensationRecord, ticket: TicketRecord | None, tz: str, sign: int) -> None:
-    assert c.issued_at is not None
+    issued_at = c.issued_at
+    assert issued_at is not None
     if ticket is not None:
         assert ticket.occurred_at is not None
         day, hour = local_slot(ticket.occurred_at, tz)
         reason, carrier, seller = ticket.reason, ticket.carrier_id, ticket.seller_id
     else:  # its ticket is not known (yet): the compensation's own time and facts
-        day, hour = local_slot(c.issued_at, tz)
+        day, hour = local_slot(issued_at, tz)
         reason, carrier, seller = c.reason, c.carrier_id, c.seller_id
-    life = c.lifecycle if c.is_voucher else "open"
+    voucher = c.kind in VOUCHER_KINDS
+    life = c.lifecycle if voucher else "open"
+    amount = c.amount_minor
     values: list[tuple[int, int]] = [
-        (_CD["comps"], 1), (_CD["amount_minor"], c.amount_minor), (_CD["seller_minor"], c.seller_minor),
-        (_CD["carrier_minor"], c.carrier_minor), (_CD["platform_minor"], c.platform_minor),
-        (_CD["vouchers"], int(c.is_voucher)), (_CD["voucher_minor"], c.amount_minor if c.is_voucher else 0),
-        (_CD["redeemed"], int(life == "redeemed")),
-        (_CD["redeemed_minor"], (c.redeemed_minor or 0) if life == "redeemed" else 0),
-        (_CD["expired"], int(life == "expired")), (_CD["expired_minor"], c.amount_minor if life == "expired" else 0),
-        (_CD["revoked"], int(life == "revoked"))]
+        (_CD_COMPS, 1), (_CD_AMOUNT, amount), (_CD_SELLER, c.seller_minor), (_CD_CARRIER, c.carrier_minor),
+        (_CD_PLATFORM, c.platform_minor), (_CD_VOUCHERS, int(voucher)), (_CD_VOUCHER_MINOR, amount if voucher else 0),
+        (_CD_REDEEMED, int(life == "redeemed")),
+        (_CD_REDEEMED_MINOR, (c.redeemed_minor or 0) if life == "redeemed" else 0),
+        (_CD_EXPIRED, int(life == "expired")), (_CD_EXPIRED_MINOR, amount if life == "expired" else 0),
+        (_CD_REVOKED, int(life == "revoked"))]
     if ticket is not None:
         assert ticket.occurred_at is not None and ticket.breach_at is not None
-        seconds = (c.issued_at - ticket.occurred_at).total_seconds()
-        proactive = ticket.raised_by in DETECTED_SOURCES and c.issued_at - ticket.breach_at <= PROACTIVE_WINDOW
-        values += [(_CD["timed"], 1), (_CD["ttc_seconds"], max(0, int(seconds))),
-                   (_CD[_TTC_MEASURES[ttc_bin(seconds)]], 1), (_CD["proactive"], int(proactive))]
-    out.add(COMP_DAILY, (c.region, day, reason, carrier, c.source, c.strategy_id), values, sign)
-    out.add(COMP_DAY, (c.region, day, c.source), values, sign)
-    out.add(AMOUNT_MONTH, (c.region, period_of(day), c.source, c.amount_minor), ((_AD["comps"], 1),), sign)
-    out.add(COMP_HOURLY, (c.region, day, hour, reason, carrier, c.source, c.strategy_id),
-            ((_CH["comps"], 1), (_CH["amount_minor"], c.amount_minor)), sign)
-    out.add(SELLER_DAILY, (c.region, day, seller), ((_SD["comps"], 1), (_SD["amount_minor"], c.amount_minor)), sign)
-    out.add(AMOUNT_DAILY, (c.region, day, c.source, c.amount_minor), ((_AD["comps"], 1),), sign)
+        seconds = (issued_at - ticket.occurred_at).total_seconds()
+        proactive = ticket.raised_by in DETECTED_SOURCES and issued_at - ticket.breach_at <= PROACTIVE_WINDOW
+        values += [(_CD_TIMED, 1), (_CD_TTC_SECONDS, max(0, int(seconds))), (_CD_TTC[ttc_bin(seconds)], 1),
+                   (_CD_PROACTIVE, int(proactive))]
+    region, source = c.region, c.source
+    out.add(COMP_DAILY, (region, day, reason, carrier, source, c.strategy_id), values, sign)  # and COMP_DAY
+    out.add(COMP_HOURLY, (region, day, hour, reason, carrier, source, c.strategy_id),
+            ((_CH_COMPS, 1), (_CH_AMOUNT, amount)), sign)
+    out.add(SELLER_DAILY, (region, day, seller), ((_SD_COMPS, 1), (_SD_AMOUNT, amount)), sign)
+    out.add(AMOUNT_DAILY, (region, day, source, amount), _AD_ONE, sign)  # and AMOUNT_MONTH
     _budget(out, c, tz, sign)
 
 
@@ -419,7 +489,7 @@ def _budget(out: Deltas, c: CompensationRecord, tz: str, sign: int) -> None:
     period of the issue."""
     assert c.issued_at is not None
     issue_day, _ = local_slot(c.issued_at, tz)
-    period = period_of(issue_day)
+    period = _period(issue_day)
     out.add(BUDGET_DAILY, (c.region, period, issue_day, c.source), ((_BD["committed_minor"], c.amount_minor),), sign)
     if c.source != "auto" or not c.is_voucher:
         return
@@ -485,3 +555,174 @@ def group_delta(before: tuple[TicketRecord | None, list[CompensationRecord]],
         _compensation(out, comp, new_t if new_known else None, tz_of[comp.region], 1)
     for gone in old_by.values():  # a compensation that left this ticket (its issue event was superseded)
         _compensation(out, gone, old_t if old_known else None, tz_of[gone.region], -1)
+
+
+# ------------------------------------------------------------------ approval stage and corrective actions
+# Records, not bucket cells: a request, a flagged compensation or a corrective action is one row whatever
+# how many events were about it, merged order-independently (the same set of events, duplicates included,
+# gives the same row in any order), so the report's counts equal a recomputation from the raw events. Their
+# volume is a few per manual compensation at most; reports aggregate them in SQL over a (region, local
+# day) index (docs/metrics.md, "Approval stage" and "Corrective actions").
+
+FINAL_OUTCOMES = frozenset({"approved", "rejected"})
+QUEUED_OUTCOMES = frozenset({"awaiting_approval", "escalated"})
+
+
+@dataclass(slots=True)
+class RequestStep:
+    """One ``compensation.request_decided`` as insights reads it."""
+
+    event_id: str
+    outcome: str  # approved | rejected | awaiting_approval | escalated
+    automatic: bool
+    decided_by: str
+    decided_at: datetime
+    requested_at: datetime
+    reason_code: str
+    team: str
+    kind: str
+    requested_minor: int
+    approved_minor: int | None
+
+
+@dataclass(slots=True)  # never mutated
+class ApprovalRecord:
+    """insights' record of a compensation request: its facts (from its earliest step), whether it went to
+    the approval queue and was escalated, and its final decision (the earliest approved/rejected step)."""
+
+    region: str
+    request_id: str
+    request_day: date  # local day of requested_at: the report's bucket
+    requested_at: datetime
+    reason_code: str
+    team: str
+    kind: str
+    requested_minor: int
+    first_at: datetime  # the earliest step (decided_at, event id) that set the facts
+    first_event: str
+    queued: bool = False  # an awaiting_approval or escalated step, or a person's final decision
+    escalated: bool = False
+    outcome: str = ""  # approved | rejected | "" while no final step arrived
+    automatic: bool = False
+    decided_by: str = ""
+    decided_at: datetime | None = None
+    decision_event: str = ""
+    approved_minor: int = 0
+
+
+def merge_request_step(record: ApprovalRecord | None, region: str, request_id: str, step: RequestStep,
+                       tz: str) -> ApprovalRecord:
+    if record is None:
+        record = ApprovalRecord(region, request_id, local_slot(step.requested_at, tz)[0], step.requested_at,
+                                step.reason_code, step.team, step.kind, step.requested_minor, step.decided_at,
+                                step.event_id)
+    elif (step.decided_at, step.event_id) < (record.first_at, record.first_event):
+        record = replace(record, request_day=local_slot(step.requested_at, tz)[0], requested_at=step.requested_at,
+                         reason_code=step.reason_code, team=step.team, kind=step.kind,
+                         requested_minor=step.requested_minor, first_at=step.decided_at, first_event=step.event_id)
+    queued = record.queued or step.outcome in QUEUED_OUTCOMES or (
+        step.outcome in FINAL_OUTCOMES and not step.automatic)
+    escalated = record.escalated or step.outcome == "escalated"
+    if queued != record.queued or escalated != record.escalated:
+        record = replace(record, queued=queued, escalated=escalated)
+    if step.outcome in FINAL_OUTCOMES and _earlier(step.decided_at, step.event_id, record.decided_at,
+                                                   record.decision_event):
+        record = replace(record, outcome=step.outcome, automatic=step.automatic, decided_by=step.decided_by,
+                         decided_at=step.decided_at, decision_event=step.event_id,
+                         approved_minor=step.approved_minor or 0)
+    return record
+
+
+@dataclass(slots=True)  # never mutated
+class FlagRecord:
+    """A manual compensation flagged as not matching its approval: every mismatch any flag named."""
+
+    region: str
+    compensation_id: str
+    flag_day: date  # local day of issued_at
+    issued_at: datetime
+    team: str
+    reason_code: str
+    issued_minor: int
+    mismatches: tuple[str, ...]  # sorted, distinct
+
+
+def merge_flag(record: FlagRecord | None, new: FlagRecord) -> FlagRecord:
+    if record is None:
+        return new
+    mismatches = tuple(sorted({*record.mismatches, *new.mismatches}))
+    first = new if (new.issued_at, new.team, new.reason_code, new.issued_minor) < (
+        record.issued_at, record.team, record.reason_code, record.issued_minor) else record
+    return replace(first, mismatches=mismatches)
+
+
+@dataclass(slots=True)  # never mutated
+class ActionRecord:
+    """insights' record of a corrective action: its latest state (by updated_at, then event id) and its
+    latest measured effect (the effect is published on its own step)."""
+
+    region: str
+    action_id: int
+    opened_day: date  # local day of opened_at
+    opened_at: datetime
+    kind: str
+    source: str
+    target_type: str
+    status: str
+    due_on: date
+    updated_at: datetime
+    state_event: str
+    effect_at: datetime | None = None
+    effect_event: str = ""
+    after_audits: int | None = None
+    difference: float | None = None
+    difference_low: float | None = None
+    difference_high: float | None = None
+
+
+def merge_action(record: ActionRecord | None, new: ActionRecord) -> ActionRecord:
+    """``new`` is the record one event alone would give (its effect set only if the event has one)."""
+    if record is None:
+        return new
+    state = new if (new.updated_at, new.state_event) > (record.updated_at, record.state_event) else record
+    opened = min((record.opened_at, record.opened_day), (new.opened_at, new.opened_day))
+    effect = record
+    if new.effect_at is not None and (record.effect_at is None or (new.effect_at, new.effect_event) > (
+            record.effect_at, record.effect_event)):
+        effect = new
+    return replace(state, opened_at=opened[0], opened_day=opened[1], effect_at=effect.effect_at,
+                   effect_event=effect.effect_event, after_audits=effect.after_audits,
+                   difference=effect.difference, difference_low=effect.difference_low,
+                   difference_high=effect.difference_high)
+
+
+_AP = _index(APPROVAL_DAILY)
+_AP_BINS = tuple(_AP[m] for m in APPROVAL_BINS)
+
+
+def approval_part(out: Deltas, r: ApprovalRecord, sign: int) -> None:
+    """What a request's record contributes to its local day (docs/metrics.md, "Approval stage")."""
+    values = [(_AP["requests"], 1), (_AP["queued"], int(r.queued)), (_AP["escalated"], int(r.escalated)),
+              (_AP["requested_minor"], r.requested_minor)]
+    if not r.outcome:
+        values.append((_AP["awaiting"], 1))
+    else:
+        values.append((_AP[f"{r.outcome}_{'automatically' if r.automatic else 'by_approver'}"], 1))
+        if r.outcome == "approved":
+            values += [(_AP["approved_minor"], r.approved_minor), (_AP["approved_requested_minor"], r.requested_minor)]
+        if not r.automatic:
+            assert r.decided_at is not None
+            values.append((_AP_BINS[ttc_bin((r.decided_at - r.requested_at).total_seconds())], 1))
+    out.add(APPROVAL_DAILY, (r.region, r.request_day), values, sign)
+
+
+def flag_part(out: Deltas, r: FlagRecord, sign: int) -> None:
+    out.add(FLAG_DAILY, (r.region, r.flag_day, ""), ((0, 1), (1, r.issued_minor)), sign)
+    for mismatch in r.mismatches:
+        out.add(FLAG_DAILY, (r.region, r.flag_day, mismatch), ((0, 1),), sign)
+
+
+def action_part(out: Deltas, r: ActionRecord, sign: int) -> None:
+    improved = r.difference_high is not None and r.difference_high < 0
+    out.add(ACTION_DAILY, (r.region, r.opened_day, r.kind, r.status, r.due_on),
+            ((0, 1), (1, int(r.effect_at is not None)), (2, int(improved))), sign)

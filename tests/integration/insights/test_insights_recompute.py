@@ -207,6 +207,25 @@ async def test_every_cell_equals_a_recomputation_from_the_raw_events(engine, see
     for table in TABLES:
         want = {k: v for k, v in expected.nonzero(table)}
         assert stored[table.name] == want, table.name
+    assert_report_grains_sum_their_finer_cells(stored)
+
+
+def _summed(cells: dict, coarse) -> dict:  # type: ignore[type-arg,no-untyped-def]
+    out: dict = {}  # type: ignore[type-arg]
+    for key, values in cells.items():
+        row = out.setdefault(coarse(key), [0] * len(values))
+        for i, v in enumerate(values):
+            row[i] += v
+    return {k: v for k, v in out.items() if any(v)}
+
+
+def assert_report_grains_sum_their_finer_cells(stored: dict) -> None:  # type: ignore[type-arg]
+    """The report grains (written from each batch's finer rows, not per contribution) hold exactly the sums
+    of the finer cells: a region's day of tickets, a day per source of compensations, a month of amounts."""
+    assert stored["ticket_day"] == _summed(stored["ticket_daily"], lambda k: (k[0], k[1]))
+    assert stored["comp_day"] == _summed(stored["comp_daily"], lambda k: (k[0], k[1], k[4]))
+    assert stored["amount_month"] == _summed(stored["amount_daily"],
+                                             lambda k: (k[0], f"{k[1].year:04d}-{k[1].month:02d}", k[2], k[3]))
 
 
 async def _apply_retrying(engine, batch) -> int:  # type: ignore[no-untyped-def]
@@ -245,3 +264,4 @@ async def test_parallel_consumers_on_the_same_tickets_still_equal_the_recomputat
     stored = await stored_cells(engine)
     for table in TABLES:
         assert stored[table.name] == dict(expected.nonzero(table)), table.name
+    assert_report_grains_sum_their_finer_cells(stored)
