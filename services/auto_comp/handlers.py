@@ -701,6 +701,17 @@ async def _finish(conn: AsyncConnection, budget: Budget, waiting: list[dict[str,
                                                              if r["compensation_id"] in denied_ids]
     await enqueue_records(conn, out + await settled_decision_records(conn, settled, liabilities, now))
     _count(counts, kinds, amounts)
+    # The final outcome of a ticket that waited (its first line said pending_budget): `make logs` follows a
+    # ticket to the end whether it was issued at decision time or later from its allowance.
+    by_id = {c["compensation_id"]: c for c in waiting}
+    for row, outcome in [*((r, Outcome.ISSUED.value) for r in issued),
+                         *((r, r["outcome"]) for r in denied if r["compensation_id"] in denied_ids)]:
+        c = by_id[row["compensation_id"]]
+        log_event(log, "ticket decided", c["correlation_id"] or c["compensation_id"], ticket_id=c["ticket_id"],
+                  region=c["region"], outcome=outcome, strategy_id=c["strategy_id"],
+                  failed_rule=None if outcome == Outcome.ISSUED.value else "budget",
+                  issued_minor=row.get("issued_minor"), compensation_id=c["compensation_id"],
+                  settled="from_allowance")
     return {"issued": len(issued), "denied": len(denied), "waiting": still}
 
 

@@ -134,6 +134,28 @@ async def test_a_grant_arriving_after_its_expiry_goes_straight_back(engine, tick
     assert await scalar(engine, "SELECT outcome FROM decisions WHERE ticket_id = 'T-late'") == "issued"
 
 
+async def test_a_waiting_ticket_logs_its_final_outcome_when_its_allowance_issues_it(engine, tickets, caplog):
+    """`make logs` follows a ticket to its end: the pending_budget line at decision time, then the issue."""
+    import logging
+
+    def lines(ticket_id: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage() == "ticket decided"
+                and getattr(r, "ticket_id", None) == ticket_id]
+
+    wait = late_ticket("T-logged", "B-logged")
+    with caplog.at_level(logging.INFO, logger="services.auto_comp.handlers"):
+        await apply(engine, tickets, [wait], partition=26)
+        [first] = lines("T-logged")
+        assert first.outcome == "pending_budget" and first.correlation_id == wait.correlation_id
+        a = await open_allowance(engine, 26)
+        [request] = await allowance_requests(engine, a["allowance_id"])
+        await apply(engine, GRANTS, [grant(request["payload"], 50_000)])
+    first, final = lines("T-logged")
+    assert final.outcome == "issued" and final.issued_minor == 1_000 and final.settled == "from_allowance"
+    assert final.correlation_id == wait.correlation_id and final.compensation_id == first.compensation_id
+    assert final.region == "SG" and final.failed_rule is None
+
+
 async def test_unanswered_requests_are_sent_again_and_answered_once(engine, tickets, keeper):
     await apply(engine, tickets, [late_ticket("T-slow", "B-slow")], partition=24)
     a = await open_allowance(engine, 24)
