@@ -3,10 +3,21 @@ same machine measured in the same run (raw aiokafka produce/consume, raw asyncpg
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+
+
+def compression() -> str | None:
+    """The compression the services produce with (KAFKA_COMPRESSION, else the platform's default): the
+    benchmarks' own producers and the raw ceilings use it too, so consumers decode what they would in
+    production and a ceiling costs what the platform's produce costs."""
+    from shared.config import CommonSettings
+
+    name = os.environ.get("KAFKA_COMPRESSION") or str(CommonSettings.model_fields["kafka_compression"].default)
+    return None if name == "none" else name
 
 
 @dataclass

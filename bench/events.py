@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
+from bench.common import compression
 from shared.contracts import events as ev
 from shared.contracts.registry import make_envelope
 from shared.kafka.producer import record_for
@@ -109,7 +110,7 @@ async def produce(bootstrap: str, records: Records, start: int, count: int) -> f
 
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, compression_type="gzip",
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, compression_type=compression(),
                                 max_batch_size=512 * 1024, max_request_size=4 * 1024 * 1024)
     await producer.start()
     try:

@@ -35,7 +35,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from bench.common import Result
+from bench.common import Result, compression
 from bench.events import chunks
 from bench.ledger import _backend_cpu as backend_cpu
 from bench.ledger import _cpu_seconds as cpu_seconds
@@ -96,7 +96,7 @@ async def _preload(bootstrap: str, run: str, n: int) -> int:
     plan: list[tuple[Any, int]] = [(ticket, i) for i in range(tickets)]
     plan += [(manual, i) for i in range(0, tickets, 2)]
     plan += [(redeemed, i) for i in range(0, tickets, 6)]
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, compression_type="gzip",
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, compression_type=compression(),
                                 max_batch_size=512 * 1024, max_request_size=4 * 1024 * 1024)
     await producer.start()
     try:

@@ -12,17 +12,14 @@ over that time.
 The note also gives CPU time per charge, which depends far less on what else runs on the machine than the
 wall-clock rate: the service process (user + system, from ``/proc``) and the PostgreSQL backends of its
 database, from the moment the service is ready until the last compensation is on the books, over the
-compensations booked in between. ``BENCH_LEDGER_PYSPY=<file stem>`` records a py-spy profile of the
-service (``py-spy`` on PATH) per run.
+compensations booked in between. ``BENCH_PYSPY=<dir>`` records a py-spy profile of every service process
+(``bench/stack.py``).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import statistics
-import subprocess
 import uuid
 from typing import Any
 
@@ -65,14 +62,13 @@ async def _backend_cpu(db: Counter) -> dict[int, float]:
 
 
 async def one_run(url: str, external: str | None, partitions: int, n: int,
-                  cpu: list[tuple[float, float]] | None = None, run_no: int = 0) -> tuple[float, int]:
+                  cpu: list[tuple[float, float]] | None = None) -> tuple[float, int]:
     async with Stack(url, external, "ledger", partitions) as stack:
         # Migrate and set the budget first, pre-load, and only then start the service: the clock then
         # measures draining a full topic, not the producer.
         await _migrate_and_budget(stack)
         await produce(stack.bootstrap, Records("manual", uuid.uuid4().hex[:8]), 0, n)
         service = await stack.start("ledger", migrate=False)
-        spy = _pyspy(service.pid, run_no)
         async with Counter(stack.dsn) as db:
             booked0 = await db.value("SELECT count(*) FROM ledger.compensations")
             service0, backends0 = _cpu_seconds(service.pid), await _backend_cpu(db)
@@ -82,22 +78,10 @@ async def one_run(url: str, external: str | None, partitions: int, n: int,
                                    "FROM ledger.journal_transfers")
             service1, backends1 = _cpu_seconds(service.pid), await _backend_cpu(db)
             entries = await db.value("SELECT count(*) FROM ledger.journal_transfers")
-        if spy is not None:
-            spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
-            spy.wait(30)
         if cpu is not None and n > booked0:
             backend = sum(v - backends0.get(pid, 0.0) for pid, v in backends1.items())
             cpu.append(((service1 - service0) / (n - booked0) * 1e6, backend / (n - booked0) * 1e6))
         return n / (end - start), int(entries)
-
-
-def _pyspy(pid: int, run_no: int) -> subprocess.Popen[bytes] | None:
-    stem = os.environ.get("BENCH_LEDGER_PYSPY")
-    exe = shutil.which("py-spy")
-    if not stem or not exe:
-        return None
-    return subprocess.Popen([exe, "record", "-p", str(pid), "-r", "200", "-f", "raw", "-o",
-                             f"{stem}-{run_no}.txt"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 async def _migrate_and_budget(stack: Stack) -> None:
@@ -114,8 +98,8 @@ async def run(settings: Any, url: str, bootstrap: str, args: Any) -> list[Result
     external = os.environ.get("BENCH_KAFKA_BOOTSTRAP_SERVERS")
     entries = 0
     cpu: list[tuple[float, float]] = []
-    for run_no in range(args.repeats):
-        rate, entries = await one_run(url, external, args.partitions, n, cpu, run_no)
+    for _ in range(args.repeats):
+        rate, entries = await one_run(url, external, args.partitions, n, cpu)
         result.runs.append(rate)
     cpu_note = ""
     if cpu:

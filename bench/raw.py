@@ -9,7 +9,7 @@ import uuid
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from bench.common import Result, open_loop, percentile, timed_rate
+from bench.common import Result, compression, open_loop, percentile, timed_rate
 from shared.config import CommonSettings
 
 VALUE = b'{"event_id":"x","payload":{"ticket_id":"T1","buyer_id":"B1","amount_minor":1234}}' * 4
@@ -17,7 +17,7 @@ VALUE = b'{"event_id":"x","payload":{"ticket_id":"T1","buyer_id":"B1","amount_mi
 
 async def kafka_produce(bootstrap: str, topic: str, count: int) -> float:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2,
-                                compression_type="gzip", max_batch_size=256 * 1024)
+                                compression_type=compression(), max_batch_size=256 * 1024)
     await producer.start()
     try:
         async def work() -> None:
@@ -89,7 +89,7 @@ async def kafka_roundtrip_latency(bootstrap: str, topic: str, rate: float, secon
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"rawlat-{uuid.uuid4().hex[:8]}",
                                 auto_offset_reset="latest", enable_auto_commit=False,
                                 fetch_max_wait_ms=defaults["consumer_fetch_max_wait_ms"].default)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", compression_type="gzip",
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", compression_type=compression(),
                                 linger_ms=defaults["kafka_linger_ms"].default)
     await consumer.start()
     await producer.start()

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -57,6 +58,8 @@ class Service:
     @property
     def base(self) -> str:
         return f"http://{HOST}:{self.port}"
+
+    spy: subprocess.Popen[bytes] | None = None
 
     def tail(self, lines: int = 40) -> str:
         try:
@@ -161,6 +164,7 @@ class Stack:
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, close_fds=True)
         service = Service(name, port, proc, log)
         self.services[name] = service
+        service.spy = _pyspy(name, proc.pid)
         deadline = time.monotonic() + wait
         while not await asyncio.to_thread(_healthy, service):
             if proc.poll() is not None:
@@ -172,6 +176,10 @@ class Stack:
 
     async def stop(self, name: str) -> None:
         service = self.services.pop(name, None)
+        if service is not None and service.spy is not None:
+            service.spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(service.spy.wait, 30)
         if service is not None:
             await asyncio.to_thread(embedded.stop_process, service.pid, 30.0)
             with contextlib.suppress(Exception):
@@ -217,6 +225,25 @@ class Stack:
             await asyncio.to_thread(self.cli, "ledger", "budgets", "set", "--region", region, "--period", period,
                                     "--limit-minor", str(limit_minor), "--actor", "bench")
         return sorted(periods)[0]
+
+
+_SPIES: dict[str, int] = {}
+
+
+def _pyspy(name: str, pid: int) -> subprocess.Popen[bytes] | None:
+    """With ``BENCH_PYSPY=<dir>``: a py-spy profile (raw, collapsed stacks, subprocesses included) of the
+    service from its start until it is stopped, as ``<dir>/<service>-<n>.txt``: where a service's CPU goes
+    in the real processes of a run. py-spy samples from outside but takes CPU of its own: runs meant for
+    the numbers are made without it."""
+    folder = os.environ.get("BENCH_PYSPY")
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not folder or not Path(exe).exists():
+        return None
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    n = _SPIES[name] = _SPIES.get(name, 0) + 1
+    return subprocess.Popen([exe, "record", "-p", str(pid), "--subprocesses", "-r", "100", "-f", "raw", "-o",
+                             str(Path(folder) / f"{name}-{n}.txt")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _healthy(service: Service) -> bool:

@@ -8,6 +8,7 @@ configuration table lists them all.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator
@@ -63,7 +64,8 @@ class CommonSettings(BaseSettings):
     kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list.")
     kafka_enable_idempotence: bool = Field(
         False, description="Idempotent producer; enable on real Kafka (the embedded broker lacks InitProducerId).")
-    kafka_compression: str = Field("gzip", description="none, gzip, snappy, lz4 or zstd")
+    kafka_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        "zstd", description="none, gzip, snappy, lz4 or zstd (zstd: gzip's size for a fraction of its CPU)")
     kafka_topic_partitions: int = Field(4, ge=1, le=1024)
     # The relay queues a whole batch before it awaits, so records batch without lingering; a linger would
     # only add its length to every hop.

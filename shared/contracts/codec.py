@@ -124,9 +124,22 @@ def _currency(region: str) -> str | None:
 # ---------------------------------------------------------------- one codec per contract
 
 
+_TIMES: dict[datetime, str] = {}  # instants written lately: a batch writes the same few (its clock, each ticket's
+_TIMES_MAX = 4_096                 # time) into several events each
+
+
 def json_time(at: datetime) -> str:
-    """An instant written as pydantic writes an aware datetime normalised to UTC (``...Z``)."""
-    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    """An instant written as pydantic writes an aware datetime normalised to UTC (``...Z``).
+
+    Equal datetimes are the same instant (aware ones compare in UTC), so they are written alike: the text
+    is remembered for the instants of the batch at hand."""
+    text = _TIMES.get(at)
+    if text is None:
+        text = at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        if len(_TIMES) >= _TIMES_MAX:
+            _TIMES.clear()
+        _TIMES[at] = text
+    return text
 
 
 class _RegionOnly(NamedTuple):

@@ -6,7 +6,7 @@ amount the generic walk finds; the consumer runner decodes with it; the ledger's
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -361,3 +361,19 @@ def test_no_service_keeps_a_hand_encoder_or_decoder():
         assert "orjson.loads(raw" not in text and '"payload": payload' not in text, path
     assert codec.CODECS[("voucher.expired", 1)].money == ()
     assert NOW.tzinfo is not None
+
+
+@settings(max_examples=300, deadline=None)
+@given(at=st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(9998, 12, 30),
+                       timezones=st.sampled_from([UTC, timezone(timedelta(hours=8)), timezone(timedelta(hours=-5))])),
+       naive=st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(9998, 12, 30)))
+def test_json_time_writes_every_instant_as_pydantic_whatever_it_wrote_before(at, naive):
+    """json_time remembers the instants it wrote: the same instant in another zone, or a naive datetime with
+    the same wall time, must still come out as pydantic writes each."""
+    from pydantic import TypeAdapter
+
+    aware = TypeAdapter(datetime)
+    for value in (at, at.astimezone(UTC), at.astimezone(timezone(timedelta(hours=3))), at.replace(tzinfo=None),
+                  naive, at):
+        expected = aware.dump_python(value.astimezone(UTC), mode="json")
+        assert codec.json_time(value) == expected
