@@ -148,18 +148,25 @@ class Money:
         go one each to the parts with the largest remainders (earlier parts win ties), so the split is
         deterministic and exact.
         """
-        if not weights or any(_check_int(w, "weight") < 0 for w in weights) or sum(weights) == 0:
+        total = 0
+        for w in weights:
+            if _check_int(w, "weight") < 0:
+                total = 0
+                break
+            total += w
+        if total == 0:
             raise ValueError("weights must be non-negative ints with a positive sum")
-        total = sum(weights)
         sign = -1 if self.minor < 0 else 1
         magnitude = abs(self.minor)
         base = [magnitude * w // total for w in weights]
-        remainders = [magnitude * w % total for w in weights]
         leftover = magnitude - sum(base)
-        order = sorted(range(len(weights)), key=lambda i: (-remainders[i], i))
-        for i in order[:leftover]:
-            base[i] += 1
-        return [Money(sign * b, self.currency) for b in base]
+        if leftover:  # an exact split (one party, round shares) has nothing to hand out
+            remainders = [magnitude * w % total for w in weights]
+            order = sorted(range(len(weights)), key=lambda i: (-remainders[i], i))
+            for i in order[:leftover]:
+                base[i] += 1
+        currency = self.currency
+        return [Money(sign * b, currency) for b in base]
 
     def format(self) -> str:
         """Major-unit text for people ("12.34 USD"); never parsed back into money paths."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import os
 import secrets
 import time
 import uuid
@@ -91,9 +92,20 @@ def compensation_id_for(ticket_id: str, strategy_id: str) -> str:
     return f"ac-{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
+_CODES: list[str] = []  # drawn ahead, in blocks
+_CODE_BLOCK = 256
+os.register_at_fork(after_in_child=_CODES.clear)  # a forked process never hands out its parent's codes
+
+
 def new_voucher_code() -> str:
-    """120 random bits in Crockford-free base32: unguessable, and safe in any Identifier field."""
-    return "V" + base64.b32encode(secrets.token_bytes(15)).decode()
+    """120 random bits in Crockford-free base32: unguessable, and safe in any Identifier field.
+
+    Drawn a block at a time (one random read and one encoding per 256 codes: 15 bytes encode to exactly
+    24 characters, so the block splits into independent codes); each is handed out once."""
+    if not _CODES:
+        block = base64.b32encode(secrets.token_bytes(15 * _CODE_BLOCK)).decode()
+        _CODES.extend("V" + block[i:i + 24] for i in range(0, len(block), 24))
+    return _CODES.pop()
 
 
 @dataclass(frozen=True)

@@ -92,3 +92,30 @@ def test_allowance_records_are_keyed_by_allowance_and_pass_their_contracts(
         assert envelope.event_type == event_type and payload.allowance_id == allowance_id
     assert decode_envelope(request[2])[0].event_id == f"{allowance_id}.{seq}.{attempt}"
     assert decode_envelope(returned[2])[0].event_id == f"{allowance_id}.returned"
+
+
+def test_voucher_codes_are_unique_random_identifiers_across_blocks():
+    """Codes are drawn a block at a time: each is 120 random bits in base32, none is handed out twice, and
+    a forked process draws its own."""
+    import base64
+    import os
+    import re
+
+    from services.auto_comp import handlers
+
+    codes = [handlers.new_voucher_code() for _ in range(3 * handlers._CODE_BLOCK + 7)]
+    assert len(set(codes)) == len(codes)
+    assert all(re.fullmatch(r"V[A-Z2-7]{24}", c) for c in codes)
+    assert all(len(base64.b32decode(c[1:])) == 15 for c in codes)
+    handlers.new_voucher_code()  # the pool now holds codes a child must not reuse
+    held = set(handlers._CODES)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its first code and leave at once
+        os.write(write, handlers.new_voucher_code().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert child not in held and child not in codes

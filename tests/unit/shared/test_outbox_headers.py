@@ -18,6 +18,9 @@ def test_any_headers_round_trip_through_the_stored_form(headers: list[tuple[str,
     stored = headers_json(headers)
     assert "\\u0000" not in stored  # jsonb rejects it ("unsupported Unicode escape sequence")
     assert decode_headers(orjson.loads(stored)) == headers
+    # the plain-headers shortcut writes exactly what the general encoding writes
+    assert stored == orjson.dumps(encode_headers(headers)).decode()
+    assert headers_json(iter(headers)) == stored
 
 
 def test_nul_and_invalid_utf8_values_and_nul_keys() -> None:
