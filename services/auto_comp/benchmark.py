@@ -134,7 +134,7 @@ async def one_run(url: str, n: int, batch: int, tag: str) -> tuple[tuple[float, 
     assert decided == n, decided
     # compensation.issued per voucher; decision.recorded per final decision, live and shadow (issue 10)
     assert announced == issued, (announced, issued)
-    assert recorded == n + shadows, (recorded, n, shadows)
+    assert recorded == n + (shadows or 0), (recorded, n, shadows)
     await engine.dispose()
     return decide_rate, int(issued or 0)
 
