@@ -98,7 +98,7 @@ def encode_headers(headers: Iterable[tuple[str, bytes | None]]) -> list[list[str
 def decode_headers(entries: Sequence[Sequence[str | None]] | None) -> list[tuple[str, bytes | None]]:
     """Inverse of ``encode_headers`` (also reads rows written before the markers existed)."""
     try:  # the relay reads every record's headers: plain ``[key, text]`` entries in one pass
-        return [(str(k), v.encode("latin-1")) for k, v in entries or ()]
+        return [(str(k), v.encode("latin-1")) for k, v in entries or ()]  # type: ignore[union-attr]
     except (ValueError, AttributeError):  # a marked entry (three elements) or a null value
         pass
     out: list[tuple[str, bytes | None]] = []
