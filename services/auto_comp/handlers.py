@@ -102,10 +102,12 @@ def new_voucher_code() -> str:
 
     Drawn a block at a time (one random read and one encoding per 256 codes: 15 bytes encode to exactly
     24 characters, so the block splits into independent codes); each is handed out once."""
-    if not _CODES:
-        block = base64.b32encode(secrets.token_bytes(15 * _CODE_BLOCK)).decode()
-        _CODES.extend("V" + block[i:i + 24] for i in range(0, len(block), 24))
-    return _CODES.pop()
+    while True:
+        try:
+            return _CODES.pop()  # atomic: no two callers get the same code, whatever thread they run on
+        except IndexError:
+            block = base64.b32encode(secrets.token_bytes(15 * _CODE_BLOCK)).decode()
+            _CODES.extend("V" + block[i:i + 24] for i in range(0, len(block), 24))
 
 
 @dataclass(frozen=True)
