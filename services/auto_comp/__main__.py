@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
 from pathlib import Path
 
 from services.auto_comp.app import build_app
 from services.auto_comp.config import Settings
+from shared.runtime import freeze_startup_heap
 from shared.service import run_cli
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -155,8 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     # What is imported by now (FastAPI, SQLAlchemy, pydantic contract schemas) lives as long as the process:
     # kept out of the cyclic collector's reach, so the collections a batch's allocations trigger do not walk
     # it again and again.
-    gc.collect()
-    gc.freeze()
+    freeze_startup_heap()
     return run_cli(name="auto_comp", settings_factory=Settings, app_factory=build_app, migrations_dir=MIGRATIONS,
                    schema="auto_comp", extra=_extra, argv=argv)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import orjson
 from services.insights.app import build_app
 from services.insights.config import Settings
 from shared.db import make_engine
+from shared.runtime import freeze_startup_heap
 from shared.service import run_cli
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -142,8 +142,7 @@ def _extra(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def main(argv: list[str] | None = None) -> int:
-    gc.collect()
-    gc.freeze()  # start-up objects live as long as the process: keep them out of the collector's way
+    freeze_startup_heap()
     return run_cli(name="insights", settings_factory=Settings, app_factory=build_app,  # type: ignore[arg-type]
                    migrations_dir=MIGRATIONS, schema="insights", extra=_extra, argv=argv)
 

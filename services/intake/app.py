@@ -9,17 +9,17 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from services.intake.access import Access, ApiKeys, VerifiedTokens
+from services.intake.access import Access, ApiKeys
 from services.intake.api import Intake, install
 from services.intake.backlog import BacklogGuard
 from services.intake.config import Settings
-from services.intake.gc_tuning import FreezeHeapAfterStartup
 from services.intake.housekeeping import IdempotencyPurger
 from services.intake.metrics import REQUEST_SECONDS
 from services.intake.openapi import SECURITY_SCHEMES, components
-from services.intake.wakeup import CoalescedWake
+from shared.auth import VerifiedTokens
 from shared.config import ServiceSettings
 from shared.regions import catalogue
+from shared.runtime import FreezeHeapAfterStartup
 from shared.service import ServiceContext, create_app
 
 DESCRIPTION = """Upstream systems (order system, logistics, CS tooling, promotion system) post their events
@@ -58,7 +58,7 @@ def build_app(settings: ServiceSettings, *, manage_lifecycle: bool = True) -> Fa
     intake = Intake(engine=ctx.engine, guard=guard, regions=catalogue(),
                     max_skew_seconds=settings.max_clock_skew_seconds, max_batch_items=settings.max_batch_items,
                     retry_after_seconds=settings.retry_after_seconds,
-                    on_stored=CoalescedWake(ctx.relay.wake, settings.outbox_poll_interval_ms / 1000))
+                    on_stored=ctx.relay.wake_soon)
     app = create_app(ctx, title="Compensation platform: intake", description=DESCRIPTION,
                      openapi_tags=[{"name": "events", "description": "Upstream events, single and batch."}],
                      manage_lifecycle=manage_lifecycle, security_schemes=SECURITY_SCHEMES,

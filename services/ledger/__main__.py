@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
 from datetime import UTC, datetime
@@ -12,6 +11,7 @@ from pathlib import Path
 from services.ledger.app import build_app
 from services.ledger.config import Settings
 from shared.db import make_engine
+from shared.runtime import freeze_startup_heap
 from shared.service import run_cli
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -118,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     # Everything imported so far (FastAPI, SQLAlchemy, pydantic contract schemas) lives as long as the
     # process: move it out of the cyclic collector's reach, so the collections that batch allocations
     # trigger do not traverse it again and again (ADR 0005).
-    gc.collect()
-    gc.freeze()
+    freeze_startup_heap()
     return run_cli(name="ledger", settings_factory=Settings, app_factory=build_app,  # type: ignore[arg-type]
                    migrations_dir=MIGRATIONS, schema="ledger", extra=_extra, argv=argv)
 

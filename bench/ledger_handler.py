@@ -1,6 +1,6 @@
 """Ledger throughput: compensation charges per second through the real batch handler and PostgreSQL.
 
-``python -m services.ledger.benchmark [--charges 100000] [--batch 500] [--writers 1,2,4]`` works in a
+``python -m bench.ledger_handler [--charges 100000] [--batch 500] [--writers 1,2,4]`` works in a
 scratch schema ``ledger_bench`` of ``DATABASE_URL`` (dropped and recreated; other schemas untouched).
 
 Each charge is a manual compensation split across a seller and a carrier: a charge transaction (two
@@ -28,6 +28,7 @@ from shared.contracts.codec import decode as decode_envelope
 from shared.contracts.registry import encode_envelope, make_envelope
 from shared.db import make_engine, migrate, raw_connection
 from shared.kafka import Delivered
+from shared.runtime import freeze_startup_heap
 
 SCHEMA = "ledger_bench"
 AT = datetime(2026, 11, 15, 8, tzinfo=UTC)
@@ -78,8 +79,7 @@ async def run_handler(url: str, charges: int, batch: int, writers: int) -> float
     work = [_events(per_writer, w * per_writer) for w in range(writers)]
     # The pre-built events are the benchmark's, not the service's (which holds one batch at a time): keep
     # them out of the garbage collector's traversals so they do not tax the handler being measured.
-    gc.collect()
-    gc.freeze()
+    freeze_startup_heap()
 
     async def writer(stripe: int, events: list[Delivered]) -> None:
         for i in range(0, len(events), batch):
@@ -131,7 +131,7 @@ def decode_rate(n: int = 20_000) -> float:
 
 
 async def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m services.ledger.benchmark")
+    parser = argparse.ArgumentParser(prog="python -m bench.ledger_handler")
     parser.add_argument("--charges", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--writers", default="1,2")

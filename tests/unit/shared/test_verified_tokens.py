@@ -6,8 +6,7 @@ import time
 import jwt
 import pytest
 
-from services.intake.access import VerifiedTokens
-from shared.auth import TokenService
+from shared.auth import TokenService, VerifiedTokens
 from shared.http import Problem
 
 SECRET = "unit-test-secret-" + "x" * 32

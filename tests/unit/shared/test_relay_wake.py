@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from services.intake.wakeup import CoalescedWake
+from shared.outbox import CoalescedWake
 
 
 def on_test_clock(scenario: Callable[[Callable[[float], Awaitable[None]]], Awaitable[None]]) -> None:

@@ -1,6 +1,6 @@
 """auto_comp throughput: decisions per second through the real batch handler and PostgreSQL.
 
-``python -m services.auto_comp.benchmark [--tickets 20000] [--batch 500] [--repeats 3]`` works in a scratch
+``python -m bench.auto_comp_handler [--tickets 20000] [--batch 500] [--repeats 3]`` works in a scratch
 schema ``auto_comp_bench`` of ``DATABASE_URL`` (dropped and recreated; other schemas untouched).
 
 Per run, with the consumer runner's processed-event record per batch: the budget allowances of the eight
@@ -36,6 +36,7 @@ from shared.contracts.codec import decode as decode_envelope
 from shared.contracts.registry import encode_envelope, make_envelope
 from shared.db import make_engine, migrate, raw_connection
 from shared.kafka import Delivered
+from shared.runtime import freeze_startup_heap
 
 SCHEMA = "auto_comp_bench"
 STRATEGIES = Path(__file__).with_name("strategies")
@@ -97,8 +98,7 @@ async def _apply(engine: AsyncEngine, handler: object, events: list[Delivered], 
     async with engine.connect() as conn:
         backend = int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one())
     # A consumer holds one batch, not the whole run: keep the pre-built events out of the collector's scans.
-    gc.collect()
-    gc.freeze()
+    freeze_startup_heap()
     started, cpu, pg = time.perf_counter(), time.process_time(), _backend_cpu(backend)
     for i in range(0, len(events), batch):
         chunk = events[i:i + batch]
@@ -167,7 +167,7 @@ def decode_rate(n: int = 20_000) -> float:
 
 
 async def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m services.auto_comp.benchmark")
+    parser = argparse.ArgumentParser(prog="python -m bench.auto_comp_handler")
     parser.add_argument("--tickets", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
