@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -37,7 +37,7 @@ from services.audit_sampler.operations import announce, approvals
 from services.audit_sampler.persistence import approvals as requests_db
 from shared.contracts import events as ev
 from shared.contracts.events import CompensationRequested
-from shared.kafka import Delivered, PermanentError
+from shared.kafka import Delivered
 from shared.outbox import enqueue_records
 from shared.regions import catalogue
 
@@ -76,6 +76,8 @@ class ManualCompensationHandler:
     """``limits`` given: each compensation is also checked against its request (issued vs approved); a
     mismatch makes it a mandatory audit item with the finding filled in, a metric and an event."""
 
+    consumes = frozenset({"compensation.manual_issued"})
+
     def __init__(self, policies: Callable[[], PolicySet], clock: Callable[[], datetime],
                  limits: Callable[[], LimitsSet] | None = None) -> None:
         self._policies = policies
@@ -84,10 +86,8 @@ class ManualCompensationHandler:
 
     async def __call__(self, conn: AsyncConnection, events: Sequence[Delivered]) -> None:
         comps: list[tuple[Delivered, ManualCompensationIssued]] = []
-        for d in events:
-            if not isinstance(d.payload, ManualCompensationIssued):
-                raise PermanentError(f"unexpected event {d.envelope.event_type} on the manual topic")
-            comps.append((d, d.payload))
+        for d in events:  # the runner lets only ``consumes`` through
+            comps.append((d, cast(ManualCompensationIssued, d.payload)))
         known = await db.known_compensations(conn, [p.compensation_id for _, p in comps])
         fresh: dict[str, tuple[Delivered, ManualCompensationIssued]] = {}
         for d, p in comps:
@@ -323,6 +323,8 @@ class RequestHandler:
     """Consumer of ``compensation.requested``: judge against the region's authority limits, record, approve
     at once within them or queue for an approver, publish the decision (``operations.approvals``)."""
 
+    consumes = frozenset({"compensation.requested"})
+
     def __init__(self, limits: Callable[[], LimitsSet], policies: Callable[[], PolicySet],
                  clock: Callable[[], datetime]) -> None:
         self._limits = limits
@@ -331,10 +333,8 @@ class RequestHandler:
 
     async def __call__(self, conn: AsyncConnection, events: Sequence[Delivered]) -> None:
         incoming: list[tuple[Delivered, CompensationRequested]] = []
-        for d in events:
-            if not isinstance(d.payload, CompensationRequested):
-                raise PermanentError(f"unexpected event {d.envelope.event_type} on the requests topic")
-            incoming.append((d, d.payload))
+        for d in events:  # the runner lets only ``consumes`` through
+            incoming.append((d, cast(CompensationRequested, d.payload)))
         known = await requests_db.known_requests(conn, [p.request_id for _, p in incoming])
         fresh: dict[str, _Fresh] = {}
         for d, p in incoming:

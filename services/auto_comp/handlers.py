@@ -281,6 +281,8 @@ class TicketHandler:
     Deciding for a buyer is serialised by the buyer guard rows (the abuse guard), spending from an
     allowance by its row: a partition's allowance is normally touched by its owner alone."""
 
+    consumes = frozenset({"ticket.opened"})
+
     def __init__(self, store: StrategyStore, rules: Rules) -> None:
         self.store = store
         self.rules = rules
@@ -731,6 +733,8 @@ async def _finish(conn: AsyncConnection, budget: Budget, waiting: list[dict[str,
 
 class GrantHandler:
     """Applies the ledger's answers to allowance requests and finishes the tickets waiting for them."""
+
+    consumes = frozenset({"budget.allowance_decided"})
 
     def __init__(self, rules: Rules) -> None:
         self.rules = rules

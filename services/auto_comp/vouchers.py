@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.auto_comp import metrics
 from shared.contracts import events as ev
-from shared.kafka import Delivered, PermanentError
+from shared.kafka import Delivered
 from shared.vouchers import expired_early_by
 
 STATES: dict[type, str] = {ev.VoucherRedeemed: "redeemed", ev.VoucherExpired: "expired", ev.VoucherRevoked: "revoked"}
@@ -43,12 +43,12 @@ _INSERT = text(
 class VoucherLifecycleHandler:
     """One read and one insert per batch, whatever its size."""
 
+    consumes = frozenset({"voucher.redeemed", "voucher.expired", "voucher.revoked"})
+
     async def __call__(self, conn: AsyncConnection, events: Sequence[Delivered]) -> None:
         first: dict[str, tuple[str, Delivered]] = {}
         for d in events:
-            state = STATES.get(type(d.payload))
-            if state is None:
-                raise PermanentError(f"{d.envelope.event_type} is not a voucher lifecycle event")
+            state = STATES[type(d.payload)]  # the runner lets only ``consumes`` through
             first.setdefault(d.payload.compensation_id, (state, d))  # type: ignore[attr-defined]
         if not first:
             return

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.insights import metrics
 from services.insights import persistence as db
+from services.insights.contracts import CONSUMES
 from services.insights.domain.rollups import (
     ActionRecord,
     ApprovalRecord,
@@ -45,6 +46,7 @@ from services.insights.domain.rollups import (
     merge_ticket_opened,
 )
 from shared.contracts import events as ev
+from shared.contracts.registry import event_types_on
 from shared.db import raw_connection
 from shared.kafka import Delivered
 
@@ -70,6 +72,8 @@ def _fold(merge: Callable[[Any, Any], Any]) -> Callable[[tuple[Any, ...], Any, S
 
 
 class RollupHandler:
+
+    consumes = event_types_on(CONSUMES)  # the read side takes every business event
     def __init__(self, tz_of: Mapping[str, str]) -> None:
         self.tz_of = dict(tz_of)
 

@@ -63,6 +63,8 @@ class ReturnsHandler:
     shadow decisions and every other outcome are not part of a return. A re-sent order (same order id, new
     event id) or a re-delivered decision is ignored, so replays never count anything twice."""
 
+    consumes = frozenset({"decision.recorded", "buyer.order_placed"})
+
     async def __call__(self, conn: AsyncConnection, events: Sequence[Delivered]) -> None:
         orders: dict[str, tuple[str, str, int, str, datetime]] = {}
         exposures: dict[str, tuple[str, str, int, str, str, datetime, int | None, str, str]] = {}

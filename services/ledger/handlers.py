@@ -30,11 +30,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.ledger import metrics, persistence
 from services.ledger.config import Settings
+from services.ledger.contracts import CONSUMES
 from services.ledger.domain import journal
 from services.ledger.domain.allowance import GrantPolicy
 from services.ledger.domain.book import Book, Rejected
 from shared.contracts import events as ev
-from shared.contracts.registry import make_envelope
+from shared.contracts.registry import event_types_on, make_envelope
 from shared.kafka import Delivered, PermanentError
 from shared.outbox import enqueue
 
@@ -44,6 +45,8 @@ SOURCE = "ledger"
 
 
 class LedgerHandler:
+
+    consumes = event_types_on(CONSUMES)  # every topic of every ledger group
     def __init__(self, settings: Settings, group: str | None = None, stripe: int | None = None) -> None:
         self.settings = settings
         self.group = group or settings.consumer_group

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -103,6 +103,12 @@ LATEST: dict[str, EventSpec] = {}
 for _spec in _SPECS:
     if _spec.event_type not in LATEST or LATEST[_spec.event_type].version < _spec.version:
         LATEST[_spec.event_type] = _spec
+
+
+def event_types_on(topics: Iterable[str]) -> frozenset[str]:
+    """Every event type published on ``topics``: what a consumer of those topics must expect."""
+    wanted = set(topics)
+    return frozenset(spec.event_type for spec in _SPECS if spec.topic.value in wanted)
 
 
 class ContractError(ValueError):

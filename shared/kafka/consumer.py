@@ -87,6 +87,12 @@ class Delivered:
 
 
 class BatchHandler(Protocol):
+    """A consumer's business logic. It declares the event types it consumes (``consumes``): the runner
+    dead-letters any other type before the handler sees it, with the reason, the same way in every service
+    (a known event on the wrong topic, or a type this consumer was never written for)."""
+
+    consumes: frozenset[str]
+
     async def __call__(self, conn: AsyncConnection, events: Sequence[Delivered]) -> None:
         """Apply new (never seen) events inside the batch transaction ``conn``.
 
@@ -335,6 +341,9 @@ class ConsumerRunner:
         self.group_id = group_id
         self.topics = list(topics)
         self.handler = handler
+        # Tooling handlers (benchmarks, toolkit tests) may leave it out; every service handler declares it
+        # (tests/unit/test_handlers_declare.py).
+        self.consumes: frozenset[str] | None = getattr(handler, "consumes", None)
         self.max_attempts = max_attempts
         self.max_batch = max_batch or settings.consumer_max_batch
         self.on_commit = on_commit  # e.g. OutboxRelay.wake
@@ -723,8 +732,8 @@ class ConsumerRunner:
         if self.decoder is not None:
             try:
                 envelope, payload = self.decoder(record.value)
-                return _Rec(record, Delivered(envelope, payload, record.topic, record.partition, record.offset,
-                                              record.key, record.timestamp))
+                return self._expected(_Rec(record, Delivered(envelope, payload, record.topic, record.partition,
+                                                             record.offset, record.key, record.timestamp)))
             except ContractError:
                 pass  # the shared decoder below words the dead letter
         try:
@@ -733,8 +742,19 @@ class ConsumerRunner:
             detail = "; ".join(f"{f}: {m}" for f, m in exc.errors[:10])
             why = f"contract violation: {exc}" + (f" ({detail})" if detail else "")
             return _Rec(record, error=why, undecodable=why)
-        return _Rec(record, Delivered(envelope, payload, record.topic, record.partition, record.offset,
-                                      record.key, record.timestamp))
+        return self._expected(_Rec(record, Delivered(envelope, payload, record.topic, record.partition,
+                                                     record.offset, record.key, record.timestamp)))
+
+    def _expected(self, rec: _Rec) -> _Rec:
+        """A decoded record of a type the handler does not consume is poison from the start (never retried)."""
+        assert rec.delivered is not None
+        event_type = rec.delivered.envelope.event_type
+        if self.consumes is None or event_type in self.consumes:
+            return rec
+        why = (f"unexpected event type {event_type} on {rec.record.topic}: "
+               f"{self.group_id} consumes {', '.join(sorted(self.consumes))}")
+        rec.error = rec.undecodable = why
+        return rec
 
     async def _apply(self, conn: AsyncConnection, recs: list[_Rec], *, batch: bool,
                      offsets_of: list[_Rec] | None = None) -> bool:

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,8 @@ from prometheus_client import REGISTRY
 from sqlalchemy import text
 
 from shared.config import CommonSettings, ServiceSettings
+from shared.contracts import events as ev
+from shared.contracts.registry import make_envelope
 from shared.contracts.topics import Topic
 from shared.db import make_engine, migrate
 from shared.kafka import ConsumerRunner, EventProducer, PermanentError
@@ -497,3 +500,31 @@ async def test_partitions_leaving_a_runner_are_handed_over_after_the_batch_in_ha
 
 async def _assigned(runner: ConsumerRunner, n: int) -> bool:
     return runner._consumer is not None and len(runner._consumer.assignment()) >= n
+
+
+async def test_an_event_type_the_handler_does_not_consume_is_dead_lettered_with_the_reason(
+        db, settings, producer, make_topics):
+    (topic,) = await make_topics("stray", partitions=1)
+    group = f"g-{topic}"
+    engine = db[1]
+    handler = log_handler()
+    handler.consumes = frozenset({"ticket.opened"})  # type: ignore[attr-defined]
+    runner = ConsumerRunner(settings=settings, engine=engine, group_id=group, topics=[topic], handler=handler)
+    stray = make_envelope("buyer.order_placed", ev.BuyerOrderPlaced(
+        order_id="O-stray", buyer_id="B1", amount=ev.PositiveMoney(amount_minor=100, currency="SGD")),
+        source="test", region="SG", occurred_at=datetime(2026, 11, 22, 8, 0, tzinfo=UTC))
+    good = ticket_event(889)
+    await runner.start()
+    try:
+        await send(producer, topic, stray)
+        await send(producer, topic, good)  # the partition keeps flowing after it
+        await eventually(lambda: _has(engine, good.event_id), 30, "the ticket after the stray event")
+    finally:
+        await runner.stop()
+    async with engine.connect() as conn:
+        errors = (await conn.execute(text(
+            "SELECT error FROM dead_letters WHERE consumer_group = :g"), {"g": group})).scalars().all()
+        applied = (await conn.execute(text(
+            "SELECT count(*) FROM ticket_log WHERE event_id = :e"), {"e": stray.event_id})).scalar()
+    assert errors == [f"unexpected event type buyer.order_placed on {topic}: {group} consumes ticket.opened"]
+    assert applied == 0
