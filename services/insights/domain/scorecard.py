@@ -60,13 +60,14 @@ class Thresholds:
     source: str = ""
 
     def as_dict(self) -> dict[str, Any]:
+        # the file's name, never the server's path: answers and pages show it to every strategy manager
         return {"planned_buyers_per_group": self.planned_buyers_per_group,
                 "keep_min_return_on_cost": str(float(self.keep_min_return_on_cost)),
                 "retire_below_return_on_cost": str(float(self.retire_below_return_on_cost)),
                 "min_redemption_rate": self.min_redemption_rate,
                 "min_csat_after_compensation": self.min_csat_after_compensation,
                 "min_csat_responses": self.min_csat_responses,
-                "max_mean_hours_to_compensate": self.max_mean_hours_to_compensate, "file": self.source}
+                "max_mean_hours_to_compensate": self.max_mean_hours_to_compensate, "file": Path(self.source).name}
 
 
 @dataclass(frozen=True, slots=True)
