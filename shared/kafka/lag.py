@@ -18,52 +18,45 @@ from collections.abc import Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-__all__ = ["end_offsets", "group_lag", "topic_partitions"]
+__all__ = ["end_offsets", "group_lag"]
 
 
-async def topic_partitions(bootstrap: str, topics: Iterable[str]) -> list[TopicPartition]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        return [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
-    finally:
-        await consumer.stop()
-
-
-async def end_offsets(bootstrap: str, partitions: Iterable[TopicPartition],
+async def end_offsets(bootstrap: str, partitions: Iterable[TopicPartition] = (), *, topics: Iterable[str] = (),
                       timeout: float = 5.0) -> dict[TopicPartition, int]:
-    """The offset after the last record of each partition, exact even where ListOffsets under-reports."""
-    tps = list(partitions)
-    if not tps:
-        return {}
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+    """The offset after the last record of each partition (of ``partitions``, and of every partition of
+    ``topics``), exact even where ListOffsets under-reports."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="latest",
                                 fetch_max_wait_ms=100, max_poll_records=10_000)
     await consumer.start()
     try:
+        tps = list(dict.fromkeys([*partitions, *(TopicPartition(t, p) for t in topics
+                                                 for p in sorted(consumer.partitions_for_topic(t) or ()))]))
+        if not tps:
+            return {}
+        # Assigned at once: a consumer stopped without any assignment trips over aiokafka's own shutdown.
+        consumer.assign(tps)
         listed = await consumer.end_offsets(tps)
         ends = {tp: int(listed.get(tp) or 0) for tp in tps}
         probe = [tp for tp in tps if ends[tp] > 0]
-        if probe:
-            consumer.assign(probe)
-            for tp in probe:
-                consumer.seek(tp, ends[tp] - 1)  # inside the last batch, whatever its size
-            pending = set(probe)
-            deadline = time.monotonic() + timeout
-            while pending and time.monotonic() < deadline:
-                batches = await consumer.getmany(timeout_ms=200)
-                for tp, records in batches.items():
-                    if records:
-                        ends[tp] = max(ends[tp], records[-1].offset + 1)
-                for tp in list(pending):
-                    high = consumer.highwater(tp)
-                    if high is not None:
-                        ends[tp] = max(ends[tp], high)
-                        # Read on until the last record seen reaches the high watermark: the end is known.
-                        if (await consumer.position(tp)) >= ends[tp]:
-                            pending.discard(tp)
-            if pending:
-                raise TimeoutError("end offsets not confirmed by a fetch within "
-                                   f"{timeout:.0f} s: {sorted(f'{tp.topic}[{tp.partition}]' for tp in pending)}")
+        for tp in probe:
+            consumer.seek(tp, ends[tp] - 1)  # inside the last batch, whatever its size
+        pending = set(probe)
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            batches = await consumer.getmany(*probe, timeout_ms=200)
+            for tp, records in batches.items():
+                if records:
+                    ends[tp] = max(ends[tp], records[-1].offset + 1)
+            for tp in list(pending):
+                high = consumer.highwater(tp)
+                if high is not None:
+                    ends[tp] = max(ends[tp], high)
+                    # Read on until the position reaches the high watermark: then the end is known.
+                    if (await consumer.position(tp)) >= ends[tp]:
+                        pending.discard(tp)
+        if pending:
+            raise TimeoutError("end offsets not confirmed by a fetch within "
+                               f"{timeout:.0f} s: {sorted(f'{tp.topic}[{tp.partition}]' for tp in pending)}")
         return ends
     finally:
         await consumer.stop()
