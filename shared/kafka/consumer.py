@@ -495,12 +495,15 @@ class ConsumerRunner:
         consumer = self._consumer
         if not partitions or consumer is None:
             return
+        # Held from the start, not only on failure: a fetch while the offsets are read would come from
+        # Kafka's committed offset, and a batch taken in hand meanwhile must not commit past the stored one.
+        self._hold(consumer, partitions)
         try:
             stored = await self._stored_offsets()
         except Exception as exc:
-            self._hold_unpositioned(consumer, partitions, exc)
+            self._unreadable(partitions, exc)
             return
-        self._seek(consumer, partitions, stored)
+        self._place(consumer, partitions, stored)
 
     async def _stored_offsets(self) -> dict[tuple[str, int], int]:
         async with self.engine.connect() as conn:
@@ -517,45 +520,51 @@ class ConsumerRunner:
                 consumer.seek(tp, offset)
                 self._floor[tp] = offset
 
-    def _hold_unpositioned(self, consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition],
-                           exc: BaseException) -> None:
+    def _hold(self, consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition]) -> None:
         held = [tp for tp in partitions if tp in consumer.assignment()]
         consumer.pause(*held)
         self._unpositioned.update(held)
         # Records of these partitions fetched ahead came from an unknown position: never process them.
         for fetched in self._ahead:
             fetched.dropped.update(held)
+
+    def _unreadable(self, partitions: Sequence[TopicPartition], exc: BaseException) -> None:
         self.last_error = f"{type(exc).__name__}: {exc}"
         self._position_due = time.monotonic() + self._position_backoff
+        self._position_backoff = min(self._position_backoff * 2, _POSITION_RETRY_MAX_SECONDS)
         log.warning("stored offsets unreadable on assignment; partitions paused until they can be read",
                     extra={"group": self.group_id, "error": self.last_error,
-                           "partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in held)})
+                           "partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions)})
+
+    def _place(self, consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition],
+               stored: dict[tuple[str, int], int]) -> list[TopicPartition]:
+        """Seek the held partitions still ours to their stored offsets and resume them."""
+        placed = [tp for tp in partitions if tp in self._unpositioned and tp in consumer.assignment()]
+        self._seek(consumer, placed, stored)
+        for fetched in self._ahead:
+            fetched.dropped.update(placed)
+        self._unpositioned.difference_update(placed)
+        consumer.resume(*placed)
+        self._position_backoff = _POSITION_RETRY_MIN_SECONDS
+        return placed
 
     async def _position_unpositioned(self, consumer: AIOKafkaConsumer) -> None:
         """Retry the seek of partitions held back on assignment (with backoff); resume those it places."""
         if not self._unpositioned or time.monotonic() < self._position_due:
             return
-        pending = [tp for tp in self._unpositioned if tp in consumer.assignment()]
-        self._unpositioned.intersection_update(pending)
+        self._unpositioned.intersection_update(consumer.assignment())
+        pending = sorted(self._unpositioned)
         if not pending:
             return
         try:
             stored = await self._stored_offsets()
         except Exception as exc:
-            self._position_backoff = min(self._position_backoff * 2, _POSITION_RETRY_MAX_SECONDS)
-            self._hold_unpositioned(consumer, pending, exc)
+            self._unreadable(pending, exc)
             return
         # A rebalance may have happened while the offsets were read: place only what is still ours.
-        pending = [tp for tp in pending if tp in self._unpositioned and tp in consumer.assignment()]
-        self._seek(consumer, pending, stored)
-        for fetched in self._ahead:
-            fetched.dropped.update(pending)
-        self._unpositioned.difference_update(pending)
-        consumer.resume(*pending)
-        self._position_backoff = _POSITION_RETRY_MIN_SECONDS
+        placed = self._place(consumer, pending, stored)
         log.info("partitions placed at their stored offsets after a failed seek",
-                 extra={"group": self.group_id, "partitions": sorted(f"{tp.topic}[{tp.partition}]"
-                                                                     for tp in pending)})
+                 extra={"group": self.group_id, "partitions": [f"{tp.topic}[{tp.partition}]" for tp in placed]})
 
     async def _reseek_after_crash(self, consumer: AIOKafkaConsumer) -> None:
         """Put every assigned partition back at its offset of record: the crashed batch may have moved
@@ -748,6 +757,12 @@ class ConsumerRunner:
                 if self._stopping.is_set():
                     # Leave without committing: the next owner redoes this batch.
                     raise
+                # Records of partitions held since (reassigned while the database was away) are not ours
+                # to commit: they are read again from the stored offset once it can be read.
+                recs[:] = [r for r in recs if TopicPartition(r.record.topic, r.record.partition)
+                           not in self._unpositioned]
+                if not recs:
+                    return
                 try:  # a stop() during the backoff should not wait it out
                     await asyncio.wait_for(self._stopping.wait(), timeout=backoff)
                 except TimeoutError:
