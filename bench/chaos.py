@@ -126,6 +126,7 @@ class Chaos:
         self.auditor = ""
         self.period: dict[str, str] = {}
         self._restarting: set[str] = set()
+        self._event_no = 0
         self._stop = asyncio.Event()
         self._pg_down = asyncio.Event()
 
@@ -187,10 +188,12 @@ class Chaos:
             return
         gap = self.plan.duration / (self.plan.kills + 1)
         restarts: set[asyncio.Task[None]] = set()
-        for _ in range(self.plan.kills):
-            await self._sleep(gap * self.rng.uniform(0.5, 1.5))
-            if self._stop.is_set():
-                break
+        started = time.monotonic()
+        # On a fixed schedule (kill i near (i + 1) * gap): a slow restart or a busy machine delays a kill,
+        # never drops one; the load goes on until the last kill is done.
+        for i in range(self.plan.kills):
+            due = started + (i + 1 + self.rng.uniform(-0.4, 0.4)) * gap
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
             live = [k for k, svc in self.s.services.items() if k not in self._restarting and svc.proc.poll() is None]
             if not live:
                 continue
@@ -286,7 +289,8 @@ class Chaos:
             backoff = min(backoff * 2, 3.0)
 
     def _item(self, region: str, **payload: Any) -> dict[str, Any]:
-        return {"event_id": f"E-{self.tag}-{self.sent.tally['events']}", "region": region,
+        self._event_no += 1  # unique per item (a re-send repeats an item's bytes, never builds a new one)
+        return {"event_id": f"E-{self.tag}-{self._event_no}", "region": region,
                 "occurred_at": datetime.now(UTC).isoformat(), **payload}
 
     async def loader(self, client: httpx.AsyncClient) -> None:
@@ -645,6 +649,20 @@ class Chaos:
         return Check("no dead letters, no parked events", not any(counts.values()) and not parked,
                      ", ".join(f"{s} {c}" for s, c in counts.items()) + f"; parked {parked}")
 
+    async def _ready(self, client: httpx.AsyncClient) -> Check:
+        """Every replica ready again after the faults (a runner left not ready would say why)."""
+        problems: list[str] = []
+        for key, svc in sorted(self.s.services.items()):
+            try:
+                r = await client.get(f"{svc.base}/readyz")
+            except httpx.HTTPError as exc:
+                problems.append(f"{key}: {type(exc).__name__}")
+                continue
+            if r.status_code != 200:
+                problems.append(f"{key}: {r.status_code} {r.text[:150]}")
+        return Check("every replica ready after the drain", not problems,
+                     f"{len(self.s.services)} replicas" + (f"; {problems[:3]}" if problems else ""))
+
     async def _invariants(self) -> Check:
         try:
             out = await asyncio.to_thread(self.s.cli, "ledger", "check-invariants")
@@ -670,11 +688,13 @@ class Chaos:
                 assert stack._broker is not None
                 self.note(f"{len(stack.services)} service processes up; load and faults for {plan.duration:.0f} s")
                 async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=2.0)) as client:
-                    workers = [asyncio.create_task(w) for w in (
+                    killer = asyncio.create_task(self.killer())
+                    workers = [killer, *(asyncio.create_task(w) for w in (
                         self.loader(client), self.auditors(client), self.budget_watch(client),
-                        self.killer(), self.freezer(stack._broker.pid), self.pg_restarter())]
+                        self.freezer(stack._broker.pid), self.pg_restarter()))]
                     load_started = time.monotonic()
                     await self._sleep(plan.duration)
+                    await killer  # every kill made and restarted, under load
                     self._stop.set()
                     await asyncio.gather(*workers)
                     load_seconds = time.monotonic() - load_started
@@ -690,6 +710,7 @@ class Chaos:
                     await watch
                     self.note(f"drained: {drained}; checking")
                     results = await self.checks()
+                    results.append(await self._ready(client))
                     results.insert(0, Check("drained (stored offsets at the exact topic ends, outboxes empty)",
                                             drained, f"{drain_seconds:.0f} s"
                                             + ("" if drained else f"; still: {getattr(self, '_last_behind', '')}")))

@@ -239,6 +239,9 @@ class _Fetched:
     recs: list[_Rec]
     dropped: set[TopicPartition] = field(default_factory=set)  # revoked since it was fetched
     paused: bool = False  # holds the cyclic collector's pause from its decoding to the end of its batch
+    # Its poll has returned. Only such a batch can hold records from before a seek: aiokafka discards what a
+    # fetch still in flight brings from an old position, so marking those would drop good records.
+    done: bool = False
 
 
 @dataclass
@@ -262,15 +265,19 @@ class _Rebalance(ConsumerRebalanceListener):
         self.runner._unpositioned.difference_update(revoked)
         for tp in revoked:  # its lag is the next owner's to report now
             self.runner._forget_lag(tp)
-        # A batch fetched ahead holds records of these partitions: they are the next owner's now.
+        # A batch fetched ahead holds records of these partitions: they are the next owner's now. (A fetch
+        # still in flight returns nothing of them unless they come back, and then from the new seek.)
         for fetched in self.runner._ahead:
-            fetched.dropped.update(revoked)
+            if fetched.done:
+                fetched.dropped.update(revoked)
         # Advisory only (the next owner seeks to the database's offsets), but lag tooling stays exact.
         await self.runner._flush_kafka_commit()
         await self.runner._handed_over(revoked, "revoked")
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         await self.runner._seek_to_stored(assigned)
+        extra = self.runner.stats.extra
+        extra["assignments"] = extra.get("assignments", 0) + 1
         if assigned:
             log.info("partitions assigned", extra={"group": self.runner.group_id, "pid": os.getpid(),
                                                    "partitions": sorted(f"{tp.topic}[{tp.partition}]"
@@ -526,7 +533,8 @@ class ConsumerRunner:
         self._unpositioned.update(held)
         # Records of these partitions fetched ahead came from an unknown position: never process them.
         for fetched in self._ahead:
-            fetched.dropped.update(held)
+            if fetched.done:
+                fetched.dropped.update(held)
 
     def _unreadable(self, partitions: Sequence[TopicPartition], exc: BaseException) -> None:
         self.last_error = f"{type(exc).__name__}: {exc}"
@@ -542,7 +550,8 @@ class ConsumerRunner:
         placed = [tp for tp in partitions if tp in self._unpositioned and tp in consumer.assignment()]
         self._seek(consumer, placed, stored)
         for fetched in self._ahead:
-            fetched.dropped.update(placed)
+            if fetched.done:
+                fetched.dropped.update(placed)
         self._unpositioned.difference_update(placed)
         consumer.resume(*placed)
         self._position_backoff = _POSITION_RETRY_MIN_SECONDS
@@ -653,10 +662,12 @@ class ConsumerRunner:
             fetched.batches = await consumer.getmany(timeout_ms=self.settings.consumer_poll_timeout_ms,
                                                      max_records=self.max_batch)
         except KafkaError as exc:
+            fetched.done = True
             self.last_error = str(exc)
             log.warning("poll failed", extra={"group": self.group_id, "error": str(exc)})
             await asyncio.sleep(1)
             return fetched
+        fetched.done = True
         if self.pause_gc and any(fetched.batches.values()):
             # Its objects live until its batch is done, like the batch in hand's (CollectorPause).
             COLLECTOR_PAUSE.enter()
@@ -724,6 +735,7 @@ class ConsumerRunner:
             recs = [r for r in fetched.recs if (tp := TopicPartition(r.record.topic, r.record.partition)) in assigned
                     and tp not in fetched.dropped and tp not in self._unpositioned
                     and r.record.offset >= self._floor.get(tp, 0)]
+            self._reread_dropped(consumer, fetched)
             if recs:
                 await self._process_with_retry(recs)
         records = [r.record for r in recs]
@@ -734,6 +746,30 @@ class ConsumerRunner:
         self._batch_in_hand = ""
         await self._commit_kafka(records)
         self._update_lag(consumer, force=bool(records))
+
+    def _reread_dropped(self, consumer: AIOKafkaConsumer, fetched: _Fetched) -> None:
+        """Read again, from the offset of record, the partitions still ours whose records were dropped.
+
+        A fetch in flight across a rebalance that hands a partition back (eager rebalances revoke all, then
+        assign) returns records after the new seek, and they are dropped as revoked ahead; aiokafka's
+        position has moved past them, so without this they would wait for the next rebalance or restart
+        (found by ``make chaos``, ADR 0022). Seeking drops whatever aiokafka holds from the old position;
+        batches already fetched ahead are dropped too, and re-read the same way in their turn."""
+        first: dict[TopicPartition, int] = {}
+        for r in fetched.recs:
+            tp = TopicPartition(r.record.topic, r.record.partition)
+            if tp in fetched.dropped or tp in self._unpositioned:
+                first[tp] = min(first.get(tp, r.record.offset), r.record.offset)
+        assigned = consumer.assignment()
+        for tp, offset in first.items():
+            if tp not in assigned or tp in self._unpositioned:
+                continue  # the next owner's, or placed at its stored offset when that can be read
+            # Nothing stored yet (a new group): the first record dropped is where reading stands.
+            consumer.seek(tp, self._floor.get(tp, offset))
+            for ahead in self._ahead:
+                if ahead is not fetched and ahead.done:
+                    ahead.dropped.add(tp)
+            self.stats.extra["reread_after_drop"] = self.stats.extra.get("reread_after_drop", 0) + 1
 
     async def _process_with_retry(self, recs: list[_Rec]) -> None:
         backoff = 0.2

@@ -196,3 +196,49 @@ async def test_the_lag_gauge_counts_the_records_behind_the_batch_in_hand_and_rea
         release.set()
         await runner.stop()
     assert lag_gauge(group, topic) is None  # a member that left reports no lag for the partition
+
+
+async def test_a_record_fetched_across_a_rebalance_that_gives_the_partition_back_is_processed(
+        database, kafka_bootstrap, make_topics):
+    """Found by ``make chaos``: a fetch in flight while an eager rebalance revoked and gave back the same
+    partition was dropped as "revoked ahead" when it returned, though it came after the new seek; aiokafka's
+    position had moved past it, so the record waited for the next rebalance or restart. Dropped records of a
+    partition still ours must be read again from the offset of record."""
+    url, engine = database
+    (topic, other) = await make_topics("giveback", "giveback-other", partitions=1)
+    group = f"g-{topic}"
+    # A long poll: the idle fetch is in flight for the whole rebalance, as on a quiet partition.
+    settings = CommonSettings(database_url=url, kafka_bootstrap_servers=kafka_bootstrap,
+                              auth_token_secret=SECRET, consumer_poll_timeout_ms=10_000,
+                              consumer_session_timeout_ms=6_000)
+    first = ConsumerRunner(settings=settings, engine=engine, group_id=group, topics=[topic],
+                           handler=log_handler("first"))
+    # Same group, another topic: joining forces an eager rebalance that hands ``topic`` back to ``first``.
+    second = ConsumerRunner(settings=settings, engine=engine, group_id=group, topics=[other],
+                            handler=log_handler("second"))
+    await first.start()
+    try:
+        await produce_one_batch(kafka_bootstrap, topic, range(9100, 9101))
+
+        async def first_record() -> bool:
+            return await scalar(engine, "SELECT count(*) FROM ticket_log WHERE consumer = 'first'") == 1
+
+        await eventually(first_record, 60, "the first record")
+        rebalances = first.stats.extra.get("assignments", 0)
+        await second.start()
+
+        async def given_back() -> bool:
+            return first.stats.extra.get("assignments", 0) > rebalances and second._consumer is not None \
+                and bool(second._consumer.assignment())
+
+        await eventually(given_back, 60, "the rebalance to give the partition back")
+        await produce_one_batch(kafka_bootstrap, topic, range(9101, 9103))
+
+        async def all_three() -> bool:
+            return await scalar(engine, "SELECT count(*) FROM ticket_log WHERE consumer = 'first'") == 3
+
+        await eventually(all_three, 60, "the records produced after the rebalance")
+        assert first.stats.duplicates == 0  # read again from the offset of record, not from before it
+    finally:
+        await second.stop()
+        await first.stop()
