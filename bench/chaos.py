@@ -127,6 +127,8 @@ class Chaos:
         self.period: dict[str, str] = {}
         self._restarting: set[str] = set()
         self._event_no = 0
+        self._last_behind = ""
+        self._last_said = 0.0
         self._stop = asyncio.Event()
         self._pg_down = asyncio.Event()
 
@@ -515,6 +517,9 @@ class Chaos:
                     return True, time.monotonic() - started
             else:
                 quiet = 0
+                if behind != self._last_behind and time.monotonic() - self._last_said > 15:
+                    self.note(f"draining: {behind}")
+                    self._last_said = time.monotonic()
                 self._last_behind = behind
             await asyncio.sleep(1.0)
         return False, time.monotonic() - started
@@ -713,7 +718,7 @@ class Chaos:
                     results.append(await self._ready(client))
                     results.insert(0, Check("drained (stored offsets at the exact topic ends, outboxes empty)",
                                             drained, f"{drain_seconds:.0f} s"
-                                            + ("" if drained else f"; still: {getattr(self, '_last_behind', '')}")))
+                                            + ("" if drained else f"; still: {self._last_behind}")))
         finally:
             await asyncio.to_thread(embedded.stop_postgres, self.pg_folder)
         self.say(self.table(results, load_seconds, time.monotonic() - t0))

@@ -572,8 +572,9 @@ class ConsumerRunner:
             return
         # A rebalance may have happened while the offsets were read: place only what is still ours.
         placed = self._place(consumer, pending, stored)
-        log.info("partitions placed at their stored offsets after a failed seek",
-                 extra={"group": self.group_id, "partitions": [f"{tp.topic}[{tp.partition}]" for tp in placed]})
+        if placed:
+            log.info("partitions placed at their stored offsets after a failed seek",
+                     extra={"group": self.group_id, "partitions": [f"{tp.topic}[{tp.partition}]" for tp in placed]})
 
     async def _reseek_after_crash(self, consumer: AIOKafkaConsumer) -> None:
         """Put every assigned partition back at its offset of record: the crashed batch may have moved
@@ -971,10 +972,11 @@ class ConsumerRunner:
 
     def _update_lag(self, consumer: AIOKafkaConsumer, *, force: bool = False) -> None:
         """Records of every assigned partition not processed yet: the partition's end minus the next offset
-        of record (``_floor``, else the consumer's position). The end is the largest of what the broker
-        said (the fetch's high watermark) and what was seen (the last record fetched + 1, the offset of
-        record): a broker under-reporting its end (Tansu's ListOffsets answers the last batch's base offset
-        + 1, see ``shared.kafka.lag``) can then never make the gauge read 0 over records already fetched.
+        of record (``_floor``; for a group with nothing stored, the first record fetched). The end is the
+        largest of what the broker said (the fetch's high watermark) and what was seen (the last record
+        fetched + 1, the offset of record): a broker under-reporting its end (Tansu's ListOffsets answers the
+        last batch's base offset + 1, see ``shared.kafka.lag``) can then never make the gauge read 0 over
+        records already fetched.
         Refreshed after every batch and every ``_LAG_REFRESH_SECONDS`` while idle, so it never freezes at a
         stale value; a partition that left this member is removed, so the group's sum stays true."""
         now = time.monotonic()
