@@ -53,6 +53,7 @@ from shared.auth import TokenService
 from shared.contracts.topics import ALL_TOPICS
 from shared.kafka.lag import end_offsets, group_lag
 
+IN_FLIGHT = 32  # upstream items sent and not yet answered, at most
 SERVICES = ("intake", "auto_comp", "ledger", "audit_sampler", "insights")
 SCHEMAS = SERVICES  # each service's tables live in the schema of its name
 REGIONS = {"SG": ("SGD", "Asia/Singapore"), "US": ("USD", "America/New_York")}
@@ -127,6 +128,8 @@ class Chaos:
         self.period: dict[str, str] = {}
         self._restarting: set[str] = set()
         self._event_no = 0
+        self._vouchers: list[tuple[str, str, str, int, str]] = []
+        self._vouchers_due = 0.0
         self._last_behind = ""
         self._last_said = 0.0
         self._stop = asyncio.Event()
@@ -296,13 +299,18 @@ class Chaos:
                 "occurred_at": datetime.now(UTC).isoformat(), **payload}
 
     async def loader(self, client: httpx.AsyncClient) -> None:
-        """Upstream systems at ``rate`` items per second, each item in its own task (an open loop)."""
+        """Upstream systems at ``rate`` items per second, each item in its own task, at most ``IN_FLIGHT``
+        unanswered at a time (an upstream's bounded sender: while intake is down or frozen, sending waits
+        instead of piling up retries that would starve this process, and the faults' schedule with it)."""
         tasks: set[asyncio.Task[None]] = set()
+        slots = asyncio.Semaphore(IN_FLIGHT)
         n = 0
         t0 = time.monotonic()
         while not self._stop.is_set():
             n += 1
+            await slots.acquire()
             task = asyncio.create_task(self._one(client, n))
+            task.add_done_callback(lambda _: slots.release())
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             await self._sleep(max(0.0, t0 + n / self.plan.rate - time.monotonic()))
@@ -392,7 +400,15 @@ class Chaos:
         await self._send(client, path, self._item(region, compensation_id=cid, buyer_id=buyer, **extra))
 
     async def _issued_vouchers(self) -> list[tuple[str, str, str, int, str]]:
-        """Issued automatic vouchers (as the promotion system would know them), read from auto_comp."""
+        """Issued automatic vouchers (as the promotion system would know them), read from auto_comp at most
+        every two seconds."""
+        if time.monotonic() < self._vouchers_due:
+            return self._vouchers
+        self._vouchers_due = time.monotonic() + 2.0
+        self._vouchers = await self._read_issued_vouchers() or self._vouchers
+        return self._vouchers
+
+    async def _read_issued_vouchers(self) -> list[tuple[str, str, str, int, str]]:
         try:
             conn = await asyncpg.connect(self.s.dsn, timeout=3)
         except (OSError, asyncpg.PostgresError, TimeoutError):
