@@ -21,13 +21,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from toolkit_support import log_handler, ticket_event
 
 from shared.config import CommonSettings
 from shared.contracts.registry import encode_envelope
 from shared.db import make_engine, migrate
 from shared.kafka import ConsumerRunner
 from shared.kafka.lag import end_offsets, group_lag
+from tests.integration.shared.toolkit_support import log_handler, ticket_event
 
 pytestmark = pytest.mark.integration
 
