@@ -602,7 +602,8 @@ class Chaos:
                       not missing and not doubled and not unknown and not pending,
                       f"{len(self.sent.tickets)} tickets, {len(decided)} decided "
                       f"({', '.join(f'{k} {v}' for k, v in sorted(outcomes.items()))}); missing {len(missing)}, "
-                      f"doubled {len(doubled)}, unknown {len(unknown)}, pending {pending}")]
+                      f"doubled {len(doubled)}, unknown {len(unknown)}, pending {pending}"
+                      + (f"; missing {sorted(missing)[:5]}" if missing else ""))]
 
     async def _charge_checks(self, conn: asyncpg.Connection) -> list[Check]:
         issued = {r[0] for r in await conn.fetch(
