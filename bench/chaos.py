@@ -733,6 +733,8 @@ class Chaos:
                     self.note(f"drained: {drained}; checking")
                     results = await self.checks()
                     results.append(await self._ready(client))
+                if os.environ.get("BENCH_KEEP_LOGS"):
+                    stack._db = ""  # --keep: the database stays for a post-mortem (start_postgres on pg/)
                     results.insert(0, Check("drained (stored offsets at the exact topic ends, outboxes empty)",
                                             drained, f"{drain_seconds:.0f} s"
                                             + ("" if drained else f"; still: {self._last_behind}")))
