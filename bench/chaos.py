@@ -22,10 +22,10 @@ intake answered 202 for vanished, and a ticket looked lost although no service d
 
 Checks (each a row of the table; any failure exits 1): budgets sampled over HTTP during the run never above
 their limit (automatic spend and outstanding allowances); after the drain (every group's stored offsets at
-the exact topic ends of ``shared.kafka.lag``, outboxes empty): one final decision per ticket, one live
-charge per issued compensation, manual compensations charged once and each in the audit population
-(sampled or recorded not sampled), each verdict's correction applied once, ``check-invariants`` clean, no
-dead letters, no parked events, no valid item refused.
+the exact topic ends of ``shared.kafka.lag``, outboxes empty): every accepted item in intake's idempotency
+record, one final decision per ticket, one live charge per issued compensation, manual compensations charged
+once and each in the audit population (sampled or recorded not sampled), each verdict's correction applied
+once, ``check-invariants`` clean, no dead letters, no parked events, no valid item refused.
 """
 
 from __future__ import annotations
@@ -581,6 +581,7 @@ class Chaos:
         conn = await asyncpg.connect(self.s.dsn, timeout=10)
         try:
             return [
+                await self._intake_check(conn),
                 *await self._decision_checks(conn),
                 *await self._charge_checks(conn),
                 await self._correction_check(conn),
@@ -596,6 +597,17 @@ class Chaos:
             ]
         finally:
             await conn.close()
+
+    async def _intake_check(self, conn: asyncpg.Connection) -> Check:
+        """Every item intake answered 2xx for is in its idempotency record (kept 30 days), so a later gap is
+        told apart at once: a missing decision of a ticket intake kept is a consumer's, of one it did not,
+        intake's or its database's (an acknowledged commit lost)."""
+        accepted = {json.loads(body)["event_id"] for _, body in self.sent.items}
+        kept = {r[0] for r in await conn.fetch(
+            "SELECT event_id FROM intake.received_events WHERE event_id = ANY($1::text[])", list(accepted))}
+        lost = sorted(accepted - kept)
+        return Check("every accepted item recorded by intake", not lost,
+                     f"{len(accepted)} accepted, {len(lost)} not recorded" + (f": {lost[:5]}" if lost else ""))
 
     async def _decision_checks(self, conn: asyncpg.Connection) -> list[Check]:
         rows = await conn.fetch("SELECT ticket_id, outcome FROM auto_comp.decisions WHERE ticket_id LIKE $1",
