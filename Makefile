@@ -9,13 +9,15 @@ STAMP := $(VENV)/.installed
 EXTRAS ?= embedded,test,dev
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+CHAOS_ARGS ?=
 
-.PHONY: help venv up down logs status test test-deps lint typecheck pytest bench clean distclean
+.PHONY: help venv up down logs status test test-deps lint typecheck pytest bench chaos clean distclean
 
 help:
 	@echo "make venv       create $(VENV) and install the project (reinstalls when pyproject.toml changes)"
 	@echo "make up|down|status|logs   local stack: PostgreSQL, Tansu broker, the five services (.local/)"
 	@echo "make test       lint + typecheck + pytest (PYTEST_ARGS='-m \"not integration\"' for unit tests only)"
+	@echo "make chaos      fault injection on a private stack (CHAOS_ARGS='--seed N', '--smoke'); README: Fault injection"
 	@echo "make lint | typecheck | bench | clean | distclean"
 
 venv: $(STAMP)
@@ -73,6 +75,9 @@ pytest: venv
 
 bench: venv
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+chaos: venv
+	$(PY) -m bench.chaos $(CHAOS_ARGS)
 
 clean: down
 	rm -rf .local .mypy_cache .ruff_cache .pytest_cache .hypothesis test-artifacts build *.egg-info

@@ -150,11 +150,15 @@ class Stack:
                                f"{result.stdout[-2000:]}{result.stderr[-4000:]}")
         return result.stdout
 
-    async def start(self, name: str, *, migrate: bool = True, wait: float = 90.0, **extra: str) -> Service:
+    async def start(self, name: str, *, migrate: bool = True, wait: float = 90.0, instance: str | None = None,
+                    port: int | None = None, **extra: str) -> Service:
+        """Start ``services.<name> serve``. ``instance`` names a replica (``services`` keeps one process per
+        instance, the service's name by default); ``port`` reuses a replica's port on a restart."""
         if migrate:
             await asyncio.to_thread(self.cli, name, "migrate")
-        port = embedded.free_port()
-        log = self._dir / f"{name}.log"
+        instance = instance or name
+        port = port or embedded.free_port()
+        log = self._dir / f"{instance}.log"
         # One process per core for the CPU-bound ledger consumers (ADR 0014); BENCH_<NAME>_PROCESSES overrides.
         processes = os.environ.get(f"BENCH_{name.upper()}_PROCESSES", DEFAULT_PROCESSES.get(name, "1"))
         env = self.env(**{PORT_VARS[name]: str(port), "CONSUMER_PROCESSES": processes, **extra})
@@ -163,14 +167,14 @@ class Stack:
                 [sys.executable, "-m", f"services.{name}", "serve"], cwd=ROOT, env=env,
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, close_fds=True)
         service = Service(name, port, proc, log)
-        self.services[name] = service
-        service.spy = _pyspy(name, proc.pid)
+        self.services[instance] = service
+        service.spy = _pyspy(instance, proc.pid)
         deadline = time.monotonic() + wait
         while not await asyncio.to_thread(_healthy, service):
             if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode} while starting:\n{service.tail()}")
+                raise RuntimeError(f"{instance} exited with {proc.returncode} while starting:\n{service.tail()}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} not healthy within {wait:.0f} s:\n{service.tail()}")
+                raise RuntimeError(f"{instance} not healthy within {wait:.0f} s:\n{service.tail()}")
             await asyncio.sleep(0.2)
         return service
 

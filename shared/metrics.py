@@ -21,7 +21,10 @@ CONSUMER_BATCH_SECONDS = Histogram(
 CONSUMER_BATCH_SIZE = Histogram(
     "comp_consumer_batch_records", "Records per handled batch.", ["group"],
     buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000))
-CONSUMER_LAG = Gauge("comp_consumer_lag", "High watermark minus position.", ["group", "topic", "partition"])
+CONSUMER_LAG = Gauge(
+    "comp_consumer_lag",
+    "Records not processed yet: the partition end (high watermark or last record fetched + 1, the larger) "
+    "minus the next offset of record.", ["group", "topic", "partition"])
 CONSUMER_TRANSIENT_RETRIES = Counter(
     "comp_consumer_transient_retries_total", "Batch retries after a transient (database/broker) error.",
     ["group"])

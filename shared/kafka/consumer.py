@@ -69,6 +69,9 @@ CONSUMER_LOOP_RESTARTS = Counter(
 
 
 _RECOVERY_IDLE_SECONDS = 1.0  # after a restart, idle this long with nothing to redo counts as recovered
+_POSITION_RETRY_MIN_SECONDS = 0.2  # first retry of a failed seek on assignment; doubles up to the max
+_POSITION_RETRY_MAX_SECONDS = 5.0
+_LAG_REFRESH_SECONDS = 1.0  # the lag gauge of every assigned partition is refreshed at most this often
 
 
 class PermanentError(Exception):
@@ -242,6 +245,9 @@ class _Fetched:
     recs: list[_Rec]
     dropped: set[TopicPartition] = field(default_factory=set)  # revoked since it was fetched
     paused: bool = False  # holds the cyclic collector's pause from its decoding to the end of its batch
+    # Its poll has returned. Only such a batch can hold records from before a seek: aiokafka discards what a
+    # fetch still in flight brings from an old position, so marking those would drop good records.
+    done: bool = False
 
 
 @dataclass
@@ -262,15 +268,22 @@ class _Rebalance(ConsumerRebalanceListener):
         # starts exactly after it.
         async with self.runner._processing:
             pass
-        # A batch fetched ahead holds records of these partitions: they are the next owner's now.
+        self.runner._unpositioned.difference_update(revoked)
+        for tp in revoked:  # its lag is the next owner's to report now
+            self.runner._forget_lag(tp)
+        # A batch fetched ahead holds records of these partitions: they are the next owner's now. (A fetch
+        # still in flight returns nothing of them unless they come back, and then from the new seek.)
         for fetched in self.runner._ahead:
-            fetched.dropped.update(revoked)
+            if fetched.done:
+                fetched.dropped.update(revoked)
         # Advisory only (the next owner seeks to the database's offsets), but lag tooling stays exact.
         await self.runner._flush_kafka_commit()
         await self.runner._handed_over(revoked, "revoked")
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         await self.runner._seek_to_stored(assigned)
+        extra = self.runner.stats.extra
+        extra["assignments"] = extra.get("assignments", 0) + 1
         if assigned:
             log.info("partitions assigned", extra={"group": self.runner.group_id, "pid": os.getpid(),
                                                    "partitions": sorted(f"{tp.topic}[{tp.partition}]"
@@ -368,6 +381,17 @@ class ConsumerRunner:
         self._kafka_commit_due = 0.0
         self.prefetch = settings.consumer_prefetch
         self._ahead: list[_Fetched] = []  # fetched (or being fetched) ahead of the batch in hand: at most one
+        # Assigned partitions not yet put at their stored offsets (the database was unreachable when they
+        # came): paused, never consumed from Kafka's advisory offset, retried from the loop (issue 13).
+        self._unpositioned: set[TopicPartition] = set()
+        self._position_due = 0.0
+        self._position_backoff = _POSITION_RETRY_MIN_SECONDS
+        # Lag (``_update_lag``): per partition, the offset after the last record fetched, the first record
+        # fetched (where a group with nothing stored started), and which gauges this member set.
+        self._fetched_end: dict[TopicPartition, int] = {}
+        self._fetched_first: dict[TopicPartition, int] = {}
+        self._lag_reported: set[TopicPartition] = set()
+        self._lag_due = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -409,6 +433,8 @@ class ConsumerRunner:
                     raise
             finally:
                 consumer, self._consumer = self._consumer, None
+                for tp in list(self._lag_reported):  # a member that left reports no lag
+                    self._forget_lag(tp)
                 if consumer is not None:
                     await consumer.stop()  # auto-commit is off: leaving commits nothing behind our back
 
@@ -449,6 +475,9 @@ class ConsumerRunner:
             if not task.cancelled() and task.exception() is not None:
                 reason = f"loop ended: {type(task.exception()).__name__}: {task.exception()}"
             return reason
+        if self._unpositioned:
+            waiting = ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in self._unpositioned))
+            return f"not consuming {waiting}: their stored offsets could not be read ({self.last_error})"
         if self._recovering_since is not None:
             return f"restarting after: {self.last_error}"
         if not self.healthy:
@@ -475,18 +504,86 @@ class ConsumerRunner:
     # ------------------------------------------------------------------ offsets
 
     async def _seek_to_stored(self, partitions: list[TopicPartition]) -> None:
-        if not partitions or self._consumer is None:
+        """Put newly assigned partitions at their offsets of record. When the database cannot say what they
+        are (down during a rebalance), the partitions are paused instead: aiokafka would swallow an error
+        raised here and consume from Kafka's advisory offset, re-running or skipping records. The loop
+        retries (``_position_unpositioned``) and the runner reports not ready meanwhile."""
+        consumer = self._consumer
+        if not partitions or consumer is None:
             return
+        # Held from the start, not only on failure: a fetch while the offsets are read would come from
+        # Kafka's committed offset, and a batch taken in hand meanwhile must not commit past the stored one.
+        self._hold(consumer, partitions)
+        try:
+            stored = await self._stored_offsets()
+        except Exception as exc:
+            self._unreadable(partitions, exc)
+            return
+        self._place(consumer, partitions, stored)
+
+    async def _stored_offsets(self) -> dict[tuple[str, int], int]:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(text(
                 "SELECT topic, partition, next_offset FROM consumer_offsets WHERE consumer_group = :g"),
                 {"g": self.group_id})).all()
-        stored = {(r[0], r[1]): r[2] for r in rows}
+        return {(r[0], r[1]): r[2] for r in rows}
+
+    def _seek(self, consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition],
+              stored: dict[tuple[str, int], int]) -> None:
         for tp in partitions:
             offset = stored.get((tp.topic, tp.partition))
             if offset is not None:
-                self._consumer.seek(tp, offset)
+                consumer.seek(tp, offset)
                 self._floor[tp] = offset
+
+    def _hold(self, consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition]) -> None:
+        held = [tp for tp in partitions if tp in consumer.assignment()]
+        consumer.pause(*held)
+        self._unpositioned.update(held)
+        # Records of these partitions fetched ahead came from an unknown position: never process them.
+        for fetched in self._ahead:
+            if fetched.done:
+                fetched.dropped.update(held)
+
+    def _unreadable(self, partitions: Sequence[TopicPartition], exc: BaseException) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self._position_due = time.monotonic() + self._position_backoff
+        self._position_backoff = min(self._position_backoff * 2, _POSITION_RETRY_MAX_SECONDS)
+        log.warning("stored offsets unreadable on assignment; partitions paused until they can be read",
+                    extra={"group": self.group_id, "error": self.last_error,
+                           "partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions)})
+
+    def _place(self, consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition],
+               stored: dict[tuple[str, int], int]) -> list[TopicPartition]:
+        """Seek the held partitions still ours to their stored offsets and resume them."""
+        placed = [tp for tp in partitions if tp in self._unpositioned and tp in consumer.assignment()]
+        self._seek(consumer, placed, stored)
+        for fetched in self._ahead:
+            if fetched.done:
+                fetched.dropped.update(placed)
+        self._unpositioned.difference_update(placed)
+        consumer.resume(*placed)
+        self._position_backoff = _POSITION_RETRY_MIN_SECONDS
+        return placed
+
+    async def _position_unpositioned(self, consumer: AIOKafkaConsumer) -> None:
+        """Retry the seek of partitions held back on assignment (with backoff); resume those it places."""
+        if not self._unpositioned or time.monotonic() < self._position_due:
+            return
+        self._unpositioned.intersection_update(consumer.assignment())
+        pending = sorted(self._unpositioned)
+        if not pending:
+            return
+        try:
+            stored = await self._stored_offsets()
+        except Exception as exc:
+            self._unreadable(pending, exc)
+            return
+        # A rebalance may have happened while the offsets were read: place only what is still ours.
+        placed = self._place(consumer, pending, stored)
+        if placed:
+            log.info("partitions placed at their stored offsets after a failed seek",
+                     extra={"group": self.group_id, "partitions": [f"{tp.topic}[{tp.partition}]" for tp in placed]})
 
     async def _reseek_after_crash(self, consumer: AIOKafkaConsumer) -> None:
         """Put every assigned partition back at its offset of record: the crashed batch may have moved
@@ -513,6 +610,11 @@ class ConsumerRunner:
                     self._floor[tp] = offset
             except IllegalStateError:
                 continue
+        # Every assigned partition is at its offset of record now, including any held back on assignment.
+        held = [tp for tp in self._unpositioned if tp in consumer.assignment()]
+        self._unpositioned.clear()
+        if held:
+            consumer.resume(*held)
 
     # ------------------------------------------------------------------ main loop
 
@@ -570,14 +672,20 @@ class ConsumerRunner:
             fetched.batches = await consumer.getmany(timeout_ms=self.settings.consumer_poll_timeout_ms,
                                                      max_records=self.max_batch)
         except KafkaError as exc:
+            fetched.done = True
             self.last_error = str(exc)
             log.warning("poll failed", extra={"group": self.group_id, "error": str(exc)})
             await asyncio.sleep(1)
             return fetched
+        fetched.done = True
         if self.pause_gc and any(fetched.batches.values()):
             # Its objects live until its batch is done, like the batch in hand's (CollectorPause).
             COLLECTOR_PAUSE.enter()
             fetched.paused = True
+        for tp, recs in fetched.batches.items():
+            if recs:
+                self._fetched_end[tp] = max(self._fetched_end.get(tp, 0), recs[-1].offset + 1)
+                self._fetched_first.setdefault(tp, recs[0].offset)
         fetched.recs = [self._decode(r) for recs in fetched.batches.values() for r in recs]
         return fetched
 
@@ -590,6 +698,8 @@ class ConsumerRunner:
         ahead: asyncio.Task[_Fetched] | None = None
         try:
             while not self._stopping.is_set():
+                if self._unpositioned:
+                    await self._position_unpositioned(consumer)
                 if ahead is None:
                     ahead = self._fetch_ahead(consumer)
                 fetched = await ahead
@@ -597,6 +707,7 @@ class ConsumerRunner:
                 if not fetched.recs:
                     self._done_with(fetched)
                     self._recovered(idle=True)
+                    self._update_lag(consumer)
                     continue
                 if self.prefetch:
                     # The next batch is fetched and decoded while this one is written: at most one ahead.
@@ -632,7 +743,9 @@ class ConsumerRunner:
                            in fetched.dropped)
                 self.stats.extra["revoked_ahead"] = self.stats.extra.get("revoked_ahead", 0) + gone
             recs = [r for r in fetched.recs if (tp := TopicPartition(r.record.topic, r.record.partition)) in assigned
-                    and tp not in fetched.dropped and r.record.offset >= self._floor.get(tp, 0)]
+                    and tp not in fetched.dropped and tp not in self._unpositioned
+                    and r.record.offset >= self._floor.get(tp, 0)]
+            self._reread_dropped(consumer, fetched)
             if recs:
                 await self._process_with_retry(recs)
         records = [r.record for r in recs]
@@ -642,7 +755,31 @@ class ConsumerRunner:
         self._recovered(idle=not records)  # stale records skipped below the floor prove nothing
         self._batch_in_hand = ""
         await self._commit_kafka(records)
-        self._update_lag(consumer, records)
+        self._update_lag(consumer, force=bool(records))
+
+    def _reread_dropped(self, consumer: AIOKafkaConsumer, fetched: _Fetched) -> None:
+        """Read again, from the offset of record, the partitions still ours whose records were dropped.
+
+        A fetch in flight across a rebalance that hands a partition back (eager rebalances revoke all, then
+        assign) returns records after the new seek, and they are dropped as revoked ahead; aiokafka's
+        position has moved past them, so without this they would wait for the next rebalance or restart
+        (found by ``make chaos``, ADR 0022). Seeking drops whatever aiokafka holds from the old position;
+        batches already fetched ahead are dropped too, and re-read the same way in their turn."""
+        first: dict[TopicPartition, int] = {}
+        for r in fetched.recs:
+            tp = TopicPartition(r.record.topic, r.record.partition)
+            if tp in fetched.dropped or tp in self._unpositioned:
+                first[tp] = min(first.get(tp, r.record.offset), r.record.offset)
+        assigned = consumer.assignment()
+        for tp, offset in first.items():
+            if tp not in assigned or tp in self._unpositioned:
+                continue  # the next owner's, or placed at its stored offset when that can be read
+            # Nothing stored yet (a new group): the first record dropped is where reading stands.
+            consumer.seek(tp, self._floor.get(tp, offset))
+            for ahead in self._ahead:
+                if ahead is not fetched and ahead.done:
+                    ahead.dropped.add(tp)
+            self.stats.extra["reread_after_drop"] = self.stats.extra.get("reread_after_drop", 0) + 1
 
     async def _process_with_retry(self, recs: list[_Rec]) -> None:
         backoff = 0.2
@@ -666,6 +803,12 @@ class ConsumerRunner:
                 if self._stopping.is_set():
                     # Leave without committing: the next owner redoes this batch.
                     raise
+                # Records of partitions held since (reassigned while the database was away) are not ours
+                # to commit: they are read again from the stored offset once it can be read.
+                recs[:] = [r for r in recs if TopicPartition(r.record.topic, r.record.partition)
+                           not in self._unpositioned]
+                if not recs:
+                    return
                 try:  # a stop() during the backoff should not wait it out
                     await asyncio.wait_for(self._stopping.wait(), timeout=backoff)
                 except TimeoutError:
@@ -847,12 +990,34 @@ class ConsumerRunner:
             log.info("kafka commit failed (offsets are safe in the database)",
                      extra={"group": self.group_id, "error": str(exc)})
 
-    def _update_lag(self, consumer: AIOKafkaConsumer, records: list[ConsumerRecord[bytes, bytes]]) -> None:
-        done: dict[TopicPartition, int] = {}
-        for r in records:
-            tp = TopicPartition(r.topic, r.partition)
-            done[tp] = max(done.get(tp, 0), r.offset + 1)
-        for tp, position in done.items():
-            high = consumer.highwater(tp)
-            if high is not None:
-                CONSUMER_LAG.labels(self.group_id, tp.topic, str(tp.partition)).set(max(0, high - position))
+    def _update_lag(self, consumer: AIOKafkaConsumer, *, force: bool = False) -> None:
+        """Records of every assigned partition not processed yet: the partition's end minus the next offset
+        of record (``_floor``; for a group with nothing stored, the first record fetched). The end is the
+        largest of what the broker said (the fetch's high watermark) and what was seen (the last record
+        fetched + 1, the offset of record): a broker under-reporting its end (Tansu's ListOffsets answers the
+        last batch's base offset + 1, see ``shared.kafka.lag``) can then never make the gauge read 0 over
+        records already fetched.
+        Refreshed after every batch and every ``_LAG_REFRESH_SECONDS`` while idle, so it never freezes at a
+        stale value; a partition that left this member is removed, so the group's sum stays true."""
+        now = time.monotonic()
+        if not force and now < self._lag_due:
+            return
+        self._lag_due = now + _LAG_REFRESH_SECONDS
+        assigned = consumer.assignment()
+        for tp in list(self._lag_reported - assigned):
+            self._forget_lag(tp)
+        for tp in assigned:
+            # Nothing processed and nothing stored yet (a new group): it starts at the first record fetched.
+            done = self._floor.get(tp, self._fetched_first.get(tp))
+            if done is None:
+                continue  # nothing fetched, nothing stored: nothing to measure from yet
+            end = max(consumer.highwater(tp) or 0, self._fetched_end.get(tp, 0), done)
+            CONSUMER_LAG.labels(self.group_id, tp.topic, str(tp.partition)).set(end - done)
+            self._lag_reported.add(tp)
+
+    def _forget_lag(self, tp: TopicPartition) -> None:
+        self._lag_reported.discard(tp)
+        self._fetched_end.pop(tp, None)
+        self._fetched_first.pop(tp, None)
+        with contextlib.suppress(KeyError):
+            CONSUMER_LAG.remove(self.group_id, tp.topic, str(tp.partition))
