@@ -4,15 +4,13 @@ scorecard ...``."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from services.insights.app import build_app
 from services.insights.config import Settings
+from services.insights.plan_cli import write_answer
 from shared.db import make_engine
 from shared.runtime import freeze_startup_heap
 from shared.service import run_cli
@@ -37,21 +35,12 @@ async def _write_for_period(args: argparse.Namespace, stem: str, compute: Any, t
     except PeriodError as exc:
         print(f"insights: {exc.field}: {exc}", file=sys.stderr)
         return 2
-    fmt = args.format or ("csv" if args.output and args.output.endswith(".csv") else "json")
     engine = make_engine(settings.database_url, "insights", pool_size=1)
     try:
         result = await compute(engine, r, period)
     finally:
         await engine.dispose()
-    body = to_csv(result).encode() if fmt == "csv" else orjson.dumps(
-        result, option=orjson.OPT_INDENT_2, default=str) + b"\n"
-    output = args.output or f"{stem.format(region=r.code)}-{period.label.replace('..', '_')}.{fmt}"
-    if output == "-":
-        sys.stdout.buffer.write(body)
-    else:
-        await asyncio.to_thread(Path(output).write_bytes, body)
-        print(f"insights: wrote {output}", file=sys.stderr)
-    return 0
+    return await write_answer(args, f"{stem.format(region=r.code)}-{period.label.replace('..', '_')}", result, to_csv)
 
 
 async def _report(args: argparse.Namespace) -> int:

@@ -23,7 +23,9 @@ def _fail(message: str) -> int:
     return 2
 
 
-async def _write(args: argparse.Namespace, stem: str, result: dict[str, Any], to_csv: Any) -> int:
+async def write_answer(args: argparse.Namespace, stem: str, result: dict[str, Any], to_csv: Any) -> int:
+    """Every insights command's output: JSON or CSV (``--format``, else from the file name), to
+    ``--output``, ``-`` for stdout, or ``<stem>.<format>``."""
     fmt = args.format or ("csv" if args.output and args.output.endswith(".csv") else "json")
     body = to_csv(result).encode() if fmt == "csv" else orjson.dumps(
         result, option=orjson.OPT_INDENT_2, default=str) + b"\n"
@@ -69,7 +71,7 @@ async def _budget_plan(args: argparse.Namespace) -> int:
         result = await plans.budget_plan(engine, r, p, today)
     finally:
         await engine.dispose()
-    return await _write(args, f"insights-budget-plan-{r.code}-{p.label}", result, plans.budget_plan_csv)
+    return await write_answer(args, f"insights-budget-plan-{r.code}-{p.label}", result, plans.budget_plan_csv)
 
 
 async def _market_report(args: argparse.Namespace) -> int:
@@ -99,7 +101,7 @@ async def _market_report(args: argparse.Namespace) -> int:
         result = await market.market_report(engine, r, p, refs)
     finally:
         await engine.dispose()
-    return await _write(args, f"insights-market-{r.code}-{p.label}", result, market.market_csv)
+    return await write_answer(args, f"insights-market-{r.code}-{p.label}", result, market.market_csv)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
