@@ -31,7 +31,11 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (
 # answered): the connection is thrown away and the statement may be sent again on a fresh one.
 _CONNECTION_LOST: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
-    asyncpg.CannotConnectNowError, asyncpg.InterfaceError, ConnectionError, OSError)
+    asyncpg.CannotConnectNowError, asyncpg.InterfaceError, ConnectionError, OSError,
+    # A connection the server killed mid-operation can be left with its protocol half-way through that
+    # operation ("cannot switch to state 11; another operation (2) is in progress"): it is as unusable as
+    # a closed one, and the statement was never sent (it failed at prepare).
+    asyncpg.InternalClientError)
 
 
 def make_engine(database_url: str, schema: str, pool_size: int = 10, *, pre_ping: bool = False,
